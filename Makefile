@@ -1,0 +1,37 @@
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOME_DIR ?= data/demo
+MONTH ?= 2026-10
+
+.PHONY: demo test install lint format bench dev clean
+
+$(BIN)/usagebox: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(BIN)/usagebox
+
+install: $(BIN)/usagebox
+
+demo: install
+	$(BIN)/usagebox demo --home $(HOME_DIR) --month $(MONTH)
+
+test: install
+	$(BIN)/ruff check usagebox_pipelines tests bench
+	$(BIN)/ruff format --check usagebox_pipelines tests bench
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check --fix usagebox_pipelines tests bench
+	$(BIN)/ruff format usagebox_pipelines tests bench
+
+bench: install
+	$(BIN)/python bench/ingest.py --events 1000000
+	$(BIN)/python bench/rollups.py --events 1000000
+
+dev: install
+	DAGSTER_HOME=$(abspath $(HOME_DIR))/dagster $(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,232 @@
+"""Load event files into `raw_events`, `quarantine` and `event_conflicts`, exactly once.
+
+One file = one batch, identified by its content hash. Rows of a batch may span several Delta
+commits (bounded chunks); the batch exists for readers only once its `ingest_log` row is
+committed, which happens last. A crash leaves an uncommitted batch; the next ingest deletes its
+rows and redoes it, so a rerun ends with the same tables as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.events.classify import HISTORY_COLUMNS, classify
+from usagebox_pipelines.events.normalize import normalize_events
+from usagebox_pipelines.events.readers import CHUNK_ROWS, file_sha256, read_chunks
+from usagebox_pipelines.schemas import (
+    EVENT_CONFLICTS,
+    HOUR_BUILDS,
+    INGEST_LOG,
+    QUARANTINE,
+    RAW_EVENTS,
+)
+from usagebox_pipelines.storage import DeltaStore, sql_literal
+
+BATCH_TABLES = ("raw_events", "quarantine", "event_conflicts")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class IngestSummary:
+    """The JSON summary of CONTRACT.md §1 (plus `rows` and file-level `errors`)."""
+
+    files: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    late: int = 0
+    rows: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: IngestSummary) -> None:
+        for name in ("files", "accepted", "duplicates", "conflicts", "rejected", "late", "rows"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.extend(other.errors)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def ingest_files(
+    store: DeltaStore,
+    paths: Iterable[Path],
+    source: str | None = None,
+    progress: Progress | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> IngestSummary:
+    """Ingest files in sorted path order; unreadable files are reported, the rest still load."""
+    progress = progress or (lambda _msg: None)
+    remove_uncommitted_batches(store)
+    total = IngestSummary()
+    for path in sorted(Path(p) for p in paths):
+        try:
+            total.add(ingest_file(store, path, source, progress, chunk_rows))
+        except UsageboxError as exc:
+            total.errors.append(str(exc))
+            progress(f"error: {exc}")
+    return total
+
+
+def ingest_file(
+    store: DeltaStore,
+    path: Path,
+    source: str | None,
+    progress: Progress,
+    chunk_rows: int = CHUNK_ROWS,
+) -> IngestSummary:
+    """One file as one batch; an already ingested file (same bytes) counts as duplicates."""
+    if not path.exists():
+        raise UsageboxError(f"{path}: no such file")
+    if not path.is_file():
+        raise UsageboxError(f"{path}: not a file")
+    sha = file_sha256(path)
+    logged = _logged_batch(store, sha)
+    if logged is not None:
+        progress(f"{path.name}: already ingested as {logged['batch_id']}, nothing to do")
+        return IngestSummary(files=1, rows=logged["rows"], duplicates=logged["rows"])
+    batch_id = f"b-{sha[:24]}"
+    now = datetime.now(UTC)
+    summary = IngestSummary(files=1)
+    context = _LateContext.load(store)
+    for chunk in read_chunks(path, chunk_rows):
+        part = _ingest_chunk(store, chunk, path, batch_id, source, now, context)
+        summary.add(part)
+        progress(f"{path.name}: {summary.rows:,} rows read, {summary.accepted:,} accepted")
+    if summary.rows == 0:
+        raise UsageboxError(f"{path}: file is empty (no rows)")
+    store.append(
+        "ingest_log",
+        pl.DataFrame(
+            [
+                {
+                    "batch_id": batch_id,
+                    "source": source,
+                    "source_file": str(path),
+                    "content_sha256": sha,
+                    "ingested_at": now,
+                    **{
+                        k: getattr(summary, k)
+                        for k in ("rows", "accepted", "duplicates", "conflicts", "rejected", "late")
+                    },
+                }
+            ]
+        ),
+        INGEST_LOG,
+    )
+    return summary
+
+
+def _ingest_chunk(store, chunk, path, batch_id, source, now, context) -> IngestSummary:
+    valid, rejects = normalize_events(chunk.rows)
+    rejects = pl.concat([chunk.rejects, rejects])
+    result = classify(valid, _history_for(store, valid))
+    rejects = pl.concat([rejects, result.rejects])
+    new = result.new.with_columns(is_late=context.is_late(pl.col("hour")))
+    stamp = {
+        "ingested_at": pl.lit(now, dtype=RAW_EVENTS["ingested_at"]),
+        "source_file": pl.lit(str(path)),
+        "batch_id": pl.lit(batch_id),
+    }
+    if new.height:
+        store.append(
+            "raw_events",
+            new.with_columns(**stamp, source=pl.lit(source), row_number=pl.col("_row")),
+            RAW_EVENTS,
+        )
+    if rejects.height:
+        store.append(
+            "quarantine",
+            rejects.with_columns(**stamp, row_number=pl.col("_row"), payload=pl.col("_payload")),
+            QUARANTINE,
+        )
+    if result.conflicts.height:
+        store.append(
+            "event_conflicts",
+            result.conflicts.with_columns(**stamp, row_number=pl.col("_row")),
+            EVENT_CONFLICTS,
+        )
+    return IngestSummary(
+        rows=chunk.rows.height + chunk.rejects.height,
+        accepted=new.height,
+        duplicates=result.duplicates,
+        conflicts=result.conflicts.height,
+        rejected=rejects.height,
+        late=int(new["is_late"].sum()) if new.height else 0,
+    )
+
+
+def _history_for(store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
+    """Accepted rows sharing an event id with this chunk, or correcting its corrections' targets.
+
+    Only the key columns of history are scanned in full; payloads are read for matches alone.
+    """
+    schema = pl.Schema({c: RAW_EVENTS[c] for c in HISTORY_COLUMNS})
+    if valid.height == 0 or not store.exists("raw_events"):
+        return pl.DataFrame(schema=schema)
+    targets = valid["correction_of"].drop_nulls().unique()
+    ids = pl.concat([valid["event_id"], targets]).unique()
+    return (
+        store.scan("raw_events")
+        .filter(
+            pl.col("event_id").is_in(ids.implode())
+            | pl.col("correction_of").is_in(targets.implode())
+        )
+        .select(HISTORY_COLUMNS)
+        .collect(engine="streaming")
+    )
+
+
+def _logged_batch(store: DeltaStore, sha: str) -> dict | None:
+    if not store.exists("ingest_log"):
+        return None
+    hit = store.scan("ingest_log").filter(pl.col("content_sha256") == sha).head(1).collect()
+    return hit.row(0, named=True) if hit.height else None
+
+
+def committed_batches(store: DeltaStore) -> pl.LazyFrame:
+    """Batch ids whose ingest finished (the only ones readers may see)."""
+    return store.scan("ingest_log", INGEST_LOG).select("batch_id")
+
+
+def remove_uncommitted_batches(store: DeltaStore) -> list[str]:
+    """Delete rows of batches that crashed before their `ingest_log` commit."""
+    removed: set[str] = set()
+    done = committed_batches(store).collect()["batch_id"]
+    for table in BATCH_TABLES:
+        if not store.exists(table):
+            continue
+        ids = store.scan(table).select("batch_id").unique().collect()["batch_id"]
+        orphans = sorted(set(ids.to_list()) - set(done.to_list()))
+        if orphans:
+            store.delete_where(table, f"batch_id IN ({', '.join(map(sql_literal, orphans))})")
+            removed.update(orphans)
+    return sorted(removed)
+
+
+@dataclass
+class _LateContext:
+    """Hours whose rollup was already built and periods already closed, at ingest time."""
+
+    built_hours: pl.Series
+    closed_periods: pl.Series
+
+    @classmethod
+    def load(cls, store: DeltaStore) -> _LateContext:
+        hours = store.scan("hour_builds", HOUR_BUILDS).select("hour").unique().collect()["hour"]
+        closed = pl.Series("period", [], dtype=pl.String)
+        if store.exists("period_closes"):
+            closed = store.scan("period_closes").select("period").collect()["period"]
+        return cls(hours, closed)
+
+    def is_late(self, hour: pl.Expr) -> pl.Expr:
+        return hour.is_in(self.built_hours.implode()) | hour.dt.strftime("%Y-%m").is_in(
+            self.closed_periods.implode()
+        )

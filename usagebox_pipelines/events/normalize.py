@@ -1,0 +1,406 @@
+"""Turn rows of any accepted event shape into the canonical event schema, or a reject reason.
+
+All four shapes (canonical, Stigg-style camelCase, snake_case aliases, transaction/meter/value)
+map through one alias table (CONTRACT.md §2). Every check is a Polars expression over the whole
+chunk; each failing row gets the first reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import pandera.polars as pa
+import polars as pl
+
+from usagebox_pipelines.schemas import EVENT_FIELDS, QTY, TS
+
+ALIASES: dict[str, list[str]] = {
+    "event_id": ["event_id", "idempotencyKey", "idempotency_key", "transaction_id"],
+    "account_id": ["account_id", "customer_id", "customerId"],
+    "meter_id": ["meter_id", "meter", "eventName", "event_name"],
+    "quantity": ["quantity", "value"],
+    "timestamp": ["timestamp", "ts", "time"],
+    "model_id": ["model_id", "model"],
+}
+PLAIN_STRINGS = [
+    "product_id",
+    "unit",
+    "project_id",
+    "correlation_id",
+    "reason_code",
+    "schema_version",
+    "correction_of",
+]
+DIMENSION_SOURCES = ["dimensions", "metadata"]
+KNOWN = (
+    {a for names in ALIASES.values() for a in names}
+    | set(PLAIN_STRINGS)
+    | {
+        "dimensions",
+        "metadata",
+        "billable",
+        "_row",
+        "_payload",
+    }
+)
+MAX_DIMENSIONS = 16
+MAX_ID = 128
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_TOO_PRECISE = r"^[+-]?\d*\.\d{13,}$"
+PAYLOAD_FIELDS = [f for f in EVENT_FIELDS if f != "extra"]
+
+
+class CanonicalEvents(pa.DataFrameModel):
+    """The canonical event schema: the one definition every accepted row must satisfy."""
+
+    event_id: str = pa.Field(str_length={"min_value": 1, "max_value": MAX_ID})
+    account_id: str = pa.Field(str_length={"min_value": 1, "max_value": MAX_ID})
+    meter_id: str = pa.Field(str_length={"min_value": 1, "max_value": MAX_ID})
+    quantity: Annotated[pl.Decimal, 38, 12]
+    timestamp: Annotated[pl.Datetime, "us", "UTC"]
+    model_id: str = pa.Field(nullable=True)
+    product_id: str = pa.Field(nullable=True)
+    unit: str = pa.Field(nullable=True)
+    project_id: str = pa.Field(nullable=True)
+    dimensions: str = pa.Field(str_startswith="{")
+    correlation_id: str = pa.Field(nullable=True)
+    billable: bool
+    reason_code: str = pa.Field(nullable=True)
+    schema_version: str = pa.Field(nullable=True)
+    correction_of: str = pa.Field(nullable=True)
+    extra: str = pa.Field(nullable=True)
+
+    class Config:
+        strict = "filter"
+
+
+def normalize_events(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Canonical rows (with `_row`, `_payload`, `payload`) and rejects (`_row`, `_payload`, reason)."""
+    if rows.height == 0:
+        return _empty_canonical(), pl.DataFrame(
+            schema={"_row": pl.Int64, "_payload": pl.String, "reason": pl.String}
+        )
+    dims, dims_reason, metadata_model = _dimensions(rows)
+    frame = rows.select(
+        pl.col("_row"),
+        pl.col("_payload"),
+        *[
+            _coalesce_string(rows, ALIASES[f]).alias(f)
+            for f in ("event_id", "account_id", "meter_id")
+        ],
+        _quantity_text(rows).alias("_qty"),
+        _timestamp(rows),
+        pl.coalesce(_coalesce_string(rows, ALIASES["model_id"]), metadata_model).alias("model_id"),
+        *[_coalesce_string(rows, [f]).alias(f) for f in PLAIN_STRINGS],
+        dims.alias("dimensions"),
+        dims_reason.alias("_dims_reason"),
+        _billable_text(rows).alias("_billable"),
+        _extra(rows).alias("extra"),
+    )
+    frame = frame.with_columns(
+        quantity=pl.col("_qty").cast(QTY, strict=False),
+        billable=pl.col("_billable").replace_strict(
+            {"true": True, "1": True, "false": False, "0": False},
+            default=None,
+            return_dtype=pl.Boolean,
+        ),
+    ).with_columns(reason=_reason())
+    rejects = frame.filter(pl.col("reason").is_not_null()).select("_row", "_payload", "reason")
+    valid = frame.filter(pl.col("reason").is_null())
+    valid = valid.with_columns(billable=pl.col("billable").fill_null(True))
+    valid = valid.select("_row", "_payload", *EVENT_FIELDS).with_columns(payload=payload_expr())
+    valid, schema_rejects = _validate_schema(valid)
+    return valid, pl.concat([rejects, schema_rejects])
+
+
+def payload_expr() -> pl.Expr:
+    """Canonical JSON of the billing fields: equal payloads are duplicates, others conflicts."""
+    fields = [
+        pl.col(f).cast(pl.String) if f in ("quantity", "billable") else pl.col(f)
+        for f in PAYLOAD_FIELDS
+        if f != "timestamp"
+    ]
+    ts = pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").alias("timestamp")
+    return pl.struct([*fields, ts]).struct.json_encode()
+
+
+def _empty_canonical() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={"_row": pl.Int64, "_payload": pl.String, **EVENT_FIELDS, "payload": pl.String}
+    )
+
+
+def _coalesce_string(rows: pl.DataFrame, names: list[str]) -> pl.Expr:
+    present = [n for n in names if n in rows.columns and not _is_nested(rows.schema[n])]
+    if not present:
+        return pl.lit(None, dtype=pl.String)
+    return pl.coalesce([_as_text(n, rows.schema[n]) for n in present]).str.strip_chars()
+
+
+def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
+    if dtype == pl.String:
+        return pl.col(name).replace("", None)
+    if isinstance(dtype, pl.Datetime):
+        return pl.col(name).dt.strftime("%Y-%m-%dT%H:%M:%S%.f%:z")
+    return pl.col(name).cast(pl.String)
+
+
+def _is_nested(dtype: pl.DataType) -> bool:
+    return isinstance(dtype, pl.Struct | pl.List | pl.Array)
+
+
+def _quantity_text(rows: pl.DataFrame) -> pl.Expr:
+    """Quantity as text; an absent quantity counts 1 (Stigg-style events)."""
+    present = [n for n in ALIASES["quantity"] if n in rows.columns]
+    if not present:
+        return pl.lit("1")
+    return (
+        pl.coalesce([_as_text(n, rows.schema[n]) for n in present]).str.strip_chars().fill_null("1")
+    )
+
+
+def _timestamp(rows: pl.DataFrame) -> pl.Expr:
+    """Parse RFC 3339 with an offset (or Z) to UTC; naive or unparsable values become null."""
+    present = [n for n in ALIASES["timestamp"] if n in rows.columns]
+    if not present:
+        return pl.lit(None, dtype=TS).alias("timestamp")
+    parts = []
+    for name in present:
+        dtype = rows.schema[name]
+        if isinstance(dtype, pl.Datetime):
+            parts.append(
+                pl.col(name).dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+                if dtype.time_zone
+                else pl.lit(None, dtype=TS)
+            )
+        else:
+            text = (
+                pl.col(name)
+                .cast(pl.String)
+                .str.strip_chars()
+                .str.replace(r"^(\d{4}-\d{2}-\d{2})[ tT]", "${1}T")
+                .str.replace(r"[zZ]$", "+00:00")
+            )
+            parts.append(
+                text.str.to_datetime(
+                    "%Y-%m-%dT%H:%M:%S%.f%:z", strict=False, time_unit="us"
+                ).dt.convert_time_zone("UTC")
+            )
+    return pl.coalesce(parts).alias("timestamp")
+
+
+def _billable_text(rows: pl.DataFrame) -> pl.Expr:
+    if "billable" not in rows.columns:
+        return pl.lit(None, dtype=pl.String)
+    return pl.col("billable").cast(pl.String).str.strip_chars().str.to_lowercase()
+
+
+def _extra(rows: pl.DataFrame) -> pl.Expr:
+    """Columns the contract does not name, kept as JSON text (never billed)."""
+    names = [n for n in rows.columns if n not in KNOWN]
+    if not names:
+        return pl.lit(None, dtype=pl.String)
+    cols = [
+        pl.col(n).cast(pl.String)
+        if rows.schema[n].is_temporal() or rows.schema[n] == pl.Decimal
+        else pl.col(n)
+        for n in names
+    ]
+    all_null = pl.all_horizontal([pl.col(n).is_null() for n in names])
+    return pl.when(all_null).then(None).otherwise(pl.struct(cols).struct.json_encode())
+
+
+# --- dimensions --------------------------------------------------------------------------------
+
+
+def _dimensions(rows: pl.DataFrame) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """(canonical dimensions JSON, reject reason, model lifted from `metadata`).
+
+    `dimensions` wins where a row has it; otherwise `metadata` (minus its `model`) is used.
+    """
+    text, reason = pl.lit("{}"), pl.lit(None, dtype=pl.String)
+    model = pl.lit(None, dtype=pl.String)
+    for source in reversed([n for n in DIMENSION_SOURCES if n in rows.columns]):
+        struct = _dimension_struct(rows, source)
+        if struct is None:
+            src_text, src_reason = pl.lit("{}"), pl.lit(f"{source} must be a JSON object")
+        else:
+            values, dtype = struct
+            fields = {f.name: f.dtype for f in dtype.fields}
+            if source == "metadata" and "model" in fields and not _is_nested(fields["model"]):
+                model = values.struct.field("model")
+                fields.pop("model")
+            src_text, src_reason = _canonical_json(values, fields, source)
+        present = pl.col(source).is_not_null()
+        text = pl.when(present).then(src_text).otherwise(text)
+        reason = pl.when(present).then(src_reason).otherwise(reason)
+    return text, reason, model
+
+
+def _dimension_struct(rows: pl.DataFrame, name: str) -> tuple[pl.Expr, pl.Struct] | None:
+    dtype = rows.schema[name]
+    if isinstance(dtype, pl.Struct):
+        return pl.col(name), dtype
+    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
+        # A Parquet map column: key/value pairs re-encoded as JSON object text.
+        pair = pl.concat_str(
+            pl.lit('"'),
+            pl.element().struct.field("key").cast(pl.String),
+            pl.lit('":"'),
+            pl.element().struct.field("value").cast(pl.String),
+            pl.lit('"'),
+        )
+        text = rows.select(
+            pl.concat_str(pl.lit("{"), pl.col(name).list.eval(pair).list.join(","), pl.lit("}"))
+        ).to_series()
+        return _decode_text(text)
+    if dtype == pl.String:
+        return _decode_text(rows[name])
+    if dtype == pl.Null:
+        return pl.lit(None, dtype=pl.Struct({})), pl.Struct({})
+    return None
+
+
+def _decode_text(texts: pl.Series) -> tuple[pl.Expr, pl.Struct]:
+    """Decode a column of JSON-object text; rows that are not objects get a marker field."""
+    from usagebox_pipelines.events.readers import decode_json_objects
+
+    cleaned = texts.replace("", None)
+    try:
+        decoded = decode_json_objects(cleaned.fill_null("{}"))
+        decoded = pl.select(pl.when(cleaned.is_null()).then(None).otherwise(decoded)).to_series()
+    except pl.exceptions.PolarsError:
+        canon = [_canonical_python(v) for v in cleaned.to_list()]
+        good = pl.Series([c if c is not None else "{}" for c in canon], dtype=pl.String)
+        bad = pl.Series(
+            "__invalid__",
+            [
+                ("1" if c is None and v is not None else None)
+                for c, v in zip(canon, cleaned, strict=True)
+            ],
+            dtype=pl.String,
+        )
+        decoded = decode_json_objects(good)
+        decoded = (
+            pl.DataFrame(decoded)
+            .unnest(decoded.name)
+            .with_columns(bad)
+            .select(pl.struct(pl.all()).alias("_json"))
+            .to_series()
+        )
+    return pl.lit(decoded), decoded.dtype
+
+
+def _canonical_python(value: str | None) -> str | None:
+    """Slow path for a chunk holding unparsable dimension text: the valid objects re-encoded."""
+    if value is None:
+        return None
+    try:
+        obj = json.loads(value)
+    except ValueError:
+        return None
+    return json.dumps(obj, sort_keys=True) if isinstance(obj, dict) else None
+
+
+def _canonical_json(values: pl.Expr, fields: dict[str, pl.DataType], source: str):
+    """Sorted-key compact JSON of the non-null scalar values, and a reason if invalid."""
+    if "__invalid__" in fields:
+        invalid = values.struct.field("__invalid__").is_not_null()
+        fields = {k: v for k, v in fields.items() if k != "__invalid__"}
+    else:
+        invalid = pl.lit(False)
+    names = sorted(fields)
+    scalars = [n for n in names if not _is_nested(fields[n])]
+    nested = [n for n in names if _is_nested(fields[n])]
+    pairs = [
+        pl.when(values.struct.field(n).is_not_null()).then(
+            pl.struct(values.struct.field(n).cast(pl.String).alias(n))
+            .struct.json_encode()
+            .str.strip_prefix("{")
+            .str.strip_suffix("}")
+        )
+        for n in scalars
+    ]
+    text = (
+        pl.concat_str(
+            pl.lit("{"), pl.concat_list(pairs).list.drop_nulls().list.join(","), pl.lit("}")
+        )
+        if pairs
+        else pl.lit("{}")
+    )
+    count = (
+        pl.sum_horizontal([values.struct.field(n).is_not_null() for n in names])
+        if names
+        else pl.lit(0)
+    )
+    reason = pl.when(invalid).then(pl.lit(f"{source} is not a valid JSON object"))
+    for n in nested:
+        reason = reason.when(values.struct.field(n).is_not_null()).then(
+            pl.lit(f"{source}.{n} must be a scalar value (string, number or bool)")
+        )
+    reason = reason.when(count > MAX_DIMENSIONS).then(
+        pl.format(f"{source} has {{}} keys; at most {MAX_DIMENSIONS} are allowed", count)
+    )
+    text = pl.when(values.is_null()).then(pl.lit("{}")).otherwise(text)
+    return text, reason.otherwise(None)
+
+
+# --- reasons -----------------------------------------------------------------------------------
+
+
+def _reason() -> pl.Expr:
+    """The first problem of each row, worded so the sender knows what to fix."""
+    qty = pl.col("_qty")
+    checks = [
+        (pl.col("event_id").is_null(), "missing event_id (or idempotencyKey/transaction_id)"),
+        (pl.col("event_id").str.len_chars() > MAX_ID, f"event_id longer than {MAX_ID} characters"),
+        (pl.col("account_id").is_null(), "missing account_id (or customer_id/customerId)"),
+        (
+            pl.col("account_id").str.len_chars() > MAX_ID,
+            f"account_id longer than {MAX_ID} characters",
+        ),
+        (pl.col("meter_id").is_null(), "missing meter_id (or meter/eventName/event_name)"),
+        (pl.col("meter_id").str.len_chars() > MAX_ID, f"meter_id longer than {MAX_ID} characters"),
+        (pl.col("timestamp").is_null(), "timestamp missing or not RFC 3339 with an offset or Z"),
+        (~qty.str.contains(_NUMBER), "quantity is not a number"),
+        (qty.str.contains(_TOO_PRECISE), "quantity has more than 12 decimal places"),
+        (pl.col("quantity").is_null(), "quantity out of range (max 26 integer digits)"),
+        (
+            (pl.col("quantity") < 0) & pl.col("correction_of").is_null(),
+            "negative quantity without correction_of (only corrections may be negative)",
+        ),
+        (
+            pl.col("_billable").is_not_null() & pl.col("billable").is_null(),
+            "billable must be true or false",
+        ),
+        (
+            (pl.col("billable") == False) & pl.col("reason_code").is_null(),  # noqa: E712
+            "billable=false needs a reason_code",
+        ),
+        (pl.col("correction_of") == pl.col("event_id"), "correction_of points to itself"),
+    ]
+    expr = pl.when(pl.col("_dims_reason").is_not_null()).then(pl.col("_dims_reason"))
+    for cond, text in checks:
+        expr = expr.when(cond.fill_null(False)).then(pl.lit(text))
+    return expr.otherwise(None)
+
+
+def _validate_schema(valid: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Final guard: the pandera schema; failing rows go to quarantine, never into tables."""
+    try:
+        CanonicalEvents.validate(valid.select(*EVENT_FIELDS), lazy=True)
+        return valid, pl.DataFrame(
+            schema={"_row": pl.Int64, "_payload": pl.String, "reason": pl.String}
+        )
+    except pa.errors.SchemaErrors as exc:
+        cases = pl.DataFrame(exc.failure_cases)
+        bad_idx = cases.get_column("index").drop_nulls().cast(pl.Int64).unique()
+        if bad_idx.len() == 0:
+            raise
+        reason = "schema check failed: " + "; ".join(
+            sorted({f"{c} {k}" for c, k in zip(cases["column"], cases["check"], strict=True)})
+        )
+        mask = pl.int_range(valid.height, eager=True).is_in(bad_idx.implode())
+        rejects = valid.filter(mask).select("_row", "_payload", reason=pl.lit(reason))
+        return valid.filter(~mask), rejects

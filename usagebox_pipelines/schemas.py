@@ -57,6 +57,7 @@ EVENTS = pl.Schema(
     {
         **EVENT_FIELDS,
         "hour": TS,
+        "event_date": pl.Date(),
         "is_late": pl.Boolean(),
         "status": pl.String(),
         "status_reason": pl.String(),

@@ -76,7 +76,7 @@ class CanonicalEvents(pa.DataFrameModel):
 
 
 def normalize_events(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Canonical rows (with `_row`, `_payload`, `payload`) and rejects (`_row`, `_payload`, reason)."""
+    """Canonical rows (plus `_row`, `_payload`, `payload`) and rejects with a reason."""
     if rows.height == 0:
         return _empty_canonical(), pl.DataFrame(
             schema={"_row": pl.Int64, "_payload": pl.String, "reason": pl.String}

@@ -1,0 +1,224 @@
+"""`usagebox`: thin typer commands over the pipeline (CONTRACT.md §1).
+
+Exit codes: 0 ok; 1 a check or invariant failed; 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import polars as pl
+import typer
+
+from usagebox_pipelines.config import Settings
+from usagebox_pipelines.errors import InvariantError, UsageboxError
+from usagebox_pipelines.storage import DeltaStore
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Usage-based billing pipelines: events → Delta tables → rated usage → invoices.",
+)
+
+Home = Annotated[
+    str | None,
+    typer.Option(
+        "--home", help="Root of the tables (path or s3://bucket/prefix).", show_default=False
+    ),
+]
+Pricebooks = Annotated[
+    str | None,
+    typer.Option("--pricebooks", help="Folder of pricebook YAML files.", show_default=False),
+]
+
+
+def _settings(home: str | None, pricebooks: str | None) -> Settings:
+    return Settings.resolve(home, pricebooks)
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _print_json(data: object) -> None:
+    typer.echo(json.dumps(data, default=_json_default, indent=None))
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Event files: JSONL, CSV, Parquet, .gz.")],
+    source: Annotated[str | None, typer.Option(help="Label stored with the rows.")] = None,
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Load event files; print {"files","accepted","duplicates","conflicts","rejected","late"}."""
+    from usagebox_pipelines.events.ingest import ingest_files
+    from usagebox_pipelines.pipeline import update_events
+
+    settings = _settings(home, pricebooks)
+    store = DeltaStore(settings.home)
+    summary = ingest_files(store, paths, source, progress=_progress())
+    for error in summary.errors:
+        _err(error)
+    if summary.files == 0:
+        raise UsageboxError("nothing could be read: " + "; ".join(summary.errors))
+    update_events(store, run_id="cli-ingest")
+    _print_json({k: v for k, v in summary.__dict__.items()})
+
+
+def _progress():
+    """Progress lines on stderr when a person is watching; silent in pipes and tests."""
+    if sys.stderr.isatty():
+        return lambda msg: typer.echo(f"  {msg}", err=True)
+    return None
+
+
+@app.command()
+def run(
+    day: Annotated[str | None, typer.Option("--date", help="UTC day YYYY-MM-DD.")] = None,
+    month: Annotated[str | None, typer.Option("--month", help="Month YYYY-MM.")] = None,
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Materialise every stage for a UTC day (default: yesterday) or a month, through Dagster."""
+    from usagebox_pipelines.runner import run_day, run_month
+
+    settings = _settings(home, pricebooks)
+    if day and month:
+        raise UsageboxError("give --date or --month, not both")
+    if month:
+        outcomes = run_month(settings, parse_month(month))
+    else:
+        outcomes = run_day(settings, parse_day(day) if day else _yesterday())
+    _print_json({"runs": [o.as_dict() for o in outcomes]})
+    if not all(o.success for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _yesterday() -> date:
+    return (datetime.now(UTC) - timedelta(days=1)).date()
+
+
+def parse_day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UsageboxError(f"--date {value!r}: expected YYYY-MM-DD") from None
+
+
+def parse_month(value: str) -> str:
+    try:
+        datetime.strptime(value, "%Y-%m")
+    except ValueError:
+        raise UsageboxError(f"month {value!r}: expected YYYY-MM") from None
+    if len(value) != 7:
+        raise UsageboxError(f"month {value!r}: expected YYYY-MM")
+    return value
+
+
+@app.command()
+def usage(
+    account: Annotated[str, typer.Argument(help="Account id.")],
+    start: Annotated[str, typer.Option("--from", help="Window start (inclusive), RFC 3339.")],
+    end: Annotated[str, typer.Option("--to", help="Window end (exclusive), RFC 3339.")],
+    group_by: Annotated[
+        str | None, typer.Option("--group-by", help="Columns, comma-separated (default meter_id).")
+    ] = None,
+    source: Annotated[str, typer.Option(help="rollup | raw | auto.")] = "auto",
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Usage of one account over [from, to)."""
+    from usagebox_pipelines.pipeline import events_frame
+    from usagebox_pipelines.rollups.usage_query import parse_group_by, parse_time, usage_query
+    from usagebox_pipelines.schemas import HOUR_BUILDS, USAGE_HOURLY
+
+    store = DeltaStore(_settings(home, pricebooks).home)
+    answer = usage_query(
+        events_frame(store),
+        store.scan("usage_hourly", USAGE_HOURLY),
+        store.read("hour_builds", HOUR_BUILDS),
+        account,
+        parse_time(start, "--from"),
+        parse_time(end, "--to"),
+        parse_group_by(group_by, source),
+        source,
+    )
+    _print_json(answer)
+
+
+@app.command()
+def verify(
+    month: Annotated[str | None, typer.Option(help="Only this month (YYYY-MM).")] = None,
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Check the invariants of CONTRACT.md §5; exit 1 naming any that fail."""
+    from usagebox_pipelines.pipeline import verify as verify_tables
+
+    settings = _settings(home, pricebooks)
+    results = verify_tables(DeltaStore(settings.home), parse_month(month) if month else None)
+    failed = [r.name for r in results if not r.passed]
+    _print_json({"passed": not failed, "failed": failed, "checks": [r.as_dict() for r in results]})
+    if failed:
+        raise InvariantError("invariants failed: " + ", ".join(failed))
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="A SELECT over the tables of CONTRACT.md §3.")],
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Read-only SQL (Polars SQL) over every Delta table under <home>/tables."""
+    from usagebox_pipelines.sql import run_sql
+
+    frame = run_sql(DeltaStore(_settings(home, pricebooks).home), query)
+    if fmt == "csv":
+        typer.echo(frame.write_csv(), nl=False)
+    elif fmt == "json":
+        _print_json(frame.to_dicts())
+    elif fmt == "table":
+        with pl.Config(tbl_rows=200, tbl_cols=50, fmt_str_lengths=80, tbl_width_chars=200):
+            typer.echo(str(frame))
+    else:
+        raise UsageboxError(f"--format {fmt!r}: choose table, csv or json")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit 2 (1 for failed checks)."""
+    try:
+        app(standalone_mode=False)
+    except InvariantError as exc:
+        _err(f"usagebox: {exc}")
+        sys.exit(1)
+    except UsageboxError as exc:
+        _err(f"usagebox: {exc}")
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        _err("usagebox: aborted")
+        sys.exit(1)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""The Dagster code location: merges the asset, job, schedule and sensor modules."""
+
+import dagster as dg
+
+from usagebox_pipelines.defs.jobs import hourly_job, ingest_job, monthly_job
+from usagebox_pipelines.defs.metering import metering_assets
+from usagebox_pipelines.defs.resources import UsageboxResource
+from usagebox_pipelines.defs.schedules import schedules
+from usagebox_pipelines.defs.sensors import sensors
+
+defs = dg.Definitions(
+    assets=[*metering_assets],
+    jobs=[ingest_job, hourly_job, monthly_job],
+    schedules=schedules,
+    sensors=sensors,
+    resources={"usagebox": UsageboxResource()},
+)

@@ -1,0 +1,8 @@
+"""Dagster wiring: thin assets, checks, jobs, schedules and sensors over `pipeline` stages."""
+
+import warnings
+
+import dagster as dg
+
+# Single-run backfills of hourly partitions are the design, not an experiment we want nagged about.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)

@@ -1,0 +1,33 @@
+"""Jobs the schedules, sensors and `usagebox run` launch (the same ones everywhere)."""
+
+import dagster as dg
+
+from usagebox_pipelines.defs.partitions import hourly, monthly
+
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=["raw_events", "events"],
+    description="Ingest inbox files and fold them into `events`.",
+)
+hourly_job = dg.define_asset_job(
+    "hourly_job",
+    selection=["events", "usage_hourly"],
+    partitions_def=hourly,
+    description="Bring `events` up to date, then rebuild the selected hours of `usage_hourly`.",
+)
+monthly_job = dg.define_asset_job(
+    "monthly_job",
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.assets("raw_events", "events")
+    - dg.AssetSelection.assets("usage_hourly"),
+    partitions_def=monthly,
+    description="Monthly stages: usage_monthly and everything priced or reconciled per month.",
+)
+
+PARTITION_RANGE_START = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END = "dagster/asset_partition_range_end"
+
+
+def hour_range_tags(first_key: str, last_key: str) -> dict[str, str]:
+    """Tags that make one run materialise a range of hourly partitions (single-run backfill)."""
+    return {PARTITION_RANGE_START: first_key, PARTITION_RANGE_END: last_key}

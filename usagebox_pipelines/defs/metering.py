@@ -1,0 +1,138 @@
+"""Metering assets: raw_events (ingest), events (exactly once), usage_hourly, usage_monthly."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from usagebox_pipelines import invariants as inv
+from usagebox_pipelines import pipeline
+from usagebox_pipelines.defs.partitions import hourly, month_of, monthly
+from usagebox_pipelines.defs.resources import UsageboxResource
+from usagebox_pipelines.events.ingest import ingest_files
+from usagebox_pipelines.schemas import USAGE_HOURLY, USAGE_MONTHLY
+
+
+class IngestConfig(dg.Config):
+    """Files to ingest; empty = every not-yet-ingested file in `<home>/inbox`."""
+
+    files: list[str] = []
+    source: str | None = None
+
+
+def inbox_files(resource: UsageboxResource) -> list[Path]:
+    inbox = resource.settings.local_home / "inbox"
+    return sorted(p for p in inbox.glob("**/*") if p.is_file()) if inbox.exists() else []
+
+
+def _check(result: inv.InvariantResult) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=result.name,
+        passed=result.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"detail": result.detail, "examples": dg.MetadataValue.json(result.examples)},
+    )
+
+
+@dg.asset(
+    group_name="metering",
+    kinds={"deltalake", "polars"},
+    check_specs=[dg.AssetCheckSpec("1_ingest_rows_reconcile", asset="raw_events", blocking=True)],
+)
+def raw_events(
+    context: dg.AssetExecutionContext, config: IngestConfig, usagebox: UsageboxResource
+) -> dg.MaterializeResult:
+    """Every accepted input row, append-only; rejected rows go to `quarantine` with a reason."""
+    paths = [Path(f) for f in config.files] or inbox_files(usagebox)
+    summary = ingest_files(usagebox.store, paths, config.source, progress=context.log.info)
+    for error in summary.errors:
+        context.log.warning(error)
+    store = usagebox.store
+    check = pipeline.verify_ingest(store)
+    return dg.MaterializeResult(
+        metadata={k: v for k, v in summary.__dict__.items() if k != "errors"}
+        | {"errors": dg.MetadataValue.json(summary.errors)},
+        check_results=[_check(check)],
+    )
+
+
+@dg.asset(
+    group_name="metering",
+    kinds={"deltalake", "polars"},
+    deps=[raw_events],
+    check_specs=[
+        dg.AssetCheckSpec("2_events_unique", asset="events", blocking=True),
+        dg.AssetCheckSpec("events_inside_partitions", asset="events", blocking=True),
+    ],
+)
+def events(context: dg.AssetExecutionContext, usagebox: UsageboxResource) -> dg.MaterializeResult:
+    """One row per (account_id, event_id) with corrections resolved; rewrites touched days only."""
+    store = usagebox.store
+    update = pipeline.update_events(store, context.run_id)
+    frame = pipeline.events_frame(store)
+    return dg.MaterializeResult(
+        metadata={
+            "new_batches": len(update.batches),
+            "days_rewritten": [d.isoformat() for d in update.days],
+            "affected_hours": dg.MetadataValue.json([h.isoformat() for h in update.hours]),
+        },
+        check_results=[
+            _check(inv.events_unique(frame)),
+            _check(inv.events_inside_partitions(frame, pipeline.FIRST_HOUR)),
+        ],
+    )
+
+
+@dg.asset(
+    group_name="metering",
+    kinds={"deltalake", "polars"},
+    partitions_def=hourly,
+    deps=[events],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    check_specs=[dg.AssetCheckSpec("3_hourly_equals_events", asset="usage_hourly", blocking=True)],
+)
+def usage_hourly(
+    context: dg.AssetExecutionContext, usagebox: UsageboxResource
+) -> dg.MaterializeResult:
+    """Account × meter × model × product × unit × dimensions × hour sums; replaces its hours."""
+    window = context.partition_time_window
+    store = usagebox.store
+    rows = pipeline.build_usage_hourly(store, window.start, window.end, context.run_id)
+    result = inv.hourly_matches_events(
+        pipeline.events_frame(store),
+        store.scan("usage_hourly", USAGE_HOURLY),
+        window.start,
+        window.end,
+    )
+    return dg.MaterializeResult(
+        metadata={"rows": rows, "from": window.start.isoformat(), "to": window.end.isoformat()},
+        check_results=[_check(result)],
+    )
+
+
+@dg.asset(
+    group_name="metering",
+    kinds={"deltalake", "polars"},
+    partitions_def=monthly,
+    deps=[dg.AssetDep(usage_hourly, partition_mapping=dg.TimeWindowPartitionMapping())],
+    check_specs=[
+        dg.AssetCheckSpec("3_monthly_equals_hourly", asset="usage_monthly", blocking=True)
+    ],
+)
+def usage_monthly(
+    context: dg.AssetExecutionContext, usagebox: UsageboxResource
+) -> dg.MaterializeResult:
+    """Account × meter × model × product × unit × month, summed from the month's hours."""
+    month = month_of(context.partition_key)
+    store = usagebox.store
+    rows = pipeline.build_usage_monthly(store, month, context.run_id)
+    result = inv.monthly_matches_hourly(
+        store.scan("usage_hourly", USAGE_HOURLY),
+        store.scan("usage_monthly", USAGE_MONTHLY),
+        [month],
+    )
+    return dg.MaterializeResult(
+        metadata={"rows": rows, "month": month}, check_results=[_check(result)]
+    )
+
+
+metering_assets = [raw_events, events, usage_hourly, usage_monthly]

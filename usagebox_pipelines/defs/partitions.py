@@ -1,0 +1,17 @@
+"""UTC hourly and monthly partitions, starting at the first hour the pipeline accepts."""
+
+import dagster as dg
+
+from usagebox_pipelines.pipeline import FIRST_HOUR
+
+hourly = dg.HourlyPartitionsDefinition(
+    start_date=FIRST_HOUR.strftime("%Y-%m-%d-%H:%M"), timezone="UTC", end_offset=1
+)
+monthly = dg.MonthlyPartitionsDefinition(
+    start_date=FIRST_HOUR.strftime("%Y-%m-%d"), timezone="UTC", end_offset=1
+)
+
+
+def month_of(partition_key: str) -> str:
+    """'2026-10-01' (a monthly partition key) -> '2026-10'."""
+    return partition_key[:7]

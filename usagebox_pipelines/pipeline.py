@@ -1,0 +1,210 @@
+"""Pipeline stages: read tables, call the pure logic, write one atomic Delta commit per stage.
+
+Dagster assets and the CLI both call these functions, so a stage behaves the same whichever
+way it is run. Every stage is idempotent: rerunning it after a crash finishes the job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+
+from usagebox_pipelines import invariants as inv
+from usagebox_pipelines.events.build import build_events, resolve_corrections
+from usagebox_pipelines.events.ingest import committed_batches
+from usagebox_pipelines.rollups.aggregate import month_bounds, rollup_hourly, rollup_monthly
+from usagebox_pipelines.schemas import (
+    EVENT_CONFLICTS,
+    EVENTS,
+    HOUR_BUILDS,
+    INGEST_LOG,
+    QUARANTINE,
+    RAW_EVENTS,
+    USAGE_HOURLY,
+    USAGE_MONTHLY,
+)
+from usagebox_pipelines.storage import DeltaStore, sql_literal
+
+# The first hourly partition: events before it are reported by `events_inside_partitions`.
+FIRST_HOUR = datetime(2024, 1, 1, tzinfo=UTC)
+EVENTS_BUILDS = pl.Schema({"batch_id": pl.String(), "built_at": RAW_EVENTS["ingested_at"]})
+
+
+def committed_raw_events(store: DeltaStore) -> pl.LazyFrame:
+    """`raw_events` rows of batches whose ingest finished (crashed batches are invisible)."""
+    raw = store.scan("raw_events", RAW_EVENTS)
+    return raw.join(committed_batches(store), on="batch_id", how="semi")
+
+
+@dataclass
+class EventsUpdate:
+    batches: list[str]
+    days: list[date]
+    hours: list[datetime]
+    rows: int
+
+
+def update_events(store: DeltaStore, run_id: str = "cli") -> EventsUpdate:
+    """Fold newly committed batches into `events`, rewriting only the days they touch."""
+    done = store.scan("events_builds", EVENTS_BUILDS).select("batch_id")
+    new_batches = committed_batches(store).join(done, on="batch_id", how="anti").collect()
+    if new_batches.height == 0:
+        return EventsUpdate([], [], [], 0)
+    raw = committed_raw_events(store)
+    fresh = raw.join(new_batches.lazy(), on="batch_id", how="semi")
+    corrections = resolve_corrections(*_corrections_and_originals(raw))
+    fresh_ids = fresh.select("account_id", "event_id").collect()
+    touched = corrections.join(
+        fresh_ids.rename({"event_id": "correction_of"}),
+        on=["account_id", "correction_of"],
+        how="semi",
+    )
+    hours = (
+        pl.concat(
+            [
+                fresh.select("hour").collect(),
+                touched.select("hour"),
+                touched.select(pl.col("timestamp").dt.truncate("1h").alias("hour")),
+            ]
+        )
+        .unique()
+        .sort("hour")["hour"]
+    )
+    days = hours.dt.date().unique().sort()
+    rows = raw.filter(
+        pl.col("correction_of").is_null() & pl.col("hour").dt.date().is_in(days.implode())
+    ).collect(engine="streaming")
+    in_days = corrections.filter(pl.col("hour").dt.date().is_in(days.implode()))
+    events = build_events(rows, in_days)
+    predicate = f"event_date IN ({', '.join(sql_literal(d) for d in days.to_list())})"
+    store.replace_where(
+        "events",
+        events,
+        predicate,
+        EVENTS,
+        partition_by=["event_date"],
+        metadata={"run_id": run_id, "stage": "events"},
+    )
+    now = datetime.now(UTC)
+    store.append("events_builds", new_batches.with_columns(built_at=pl.lit(now)), EVENTS_BUILDS)
+    return EventsUpdate(
+        new_batches["batch_id"].to_list(), days.to_list(), hours.to_list(), events.height
+    )
+
+
+def _corrections_and_originals(raw: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every correction in history (a small share of events) and the originals they target."""
+    corrections = raw.filter(pl.col("correction_of").is_not_null()).collect(engine="streaming")
+    targets = corrections.select("account_id", pl.col("correction_of").alias("event_id")).unique()
+    originals = (
+        raw.filter(pl.col("event_id").is_in(targets["event_id"].implode()))
+        .filter(pl.col("correction_of").is_null())
+        .select("account_id", "event_id", "quantity", "hour")
+        .collect(engine="streaming")
+        .join(targets, on=["account_id", "event_id"], how="semi")
+    )
+    return corrections, originals
+
+
+def events_frame(store: DeltaStore, version: int | None = None) -> pl.LazyFrame:
+    return store.scan("events", EVENTS, version=version)
+
+
+def build_usage_hourly(
+    store: DeltaStore, start: datetime, end: datetime, run_id: str = "cli"
+) -> int:
+    """Replace exactly the hours [start, end) of `usage_hourly` and record them as built."""
+    rows = rollup_hourly(events_frame(store), start, end)
+    predicate = f"hour >= {sql_literal(start)} AND hour < {sql_literal(end)}"
+    meta = {
+        "run_id": run_id,
+        "stage": "usage_hourly",
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+    }
+    store.replace_where("usage_hourly", rows, predicate, USAGE_HOURLY, metadata=meta)
+    hours = pl.datetime_range(start, end, "1h", closed="left", time_zone="UTC", eager=True)
+    builds = pl.DataFrame({"hour": hours}).with_columns(
+        built_at=pl.lit(datetime.now(UTC)), run_id=pl.lit(run_id)
+    )
+    store.replace_where("hour_builds", builds, predicate, HOUR_BUILDS)
+    return rows.height
+
+
+def build_usage_monthly(store: DeltaStore, month: str, run_id: str = "cli") -> int:
+    """Replace one month of `usage_monthly` from the hourly rollup of its hours."""
+    rows = rollup_monthly(store.scan("usage_hourly", USAGE_HOURLY), month)
+    store.replace_where(
+        "usage_monthly",
+        rows,
+        f"month = {sql_literal(month)}",
+        USAGE_MONTHLY,
+        metadata={"run_id": run_id, "stage": "usage_monthly", "month": month},
+    )
+    return rows.height
+
+
+def verify(store: DeltaStore, month: str | None = None) -> list[inv.InvariantResult]:
+    """Check the stored tables against CONTRACT.md §5 (invariants 1–3; 4–5 once invoices exist)."""
+    start, end = month_bounds(month) if month else (None, None)
+    events = events_frame(store)
+    hourly = store.scan("usage_hourly", USAGE_HOURLY)
+    if month:
+        months = [month]
+    else:
+        months = (
+            store.scan("usage_monthly", USAGE_MONTHLY)
+            .select("month")
+            .unique()
+            .collect()["month"]
+            .to_list()
+        )
+    return [
+        verify_ingest(store),
+        inv.events_unique(events),
+        inv.hourly_matches_events(events, hourly, start, end),
+        inv.monthly_matches_hourly(hourly, store.scan("usage_monthly", USAGE_MONTHLY), months),
+        inv.events_inside_partitions(events, FIRST_HOUR),
+    ]
+
+
+def verify_ingest(store: DeltaStore) -> inv.InvariantResult:
+    """Invariant 1 alone (cheap: per-batch counts), for the ingest asset's blocking check."""
+    return inv.ingest_counts_add_up(
+        store.read("ingest_log", INGEST_LOG), _stored_counts_per_batch(store)
+    )
+
+
+def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
+    counts = []
+    for table, schema, name in (
+        ("raw_events", RAW_EVENTS, "raw"),
+        ("quarantine", QUARANTINE, "quarantined"),
+        ("event_conflicts", EVENT_CONFLICTS, "conflicted"),
+    ):
+        counts.append(
+            store.scan(table, schema).group_by("batch_id").agg(pl.len().alias(name)).collect()
+        )
+    out = counts[0]
+    for frame in counts[1:]:
+        out = out.join(frame, on="batch_id", how="full", coalesce=True)
+    return out.with_columns(pl.col("raw", "quarantined", "conflicted").cast(pl.Int64))
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+__all__ = [
+    "EventsUpdate",
+    "build_usage_hourly",
+    "build_usage_monthly",
+    "committed_raw_events",
+    "day_bounds",
+    "month_bounds",
+    "update_events",
+    "verify",
+]

@@ -8,20 +8,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 
 import polars as pl
 
 from usagebox_pipelines import invariants as inv
-from usagebox_pipelines.events.build import build_events, resolve_corrections
+from usagebox_pipelines.events.build import INHERITED, build_events, resolve_corrections
 from usagebox_pipelines.events.ingest import committed_batches
+from usagebox_pipelines.pricing.accounts import load_accounts
+from usagebox_pipelines.pricing.pricebook import load_pricebooks
+from usagebox_pipelines.pricing.rating import rate_usage
 from usagebox_pipelines.rollups.aggregate import month_bounds, rollup_hourly, rollup_monthly
 from usagebox_pipelines.schemas import (
+    CREDIT_LEDGER,
     EVENT_CONFLICTS,
     EVENTS,
     HOUR_BUILDS,
     INGEST_LOG,
     QUARANTINE,
+    RATED_USAGE,
     RAW_EVENTS,
+    UNRATED_USAGE,
     USAGE_HOURLY,
     USAGE_MONTHLY,
 )
@@ -78,15 +86,16 @@ def update_events(store: DeltaStore, run_id: str = "cli") -> EventsUpdate:
     ).collect(engine="streaming")
     in_days = corrections.filter(pl.col("hour").dt.date().is_in(days.implode()))
     events = build_events(rows, in_days)
-    predicate = f"event_date IN ({', '.join(sql_literal(d) for d in days.to_list())})"
-    store.replace_where(
-        "events",
-        events,
-        predicate,
-        EVENTS,
-        partition_by=["event_date"],
-        metadata={"run_id": run_id, "stage": "events"},
-    )
+    if days.len():
+        predicate = f"event_date IN ({', '.join(sql_literal(d) for d in days.to_list())})"
+        store.replace_where(
+            "events",
+            events,
+            predicate,
+            EVENTS,
+            partition_by=["event_date"],
+            metadata={"run_id": run_id, "stage": "events"},
+        )
     now = datetime.now(UTC)
     store.append("events_builds", new_batches.with_columns(built_at=pl.lit(now)), EVENTS_BUILDS)
     return EventsUpdate(
@@ -101,7 +110,7 @@ def _corrections_and_originals(raw: pl.LazyFrame) -> tuple[pl.DataFrame, pl.Data
     originals = (
         raw.filter(pl.col("event_id").is_in(targets["event_id"].implode()))
         .filter(pl.col("correction_of").is_null())
-        .select("account_id", "event_id", "quantity", "hour")
+        .select("account_id", "event_id", "quantity", "hour", *INHERITED)
         .collect(engine="streaming")
         .join(targets, on=["account_id", "event_id"], how="semi")
     )
@@ -144,6 +153,66 @@ def build_usage_monthly(store: DeltaStore, month: str, run_id: str = "cli") -> i
         metadata={"run_id": run_id, "stage": "usage_monthly", "month": month},
     )
     return rows.height
+
+
+@dataclass
+class RatedMonth:
+    rated: pl.DataFrame
+    unrated: pl.DataFrame
+    credit: pl.DataFrame
+
+
+def rate_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> RatedMonth:
+    """Rate one month of `usage_hourly` (nothing written): usage, contract lines, credit."""
+    books = load_pricebooks(pricebooks_dir)
+    accounts = load_accounts(pricebooks_dir)
+    start, end = month_bounds(month)
+    hourly = store.scan("usage_hourly", USAGE_HOURLY).filter(
+        (pl.col("hour") >= start) & (pl.col("hour") < end)
+    )
+    opening = _opening_credit(store, month)
+    result = rate_usage(hourly.collect(), month, books, accounts, opening)
+    credit = _credit_rows(result, accounts, month, opening)
+    return RatedMonth(result.rated, result.unrated, credit)
+
+
+def build_rated_usage(
+    store: DeltaStore, pricebooks_dir: Path, month: str, run_id: str = "cli"
+) -> RatedMonth:
+    """Replace the month's `rated_usage`, `unrated_usage` and `credit_ledger` rows."""
+    rated = rate_month(store, pricebooks_dir, month)
+    meta = {"run_id": run_id, "stage": "rated_usage", "period": month}
+    where = f"period = {sql_literal(month)}"
+    store.replace_where("rated_usage", rated.rated, where, RATED_USAGE, metadata=meta)
+    store.replace_where("unrated_usage", rated.unrated, where, UNRATED_USAGE, metadata=meta)
+    store.replace_where("credit_ledger", rated.credit, where, CREDIT_LEDGER, metadata=meta)
+    return rated
+
+
+def _opening_credit(store: DeltaStore, month: str) -> dict[str, Decimal] | None:
+    """Prepaid balances carried from the previous month's ledger (None before any ledger)."""
+    start, _ = month_bounds(month)
+    previous = (start - timedelta(days=1)).strftime("%Y-%m")
+    rows = store.read("credit_ledger", CREDIT_LEDGER).filter(pl.col("period") == previous)
+    return dict(zip(rows["account_id"], rows["closing"], strict=True)) if rows.height else None
+
+
+def _credit_rows(result, accounts, month: str, opening: dict | None) -> pl.DataFrame:
+    rows = []
+    for account_id, closing in sorted(result.closing_credit.items()):
+        start = (opening or {}).get(account_id)
+        if start is None:
+            start = accounts.get(account_id).prepaid_credit or Decimal(0)
+        rows.append(
+            {
+                "account_id": account_id,
+                "period": month,
+                "opening": start,
+                "drawn": start - closing,
+                "closing": closing,
+            }
+        )
+    return pl.DataFrame(rows, schema=CREDIT_LEDGER) if rows else pl.DataFrame(schema=CREDIT_LEDGER)
 
 
 def verify(store: DeltaStore, month: str | None = None) -> list[inv.InvariantResult]:

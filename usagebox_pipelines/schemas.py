@@ -225,6 +225,17 @@ INVOICE_LINES = pl.Schema(
     }
 )
 
+# Prepaid credit carried across months: closing of one period opens the next.
+CREDIT_LEDGER = pl.Schema(
+    {
+        "account_id": pl.String(),
+        "period": pl.String(),
+        "opening": MONEY,
+        "drawn": MONEY,
+        "closing": MONEY,
+    }
+)
+
 # Which hours have a built rollup and when: `is_late` and `--source auto` read it.
 HOUR_BUILDS = pl.Schema({"hour": TS, "built_at": TS, "run_id": pl.String()})
 

@@ -18,10 +18,16 @@ hourly_job = dg.define_asset_job(
 monthly_job = dg.define_asset_job(
     "monthly_job",
     selection=dg.AssetSelection.all()
-    - dg.AssetSelection.assets("raw_events", "events")
-    - dg.AssetSelection.assets("usage_hourly"),
+    - dg.AssetSelection.assets("raw_events", "events", "usage_hourly")
+    - dg.AssetSelection.groups("close"),
     partitions_def=monthly,
     description="Monthly stages: usage_monthly and everything priced or reconciled per month.",
+)
+close_job = dg.define_asset_job(
+    "close_job",
+    selection=dg.AssetSelection.groups("close"),
+    partitions_def=monthly,
+    description="Month close: issue numbered, frozen invoices (needs approval).",
 )
 
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"

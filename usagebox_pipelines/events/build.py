@@ -14,6 +14,8 @@ from usagebox_pipelines.schemas import EVENTS, conform
 
 KEY = ["account_id", "event_id"]
 ORDER = ["ingested_at", "batch_id", "row_number"]
+# A correction is counted exactly where its original is: same hour and same rollup group.
+INHERITED = ["meter_id", "model_id", "product_id", "unit", "dimensions", "billable"]
 
 
 def resolve_corrections(corrections: pl.DataFrame, originals: pl.DataFrame) -> pl.DataFrame:
@@ -23,18 +25,22 @@ def resolve_corrections(corrections: pl.DataFrame, originals: pl.DataFrame) -> p
     quantity, hour) that corrections point at. Deltas apply in arrival order; one that would make
     the running net negative is rejected and does not count for later ones.
     """
+    inherited = [c for c in INHERITED if c in originals.columns]
     orig = originals.select(
         "account_id",
         pl.col("event_id").alias("correction_of"),
         pl.col("quantity").alias("_orig_qty"),
         pl.col("hour").alias("_orig_hour"),
+        *[pl.col(c).alias(f"_orig_{c}") for c in inherited],
     ).unique(["account_id", "correction_of"])
     joined = corrections.join(orig, on=["account_id", "correction_of"], how="left").sort(ORDER)
     pending = joined.filter(pl.col("_orig_qty").is_null()).with_columns(
         status=pl.lit("pending"),
         status_reason=pl.format("original event {} has not arrived yet", pl.col("correction_of")),
     )
-    known = joined.filter(pl.col("_orig_qty").is_not_null()).with_columns(hour=pl.col("_orig_hour"))
+    known = joined.filter(pl.col("_orig_qty").is_not_null()).with_columns(
+        pl.col("_orig_hour").alias("hour"), *[pl.col(f"_orig_{c}").alias(c) for c in inherited]
+    )
     rejected = known.clear().with_columns(status_reason=pl.lit(None, dtype=pl.String))
     group = ["account_id", "correction_of"]
     while known.height:
@@ -49,7 +55,9 @@ def resolve_corrections(corrections: pl.DataFrame, originals: pl.DataFrame) -> p
     applied = known.with_columns(status=pl.lit("ok"), status_reason=pl.lit(None, dtype=pl.String))
     rejected = rejected.with_columns(status=pl.lit("rejected"))
     out = pl.concat([applied, rejected, pending], how="diagonal_relaxed")
-    return out.drop("_orig_qty", "_orig_hour", "_net", strict=False)
+    return out.drop(
+        "_orig_qty", "_orig_hour", "_net", *[f"_orig_{c}" for c in inherited], strict=False
+    )
 
 
 def _first_negative(running: pl.DataFrame) -> pl.DataFrame:

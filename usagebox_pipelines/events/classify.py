@@ -8,11 +8,40 @@ version of an event always stands.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import polars as pl
 
+from usagebox_pipelines.events.build import resolve_corrections
+from usagebox_pipelines.schemas import TS
+
 KEY = ["account_id", "event_id"]
-HISTORY_COLUMNS = ["account_id", "event_id", "payload", "quantity", "hour", "correction_of"]
+HISTORY_COLUMNS = [
+    "account_id",
+    "event_id",
+    "payload",
+    "quantity",
+    "timestamp",
+    "hour",
+    "correction_of",
+    "ingested_at",
+    "batch_id",
+    "row_number",
+]
+ORIGINAL = ["account_id", "event_id", "quantity", "hour"]
+CORRECTION = [
+    "account_id",
+    "event_id",
+    "correction_of",
+    "quantity",
+    "timestamp",
+    "hour",
+    "ingested_at",
+    "batch_id",
+    "row_number",
+]
+# Rows of the arriving chunk sort after all history when corrections are resolved in order.
+_LATER = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -54,48 +83,43 @@ def classify(valid: pl.DataFrame, history: pl.DataFrame) -> Classified:
 def check_corrections(
     new: pl.DataFrame, history: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Give every new row its `hour`; reject corrections that could never be valid.
+    """Give every new row its `hour`; reject corrections that can never apply.
 
     A correction counts in its original's hour. One whose original is unknown stays pending
     (accepted; `events` applies it when the original arrives). One that targets another
-    correction, or would take the original's net quantity below zero, is rejected.
+    correction, or that would take the original's net quantity below zero given every earlier
+    correction (resolved exactly as `events` resolves them), is rejected.
     """
     new = new.with_columns(hour=pl.col("timestamp").dt.truncate("1h"))
+    corrections = new.filter(pl.col("correction_of").is_not_null())
+    if corrections.height == 0:
+        return new, _no_rejects()
     originals = pl.concat(
         [
-            history.select("account_id", "event_id", "quantity", "hour", "correction_of"),
-            new.filter(pl.col("correction_of").is_null()).select(
-                "account_id", "event_id", "quantity", "hour", "correction_of"
-            ),
+            history.filter(pl.col("correction_of").is_null()).select(ORIGINAL),
+            new.filter(pl.col("correction_of").is_null()).select(ORIGINAL),
         ]
     ).unique(KEY, keep="first")
-    corr = new.filter(pl.col("correction_of").is_not_null()).join(
-        originals.rename(
-            {
-                "event_id": "correction_of",
-                "quantity": "_orig_qty",
-                "hour": "_orig_hour",
-                "correction_of": "_orig_corr",
-            }
+    pointing_at_corrections = corrections.join(
+        history.filter(pl.col("correction_of").is_not_null()).select(
+            "account_id", pl.col("event_id").alias("correction_of")
         ),
         on=["account_id", "correction_of"],
-        how="left",
+        how="semi",
     )
-    known = pl.col("_orig_qty").is_not_null()
-    targets_correction = known & pl.col("_orig_corr").is_not_null()
-    prior_net = (
-        history.filter(pl.col("correction_of").is_not_null())
-        .group_by("account_id", "correction_of")
-        .agg(_prior=pl.col("quantity").sum())
+    chunk = corrections.join(pointing_at_corrections.select("_row"), on="_row", how="anti")
+    earlier = history.filter(pl.col("correction_of").is_not_null())
+    arriving = chunk.with_columns(
+        ingested_at=pl.lit(_LATER, dtype=earlier.schema.get("ingested_at", TS)),
+        batch_id=pl.lit("~"),
+        row_number=pl.col("_row"),
     )
-    corr = corr.join(prior_net, on=["account_id", "correction_of"], how="left")
-    bad_target = corr.filter(targets_correction)
-    candidates = corr.filter(~targets_correction)
-    rejected_negative = _reject_negative_nets(candidates.filter(known))
-
+    resolved = resolve_corrections(
+        pl.concat([earlier.select(CORRECTION), arriving.select(CORRECTION)]), originals
+    ).filter(pl.col("batch_id") == "~")
     rejects = pl.concat(
         [
-            bad_target.select(
+            pointing_at_corrections.select(
                 "_row",
                 "_payload",
                 reason=pl.format(
@@ -103,44 +127,29 @@ def check_corrections(
                     pl.col("correction_of"),
                 ),
             ),
-            rejected_negative.select("_row", "_payload", "reason"),
+            resolved.filter(pl.col("status") == "rejected")
+            .join(chunk.select("_row", "_payload"), left_on="row_number", right_on="_row")
+            .select(
+                pl.col("row_number").alias("_row"),
+                "_payload",
+                reason=pl.format(
+                    "correction {}; send a smaller correction", pl.col("status_reason")
+                ),
+            ),
         ]
     )
-    hours = candidates.select("_row", "_orig_hour")
+    hours = resolved.filter(pl.col("status") == "ok").select(
+        pl.col("row_number").alias("_row"), pl.col("hour").alias("_orig_hour")
+    )
     accepted = (
-        new.filter(~pl.col("_row").is_in(rejects["_row"].implode()))
+        new.join(rejects.select("_row"), on="_row", how="anti")
         .join(hours, on="_row", how="left")
         .with_columns(hour=pl.coalesce("_orig_hour", "hour"))
         .drop("_orig_hour")
+        .sort("_row")
     )
     return accepted, rejects
 
 
-def _reject_negative_nets(corr: pl.DataFrame) -> pl.DataFrame:
-    """Corrections whose running net (original + earlier deltas, in row order) goes below zero.
-
-    Removing a rejected delta changes later running sums, so repeat until stable (usually once).
-    """
-    rejected = corr.clear().with_columns(reason=pl.lit(None, dtype=pl.String))
-    remaining = corr.sort("_row")
-    group = ["account_id", "correction_of"]
-    while remaining.height:
-        running = remaining.with_columns(
-            _net=pl.col("_orig_qty")
-            + pl.col("_prior").fill_null(0)
-            + pl.col("quantity").cum_sum().over(group)
-        )
-        first_bad = running.filter(pl.col("_net") < 0).group_by(group).agg(pl.col("_row").min())
-        if first_bad.height == 0:
-            break
-        bad = running.join(first_bad, on=group + ["_row"], how="semi").with_columns(
-            reason=pl.format(
-                "correction would make the net quantity of event {} negative ({}); "
-                "send a smaller correction",
-                pl.col("correction_of"),
-                pl.col("_net").cast(pl.String),
-            )
-        )
-        rejected = pl.concat([rejected, bad.drop("_net")], how="diagonal_relaxed")
-        remaining = remaining.filter(~pl.col("_row").is_in(bad["_row"].implode()))
-    return rejected
+def _no_rejects() -> pl.DataFrame:
+    return pl.DataFrame(schema={"_row": pl.Int64, "_payload": pl.String, "reason": pl.String})

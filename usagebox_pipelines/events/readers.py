@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ import pyarrow.parquet as pq
 
 from usagebox_pipelines.errors import UsageboxError
 
-CHUNK_ROWS = 1_000_000
+# Rows per chunk (one Delta commit each); bounded memory for any file size.
+CHUNK_ROWS = int(os.environ.get("USAGEBOX_CHUNK_ROWS", "1000000"))
 FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",

@@ -1,0 +1,173 @@
+"""Guardrail assets (spend_state, usage_anomalies, guardrail_decisions) and the alert sensor.
+
+One multi-asset refreshes all three tables for a month partition, because decisions are derived
+from the state and anomalies of the same evaluation (one consistent `as_of`). It runs in the
+monthly job: nightly, and after every inbox ingest (`rebuild_touched_hours`). The sensor turns
+new escalating decisions into alert rows (once per decision) and shows each alert in the UI as
+an observation of `guardrail_decisions`.
+"""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+
+from usagebox_pipelines.defs.metering import usage_monthly
+from usagebox_pipelines.defs.partitions import month_of, monthly
+from usagebox_pipelines.defs.resources import UsageboxResource
+from usagebox_pipelines.guardrails.schemas import (
+    GUARDRAIL_DECISIONS,
+    SPEND_STATE,
+    USAGE_ANOMALIES,
+)
+from usagebox_pipelines.guardrails.stages import (
+    ANOMALIES_TABLE,
+    DECISIONS_TABLE,
+    SPEND_STATE_TABLE,
+    raise_alerts,
+    refresh_guardrails,
+)
+
+GROUP = "guardrails"
+KINDS = {"deltalake", "polars"}
+_PREVIEW_ROWS = 25
+
+
+@dg.multi_asset(
+    name="guardrails",
+    partitions_def=monthly,
+    specs=[
+        dg.AssetSpec(
+            "usage_anomalies",
+            deps=[usage_monthly],
+            group_name=GROUP,
+            kinds=KINDS,
+            description="Token surges and spend spikes per account × model × meter × hour, "
+            "scored against the series' own trailing baseline (median/MAD).",
+        ),
+        dg.AssetSpec(
+            "spend_state",
+            deps=[usage_monthly],
+            group_name=GROUP,
+            kinds=KINDS,
+            description="Month-to-date spend per account and limit (budget over the subtree, "
+            "caps): headroom, thresholds crossed, burn rate, projected hard-cap time.",
+        ),
+        dg.AssetSpec(
+            "guardrail_decisions",
+            deps=["spend_state", "usage_anomalies"],
+            group_name=GROUP,
+            kinds=KINDS,
+            description="Append-only trace of every guardrail state change, with its inputs.",
+        ),
+    ],
+)
+def guardrails(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
+    """Refresh the month's spend_state and usage_anomalies; append new decisions."""
+    month = month_of(context.partition_key)
+    store = usagebox.store
+    summary = refresh_guardrails(
+        store, usagebox.settings.pricebooks, month, datetime.now(UTC), context.run_id
+    )
+    for status in ("soft_alert", "hard_alert", "hard_stop"):
+        for scope in summary[status]:
+            context.log.warning(f"{month}: {scope} is {status}")
+    where = pl.col("period") == month
+    state = store.scan(SPEND_STATE_TABLE, SPEND_STATE).filter(where).collect()
+    anomalies = store.scan(ANOMALIES_TABLE, USAGE_ANOMALIES).filter(where).collect()
+    decisions = store.scan(DECISIONS_TABLE, GUARDRAIL_DECISIONS).filter(where).collect()
+    yield dg.MaterializeResult(
+        asset_key="usage_anomalies",
+        metadata={
+            "flagged_hours": anomalies.height,
+            "anomalies": dg.MetadataValue.md(_md(anomalies, _ANOMALY_COLUMNS)),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="spend_state",
+        metadata={
+            "as_of": summary["as_of"],
+            "accounts": summary["accounts"],
+            "by_status": dg.MetadataValue.json(summary["status"]),
+            "not_ok": dg.MetadataValue.md(
+                _md(state.filter(pl.col("status") != "ok"), _STATE_COLUMNS)
+            ),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="guardrail_decisions",
+        metadata={
+            "new_decisions": summary["new_decisions"],
+            "decisions_in_month": decisions.height,
+            "latest": dg.MetadataValue.md(
+                _md(decisions.sort("effective_at", "seq").tail(_PREVIEW_ROWS), _DECISION_COLUMNS)
+            ),
+        },
+    )
+
+
+_STATE_COLUMNS = [
+    "account_id", "limit_id", "status", "rule", "budget", "spend", "pct_of_budget",
+    "effective_remaining", "soft_crossed_at", "hard_crossed_at", "decision_id",
+]  # fmt: skip
+_ANOMALY_COLUMNS = [
+    "account_id", "model_id", "meter_id", "hour", "kind", "value", "baseline_median", "score",
+]  # fmt: skip
+_DECISION_COLUMNS = [
+    "effective_at", "account_id", "limit_id", "rule", "from_status", "to_status", "spend",
+    "threshold", "decision_id",
+]  # fmt: skip
+
+
+def _md(frame: pl.DataFrame, columns: list[str]) -> str:
+    """A small markdown table for the asset page (money shown to the cent)."""
+    if frame.is_empty():
+        return "_none_"
+    rows = frame.select(columns).head(_PREVIEW_ROWS).iter_rows()
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "\n".join("| " + " | ".join(_cell(v) for v in row) + " |" for row in rows)
+
+
+def _cell(value: object) -> str:
+    from decimal import Decimal
+
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return f"{value.quantize(Decimal('0.01')):,}"
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M}"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def guardrail_alerts(context: dg.SensorEvaluationContext, usagebox: UsageboxResource):
+    """Alert once per new soft/hard crossing or raised anomaly: a row and a UI observation."""
+    alerts = raise_alerts(usagebox.store, datetime.now(UTC), run_id="sensor:guardrail_alerts")
+    if alerts.is_empty():
+        return dg.SkipReason("no new guardrail decisions to alert on")
+    events = []
+    for row in alerts.iter_rows(named=True):
+        context.log.warning(f"[{row['severity']}] {row['message']}")
+        events.append(
+            dg.AssetObservation(
+                asset_key="guardrail_decisions",
+                partition=f"{row['period']}-01",
+                metadata={
+                    "alert_id": row["alert_id"],
+                    "decision_id": row["decision_id"],
+                    "account_id": row["account_id"],
+                    "limit_id": row["limit_id"],
+                    "status": row["to_status"],
+                    "severity": row["severity"],
+                    "message": row["message"],
+                },
+            )
+        )
+    return dg.SensorResult(asset_events=events)
+
+
+guardrail_assets = [guardrails]
+guardrail_sensors = [guardrail_alerts]

@@ -1,0 +1,52 @@
+"""Seeded demo and benchmark data: a realistic month of usage events with real-feed dirt.
+
+- `generate_usage` / `iter_usage`: clean canonical events (vectorised; 10 M in seconds).
+- `write_shape` / `write_jsonl_chunks`: write events in one of the four input shapes of
+  CONTRACT.md §2 (canonical JSONL, Stigg JSONL, snake-case CSV, Parquet), chunked, `.gz` aware.
+- `write_demo_inputs`: the demo month on disk (all shapes, retries, conflicts, corrections, late
+  and malformed rows) plus a `DemoManifest` with planted counts and reference hourly sums.
+"""
+
+from usagebox_pipelines.demo.generate import (
+    MAIN_FILES,
+    DemoManifest,
+    DirtCounts,
+    FileSpec,
+    expected_usage,
+    write_demo_inputs,
+)
+from usagebox_pipelines.demo.shapes import (
+    SHAPES,
+    Shape,
+    shape_frame,
+    write_frames,
+    write_jsonl_chunks,
+    write_shape,
+)
+from usagebox_pipelines.demo.usage import (
+    USAGE_COLUMNS,
+    generate_usage,
+    iter_usage,
+    month_bounds,
+    shift_month,
+)
+
+__all__ = [
+    "MAIN_FILES",
+    "SHAPES",
+    "USAGE_COLUMNS",
+    "DemoManifest",
+    "DirtCounts",
+    "FileSpec",
+    "Shape",
+    "expected_usage",
+    "generate_usage",
+    "iter_usage",
+    "month_bounds",
+    "shape_frame",
+    "shift_month",
+    "write_demo_inputs",
+    "write_frames",
+    "write_jsonl_chunks",
+    "write_shape",
+]

@@ -1,0 +1,432 @@
+"""Spend priced exactly like the invoice, at any cutoff time, for many accounts at once.
+
+Month-to-date spend at time t is what `pricing.rate_usage` charges for the usage of
+[month start, t): the usage lines plus the discount line, exact (not rounded), so it equals
+the draft invoice of the same hours. Rating is not additive over hours (graduated tiers,
+packages, volume tiers, and a discount computed on the rounded subtotal), so per-hour amounts
+summed up would drift from the invoice. Instead:
+
+* `spend_at` rates *prefixes*. Each (account, cutoff) pair becomes a pseudo account
+  `account␟cutoff` carrying the account's terms, so one vectorised `rate_usage` call prices any
+  number of prefixes independently (positions and discounts are per account).
+* `hourly_amounts` rates the month once with each row's hour folded into its `unit` (a line
+  key that no position depends on), giving per-hour amounts: exact per hour, and close to the
+  prefix totals. They locate *candidate* threshold crossings and feed spend-spike detection.
+* `first_crossings` confirms each candidate with two exact prefixes, and falls back to a
+  batched bisection over hours (assuming spend does not fall, as without refunds it cannot).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import polars as pl
+
+from usagebox_pipelines import schemas
+from usagebox_pipelines.pricing.accounts import Accounts
+from usagebox_pipelines.pricing.contract import INVOICE_LINE_KEYS
+from usagebox_pipelines.pricing.money import minor_units, round_money
+from usagebox_pipelines.pricing.pricebook import PricebookSet
+from usagebox_pipelines.pricing.rating import period_bounds, rate_usage
+
+HOUR = timedelta(hours=1)
+# Unit separator: cannot occur in account ids (pricing.accounts._ID_RE) or in canonical units.
+SEP = "\x1f"
+SPEND_KINDS = ("usage", "discount")
+_EMPTY_TOTALS = pl.Schema(
+    {
+        "account_id": pl.String(),
+        "cutoff": schemas.TS,
+        "spend": schemas.MONEY,
+        "billed": schemas.MONEY2,
+    }
+)
+_EMPTY_LINES = pl.Schema(
+    {
+        "account_id": pl.String(),
+        "cutoff": schemas.TS,
+        "meter_id": pl.String(),
+        "model_id": pl.String(),
+        "gross": schemas.MONEY,
+    }
+)
+
+
+@dataclass(frozen=True)
+class SpendAt:
+    """Exact spend per (account, cutoff): `totals` (spend, billed) and usage `lines` (gross)."""
+
+    totals: pl.DataFrame
+    lines: pl.DataFrame
+
+
+# --------------------------------------------------------------------------- usage rows
+
+
+def floor_hour(t: datetime) -> datetime:
+    """The UTC hour that contains `t` (its partition key)."""
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def month_usage(
+    hourly: pl.LazyFrame,
+    events: pl.LazyFrame,
+    builds: pl.DataFrame | None,
+    period: str,
+    now: datetime,
+    split_at: Iterable[datetime] = (),
+) -> pl.DataFrame:
+    """Usage of [month start, now) as USAGE_HOURLY rows plus `at` (when the row counts).
+
+    Completed hours come from the rollup when built and not stale (no event ingested after
+    the build), like `usagebox usage --source auto`; every other hour comes from `events`: the
+    open hour, hours not rolled up yet, and the hours of `split_at` (cutoffs inside an hour,
+    such as now - 1 h, which need event times). Rollup rows count at their hour start, events
+    at their timestamp (a correction at its original's hour, where it is counted).
+    """
+    start, end = period_bounds(period)
+    now = min(now, end)
+    closed_end = floor_hour(now)
+    ok_events = events.filter(
+        (pl.col("status") == "ok") & (pl.col("hour") >= start) & (pl.col("hour") < now)
+    )
+    rollup_hours = _rollup_hours(hourly, ok_events, builds, start, closed_end)
+    splits = [floor_hour(t) for t in split_at if t != floor_hour(t)]
+    split_hours = pl.Series(splits, dtype=schemas.TS).implode()
+    rollup_hours = rollup_hours.filter(~pl.col("hour").is_in(split_hours))
+    from_rollup = (
+        hourly.filter((pl.col("hour") >= start) & (pl.col("hour") < closed_end))
+        .join(rollup_hours.lazy(), on="hour", how="semi")
+        .with_columns(at=pl.col("hour"))
+    )
+    at = pl.when(pl.col("correction_of").is_null()).then(pl.col("timestamp")).otherwise("hour")
+    from_events = (
+        ok_events.join(rollup_hours.lazy(), on="hour", how="anti")
+        .with_columns(at=at.cast(schemas.TS), sum=pl.col("quantity"), count=pl.lit(1, pl.Int64))
+        .filter(pl.col("at") < now)
+    )
+    return pl.concat([_with_at(from_rollup.collect()), _with_at(from_events.collect())])
+
+
+def _with_at(frame: pl.DataFrame) -> pl.DataFrame:
+    """USAGE_HOURLY columns (conformed) plus `at`."""
+    at = frame.select(pl.col("at").cast(schemas.TS))
+    return pl.concat([schemas.conform(frame, schemas.USAGE_HOURLY), at], how="horizontal")
+
+
+def _rollup_hours(
+    hourly: pl.LazyFrame,
+    events: pl.LazyFrame,
+    builds: pl.DataFrame | None,
+    start: datetime,
+    end: datetime,
+) -> pl.DataFrame:
+    """Completed hours answerable from the rollup: built, and no event ingested since."""
+    if builds is None:
+        built = hourly.filter((pl.col("hour") >= start) & (pl.col("hour") < end))
+        return built.select(pl.col("hour").cast(schemas.TS)).unique().collect()
+    built = builds.filter((pl.col("hour") >= start) & (pl.col("hour") < end)).select(
+        pl.col("hour").cast(schemas.TS), "built_at"
+    )
+    latest = events.group_by("hour").agg(pl.col("ingested_at").max()).collect()
+    stale = built.join(latest, on="hour", how="inner").filter(
+        pl.col("ingested_at") > pl.col("built_at")
+    )
+    return built.join(stale, on="hour", how="anti").select("hour").unique()
+
+
+def history_usage(hourly: pl.LazyFrame, start: datetime, end: datetime) -> pl.DataFrame:
+    """Rollup rows of [start, end) (earlier, closed hours used only as anomaly baselines)."""
+    rows = hourly.filter((pl.col("hour") >= start) & (pl.col("hour") < end)).collect()
+    return _with_at(rows.with_columns(at=pl.col("hour")))
+
+
+# --------------------------------------------------------------------------- exact prefixes
+
+
+def spend_at(
+    usage: pl.DataFrame,
+    cutoffs: pl.DataFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+) -> SpendAt:
+    """Exact spend of each (account_id, cutoff) pair: usage with `at < cutoff`, rated.
+
+    `spend` = usage + discount lines (exact); `billed` = the same lines rounded as the
+    invoice rounds them (each usage line once, then the discount line); `lines` = usage
+    amounts per meter × model (list price, before discount), for caps.
+    """
+    pairs = cutoffs.select("account_id", pl.col("cutoff").cast(schemas.TS)).unique()
+    if pairs.is_empty():
+        return SpendAt(pl.DataFrame(schema=_EMPTY_TOTALS), pl.DataFrame(schema=_EMPTY_LINES))
+    pairs = pairs.with_columns(key=_pseudo_key())
+    rows = (
+        usage.join(pairs, on="account_id", how="inner")
+        .filter(pl.col("at") < pl.col("cutoff"))
+        .with_columns(account_id=pl.col("key"))
+    )
+    pseudo = _pseudo_accounts(accounts, pairs)
+    rated = rate_usage(rows.select(schemas.USAGE_HOURLY.names()), period, pricebooks, pseudo).rated
+    rated = rated.filter(pl.col("line_kind").is_in(SPEND_KINDS))
+    back = pairs.select("key", "account_id", "cutoff")
+    totals = _totals(rated).rename({"account_id": "key"})
+    totals = back.join(totals, on="key", how="left").select(
+        "account_id",
+        "cutoff",
+        pl.col("spend").fill_null(0).cast(schemas.MONEY),
+        pl.col("billed").fill_null(0).cast(schemas.MONEY2),
+    )
+    lines = (
+        rated.filter(pl.col("line_kind") == "usage")
+        .group_by(pl.col("account_id").alias("key"), "meter_id", "model_id")
+        .agg(gross=pl.col("amount").sum().cast(schemas.MONEY))
+        .join(back, on="key", how="inner")
+        .select(_EMPTY_LINES.names())
+    )
+    return SpendAt(totals.sort("account_id", "cutoff"), lines)
+
+
+def _pseudo_key() -> pl.Expr:
+    micros = pl.col("cutoff").dt.epoch("us").cast(pl.String)
+    return pl.concat_str(pl.col("account_id"), pl.lit(SEP), micros)
+
+
+def _pseudo_accounts(accounts: Accounts, pairs: pl.DataFrame) -> Accounts:
+    """One stand-alone account per pair with the real account's pricebook, currency and discount.
+
+    Minimum commit and prepaid credit are dropped: they are not spend (budgets measure what
+    usage costs, not how it is paid), and the parent link is cut (each prefix stands alone).
+    """
+    listed = {}
+    for key, account_id in pairs.select("key", "account_id").iter_rows():
+        base = accounts.get(account_id)
+        listed[key] = dataclasses.replace(
+            base, account_id=key, parent=None, minimum_commit=None, prepaid_credit=None
+        )
+    return Accounts(defaults=accounts.defaults, listed=listed, file=accounts.file)
+
+
+def _totals(rated: pl.DataFrame) -> pl.DataFrame:
+    """Per (pseudo) account: exact spend and invoice-rounded spend."""
+    usage = rated.filter(pl.col("line_kind") == "usage")
+    lines = usage.group_by(INVOICE_LINE_KEYS).agg(pl.col("amount").sum())
+    discount = (
+        rated.filter(pl.col("line_kind") == "discount")
+        .group_by("account_id", "currency")
+        .agg(pl.col("amount").sum())
+    )
+    rounded = pl.concat(
+        [
+            lines.select("account_id", "currency", "amount", is_usage=pl.lit(True)),
+            discount.select("account_id", "currency", "amount", is_usage=pl.lit(False)),
+        ]
+    ).with_columns(rounded=_round_by_currency(rated["currency"].unique().to_list()))
+    # Like the invoice (invoicing.lines._drop_empty): a line that rounds to 0.00 is not on it,
+    # so a tiny discount does not count; usage lines always do (their exact amount is billed).
+    kept = rounded.filter((pl.col("rounded") != 0) | pl.col("is_usage"))
+    return kept.group_by("account_id").agg(
+        spend=pl.col("amount").sum(), billed=pl.col("rounded").sum()
+    )
+
+
+def _round_by_currency(currencies: list[str | None]) -> pl.Expr:
+    """THE invoice rounding (pricing.money.round_money) at each row's currency minor unit."""
+    out = round_money(pl.col("amount"), 2).cast(schemas.MONEY2)
+    for code in sorted(c for c in currencies if c):
+        units = minor_units(code)
+        if units != 2:
+            rounded = round_money(pl.col("amount"), units).cast(schemas.MONEY2)
+            out = pl.when(pl.col("currency") == code).then(rounded).otherwise(out)
+    return out
+
+
+# --------------------------------------------------------------------------- per-hour amounts
+
+
+def hourly_amounts(
+    usage: pl.DataFrame, period: str, pricebooks: PricebookSet, accounts: Accounts
+) -> pl.DataFrame:
+    """Per account × hour × meter × model: billable quantity, amounts (list price) and velocity.
+
+    One `rate_usage` call with the hour folded into `unit`: positions (tiers, packages) run
+    exactly as for the month, each hour becomes its own line. `gross` is what the hour was
+    charged; `net` applies the account's discount to it (an approximation of the discount on
+    the rounded subtotal, good to a fraction of a cent: only used to locate candidates).
+    `velocity` is the marginal cost of the hour's units (a package charge spread over its
+    units, flat fees left out), so spike detection sees usage, not package boundaries.
+    """
+    if usage.is_empty():
+        return _empty_hourly()
+    micros = pl.col("hour").cast(schemas.TS).dt.epoch("us").cast(pl.String)
+    tagged = usage.with_columns(
+        unit=pl.concat_str(pl.col("unit").fill_null(""), pl.lit(SEP), micros)
+    )
+    rated = rate_usage(tagged.select(schemas.USAGE_HOURLY.names()), period, pricebooks, accounts)
+    marginal = pl.col("quantity") * pl.col("unit_price") / pl.col("per")
+    velocity = (
+        pl.when(pl.col("price_model") == "package")
+        .then(marginal)
+        .when(pl.col("price_model") == "flat")
+        .then(pl.lit(0, dtype=schemas.MONEY))
+        .otherwise(pl.col("amount"))
+    )
+    amounts = (
+        rated.rated.filter(pl.col("line_kind") == "usage")
+        .with_columns(hour=_hour_from_unit(), velocity=velocity.cast(schemas.MONEY))
+        .group_by("account_id", "hour", "meter_id", "model_id")
+        .agg(gross=pl.col("amount").sum().cast(schemas.MONEY), velocity=pl.col("velocity").sum())
+    )
+    start, end = period_bounds(period)
+    quantities = (
+        usage.filter(
+            pl.col("billable").fill_null(False) & (pl.col("hour") >= start) & (pl.col("hour") < end)
+        )
+        .group_by("account_id", "hour", "meter_id", "model_id")
+        .agg(quantity=pl.col("sum").sum().cast(schemas.QTY))
+    )
+    keys = ["account_id", "hour", "meter_id", "model_id"]
+    out = quantities.join(amounts, on=keys, how="full", coalesce=True, nulls_equal=True)
+    out = out.with_columns(pl.col("quantity", "gross", "velocity").fill_null(0))
+    return (
+        out.join(_discounts(out, accounts), on="account_id", how="left")
+        .with_columns(net=(pl.col("gross") * pl.col("keep")).cast(schemas.MONEY))
+        .drop("keep")
+        .sort(keys, nulls_last=True)
+    )
+
+
+def _hour_from_unit() -> pl.Expr:
+    micros = pl.col("unit").str.split(SEP).list.last().cast(pl.Int64)
+    return pl.from_epoch(micros, time_unit="us").dt.replace_time_zone("UTC").cast(schemas.TS)
+
+
+def _discounts(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
+    """Per account: the share of list price it pays (1 - discount_pct / 100)."""
+    ids = frame.get_column("account_id").unique().sort().to_list()
+    keep = [1 - accounts.get(a).discount_pct / 100 for a in ids]
+    return pl.DataFrame(
+        {"account_id": ids, "keep": keep}, schema={"account_id": pl.String, "keep": schemas.MONEY}
+    )
+
+
+def _empty_hourly() -> pl.DataFrame:
+    schema = {
+        "account_id": pl.String,
+        "hour": schemas.TS,
+        "meter_id": pl.String,
+        "model_id": pl.String,
+        "quantity": schemas.QTY,
+        "gross": schemas.MONEY,
+        "velocity": schemas.MONEY,
+        "net": schemas.MONEY,
+    }
+    return pl.DataFrame(schema=schema)
+
+
+# --------------------------------------------------------------------------- crossings
+
+
+@dataclass
+class Target:
+    """Find the first hour in which `value(limit_key, ·)` reaches `threshold`."""
+
+    limit_key: str
+    name: str
+    threshold: Decimal
+    candidate: datetime | None
+    lo: int = 0
+    hi: int = 0
+    found: int | None = None
+
+
+Evaluate = Callable[[pl.DataFrame], pl.DataFrame]
+
+
+def first_crossings(
+    targets: list[Target], evaluate: Evaluate, start: datetime, now: datetime
+) -> pl.DataFrame:
+    """(limit_key, name, crossed_at, value_before, value_after) for every target.
+
+    `evaluate` takes (limit_key, cutoff) pairs and returns them with an exact `value`. The
+    crossing hour i is the first whose end (clipped to `now`) reaches the threshold; each
+    round is one batched evaluation, so a month needs at most 2 + log2(744) rounds.
+    """
+    n_hours = max(1, -(-int((now - start).total_seconds()) // 3600))
+
+    def end_of(i: int) -> datetime:
+        return min(start + (i + 1) * HOUR, now)
+
+    for t in targets:
+        t.lo, t.hi = 0, n_hours - 1
+        if t.candidate is not None:
+            t.candidate = min(max(t.candidate, start), start + (n_hours - 1) * HOUR)
+    _check_candidates(targets, evaluate, start, end_of)
+    while open_ := [t for t in targets if t.found is None and t.lo < t.hi]:
+        mids = {id(t): (t.lo + t.hi) // 2 for t in open_}
+        values = _values(evaluate, [(t.limit_key, end_of(mids[id(t)])) for t in open_])
+        for t in open_:
+            if values[(t.limit_key, end_of(mids[id(t)]))] >= t.threshold:
+                t.hi = mids[id(t)]
+            else:
+                t.lo = mids[id(t)] + 1
+    for t in targets:
+        if t.found is None:
+            t.found = t.lo
+    edges = [(t.limit_key, start + t.found * HOUR) for t in targets]
+    edges += [(t.limit_key, end_of(t.found)) for t in targets]
+    values = _values(evaluate, edges)
+    rows = [
+        (
+            t.limit_key,
+            t.name,
+            start + t.found * HOUR,
+            values[(t.limit_key, start + t.found * HOUR)],
+            values[(t.limit_key, end_of(t.found))],
+        )
+        for t in targets
+    ]
+    schema = {
+        "limit_key": pl.String,
+        "name": pl.String,
+        "crossed_at": schemas.TS,
+        "value_before": schemas.MONEY,
+        "value_after": schemas.MONEY,
+    }
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _check_candidates(
+    targets: list[Target], evaluate: Evaluate, start: datetime, end_of: Callable
+) -> None:
+    """Confirm candidates exactly (value before the hour < threshold <= value after it)."""
+    with_candidate = [t for t in targets if t.candidate is not None]
+    if not with_candidate:
+        return
+    idx = {id(t): int((t.candidate - start) / HOUR) for t in with_candidate}
+    pairs = [(t.limit_key, start + idx[id(t)] * HOUR) for t in with_candidate]
+    pairs += [(t.limit_key, end_of(idx[id(t)])) for t in with_candidate]
+    values = _values(evaluate, pairs)
+    for t in with_candidate:
+        i = idx[id(t)]
+        before = values[(t.limit_key, start + i * HOUR)]
+        after = values[(t.limit_key, end_of(i))]
+        if before < t.threshold <= after:
+            t.found = i
+        elif before >= t.threshold:
+            t.hi = max(0, i - 1)
+        else:
+            t.lo = i + 1
+        t.lo = min(t.lo, t.hi)
+
+
+def _values(evaluate: Evaluate, pairs: list[tuple[str, datetime]]) -> dict:
+    frame = pl.DataFrame(
+        sorted(set(pairs)), schema={"limit_key": pl.String, "cutoff": schemas.TS}, orient="row"
+    )
+    out = evaluate(frame)
+    return {(k, c): v for k, c, v in out.select("limit_key", "cutoff", "value").iter_rows()}

@@ -1,0 +1,324 @@
+"""Customers and contracts (`pricebooks/accounts.yaml`, CONTRACT.md §4).
+
+An account not listed is billed under the `defaults:` block, so new customers are billable
+before anyone edits the file. `parent` builds an org → team → user hierarchy: a child inherits
+the `currency`, `pricebook`, `discount_pct` and `payment_terms_days` it does not set itself.
+Commitments (`minimum_commit`, `prepaid_credit`) and budgets belong to the account that states
+them and are never inherited (each account is invoiced on its own; see ADR 0002).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.pricing import _yaml as y
+from usagebox_pipelines.pricing.money import MINOR_UNITS
+
+ACCOUNTS_FILE = "accounts.yaml"
+_TOP_KEYS = {"defaults", "accounts"}
+_DEFAULT_KEYS = {"pricebook", "currency", "payment_terms_days"}
+_INHERITED = ("currency", "pricebook", "discount_pct", "payment_terms_days")
+_ACCOUNT_KEYS = {
+    "name",
+    "email",
+    "address",
+    "tax_id",
+    "currency",
+    "pricebook",
+    "parent",
+    "discount_pct",
+    "minimum_commit",
+    "prepaid_credit",
+    "payment_terms_days",
+    "budget",
+}
+_BUDGET_KEYS = {"monthly", "soft_pct", "hard_pct", "caps", "enforcement"}
+_CAP_KEYS = {"meter_id", "model_id", "monthly"}
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_HUNDRED = Decimal(100)
+
+
+class AccountsError(UsageboxError):
+    """An invalid accounts file (named with file and field)."""
+
+
+@dataclass(frozen=True)
+class BudgetCap:
+    """A monthly cap on one meter and/or model (used by guardrails, validated here)."""
+
+    monthly: Decimal
+    meter_id: str | None = None
+    model_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Monthly spend budget: notify at `soft_pct`, act at `hard_pct` per `enforcement`."""
+
+    monthly: Decimal
+    soft_pct: Decimal = Decimal(80)
+    hard_pct: Decimal = Decimal(100)
+    caps: tuple[BudgetCap, ...] = ()
+    enforcement: str = "SOFT"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A customer with its resolved (inherited/defaulted) billing settings."""
+
+    account_id: str
+    name: str
+    currency: str
+    pricebook: str
+    payment_terms_days: int
+    email: str | None = None
+    address: tuple[str, ...] = ()
+    tax_id: str | None = None
+    parent: str | None = None
+    discount_pct: Decimal = Decimal(0)
+    minimum_commit: Decimal | None = None
+    prepaid_credit: Decimal | None = None
+    budget: Budget | None = None
+    listed: bool = True
+
+
+@dataclass(frozen=True)
+class AccountDefaults:
+    """Settings for accounts the file does not list (and the base of inheritance)."""
+
+    pricebook: str = "standard"
+    currency: str = "USD"
+    payment_terms_days: int = 30
+
+
+@dataclass(frozen=True)
+class Accounts:
+    """All listed accounts plus the defaults used for anyone else."""
+
+    defaults: AccountDefaults = AccountDefaults()
+    listed: Mapping[str, Account] = field(default_factory=dict)
+    file: Path | None = None
+
+    def get(self, account_id: str) -> Account:
+        """The account, or a default account for an id the file does not list."""
+        found = self.listed.get(account_id)
+        if found is not None:
+            return found
+        d = self.defaults
+        return Account(
+            account_id=account_id,
+            name=account_id,
+            currency=d.currency,
+            pricebook=d.pricebook,
+            payment_terms_days=d.payment_terms_days,
+            listed=False,
+        )
+
+    def ids(self) -> list[str]:
+        """Listed account ids, sorted."""
+        return sorted(self.listed)
+
+    def children(self, account_id: str) -> list[str]:
+        """Direct children, sorted."""
+        return sorted(a.account_id for a in self.listed.values() if a.parent == account_id)
+
+    def ancestors(self, account_id: str) -> list[str]:
+        """Parent, grandparent, ... up to the root (empty for a root)."""
+        chain: list[str] = []
+        parent = self.get(account_id).parent
+        while parent is not None:
+            chain.append(parent)
+            parent = self.get(parent).parent
+        return chain
+
+    def root(self, account_id: str) -> str:
+        """The top of the account's hierarchy (itself when it has no parent)."""
+        chain = self.ancestors(account_id)
+        return chain[-1] if chain else account_id
+
+
+def load_accounts(folder: Path) -> Accounts:
+    """Read `<folder>/accounts.yaml`; without that file every account gets the defaults."""
+    path = Path(folder) / ACCOUNTS_FILE
+    if not path.exists():
+        return Accounts()
+    where = y.Where(y.display(path), AccountsError)
+    doc = y.load_yaml(path, AccountsError)
+    doc = y.mapping(doc if doc is not None else {}, where, _TOP_KEYS)
+    defaults = _parse_defaults(doc.get("defaults") or {}, where.key("defaults"))
+    raw_accounts = doc.get("accounts") or {}
+    if not isinstance(raw_accounts, Mapping):
+        where.key("accounts").fail("must be a mapping of account id to account")
+    raw = {}
+    for account_id, body in raw_accounts.items():
+        at = where.key("accounts").key(str(account_id))
+        y.text(account_id, at, pattern=_ID_RE)
+        raw[account_id] = y.mapping(body if body is not None else {}, at, _ACCOUNT_KEYS)
+    _check_parents(raw, where.key("accounts"))
+    resolved: dict[str, Account] = {}
+    for account_id in raw:
+        _resolve(account_id, raw, defaults, resolved, where.key("accounts"))
+    return Accounts(defaults=defaults, listed=resolved, file=path)
+
+
+def _parse_defaults(raw: Any, where: y.Where) -> AccountDefaults:
+    body = y.mapping(raw, where, _DEFAULT_KEYS)
+    base = AccountDefaults()
+    return AccountDefaults(
+        pricebook=y.text(body.get("pricebook", base.pricebook), where.key("pricebook")),
+        currency=_currency(body.get("currency", base.currency), where.key("currency")),
+        payment_terms_days=y.integer(
+            body.get("payment_terms_days", base.payment_terms_days),
+            where.key("payment_terms_days"),
+        ),
+    )
+
+
+def _check_parents(raw: Mapping[str, Mapping[str, Any]], where: y.Where) -> None:
+    """Every parent is listed, and following parents never loops."""
+    for account_id, body in raw.items():
+        parent = body.get("parent")
+        if parent is None:
+            continue
+        if parent not in raw:
+            where.key(account_id).key("parent").fail(f"unknown parent account {parent!r}")
+        seen = [account_id]
+        while parent is not None:
+            if parent in seen:
+                cycle = " -> ".join([*seen, parent])
+                where.key(account_id).key("parent").fail(f"cycle in parent chain: {cycle}")
+            seen.append(parent)
+            parent = raw[parent].get("parent")
+
+
+def _resolve(
+    account_id: str,
+    raw: Mapping[str, Mapping[str, Any]],
+    defaults: AccountDefaults,
+    done: dict[str, Account],
+    where: y.Where,
+) -> Account:
+    """Parse one account after its parent, inheriting what it leaves unset."""
+    if account_id in done:
+        return done[account_id]
+    body = raw[account_id]
+    at = where.key(account_id)
+    parent_id = body.get("parent")
+    parent = _resolve(parent_id, raw, defaults, done, where) if parent_id else None
+    inherited: dict[str, Any] = {
+        "currency": defaults.currency,
+        "pricebook": defaults.pricebook,
+        "discount_pct": Decimal(0),
+        "payment_terms_days": defaults.payment_terms_days,
+    }
+    if parent is not None:
+        inherited = {k: getattr(parent, k) for k in _INHERITED}
+    currency = _currency(body.get("currency", inherited["currency"]), at.key("currency"))
+    if parent is not None and currency != parent.currency:
+        at.key("currency").fail(
+            f"{currency} differs from parent {parent.account_id} ({parent.currency}); "
+            "a hierarchy bills in one currency"
+        )
+    account = Account(
+        account_id=account_id,
+        name=y.text(body.get("name", account_id), at.key("name")),
+        email=_email(body.get("email"), at.key("email")),
+        address=_address(body.get("address"), at.key("address")),
+        tax_id=None if body.get("tax_id") is None else y.text(body["tax_id"], at.key("tax_id")),
+        currency=currency,
+        pricebook=y.text(body.get("pricebook", inherited["pricebook"]), at.key("pricebook")),
+        parent=parent_id,
+        discount_pct=_pct(body, "discount_pct", inherited["discount_pct"], at),
+        minimum_commit=_money(body.get("minimum_commit"), at.key("minimum_commit")),
+        prepaid_credit=_money(body.get("prepaid_credit"), at.key("prepaid_credit")),
+        payment_terms_days=y.integer(
+            body.get("payment_terms_days", inherited["payment_terms_days"]),
+            at.key("payment_terms_days"),
+        ),
+        budget=_budget(body.get("budget"), at.key("budget")),
+    )
+    done[account_id] = account
+    return account
+
+
+def _currency(value: Any, where: y.Where) -> str:
+    code = y.text(value, where)
+    if code not in MINOR_UNITS:
+        where.fail(f"unknown currency {code!r}")
+    return code
+
+
+def _email(value: Any, where: y.Where) -> str | None:
+    if value is None:
+        return None
+    email = y.text(value, where)
+    if not _EMAIL_RE.match(email):
+        where.fail(f"not an email address: {email!r}")
+    return email
+
+
+def _address(value: Any, where: y.Where) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        where.fail("must be a list of address lines")
+    return tuple(y.text(line, where.item(i)) for i, line in enumerate(value))
+
+
+def _pct(body: Mapping[str, Any], key: str, default: Decimal, where: y.Where) -> Decimal:
+    if body.get(key) is None:
+        return default
+    value = y.decimal(body[key], where.key(key), minimum=Decimal(0))
+    if value > _HUNDRED:
+        where.key(key).fail(f"must be at most 100, got {body[key]!r}")
+    return value
+
+
+def _money(value: Any, where: y.Where) -> Decimal | None:
+    return None if value is None else y.decimal(value, where, minimum=Decimal(0))
+
+
+def _budget(raw: Any, where: y.Where) -> Budget | None:
+    """Validate and store a budget (a later issue enforces it)."""
+    if raw is None:
+        return None
+    body = y.mapping(raw, where, _BUDGET_KEYS, required={"monthly"})
+    soft = y.decimal(body.get("soft_pct", 80), where.key("soft_pct"), positive=True)
+    hard = y.decimal(body.get("hard_pct", 100), where.key("hard_pct"), positive=True)
+    if soft > hard:
+        where.key("soft_pct").fail(f"must not exceed hard_pct ({soft} > {hard})")
+    enforcement = body.get("enforcement", "SOFT")
+    if enforcement not in ("HARD", "SOFT"):
+        where.key("enforcement").fail(f"must be HARD or SOFT, got {enforcement!r}")
+    raw_caps = body.get("caps") or []
+    if not isinstance(raw_caps, list):
+        where.key("caps").fail("must be a list of {meter_id, model_id, monthly}")
+    return Budget(
+        monthly=y.decimal(body["monthly"], where.key("monthly"), positive=True),
+        soft_pct=soft,
+        hard_pct=hard,
+        caps=tuple(_cap(c, where.key("caps").item(i)) for i, c in enumerate(raw_caps)),
+        enforcement=enforcement,
+    )
+
+
+def _cap(raw: Any, where: y.Where) -> BudgetCap:
+    body = y.mapping(raw, where, _CAP_KEYS, required={"monthly"})
+    if body.get("meter_id") is None and body.get("model_id") is None:
+        where.fail("a cap needs meter_id and/or model_id")
+    meter = body.get("meter_id")
+    model = body.get("model_id")
+    return BudgetCap(
+        monthly=y.decimal(body["monthly"], where.key("monthly"), positive=True),
+        meter_id=None if meter is None else y.text(meter, where.key("meter_id")),
+        model_id=None if model is None else y.text(model, where.key("model_id")),
+    )

@@ -1,0 +1,151 @@
+"""Contract lines: discount → minimum true-up → prepaid credit, per account and period.
+
+The order is fixed: the discount applies to usage; the minimum commit tops up the discounted
+usage; prepaid credit pays what is left (never more, so a total never goes below zero). All
+three are computed on the invoice's usage subtotal: rated rows summed to invoice lines
+(`INVOICE_LINE_KEYS`, the grain invoicing.lines groups by: dimensions summed away), each line
+rounded once with `round_money`. So a customer can check them on the invoice, a true-up lands
+exactly on the commit, and credit never turns a total negative by a cent. Discount amounts are
+stored exact; minimum and credit amounts are whole minor units. Loops here are over accounts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import ROUND_DOWN, Decimal
+from fractions import Fraction
+
+import polars as pl
+
+from usagebox_pipelines import schemas
+from usagebox_pipelines.pricing.accounts import Account, Accounts
+from usagebox_pipelines.pricing.money import exact_decimal, minor_units, round_decimal, round_money
+
+_ZERO = Decimal(0)
+_ONE = Decimal(1)
+# One invoice usage line per account × meter × model × rate × version × tier × price
+# (must match invoicing.lines._usage_lines, which sums the rated rows' dimensions away).
+INVOICE_LINE_KEYS = [
+    "account_id", "meter_id", "model_id", "rate_id", "price_version", "tier",
+    "unit_price", "per", "price_model", "currency",
+]  # fmt: skip
+
+
+def contract_lines(
+    usage_lines: pl.DataFrame,
+    period: str,
+    accounts: Accounts,
+    opening_credit: Mapping[str, Decimal] | None = None,
+) -> tuple[pl.DataFrame, dict[str, Decimal]]:
+    """Contract rows (schemas.RATED_USAGE) and the prepaid balance of each account after them.
+
+    Accounts in `opening_credit` start from that balance; other accounts with a
+    `prepaid_credit` start from it (their first rated period).
+    """
+    opening = dict(opening_credit or {})
+    subtotals = rounded_usage_subtotals(usage_lines)
+    ids = set(subtotals) | set(opening) | {a for a in accounts.ids() if _has_terms(accounts.get(a))}
+    rows: list[dict] = []
+    closing: dict[str, Decimal] = {}
+    for account_id in sorted(ids):
+        account = accounts.get(account_id)
+        balance = opening.get(account_id, account.prepaid_credit)
+        usage = subtotals.get(account_id, _ZERO)
+        account_rows, left = _account_lines(account, usage, balance)
+        rows.extend({"period": period, "account_id": account_id, **r} for r in account_rows)
+        if left is not None:
+            closing[account_id] = left
+    frame = pl.DataFrame(rows, schema=_ROW_SCHEMA) if rows else pl.DataFrame(schema=_ROW_SCHEMA)
+    return schemas.conform(frame, schemas.RATED_USAGE), closing
+
+
+def rounded_usage_subtotals(rated: pl.DataFrame) -> dict[str, Decimal]:
+    """Per account: Σ over invoice usage lines of round_money(Σ exact amounts of the line)."""
+    totals: dict[str, Decimal] = {}
+    usage = rated.filter(pl.col("line_kind") == "usage")
+    for currency in usage.get_column("currency").unique().to_list():
+        mu = minor_units(currency)
+        sums = (
+            usage.filter(pl.col("currency") == currency)
+            .group_by(INVOICE_LINE_KEYS)
+            .agg(pl.col("amount").sum())
+            .group_by("account_id")
+            .agg(round_money(pl.col("amount"), mu).sum().alias("total"))
+        )
+        totals.update(dict(sums.iter_rows()))
+    return totals
+
+
+def _has_terms(account: Account) -> bool:
+    return account.minimum_commit is not None or account.prepaid_credit is not None
+
+
+def _account_lines(
+    account: Account, usage: Decimal, balance: Decimal | None
+) -> tuple[list[dict], Decimal | None]:
+    """The discount, minimum and credit rows of one account, and its closing balance."""
+    mu = minor_units(account.currency)
+    rows = []
+    discount = _ZERO
+    if account.discount_pct and usage:
+        exact = exact_decimal(-Fraction(usage) * Fraction(account.discount_pct) / 100)
+        discount = round_decimal(exact, mu)
+        rows.append(
+            _row(
+                account,
+                "discount",
+                "discount_pct",
+                usage,
+                Decimal(100),
+                -account.discount_pct,
+                exact,
+            )
+        )
+    total = usage + discount
+    if account.minimum_commit is not None:
+        true_up = round_decimal(account.minimum_commit, mu) - total
+        if true_up > 0:
+            rows.append(_row(account, "minimum", "minimum_commit", _ONE, _ONE, true_up, true_up))
+            total += true_up
+    if balance is None:
+        return rows, None
+    spendable = max(_ZERO, balance).quantize(Decimal(1).scaleb(-mu), rounding=ROUND_DOWN)
+    drawn = min(spendable, max(_ZERO, total))
+    if drawn > 0:
+        rows.append(_row(account, "credit", "prepaid_credit", _ONE, _ONE, -drawn, -drawn))
+    return rows, balance - drawn
+
+
+def _row(
+    account: Account,
+    kind: str,
+    term: str,
+    quantity: Decimal,
+    per: Decimal,
+    unit_price: Decimal,
+    amount: Decimal,
+) -> dict:
+    return {
+        "line_kind": kind,
+        "pricebook": account.pricebook,
+        "rate_id": term,
+        "quantity": quantity,
+        "per": per,
+        "unit_price": unit_price,
+        "amount": amount,
+        "currency": account.currency,
+    }
+
+
+_ROW_SCHEMA = {
+    "period": pl.String,
+    "account_id": pl.String,
+    "line_kind": pl.String,
+    "pricebook": pl.String,
+    "rate_id": pl.String,
+    "quantity": schemas.QTY,
+    "per": schemas.QTY,
+    "unit_price": schemas.MONEY,
+    "amount": schemas.MONEY,
+    "currency": pl.String,
+}

@@ -1,0 +1,391 @@
+"""Pricebooks (CONTRACT.md §4): one immutable, strictly validated version per YAML file.
+
+Everything is checked before anything is rated, and every error names the file and the field
+path (`pricebooks/standard-2026-10-16.yaml: rates[3].tiers.steps[1].up_to: ...`), because a
+pricebook mistake is a billing mistake. Versions are frozen once they issued an invoice:
+`PricebookSet.check_frozen` compares content hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.pricing import _yaml as y
+from usagebox_pipelines.pricing.money import MINOR_UNITS
+
+PRICE_MODELS = ("per_unit", "graduated", "volume", "package", "flat")
+_TOP_KEYS = {"pricebook", "version", "effective_from", "currency", "rates", "description"}
+_RATE_KEYS = {"id", "description", "meter_id", "model_id", "dimensions", "per"}
+_PRICE_KEYS = ("unit_price", "tiers", "package", "flat")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DIM_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_RATE_ID_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._:=*/@-]{0,127}$")
+
+
+class PricebookError(UsageboxError):
+    """An invalid pricebook file or set of files (named with file and field)."""
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One tier step: units up to `up_to` (inclusive; None = no upper bound)."""
+
+    up_to: Decimal | None
+    unit_price: Decimal
+
+
+@dataclass(frozen=True)
+class Rate:
+    """One price rule. `price_model` is per_unit, graduated, volume, package or flat.
+
+    `rate_id` (the `id` key, else derived from the selector, e.g. `gpu_seconds:*:gpu=h100`) is
+    also the key that carries tier and package positions across versions of a month.
+    """
+
+    index: int
+    rate_id: str
+    meter_id: str
+    model_id: str
+    dimensions: tuple[tuple[str, str], ...]
+    price_model: str
+    per: Decimal = Decimal(1)
+    unit_price: Decimal | None = None
+    tiers: tuple[Tier, ...] = ()
+    package_size: Decimal | None = None
+    package_price: Decimal | None = None
+    flat: Decimal | None = None
+    description: str | None = None
+
+    @property
+    def specificity(self) -> tuple[int, int]:
+        """Exact model beats `*`; then more dimension keys beat fewer."""
+        return (0 if self.model_id == "*" else 1, len(self.dimensions))
+
+    @property
+    def selector(self) -> str:
+        dims = "".join(f":{k}={v}" for k, v in self.dimensions)
+        return f"{self.meter_id}:{self.model_id}{dims}"
+
+
+@dataclass(frozen=True)
+class PricebookVersion:
+    """One pricebook file: a version of a named pricebook, in effect from `effective_from`."""
+
+    file: Path
+    pricebook: str
+    version: str
+    effective_from: datetime
+    currency: str
+    content_sha256: str
+    rates: tuple[Rate, ...]
+    description: str | None = None
+
+    @property
+    def key(self) -> str:
+        """`standard@2026-10-16`: the id stamped on invoices and used by `check_frozen`."""
+        return f"{self.pricebook}@{self.version}"
+
+
+@dataclass(frozen=True)
+class PricebookSet:
+    """All versions of all pricebooks in a folder, validated together."""
+
+    versions: tuple[PricebookVersion, ...]
+    _by_name: dict[str, tuple[PricebookVersion, ...]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.versions, key=lambda v: (v.pricebook, v.effective_from)))
+        _validate_set(ordered)
+        by_name: dict[str, list[PricebookVersion]] = {}
+        for version in ordered:
+            by_name.setdefault(version.pricebook, []).append(version)
+        object.__setattr__(self, "versions", ordered)
+        object.__setattr__(self, "_by_name", {k: tuple(v) for k, v in by_name.items()})
+
+    def names(self) -> list[str]:
+        """Pricebook names, sorted."""
+        return sorted(self._by_name)
+
+    def versions_of(self, pricebook: str) -> tuple[PricebookVersion, ...]:
+        """Versions of one pricebook in effective order (empty if unknown)."""
+        return self._by_name.get(pricebook, ())
+
+    def currency_of(self, pricebook: str) -> str | None:
+        versions = self.versions_of(pricebook)
+        return versions[0].currency if versions else None
+
+    def get(self, key: str) -> PricebookVersion:
+        """A version by its key `pricebook@version`."""
+        for version in self.versions:
+            if version.key == key:
+                return version
+        raise PricebookError(f"unknown pricebook version {key!r}")
+
+    def version_at(self, pricebook: str, ts: datetime) -> PricebookVersion:
+        """The version in effect at `ts` (latest effective_from <= ts)."""
+        versions = self.versions_of(pricebook)
+        if not versions:
+            raise PricebookError(f"unknown pricebook {pricebook!r} (known: {self.names()})")
+        if ts.tzinfo is None:
+            raise PricebookError(f"version_at needs a timezone-aware timestamp, got {ts}")
+        pos = bisect_right([v.effective_from for v in versions], ts)
+        if pos == 0:
+            first = versions[0].effective_from.isoformat()
+            raise PricebookError(
+                f"no version of pricebook {pricebook!r} in effect at {ts} "
+                f"(first is effective {first})"
+            )
+        return versions[pos - 1]
+
+    def fingerprints(self) -> dict[str, str]:
+        """`{version key: content sha256}`: what to stamp on an invoice for `check_frozen`."""
+        return {v.key: v.content_sha256 for v in self.versions}
+
+    def check_frozen(self, issued: Mapping[str, str]) -> None:
+        """Fail if a version that issued an invoice was edited or removed since.
+
+        Keys are version keys (`standard@2026-10-16`, see `fingerprints`); a file name
+        (`standard-2026-10-16.yaml`) is accepted too. Values are the sha256 recorded at issue.
+        """
+        by_key = {v.key: v for v in self.versions}
+        by_file = {v.file.name: v for v in self.versions}
+        for key, recorded in sorted(issued.items()):
+            version = by_key.get(key) or by_file.get(key)
+            if version is None:
+                raise PricebookError(
+                    f"{key}: pricebook version was used to issue an invoice but is missing"
+                )
+            if version.content_sha256 != recorded:
+                raise PricebookError(
+                    f"{y.display(version.file)}: content_sha256: file was edited after it issued "
+                    f"an invoice (recorded {recorded[:12]}…, now {version.content_sha256[:12]}…); "
+                    "restore it and publish the change as a new version with a later "
+                    "effective_from"
+                )
+
+    def with_version(self, proposed: PricebookVersion) -> PricebookSet:
+        """A new set where `proposed` replaces the version with its key or effective_from."""
+        kept = [
+            v
+            for v in self.versions
+            if not (
+                v.pricebook == proposed.pricebook
+                and (v.version == proposed.version or v.effective_from == proposed.effective_from)
+            )
+        ]
+        return PricebookSet(tuple([*kept, proposed]))
+
+
+def load_pricebooks(folder: Path) -> PricebookSet:
+    """Load and validate every pricebook file (`*.yaml`/`*.yml` with a top-level `pricebook:`).
+
+    Other YAML files there (`accounts.yaml`, `vendors.yaml`) are skipped.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PricebookError(f"{y.display(folder)}: pricebook folder not found")
+    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    versions = [v for v in (load_pricebook_file(f, required=False) for f in files) if v]
+    if not versions:
+        raise PricebookError(f"{y.display(folder)}: no pricebook files (YAML with `pricebook:`)")
+    return PricebookSet(tuple(versions))
+
+
+def load_pricebook_file(path: Path, *, required: bool = True) -> PricebookVersion | None:
+    """Parse and validate one file; None if it is not a pricebook and not `required`."""
+    path = Path(path)
+    where = y.Where(y.display(path), PricebookError)
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        where.fail(f"cannot read: {exc.strerror or exc}")
+    doc = y.load_yaml(path, PricebookError)
+    if not isinstance(doc, Mapping) or "pricebook" not in doc:
+        if required:
+            where.fail("not a pricebook (needs a top-level `pricebook:` key)")
+        return None
+    return _parse_version(doc, path, hashlib.sha256(raw_bytes).hexdigest(), where)
+
+
+def _parse_version(doc: Any, path: Path, sha: str, where: y.Where) -> PricebookVersion:
+    """Top-level keys of one pricebook file."""
+    doc = y.mapping(doc, where, _TOP_KEYS, required=_TOP_KEYS - {"description"})
+    currency = y.text(doc["currency"], where.key("currency"))
+    if currency not in MINOR_UNITS:
+        where.key("currency").fail(f"unknown currency {currency!r}")
+    raw_rates = doc["rates"]
+    if not isinstance(raw_rates, list) or not raw_rates:
+        where.key("rates").fail("must be a non-empty list of rates")
+    rates = tuple(_parse_rate(r, i, where.key("rates").item(i)) for i, r in enumerate(raw_rates))
+    _check_rates(rates, where.key("rates"))
+    description = doc.get("description")
+    return PricebookVersion(
+        file=path,
+        pricebook=y.text(doc["pricebook"], where.key("pricebook"), pattern=_ID_RE),
+        version=y.text(doc["version"], where.key("version"), pattern=_ID_RE),
+        effective_from=y.utc_hour(doc["effective_from"], where.key("effective_from")),
+        currency=currency,
+        content_sha256=sha,
+        rates=rates,
+        description=None if description is None else str(description),
+    )
+
+
+def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
+    """One rate: selector, `per`, and exactly one price model key."""
+    rate = y.mapping(raw, where, _RATE_KEYS | set(_PRICE_KEYS), required={"meter_id", "model_id"})
+    given = [k for k in _PRICE_KEYS if k in rate]
+    if len(given) != 1:
+        where.fail(f"needs exactly one of {', '.join(_PRICE_KEYS)} (got {given or 'none'})")
+    kind = given[0]
+    meter_id = y.text(rate["meter_id"], where.key("meter_id"), pattern=_ID_RE)
+    model_id = (
+        str(rate["model_id"])
+        if rate["model_id"] == "*"
+        else y.text(rate["model_id"], where.key("model_id"), pattern=y.NAME_RE)
+    )
+    dimensions = _parse_dimensions(rate.get("dimensions"), where.key("dimensions"))
+    if "per" in rate and kind in ("package", "flat"):
+        where.key("per").fail(f"not used with {kind} (a {kind} price is per package/month)")
+    per = y.decimal(rate.get("per", 1), where.key("per"), positive=True)
+    price = _parse_price(kind, rate[kind], where.key(kind))
+    selector_id = Rate(index, "", meter_id, model_id, dimensions, "per_unit").selector
+    rate_id = selector_id
+    if rate.get("id") is not None:
+        rate_id = y.text(rate["id"], where.key("id"), pattern=_RATE_ID_RE)
+    description = rate.get("description")
+    return Rate(
+        index=index,
+        rate_id=rate_id,
+        meter_id=meter_id,
+        model_id=model_id,
+        dimensions=dimensions,
+        per=per,
+        description=None if description is None else str(description),
+        **price,
+    )
+
+
+def _parse_dimensions(raw: Any, where: y.Where) -> tuple[tuple[str, str], ...]:
+    """`{gpu: h100}` -> sorted (key, canonical text value) pairs."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        where.fail("must be a mapping of dimension key to value")
+    pairs = []
+    for key, value in raw.items():
+        if not isinstance(key, str) or not _DIM_KEY_RE.match(key):
+            where.fail(f"invalid dimension key {key!r}")
+        pairs.append((key, y.scalar_text(value, where.key(key))))
+    return tuple(sorted(pairs))
+
+
+def _parse_price(kind: str, raw: Any, where: y.Where) -> dict[str, Any]:
+    """The fields of one price model."""
+    if kind == "unit_price":
+        return {"price_model": "per_unit", "unit_price": y.decimal(raw, where, minimum=Decimal(0))}
+    if kind == "flat":
+        return {"price_model": "flat", "flat": y.decimal(raw, where, minimum=Decimal(0))}
+    if kind == "package":
+        pkg = y.mapping(raw, where, {"size", "price"}, required={"size", "price"})
+        return {
+            "price_model": "package",
+            "package_size": y.decimal(pkg["size"], where.key("size"), positive=True),
+            "package_price": y.decimal(pkg["price"], where.key("price"), minimum=Decimal(0)),
+        }
+    return _parse_tiers(raw, where)
+
+
+def _parse_tiers(raw: Any, where: y.Where) -> dict[str, Any]:
+    """`{mode, steps}`: strictly increasing `up_to`, only the last one open (null)."""
+    tiers = y.mapping(raw, where, {"mode", "steps"}, required={"mode", "steps"})
+    mode = tiers["mode"]
+    if mode not in ("graduated", "volume"):
+        where.key("mode").fail(f"must be graduated or volume, got {mode!r}")
+    raw_steps = tiers["steps"]
+    if not isinstance(raw_steps, list) or not raw_steps:
+        where.key("steps").fail("must be a non-empty list of {up_to, unit_price}")
+    steps: list[Tier] = []
+    for i, raw_step in enumerate(raw_steps):
+        at = where.key("steps").item(i)
+        step = y.mapping(raw_step, at, {"up_to", "unit_price"}, required={"unit_price"})
+        if "up_to" not in step:
+            at.key("up_to").fail("required (null for the last, open-ended step)")
+        up_to = step["up_to"]
+        last = i == len(raw_steps) - 1
+        if up_to is None and not last:
+            at.key("up_to").fail("only the last step may be open-ended (null)")
+        if up_to is not None and last:
+            at.key("up_to").fail(f"the last step must be open-ended (up_to: null), got {up_to}")
+        bound = None if up_to is None else y.decimal(up_to, at.key("up_to"), positive=True)
+        if bound is not None and steps and bound <= steps[-1].up_to:  # type: ignore[operator]
+            at.key("up_to").fail(f"tiers must be increasing (got {bound} after {steps[-1].up_to})")
+        price = y.decimal(step["unit_price"], at.key("unit_price"), minimum=Decimal(0))
+        steps.append(Tier(bound, price))
+    return {"price_model": mode, "tiers": tuple(steps)}
+
+
+def _check_rates(rates: tuple[Rate, ...], where: y.Where) -> None:
+    """No duplicate ids or selectors, and no two rates that could tie on specificity."""
+    for i, a in enumerate(rates):
+        for b in rates[i + 1 :]:
+            if _may_tie(a, b):
+                same = a.dimensions == b.dimensions
+                what = "duplicates" if same else "is ambiguous with"
+                where.item(b.index).fail(
+                    f"{what} rates[{a.index}] ({a.selector} vs {b.selector}): usage could match "
+                    "both with equal specificity"
+                )
+    seen_ids: dict[str, int] = {}
+    for rate in rates:
+        if rate.rate_id in seen_ids:
+            where.item(rate.index).key("id").fail(
+                f"duplicate rate id {rate.rate_id!r} (also rates[{seen_ids[rate.rate_id]}])"
+            )
+        seen_ids[rate.rate_id] = rate.index
+
+
+def _may_tie(a: Rate, b: Rate) -> bool:
+    """Could one usage key match both rates with the same specificity?"""
+    if a.meter_id != b.meter_id or a.model_id != b.model_id:
+        return False
+    if len(a.dimensions) != len(b.dimensions):
+        return False
+    da, db = dict(a.dimensions), dict(b.dimensions)
+    return all(da[k] == db[k] for k in da.keys() & db.keys())
+
+
+def _validate_set(versions: Iterable[PricebookVersion]) -> None:
+    """Across files: unique keys, one currency per pricebook, distinct effective_from."""
+    by_key: dict[str, PricebookVersion] = {}
+    by_start: dict[tuple[str, datetime], PricebookVersion] = {}
+    currency: dict[str, PricebookVersion] = {}
+    for v in versions:
+        where = y.Where(y.display(v.file), PricebookError)
+        if v.key in by_key:
+            where.key("version").fail(
+                f"version {v.version!r} of {v.pricebook!r} also in {y.display(by_key[v.key].file)}"
+            )
+        by_key[v.key] = v
+        start = (v.pricebook, v.effective_from)
+        if start in by_start:
+            where.key("effective_from").fail(
+                f"{v.effective_from.isoformat()} is also the effective_from of "
+                f"{y.display(by_start[start].file)}; each version needs its own start"
+            )
+        by_start[start] = v
+        first = currency.setdefault(v.pricebook, v)
+        if first.currency != v.currency:
+            where.key("currency").fail(
+                f"{v.currency} differs from {first.currency} in {y.display(first.file)}; "
+                "one pricebook bills in one currency (make a new pricebook for another)"
+            )

@@ -1,0 +1,436 @@
+"""Rating: `usage_hourly` × pricebook versions × accounts → `rated_usage` + `unrated_usage`.
+
+Works on rollup rows (one per account × meter × model × product × unit × dimensions × hour),
+never on events. Steps, all vectorised Polars (Python loops only over versions and rates):
+
+1. keep billable rows of the period; attach the account's pricebook and currency;
+2. version: the pricebook version in effect at each row's hour (an as-of join on hours);
+3. rate: match each distinct (version, meter, model, dimensions) key against the version's
+   rates and keep the most specific (exact model over `*`, then more dimension keys);
+   keys no rate matches go to `unrated` with a reason, never priced at 0;
+4. position: the running quantity per account × meter × model × rate id in hour order, which
+   carries across version changes, splits graduated tiers, picks volume tiers from the month
+   total, and counts packages started;
+5. sum quantities to the rated grain, then amount = quantity × unit_price / per once per row,
+   exact at 12 places (half-up at the 12th place when the division is inexact);
+6. contract lines (pricing.contract): discount → minimum true-up → prepaid credit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import polars as pl
+
+from usagebox_pipelines import schemas
+from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.pricing.accounts import Accounts
+from usagebox_pipelines.pricing.contract import contract_lines
+from usagebox_pipelines.pricing.money import (
+    EXACT,
+    ONE,
+    SAFE_LIMIT,
+    fraction_of,
+    from_scaled,
+    lit_int,
+    scaled_ceil_div,
+    scaled_half_up_div,
+    to_scaled,
+)
+from usagebox_pipelines.pricing.pricebook import PricebookSet, PricebookVersion, Rate
+
+_PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_I128 = pl.Int128
+_USAGE_KEYS = ["account_id", "meter_id", "model_id", "product_id", "unit", "dimensions"]
+_MATCH_KEYS = ["pricebook", "price_version", "meter_id", "model_id", "dimensions"]
+_RATE_KEYS = ["pricebook", "price_version", "rate_idx"]
+_LINE_KEYS = [*_USAGE_KEYS, "currency", *_RATE_KEYS, "tier"]
+# Tier/package positions run per account × meter × model × rate id, across versions.
+_POSITION_KEYS = ["account_id", "meter_id", "model_id", "rate_id"]
+_ORDER = ["hour", "dimensions", "product_id", "unit"]
+_LINE_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "credit": 3}
+_COUNTED = ("package", "flat")
+
+
+@dataclass(frozen=True)
+class RatingResult:
+    """Rated lines (usage + contract), unrated usage, and prepaid balances after the period."""
+
+    rated: pl.DataFrame
+    unrated: pl.DataFrame
+    closing_credit: dict[str, Decimal]
+
+    @property
+    def blocks_close(self) -> bool:
+        """Unrated usage blocks the month close (CONTRACT.md §4)."""
+        return self.unrated.height > 0
+
+
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    """`YYYY-MM` → the half-open UTC window [first hour, first hour of next month)."""
+    match = _PERIOD_RE.match(period or "")
+    if not match:
+        raise UsageboxError(f"period must be YYYY-MM, got {period!r}")
+    year, month = int(match.group(1)), int(match.group(2))
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def rate_usage(
+    usage_hourly: pl.DataFrame | pl.LazyFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+    opening_credit: Mapping[str, Decimal] | None = None,
+) -> RatingResult:
+    """Rate one month of `usage_hourly` (schemas.USAGE_HOURLY); nothing is written.
+
+    `opening_credit` is the prepaid balance carried from the previous period's
+    `closing_credit`; accounts missing from it start from their `prepaid_credit`.
+    """
+    start, end = period_bounds(period)
+    usage = _billable(usage_hourly, start, end)
+    rows = usage.join(_account_frame(usage, pricebooks, accounts), on="account_id", how="left")
+    rows = _with_rates(_with_versions(rows, pricebooks), pricebooks)
+    unrated = _unrated(rows, period)
+    usage_lines = _price(rows.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
+    contract, closing = contract_lines(usage_lines, period, accounts, opening_credit)
+    rated = pl.concat([usage_lines, schemas.conform(contract, schemas.RATED_USAGE)])
+    return RatingResult(_sorted(rated), unrated, closing)
+
+
+def _billable(usage: pl.DataFrame | pl.LazyFrame, start: datetime, end: datetime) -> pl.DataFrame:
+    """Billable rows of the window, with exact quantities and canonical empty dimensions."""
+    return (
+        usage.lazy()
+        .with_columns(pl.col("hour").cast(schemas.TS))
+        .filter(
+            pl.col("billable").fill_null(False)  # only billable == True is rated
+            & (pl.col("hour") >= start)
+            & (pl.col("hour") < end)
+        )
+        .select(
+            *_USAGE_KEYS[:-1],
+            pl.col("dimensions").fill_null("{}"),
+            "hour",
+            pl.col("sum").cast(schemas.QTY),
+        )
+        .collect()
+    )
+
+
+def _account_frame(usage: pl.DataFrame, books: PricebookSet, accounts: Accounts) -> pl.DataFrame:
+    """Per account: pricebook, currency, and why it cannot be rated (None when it can)."""
+    records = []
+    for account_id in usage.get_column("account_id").unique().sort().to_list():
+        account = accounts.get(account_id)
+        book_currency = books.currency_of(account.pricebook)
+        problem = None
+        if book_currency is None:
+            problem = f"account's pricebook {account.pricebook!r} does not exist"
+        elif book_currency != account.currency:
+            problem = (
+                f"account bills in {account.currency} but pricebook {account.pricebook!r} "
+                f"is in {book_currency}"
+            )
+        records.append((account_id, account.pricebook, account.currency, problem))
+    schema = {
+        "account_id": pl.String,
+        "pricebook": pl.String,
+        "currency": pl.String,
+        "problem": pl.String,
+    }
+    return pl.DataFrame(records, schema=schema, orient="row")
+
+
+def _with_versions(rows: pl.DataFrame, books: PricebookSet) -> pl.DataFrame:
+    """Attach the version in effect at each row's hour (as-of join on distinct hours)."""
+    versions = pl.DataFrame(
+        [(v.pricebook, v.version, v.effective_from) for v in books.versions],
+        schema={"pricebook": pl.String, "price_version": pl.String, "effective_from": schemas.TS},
+        orient="row",
+    ).sort("effective_from")
+    hours = (
+        rows.filter(pl.col("problem").is_null())
+        .select("pricebook", "hour")
+        .unique()
+        .sort("hour")
+        .join_asof(
+            versions,
+            left_on="hour",
+            right_on="effective_from",
+            by="pricebook",
+            strategy="backward",
+            check_sortedness=False,
+        )
+        .select("pricebook", "hour", "price_version")
+    )
+    return rows.join(hours, on=["pricebook", "hour"], how="left")
+
+
+def _with_rates(rows: pl.DataFrame, books: PricebookSet) -> pl.DataFrame:
+    """Attach `rate_idx` of the most specific matching rate (null when none matches)."""
+    keys = rows.filter(pl.col("price_version").is_not_null()).select(_MATCH_KEYS).unique()
+    candidates = [
+        _candidates(keys, version, rate)
+        for version in _used_versions(keys, books)
+        for rate in version.rates
+    ]
+    schema = {**keys.schema, "rate_idx": pl.Int32, "spec_model": pl.Int8, "spec_dims": pl.Int8}
+    if candidates:
+        best = (
+            pl.concat(candidates)
+            .sort(["spec_model", "spec_dims"], descending=True)
+            .unique(subset=_MATCH_KEYS, keep="first", maintain_order=True)
+        )
+    else:
+        best = pl.DataFrame(schema=schema)
+    return rows.join(
+        best.select(*_MATCH_KEYS, "rate_idx"), on=_MATCH_KEYS, how="left", nulls_equal=True
+    )
+
+
+def _used_versions(keys: pl.DataFrame, books: PricebookSet) -> list[PricebookVersion]:
+    used = keys.select("pricebook", "price_version").unique().rows()
+    return [books.get(f"{pricebook}@{version}") for pricebook, version in sorted(used)]
+
+
+def _candidates(keys: pl.DataFrame, version: PricebookVersion, rate: Rate) -> pl.DataFrame:
+    """Keys of `version` that `rate` matches, with its specificity."""
+    cond = (
+        (pl.col("pricebook") == version.pricebook)
+        & (pl.col("price_version") == version.version)
+        & (pl.col("meter_id") == rate.meter_id)
+    )
+    if rate.model_id != "*":
+        cond &= pl.col("model_id") == rate.model_id
+    for key, value in rate.dimensions:
+        cond &= pl.col("dimensions").str.json_path_match(f"$['{key}']") == value
+    spec_model, spec_dims = rate.specificity
+    return keys.filter(cond).with_columns(
+        rate_idx=pl.lit(rate.index, dtype=pl.Int32),
+        spec_model=pl.lit(spec_model, dtype=pl.Int8),
+        spec_dims=pl.lit(spec_dims, dtype=pl.Int8),
+    )
+
+
+def _unrated(rows: pl.DataFrame, period: str) -> pl.DataFrame:
+    """Usage no rate prices, grouped with a reason a person can act on."""
+    model = pl.col("model_id").fill_null("(none)")
+    reason = (
+        pl.when(pl.col("problem").is_not_null())
+        .then(pl.col("problem"))
+        .when(pl.col("price_version").is_null())
+        .then(
+            pl.format("no version of pricebook '{}' is in effect at this hour", pl.col("pricebook"))
+        )
+        .otherwise(
+            pl.format(
+                "no rate in {}@{} matches meter '{}', model '{}', dimensions {}",
+                pl.col("pricebook"),
+                pl.col("price_version"),
+                pl.col("meter_id"),
+                model,
+                pl.col("dimensions"),
+            )
+        )
+    )
+    out = (
+        rows.filter(pl.col("rate_idx").is_null())
+        .with_columns(reason=reason, period=pl.lit(period))
+        .group_by("period", "account_id", "meter_id", "model_id", "dimensions", "reason")
+        .agg(quantity=pl.col("sum").sum(), first_hour=pl.col("hour").min())
+        .sort("account_id", "meter_id", "model_id", "dimensions", "reason", nulls_last=True)
+    )
+    return schemas.conform(out, schemas.UNRATED_USAGE)
+
+
+def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFrame:
+    """Matched usage rows → rated usage lines (schemas.RATED_USAGE)."""
+    meta, tiers = _rate_tables(books)
+    rows = matched.join(meta, on=_RATE_KEYS, how="left").with_columns(q=to_scaled(pl.col("sum")))
+    magnitude = int(rows.select(pl.col("q").abs().sum()).item() or 0)
+    _guard(2 * magnitude * int(meta["pkg_den"].max() or 1))
+    rows = rows.with_columns(
+        cum=pl.col("q").cum_sum().over(_POSITION_KEYS, order_by=_ORDER),
+        total=pl.col("q").sum().over(_POSITION_KEYS),
+        rank=pl.int_range(pl.len()).over(_POSITION_KEYS, order_by=_ORDER),
+    ).with_columns(prev=pl.col("cum") - pl.col("q"))
+    parts = pl.concat(
+        [
+            _graduated(rows.filter(pl.col("price_model") == "graduated"), tiers),
+            _volume(rows.filter(pl.col("price_model") == "volume"), tiers),
+            _untiered(rows.filter(~pl.col("price_model").is_in(["graduated", "volume"]))),
+        ]
+    )
+    lines = parts.group_by(_LINE_KEYS).agg(
+        part=pl.col("part").sum(),
+        count=pl.col("count").sum(),
+        first_hour=pl.col("hour").min(),
+        last_hour=pl.col("hour").max(),
+    )
+    return _amounts(lines.join(meta, on=_RATE_KEYS, how="left"), tiers, period)
+
+
+def _graduated(rows: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
+    """Split each row's [prev, cum] position over the tiers it crosses."""
+    lo, hi = pl.col("lo"), pl.col("hi")
+
+    def clip(col: str) -> pl.Expr:
+        return pl.max_horizontal(lo, pl.min_horizontal(pl.col(col), hi))
+
+    at_prev = (lo.is_null() | (pl.col("prev") > lo)) & (hi.is_null() | (pl.col("prev") <= hi))
+    return (
+        rows.join(tiers, on=_RATE_KEYS, how="inner")
+        .with_columns(part=clip("cum") - clip("prev"))
+        .filter((pl.col("part") != lit_int(0)) | ((pl.col("q") == lit_int(0)) & at_prev))
+        .with_columns(count=lit_int(0))
+        .select(*_LINE_KEYS, "hour", "part", "count")
+    )
+
+
+def _volume(rows: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
+    """All of a month's units at the tier its total reaches (per version's own tier table)."""
+    lo, hi, total = pl.col("lo"), pl.col("hi"), pl.col("total")
+    return (
+        rows.join(tiers, on=_RATE_KEYS, how="inner")
+        .filter((lo.is_null() | (total > lo)) & (hi.is_null() | (total <= hi)))
+        .with_columns(part=pl.col("q"), count=lit_int(0))
+        .select(*_LINE_KEYS, "hour", "part", "count")
+    )
+
+
+def _untiered(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per-unit rows as they are; packages started and flat fees counted on positions."""
+    size = pl.col("pkg_num") * lit_int(ONE)
+    started = scaled_ceil_div(pl.col("cum") * pl.col("pkg_den"), size) - scaled_ceil_div(
+        pl.col("prev") * pl.col("pkg_den"), size
+    )
+    first_used = (pl.col("rank") == 0) & (pl.col("total") > lit_int(0))
+    count = (
+        pl.when(pl.col("price_model") == "package")
+        .then(started)
+        .when((pl.col("price_model") == "flat") & first_used)
+        .then(lit_int(1))
+        .otherwise(lit_int(0))
+    )
+    return rows.with_columns(
+        tier=pl.lit(0, dtype=pl.Int32), part=pl.col("q"), count=count.cast(_I128)
+    ).select(*_LINE_KEYS, "hour", "part", "count")
+
+
+def _amounts(lines: pl.DataFrame, tiers: pl.DataFrame, period: str) -> pl.DataFrame:
+    """amount = quantity × price fraction, once per line, half-up at the 12th place."""
+    lines = lines.join(tiers.drop("lo", "hi"), on=[*_RATE_KEYS, "tier"], how="left")
+    base = (
+        pl.when(pl.col("price_model").is_in(_COUNTED))
+        .then(pl.col("count") * lit_int(ONE))
+        .otherwise(pl.col("part"))
+    )
+    lines = lines.with_columns(base=base)
+    widest = int(lines.select(pl.col("base").abs().max()).item() or 0)
+    _guard(2 * widest * int(lines["num"].max() or 1) + 2 * int(lines["den"].max() or 1))
+    return schemas.conform(
+        lines.with_columns(
+            period=pl.lit(period),
+            line_kind=pl.lit("usage"),
+            quantity=from_scaled(pl.col("part")),
+            amount=from_scaled(scaled_half_up_div(pl.col("base") * pl.col("num"), pl.col("den"))),
+            tier=pl.when(pl.col("tier") > 0).then(pl.col("tier")),
+        ),
+        schemas.RATED_USAGE,
+    )
+
+
+def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Small frames of every rate (meta) and every priced step (tiers; tier 0 = untiered)."""
+    meta, tiers = [], []
+    for version in books.versions:
+        for rate in version.rates:
+            size = fraction_of(rate.package_size or Decimal(1))
+            head = (version.pricebook, version.version, rate.index)
+            meta.append((*head, rate.rate_id, rate.price_model, size.numerator, size.denominator))
+            tiers.extend((*head, *step) for step in _steps(rate))
+    meta_schema = {
+        "pricebook": pl.String,
+        "price_version": pl.String,
+        "rate_idx": pl.Int32,
+        "rate_id": pl.String,
+        "price_model": pl.String,
+        "pkg_num": _I128,
+        "pkg_den": _I128,
+    }
+    tier_schema = {
+        "pricebook": pl.String,
+        "price_version": pl.String,
+        "rate_idx": pl.Int32,
+        "tier": pl.Int32,
+        "lo": _I128,
+        "hi": _I128,
+        "num": _I128,
+        "den": _I128,
+        "per": EXACT,
+        "unit_price": EXACT,
+    }
+    return (
+        pl.DataFrame(meta, schema=meta_schema, orient="row"),
+        pl.DataFrame(tiers, schema=tier_schema, orient="row"),
+    )
+
+
+def _steps(rate: Rate) -> list[tuple]:
+    """(tier, lo, hi, num, den, per, unit_price) with lo/hi as scaled positions."""
+    if rate.price_model == "per_unit":
+        price = fraction_of(rate.unit_price) / fraction_of(rate.per)
+        return [(0, None, None, price.numerator, price.denominator, rate.per, rate.unit_price)]
+    if rate.price_model in _COUNTED:
+        amount = rate.package_price if rate.price_model == "package" else rate.flat
+        per = rate.package_size if rate.price_model == "package" else Decimal(1)
+        price = fraction_of(amount)
+        return [(0, None, None, price.numerator, price.denominator, per, amount)]
+    steps, lo = [], None
+    for number, tier in enumerate(rate.tiers, start=1):
+        hi = None if tier.up_to is None else int(tier.up_to * ONE)
+        price = fraction_of(tier.unit_price) / fraction_of(rate.per)
+        steps.append(
+            (number, lo, hi, price.numerator, price.denominator, rate.per, tier.unit_price)
+        )
+        lo = hi
+    return steps
+
+
+def _guard(bound: int) -> None:
+    """Int128 wraps silently: refuse inputs whose exact products could overflow."""
+    if bound >= SAFE_LIMIT:
+        raise UsageboxError(
+            "usage quantities too large to rate exactly with these prices; "
+            "split the account's usage or simplify the price"
+        )
+
+
+def _sorted(rated: pl.DataFrame) -> pl.DataFrame:
+    """A stable line order: account, usage before contract lines, then the line keys."""
+    order = pl.col("line_kind").replace_strict(_LINE_ORDER, return_dtype=pl.Int8)
+    return (
+        rated.with_columns(_order=order)
+        .sort(
+            [
+                "account_id",
+                "_order",
+                "meter_id",
+                "model_id",
+                "product_id",
+                "unit",
+                "dimensions",
+                "price_version",
+                "tier",
+            ],
+            nulls_last=True,
+        )
+        .drop("_order")
+    )

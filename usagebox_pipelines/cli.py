@@ -196,6 +196,89 @@ def sql(
         raise UsageboxError(f"--format {fmt!r}: choose table, csv or json")
 
 
+@app.command()
+def reconcile(
+    vendor: Annotated[str, typer.Option(help="openai | anthropic | focus.")],
+    paths: Annotated[list[Path], typer.Argument(help="Export files or folders.")],
+    month: Annotated[
+        str | None, typer.Option(help="Month YYYY-MM (default: months loaded).")
+    ] = None,
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Load vendor bill/usage exports and reconcile them against metered usage."""
+    from usagebox_pipelines.reconciliation.stages import load_exports, reconcile_month
+
+    settings = _settings(home, pricebooks)
+    store = DeltaStore(settings.home)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageboxError(f"no such file or folder: {', '.join(missing)}")
+    loaded = load_exports(store, settings, vendor, paths)
+    months = [parse_month(month)] if month else loaded["months"]
+    results = [reconcile_month(store, settings, m) for m in months]
+    _print_json({"loaded": loaded, "months": results})
+
+
+@app.command()
+def reprice(
+    pricebook: Annotated[Path, typer.Option("--pricebook", help="Proposed pricebook YAML.")],
+    month: Annotated[str, typer.Option(help="Month YYYY-MM.")],
+    fmt: Annotated[str, typer.Option("--format", help="table | json.")] = "table",
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Dry run of a price change: the month under the proposed version vs now (writes nothing)."""
+    from usagebox_pipelines.pricing.accounts import load_accounts
+    from usagebox_pipelines.pricing.pricebook import load_pricebooks
+    from usagebox_pipelines.pricing.reprice import reprice_impact
+    from usagebox_pipelines.schemas import USAGE_HOURLY
+
+    settings = _settings(home, pricebooks)
+    if not pricebook.exists():
+        raise UsageboxError(f"{pricebook}: no such pricebook file")
+    store = DeltaStore(settings.home)
+    impact = reprice_impact(
+        store.scan("usage_hourly", USAGE_HOURLY),
+        parse_month(month),
+        load_pricebooks(settings.pricebooks),
+        pricebook,
+        load_accounts(settings.pricebooks),
+    )
+    if fmt == "json":
+        _print_json(impact.to_dicts())
+        return
+    with pl.Config(tbl_rows=500, tbl_cols=20, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
+        typer.echo(f"Price change impact for {month} (proposed: {pricebook.name})")
+        typer.echo(str(impact))
+
+
+@app.command()
+def demo(
+    month: Annotated[str, typer.Option(help="Demo month YYYY-MM.")] = "2026-10",
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 7,
+    events: Annotated[int, typer.Option(help="Clean events to generate.")] = 20_000,
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Generate a realistic month and run every stage: ingest, rollups, prices, invoices, recon."""
+    from usagebox_pipelines.demo.run import run_demo
+
+    settings = _settings(home, pricebooks)
+    report = run_demo(settings, parse_month(month), seed, events, say=lambda m: _err(m))
+    _print_json(report)
+
+
+def _mount_subcommands() -> None:
+    """Command groups that live in their own modules."""
+    from usagebox_pipelines.cli_guardrails import guardrails_app
+
+    app.add_typer(guardrails_app, name="guardrails", help="Budgets, caps and the policy export.")
+
+
+_mount_subcommands()
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit 2 (1 for failed checks)."""
     try:

@@ -2,17 +2,19 @@
 
 import dagster as dg
 
-from usagebox_pipelines.defs.jobs import hourly_job, ingest_job, monthly_job
+from usagebox_pipelines.defs.guardrails import guardrail_assets, guardrail_sensors
+from usagebox_pipelines.defs.jobs import close_job, hourly_job, ingest_job, monthly_job
 from usagebox_pipelines.defs.metering import metering_assets
 from usagebox_pipelines.defs.pricing import pricing_assets
+from usagebox_pipelines.defs.reconciliation import reconciliation_assets
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.defs.schedules import schedules
 from usagebox_pipelines.defs.sensors import sensors
 
 defs = dg.Definitions(
-    assets=[*metering_assets, *pricing_assets],
-    jobs=[ingest_job, hourly_job, monthly_job],
-    schedules=schedules,
-    sensors=sensors,
+    assets=[*metering_assets, *pricing_assets, *guardrail_assets, reconciliation_assets],
+    jobs=[ingest_job, hourly_job, monthly_job, close_job],
+    schedules=[*schedules],
+    sensors=[*sensors, *guardrail_sensors],
     resources={"usagebox": UsageboxResource()},
 )

@@ -1,0 +1,40 @@
+"""Reconciliation assets: vendor bills vs metered usage, and cost attribution with margin."""
+
+import dagster as dg
+
+from usagebox_pipelines.defs.partitions import month_of, monthly
+from usagebox_pipelines.defs.pricing import rated_usage
+from usagebox_pipelines.defs.resources import UsageboxResource
+from usagebox_pipelines.reconciliation.stages import reconcile_month
+
+
+@dg.multi_asset(
+    group_name="reconciliation",
+    partitions_def=monthly,
+    deps=[rated_usage],
+    specs=[
+        dg.AssetSpec(
+            "reconciliation",
+            kinds={"deltalake", "polars"},
+            description="Vendor × UTC day × model × meter: metered vs billed, status.",
+        ),
+        dg.AssetSpec(
+            "cost_attribution",
+            kinds={"deltalake", "polars"},
+            description="Account × model × month: revenue, allocated cost, margin.",
+        ),
+    ],
+)
+def reconciliation_assets(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
+    """Rebuild the month's reconciliation and cost attribution from the loaded vendor bills."""
+    result = reconcile_month(
+        usagebox.store, usagebox.settings, month_of(context.partition_key), context.run_id
+    )
+    meta = {
+        "statuses": dg.MetadataValue.json(result["statuses"]),
+        "reports": dg.MetadataValue.json(result["reports"]),
+    }
+    yield dg.MaterializeResult(asset_key="reconciliation", metadata=meta)
+    yield dg.MaterializeResult(
+        asset_key="cost_attribution", metadata={"summary": dg.MetadataValue.json(result["summary"])}
+    )

@@ -1,0 +1,136 @@
+"""`usagebox demo`: one realistic month through every stage, as an operator would run it.
+
+generate inputs → ingest → Dagster month run (rollups, rating, guardrails, drafts) → vendor
+exports loaded and reconciled → close with approval (numbered PDFs) → late events arrive →
+rerun → next month's draft carries the adjustments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+from usagebox_pipelines.config import Settings
+from usagebox_pipelines.demo.generate import write_demo_inputs
+from usagebox_pipelines.errors import InvariantError
+from usagebox_pipelines.events.ingest import ingest_files
+from usagebox_pipelines.guardrails import plant_guardrail_scenarios
+from usagebox_pipelines.guardrails.stages import raise_alerts
+from usagebox_pipelines.pipeline import update_events
+from usagebox_pipelines.reconciliation.demo_exports import write_vendor_exports
+from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
+from usagebox_pipelines.reconciliation.stages import load_exports, reconcile_month
+from usagebox_pipelines.rollups.aggregate import month_bounds
+from usagebox_pipelines.runner import RunOutcome, run_month
+from usagebox_pipelines.schemas import USAGE_HOURLY
+from usagebox_pipelines.storage import DeltaStore
+
+Say = Callable[[str], None]
+
+
+def run_demo(settings: Settings, month: str, seed: int, events: int, say: Say) -> dict:
+    """Run the whole demo into `settings.home`; returns where things went and headline totals."""
+    store = DeltaStore(settings.home)
+    inputs = settings.local_home / "demo-inputs"
+    say(f"[1/7] generating {events:,} events for {month} (seed {seed}) into {inputs}")
+    manifest = write_demo_inputs(inputs, month, seed, events)
+    main_files = [
+        *manifest.main_files,
+        *plant_guardrail_scenarios(inputs / "events" / "main", month),
+    ]
+    say(f"[2/7] ingesting {len(main_files)} files")
+    ingest = ingest_files(store, main_files, source="demo", progress=lambda m: say(f"      {m}"))
+    update_events(store, run_id="demo")
+    say(f"[3/7] materialising {month} through Dagster (hours, month, prices, guardrails)")
+    _check_runs(run_month(settings, month))
+    say("[4/7] writing vendor exports and reconciling")
+    recon = _reconcile(store, settings, month, seed)
+    raise_alerts(store)
+    say(f"[5/7] closing {month} (approved)")
+    closed = _close(store, settings, month)
+    nxt = _next_month(month)
+    say(f"[6/7] late events arrive after the close; re-running {month} and {nxt}")
+    late = ingest_files(store, list(manifest.late_files), source="demo-late")
+    update_events(store, run_id="demo-late")
+    _check_runs(run_month(settings, month) + run_month(settings, nxt))
+    say(f"[7/7] next month's draft carries adjustments for {month}")
+    return _report(settings, store, month, nxt, ingest, late, recon, closed)
+
+
+def _check_runs(outcomes: list[RunOutcome]) -> None:
+    failed = [f for o in outcomes for f in o.failures] or [
+        f"{o.job} {o.partitions} failed" for o in outcomes if not o.success
+    ]
+    if failed:
+        raise InvariantError("demo pipeline run failed: " + "; ".join(failed))
+
+
+def _reconcile(store: DeltaStore, settings: Settings, month: str, seed: int) -> dict:
+    start, end = month_bounds(month)
+    hourly = (
+        store.scan("usage_hourly", USAGE_HOURLY)
+        .filter((pl.col("hour") >= start) & (pl.col("hour") < end))
+        .collect()
+    )
+    out = settings.local_home / "demo-inputs" / "vendor_exports"
+    planted = write_vendor_exports(
+        hourly, out, month, load_vendor_mapping(settings.pricebooks), seed
+    )
+    for vendor, files in planted["files"].items():
+        load_exports(store, settings, vendor, [Path(f) for f in files])
+    result = reconcile_month(store, settings, month)
+    result["planted_discrepancies"] = planted["discrepancies"]
+    return result
+
+
+def _close(store: DeltaStore, settings: Settings, month: str) -> dict:
+    from usagebox_pipelines.invoicing.close import close_month
+
+    return close_month(store, settings, month, approve=True)
+
+
+def _next_month(month: str) -> str:
+    _, end = month_bounds(month)
+    return end.strftime("%Y-%m")
+
+
+def _report(settings, store, month, nxt, ingest, late, recon, closed) -> dict:
+    invoices = closed.get("invoices", [])
+    totals: dict[str, str] = {}
+    for inv in invoices:
+        cur = inv.get("currency", "USD")
+        totals[cur] = str(
+            sum((_dec(i["total"]) for i in invoices if i.get("currency") == cur), _dec("0"))
+        )
+    adjustments = (
+        store.scan("invoice_lines")
+        .filter((pl.col("period") == nxt) & (pl.col("kind") == "adjustment"))
+        .select(pl.len(), pl.col("amount").sum())
+        .collect()
+        if store.exists("invoice_lines")
+        else None
+    )
+    return {
+        "home": settings.home,
+        "month": month,
+        "ingest": {k: v for k, v in ingest.__dict__.items() if k != "errors"},
+        "late_ingest": {k: v for k, v in late.__dict__.items() if k != "errors"},
+        "invoices_issued": len(invoices),
+        "invoice_totals": totals,
+        "invoice_pdfs": str(settings.documents_dir / "invoices" / month),
+        "next_month_adjustment_lines": int(adjustments[0, 0]) if adjustments is not None else 0,
+        "next_month_adjustment_total": str(adjustments[0, 1]) if adjustments is not None else "0",
+        "reconciliation": recon["summary"],
+        "reconciliation_statuses": recon["statuses"],
+        "reports": recon["reports"],
+        "dagster": f"DAGSTER_HOME={settings.local_home / 'dagster'} dagster dev -w workspace.yaml",
+        "try": f'usagebox sql "select * from invoices" --home {settings.home}',
+    }
+
+
+def _dec(value: object):
+    from decimal import Decimal
+
+    return Decimal(str(value))

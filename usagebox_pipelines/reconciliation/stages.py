@@ -1,0 +1,104 @@
+"""Store-facing reconciliation stages: load vendor exports, reconcile a month, attribute cost.
+
+Vendor tables are small (one row per vendor line per day), so `vendor_costs` and
+`vendor_review` are rewritten whole in one commit each; month tables replace their period.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from usagebox_pipelines.config import Settings
+from usagebox_pipelines.reconciliation.attribution import cost_attribution
+from usagebox_pipelines.reconciliation.loaders import (
+    load_vendor_exports,
+    merge_review,
+    merge_vendor_costs,
+)
+from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
+from usagebox_pipelines.reconciliation.reconcile import (
+    metered_daily,
+    reconcile,
+    reconciliation_summary,
+)
+from usagebox_pipelines.reconciliation.reports import write_reconciliation_reports
+from usagebox_pipelines.reconciliation.schemas import (
+    COST_ATTRIBUTION,
+    RECONCILIATION,
+    VENDOR_COST_CHANGES,
+    VENDOR_COSTS,
+    VENDOR_REVIEW,
+)
+from usagebox_pipelines.rollups.aggregate import month_bounds
+from usagebox_pipelines.schemas import RATED_USAGE, USAGE_HOURLY
+from usagebox_pipelines.storage import DeltaStore, sql_literal
+
+
+def load_exports(store: DeltaStore, settings: Settings, vendor: str, paths: list[Path]) -> dict:
+    """Merge one vendor's exports into `vendor_costs`; idempotent, newer exports supersede."""
+    mapping = load_vendor_mapping(settings.pricebooks)
+    now = datetime.now(UTC)
+    result = load_vendor_exports(vendor, paths, mapping, loaded_at=now)
+    existing = store.read("vendor_costs", VENDOR_COSTS)
+    state, changes = merge_vendor_costs(existing, result.costs, superseded_at=now)
+    changes = pl.concat([result.superseded, changes], how="diagonal_relaxed")
+    if not state.equals(existing):
+        store.overwrite("vendor_costs", state, VENDOR_COSTS, metadata={"stage": "vendor_costs"})
+    if changes.height:
+        store.append("vendor_cost_changes", changes, VENDOR_COST_CHANGES)
+    review = merge_review(store.read("vendor_review", VENDOR_REVIEW), result.review)
+    store.overwrite("vendor_review", review, VENDOR_REVIEW)
+    months = sorted({d.strftime("%Y-%m") for d in result.costs["date"].drop_nulls().to_list()})
+    return {
+        "vendor": vendor,
+        "files": len(result.files),
+        "lines": result.costs.height,
+        "review": result.review.height,
+        "superseded": changes.height,
+        "months": months,
+    }
+
+
+def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: str = "cli") -> dict:
+    """Rebuild `reconciliation` and `cost_attribution` for a month and write the reports."""
+    mapping = load_vendor_mapping(settings.pricebooks)
+    start, end = month_bounds(month)
+    hourly = (
+        store.scan("usage_hourly", USAGE_HOURLY)
+        .filter((pl.col("hour") >= start) & (pl.col("hour") < end))
+        .collect()
+    )
+    costs = store.read("vendor_costs", VENDOR_COSTS)
+    rated = store.read("rated_usage", RATED_USAGE).filter(pl.col("period") == month)
+    recon = reconcile(metered_daily(hourly, mapping), costs, mapping, month)
+    attribution = cost_attribution(hourly, costs, rated, mapping, month)
+    meta = {"run_id": run_id, "period": month}
+    store.replace_where(
+        "reconciliation", recon, f"period = {sql_literal(month)}", RECONCILIATION, metadata=meta
+    )
+    store.replace_where(
+        "cost_attribution",
+        attribution,
+        f"month = {sql_literal(month)}",
+        COST_ATTRIBUTION,
+        metadata=meta,
+    )
+    review = store.read("vendor_review", VENDOR_REVIEW)
+    changes = store.read("vendor_cost_changes", VENDOR_COST_CHANGES)
+    reports = write_reconciliation_reports(
+        recon,
+        attribution,
+        settings.documents_dir / "reconciliation" / month,
+        review=review,
+        changes=changes,
+        created=end,
+    )
+    return {
+        "period": month,
+        "summary": reconciliation_summary(recon),
+        "statuses": dict(recon.group_by("status").len().sort("status").iter_rows()),
+        "reports": {name: str(path) for name, path in reports.items()},
+    }

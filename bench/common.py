@@ -55,16 +55,16 @@ class _Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.interval = interval
         self.peak = rss_now()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._proc = psutil.Process()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             with contextlib.suppress(psutil.Error):
                 self.peak = max(self.peak, self._proc.memory_info().rss)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join()
         self.peak = max(self.peak, rss_now())
         return self.peak
@@ -105,6 +105,7 @@ class StageProfile:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._undo: list[tuple[object, str, object]] = []
+        self._order: list[str] = []
 
     def wrap(self, target: str, label: str | None = None) -> None:
         """target: 'package.module:attr' or 'package.module:Class.attr'."""
@@ -116,6 +117,7 @@ class StageProfile:
         original = inspect.getattr_static(owner, attr)
         func = original.__func__ if isinstance(original, classmethod | staticmethod) else original
         label = label or attr_path
+        self._order.append(label)
         prof = self
 
         if inspect.isgeneratorfunction(func):
@@ -157,7 +159,8 @@ class StageProfile:
     def table(self) -> dict[str, dict]:
         return {
             k: {"seconds": round(v, 3), "calls": self.calls[k]}
-            for k, v in sorted(self.seconds.items(), key=lambda kv: -kv[1])
+            for k in self._order
+            if (v := self.seconds.get(k)) is not None
         }
 
     def print(self, title: str = "stage breakdown (inclusive wall seconds)") -> None:
@@ -169,10 +172,15 @@ class StageProfile:
 # --- data generation in a child process ---------------------------------------------------------
 
 
+# Demo shapes: `canonical` is written as JSONL; the `parquet` shape (transaction_id/customer_id/
+# meter/model/value aliases, decimal value, JSON dimensions) is the Parquet feed.
+_SHAPE = {"jsonl": "canonical", "parquet": "parquet"}
+
+
 def _generate(
     paths: list[str], fmt: str, n_events: int, n_accounts: int, month: str, seed: int
 ) -> None:
-    """Write `n_events` demo events (canonical shape) split by UTC day over `paths` files."""
+    """Write `n_events` demo events (canonical JSONL or parquet shape) split by UTC day over `paths` files."""
     from usagebox_pipelines.demo import iter_usage, write_shape
 
     days = list(iter_usage(month, seed, n_events, n_accounts))
@@ -180,11 +188,11 @@ def _generate(
     for i, path in enumerate(paths):
         part = days[i * per_file : (i + 1) * per_file]
         if part:
-            write_shape(iter(part), Path(path), "canonical")
+            write_shape(iter(part), Path(path), _SHAPE[fmt])
 
 
 def _generate_day(path: str, day: str, n_events: int, n_accounts: int, month: str, seed: int):
-    """`n_events` new events (their own id stream) on one UTC day, as canonical Parquet/JSONL."""
+    """`n_events` new events (their own id stream) on one UTC day, as Parquet or JSONL."""
     from datetime import UTC, datetime
 
     from usagebox_pipelines.demo import catalog as cat
@@ -194,7 +202,8 @@ def _generate_day(path: str, day: str, n_events: int, n_accounts: int, month: st
 
     stream = Stream.make(seed, STREAM_LATE_MONTH, month, cat.build_accounts(seed, n_accounts))
     first = datetime.fromisoformat(day).replace(tzinfo=UTC)
-    write_shape(iter_window(stream, first, 1, n_events), Path(path), "canonical")
+    fmt = "parquet" if path.endswith(".parquet") else "jsonl"
+    write_shape(iter_window(stream, first, 1, n_events), Path(path), _SHAPE[fmt])
 
 
 def in_child(func, *args) -> float:

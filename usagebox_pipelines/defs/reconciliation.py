@@ -11,7 +11,6 @@ from usagebox_pipelines.reconciliation.stages import reconcile_month
 @dg.multi_asset(
     group_name="reconciliation",
     partitions_def=monthly,
-    deps=[rated_usage],
     specs=[
         dg.AssetSpec(
             "reconciliation",

@@ -11,10 +11,10 @@ import polars as pl
 
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines.config import Settings
+from usagebox_pipelines.definitions import defs
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.defs.schedules import nightly_hourly, nightly_monthly
 from usagebox_pipelines.defs.sensors import affected_hour_keys, inbox_sensor
-from usagebox_pipelines.definitions import defs
 from usagebox_pipelines.runner import execute_job, run_ingest, run_month
 from usagebox_pipelines.storage import DeltaStore
 

@@ -110,3 +110,13 @@ def decimal_map(text: str | None) -> dict[str, Decimal] | None:
 def dump_json(value: object) -> str:
     """Compact, key-sorted JSON: the same value always stamps the same text."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def json_or_none(text: str | None) -> object:
+    """A stored JSON stamp parsed for output (non-JSON text is returned as is)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -1,0 +1,126 @@
+"""`usagebox close | explain | invoices | invoice verify`: thin typer commands over
+`invoicing.close` (CONTRACT §1).
+
+cli.py mounts them: `app.command()(close)`, `app.command()(explain)`,
+`app.command()(invoices)` and `app.add_typer(invoice_app, name="invoice")`. Each prints one
+JSON object. A refused close raises InvariantError (exit 1, reason on stderr); an invoice that
+does not reproduce prints its report and exits 1; unknown numbers or months exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from usagebox_pipelines.config import Settings
+from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.storage import DeltaStore
+
+Home = Annotated[
+    str | None,
+    typer.Option(
+        "--home", help="Root of the tables (path or s3://bucket/prefix).", show_default=False
+    ),
+]
+Pricebooks = Annotated[
+    str | None,
+    typer.Option("--pricebooks", help="Folder of pricebook YAML files.", show_default=False),
+]
+Month = Annotated[str, typer.Argument(help="Month YYYY-MM.")]
+Number = Annotated[str, typer.Argument(help="Invoice number, e.g. UBX-2026-000001.")]
+
+invoice_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Issued invoices: reproduce one from its stamped versions.",
+)
+
+
+def _open(home: str | None, pricebooks: str | None) -> tuple[DeltaStore, Settings]:
+    settings = Settings.resolve(home, pricebooks)
+    return DeltaStore(settings.home), settings
+
+
+def _print_json(data: object) -> None:
+    typer.echo(json.dumps(data, default=_json_default))
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+def _month(value: str) -> str:
+    """YYYY-MM or a UsageboxError (exit 2) naming the value."""
+    try:
+        datetime.strptime(value, "%Y-%m")
+    except ValueError:
+        raise UsageboxError(f"month {value!r}: expected YYYY-MM") from None
+    if len(value) != 7:
+        raise UsageboxError(f"month {value!r}: expected YYYY-MM")
+    return value
+
+
+def close(
+    month: Month,
+    approve: Annotated[
+        bool, typer.Option("--approve", help="Issue the invoices (else: control totals only).")
+    ] = False,
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Month close: numbered, rendered, frozen invoices for the period."""
+    from usagebox_pipelines.invoicing.close import close_month
+
+    store, settings = _open(home, pricebooks)
+    _print_json(close_month(store, settings, _month(month), approve=approve, run_id="cli-close"))
+
+
+def explain(
+    invoice_number: Number,
+    line: Annotated[int | None, typer.Option("--line", help="Only this line number.")] = None,
+    events: Annotated[
+        bool, typer.Option("--events", help="List the event ids behind each usage line.")
+    ] = False,
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """The audit trail of an invoice line: price rule and version, rollup rows, event ids."""
+    from usagebox_pipelines.invoicing.close import explain_invoice
+
+    store, settings = _open(home, pricebooks)
+    _print_json(explain_invoice(store, settings, invoice_number, line, events))
+
+
+def invoices(
+    month: Month,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the PDFs and register.csv.")],
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Copy a closed month's invoice and credit-note PDFs and write a register.csv."""
+    from usagebox_pipelines.invoicing.close import export_invoices
+
+    store, settings = _open(home, pricebooks)
+    _print_json(export_invoices(store, settings, _month(month), out))
+
+
+@invoice_app.command("verify")
+def verify_invoice_command(
+    invoice_number: Number,
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Rebuild an issued invoice from its stamps; exit 1 on any difference."""
+    from usagebox_pipelines.invoicing.close import verify_invoice
+
+    store, settings = _open(home, pricebooks)
+    report = verify_invoice(store, settings, invoice_number)
+    _print_json(report)
+    if not report["reproduced"]:
+        raise typer.Exit(1)

@@ -1,0 +1,151 @@
+"""Invoicing assets: `draft_invoices` (monthly job) and `issued_invoices` (the close job),
+plus the `month_close` schedule.
+
+Drafts refresh with every monthly run and carry invariant 4 as a blocking check. The close is
+its own job (group `close`) so a nightly run can never issue invoices by accident: it needs
+`approve: true` in the run config, or `USAGEBOX_AUTO_APPROVE_CLOSE=1` for unattended closes.
+A refused or unapproved close fails the run with the reason; a closed month is a no-op.
+"""
+
+import os
+from datetime import datetime, timedelta
+
+import dagster as dg
+import polars as pl
+
+from usagebox_pipelines.defs.jobs import close_job
+from usagebox_pipelines.defs.partitions import month_of, monthly
+from usagebox_pipelines.defs.pricing import rated_usage
+from usagebox_pipelines.defs.resources import UsageboxResource
+from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.invoicing.close import close_month, draft_lines_match_rated, refresh_drafts
+
+GRACE_ENV = "USAGEBOX_CLOSE_GRACE_DAYS"
+AUTO_APPROVE_ENV = "USAGEBOX_AUTO_APPROVE_CLOSE"
+DEFAULT_GRACE_DAYS = 3
+KINDS = {"deltalake", "polars"}
+
+
+@dg.asset(
+    group_name="invoicing",
+    kinds=KINDS,
+    partitions_def=monthly,
+    deps=[rated_usage, dg.AssetDep("guardrail_decisions")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "4_invoice_lines_equal_rated_usage", asset="draft_invoices", blocking=True
+        )
+    ],
+)
+def draft_invoices(
+    context: dg.AssetExecutionContext, usagebox: UsageboxResource
+) -> dg.MaterializeResult:
+    """Draft invoices of an open month: rated usage + adjustments owed by closed months."""
+    month = month_of(context.partition_key)
+    store, settings = usagebox.store, usagebox.settings
+    invoices, lines = refresh_drafts(store, settings.pricebooks, month, context.run_id)
+    check = draft_lines_match_rated(store, settings.pricebooks, month)
+    adjustments = lines.filter(pl.col("kind") == "adjustment")
+    return dg.MaterializeResult(
+        metadata={
+            "documents": invoices.height,
+            "lines": lines.height,
+            "adjustment_lines": adjustments.height,
+            "totals": dg.MetadataValue.json(_totals(invoices)),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=check.name,
+                passed=check.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "detail": check.detail,
+                    "examples": dg.MetadataValue.json(check.examples),
+                },
+            )
+        ],
+    )
+
+
+def _totals(invoices: pl.DataFrame) -> dict[str, str]:
+    """Draft total per currency, for the asset page."""
+    return {
+        str(currency): str(part["total"].sum())
+        for (currency,), part in invoices.group_by("currency")
+    }
+
+
+class CloseConfig(dg.Config):
+    """`approve`: issue the invoices. Unset = the `USAGEBOX_AUTO_APPROVE_CLOSE=1` env switch."""
+
+    approve: bool | None = None
+
+
+def auto_approve() -> bool:
+    return os.environ.get(AUTO_APPROVE_ENV, "") == "1"
+
+
+@dg.asset(group_name="close", kinds=KINDS, partitions_def=monthly, deps=[draft_invoices])
+def issued_invoices(
+    context: dg.AssetExecutionContext, config: CloseConfig, usagebox: UsageboxResource
+) -> dg.MaterializeResult:
+    """Numbered, frozen invoices and PDFs of a closed month (`usagebox close --approve`)."""
+    month = month_of(context.partition_key)
+    approve = auto_approve() if config.approve is None else config.approve
+    try:
+        result = close_month(
+            usagebox.store,
+            usagebox.settings,
+            month,
+            approve=approve,
+            approved_by=f"dagster:{context.run_id}",
+            run_id=context.run_id,
+        )
+    except UsageboxError as exc:
+        raise dg.Failure(description=f"close {month} refused: {exc}") from None
+    if result["status"] == "needs_approval":
+        raise dg.Failure(
+            description=f"close {month} needs approval: run with config approve: true "
+            f"(or set {AUTO_APPROVE_ENV}=1)",
+            metadata={"control_totals": dg.MetadataValue.json(result["control_totals"])},
+        )
+    context.log.info(f"{month}: {result['status']} with {len(result['invoices'])} document(s)")
+    return dg.MaterializeResult(
+        metadata={
+            "status": result["status"],
+            "documents": len(result["invoices"]),
+            "numbers": dg.MetadataValue.json([i["invoice_number"] for i in result["invoices"]]),
+            "events_table_version": result.get("events_table_version"),
+        }
+    )
+
+
+def grace_days() -> int:
+    """Days after month end before the schedule closes it (`USAGEBOX_CLOSE_GRACE_DAYS`)."""
+    raw = os.environ.get(GRACE_ENV, "")
+    try:
+        return max(0, int(raw)) if raw else DEFAULT_GRACE_DAYS
+    except ValueError:
+        return DEFAULT_GRACE_DAYS
+
+
+def month_to_close(now: datetime, grace: int) -> str | None:
+    """The previous month once `grace` full days have passed since its end, else None."""
+    first_of_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    if now < first_of_month + timedelta(days=grace):
+        return None
+    return (first_of_month - timedelta(days=1)).strftime("%Y-%m")
+
+
+@dg.schedule(job=close_job, cron_schedule="0 6 * * *", execution_timezone="UTC")
+def month_close(context: dg.ScheduleEvaluationContext):
+    """Daily: request the previous month's close once the grace days are over; the run key is
+    per month, so each month is requested once (approval still comes from config or env)."""
+    month = month_to_close(context.scheduled_execution_time, grace_days())
+    if month is None:
+        return dg.SkipReason(f"previous month still within its {grace_days()}-day grace period")
+    return dg.RunRequest(run_key=f"close-{month}", partition_key=f"{month}-01")
+
+
+invoicing_assets = [draft_invoices, issued_invoices]
+invoicing_schedules = [month_close]

@@ -196,7 +196,7 @@ def _naive(stream: list[dict]) -> dict[tuple, Decimal]:
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(base=base_events, data=st.data())
 def test_rollups_equal_naive_reference_for_any_batching(tmp_path_factory, base, data) -> None:

@@ -31,6 +31,7 @@ def number_of(store, period: str, account: str, doc: str = "invoice") -> str:
 
 def test_every_issued_invoice_reproduces_byte_identical():
     store, settings = scenario().open("nov_closed")
+    assert c.issued_intact(store, settings).passed
     numbers = issued(store).sort("invoice_number")["invoice_number"].to_list()
     assert len(numbers) >= 14
     for number in numbers:
@@ -49,6 +50,8 @@ def test_tampered_line_amount_is_detected(tmp_path):
         amount=pl.when(hit).then(pl.col("amount") - 1).otherwise("amount").cast(pl.Decimal(18, 2))
     )
     store.overwrite(t.INVOICE_LINES_TABLE, forged, INVOICE_LINES)
+    intact = c.issued_intact(store, settings)
+    assert not intact.passed and intact.examples[0]["invoice_number"] == number
     report = c.verify_invoice(store, settings, number)
     assert not report["reproduced"]
     assert {"what": "line", "line_no": 1, "column": "amount"}.items() <= report["differences"][
@@ -70,6 +73,7 @@ def test_edited_pricebook_is_detected(tmp_path):
     assert ("pricebook", None) in what and ("line", "amount") in what
     edited = next(d for d in report["differences"] if d["what"] == "pricebook")
     assert edited["file"] == "standard-2026-10-16.yaml"
+    assert "edited after it issued" in c.issued_intact(store, settings).examples[0]["problem"]
 
 
 def test_changed_pdf_file_is_detected_and_blocks_export(tmp_path):
@@ -77,6 +81,8 @@ def test_changed_pdf_file_is_detected_and_blocks_export(tmp_path):
     number = number_of(store, OCT, "acct-001")
     pdf = settings.documents_dir / "invoices" / OCT / f"{number}.pdf"
     pdf.write_bytes(pdf.read_bytes() + b"%")
+    assert c.issued_intact(store, settings, NOV).passed  # only October's file changed
+    assert not c.issued_intact(store, settings, OCT).passed
     report = c.verify_invoice(store, settings, number)
     assert not report["reproduced"]
     assert [d["what"] for d in report["differences"]] == ["pdf_file"]

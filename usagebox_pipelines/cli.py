@@ -164,10 +164,13 @@ def verify(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Check the invariants of CONTRACT.md §5; exit 1 naming any that fail."""
+    from usagebox_pipelines.invoicing.close import issued_intact
     from usagebox_pipelines.pipeline import verify as verify_tables
 
     settings = _settings(home, pricebooks)
-    results = verify_tables(DeltaStore(settings.home), parse_month(month) if month else None)
+    store = DeltaStore(settings.home)
+    period = parse_month(month) if month else None
+    results = [*verify_tables(store, period), issued_intact(store, settings, period)]
     failed = [r.name for r in results if not r.passed]
     _print_json({"passed": not failed, "failed": failed, "checks": [r.as_dict() for r in results]})
     if failed:
@@ -270,9 +273,14 @@ def demo(
 
 
 def _mount_subcommands() -> None:
-    """Command groups that live in their own modules."""
+    """Commands and groups that live in their own modules."""
     from usagebox_pipelines.cli_guardrails import guardrails_app
+    from usagebox_pipelines.cli_invoicing import close, explain, invoice_app, invoices
 
+    app.command()(close)
+    app.command()(explain)
+    app.command()(invoices)
+    app.add_typer(invoice_app, name="invoice", help="Issued invoices: verify.")
     app.add_typer(guardrails_app, name="guardrails", help="Budgets, caps and the policy export.")
 
 

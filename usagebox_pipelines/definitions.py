@@ -3,6 +3,7 @@
 import dagster as dg
 
 from usagebox_pipelines.defs.guardrails import guardrail_assets, guardrail_sensors
+from usagebox_pipelines.defs.invoicing import invoicing_assets, invoicing_schedules
 from usagebox_pipelines.defs.jobs import close_job, hourly_job, ingest_job, monthly_job
 from usagebox_pipelines.defs.metering import metering_assets
 from usagebox_pipelines.defs.pricing import pricing_assets
@@ -12,9 +13,15 @@ from usagebox_pipelines.defs.schedules import schedules
 from usagebox_pipelines.defs.sensors import sensors
 
 defs = dg.Definitions(
-    assets=[*metering_assets, *pricing_assets, *guardrail_assets, reconciliation_assets],
+    assets=[
+        *metering_assets,
+        *pricing_assets,
+        *guardrail_assets,
+        reconciliation_assets,
+        *invoicing_assets,
+    ],
     jobs=[ingest_job, hourly_job, monthly_job, close_job],
-    schedules=[*schedules],
+    schedules=[*schedules, *invoicing_schedules],
     sensors=[*sensors, *guardrail_sensors],
     resources={"usagebox": UsageboxResource()},
 )

@@ -185,8 +185,16 @@ def build_rated_usage(
     where = f"period = {sql_literal(month)}"
     store.replace_where("rated_usage", rated.rated, where, RATED_USAGE, metadata=meta)
     store.replace_where("unrated_usage", rated.unrated, where, UNRATED_USAGE, metadata=meta)
-    store.replace_where("credit_ledger", rated.credit, where, CREDIT_LEDGER, metadata=meta)
+    if not _is_closed(store, month):  # a closed month's credit draw is what it issued
+        store.replace_where("credit_ledger", rated.credit, where, CREDIT_LEDGER, metadata=meta)
     return rated
+
+
+def _is_closed(store: DeltaStore, month: str) -> bool:
+    if not store.exists("period_closes"):
+        return False
+    closes = store.scan("period_closes").filter(pl.col("period") == month).collect()
+    return closes.height > 0
 
 
 def _opening_credit(store: DeltaStore, month: str) -> dict[str, Decimal] | None:

@@ -3,7 +3,6 @@
 import dagster as dg
 
 from usagebox_pipelines.defs.partitions import month_of, monthly
-from usagebox_pipelines.defs.pricing import rated_usage
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.reconciliation.stages import reconcile_month
 

@@ -11,6 +11,7 @@ import csv
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -100,8 +101,7 @@ def _jsonl_chunks(path: Path, gz: bool, chunk_rows: int) -> Iterator[Chunk]:
     with _open_binary(path, gz) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="\n")
         while True:
-            lines = [text.readline() for _ in range(chunk_rows)]
-            lines = [ln for ln in lines if ln]
+            lines = list(itertools.islice(text, chunk_rows))
             if not lines:
                 return
             yield _parse_jsonl(lines, first_line)

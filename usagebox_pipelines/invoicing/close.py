@@ -1374,6 +1374,37 @@ def _price(value: Decimal) -> str:
     return f"{value:,.{places}f}"
 
 
+# --------------------------------------------------------------------------- invariant 5
+
+
+def issued_intact(
+    store: DeltaStore, settings: Settings, month: str | None = None
+) -> inv.InvariantResult:
+    """Invariant 5, cheaply, for `usagebox verify`: every issued document (of `month`, or all)
+    still has its recorded PDF bytes, a total equal to the sum of its lines, and unchanged
+    pricebook versions. `verify_invoice` is the full check (re-rates and re-renders)."""
+    docs = t.issued_invoices(store)
+    if month is not None:
+        docs = docs.filter(pl.col("period") == month)
+    sums = dict(
+        t.issued_lines(store, docs).group_by("invoice_number").agg(pl.col("amount").sum()).rows()
+    )
+    frozen = _frozen_problems(load_pricebooks(settings.pricebooks), docs)
+    bad = [{"problem": p} for p in frozen]
+    for row in docs.sort("invoice_number").iter_rows(named=True):
+        number = row["invoice_number"]
+        if _file_sha(settings.documents_dir, row["pdf_path"]) != row["pdf_sha256"]:
+            bad.append({"invoice_number": number, "problem": "stored PDF missing or changed"})
+        if sums.get(number, _ZERO) != row["total"]:
+            bad.append({"invoice_number": number, "problem": "total is not the sum of its lines"})
+    return inv.InvariantResult(
+        "5_issued_invoices_unchanged",
+        not bad,
+        f"{docs.height} issued documents checked; {len(bad)} problems",
+        bad[: inv.SAMPLE],
+    )
+
+
 # --------------------------------------------------------------------------- export
 
 

@@ -37,6 +37,7 @@ def _events(rows: list[tuple[str, str, int, int, str]]) -> pl.LazyFrame:
         schema_overrides={"quantity": EVENTS["quantity"], "timestamp": EVENTS["timestamp"]},
     ).with_columns(
         hour=pl.col("timestamp").dt.truncate("1h"),
+        event_date=pl.col("timestamp").dt.date(),
         status=pl.lit("ok"),
         billable=pl.lit(True),
         ingested_at=pl.lit(T0),

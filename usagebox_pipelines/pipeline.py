@@ -81,26 +81,35 @@ def update_events(store: DeltaStore, run_id: str = "cli") -> EventsUpdate:
         .sort("hour")["hour"]
     )
     days = hours.dt.date().unique().sort()
-    rows = raw.filter(
-        pl.col("correction_of").is_null() & pl.col("hour").dt.date().is_in(days.implode())
-    ).collect(engine="streaming")
-    in_days = corrections.filter(pl.col("hour").dt.date().is_in(days.implode()))
-    events = build_events(rows, in_days)
-    if days.len():
-        predicate = f"event_date IN ({', '.join(sql_literal(d) for d in days.to_list())})"
-        store.replace_where(
-            "events",
-            events,
-            predicate,
-            EVENTS,
-            partition_by=["event_date"],
-            metadata={"run_id": run_id, "stage": "events"},
-        )
+    written = sum(_rewrite_event_day(store, raw, corrections, day, run_id) for day in days)
     now = datetime.now(UTC)
     store.append("events_builds", new_batches.with_columns(built_at=pl.lit(now)), EVENTS_BUILDS)
-    return EventsUpdate(
-        new_batches["batch_id"].to_list(), days.to_list(), hours.to_list(), events.height
+    return EventsUpdate(new_batches["batch_id"].to_list(), days.to_list(), hours.to_list(), written)
+
+
+def _rewrite_event_day(
+    store: DeltaStore, raw: pl.LazyFrame, corrections: pl.DataFrame, day: date, run_id: str
+) -> int:
+    """Recompute one `event_date` partition from raw rows: memory is bounded by one day.
+
+    Each day is its own commit; the whole update is idempotent (`events_builds` is written
+    last), so a crash between days is finished by the next run.
+    """
+    start, end = day_bounds(day)
+    rows = raw.filter(
+        pl.col("correction_of").is_null() & (pl.col("hour") >= start) & (pl.col("hour") < end)
+    ).collect(engine="streaming")
+    in_day = corrections.filter((pl.col("hour") >= start) & (pl.col("hour") < end))
+    events = build_events(rows, in_day)
+    store.replace_where(
+        "events",
+        events,
+        f"event_date = {sql_literal(day)}",
+        EVENTS,
+        partition_by=["event_date"],
+        metadata={"run_id": run_id, "stage": "events"},
     )
+    return events.height
 
 
 def _corrections_and_originals(raw: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

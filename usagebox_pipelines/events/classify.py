@@ -55,11 +55,14 @@ class Classified:
 def classify(valid: pl.DataFrame, history: pl.DataFrame) -> Classified:
     """Split a chunk of canonical rows against itself and against accepted history."""
     ordered = valid.sort("_row")
-    first_payload = pl.col("payload").first().over(KEY)
-    is_first = pl.int_range(pl.len()).over(KEY) == 0
-    marked = ordered.with_columns(_first=is_first, _kept=first_payload)
-    firsts = marked.filter(pl.col("_first")).drop("_first", "_kept")
-    later = marked.filter(~pl.col("_first"))
+    # One hash pass marks first occurrences; the kept payload is joined onto the (usually few)
+    # repeated rows only, instead of two window expressions over every row.
+    marked = ordered.with_columns(_first=pl.struct(KEY).is_first_distinct())
+    firsts = marked.filter(pl.col("_first")).drop("_first")
+    later = marked.filter(~pl.col("_first")).drop("_first")
+    later = later.join(
+        firsts.select(*KEY, pl.col("payload").alias("_kept")), on=KEY, how="left"
+    ).sort("_row")
     dup_within = later.filter(pl.col("payload") == pl.col("_kept")).height
     conflicts_within = later.filter(pl.col("payload") != pl.col("_kept")).rename(
         {"_kept": "kept_payload"}

@@ -222,20 +222,57 @@ def _dimensions(rows: pl.DataFrame) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     text, reason = pl.lit("{}"), pl.lit(None, dtype=pl.String)
     model = pl.lit(None, dtype=pl.String)
     for source in reversed([n for n in DIMENSION_SOURCES if n in rows.columns]):
-        struct = _dimension_struct(rows, source)
-        if struct is None:
-            src_text, src_reason = pl.lit("{}"), pl.lit(f"{source} must be a JSON object")
+        if rows.schema[source] == pl.String:
+            src_text, src_reason, src_model = _source_dimensions_unique(rows, source)
         else:
-            values, dtype = struct
-            fields = {f.name: f.dtype for f in dtype.fields}
-            if source == "metadata" and "model" in fields and not _is_nested(fields["model"]):
-                model = values.struct.field("model")
-                fields.pop("model")
-            src_text, src_reason = _canonical_json(values, fields, source)
+            src_text, src_reason, src_model = _source_dimensions(rows, source)
+        if src_model is not None:
+            model = src_model
         present = pl.col(source).is_not_null()
         text = pl.when(present).then(src_text).otherwise(text)
         reason = pl.when(present).then(src_reason).otherwise(reason)
     return text, reason, model
+
+
+def _source_dimensions(rows: pl.DataFrame, source: str):
+    """(canonical JSON, reason, model or None) of one dimension source, row by row."""
+    model = None
+    struct = _dimension_struct(rows, source)
+    if struct is None:
+        return pl.lit("{}"), pl.lit(f"{source} must be a JSON object"), None
+    values, dtype = struct
+    fields = {f.name: f.dtype for f in dtype.fields}
+    if source == "metadata" and "model" in fields and not _is_nested(fields["model"]):
+        model = values.struct.field("model")
+        fields.pop("model")
+    text, reason = _canonical_json(values, fields, source)
+    return text, reason, model
+
+
+def _source_dimensions_unique(rows: pl.DataFrame, source: str):
+    """`_source_dimensions` for JSON text: decoded once per distinct text, mapped back by value.
+
+    Dimension texts repeat heavily (a few hundred distinct values per million events), and every
+    step after schema inference is row-local; the inferred schema over the distinct texts is the
+    union over all rows, so the result equals the row-by-row path.
+    """
+    uniq = rows.select(pl.col(source).unique()).filter(pl.col(source).is_not_null())
+    if uniq.height == 0:
+        return _source_dimensions(rows, source)
+    text, reason, model = _source_dimensions(uniq, source)
+    table = uniq.select(
+        pl.col(source),
+        text.cast(pl.String).alias("text"),
+        reason.cast(pl.String).alias("reason"),
+        (model if model is not None else pl.lit(None)).cast(pl.String).alias("model"),
+    )
+
+    def mapped(column: str) -> pl.Expr:
+        return pl.col(source).replace_strict(
+            table[source], table[column], default=None, return_dtype=pl.String
+        )
+
+    return mapped("text"), mapped("reason"), (mapped("model") if model is not None else None)
 
 
 def _dimension_struct(rows: pl.DataFrame, name: str) -> tuple[pl.Expr, pl.Struct] | None:

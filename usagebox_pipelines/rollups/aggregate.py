@@ -17,7 +17,12 @@ def rollup_hourly(events: pl.LazyFrame, start: datetime, end: datetime) -> pl.Da
     """`usage_hourly` rows for hours in [start, end)."""
     rows = (
         events.filter(
-            (pl.col("hour") >= start) & (pl.col("hour") < end) & (pl.col("status") == "ok")
+            # event_date first: prunes the partitions of `events` before reading any file
+            (pl.col("event_date") >= start.date())
+            & (pl.col("event_date") <= end.date())
+            & (pl.col("hour") >= start)
+            & (pl.col("hour") < end)
+            & (pl.col("status") == "ok")
         )
         .group_by([*ROLLUP_KEYS, "dimensions", "hour"])
         .agg(sum=pl.col("quantity").sum().cast(QTY), count=pl.len().cast(pl.Int64))

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    MiB,
     Measure,
+    MiB,
     StageProfile,
     _generate_day,
     base_parser,
@@ -127,9 +127,13 @@ def main() -> None:
             accounts=args.accounts,
             day=args.day,
             generation_seconds=round(gen_secs, 2),
-            full={"ingest": full_ingest.as_dict(), **{k: m.as_dict() for k, m in full.items()},
-                  "rollups_seconds": round(full_rollups, 3), "total_seconds": round(full_total, 3),
-                  "rows": full_rows},  # fmt: skip
+            full={
+                "ingest": full_ingest.as_dict(),
+                **{k: m.as_dict() for k, m in full.items()},
+                "rollups_seconds": round(full_rollups, 3),
+                "total_seconds": round(full_total, 3),
+                "rows": full_rows,
+            },  # fmt: skip
             incremental={k: m.as_dict() for k, m in inc.items()},
             seconds=round(total.seconds, 3),
             rollups_seconds=round(inc_rollups, 3),

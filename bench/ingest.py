@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    MiB,
     Measure,
+    MiB,
     StageProfile,
     base_parser,
     dir_size,

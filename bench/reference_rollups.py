@@ -23,7 +23,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import MiB, Measure, rss_hwm  # noqa: E402
+from bench.common import Measure, MiB, rss_hwm  # noqa: E402
 
 KEYS = ["account_id", "meter_id", "model_id", "product_id", "unit", "billable"]
 QTY = pl.Decimal(38, 12)

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     ROOT,
-    MiB,
     Measure,
+    MiB,
     StageProfile,
     base_parser,
     generate_files,

@@ -97,7 +97,10 @@ def _rewrite_event_day(
     """
     start, end = day_bounds(day)
     rows = raw.filter(
-        pl.col("correction_of").is_null() & (pl.col("hour") >= start) & (pl.col("hour") < end)
+        (pl.col("event_date") == day)  # partition pruning: only this day's files are read
+        & pl.col("correction_of").is_null()
+        & (pl.col("hour") >= start)
+        & (pl.col("hour") < end)
     ).collect(engine="streaming")
     in_day = corrections.filter((pl.col("hour") >= start) & (pl.col("hour") < end))
     events = build_events(rows, in_day)

@@ -42,6 +42,7 @@ RAW_EVENTS = pl.Schema(
         **EVENT_FIELDS,
         "payload": pl.String(),
         "hour": TS,
+        "event_date": pl.Date(),
         "is_late": pl.Boolean(),
         "ingested_at": TS,
         "source": pl.String(),

@@ -138,8 +138,14 @@ def _ingest_chunk(store, chunk, path, batch_id, source, now, context) -> IngestS
     if new.height:
         store.append(
             "raw_events",
-            new.with_columns(**stamp, source=pl.lit(source), row_number=pl.col("_row")),
+            new.with_columns(
+                **stamp,
+                source=pl.lit(source),
+                row_number=pl.col("_row"),
+                event_date=pl.col("hour").dt.date(),
+            ),
             RAW_EVENTS,
+            partition_by=["event_date"],  # lets `events` rebuild one day without a full scan
         )
     if rejects.height:
         store.append(

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from usagebox_pipelines.errors import UsageboxError
 
 # Rows per chunk (one Delta commit each); bounded memory for any file size.
-CHUNK_ROWS = int(os.environ.get("USAGEBOX_CHUNK_ROWS", "1000000"))
+CHUNK_ROWS = int(os.environ.get("USAGEBOX_CHUNK_ROWS", "250000"))
 FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",

@@ -15,6 +15,7 @@ $(BIN)/usagebox: pyproject.toml
 install: $(BIN)/usagebox
 
 demo: install
+	rm -rf $(HOME_DIR)
 	$(BIN)/usagebox demo --home $(HOME_DIR) --month $(MONTH)
 
 test: install

@@ -102,3 +102,38 @@ def test_inbox_sensor_requests_ingest_for_new_files_only(tmp_path: Path) -> None
 def test_affected_hours_become_hourly_partition_keys() -> None:
     hours = ["2026-10-01T10:00:00+00:00", "2026-10-01T10:00:00+00:00", "2026-10-31T23:00:00+00:00"]
     assert affected_hour_keys(hours) == ["2026-10-01-10:00", "2026-10-31-23:00"]
+
+
+def test_after_ingest_only_the_touched_hours_are_rebuilt(tmp_path: Path) -> None:
+    from usagebox_pipelines.defs.sensors import rebuild_touched_hours
+    from usagebox_pipelines.runner import dagster_instance
+
+    settings = Settings.resolve(str(tmp_path / "home"))
+    instance = dagster_instance(settings)
+    rows = [event("e1", ts="2026-10-01T10:15:00Z"), event("e2", ts="2026-10-03T23:59:59Z")]
+    outcome = execute_job(
+        settings,
+        "ingest_job",
+        ops_config={
+            "raw_events": {"config": {"files": [str(write_jsonl(tmp_path / "a.jsonl", rows))]}}
+        },
+        instance=instance,
+    )
+    run = instance.get_run_by_id(outcome.run_id)
+    ctx = dg.build_run_status_sensor_context(
+        sensor_name="rebuild_touched_hours",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=next(
+            e
+            for e in instance.all_logs(run.run_id)
+            if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_SUCCESS"
+        ).dagster_event,
+    )
+    requests = list(rebuild_touched_hours(ctx))
+    keys = sorted((r.job_name, r.partition_key) for r in requests)
+    assert keys == [
+        ("hourly_job", "2026-10-01-10:00"),
+        ("hourly_job", "2026-10-03-23:00"),
+        ("monthly_job", "2026-10-01"),
+    ]

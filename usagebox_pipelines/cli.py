@@ -14,6 +14,7 @@ from typing import Annotated
 import polars as pl
 import typer
 
+from usagebox_pipelines.cli_options import Home, Pricebooks
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import InvariantError, UsageboxError
 from usagebox_pipelines.storage import DeltaStore
@@ -23,17 +24,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Usage-based billing pipelines: events → Delta tables → rated usage → invoices.",
 )
-
-Home = Annotated[
-    str | None,
-    typer.Option(
-        "--home", help="Root of the tables (path or s3://bucket/prefix).", show_default=False
-    ),
-]
-Pricebooks = Annotated[
-    str | None,
-    typer.Option("--pricebooks", help="Folder of pricebook YAML files.", show_default=False),
-]
 
 
 def _settings(home: str | None, pricebooks: str | None) -> Settings:

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from usagebox_pipelines.cli_options import Home, Pricebooks
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.storage import DeltaStore
@@ -25,16 +26,6 @@ guardrails_app = typer.Typer(
     help="Spend guardrails: enforcement policy export and per-account status.",
 )
 
-Home = Annotated[
-    str | None,
-    typer.Option(
-        "--home", help="Root of the tables (path or s3://bucket/prefix).", show_default=False
-    ),
-]
-Pricebooks = Annotated[
-    str | None,
-    typer.Option("--pricebooks", help="Folder of pricebook YAML files.", show_default=False),
-]
 Month = Annotated[
     str | None,
     typer.Option("--month", help="Month YYYY-MM (default: the newest in spend_state)."),

@@ -16,20 +16,11 @@ from typing import Annotated
 
 import typer
 
+from usagebox_pipelines.cli_options import Home, Pricebooks
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.storage import DeltaStore
 
-Home = Annotated[
-    str | None,
-    typer.Option(
-        "--home", help="Root of the tables (path or s3://bucket/prefix).", show_default=False
-    ),
-]
-Pricebooks = Annotated[
-    str | None,
-    typer.Option("--pricebooks", help="Folder of pricebook YAML files.", show_default=False),
-]
 Month = Annotated[str, typer.Argument(help="Month YYYY-MM.")]
 Number = Annotated[str, typer.Argument(help="Invoice number, e.g. UBX-2026-000001.")]
 

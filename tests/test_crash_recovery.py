@@ -16,7 +16,7 @@ from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.pipeline import committed_raw_events, verify_ingest
 from usagebox_pipelines.storage import DeltaStore
 
-COMPARE = ["account_id", "event_id", "quantity", "timestamp", "payload", "row_number"]
+COMPARE = ["account_id", "event_id", "quantity", "timestamp", "dimensions", "row_number"]
 
 
 def _commits(table: Path) -> int:

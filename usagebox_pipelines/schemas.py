@@ -35,12 +35,11 @@ EVENT_FIELDS: dict[str, pl.DataType] = {
     "extra": pl.String(),
 }
 
-# `payload` is the canonical JSON of the billing fields: equal payload = duplicate, different =
-# conflict. `hour` is the UTC hour the event counts in (a correction counts in its original's).
+# `hour` is the UTC hour the event counts in (a correction counts in its original's);
+# `event_date` (its day) partitions the table.
 RAW_EVENTS = pl.Schema(
     {
         **EVENT_FIELDS,
-        "payload": pl.String(),
         "hour": TS,
         "event_date": pl.Date(),
         "is_late": pl.Boolean(),

@@ -13,21 +13,12 @@ from datetime import UTC, datetime
 import polars as pl
 
 from usagebox_pipelines.events.build import resolve_corrections
+from usagebox_pipelines.events.normalize import PAYLOAD_FIELDS
 from usagebox_pipelines.schemas import TS
 
 KEY = ["account_id", "event_id"]
-HISTORY_COLUMNS = [
-    "account_id",
-    "event_id",
-    "payload",
-    "quantity",
-    "timestamp",
-    "hour",
-    "correction_of",
-    "ingested_at",
-    "batch_id",
-    "row_number",
-]
+# Columns of accepted history the classification needs; `payload` is derived from them.
+HISTORY_COLUMNS = [*PAYLOAD_FIELDS, "hour", "ingested_at", "batch_id", "row_number"]
 ORIGINAL = ["account_id", "event_id", "quantity", "hour"]
 CORRECTION = [
     "account_id",

@@ -18,7 +18,7 @@ import polars as pl
 
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.events.classify import HISTORY_COLUMNS, classify
-from usagebox_pipelines.events.normalize import normalize_events
+from usagebox_pipelines.events.normalize import normalize_events, payload_expr
 from usagebox_pipelines.events.readers import CHUNK_ROWS, file_sha256, read_chunks
 from usagebox_pipelines.schemas import (
     EVENT_CONFLICTS,
@@ -172,11 +172,12 @@ def _ingest_chunk(store, chunk, path, batch_id, source, now, context) -> IngestS
 def _history_for(store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
     """Accepted rows sharing an event id with this chunk, or correcting its corrections' targets.
 
-    Only the key columns of history are scanned in full; payloads are read for matches alone.
+    Their `payload` is recomputed from the stored fields (the same canonical form ingest
+    compares), so `raw_events` does not store every event twice.
     """
     schema = pl.Schema({c: RAW_EVENTS[c] for c in HISTORY_COLUMNS})
     if valid.height == 0 or not store.exists("raw_events"):
-        return pl.DataFrame(schema=schema)
+        return pl.DataFrame(schema=schema).with_columns(payload=pl.lit(None, dtype=pl.String))
     targets = valid["correction_of"].drop_nulls().unique()
     ids = pl.concat([valid["event_id"], targets]).unique()
     return (
@@ -187,6 +188,7 @@ def _history_for(store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
         )
         .select(HISTORY_COLUMNS)
         .collect(engine="streaming")
+        .with_columns(payload=payload_expr())
     )
 
 

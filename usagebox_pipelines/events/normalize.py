@@ -13,6 +13,7 @@ from typing import Annotated
 import pandera.polars as pa
 import polars as pl
 
+from usagebox_pipelines.events.readers import decode_json_objects, row_json
 from usagebox_pipelines.schemas import EVENT_FIELDS, QTY, TS
 
 ALIASES: dict[str, list[str]] = {
@@ -82,9 +83,10 @@ def normalize_events(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
             schema={"_row": pl.Int64, "_payload": pl.String, "reason": pl.String}
         )
     dims, dims_reason, metadata_model = _dimensions(rows)
+    raw_text = "_payload" in rows.columns
     frame = rows.select(
         pl.col("_row"),
-        pl.col("_payload"),
+        pl.col("_payload") if raw_text else pl.lit(None, dtype=pl.String).alias("_payload"),
         *[
             _coalesce_string(rows, ALIASES[f]).alias(f)
             for f in ("event_id", "account_id", "meter_id")
@@ -106,10 +108,16 @@ def normalize_events(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
             return_dtype=pl.Boolean,
         ),
     ).with_columns(reason=_reason())
-    rejects = frame.filter(pl.col("reason").is_not_null()).select("_row", "_payload", "reason")
+    rejected = pl.col("reason").is_not_null()
+    rejects = frame.filter(rejected).select("_row", "_payload", "reason")
+    if not raw_text and rejects.height:
+        raw = rows.filter(frame.select(rejected).to_series()).drop("_row")
+        rejects = rejects.with_columns(_payload=raw.select(row_json(raw)).to_series())
     valid = frame.filter(pl.col("reason").is_null())
     valid = valid.with_columns(billable=pl.col("billable").fill_null(True))
     valid = valid.select("_row", "_payload", *EVENT_FIELDS).with_columns(payload=payload_expr())
+    # Rows without raw text (CSV/Parquet) are quarantined later with their canonical form.
+    valid = valid.with_columns(_payload=pl.coalesce("_payload", "payload"))
     valid, schema_rejects = _validate_schema(valid)
     return valid, pl.concat([rejects, schema_rejects])
 
@@ -301,8 +309,6 @@ def _dimension_struct(rows: pl.DataFrame, name: str) -> tuple[pl.Expr, pl.Struct
 
 def _decode_text(texts: pl.Series) -> tuple[pl.Expr, pl.Struct]:
     """Decode a column of JSON-object text; rows that are not objects get a marker field."""
-    from usagebox_pipelines.events.readers import decode_json_objects
-
     cleaned = texts.replace("", None)
     try:
         decoded = decode_json_objects(cleaned.fill_null("{}"))

@@ -1,8 +1,9 @@
 """Stream event files (JSONL, CSV, Parquet; optionally gzipped) as bounded chunks.
 
 Each chunk is a frame of the file's own columns plus `_row` (1-based row number: the line number
-for JSONL, the data-row number for CSV and Parquet) and `_payload` (the raw row text kept for
-quarantine). Rows that cannot even be parsed come back as rejects with a reason.
+for JSONL, the data-row number for CSV and Parquet); JSONL rows also carry `_payload`, the raw
+line kept for quarantine (CSV/Parquet rows get theirs from `row_json` only if rejected).
+Rows that cannot even be parsed come back as rejects with a reason.
 """
 
 from __future__ import annotations
@@ -223,14 +224,11 @@ def _arrow_chunk(batches: list[pa.RecordBatch], first: int, csv: bool) -> Chunk:
     frame = pl.from_arrow(pa.Table.from_batches(batches))
     if csv:
         frame = frame.with_columns(pl.all().replace("", None))
-    payload = frame.select(_payload=_row_json(frame))
-    rows = frame.with_columns(
-        _row=pl.int_range(first, first + frame.height, dtype=pl.Int64), _payload=payload["_payload"]
-    )
-    return Chunk(rows, _no_rejects())
+    rows = frame.with_columns(_row=pl.int_range(first, first + frame.height, dtype=pl.Int64))
+    return Chunk(rows, _no_rejects())  # `_payload` is built later, for rejected rows only
 
 
-def _row_json(frame: pl.DataFrame) -> pl.Expr:
+def row_json(frame: pl.DataFrame) -> pl.Expr:
     """The raw row as JSON text, for quarantine (temporal and decimal values as strings)."""
     cols = [
         pl.col(name).cast(pl.String) if dtype.is_temporal() or dtype == pl.Decimal else pl.col(name)

@@ -285,15 +285,3 @@ def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
 def day_bounds(day: date) -> tuple[datetime, datetime]:
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return start, start + timedelta(days=1)
-
-
-__all__ = [
-    "EventsUpdate",
-    "build_usage_hourly",
-    "build_usage_monthly",
-    "committed_raw_events",
-    "day_bounds",
-    "month_bounds",
-    "update_events",
-    "verify",
-]

@@ -17,6 +17,7 @@ import typer
 from usagebox_pipelines.cli_options import Home, Pricebooks
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import InvariantError, UsageboxError
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.storage import DeltaStore
 
 app = typer.Typer(
@@ -107,12 +108,8 @@ def parse_day(value: str) -> date:
 
 
 def parse_month(value: str) -> str:
-    try:
-        datetime.strptime(value, "%Y-%m")
-    except ValueError:
-        raise UsageboxError(f"month {value!r}: expected YYYY-MM") from None
-    if len(value) != 7:
-        raise UsageboxError(f"month {value!r}: expected YYYY-MM")
+    """A validated `YYYY-MM` (MonthError, a user error, otherwise)."""
+    month_bounds(value)
     return value
 
 

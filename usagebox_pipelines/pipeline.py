@@ -16,10 +16,11 @@ import polars as pl
 from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.events.build import INHERITED, build_events, resolve_corrections
 from usagebox_pipelines.events.ingest import committed_batches
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.pricing.rating import rate_usage
-from usagebox_pipelines.rollups.aggregate import month_bounds, rollup_hourly, rollup_monthly
+from usagebox_pipelines.rollups.aggregate import rollup_hourly, rollup_monthly
 from usagebox_pipelines.schemas import (
     CREDIT_LEDGER,
     EVENT_CONFLICTS,

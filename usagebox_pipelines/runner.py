@@ -13,7 +13,7 @@ import dagster as dg
 
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.defs.jobs import hour_range_tags
-from usagebox_pipelines.rollups.aggregate import month_bounds
+from usagebox_pipelines.months import month_bounds
 
 _INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 

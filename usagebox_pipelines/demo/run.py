@@ -18,11 +18,11 @@ from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.guardrails import plant_guardrail_scenarios
 from usagebox_pipelines.guardrails.stages import raise_alerts
+from usagebox_pipelines.months import month_bounds, shift_month
 from usagebox_pipelines.pipeline import update_events
 from usagebox_pipelines.reconciliation.demo_exports import write_vendor_exports
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
 from usagebox_pipelines.reconciliation.stages import load_exports, reconcile_month
-from usagebox_pipelines.rollups.aggregate import month_bounds
 from usagebox_pipelines.runner import RunOutcome, run_month
 from usagebox_pipelines.schemas import USAGE_HOURLY
 from usagebox_pipelines.storage import DeltaStore
@@ -50,7 +50,7 @@ def run_demo(settings: Settings, month: str, seed: int, events: int, say: Say) -
     raise_alerts(store)
     say(f"[5/7] closing {month} (approved)")
     closed = _close(store, settings, month)
-    nxt = _next_month(month)
+    nxt = shift_month(month, 1)
     say(f"[6/7] late events arrive after the close; re-running {month} and {nxt}")
     late = ingest_files(store, list(manifest.late_files), source="demo-late")
     update_events(store, run_id="demo-late")
@@ -89,11 +89,6 @@ def _close(store: DeltaStore, settings: Settings, month: str) -> dict:
     from usagebox_pipelines.invoicing.close import close_month
 
     return close_month(store, settings, month, approve=True)
-
-
-def _next_month(month: str) -> str:
-    _, end = month_bounds(month)
-    return end.strftime("%Y-%m")
 
 
 def _report(settings, store, month, nxt, ingest, late, recon, closed) -> dict:

@@ -10,10 +10,9 @@ globally time-ordered; the day's row count is fixed up front so `n_events` is ex
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import polars as pl
@@ -21,6 +20,7 @@ import polars as pl
 from usagebox_pipelines.demo import catalog as cat
 from usagebox_pipelines.demo.ids import STREAM_MAIN, STREAM_RUN, id_base, make_ids
 from usagebox_pipelines.demo.rand import Rng, choose
+from usagebox_pipelines.months import month_bounds, shift_month  # noqa: F401 (re-exported)
 from usagebox_pipelines.schemas import QTY, TS
 
 MS_PER_HOUR = 3_600_000
@@ -45,25 +45,6 @@ USAGE_COLUMNS = (
     "dimensions",
     "correlation_id",
 )
-
-
-def month_bounds(month: str) -> tuple[datetime, datetime]:
-    """[start, end) of a `YYYY-MM` month in UTC."""
-    try:
-        if not re.fullmatch(r"\d{4}-\d{2}", month):
-            raise ValueError(month)
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise ValueError(f"month must be YYYY-MM, got {month!r}") from exc
-    nxt = (start + timedelta(days=32)).replace(day=1)
-    return start, nxt
-
-
-def shift_month(month: str, delta: int) -> str:
-    """`YYYY-MM` moved by `delta` months."""
-    start, _ = month_bounds(month)
-    idx = start.year * 12 + start.month - 1 + delta
-    return f"{idx // 12:04d}-{idx % 12 + 1:02d}"
 
 
 def month_index(month: str) -> int:

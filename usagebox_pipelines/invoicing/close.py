@@ -54,6 +54,7 @@ from usagebox_pipelines.invoicing.render import (
     render_credit_note_pdf,
     render_invoice_pdf,
 )
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Account, Accounts, load_accounts
 from usagebox_pipelines.pricing.money import minor_units, round_decimal
 from usagebox_pipelines.pricing.pricebook import (
@@ -64,7 +65,7 @@ from usagebox_pipelines.pricing.pricebook import (
     load_pricebooks,
 )
 from usagebox_pipelines.pricing.rating import RatingResult, period_bounds, rate_usage
-from usagebox_pipelines.rollups.aggregate import month_bounds, rollup_hourly
+from usagebox_pipelines.rollups.aggregate import rollup_hourly
 from usagebox_pipelines.schemas import (
     CREDIT_LEDGER,
     EVENTS,

@@ -18,16 +18,16 @@ never on events. Steps, all vectorised Polars (Python loops only over versions a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 import polars as pl
 
 from usagebox_pipelines import schemas
 from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.contract import contract_lines
 from usagebox_pipelines.pricing.money import (
@@ -43,7 +43,6 @@ from usagebox_pipelines.pricing.money import (
 )
 from usagebox_pipelines.pricing.pricebook import PricebookSet, PricebookVersion, Rate
 
-_PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _I128 = pl.Int128
 _USAGE_KEYS = ["account_id", "meter_id", "model_id", "product_id", "unit", "dimensions"]
 _MATCH_KEYS = ["pricebook", "price_version", "meter_id", "model_id", "dimensions"]
@@ -72,13 +71,7 @@ class RatingResult:
 
 def period_bounds(period: str) -> tuple[datetime, datetime]:
     """`YYYY-MM` → the half-open UTC window [first hour, first hour of next month)."""
-    match = _PERIOD_RE.match(period or "")
-    if not match:
-        raise UsageboxError(f"period must be YYYY-MM, got {period!r}")
-    year, month = int(match.group(1)), int(match.group(2))
-    start = datetime(year, month, 1, tzinfo=UTC)
-    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
-    return start, end
+    return month_bounds(period)
 
 
 def rate_usage(

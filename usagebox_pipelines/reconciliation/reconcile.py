@@ -10,12 +10,12 @@ Credits, tax, corrections, adjustments and purchases are listed as their own row
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 
 import polars as pl
 
-from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.reconciliation.mapping import VendorMapping
 from usagebox_pipelines.reconciliation.schemas import (
     METERED_DAILY,
@@ -30,12 +30,8 @@ _HUNDRED = pl.lit(Decimal(100), dtype=QTY)
 
 def period_days(period: str) -> tuple[date, date]:
     """[first day, first day of next month) of a `YYYY-MM` period."""
-    try:
-        year, month = (int(x) for x in period.split("-"))
-        start = date(year, month, 1)
-    except ValueError as exc:
-        raise UsageboxError(f"--month: expected YYYY-MM, got {period!r}") from exc
-    return start, (start + timedelta(days=32)).replace(day=1)
+    start, end = month_bounds(period)
+    return start.date(), end.date()
 
 
 def metered_daily(

@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from usagebox_pipelines.config import Settings
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.reconciliation.attribution import cost_attribution
 from usagebox_pipelines.reconciliation.loaders import (
     load_vendor_exports,
@@ -32,7 +33,6 @@ from usagebox_pipelines.reconciliation.schemas import (
     VENDOR_COSTS,
     VENDOR_REVIEW,
 )
-from usagebox_pipelines.rollups.aggregate import month_bounds
 from usagebox_pipelines.schemas import RATED_USAGE, USAGE_HOURLY
 from usagebox_pipelines.storage import DeltaStore, sql_literal
 

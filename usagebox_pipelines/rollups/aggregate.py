@@ -10,6 +10,7 @@ from datetime import datetime
 
 import polars as pl
 
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.schemas import QTY, ROLLUP_KEYS, USAGE_HOURLY, USAGE_MONTHLY, conform
 
 
@@ -42,13 +43,3 @@ def rollup_monthly(hourly: pl.LazyFrame, month: str) -> pl.DataFrame:
         .collect(engine="streaming")
     )
     return conform(rows, USAGE_MONTHLY).sort(ROLLUP_KEYS, nulls_last=True)
-
-
-def month_bounds(month: str) -> tuple[datetime, datetime]:
-    """[first instant, first instant of next month) in UTC for YYYY-MM."""
-    from datetime import UTC
-
-    year, mon = (int(x) for x in month.split("-"))
-    start = datetime(year, mon, 1, tzinfo=UTC)
-    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
-    return start, end

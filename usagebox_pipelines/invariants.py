@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 import polars as pl
+
+from usagebox_pipelines.rollups.usage_query import decimal_str
 
 SAMPLE = 5
 
@@ -31,13 +34,16 @@ class InvariantResult:
 
 
 def _examples(frame: pl.DataFrame) -> list[dict]:
-    return [
-        {
-            k: (str(v) if v is not None and not isinstance(v, int | bool) else v)
-            for k, v in row.items()
-        }
-        for row in frame.head(SAMPLE).to_dicts()
-    ]
+    return [{k: _plain(v) for k, v in row.items()} for row in frame.head(SAMPLE).to_dicts()]
+
+
+def _plain(value: object) -> object:
+    """JSON-friendly example values: decimals as plain text ('0', not '0E-12')."""
+    if value is None or isinstance(value, int | bool):
+        return value
+    if isinstance(value, Decimal):
+        return decimal_str(value)
+    return str(value)
 
 
 def ingest_counts_add_up(ingest_log: pl.DataFrame, actual: pl.DataFrame) -> InvariantResult:

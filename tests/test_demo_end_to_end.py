@@ -1,0 +1,29 @@
+"""`usagebox demo` end to end on a small month: every stage runs and every invariant holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from usagebox_pipelines.config import Settings
+from usagebox_pipelines.demo.run import run_demo
+from usagebox_pipelines.invoicing.close import issued_intact, verify_invoice
+from usagebox_pipelines.pipeline import verify
+from usagebox_pipelines.storage import DeltaStore
+
+
+def test_small_demo_runs_every_stage_and_verifies(tmp_path: Path) -> None:
+    settings = Settings.resolve(str(tmp_path / "home"))
+    report = run_demo(settings, "2026-10", seed=3, events=1500, say=lambda _m: None)
+    store = DeltaStore(settings.home)
+    assert report["invoices_issued"] > 0
+    assert report["late_ingest"]["late"] > 0
+    assert report["next_month_adjustment_lines"] > 0
+    assert [r.name for r in verify(store) if not r.passed] == []
+    assert issued_intact(store, settings).passed
+    first = (
+        store.read("invoices")
+        .filter(store.read("invoices")["status"] == "issued")
+        .row(0, named=True)
+    )
+    assert verify_invoice(store, settings, first["invoice_number"])["reproduced"]
+    assert (settings.documents_dir / first["pdf_path"]).exists()

@@ -5,7 +5,6 @@ Exit codes: 0 ok; 1 a check or invariant failed; 2 bad input (one line on stderr
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -14,10 +13,9 @@ from typing import Annotated
 import polars as pl
 import typer
 
-from usagebox_pipelines.cli_options import Home, Pricebooks
+from usagebox_pipelines.cli_options import Home, Pricebooks, parse_month, print_json
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import InvariantError, UsageboxError
-from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.storage import DeltaStore
 
 app = typer.Typer(
@@ -33,16 +31,6 @@ def _settings(home: str | None, pricebooks: str | None) -> Settings:
 
 def _err(message: str) -> None:
     typer.echo(message, err=True)
-
-
-def _print_json(data: object) -> None:
-    typer.echo(json.dumps(data, default=_json_default, indent=None))
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return str(value)
 
 
 @app.command()
@@ -64,7 +52,7 @@ def ingest(
     if summary.files == 0:
         raise UsageboxError("nothing could be read: " + "; ".join(summary.errors))
     update_events(store, run_id="cli-ingest")
-    _print_json({k: v for k, v in summary.__dict__.items()})
+    print_json({k: v for k, v in summary.__dict__.items()})
 
 
 def _progress():
@@ -91,7 +79,7 @@ def run(
         outcomes = run_month(settings, parse_month(month))
     else:
         outcomes = run_day(settings, parse_day(day) if day else _yesterday())
-    _print_json({"runs": [o.as_dict() for o in outcomes]})
+    print_json({"runs": [o.as_dict() for o in outcomes]})
     if not all(o.success for o in outcomes):
         raise typer.Exit(1)
 
@@ -105,12 +93,6 @@ def parse_day(value: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise UsageboxError(f"--date {value!r}: expected YYYY-MM-DD") from None
-
-
-def parse_month(value: str) -> str:
-    """A validated `YYYY-MM` (MonthError, a user error, otherwise)."""
-    month_bounds(value)
-    return value
 
 
 @app.command()
@@ -141,7 +123,7 @@ def usage(
         parse_group_by(group_by, source),
         source,
     )
-    _print_json(answer)
+    print_json(answer)
 
 
 @app.command()
@@ -159,7 +141,7 @@ def verify(
     period = parse_month(month) if month else None
     results = [*verify_tables(store, period), issued_intact(store, settings, period)]
     failed = [r.name for r in results if not r.passed]
-    _print_json({"passed": not failed, "failed": failed, "checks": [r.as_dict() for r in results]})
+    print_json({"passed": not failed, "failed": failed, "checks": [r.as_dict() for r in results]})
     if failed:
         raise InvariantError("invariants failed: " + ", ".join(failed))
 
@@ -178,7 +160,7 @@ def sql(
     if fmt == "csv":
         typer.echo(frame.write_csv(), nl=False)
     elif fmt == "json":
-        _print_json(frame.to_dicts())
+        print_json(frame.to_dicts())
     elif fmt == "table":
         with pl.Config(tbl_rows=200, tbl_cols=50, fmt_str_lengths=80, tbl_width_chars=200):
             typer.echo(str(frame))
@@ -207,7 +189,7 @@ def reconcile(
     loaded = load_exports(store, settings, vendor, paths)
     months = [parse_month(month)] if month else loaded["months"]
     results = [reconcile_month(store, settings, m) for m in months]
-    _print_json({"loaded": loaded, "months": results})
+    print_json({"loaded": loaded, "months": results})
 
 
 @app.command()
@@ -236,7 +218,7 @@ def reprice(
         load_accounts(settings.pricebooks),
     )
     if fmt == "json":
-        _print_json(impact.to_dicts())
+        print_json(impact.to_dicts())
         return
     with pl.Config(tbl_rows=500, tbl_cols=20, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
         typer.echo(f"Price change impact for {month} (proposed: {pricebook.name})")
@@ -256,7 +238,7 @@ def demo(
 
     settings = _settings(home, pricebooks)
     report = run_demo(settings, parse_month(month), seed, events, say=lambda m: _err(m))
-    _print_json(report)
+    print_json(report)
 
 
 def _mount_subcommands() -> None:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from usagebox_pipelines.cli_options import Home, Pricebooks
+from usagebox_pipelines.cli_options import Home, Pricebooks, parse_month
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.storage import DeltaStore
@@ -44,20 +44,11 @@ def _store_and_month(
     settings = Settings.resolve(home, pricebooks)
     store = DeltaStore(settings.home)
     if month is not None:
-        _check_month(month)
+        parse_month(month)
     if refresh:
         month = month or datetime.now(UTC).strftime("%Y-%m")
         refresh_guardrails(store, settings.pricebooks, month, datetime.now(UTC), "cli-guardrails")
     return settings, store, month
-
-
-def _check_month(value: str) -> None:
-    try:
-        datetime.strptime(value, "%Y-%m")
-    except ValueError:
-        raise UsageboxError(f"--month {value!r}: expected YYYY-MM") from None
-    if len(value) != 7:
-        raise UsageboxError(f"--month {value!r}: expected YYYY-MM")
 
 
 @guardrails_app.command()

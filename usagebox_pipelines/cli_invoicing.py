@@ -9,16 +9,13 @@ does not reproduce prints its report and exits 1; unknown numbers or months exit
 
 from __future__ import annotations
 
-import json
-from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from usagebox_pipelines.cli_options import Home, Pricebooks
+from usagebox_pipelines.cli_options import Home, Pricebooks, parse_month, print_json
 from usagebox_pipelines.config import Settings
-from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.storage import DeltaStore
 
 Month = Annotated[str, typer.Argument(help="Month YYYY-MM.")]
@@ -36,27 +33,6 @@ def _open(home: str | None, pricebooks: str | None) -> tuple[DeltaStore, Setting
     return DeltaStore(settings.home), settings
 
 
-def _print_json(data: object) -> None:
-    typer.echo(json.dumps(data, default=_json_default))
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return str(value)
-
-
-def _month(value: str) -> str:
-    """YYYY-MM or a UsageboxError (exit 2) naming the value."""
-    try:
-        datetime.strptime(value, "%Y-%m")
-    except ValueError:
-        raise UsageboxError(f"month {value!r}: expected YYYY-MM") from None
-    if len(value) != 7:
-        raise UsageboxError(f"month {value!r}: expected YYYY-MM")
-    return value
-
-
 def close(
     month: Month,
     approve: Annotated[
@@ -69,7 +45,9 @@ def close(
     from usagebox_pipelines.invoicing.close import close_month
 
     store, settings = _open(home, pricebooks)
-    _print_json(close_month(store, settings, _month(month), approve=approve, run_id="cli-close"))
+    print_json(
+        close_month(store, settings, parse_month(month), approve=approve, run_id="cli-close")
+    )
 
 
 def explain(
@@ -85,7 +63,7 @@ def explain(
     from usagebox_pipelines.invoicing.close import explain_invoice
 
     store, settings = _open(home, pricebooks)
-    _print_json(explain_invoice(store, settings, invoice_number, line, events))
+    print_json(explain_invoice(store, settings, invoice_number, line, events))
 
 
 def invoices(
@@ -98,7 +76,7 @@ def invoices(
     from usagebox_pipelines.invoicing.close import export_invoices
 
     store, settings = _open(home, pricebooks)
-    _print_json(export_invoices(store, settings, _month(month), out))
+    print_json(export_invoices(store, settings, parse_month(month), out))
 
 
 @invoice_app.command("verify")
@@ -112,6 +90,6 @@ def verify_invoice_command(
 
     store, settings = _open(home, pricebooks)
     report = verify_invoice(store, settings, invoice_number)
-    _print_json(report)
+    print_json(report)
     if not report["reproduced"]:
         raise typer.Exit(1)

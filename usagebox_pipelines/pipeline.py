@@ -16,6 +16,7 @@ import polars as pl
 from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.events.build import INHERITED, build_events, resolve_corrections
 from usagebox_pipelines.events.ingest import committed_batches
+from usagebox_pipelines.invoicing.tables import closed_periods
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
@@ -198,16 +199,9 @@ def build_rated_usage(
     where = f"period = {sql_literal(month)}"
     store.replace_where("rated_usage", rated.rated, where, RATED_USAGE, metadata=meta)
     store.replace_where("unrated_usage", rated.unrated, where, UNRATED_USAGE, metadata=meta)
-    if not _is_closed(store, month):  # a closed month's credit draw is what it issued
+    if month not in closed_periods(store):  # a closed month's credit draw is what it issued
         store.replace_where("credit_ledger", rated.credit, where, CREDIT_LEDGER, metadata=meta)
     return rated
-
-
-def _is_closed(store: DeltaStore, month: str) -> bool:
-    if not store.exists("period_closes"):
-        return False
-    closes = store.scan("period_closes").filter(pl.col("period") == month).collect()
-    return closes.height > 0
 
 
 def _opening_credit(store: DeltaStore, month: str) -> dict[str, Decimal] | None:

@@ -20,6 +20,7 @@ from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.events.classify import HISTORY_COLUMNS, classify
 from usagebox_pipelines.events.normalize import normalize_events, payload_expr
 from usagebox_pipelines.events.readers import CHUNK_ROWS, file_sha256, read_chunks
+from usagebox_pipelines.invoicing.tables import closed_periods
 from usagebox_pipelines.schemas import (
     EVENT_CONFLICTS,
     HOUR_BUILDS,
@@ -229,9 +230,7 @@ class _LateContext:
     @classmethod
     def load(cls, store: DeltaStore) -> _LateContext:
         hours = store.scan("hour_builds", HOUR_BUILDS).select("hour").unique().collect()["hour"]
-        closed = pl.Series("period", [], dtype=pl.String)
-        if store.exists("period_closes"):
-            closed = store.scan("period_closes").select("period").collect()["period"]
+        closed = pl.Series("period", sorted(closed_periods(store)), dtype=pl.String)
         return cls(hours, closed)
 
     def is_late(self, hour: pl.Expr) -> pl.Expr:

@@ -57,3 +57,27 @@ def test_ingest_rollup_and_query_on_s3(tmp_path: Path, s3_home: str) -> None:
     assert run_sql(store, "SELECT count(*) AS n FROM quarantine")["n"].item() == 1
     results = {r.name: r.passed for r in verify(store)}
     assert results["2_events_unique"] and results["3_hourly_equals_events"]
+
+
+def test_object_store_lease_excludes_a_second_writer_and_expires_when_its_holder_dies(
+    s3_home: str,
+) -> None:
+    """Invariant: at most one live holder per home; a dead holder's lease lapses after its ttl."""
+    from usagebox_pipelines.errors import UsageboxError
+    from usagebox_pipelines.lease import Holder, _DeltaLease
+
+    options = DeltaStore(s3_home).storage_options
+    first = _DeltaLease(s3_home, options, ttl=2.0)
+    first.acquire(Holder.me("first"), wait=5)
+    second = _DeltaLease(s3_home, options, ttl=2.0)
+    with pytest.raises(UsageboxError, match="busy: pid"):
+        second.acquire(Holder.me("second"), wait=0.5)
+    first.release()
+    second.acquire(Holder.me("second"), wait=5)  # released: taken at once
+
+    first._stop.set()  # noqa: SLF001 - the holder "dies": no more renewals, no release
+    second._stop.set()
+    second._heartbeat.join()
+    third = _DeltaLease(s3_home, options, ttl=2.0)
+    third.acquire(Holder.me("third"), wait=10)  # after second's ttl lapsed
+    third.release()

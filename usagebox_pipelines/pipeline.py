@@ -58,6 +58,11 @@ class EventsUpdate:
 
 def update_events(store: DeltaStore, run_id: str = "cli") -> EventsUpdate:
     """Fold newly committed batches into `events`, rewriting only the days they touch."""
+    with store.writer("events"):
+        return _update_events(store, run_id)
+
+
+def _update_events(store: DeltaStore, run_id: str) -> EventsUpdate:
     done = store.scan("events_builds", EVENTS_BUILDS).select("batch_id")
     new_batches = committed_batches(store).join(done, on="batch_id", how="anti").collect()
     if new_batches.height == 0:

@@ -14,6 +14,7 @@ import dagster as dg
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.defs.jobs import hour_range_tags
 from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.storage import DeltaStore
 
 _INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
@@ -60,13 +61,14 @@ def execute_job(
     if ops_config:
         run_config["ops"] = ops_config
     job = defs.resolve_job_def(job_name)
-    result = job.execute_in_process(
-        run_config=run_config,
-        instance=instance or dagster_instance(settings),
-        partition_key=partition_key,
-        tags=tags,
-        raise_on_error=False,
-    )
+    with DeltaStore(settings.home).writer(f"run {job_name}"):
+        result = job.execute_in_process(
+            run_config=run_config,
+            instance=instance or dagster_instance(settings),
+            partition_key=partition_key,
+            tags=tags,
+            raise_on_error=False,
+        )
     failures = [
         f"{ev.step_key}: {ev.event_specific_data.error.message.strip().splitlines()[0]}"
         for ev in result.all_events

@@ -6,6 +6,7 @@ replacement uses predicate overwrite built from partition keys, never from data 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 
@@ -14,6 +15,7 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from usagebox_pipelines.config import is_object_store
+from usagebox_pipelines.lease import writer_lease
 from usagebox_pipelines.schemas import conform
 
 _AWS_ENV = {
@@ -37,8 +39,8 @@ def _storage_options(home: str) -> dict[str, str] | None:
     if endpoint.startswith("http://"):
         opts["AWS_ALLOW_HTTP"] = "true"
     opts.setdefault("AWS_REGION", "us-east-1")
-    # Single-writer deployment: no external lock service (documented in the README).
-    opts.setdefault("AWS_S3_ALLOW_UNSAFE_RENAME", "true")
+    # Commits use S3 conditional puts (delta-rs 1.x default): a concurrent commit fails and is
+    # retried instead of silently replacing another writer's (no unsafe-rename default).
     return opts
 
 
@@ -61,6 +63,10 @@ class DeltaStore:
     def __init__(self, home: str) -> None:
         self.home = home.rstrip("/")
         self.storage_options = _storage_options(self.home)
+
+    def writer(self, purpose: str) -> contextlib.AbstractContextManager[None]:
+        """The home's writer lease (see `lease`): hold it around any unit of work that writes."""
+        return writer_lease(self.home, purpose, self.storage_options)
 
     def uri(self, name: str) -> str:
         return f"{self.home}/tables/{name}"

@@ -63,7 +63,22 @@ def ingest_files(
     progress: Progress | None = None,
     chunk_rows: int = CHUNK_ROWS,
 ) -> IngestSummary:
-    """Ingest files in sorted path order; unreadable files are reported, the rest still load."""
+    """Ingest files in sorted path order; unreadable files are reported, the rest still load.
+
+    Holds the home's writer lease throughout, so the cleanup of uncommitted batches only ever
+    sees batches of writers that died, and the same file is never loaded by two processes.
+    """
+    with store.writer("ingest"):
+        return _ingest_files(store, paths, source, progress, chunk_rows)
+
+
+def _ingest_files(
+    store: DeltaStore,
+    paths: Iterable[Path],
+    source: str | None,
+    progress: Progress | None,
+    chunk_rows: int,
+) -> IngestSummary:
     progress = progress or (lambda _msg: None)
     remove_uncommitted_batches(store)
     total = IngestSummary()

@@ -291,9 +291,23 @@ def close_month(
     Raises InvariantError naming every reason the month cannot be closed. Closing a closed
     month changes nothing and returns `status: already_closed`. `now` is the issue time
     printed on the documents (default: the clock), `approved_by` who approved (default: the
-    user running it), both recorded.
+    user running it), both recorded. Holds the home's writer lease, so two approvals of one
+    month issue each number once: the second finds the month closed.
     """
     period_bounds(month)
+    with store.writer(f"close {month}"):
+        return _close_month(store, settings, month, approve, now, approved_by, run_id)
+
+
+def _close_month(
+    store: DeltaStore,
+    settings: Settings,
+    month: str,
+    approve: bool,
+    now: datetime | None,
+    approved_by: str | None,
+    run_id: str,
+) -> dict:
     closed = t.closed_periods(store)
     if month in closed:
         return _already_closed(store, settings, month, closed[month])

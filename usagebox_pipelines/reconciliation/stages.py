@@ -39,6 +39,11 @@ from usagebox_pipelines.storage import DeltaStore, sql_literal
 
 def load_exports(store: DeltaStore, settings: Settings, vendor: str, paths: list[Path]) -> dict:
     """Merge one vendor's exports into `vendor_costs`; idempotent, newer exports supersede."""
+    with store.writer(f"reconcile {vendor}"):
+        return _load_exports(store, settings, vendor, paths)
+
+
+def _load_exports(store: DeltaStore, settings: Settings, vendor: str, paths: list[Path]) -> dict:
     mapping = load_vendor_mapping(settings.pricebooks)
     now = datetime.now(UTC)
     result = load_vendor_exports(vendor, paths, mapping, loaded_at=now)
@@ -64,6 +69,11 @@ def load_exports(store: DeltaStore, settings: Settings, vendor: str, paths: list
 
 def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: str = "cli") -> dict:
     """Rebuild `reconciliation` and `cost_attribution` for a month and write the reports."""
+    with store.writer(f"reconcile {month}"):
+        return _reconcile_month(store, settings, month, run_id)
+
+
+def _reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: str) -> dict:
     mapping = load_vendor_mapping(settings.pricebooks)
     start, end = month_bounds(month)
     hourly = (

@@ -123,11 +123,20 @@ def usage(
 ) -> None:
     """Usage of one account over [from, to)."""
     from usagebox_pipelines.pipeline import events_frame
-    from usagebox_pipelines.rollups.usage_query import parse_group_by, parse_time, usage_query
+    from usagebox_pipelines.rollups.usage_query import (
+        SOURCES,
+        parse_group_by,
+        parse_time,
+        usage_query,
+    )
     from usagebox_pipelines.schemas import HOUR_BUILDS, USAGE_HOURLY
 
     window = parse_time(start, "--from"), parse_time(end, "--to")
     columns = parse_group_by(group_by, source)
+    if window[0] >= window[1]:  # the request is checked before the home is opened
+        raise UsageboxError(f"--from {start} must be before --to {end}")
+    if source not in SOURCES:
+        raise UsageboxError(f"--source {source!r}: choose rollup, raw or auto")
     _, store = open_home(home, pricebooks)
     answer = usage_query(
         events_frame(store),

@@ -72,10 +72,8 @@ def run_sql(store: DeltaStore, query: str) -> pl.DataFrame:
 
     names = table_names(store)
     known = ", ".join(names) or "none yet"
-    con = duckdb.connect(":memory:", config=dict(_LOCKED_CONFIG))
+    con = confined_connection()
     try:
-        con.execute("SET TimeZone = 'UTC'").fetchall()
-        con.execute("SET lock_configuration = true").fetchall()
         _check_statement(con, query, set(names), known)
         for name in names:
             con.register(name, store.table(name).to_pyarrow_dataset())
@@ -89,6 +87,16 @@ def run_sql(store: DeltaStore, query: str) -> pl.DataFrame:
     if table is None:
         raise UsageboxError(f"sql: the statement returned no rows or columns (tables: {known})")
     return _tidy_names(pl.from_arrow(table))
+
+
+def confined_connection():
+    """An in-memory DuckDB that cannot touch files, URLs or extensions, settings locked."""
+    import duckdb
+
+    con = duckdb.connect(":memory:", config=dict(_LOCKED_CONFIG))
+    con.execute("SET TimeZone = 'UTC'").fetchall()
+    con.execute("SET lock_configuration = true").fetchall()
+    return con
 
 
 def _check_statement(con, query: str, tables: set[str], known: str) -> None:

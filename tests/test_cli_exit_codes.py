@@ -382,3 +382,57 @@ def test_unexpected_bugs_still_raise(world, monkeypatch) -> None:
     monkeypatch.setattr("usagebox_pipelines.sql.run_sql", broken)
     with pytest.raises(ZeroDivisionError):
         cli.cli_main(["sql", "SELECT 1", "--home", str(world["home"])])
+
+
+# ---- the README's examples run as typed -------------------------------------------------
+
+_PLACEHOLDERS = {
+    "FILE...": "{events}",
+    "PATH...": "{events}",
+    "FILE": "{events}",
+    "F": "{events}",
+    "H": "{file}",
+    "DIR": "{root}/readme-out",
+    "ACCOUNT": "acct-001",
+    "INV": "UBX-2026-000001",
+    "M": "2026-10",
+    "D": "2026-10-01",
+    "T": "2026-10-01T00:00:00Z",
+    "N": "1",
+    '"SELECT': "SELECT 1",
+    '..."': "",
+}
+
+
+def readme_examples() -> list[str]:
+    import re
+
+    text = (PROJECT_ROOT / "README.md").read_text()
+    inline = re.findall(r"`(usagebox [^`]*)`", text)
+    blocks = re.findall(r"^(usagebox .*)$", text, flags=re.MULTILINE)
+    return sorted({e for e in inline + blocks if e != "usagebox run"})
+
+
+def _expand(example: str) -> list[str]:
+    """`[--opt X]` kept without brackets, `a\\|b` takes the first, placeholders filled."""
+    import re
+    import shlex
+
+    example = example.replace("[", "").replace("]", "")
+    example = re.split(r"\s\\\|\s", example)[0]  # `--date D \| --month M`
+    example = re.sub(r"(\S+?)(\\\|\S+)+", r"\1", example)  # `table\|csv\|json`
+    words = shlex.split(example)[1:] if '"' in example else example.split()[1:]
+    filled = [_PLACEHOLDERS.get(w, w) for w in words if _PLACEHOLDERS.get(w, w)]
+    if filled.count("2026-10-01T00:00:00Z") == 2:  # `--from T --to T`
+        filled[len(filled) - 1 - filled[::-1].index("2026-10-01T00:00:00Z")] = "2026-10-02"
+    return filled
+
+
+@pytest.mark.parametrize("example", readme_examples())
+def test_readme_examples_parse(capsys, world, example: str) -> None:
+    """Every example reaches the home check (here: a file), so its words are all accepted."""
+    argv = _fill(_expand(example), world)
+    if "--home" not in argv:
+        argv += ["--home", str(world["file"])]
+    code, _, err = run_in_process(capsys, argv)
+    assert_one_line(code, err, 2, "is a file")

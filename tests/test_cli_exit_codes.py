@@ -436,3 +436,25 @@ def test_readme_examples_parse(capsys, world, example: str) -> None:
         argv += ["--home", str(world["file"])]
     code, _, err = run_in_process(capsys, argv)
     assert_one_line(code, err, 2, "is a file")
+
+
+def test_ingest_of_a_missing_file_writes_nothing(capsys, world, tmp_path) -> None:
+    home = tmp_path / "typo"
+    code, out, err = run_in_process(
+        capsys, ["ingest", world["events"], tmp_path / "nope.jsonl", "--home", home]
+    )
+    assert_one_line(code, err, 2, "no such file", "nope.jsonl")
+    assert out == "" and not home.exists()
+
+
+def test_ingest_into_a_home_below_a_file_is_one_line(capsys, world) -> None:
+    home = world["file"] / "sub"
+    code, _, err = run_in_process(capsys, ["ingest", world["events"], "--home", home])
+    assert_one_line(code, err, 2, f"{world['file']} is a file")
+
+
+def test_ingest_into_an_unwritable_parent_is_one_line(capsys, world, tmp_path, monkeypatch):
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: real(path, mode) and not mode & os.W_OK)
+    code, _, err = run_in_process(capsys, ["ingest", world["events"], "--home", tmp_path / "x"])
+    assert_one_line(code, err, 2, "permission denied", "--home")

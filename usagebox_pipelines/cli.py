@@ -57,12 +57,15 @@ def ingest(
     from usagebox_pipelines.events.ingest import ingest_files
     from usagebox_pipelines.pipeline import update_events
 
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:  # checked before anything is written
+        raise UsageboxError(f"no such file or folder: {', '.join(missing)}")
     _, store = open_home(home, pricebooks, create=True)
     summary = ingest_files(store, paths, source, progress=_progress())
-    for error in summary.errors:
-        _err(error)
     if summary.files == 0:
         raise UsageboxError("nothing could be read: " + "; ".join(summary.errors))
+    for error in summary.errors:
+        _err(error)
     update_events(store, run_id="cli-ingest")
     print_json({k: v for k, v in summary.__dict__.items()})
 

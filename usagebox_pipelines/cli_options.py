@@ -9,6 +9,7 @@ which wins). `open_home` is the one place that decides whether a home exists.
 from __future__ import annotations
 
 import json
+import os
 from contextvars import ContextVar
 from datetime import date, datetime
 from pathlib import Path
@@ -81,7 +82,7 @@ def open_home(
         if path.exists() and not path.is_dir():
             raise HomeError(f"--home {path} is a file, not a folder: pass the home folder")
         if create:
-            _make_local_home(path)
+            _check_creatable(path)
             return resolved, store
     if not create and not has_tables(store):
         raise HomeError(
@@ -98,13 +99,18 @@ def has_tables(store: DeltaStore) -> bool:
     return bool(table_names(store, first_only=True))
 
 
-def _make_local_home(path: Path) -> None:
-    try:
-        (path / "tables").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+def _check_creatable(path: Path) -> None:
+    """The home (or its nearest existing parent) must be a writable folder; nothing is made."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise HomeError(f"cannot create the home {path}: {existing} is a file (check --home)")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise HomeError(
-            f"cannot create the home {path}: {exc.strerror} (pass a writable --home)"
-        ) from None
+            f"cannot write under {path}: permission denied (fix its permissions or pass a "
+            "writable --home)"
+        )
 
 
 def require_events(store: DeltaStore) -> None:

@@ -19,6 +19,7 @@ class HomeError(UsageboxError):
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ARROWS = re.compile(r"[↳│╭╮╰╯─]+")
+_OS_MESSAGE = re.compile(r'message: "([^"]+)"')
 _TABLE = re.compile(r"/tables/([A-Za-z0-9_]+)")
 
 
@@ -57,6 +58,10 @@ def environment_error(exc: BaseException, home: str | None) -> HomeError | None:
             f"cannot reach the object store for {where} ({cause}): check AWS_ENDPOINT_URL, "
             "the network and the AWS_* credentials"
         )
+    if "could not create local directory" in lowered:
+        reason = _OS_MESSAGE.search(text)
+        why = reason.group(1) if reason else "cannot create it"
+        return HomeError(f"cannot create the tables under {where} ({why}): pass a writable --home")
     if isinstance(exc, DeltaError | DeltaProtocolError) or "_delta_log" in text:
         first = one_line((str(exc).strip().splitlines() or [""])[0])
         table = _TABLE.search(str(exc))

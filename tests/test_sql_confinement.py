@@ -240,7 +240,7 @@ def test_csv_neutralises_formulas_but_not_numbers(capsys, homes) -> None:
     code, out, err = sql(capsys, homes[0], query, "--format", "csv")
     assert code == 0, err
     row = next(csv.DictReader(io.StringIO(out)))
-    assert row["a"] == "'=HYPERLINK(\"http://x\",\"y\")"
+    assert row["a"] == '\'=HYPERLINK("http://x","y")'
     assert row["b"] == "'+SUM(A1)" and row["c"] == "'@cmd" and row["d"] == "'-2+3"
     assert row["e"] == "plain"
     assert row["n"] == "-5" and row["amount"] == "-1.50"

@@ -179,5 +179,8 @@ def test_cli_export_and_status(world: tuple[DeltaStore, Path], tmp_path: Path) -
 def test_cli_without_state_is_a_user_error(store: DeltaStore, tmp_path: Path) -> None:
     args = ["guardrails", "export", "--out", str(tmp_path / "p.json"), "--home", store.home]
     result = CliRunner().invoke(cli(), args)
+    assert "no usagebox home" in str(result.exception)  # nothing there at all
+    store.append("events_builds", pl.DataFrame({"x": [1]}))  # a home, without guardrails
+    result = CliRunner().invoke(cli(), args)
     assert isinstance(result.exception, UsageboxError)
     assert "no spend_state yet" in str(result.exception)

@@ -5,6 +5,7 @@ Exit codes: 0 ok; 1 a check or invariant failed; 2 bad input (one line on stderr
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -13,10 +14,17 @@ from typing import Annotated
 import polars as pl
 import typer
 
-from usagebox_pipelines.cli_options import Home, Pricebooks, parse_month, print_json
-from usagebox_pipelines.config import Settings
-from usagebox_pipelines.errors import InvariantError, UsageboxError
-from usagebox_pipelines.storage import DeltaStore
+from usagebox_pipelines.cli_options import (
+    Home,
+    Pricebooks,
+    click_errors,
+    current_home,
+    open_home,
+    parse_month,
+    print_json,
+    remember_root_options,
+)
+from usagebox_pipelines.errors import InvariantError, UsageboxError, environment_error
 
 app = typer.Typer(
     add_completion=False,
@@ -25,8 +33,13 @@ app = typer.Typer(
 )
 
 
-def _settings(home: str | None, pricebooks: str | None) -> Settings:
-    return Settings.resolve(home, pricebooks)
+@app.callback()
+def _root(home: Home = None, pricebooks: Pricebooks = None) -> None:
+    """Usage-based billing pipelines: events → Delta tables → rated usage → invoices.
+
+    --home and --pricebooks may come before the command or after it (after wins).
+    """
+    remember_root_options(home, pricebooks)
 
 
 def _err(message: str) -> None:
@@ -44,13 +57,15 @@ def ingest(
     from usagebox_pipelines.events.ingest import ingest_files
     from usagebox_pipelines.pipeline import update_events
 
-    settings = _settings(home, pricebooks)
-    store = DeltaStore(settings.home)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:  # checked before anything is written
+        raise UsageboxError(f"no such file or folder: {', '.join(missing)}")
+    _, store = open_home(home, pricebooks, create=True)
     summary = ingest_files(store, paths, source, progress=_progress())
-    for error in summary.errors:
-        _err(error)
     if summary.files == 0:
         raise UsageboxError("nothing could be read: " + "; ".join(summary.errors))
+    for error in summary.errors:
+        _err(error)
     update_events(store, run_id="cli-ingest")
     print_json({k: v for k, v in summary.__dict__.items()})
 
@@ -72,13 +87,15 @@ def run(
     """Materialise every stage for a UTC day (default: yesterday) or a month, through Dagster."""
     from usagebox_pipelines.runner import run_day, run_month
 
-    settings = _settings(home, pricebooks)
     if day and month:
         raise UsageboxError("give --date or --month, not both")
-    if month:
-        outcomes = run_month(settings, parse_month(month))
+    period = parse_month(month) if month else None
+    when = parse_day(day) if day else _yesterday()
+    settings, _ = open_home(home, pricebooks)
+    if period:
+        outcomes = run_month(settings, period)
     else:
-        outcomes = run_day(settings, parse_day(day) if day else _yesterday())
+        outcomes = run_day(settings, when)
     print_json({"runs": [o.as_dict() for o in outcomes]})
     if not all(o.success for o in outcomes):
         raise typer.Exit(1)
@@ -109,18 +126,28 @@ def usage(
 ) -> None:
     """Usage of one account over [from, to)."""
     from usagebox_pipelines.pipeline import events_frame
-    from usagebox_pipelines.rollups.usage_query import parse_group_by, parse_time, usage_query
+    from usagebox_pipelines.rollups.usage_query import (
+        SOURCES,
+        parse_group_by,
+        parse_time,
+        usage_query,
+    )
     from usagebox_pipelines.schemas import HOUR_BUILDS, USAGE_HOURLY
 
-    store = DeltaStore(_settings(home, pricebooks).home)
+    window = parse_time(start, "--from"), parse_time(end, "--to")
+    columns = parse_group_by(group_by, source)
+    if window[0] >= window[1]:  # the request is checked before the home is opened
+        raise UsageboxError(f"--from {start} must be before --to {end}")
+    if source not in SOURCES:
+        raise UsageboxError(f"--source {source!r}: choose rollup, raw or auto")
+    _, store = open_home(home, pricebooks)
     answer = usage_query(
         events_frame(store),
         store.scan("usage_hourly", USAGE_HOURLY),
         store.read("hour_builds", HOUR_BUILDS),
         account,
-        parse_time(start, "--from"),
-        parse_time(end, "--to"),
-        parse_group_by(group_by, source),
+        *window,
+        columns,
         source,
     )
     print_json(answer)
@@ -136,9 +163,8 @@ def verify(
     from usagebox_pipelines.invoicing.close import issued_intact
     from usagebox_pipelines.pipeline import verify as verify_tables
 
-    settings = _settings(home, pricebooks)
-    store = DeltaStore(settings.home)
     period = parse_month(month) if month else None
+    settings, store = open_home(home, pricebooks)
     results = [*verify_tables(store, period), issued_intact(store, settings, period)]
     failed = [r.name for r in results if not r.passed]
     print_json({"passed": not failed, "failed": failed, "checks": [r.as_dict() for r in results]})
@@ -153,19 +179,20 @@ def sql(
     home: Home = None,
     pricebooks: Pricebooks = None,
 ) -> None:
-    """Read-only SQL (Polars SQL) over every Delta table under <home>/tables."""
-    from usagebox_pipelines.sql import run_sql
+    """Read-only SQL (DuckDB, confined to this home's tables) over <home>/tables."""
+    from usagebox_pipelines.sql import run_sql, to_csv
 
-    frame = run_sql(DeltaStore(_settings(home, pricebooks).home), query)
+    if fmt not in ("table", "csv", "json"):
+        raise UsageboxError(f"--format {fmt!r}: choose table, csv or json")
+    _, store = open_home(home, pricebooks)
+    frame = run_sql(store, query)
     if fmt == "csv":
-        typer.echo(frame.write_csv(), nl=False)
+        typer.echo(to_csv(frame), nl=False)
     elif fmt == "json":
         print_json(frame.to_dicts())
-    elif fmt == "table":
+    else:
         with pl.Config(tbl_rows=200, tbl_cols=50, fmt_str_lengths=80, tbl_width_chars=200):
             typer.echo(str(frame))
-    else:
-        raise UsageboxError(f"--format {fmt!r}: choose table, csv or json")
 
 
 @app.command()
@@ -181,13 +208,13 @@ def reconcile(
     """Load vendor bill/usage exports and reconcile them against metered usage."""
     from usagebox_pipelines.reconciliation.stages import load_exports, reconcile_month
 
-    settings = _settings(home, pricebooks)
-    store = DeltaStore(settings.home)
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise UsageboxError(f"no such file or folder: {', '.join(missing)}")
+    period = parse_month(month) if month else None
+    settings, store = open_home(home, pricebooks)
     loaded = load_exports(store, settings, vendor, paths)
-    months = [parse_month(month)] if month else loaded["months"]
+    months = [period] if period else loaded["months"]
     results = [reconcile_month(store, settings, m) for m in months]
     print_json({"loaded": loaded, "months": results})
 
@@ -206,10 +233,10 @@ def reprice(
     from usagebox_pipelines.pricing.reprice import reprice_impact
     from usagebox_pipelines.schemas import USAGE_HOURLY
 
-    settings = _settings(home, pricebooks)
-    if not pricebook.exists():
+    if not pricebook.is_file():
         raise UsageboxError(f"{pricebook}: no such pricebook file")
-    store = DeltaStore(settings.home)
+    parse_month(month)
+    settings, store = open_home(home, pricebooks)
     impact = reprice_impact(
         store.scan("usage_hourly", USAGE_HOURLY),
         parse_month(month),
@@ -236,8 +263,9 @@ def demo(
     """Generate a realistic month and run every stage: ingest, rollups, prices, invoices, recon."""
     from usagebox_pipelines.demo.run import run_demo
 
-    settings = _settings(home, pricebooks)
-    report = run_demo(settings, parse_month(month), seed, events, say=lambda m: _err(m))
+    period = parse_month(month)
+    settings, _ = open_home(home, pricebooks, create=True)
+    report = run_demo(settings, period, seed, events, say=lambda m: _err(m))
     print_json(report)
 
 
@@ -256,28 +284,54 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
-def main() -> None:
-    """Entry point: user errors become one line on stderr and exit 2 (1 for failed checks)."""
-    try:
-        app(standalone_mode=False)
-    except InvariantError as exc:
-        _err(f"usagebox: {exc}")
-        sys.exit(1)
-    except UsageboxError as exc:
-        _err(f"usagebox: {exc}")
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        _err("usagebox: aborted")
-        sys.exit(1)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
+def cli_main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code (CONTRACT §1).
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+    0 ok; 1 a check or invariant failed; 2 bad input or usage, with one line on stderr and no
+    traceback. Exit codes raised by commands (`typer.Exit`) are returned as they are.
+    """
+    current_home.set(None)
+    try:
+        code = app(args=argv, prog_name="usagebox", standalone_mode=False)
+    except InvariantError as exc:
+        return _fail(str(exc), 1)
+    except UsageboxError as exc:
+        return _fail(str(exc), 2)
+    except click_errors.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else "")
+        return _fail(f"missing command (try '{_command_path(exc)} --help')", 2)
+    except click_errors.UsageError as exc:
+        return _fail(f"{exc.format_message()} (try '{_command_path(exc)} --help')", 2)
+    except click_errors.ClickException as exc:
+        return _fail(exc.format_message(), 2)
+    except typer.Abort:
+        return _fail("aborted", 1)
+    except BrokenPipeError:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the reader went away (`| head`)
+        return 1
+    except Exception as exc:
+        reason = environment_error(exc, current_home.get())
+        if reason is None:
+            raise
+        return _fail(str(reason), 2)
+    return code if isinstance(code, int) else 0
+
+
+def _fail(message: str, code: int) -> int:
+    from usagebox_pipelines.errors import one_line
+
+    _err(f"usagebox: {one_line(message, limit=1000)}")
+    return code
+
+
+def _command_path(exc: Exception) -> str:
+    ctx = getattr(exc, "ctx", None)
+    return ctx.command_path if ctx is not None else "usagebox"
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(cli_main())
 
 
 if __name__ == "__main__":

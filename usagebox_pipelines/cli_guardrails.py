@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from usagebox_pipelines.cli_options import Home, Pricebooks, parse_month
+from usagebox_pipelines.cli_options import Home, Pricebooks, open_home, parse_month
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.storage import DeltaStore
@@ -41,10 +41,9 @@ def _store_and_month(
 ) -> tuple[Settings, DeltaStore, str | None]:
     from usagebox_pipelines.guardrails.stages import refresh_guardrails
 
-    settings = Settings.resolve(home, pricebooks)
-    store = DeltaStore(settings.home)
     if month is not None:
         parse_month(month)
+    settings, store = open_home(home, pricebooks)
     if refresh:
         month = month or datetime.now(UTC).strftime("%Y-%m")
         refresh_guardrails(store, settings.pricebooks, month, datetime.now(UTC), "cli-guardrails")

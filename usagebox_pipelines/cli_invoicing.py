@@ -14,8 +14,16 @@ from typing import Annotated
 
 import typer
 
-from usagebox_pipelines.cli_options import Home, Pricebooks, parse_month, print_json
+from usagebox_pipelines.cli_options import (
+    Home,
+    Pricebooks,
+    open_home,
+    parse_month,
+    print_json,
+    require_events,
+)
 from usagebox_pipelines.config import Settings
+from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.storage import DeltaStore
 
 Month = Annotated[str, typer.Argument(help="Month YYYY-MM.")]
@@ -29,8 +37,8 @@ invoice_app = typer.Typer(
 
 
 def _open(home: str | None, pricebooks: str | None) -> tuple[DeltaStore, Settings]:
-    settings = Settings.resolve(home, pricebooks)
-    return DeltaStore(settings.home), settings
+    settings, store = open_home(home, pricebooks)
+    return store, settings
 
 
 def close(
@@ -44,10 +52,10 @@ def close(
     """Month close: numbered, rendered, frozen invoices for the period."""
     from usagebox_pipelines.invoicing.close import close_month
 
+    period = parse_month(month)
     store, settings = _open(home, pricebooks)
-    print_json(
-        close_month(store, settings, parse_month(month), approve=approve, run_id="cli-close")
-    )
+    require_events(store)
+    print_json(close_month(store, settings, period, approve=approve, run_id="cli-close"))
 
 
 def explain(
@@ -67,16 +75,26 @@ def explain(
 
 
 def invoices(
-    month: Month,
     out: Annotated[Path, typer.Option("--out", help="Folder for the PDFs and register.csv.")],
+    month: Annotated[
+        str | None, typer.Argument(help="Month YYYY-MM (or --month).", show_default=False)
+    ] = None,
+    month_option: Annotated[
+        str | None, typer.Option("--month", help="Month YYYY-MM.", show_default=False)
+    ] = None,
     home: Home = None,
     pricebooks: Pricebooks = None,
 ) -> None:
     """Copy a closed month's invoice and credit-note PDFs and write a register.csv."""
     from usagebox_pipelines.invoicing.close import export_invoices
 
+    if month and month_option and month != month_option:
+        raise UsageboxError(f"month given twice ({month} and --month {month_option})")
+    if not (month or month_option):
+        raise UsageboxError("give the month: `usagebox invoices --month YYYY-MM --out DIR`")
+    period = parse_month(month or month_option)
     store, settings = _open(home, pricebooks)
-    print_json(export_invoices(store, settings, parse_month(month), out))
+    print_json(export_invoices(store, settings, period, out))
 
 
 @invoice_app.command("verify")

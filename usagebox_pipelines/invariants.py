@@ -56,8 +56,8 @@ def ingest_counts_add_up(ingest_log: pl.DataFrame, actual: pl.DataFrame) -> Inva
     accepted, `raw_duplicates`, `raw_conflicts`), `quarantined`, `conflicted` (event_conflicts)
     and `legacy` (raw rows from before `disposition` existed, counted as accepted). Every input
     row is one stored row, so the tables alone must give `rows` = raw arrivals + quarantine
-    rows, and each count in `ingest_log` must match its table. Legacy batches stored only accepted rows: for them
-    the duplicate rows cannot be checked and only the old per-table counts are.
+    rows, and each count in `ingest_log` must match its table. Legacy batches stored only
+    accepted rows: for them the duplicate rows cannot be checked, only the per-table counts.
     """
     for name in COUNTED:
         if name not in actual.columns:

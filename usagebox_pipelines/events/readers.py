@@ -232,6 +232,8 @@ def _decode_fast(frame: pl.DataFrame) -> pl.DataFrame | None:
     rows = pl.DataFrame(decoded).unnest(decoded.name)
     if any(name in ("_row", "_payload", "_qty_absent") for name in rows.columns):
         return None
+    if any(n in SCALAR_FIELDS and _nested(rows.schema[n]) for n in rows.columns):
+        return None  # a list/object where one value belongs: Polars may coerce its neighbours
     present = [k for k in QUANTITY_KEYS if k in rows.columns]
     absent = pl.all_horizontal([pl.col(k).is_null() for k in present]) if present else pl.lit(True)
     return rows.with_columns(frame["_row"], frame["_payload"], _qty_absent=absent)
@@ -559,6 +561,9 @@ def _arrow_column(name: str, column: pa.ChunkedArray) -> tuple[pl.Series, pl.Ser
         column = column.cast(pa.string())
     if pa.types.is_fixed_size_binary(dtype):
         column = column.cast(pa.binary())
+    if pa.types.is_duration(dtype):  # kept as text like "90s" (Polars cannot print durations)
+        counts = pl.Series(name, pl.from_arrow(column.cast(pa.int64())))
+        return counts.cast(pl.String) + dtype.unit, None
     try:
         series = pl.Series(name, pl.from_arrow(column))
     except (Exception, PanicException):

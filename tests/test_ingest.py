@@ -139,7 +139,10 @@ def test_conflict_against_history_keeps_the_first_version(tmp_path: Path, store)
     ingest_files(store, [write_jsonl(tmp_path / "a.jsonl", [event("e1", qty=10)])])
     summary = ingest_files(store, [write_jsonl(tmp_path / "b.jsonl", [event("e1", qty=99)])])
     assert summary.conflicts == 1
-    assert store.read("raw_events")["quantity"].to_list() == [Decimal(10)]
+    accepted = store.read("raw_events").filter(pl.col("disposition") == "accepted")
+    assert accepted["quantity"].to_list() == [Decimal(10)]
+    arrivals = store.read("raw_events").sort("source_file")
+    assert arrivals["disposition"].to_list() == ["accepted", "conflict"]
     assert store.read("event_conflicts")["payload"][0].count('"quantity":"99.000000000000"') == 1
 
 

@@ -46,13 +46,28 @@ def _plain(value: object) -> object:
     return str(value)
 
 
-def ingest_counts_add_up(ingest_log: pl.DataFrame, actual: pl.DataFrame) -> InvariantResult:
-    """1. Per batch: rows = accepted + duplicates + conflicts + quarantined, and the tables agree.
+COUNTED = ["raw", "raw_duplicates", "raw_conflicts", "legacy", "quarantined", "conflicted"]
 
-    `actual`: per batch_id the rows really stored (raw, quarantined, conflicts).
+
+def ingest_counts_add_up(ingest_log: pl.DataFrame, actual: pl.DataFrame) -> InvariantResult:
+    """1. Per batch: rows = accepted + duplicates + conflicts + quarantined, from the tables.
+
+    `actual`: per batch_id the rows really stored: `raw_events` arrivals by disposition (`raw`
+    accepted, `raw_duplicates`, `raw_conflicts`), `quarantined`, `conflicted` (event_conflicts)
+    and `legacy` (raw rows from before `disposition` existed, counted as accepted). Every input
+    row is one stored row, so the tables alone must give `rows` = raw arrivals + quarantine
+    rows, and each count in `ingest_log` must match its table. Legacy batches stored only
+    accepted rows: for them the duplicate rows cannot be checked, only the per-table counts.
     """
+    for name in COUNTED:
+        if name not in actual.columns:
+            actual = actual.with_columns(pl.lit(0, dtype=pl.Int64).alias(name))
     joined = ingest_log.join(actual, on="batch_id", how="left").with_columns(
-        pl.col("raw", "quarantined", "conflicted").fill_null(0)
+        pl.col(COUNTED).fill_null(0)
+    )
+    modern = pl.col("legacy") == 0
+    stored_rows = (
+        pl.col("raw") + pl.col("raw_duplicates") + pl.col("raw_conflicts") + pl.col("quarantined")
     )
     bad = joined.filter(
         (
@@ -62,6 +77,9 @@ def ingest_counts_add_up(ingest_log: pl.DataFrame, actual: pl.DataFrame) -> Inva
         | (pl.col("raw") != pl.col("accepted"))
         | (pl.col("quarantined") != pl.col("rejected"))
         | (pl.col("conflicted") != pl.col("conflicts"))
+        | (modern & (pl.col("raw_duplicates") != pl.col("duplicates")))
+        | (modern & (pl.col("raw_conflicts") != pl.col("conflicts")))
+        | (modern & (stored_rows != pl.col("rows")))
     )
     return InvariantResult(
         "1_ingest_rows_reconcile",
@@ -76,6 +94,8 @@ def ingest_counts_add_up(ingest_log: pl.DataFrame, actual: pl.DataFrame) -> Inva
                 "conflicts",
                 "rejected",
                 "raw",
+                "raw_duplicates",
+                "raw_conflicts",
                 "quarantined",
                 "conflicted",
             )

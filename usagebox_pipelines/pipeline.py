@@ -16,6 +16,8 @@ import polars as pl
 from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.events.build import INHERITED, build_events, resolve_corrections
 from usagebox_pipelines.events.ingest import committed_batches
+from usagebox_pipelines.events.raw import accepted_only, with_disposition
+from usagebox_pipelines.events.window import min_event_time
 from usagebox_pipelines.invoicing.tables import closed_periods
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import load_accounts
@@ -37,14 +39,16 @@ from usagebox_pipelines.schemas import (
 )
 from usagebox_pipelines.storage import DeltaStore, sql_literal
 
-# The first hourly partition: events before it are reported by `events_inside_partitions`.
-FIRST_HOUR = datetime(2024, 1, 1, tzinfo=UTC)
+# The first hourly partition = the earliest accepted event time (events/window.py): ingest
+# quarantines anything earlier, so `events_inside_partitions` holds by construction.
+FIRST_HOUR = min_event_time()
 EVENTS_BUILDS = pl.Schema({"batch_id": pl.String(), "built_at": RAW_EVENTS["ingested_at"]})
 
 
 def committed_raw_events(store: DeltaStore) -> pl.LazyFrame:
-    """`raw_events` rows of batches whose ingest finished (crashed batches are invisible)."""
-    raw = store.scan("raw_events", RAW_EVENTS)
+    """Accepted `raw_events` rows of batches whose ingest finished (crashed batches are
+    invisible; duplicate and conflict arrivals are in the landing log, never in `events`)."""
+    raw = accepted_only(store.scan("raw_events", RAW_EVENTS))
     return raw.join(committed_batches(store), on="batch_id", how="semi")
 
 
@@ -267,9 +271,29 @@ def verify_ingest(store: DeltaStore) -> inv.InvariantResult:
 
 
 def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
-    counts = []
+    """Per batch, rows really stored: raw arrivals by disposition, quarantined, conflicts.
+
+    `legacy` counts raw rows written before `disposition` existed (duplicates were not stored
+    then, so only the accepted count can be checked for those batches).
+    """
+    raw = store.scan("raw_events", RAW_EVENTS)
+    legacy = (
+        pl.col("disposition").is_null().sum()
+        if "disposition" in raw.collect_schema().names()
+        else pl.len()
+    )
+    counts = [
+        with_disposition(raw)
+        .group_by("batch_id")
+        .agg(
+            raw=(pl.col("disposition") == "accepted").sum(),
+            raw_duplicates=(pl.col("disposition") == "duplicate").sum(),
+            raw_conflicts=(pl.col("disposition") == "conflict").sum(),
+            legacy=legacy,
+        )
+        .collect()
+    ]
     for table, schema, name in (
-        ("raw_events", RAW_EVENTS, "raw"),
         ("quarantine", QUARANTINE, "quarantined"),
         ("event_conflicts", EVENT_CONFLICTS, "conflicted"),
     ):
@@ -279,7 +303,8 @@ def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
     out = counts[0]
     for frame in counts[1:]:
         out = out.join(frame, on="batch_id", how="full", coalesce=True)
-    return out.with_columns(pl.col("raw", "quarantined", "conflicted").cast(pl.Int64))
+    names = ["raw", "raw_duplicates", "raw_conflicts", "legacy", "quarantined", "conflicted"]
+    return out.with_columns(pl.col(names).cast(pl.Int64))
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:

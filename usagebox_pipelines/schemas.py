@@ -35,8 +35,8 @@ EVENT_FIELDS: dict[str, pl.DataType] = {
     "extra": pl.String(),
 }
 
-# `hour` is the UTC hour the event counts in (a correction counts in its original's);
-# `event_date` (its day) partitions the table.
+# Every valid arrival (the landing log). `hour` is the UTC hour the event counts in (a
+# correction counts in its original's); `event_date` (its day) partitions the table.
 RAW_EVENTS = pl.Schema(
     {
         **EVENT_FIELDS,
@@ -48,6 +48,8 @@ RAW_EVENTS = pl.Schema(
         "source_file": pl.String(),
         "row_number": pl.Int64(),
         "batch_id": pl.String(),
+        # accepted | duplicate | conflict (events/raw.py); last, so old tables evolve by append.
+        "disposition": pl.String(),
     }
 )
 

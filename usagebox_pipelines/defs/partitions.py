@@ -1,4 +1,9 @@
-"""UTC hourly and monthly partitions, starting at the first hour the pipeline accepts."""
+"""UTC hourly and monthly partitions, starting at the first hour the pipeline accepts.
+
+That hour is `USAGEBOX_MIN_EVENT_TIME` (events/window.py): ingest quarantines earlier events, so
+no accepted event falls outside the partitions. The monthly definition starts on the first day
+of that hour's month.
+"""
 
 import dagster as dg
 
@@ -8,7 +13,7 @@ hourly = dg.HourlyPartitionsDefinition(
     start_date=FIRST_HOUR.strftime("%Y-%m-%d-%H:%M"), timezone="UTC", end_offset=1
 )
 monthly = dg.MonthlyPartitionsDefinition(
-    start_date=FIRST_HOUR.strftime("%Y-%m-%d"), timezone="UTC", end_offset=1
+    start_date=FIRST_HOUR.strftime("%Y-%m-01"), timezone="UTC", end_offset=1
 )
 
 

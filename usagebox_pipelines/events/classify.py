@@ -37,10 +37,16 @@ _LATER = datetime(9999, 1, 1, tzinfo=UTC)
 
 @dataclass
 class Classified:
-    new: pl.DataFrame  # rows to append to raw_events (with `hour`)
-    duplicates: int
-    conflicts: pl.DataFrame  # event_id, account_id, payload, kept_payload, _row
+    """Every row of the chunk in exactly one of: new, duplicate_rows, conflicts, rejects."""
+
+    new: pl.DataFrame  # accepted rows (with `hour`)
+    duplicate_rows: pl.DataFrame  # exact re-sends (canonical columns)
+    conflicts: pl.DataFrame  # re-sends with another payload (canonical columns + kept_payload)
     rejects: pl.DataFrame  # _row, _payload, reason
+
+    @property
+    def duplicates(self) -> int:
+        return self.duplicate_rows.height
 
 
 def classify(valid: pl.DataFrame, history: pl.DataFrame) -> Classified:
@@ -54,7 +60,7 @@ def classify(valid: pl.DataFrame, history: pl.DataFrame) -> Classified:
     later = later.join(
         firsts.select(*KEY, pl.col("payload").alias("_kept")), on=KEY, how="left"
     ).sort("_row")
-    dup_within = later.filter(pl.col("payload") == pl.col("_kept")).height
+    dup_within = later.filter(pl.col("payload") == pl.col("_kept")).drop("_kept")
     conflicts_within = later.filter(pl.col("payload") != pl.col("_kept")).rename(
         {"_kept": "kept_payload"}
     )
@@ -62,16 +68,20 @@ def classify(valid: pl.DataFrame, history: pl.DataFrame) -> Classified:
     prior = history.select(KEY + [pl.col("payload").alias("kept_payload")]).unique(KEY)
     joined = firsts.join(prior, on=KEY, how="left")
     seen = pl.col("kept_payload").is_not_null()
-    dup_history = joined.filter(seen & (pl.col("payload") == pl.col("kept_payload"))).height
+    dup_history = joined.filter(seen & (pl.col("payload") == pl.col("kept_payload")))
     conflicts_history = joined.filter(seen & (pl.col("payload") != pl.col("kept_payload")))
     new = joined.filter(~seen).drop("kept_payload")
 
     new, rejects = check_corrections(new, history)
-    conflict_cols = ["event_id", "account_id", "payload", "kept_payload", "_row"]
+    columns = firsts.columns
+    duplicates = pl.concat([dup_within.select(columns), dup_history.select(columns)])
     conflicts = pl.concat(
-        [conflicts_within.select(conflict_cols), conflicts_history.select(conflict_cols)]
+        [
+            conflicts_within.select(*columns, "kept_payload"),
+            conflicts_history.select(*columns, "kept_payload"),
+        ]
     )
-    return Classified(new, dup_within + dup_history, conflicts, rejects)
+    return Classified(new, duplicates.sort("_row"), conflicts.sort("_row"), rejects)
 
 
 def check_corrections(

@@ -19,7 +19,15 @@ import polars as pl
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.events.classify import HISTORY_COLUMNS, classify
 from usagebox_pipelines.events.normalize import normalize_events, payload_expr
+from usagebox_pipelines.events.raw import (
+    ACCEPTED,
+    CONFLICT,
+    DUPLICATE,
+    accepted_only,
+    ensure_disposition_column,
+)
 from usagebox_pipelines.events.readers import CHUNK_ROWS, file_sha256, read_chunks
+from usagebox_pipelines.events.window import event_window
 from usagebox_pipelines.invoicing.tables import closed_periods
 from usagebox_pipelines.schemas import (
     EVENT_CONFLICTS,
@@ -111,13 +119,20 @@ def ingest_file(
     batch_id = f"b-{sha[:24]}"
     now = datetime.now(UTC)
     summary = IngestSummary(files=1)
-    context = _LateContext.load(store)
-    for chunk in read_chunks(path, chunk_rows):
-        part = _ingest_chunk(store, chunk, path, batch_id, source, now, context)
-        summary.add(part)
-        progress(f"{path.name}: {summary.rows:,} rows read, {summary.accepted:,} accepted")
-    if summary.rows == 0:
-        raise UsageboxError(f"{path}: file is empty (no rows)")
+    context = _LateContext.load(store, event_window(now))
+    ensure_disposition_column(store)
+    try:
+        for chunk in read_chunks(path, chunk_rows):
+            part = _ingest_chunk(store, chunk, path, batch_id, source, now, context)
+            summary.add(part)
+            progress(f"{path.name}: {summary.rows:,} rows read, {summary.accepted:,} accepted")
+        if summary.rows == 0:
+            raise UsageboxError(f"{path}: file is empty (no rows)")
+    except UsageboxError:
+        # A file that fails part-way leaves no rows behind (later files must not dedupe
+        # against a batch that will never be committed).
+        _remove_batch(store, batch_id)
+        raise
     store.append(
         "ingest_log",
         pl.DataFrame(
@@ -141,7 +156,7 @@ def ingest_file(
 
 
 def _ingest_chunk(store, chunk, path, batch_id, source, now, context) -> IngestSummary:
-    valid, rejects = normalize_events(chunk.rows)
+    valid, rejects = normalize_events(chunk.rows, context.window)
     rejects = pl.concat([chunk.rejects, rejects])
     result = classify(valid, _history_for(store, valid))
     rejects = pl.concat([rejects, result.rejects])
@@ -151,10 +166,11 @@ def _ingest_chunk(store, chunk, path, batch_id, source, now, context) -> IngestS
         "source_file": pl.lit(str(path)),
         "batch_id": pl.lit(batch_id),
     }
-    if new.height:
+    arrivals = _arrivals(new, result)
+    if arrivals.height:
         store.append(
             "raw_events",
-            new.with_columns(
+            arrivals.with_columns(
                 **stamp,
                 source=pl.lit(source),
                 row_number=pl.col("_row"),
@@ -185,6 +201,32 @@ def _ingest_chunk(store, chunk, path, batch_id, source, now, context) -> IngestS
     )
 
 
+def _arrivals(new: pl.DataFrame, result) -> pl.DataFrame:
+    """Every valid arrival of the chunk for `raw_events`, each with its disposition.
+
+    Duplicates and conflicts count in their own timestamp's hour (they are never billed; the
+    hour only places them in an `event_date` partition), and are never late.
+    """
+    others = [
+        frame.with_columns(
+            hour=pl.col("timestamp").dt.truncate("1h"), is_late=pl.lit(False), disposition=pl.lit(d)
+        )
+        for frame, d in ((result.duplicate_rows, DUPLICATE), (result.conflicts, CONFLICT))
+        if frame.height
+    ]
+    accepted = new.with_columns(disposition=pl.lit(ACCEPTED))
+    if not others:
+        return accepted
+    columns = accepted.columns
+    return pl.concat([accepted, *[o.select(columns) for o in others]]).sort("_row")
+
+
+def _remove_batch(store: DeltaStore, batch_id: str) -> None:
+    for table in BATCH_TABLES:
+        if store.exists(table):
+            store.delete_where(table, f"batch_id = {sql_literal(batch_id)}")
+
+
 def _history_for(store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
     """Accepted rows sharing an event id with this chunk, or correcting its corrections' targets.
 
@@ -197,7 +239,7 @@ def _history_for(store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
     targets = valid["correction_of"].drop_nulls().unique()
     ids = pl.concat([valid["event_id"], targets]).unique()
     return (
-        store.scan("raw_events")
+        accepted_only(store.scan("raw_events"))
         .filter(
             pl.col("event_id").is_in(ids.implode())
             | pl.col("correction_of").is_in(targets.implode())
@@ -237,16 +279,18 @@ def remove_uncommitted_batches(store: DeltaStore) -> list[str]:
 
 @dataclass
 class _LateContext:
-    """Hours whose rollup was already built and periods already closed, at ingest time."""
+    """Hours whose rollup was already built, periods already closed, and the event-time window,
+    at ingest time."""
 
     built_hours: pl.Series
     closed_periods: pl.Series
+    window: tuple[datetime, datetime]  # accepted [earliest, latest) event time
 
     @classmethod
-    def load(cls, store: DeltaStore) -> _LateContext:
+    def load(cls, store: DeltaStore, window: tuple[datetime, datetime]) -> _LateContext:
         hours = store.scan("hour_builds", HOUR_BUILDS).select("hour").unique().collect()["hour"]
         closed = pl.Series("period", sorted(closed_periods(store)), dtype=pl.String)
-        return cls(hours, closed)
+        return cls(hours, closed, window)
 
     def is_late(self, hour: pl.Expr) -> pl.Expr:
         return hour.is_in(self.built_hours.implode()) | hour.dt.strftime("%Y-%m").is_in(

@@ -8,12 +8,16 @@ chunk; each failing row gets the first reason a person can act on.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated
 
 import pandera.polars as pa
 import polars as pl
+from polars.exceptions import PanicException
 
+from usagebox_pipelines.events.quantity import parse_quantities
 from usagebox_pipelines.events.readers import decode_json_objects, row_json
+from usagebox_pipelines.events.window import event_window
 from usagebox_pipelines.schemas import EVENT_FIELDS, QTY, TS
 
 ALIASES: dict[str, list[str]] = {
@@ -43,12 +47,17 @@ KNOWN = (
         "billable",
         "_row",
         "_payload",
+        "_qty_absent",
+        "_shape_reason",
     }
 )
 MAX_DIMENSIONS = 16
 MAX_ID = 128
-_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-_TOO_PRECISE = r"^[+-]?\d*\.\d{13,}$"
+SCALAR_ALIASES = [a for names in ALIASES.values() for a in names] + PLAIN_STRINGS + ["billable"]
+MISSING_QUANTITY = (
+    "quantity missing: the row has a quantity/value field but it is null or empty "
+    "(only events without any quantity field count 1)"
+)
 PAYLOAD_FIELDS = [f for f in EVENT_FIELDS if f != "extra"]
 
 
@@ -76,12 +85,19 @@ class CanonicalEvents(pa.DataFrameModel):
         strict = "filter"
 
 
-def normalize_events(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Canonical rows (plus `_row`, `_payload`, `payload`) and rejects with a reason."""
+def normalize_events(
+    rows: pl.DataFrame, window: tuple[datetime, datetime] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Canonical rows (plus `_row`, `_payload`, `payload`) and rejects with a reason.
+
+    `window` is the accepted [earliest, latest) event time (default: `event_window()` now).
+    """
     if rows.height == 0:
         return _empty_canonical(), pl.DataFrame(
             schema={"_row": pl.Int64, "_payload": pl.String, "reason": pl.String}
         )
+    window = window or event_window()
+    rows, shape_reason = _scalar_shapes(rows)
     dims, dims_reason, metadata_model = _dimensions(rows)
     raw_text = "_payload" in rows.columns
     frame = rows.select(
@@ -92,16 +108,21 @@ def normalize_events(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
             for f in ("event_id", "account_id", "meter_id")
         ],
         _quantity_text(rows).alias("_qty"),
+        _quantity_absent(rows).alias("_qty_absent"),
         _timestamp(rows),
         pl.coalesce(_coalesce_string(rows, ALIASES["model_id"]), metadata_model).alias("model_id"),
         *[_coalesce_string(rows, [f]).alias(f) for f in PLAIN_STRINGS],
         dims.alias("dimensions"),
-        dims_reason.alias("_dims_reason"),
+        pl.coalesce(shape_reason, dims_reason).alias("_dims_reason"),
         _billable_text(rows).alias("_billable"),
         _extra(rows).alias("extra"),
     )
+    quantity, qty_reason = parse_quantities(frame["_qty"])
     frame = frame.with_columns(
-        quantity=pl.col("_qty").cast(QTY, strict=False),
+        quantity.cast(QTY),
+        _qty_reason=qty_reason,
+        _min_ts=pl.lit(window[0], dtype=TS),
+        _max_ts=pl.lit(window[1], dtype=TS),
         billable=pl.col("_billable").replace_strict(
             {"true": True, "1": True, "false": False, "0": False},
             default=None,
@@ -159,13 +180,47 @@ def _is_nested(dtype: pl.DataType) -> bool:
 
 
 def _quantity_text(rows: pl.DataFrame) -> pl.Expr:
-    """Quantity as text; an absent quantity counts 1 (Stigg-style events)."""
+    """Quantity as text (floats as their shortest round-trip text); absent counts 1 (Stigg-style).
+
+    "Absent" means the row's shape has no quantity/value field at all (no such column, or for
+    JSON the key itself missing: `_qty_absent`); a present field that is null or empty is a
+    reject reason (`MISSING_QUANTITY`), never a silent 1.
+    """
     present = [n for n in ALIASES["quantity"] if n in rows.columns]
     if not present:
         return pl.lit("1")
-    return (
-        pl.coalesce([_as_text(n, rows.schema[n]) for n in present]).str.strip_chars().fill_null("1")
-    )
+    text = pl.coalesce([_as_text(n, rows.schema[n]) for n in present]).str.strip_chars()
+    text = text.replace("", None)
+    return pl.when(text.is_null() & _quantity_absent(rows)).then(pl.lit("1")).otherwise(text)
+
+
+def _quantity_absent(rows: pl.DataFrame) -> pl.Expr:
+    if not any(n in rows.columns for n in ALIASES["quantity"]):
+        return pl.lit(True)
+    if "_qty_absent" in rows.columns:
+        return pl.col("_qty_absent").fill_null(False)
+    return pl.lit(False)
+
+
+def _scalar_shapes(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.Expr]:
+    """Reject rows where a single-value field holds a list or object; drop those columns.
+
+    The column is replaced by nulls so no later expression has to cope with a nested type.
+    """
+    reason = pl.lit(None, dtype=pl.String)
+    nested = [n for n in SCALAR_ALIASES if n in rows.columns and _is_nested(rows.schema[n])]
+    for name in reversed(nested):
+        kind = "an object" if isinstance(rows.schema[name], pl.Struct) else "a list"
+        reason = (
+            pl.when(pl.col(name).is_not_null())
+            .then(pl.lit(f"{name} must be a single value, not {kind}"))
+            .otherwise(reason)
+        )
+    if not nested:
+        return rows, reason
+    flags = rows.select(reason.alias("_shape_reason"))
+    rows = rows.with_columns([pl.lit(None, dtype=pl.String).alias(n) for n in nested])
+    return rows.with_columns(flags), pl.col("_shape_reason")
 
 
 def _timestamp(rows: pl.DataFrame) -> pl.Expr:
@@ -288,14 +343,12 @@ def _dimension_struct(rows: pl.DataFrame, name: str) -> tuple[pl.Expr, pl.Struct
     if isinstance(dtype, pl.Struct):
         return pl.col(name), dtype
     if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
-        # A Parquet map column: key/value pairs re-encoded as JSON object text.
-        pair = pl.concat_str(
-            pl.lit('"'),
-            pl.element().struct.field("key").cast(pl.String),
-            pl.lit('":"'),
-            pl.element().struct.field("value").cast(pl.String),
-            pl.lit('"'),
-        )
+        # A Parquet map column: key/value pairs re-encoded as JSON object text (escaped).
+        def quoted(field: str) -> pl.Expr:
+            one = pl.struct(pl.element().struct.field(field).cast(pl.String).alias("k"))
+            return one.struct.json_encode().str.strip_prefix('{"k":').str.strip_suffix("}")
+
+        pair = pl.concat_str(quoted("key"), pl.lit(":"), quoted("value"))
         text = rows.select(
             pl.concat_str(pl.lit("{"), pl.col(name).list.eval(pair).list.join(","), pl.lit("}"))
         ).to_series()
@@ -313,17 +366,10 @@ def _decode_text(texts: pl.Series) -> tuple[pl.Expr, pl.Struct]:
     try:
         decoded = decode_json_objects(cleaned.fill_null("{}"))
         decoded = pl.select(pl.when(cleaned.is_null()).then(None).otherwise(decoded)).to_series()
-    except pl.exceptions.PolarsError:
+    except (pl.exceptions.PolarsError, PanicException):
         canon = [_canonical_python(v) for v in cleaned.to_list()]
-        good = pl.Series([c if c is not None else "{}" for c in canon], dtype=pl.String)
-        bad = pl.Series(
-            "__invalid__",
-            [
-                ("1" if c is None and v is not None else None)
-                for c, v in zip(canon, cleaned, strict=True)
-            ],
-            dtype=pl.String,
-        )
+        good = pl.Series([c if r is None else "{}" for c, r in canon], dtype=pl.String)
+        bad = pl.Series("__invalid__", [r for _c, r in canon], dtype=pl.String)
         decoded = decode_json_objects(good)
         decoded = (
             pl.DataFrame(decoded)
@@ -335,19 +381,31 @@ def _decode_text(texts: pl.Series) -> tuple[pl.Expr, pl.Struct]:
     return pl.lit(decoded), decoded.dtype
 
 
-def _canonical_python(value: str | None) -> str | None:
-    """Slow path for a chunk holding unparsable dimension text: the valid objects re-encoded."""
+def _canonical_python(value: str | None) -> tuple[str, str | None]:
+    """Slow path for a chunk holding unparsable dimension text: (object re-encoded with every
+    scalar as a string, None) or ("{}", reason). Numbers keep their literal text."""
     if value is None:
-        return None
+        return "{}", None
     try:
-        obj = json.loads(value)
+        obj = json.loads(value, parse_float=str, parse_int=str, parse_constant=str)
+    except RecursionError:
+        return "{}", "is nested too deeply"
     except ValueError:
-        return None
-    return json.dumps(obj, sort_keys=True) if isinstance(obj, dict) else None
+        return "{}", "is not a valid JSON object"
+    if not isinstance(obj, dict):
+        return "{}", "is not a valid JSON object"
+    flat = {}
+    for key, item in obj.items():
+        if isinstance(item, dict | list):
+            return "{}", f".{key} must be a scalar value (string, number or bool)"
+        if item is not None:
+            flat[key] = ("true" if item else "false") if isinstance(item, bool) else str(item)
+    return json.dumps(flat, sort_keys=True, ensure_ascii=False), None
 
 
 def _canonical_json(values: pl.Expr, fields: dict[str, pl.DataType], source: str):
     """Sorted-key compact JSON of the non-null scalar values, and a reason if invalid."""
+    marker_fields = set(fields)
     if "__invalid__" in fields:
         invalid = values.struct.field("__invalid__").is_not_null()
         fields = {k: v for k, v in fields.items() if k != "__invalid__"}
@@ -377,7 +435,13 @@ def _canonical_json(values: pl.Expr, fields: dict[str, pl.DataType], source: str
         if names
         else pl.lit(0)
     )
-    reason = pl.when(invalid).then(pl.lit(f"{source} is not a valid JSON object"))
+    reason = pl.when(invalid).then(
+        pl.concat_str(pl.lit(source), pl.lit(" "), values.struct.field("__invalid__")).str.replace(
+            f"^{source} \\.", f"{source}."
+        )
+        if "__invalid__" in marker_fields
+        else pl.lit(f"{source} is not a valid JSON object")
+    )
     for n in nested:
         reason = reason.when(values.struct.field(n).is_not_null()).then(
             pl.lit(f"{source}.{n} must be a scalar value (string, number or bool)")
@@ -406,8 +470,25 @@ def _reason() -> pl.Expr:
         (pl.col("meter_id").is_null(), "missing meter_id (or meter/eventName/event_name)"),
         (pl.col("meter_id").str.len_chars() > MAX_ID, f"meter_id longer than {MAX_ID} characters"),
         (pl.col("timestamp").is_null(), "timestamp missing or not RFC 3339 with an offset or Z"),
-        (~qty.str.contains(_NUMBER), "quantity is not a number"),
-        (qty.str.contains(_TOO_PRECISE), "quantity has more than 12 decimal places"),
+        (
+            pl.col("timestamp") < pl.col("_min_ts"),
+            pl.format(
+                "timestamp {} is before the first accepted hour {} (USAGEBOX_MIN_EVENT_TIME)",
+                _iso(pl.col("timestamp")),
+                _iso(pl.col("_min_ts")),
+            ),
+        ),
+        (
+            pl.col("timestamp") >= pl.col("_max_ts"),
+            pl.format(
+                "timestamp {} is more than USAGEBOX_MAX_FUTURE_DAYS days in the future "
+                "(accepted up to {})",
+                _iso(pl.col("timestamp")),
+                _iso(pl.col("_max_ts")),
+            ),
+        ),
+        (qty.is_null(), MISSING_QUANTITY),
+        (pl.col("_qty_reason").is_not_null(), pl.col("_qty_reason")),
         (pl.col("quantity").is_null(), "quantity out of range (max 26 integer digits)"),
         (
             (pl.col("quantity") < 0) & pl.col("correction_of").is_null(),
@@ -425,8 +506,13 @@ def _reason() -> pl.Expr:
     ]
     expr = pl.when(pl.col("_dims_reason").is_not_null()).then(pl.col("_dims_reason"))
     for cond, text in checks:
-        expr = expr.when(cond.fill_null(False)).then(pl.lit(text))
+        value = pl.lit(text) if isinstance(text, str) else text
+        expr = expr.when(cond.fill_null(False)).then(value)
     return expr.otherwise(None)
+
+
+def _iso(ts: pl.Expr) -> pl.Expr:
+    return ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _validate_schema(valid: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

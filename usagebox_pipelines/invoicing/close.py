@@ -40,6 +40,7 @@ from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.config import PROJECT_ROOT, Settings
 from usagebox_pipelines.documents import format_quantity
 from usagebox_pipelines.errors import InvariantError, UsageboxError
+from usagebox_pipelines.events.raw import accepted_only
 from usagebox_pipelines.guardrails.decisions import hard_stop_notes
 from usagebox_pipelines.guardrails.schemas import GUARDRAIL_DECISIONS
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
@@ -475,7 +476,7 @@ def _event_totals(store: DeltaStore, period: str, version: int | None) -> dict:
 def _ingest_totals(store: DeltaStore, period: str) -> dict:
     start, end = month_bounds(period)
     batches = (
-        store.scan("raw_events", RAW_EVENTS)
+        accepted_only(store.scan("raw_events", RAW_EVENTS))
         .filter((pl.col("hour") >= start) & (pl.col("hour") < end))
         .select("batch_id")
         .unique()

@@ -199,7 +199,9 @@ def test_close_refuses_stale_rollups_then_unrated_usage_naming_why(tmp_path):
 def test_close_refuses_when_a_pricebook_that_issued_was_edited(tmp_path):
     store, settings = scenario().home_at("nov_built", tmp_path / "h")
     book = settings.pricebooks / "standard-2025-01-01.yaml"
-    book.write_text(book.read_text() + "\n# edited after issue\n")
+    book.write_text(book.read_text() + "\n# a comment changes no value: still frozen\n")
+    c.close_month(store, settings, NOV, approve=False)  # not refused
+    book.write_text(book.read_text().replace('unit_price: "12.50"', 'unit_price: "12.00"', 1))
     with pytest.raises(InvariantError, match="standard-2025-01-01.yaml.*edited after it issued"):
         c.close_month(store, settings, NOV, approve=True)
 

@@ -950,7 +950,7 @@ def _fingerprint_differences(doc: _Issued) -> list[dict]:
     for key, sha in sorted(recorded.items()):
         if key not in now:
             out.append({"what": "pricebook", "version": key, "detail": "version file is gone"})
-        elif now[key] != sha:
+        elif not doc.books.get(key).unchanged_since(sha):
             out.append(
                 {
                     "what": "pricebook",

@@ -402,7 +402,8 @@ def _unrated_example(rows: pl.DataFrame) -> str:
 
 
 def _needs_approval(store: DeltaStore, plan: _Plan) -> dict:
-    """What the approver checks before `--approve`; writes nothing."""
+    """What the approver checks before `--approve`; writes nothing. Costs about what the
+    approved close costs before rendering: the same plan, plus a few aggregate scans."""
     n = plan.invoices.height
     return {
         "status": "needs_approval",
@@ -411,9 +412,7 @@ def _needs_approval(store: DeltaStore, plan: _Plan) -> dict:
         f"issue {n} document(s) for {plan.period}",
         "events_table_version": plan.events_version,
         "control_totals": control_totals(store, plan.period, plan.events_version, plan),
-        "invoices": [
-            _draft_summary(row, plan.lines) for row in plan.invoices.iter_rows(named=True)
-        ],
+        "invoices": _draft_summaries(plan.invoices, plan.lines),
     }
 
 
@@ -447,14 +446,18 @@ def _event_totals(store: DeltaStore, period: str, version: int | None) -> dict:
     events = store.scan("events", EVENTS, version=version).filter(
         (pl.col("hour") >= start) & (pl.col("hour") < end)
     )
-    by_status = events.group_by("status").agg(pl.len()).collect()
-    late = events.filter(pl.col("is_late").fill_null(False)).select(pl.len()).collect().item()
-    counts = {s: int(n) for s, n in by_status.sort("status").iter_rows()}
+    by_status = (  # one scan: counts and late events together
+        events.group_by("status")
+        .agg(n=pl.len(), late=pl.col("is_late").fill_null(False).sum())
+        .collect()
+        .sort("status")
+    )
+    counts = {s: int(n) for s, n in by_status.select("status", "n").iter_rows()}
     return {
         "rows": sum(counts.values()),
         "counted": counts.get("ok", 0),
         "by_status": counts,
-        "late": int(late),
+        "late": int(by_status["late"].sum() or 0),
     }
 
 
@@ -517,21 +520,31 @@ def _invoice_totals(invoices: pl.DataFrame, lines: pl.DataFrame) -> dict:
     return out
 
 
-def _draft_summary(row: dict, lines: pl.DataFrame) -> dict:
-    mine = line_documents(pl.DataFrame([row], schema=INVOICES), lines).filter(
-        (pl.col("account_id") == row["account_id"])
-        & (pl.col("document_type") == row["document_type"])
+def _draft_summaries(invoices: pl.DataFrame, lines: pl.DataFrame) -> list[dict]:
+    """One summary per draft document, from ONE pass over the lines (grouped by account and
+    document type): a per-document join over all lines was quadratic (ADR 0003 note)."""
+    keys = ["account_id", "document_type"]
+    per_doc = (
+        line_documents(invoices, lines)
+        .group_by(keys)
+        .agg(
+            lines=pl.len(),
+            adjusts_periods=pl.col("adjusts_period").drop_nulls().unique().sort(),
+        )
     )
-    adjusted = sorted(set(mine["adjusts_period"].drop_nulls().to_list()))
-    return {
-        "account_id": row["account_id"],
-        "document_type": row["document_type"],
-        "currency": row["currency"],
-        "subtotal": str(row["subtotal"]),
-        "total": str(row["total"]),
-        "lines": mine.height,
-        "adjusts_periods": adjusted,
-    }
+    joined = invoices.join(per_doc, on=keys, how="left", nulls_equal=True, maintain_order="left")
+    return [
+        {
+            "account_id": row["account_id"],
+            "document_type": row["document_type"],
+            "currency": row["currency"],
+            "subtotal": str(row["subtotal"]),
+            "total": str(row["total"]),
+            "lines": row["lines"] or 0,
+            "adjusts_periods": list(row["adjusts_periods"] or []),
+        }
+        for row in joined.iter_rows(named=True)
+    ]
 
 
 # --------------------------------------------------------------------------- issue

@@ -38,6 +38,12 @@ def close(
     approve: Annotated[
         bool, typer.Option("--approve", help="Issue the invoices (else: control totals only).")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Close even though an earlier month with billable usage is open."
+        ),
+    ] = False,
     home: Home = None,
     pricebooks: Pricebooks = None,
 ) -> None:
@@ -45,9 +51,10 @@ def close(
     from usagebox_pipelines.invoicing.close import close_month
 
     store, settings = _open(home, pricebooks)
-    print_json(
-        close_month(store, settings, parse_month(month), approve=approve, run_id="cli-close")
+    result = close_month(
+        store, settings, parse_month(month), approve=approve, run_id="cli-close", force=force
     )
+    print_json(result)
 
 
 def explain(

@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +45,7 @@ from usagebox_pipelines.guardrails.schemas import GUARDRAIL_DECISIONS
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing import tables as t
 from usagebox_pipelines.invoicing.adjustments import billed_for_period, compute_adjustments
+from usagebox_pipelines.invoicing.credit import opening_credit, write_ledger
 from usagebox_pipelines.invoicing.lines import build_draft_invoices, line_documents, rated_lines
 from usagebox_pipelines.invoicing.numbering import NUMBER_RE, issue_documents, last_sequence
 from usagebox_pipelines.invoicing.register import write_register
@@ -67,7 +68,6 @@ from usagebox_pipelines.pricing.pricebook import (
 from usagebox_pipelines.pricing.rating import RatingResult, period_bounds, rate_usage
 from usagebox_pipelines.rollups.aggregate import rollup_hourly
 from usagebox_pipelines.schemas import (
-    CREDIT_LEDGER,
     EVENTS,
     INGEST_LOG,
     INVOICE_LINES,
@@ -284,6 +284,7 @@ def close_month(
     *,
     approved_by: str | None = None,
     run_id: str = "cli",
+    force: bool = False,
 ) -> dict:
     """Close `month`: without `approve`, control totals and drafts (nothing written); with it,
     numbered, stamped, rendered invoices and the `period_closes` marker.
@@ -291,12 +292,21 @@ def close_month(
     Raises InvariantError naming every reason the month cannot be closed. Closing a closed
     month changes nothing and returns `status: already_closed`. `now` is the issue time
     printed on the documents (default: the clock), `approved_by` who approved (default: the
-    user running it), both recorded.
+    user running it), both recorded. An earlier month with billable usage that is still open
+    refuses the close (UsageboxError: prepaid credit is drawn in issue order) unless `force`.
     """
     period_bounds(month)
     closed = t.closed_periods(store)
     if month in closed:
         return _already_closed(store, settings, month, closed[month])
+    open_before = t.open_months_before(store, month, closed)
+    if open_before and not force:
+        first = open_before[0]
+        raise UsageboxError(
+            f"close {month} refused: {', '.join(open_before)} still open with billable usage; "
+            f"close it first (usagebox close {first} --approve) or pass --force to close "
+            f"{month} before it"
+        )
     plan = _plan_close(store, settings.pricebooks, month, closed)
     if not approve:
         return _needs_approval(store, plan)
@@ -313,7 +323,7 @@ def _plan_close(
     version = store.version("events")
     earlier = sorted(q for q in closed if q < month)
     problems = _table_problems(store, month, earlier) + _frozen_problems(books, issued)
-    opening = _opening_credit(store, month)
+    opening = opening_credit(store, accounts, closed)
     hourly = _hourly_at(store, month, version)
     rating = rate_usage(hourly, month, books, accounts, opening)
     rerated = {q: rate_usage(_hourly_at(store, q, version), q, books, accounts) for q in earlier}
@@ -335,15 +345,6 @@ def _hourly_at(
     if account_id is not None:
         events = events.filter(pl.col("account_id") == account_id)
     return rollup_hourly(events, start, end)
-
-
-def _opening_credit(store: DeltaStore, month: str) -> dict[str, Decimal] | None:
-    """Prepaid balances closing the previous month's ledger, as pipeline.rate_month reads them
-    (so the approved invoice equals the draft); stamped on the close for exact re-rating."""
-    start, _ = month_bounds(month)
-    previous = (start - timedelta(days=1)).strftime("%Y-%m")
-    rows = store.read("credit_ledger", CREDIT_LEDGER).filter(pl.col("period") == previous)
-    return dict(zip(rows["account_id"], rows["closing"], strict=True)) if rows.height else None
 
 
 def _table_problems(store: DeltaStore, month: str, earlier: list[str]) -> list[str]:
@@ -575,6 +576,7 @@ def _issue(
     invoices = _render_all(settings.documents_dir, plan, invoices, lines, issuer)
     close_row = _close_row(plan, invoices, approved_by, run_id)
     _commit(store, plan.period, invoices, lines, close_row, run_id)
+    write_ledger(store, plan.accounts, run_id)  # derived from issued draws; after the marker
     return {
         "status": "closed",
         "period": plan.period,

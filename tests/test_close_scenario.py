@@ -351,9 +351,20 @@ def test_drafts_replace_only_draft_rows(tmp_path):
 
 def test_crash_before_the_marker_is_cleaned_and_redone_gapless(tmp_path):
     """Issued rows and PDFs without a `period_closes` row = the close never happened."""
-    store, settings = scenario().home_at("nov_closed", tmp_path / "h")
-    done = issued(store, NOV).sort("invoice_number")
-    store.delete_where(t.PERIOD_CLOSES_TABLE, f"period = '{NOV}'")  # crash before the marker
+    store, settings = scenario().home_at("nov_built", tmp_path / "h")
+    done = issued(scenario().open("nov_closed")[0], NOV).sort("invoice_number")
+    real_append = DeltaStore.append
+
+    def crash_at_marker(self, name, *args, **kwargs):
+        if name == t.PERIOD_CLOSES_TABLE:
+            raise OSError("killed before the marker")
+        return real_append(self, name, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DeltaStore, "append", crash_at_marker)
+        with pytest.raises(OSError, match="killed"):
+            c.close_month(store, settings, NOV, approve=True, now=NOV_ISSUED)
+    assert t.unfinished_periods(store) == [NOV]
     assert issued(store, NOV).is_empty()  # invisible to every reader
     stray = settings.documents_dir / "invoices" / NOV / "UBX-2026-000099.pdf"
     stray.write_bytes(b"%PDF- from a crash before any row was written")

@@ -101,11 +101,11 @@ HARD_STOP = pl.DataFrame(
             "rule": "budget",
             "from_status": "hard_alert",
             "to_status": "hard_stop",
-            "effective_at": datetime(2026, 10, 18, 12, tzinfo=UTC),
+            "effective_at": datetime(2026, 10, 10, 12, tzinfo=UTC),
             "spend": D("1900.00"),
             "threshold": D("1875.00"),
             "currency": "USD",
-            "decided_at": datetime(2026, 10, 18, 12, 5, tzinfo=UTC),
+            "decided_at": datetime(2026, 10, 10, 12, 5, tzinfo=UTC),
         }
     ]
 )
@@ -232,16 +232,26 @@ def test_close_issues_gapless_numbers_and_pdfs_matching_their_hash():
     assert closed["last_number"] == docs["invoice_number"].max()
 
 
-def test_hard_stops_are_noted_on_the_invoice():
+def test_hard_stops_are_noted_on_the_invoice_with_what_was_billed_after_them():
+    """acct-006 stopped at 10-10 12:00 (after o-006-a, before o-006-b): the note states the
+    usage billed after the stop (policy `bill`) and shows no internal decision id."""
     store, settings = scenario().open("oct_closed")
     docs = issued(store, OCT)
     noted = docs.filter(pl.col("notes").is_not_null())
     assert noted["account_id"].to_list() == ["acct-006"]
+    lines = t.issued_lines(store, noted)
+    usage = lines.filter(pl.col("kind") == "usage")["amount"].sum()
+    after = usage - D("1125.00")  # o-006-a, before the stop: 60 M tokens at tier 1, 18.75/1M
+    assert after > 0 and lines["amount"].sum() == noted["total"].item()
     note = noted["notes"].item()
-    assert "hard-stopped (budget) from 2026-10-18 12:00 UTC" in note and "dec-006-stop" in note
+    assert note == (
+        "Hard budget limit of $1,875.00 reached on 2026-10-10 12:00 UTC; "
+        f"usage after that time is billed: ${after:,}."
+    )
     pdf = PdfReader(settings.documents_dir / noted["pdf_path"].item())
     text = " ".join(" ".join(page.extract_text().split()) for page in pdf.pages)
-    assert "decision dec-006-stop" in text
+    assert f"usage after that time is billed: ${after:,}" in text
+    assert "dec-" not in note and "dec-" not in text and "decision" not in text.lower()
 
 
 def test_totals_are_the_sum_of_rounded_lines():

@@ -40,13 +40,13 @@ from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.config import PROJECT_ROOT, Settings
 from usagebox_pipelines.documents import format_quantity
 from usagebox_pipelines.errors import InvariantError, UsageboxError
-from usagebox_pipelines.guardrails.decisions import hard_stop_notes
 from usagebox_pipelines.guardrails.schemas import GUARDRAIL_DECISIONS
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing import tables as t
 from usagebox_pipelines.invoicing.adjustments import billed_for_period, compute_adjustments
 from usagebox_pipelines.invoicing.audit import books_problems, tampered_periods
 from usagebox_pipelines.invoicing.credit import opening_credit, write_ledger
+from usagebox_pipelines.invoicing.hard_stop import hard_stop_notes
 from usagebox_pipelines.invoicing.lines import build_draft_invoices, line_documents, rated_lines
 from usagebox_pipelines.invoicing.numbering import NUMBER_RE, issue_documents, last_sequence
 from usagebox_pipelines.invoicing.register import write_register
@@ -651,17 +651,20 @@ def _stamp(
                 "pricebook_versions": t.dump_json(used),
                 "code_version": code_version(),
                 "template_version": TEMPLATE_VERSION,
-                "notes": _notes(row, decisions, plan.period),
+                "notes": _notes(row, decisions, plan),
             }
         )
     return pl.DataFrame(rows, schema=INVOICES)
 
 
-def _notes(row: dict, decisions: pl.DataFrame, period: str) -> str | None:
-    """The draft's note plus one note per guardrail hard stop (invoices only), one per line."""
+def _notes(row: dict, decisions: pl.DataFrame, plan: _Plan) -> str | None:
+    """The draft's note plus one note per guardrail hard stop (invoices only), one per line:
+    what was billed after the stop (invoicing.hard_stop), no internal decision ids."""
     notes = [row["notes"]] if row["notes"] else []
     if row["document_type"] == "invoice":
-        notes += hard_stop_notes(decisions, row["account_id"], period)
+        notes += hard_stop_notes(
+            decisions, plan.hourly, row["account_id"], plan.period, plan.books, plan.accounts
+        )
     return _NOTE_SEP.join(notes) if notes else None
 
 

@@ -9,15 +9,16 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import event
 from tests.test_close_audit import cli_app
-from tests.test_close_scenario import OCT, scenario
+from tests.test_close_scenario import OCT, OCT_ISSUED, SONNET, build_month, ingest, scenario
 from usagebox_pipelines.cli import app as main_app
-from usagebox_pipelines.errors import InvariantError
+from usagebox_pipelines.errors import InvariantError, UsageboxError
 from usagebox_pipelines.invoicing import close as c
 from usagebox_pipelines.invoicing import tables as t
 from usagebox_pipelines.invoicing.audit import books_problems
 from usagebox_pipelines.invoicing.render import pdf_sha256
-from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES
+from usagebox_pipelines.schemas import CREDIT_LEDGER, INVOICE_LINES, INVOICES
 
 
 def _count_calls(monkeypatch, module, name: str) -> list[int]:
@@ -136,3 +137,45 @@ def test_a_comment_edit_of_an_issued_pricebook_passes_verify_a_value_edit_fails(
     report = c.verify_invoice(store, settings, number)
     assert not report["reproduced"]
     assert any(d["what"] == "pricebook" for d in report["differences"])
+
+
+# --------------------------------------------------------------------------- prepaid credit
+
+
+def test_an_open_month_never_draws_credit_and_blocks_a_later_close_unless_forced(tmp_path):
+    """September (never closed) has 26.25 of acct-004 usage: its draft shows credit but draws
+    none, so October (15.00 of usage) applies 15.00 of the 30.00 grant (was 3.75)."""
+    store, settings = scenario().home_at("oct_built", tmp_path / "h")
+    sept = event("s-004", "acct-004", 7_000_000, "2026-09-20T08:00:00Z", model_id=SONNET)
+    ingest(store, tmp_path / "sept.jsonl", [sept])
+    build_month(store, settings.pricebooks, "2026-09")
+    build_month(store, settings.pricebooks, OCT)
+    ledger = store.read("credit_ledger", CREDIT_LEDGER)
+    for _ in range(2):
+        c.refresh_drafts(store, settings.pricebooks, "2026-09")
+        assert store.read("credit_ledger", CREDIT_LEDGER).equals(ledger)  # drafts never draw
+    sept_credit = _draft_credit(store, "2026-09")
+    assert sept_credit == D("-26.25")
+    with pytest.raises(UsageboxError, match=r"2026-09 still open.*close it first.*--force"):
+        c.close_month(store, settings, OCT, approve=True)
+    c.close_month(store, settings, OCT, approve=True, force=True, now=OCT_ISSUED)
+    oct_credit = t.issued_lines(store).filter(
+        (pl.col("account_id") == "acct-004") & (pl.col("kind") == "credit")
+    )["amount"]
+    assert oct_credit.to_list() == [D("-15.00")]
+    rows = store.read("credit_ledger", CREDIT_LEDGER).filter(pl.col("account_id") == "acct-004")
+    assert rows.select("period", "opening", "drawn", "closing").rows() == [
+        (OCT, D(30), D(15), D(15))
+    ]
+    c.refresh_drafts(store, settings.pricebooks, "2026-09")
+    assert _draft_credit(store, "2026-09") == D("-15.00")  # what is left, never beyond the grant
+
+
+def _draft_credit(store, period: str) -> D:
+    lines = t.all_lines(store).filter(
+        (pl.col("period") == period)
+        & pl.col("invoice_number").is_null()
+        & (pl.col("account_id") == "acct-004")
+        & (pl.col("kind") == "credit")
+    )
+    return lines["amount"].sum()

@@ -45,7 +45,11 @@ from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing import tables as t
 from usagebox_pipelines.invoicing.adjustments import billed_for_period, compute_adjustments
 from usagebox_pipelines.invoicing.audit import books_problems, tampered_periods
-from usagebox_pipelines.invoicing.credit import opening_credit, write_ledger
+from usagebox_pipelines.invoicing.credit import (
+    opening_credit,
+    with_current_credit,
+    write_ledger,
+)
 from usagebox_pipelines.invoicing.hard_stop import hard_stop_notes
 from usagebox_pipelines.invoicing.lines import build_draft_invoices, line_documents, rated_lines
 from usagebox_pipelines.invoicing.numbering import NUMBER_RE, issue_documents, last_sequence
@@ -108,6 +112,8 @@ def refresh_drafts(
         return pl.DataFrame(schema=INVOICES), pl.DataFrame(schema=INVOICE_LINES)
     accounts = load_accounts(pricebooks_dir)
     rated = _rated_of_month(store, pricebooks_dir, month)
+    # credit as it stands now: a close since `rated_usage` was built may have drawn some
+    rated = with_current_credit(rated, accounts, month, opening_credit(store, accounts, closed))
     adjustments = pending_adjustments(store, pricebooks_dir, month, closed)
     invoices, lines = build_draft_invoices(rated, accounts, month, adjustments)
     _write_drafts(store, month, invoices, lines, run_id)

@@ -20,7 +20,8 @@ from decimal import Decimal
 import polars as pl
 
 from usagebox_pipelines.invoicing import tables as t
-from usagebox_pipelines.schemas import CREDIT_LEDGER
+from usagebox_pipelines.pricing.contract import contract_lines
+from usagebox_pipelines.schemas import CREDIT_LEDGER, RATED_USAGE, conform
 from usagebox_pipelines.storage import DeltaStore
 
 _ZERO = Decimal(0)
@@ -102,3 +103,16 @@ def write_ledger(store: DeltaStore, accounts: object, run_id: str = "cli") -> pl
         "credit_ledger", rows, CREDIT_LEDGER, metadata={"run_id": run_id, "stage": "credit_ledger"}
     )
     return rows
+
+
+def with_current_credit(
+    rated: pl.DataFrame, accounts: object, period: str, opening: Mapping[str, Decimal]
+) -> pl.DataFrame:
+    """`rated` (RATED_USAGE of one period) with its contract rows recomputed from `opening`.
+
+    Stored `rated_usage` was rated against the balances of its build; a close since then may
+    have drawn credit, so a draft recomputes discount/minimum/credit from its usage rows.
+    """
+    usage = rated.filter(pl.col("line_kind").fill_null("usage") == "usage")
+    contract, _ = contract_lines(usage, period, accounts, opening)
+    return pl.concat([usage, conform(contract, RATED_USAGE)])

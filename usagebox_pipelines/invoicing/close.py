@@ -1423,7 +1423,8 @@ def issued_intact(
     docs = t.issued_invoices(store)
     if month is not None:
         docs = docs.filter(pl.col("period") == month)
-    bad = [p for p in books_problems(store) if month is None or p.get("period") in (None, month)]
+    bad = [{"problem": p} for p in _frozen_problems(load_pricebooks(settings.pricebooks), docs)]
+    bad += [p for p in books_problems(store) if month is None or p.get("period") in (None, month)]
     for number in sorted(docs["invoice_number"].to_list()):
         report = verify_invoice(store, settings, number)
         if not report["reproduced"]:

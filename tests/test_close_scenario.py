@@ -101,11 +101,11 @@ HARD_STOP = pl.DataFrame(
             "rule": "budget",
             "from_status": "hard_alert",
             "to_status": "hard_stop",
-            "effective_at": datetime(2026, 10, 18, 12, tzinfo=UTC),
+            "effective_at": datetime(2026, 10, 10, 12, tzinfo=UTC),
             "spend": D("1900.00"),
             "threshold": D("1875.00"),
             "currency": "USD",
-            "decided_at": datetime(2026, 10, 18, 12, 5, tzinfo=UTC),
+            "decided_at": datetime(2026, 10, 10, 12, 5, tzinfo=UTC),
         }
     ]
 )
@@ -199,7 +199,9 @@ def test_close_refuses_stale_rollups_then_unrated_usage_naming_why(tmp_path):
 def test_close_refuses_when_a_pricebook_that_issued_was_edited(tmp_path):
     store, settings = scenario().home_at("nov_built", tmp_path / "h")
     book = settings.pricebooks / "standard-2025-01-01.yaml"
-    book.write_text(book.read_text() + "\n# edited after issue\n")
+    book.write_text(book.read_text() + "\n# a comment changes no value: still frozen\n")
+    c.close_month(store, settings, NOV, approve=False)  # not refused
+    book.write_text(book.read_text().replace('unit_price: "12.50"', 'unit_price: "12.00"', 1))
     with pytest.raises(InvariantError, match="standard-2025-01-01.yaml.*edited after it issued"):
         c.close_month(store, settings, NOV, approve=True)
 
@@ -230,16 +232,26 @@ def test_close_issues_gapless_numbers_and_pdfs_matching_their_hash():
     assert closed["last_number"] == docs["invoice_number"].max()
 
 
-def test_hard_stops_are_noted_on_the_invoice():
+def test_hard_stops_are_noted_on_the_invoice_with_what_was_billed_after_them():
+    """acct-006 stopped at 10-10 12:00 (after o-006-a, before o-006-b): the note states the
+    usage billed after the stop (policy `bill`) and shows no internal decision id."""
     store, settings = scenario().open("oct_closed")
     docs = issued(store, OCT)
     noted = docs.filter(pl.col("notes").is_not_null())
     assert noted["account_id"].to_list() == ["acct-006"]
+    lines = t.issued_lines(store, noted)
+    usage = lines.filter(pl.col("kind") == "usage")["amount"].sum()
+    after = usage - D("1125.00")  # o-006-a, before the stop: 60 M tokens at tier 1, 18.75/1M
+    assert after > 0 and lines["amount"].sum() == noted["total"].item()
     note = noted["notes"].item()
-    assert "hard-stopped (budget) from 2026-10-18 12:00 UTC" in note and "dec-006-stop" in note
+    assert note == (
+        "Hard budget limit of $1,875.00 reached on 2026-10-10 12:00 UTC; "
+        f"usage after that time is billed: ${after:,}."
+    )
     pdf = PdfReader(settings.documents_dir / noted["pdf_path"].item())
     text = " ".join(" ".join(page.extract_text().split()) for page in pdf.pages)
-    assert "decision dec-006-stop" in text
+    assert f"usage after that time is billed: ${after:,}" in text
+    assert "dec-" not in note and "dec-" not in text and "decision" not in text.lower()
 
 
 def test_totals_are_the_sum_of_rounded_lines():
@@ -349,9 +361,20 @@ def test_drafts_replace_only_draft_rows(tmp_path):
 
 def test_crash_before_the_marker_is_cleaned_and_redone_gapless(tmp_path):
     """Issued rows and PDFs without a `period_closes` row = the close never happened."""
-    store, settings = scenario().home_at("nov_closed", tmp_path / "h")
-    done = issued(store, NOV).sort("invoice_number")
-    store.delete_where(t.PERIOD_CLOSES_TABLE, f"period = '{NOV}'")  # crash before the marker
+    store, settings = scenario().home_at("nov_built", tmp_path / "h")
+    done = issued(scenario().open("nov_closed")[0], NOV).sort("invoice_number")
+    real_append = DeltaStore.append
+
+    def crash_at_marker(self, name, *args, **kwargs):
+        if name == t.PERIOD_CLOSES_TABLE:
+            raise OSError("killed before the marker")
+        return real_append(self, name, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DeltaStore, "append", crash_at_marker)
+        with pytest.raises(OSError, match="killed"):
+            c.close_month(store, settings, NOV, approve=True, now=NOV_ISSUED)
+    assert t.unfinished_periods(store) == [NOV]
     assert issued(store, NOV).is_empty()  # invisible to every reader
     stray = settings.documents_dir / "invoices" / NOV / "UBX-2026-000099.pdf"
     stray.write_bytes(b"%PDF- from a crash before any row was written")

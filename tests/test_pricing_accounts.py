@@ -128,3 +128,18 @@ def test_budget_defaults_are_80_and_100_percent(tmp_path: Path) -> None:
     assert budget is not None
     assert (budget.monthly, budget.soft_pct, budget.hard_pct) == (D("50.00"), 80, 100)
     assert budget.enforcement == "SOFT" and budget.caps == ()
+
+
+def test_after_hard_stop_policy_is_validated_naming_file_and_field(tmp_path) -> None:
+    from usagebox_pipelines.pricing.accounts import AccountsError, load_accounts
+
+    folder = tmp_path / "pb"
+    folder.mkdir()
+    body = "accounts:\n  acct-x:\n    name: X\n    after_hard_stop: {}\n"
+    (folder / "accounts.yaml").write_text(body.format("bill"))
+    assert load_accounts(folder).get("acct-x").after_hard_stop == "bill"
+    assert load_accounts(folder).get("unlisted").after_hard_stop == "bill"
+    for bad, why in (("refund", "must be one of bill"), ("waive", "not supported yet")):
+        (folder / "accounts.yaml").write_text(body.format(bad))
+        with pytest.raises(AccountsError, match=rf"accounts.yaml: .*after_hard_stop: .*{why}"):
+            load_accounts(folder)

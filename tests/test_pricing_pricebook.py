@@ -359,3 +359,25 @@ def test_load_pricebook_file_requires_a_pricebook(tmp_path: Path) -> None:
     path = _write(tmp_path, "x.yaml", "vendors: {}\n")
     with pytest.raises(PricebookError, match=r"x\.yaml: not a pricebook"):
         load_pricebook_file(path)
+
+
+def test_comment_and_whitespace_edits_keep_the_content_hash(tmp_path: Path) -> None:
+    folder = _copy_shipped(tmp_path)
+    issued = load_pricebooks(folder).fingerprints()
+    path = folder / "standard-2026-10-16.yaml"
+    path.write_text("# reviewed by finance\n" + path.read_text().replace("\n", "  \n") + "\n\n")
+    books = load_pricebooks(folder)
+    assert books.fingerprints() == issued
+    books.check_frozen(issued)
+
+
+def test_a_legacy_stamp_of_the_file_bytes_is_still_accepted(tmp_path: Path) -> None:
+    import hashlib
+
+    folder = _copy_shipped(tmp_path)
+    path = folder / "standard-2026-10-16.yaml"
+    legacy = {"standard@2026-10-16": hashlib.sha256(path.read_bytes()).hexdigest()}
+    load_pricebooks(folder).check_frozen(legacy)
+    path.write_text(path.read_text().replace('"11.00"', '"10.00"', 1))
+    with pytest.raises(PricebookError, match="edited after it issued"):
+        load_pricebooks(folder).check_frozen(legacy)

@@ -46,6 +46,12 @@ def close(
     approve: Annotated[
         bool, typer.Option("--approve", help="Issue the invoices (else: control totals only).")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Close even though an earlier month with billable usage is open."
+        ),
+    ] = False,
     home: Home = None,
     pricebooks: Pricebooks = None,
 ) -> None:
@@ -55,7 +61,8 @@ def close(
     period = parse_month(month)
     store, settings = _open(home, pricebooks)
     require_events(store)
-    print_json(close_month(store, settings, period, approve=approve, run_id="cli-close"))
+    result = close_month(store, settings, period, approve=approve, run_id="cli-close", force=force)
+    print_json(result)
 
 
 def explain(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -18,14 +17,13 @@ from usagebox_pipelines.events.build import INHERITED, build_events, resolve_cor
 from usagebox_pipelines.events.ingest import committed_batches
 from usagebox_pipelines.events.raw import accepted_only, with_disposition
 from usagebox_pipelines.events.window import min_event_time
-from usagebox_pipelines.invoicing.tables import closed_periods
+from usagebox_pipelines.invoicing.credit import opening_credit
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.pricing.rating import rate_usage
 from usagebox_pipelines.rollups.aggregate import rollup_hourly, rollup_monthly
 from usagebox_pipelines.schemas import (
-    CREDIT_LEDGER,
     EVENT_CONFLICTS,
     EVENTS,
     HOUR_BUILDS,
@@ -182,61 +180,36 @@ def build_usage_monthly(store: DeltaStore, month: str, run_id: str = "cli") -> i
 class RatedMonth:
     rated: pl.DataFrame
     unrated: pl.DataFrame
-    credit: pl.DataFrame
 
 
 def rate_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> RatedMonth:
-    """Rate one month of `usage_hourly` (nothing written): usage, contract lines, credit."""
+    """Rate one month of `usage_hourly` (nothing written): usage and contract lines.
+
+    Prepaid credit is what the month WOULD apply if issued now: the grant minus what issued
+    invoices have drawn (invoicing.credit); a draft or an open month never draws.
+    """
     books = load_pricebooks(pricebooks_dir)
     accounts = load_accounts(pricebooks_dir)
     start, end = month_bounds(month)
     hourly = store.scan("usage_hourly", USAGE_HOURLY).filter(
         (pl.col("hour") >= start) & (pl.col("hour") < end)
     )
-    opening = _opening_credit(store, month)
+    opening = opening_credit(store, accounts)
     result = rate_usage(hourly.collect(), month, books, accounts, opening)
-    credit = _credit_rows(result, accounts, month, opening)
-    return RatedMonth(result.rated, result.unrated, credit)
+    return RatedMonth(result.rated, result.unrated)
 
 
 def build_rated_usage(
     store: DeltaStore, pricebooks_dir: Path, month: str, run_id: str = "cli"
 ) -> RatedMonth:
-    """Replace the month's `rated_usage`, `unrated_usage` and `credit_ledger` rows."""
+    """Replace the month's `rated_usage` and `unrated_usage` rows (never `credit_ledger`:
+    only a close draws credit, see invoicing.credit)."""
     rated = rate_month(store, pricebooks_dir, month)
     meta = {"run_id": run_id, "stage": "rated_usage", "period": month}
     where = f"period = {sql_literal(month)}"
     store.replace_where("rated_usage", rated.rated, where, RATED_USAGE, metadata=meta)
     store.replace_where("unrated_usage", rated.unrated, where, UNRATED_USAGE, metadata=meta)
-    if month not in closed_periods(store):  # a closed month's credit draw is what it issued
-        store.replace_where("credit_ledger", rated.credit, where, CREDIT_LEDGER, metadata=meta)
     return rated
-
-
-def _opening_credit(store: DeltaStore, month: str) -> dict[str, Decimal] | None:
-    """Prepaid balances carried from the previous month's ledger (None before any ledger)."""
-    start, _ = month_bounds(month)
-    previous = (start - timedelta(days=1)).strftime("%Y-%m")
-    rows = store.read("credit_ledger", CREDIT_LEDGER).filter(pl.col("period") == previous)
-    return dict(zip(rows["account_id"], rows["closing"], strict=True)) if rows.height else None
-
-
-def _credit_rows(result, accounts, month: str, opening: dict | None) -> pl.DataFrame:
-    rows = []
-    for account_id, closing in sorted(result.closing_credit.items()):
-        start = (opening or {}).get(account_id)
-        if start is None:
-            start = accounts.get(account_id).prepaid_credit or Decimal(0)
-        rows.append(
-            {
-                "account_id": account_id,
-                "period": month,
-                "opening": start,
-                "drawn": start - closing,
-                "closing": closing,
-            }
-        )
-    return pl.DataFrame(rows, schema=CREDIT_LEDGER) if rows else pl.DataFrame(schema=CREDIT_LEDGER)
 
 
 def verify(store: DeltaStore, month: str | None = None) -> list[inv.InvariantResult]:

@@ -28,6 +28,12 @@ def reconciliation_assets(context: dg.AssetExecutionContext, usagebox: UsageboxR
     result = reconcile_month(
         usagebox.store, usagebox.settings, month_of(context.partition_key), context.run_id
     )
+    if "skipped" in result:
+        context.log.info(result["skipped"])
+        meta = {"skipped": result["skipped"]}
+        yield dg.MaterializeResult(asset_key="reconciliation", metadata=meta)
+        yield dg.MaterializeResult(asset_key="cost_attribution", metadata=meta)
+        return
     meta = {
         "statuses": dg.MetadataValue.json(result["statuses"]),
         "reports": dg.MetadataValue.json(result["reports"]),

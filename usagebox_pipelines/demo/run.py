@@ -89,7 +89,9 @@ def _reconcile(store: DeltaStore, settings: Settings, month: str, seed: int) -> 
 def _close(store: DeltaStore, settings: Settings, month: str) -> dict:
     from usagebox_pipelines.invoicing.close import close_month
 
-    return close_month(store, settings, month, approve=True)
+    # The previous month holds only the demo's late events (a stub of a history we did not
+    # generate): it stays open, so the demo month is closed past it (`close --force`).
+    return close_month(store, settings, month, approve=True, force=True)
 
 
 def _report(settings, store, month, nxt, ingest, late, recon, closed) -> dict:

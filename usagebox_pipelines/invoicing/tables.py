@@ -11,11 +11,12 @@ events of closed months late.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import polars as pl
 
-from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES, TS
+from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES, TS, USAGE_HOURLY
 from usagebox_pipelines.storage import DeltaStore
 
 PERIOD_CLOSES_TABLE = "period_closes"
@@ -120,3 +121,23 @@ def json_or_none(text: str | None) -> object:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def open_months_before(store: DeltaStore, month: str, closed: dict[str, dict]) -> list[str]:
+    """Months before `month` with billable usage in `usage_hourly` and no `period_closes` row.
+
+    Closing past one of them would draw prepaid credit (and take numbers) out of issue order.
+    """
+    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+    months = (
+        store.scan("usage_hourly", USAGE_HOURLY)
+        .filter((pl.col("hour") < start) & pl.col("billable").fill_null(False))
+        .group_by(pl.col("hour").dt.strftime("%Y-%m").alias("month"), "account_id", "meter_id")
+        .agg(pl.col("sum").sum())
+        .filter(pl.col("sum") != 0)
+        .select("month")
+        .unique()
+        .collect()["month"]
+        .to_list()
+    )
+    return sorted(m for m in months if m not in closed)

@@ -37,7 +37,11 @@ _ACCOUNT_KEYS = {
     "prepaid_credit",
     "payment_terms_days",
     "budget",
+    "after_hard_stop",
 }
+#: What the invoice does with usage after a guardrail hard stop. Only `bill` is implemented:
+#: `waive` (a line cancelling exactly that usage) is planned, and refused until then.
+AFTER_HARD_STOP = ("bill",)
 _BUDGET_KEYS = {"monthly", "soft_pct", "hard_pct", "caps", "enforcement"}
 _CAP_KEYS = {"meter_id", "model_id", "monthly"}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -87,6 +91,7 @@ class Account:
     prepaid_credit: Decimal | None = None
     budget: Budget | None = None
     listed: bool = True
+    after_hard_stop: str = "bill"
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,7 @@ def _resolve(
             at.key("payment_terms_days"),
         ),
         budget=_budget(body.get("budget"), at.key("budget")),
+        after_hard_stop=_after_hard_stop(body.get("after_hard_stop"), at.key("after_hard_stop")),
     )
     done[account_id] = account
     return account
@@ -285,6 +291,18 @@ def _pct(body: Mapping[str, Any], key: str, default: Decimal, where: y.Where) ->
 
 def _money(value: Any, where: y.Where) -> Decimal | None:
     return None if value is None else y.decimal(value, where, minimum=Decimal(0))
+
+
+def _after_hard_stop(raw: Any, where: y.Where) -> str:
+    """`bill` (default): usage after a hard stop is billed and the invoice note says how much."""
+    if raw is None:
+        return "bill"
+    value = y.text(raw, where)
+    if value == "waive":
+        where.fail("'waive' is not supported yet (usage after a hard stop is billed): use bill")
+    if value not in AFTER_HARD_STOP:
+        where.fail(f"must be one of {', '.join(AFTER_HARD_STOP)}, got {value!r}")
+    return value
 
 
 def _budget(raw: Any, where: y.Where) -> Budget | None:

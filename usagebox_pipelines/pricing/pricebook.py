@@ -3,16 +3,21 @@
 Everything is checked before anything is rated, and every error names the file and the field
 path (`pricebooks/standard-2026-10-16.yaml: rates[3].tiers.steps[1].up_to: ...`), because a
 pricebook mistake is a billing mistake. Versions are frozen once they issued an invoice:
-`PricebookSet.check_frozen` compares content hashes.
+`PricebookSet.check_frozen` compares content hashes. The content hash is the sha256 of the
+parsed YAML as canonical JSON (`content_hash`), so a comment or whitespace edit of an issued
+version changes nothing, while any changed value does. Invoices stamped before this rule hold
+the sha256 of the file bytes (`file_sha256`); that stamp is still accepted while the bytes are
+unchanged (ADR 0003).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -88,6 +93,12 @@ class PricebookVersion:
     content_sha256: str
     rates: tuple[Rate, ...]
     description: str | None = None
+    file_sha256: str | None = None
+
+    def unchanged_since(self, recorded: str) -> bool:
+        """True when `recorded` (stamped at issue) is this version's content hash, or its
+        legacy stamp: the sha256 of the file bytes, from before content hashing."""
+        return recorded in (self.content_sha256, self.file_sha256)
 
     @property
     def key(self) -> str:
@@ -164,7 +175,7 @@ class PricebookSet:
                 raise PricebookError(
                     f"{key}: pricebook version was used to issue an invoice but is missing"
                 )
-            if version.content_sha256 != recorded:
+            if not version.unchanged_since(recorded):
                 raise PricebookError(
                     f"{y.display(version.file)}: content_sha256: file was edited after it issued "
                     f"an invoice (recorded {recorded[:12]}…, now {version.content_sha256[:12]}…); "
@@ -213,7 +224,21 @@ def load_pricebook_file(path: Path, *, required: bool = True) -> PricebookVersio
         if required:
             where.fail("not a pricebook (needs a top-level `pricebook:` key)")
         return None
-    return _parse_version(doc, path, hashlib.sha256(raw_bytes).hexdigest(), where)
+    version = _parse_version(doc, path, content_hash(doc), where)
+    return replace(version, file_sha256=hashlib.sha256(raw_bytes).hexdigest())
+
+
+def content_hash(doc: Any) -> str:
+    """sha256 of a parsed YAML document as canonical JSON (sorted keys, no whitespace; dates
+    and times as ISO text): formatting and comments do not change it, values do."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=_iso, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _iso(value: Any) -> str:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
 
 
 def _parse_version(doc: Any, path: Path, sha: str, where: y.Where) -> PricebookVersion:

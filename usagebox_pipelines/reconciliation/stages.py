@@ -19,7 +19,7 @@ from usagebox_pipelines.reconciliation.loaders import (
     merge_review,
     merge_vendor_costs,
 )
-from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
+from usagebox_pipelines.reconciliation.mapping import MAPPING_FILE, load_vendor_mapping
 from usagebox_pipelines.reconciliation.reconcile import (
     metered_daily,
     reconcile,
@@ -67,8 +67,28 @@ def _load_exports(store: DeltaStore, settings: Settings, vendor: str, paths: lis
     }
 
 
+SKIPPED = f"no {MAPPING_FILE}: reconciliation skipped"
+
+
+def reconciliation_configured(settings: Settings) -> bool:
+    """Reconciliation needs the vendor mapping; a pricing-only deployment has none."""
+    return (Path(settings.pricebooks) / MAPPING_FILE).is_file()
+
+
 def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: str = "cli") -> dict:
-    """Rebuild `reconciliation` and `cost_attribution` for a month and write the reports."""
+    """Rebuild `reconciliation` and `cost_attribution` for a month and write the reports.
+
+    Without `vendors.yaml` in the pricebooks folder (pricing only) nothing is written and the
+    result says `skipped` (SKIPPED); the monthly job does not fail on it.
+    """
+    if not reconciliation_configured(settings):
+        return {
+            "period": month,
+            "skipped": SKIPPED,
+            "summary": {},
+            "statuses": {},
+            "reports": {},
+        }
     with store.writer(f"reconcile {month}"):
         return _reconcile_month(store, settings, month, run_id)
 

@@ -1,0 +1,181 @@
+"""The books (issue 11): dry-run cost, prepaid credit drawn only by issued invoices, hard-stop
+notes, and verify catching consistent tampering. Reuses the close scenario's snapshots."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import event
+from tests.test_close_audit import cli_app
+from tests.test_close_scenario import OCT, OCT_ISSUED, SONNET, build_month, ingest, scenario
+from usagebox_pipelines.cli import app as main_app
+from usagebox_pipelines.errors import InvariantError, UsageboxError
+from usagebox_pipelines.invoicing import close as c
+from usagebox_pipelines.invoicing import tables as t
+from usagebox_pipelines.invoicing.audit import books_problems
+from usagebox_pipelines.invoicing.render import pdf_sha256
+from usagebox_pipelines.schemas import CREDIT_LEDGER, INVOICE_LINES, INVOICES
+
+
+def _count_calls(monkeypatch, module, name: str) -> list[int]:
+    calls = [0]
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_dry_run_close_follows_the_approved_plan_and_summarises_in_one_pass(tmp_path, monkeypatch):
+    """The dry run is the approved close's plan plus aggregates: one rollup of the month (the
+    plan's), and the per-document summaries from ONE pass over the lines (was one join over
+    all lines per document: quadratic, 222 s on 1 M events)."""
+    store, settings = scenario().home_at("oct_built", tmp_path / "h")
+    rollups = _count_calls(monkeypatch, c, "_hourly_at")
+    passes = _count_calls(monkeypatch, c, "line_documents")
+    dry = c.close_month(store, settings, OCT, approve=False)
+    assert dry["status"] == "needs_approval"
+    assert rollups == [1] and passes[0] <= 2  # _invoice_totals + _draft_summaries
+    assert len(dry["invoices"]) > 4
+    plan = c._plan_close(store, settings.pricebooks, OCT, {})
+    many = pl.concat(
+        [plan.invoices.with_columns(account_id=pl.col("account_id") + f"-{i}") for i in range(30)]
+    )
+    lines = pl.concat(
+        [plan.lines.with_columns(account_id=pl.col("account_id") + f"-{i}") for i in range(30)]
+    )
+    passes[0] = 0
+    summaries = c._draft_summaries(many, lines)
+    assert passes == [1] and len(summaries) == many.height
+    by_doc = {(s["account_id"], s["document_type"]): s for s in dry["invoices"]}
+    for s in summaries[: plan.invoices.height]:
+        base = by_doc[(s["account_id"].rsplit("-", 1)[0], s["document_type"])]
+        assert s | {"account_id": base["account_id"]} == base
+
+
+# --------------------------------------------------------------------------- verify tampering
+
+
+def _one(store, period: str, account: str) -> dict:
+    docs = t.issued_invoices(store).filter(
+        (pl.col("period") == period) & (pl.col("account_id") == account)
+    )
+    return docs.row(0, named=True)
+
+
+def test_verify_catches_a_line_changed_together_with_its_total(tmp_path):
+    store, settings = scenario().home_at("oct_closed", tmp_path / "h")
+    doc = _one(store, OCT, "acct-007")
+    number, where = doc["invoice_number"], f"invoice_number = '{doc['invoice_number']}'"
+    lines = t.all_lines(store).filter(pl.col("invoice_number") == number)
+    bump = pl.when(pl.col("line_no") == 1).then(pl.col("amount") + D("1.00"))
+    lines = lines.with_columns(amount=bump.otherwise(pl.col("amount")))
+    store.replace_where(t.INVOICE_LINES_TABLE, lines, where, INVOICE_LINES)
+    invoice = t.all_invoices(store).filter(pl.col("invoice_number") == number)
+    invoice = invoice.with_columns(pl.col("subtotal", "total") + D("1.00"))
+    store.replace_where(t.INVOICES_TABLE, invoice, where, INVOICES)
+    result = c.issued_intact(store, settings, OCT)  # the cheap sums agree: a full rebuild
+    assert not result.passed
+    per_doc = [e["invoice_number"] for e in result.examples if "invoice_number" in e]
+    assert per_doc == [number]  # every other document reproduces: no false positive
+    books = [e["problem"] for e in result.examples if "invoice_number" not in e]
+    assert len(books) == 1 and "period_closes.totals" in books[0]  # the close row's totals
+    report = c.verify_invoice(store, settings, number)
+    assert not report["reproduced"]
+    assert {d["what"] for d in report["differences"]} >= {"line", "invoice"}
+
+
+def test_verify_catches_a_pdf_replaced_together_with_its_hash(tmp_path):
+    store, settings = scenario().home_at("oct_closed", tmp_path / "h")
+    doc = _one(store, OCT, "acct-007")
+    other = _one(store, OCT, "acct-001")
+    forged = (settings.documents_dir / other["pdf_path"]).read_bytes()
+    (settings.documents_dir / doc["pdf_path"]).write_bytes(forged)
+    where = f"invoice_number = '{doc['invoice_number']}'"
+    invoice = t.all_invoices(store).filter(pl.col("invoice_number") == doc["invoice_number"])
+    store.replace_where(
+        t.INVOICES_TABLE,
+        invoice.with_columns(pdf_sha256=pl.lit(pdf_sha256(forged))),
+        where,
+        INVOICES,
+    )
+    opts = ["--home", settings.home, "--pricebooks", str(settings.pricebooks)]
+    bad = CliRunner().invoke(cli_app(), ["invoice", "verify", doc["invoice_number"], *opts])
+    assert bad.exit_code == 1 and "re-rendered PDF differs from the stored sha256" in bad.output
+
+
+def test_deleted_period_closes_row_fails_verify_and_close_refuses_to_reissue(tmp_path):
+    store, settings = scenario().home_at("oct_closed", tmp_path / "h")
+    pdfs = {p: p.read_bytes() for p in (settings.documents_dir / "invoices" / OCT).glob("*.pdf")}
+    store.delete_where(t.PERIOD_CLOSES_TABLE, f"period = '{OCT}'")
+    problems = books_problems(store)
+    assert any("period_closes row of 2026-10 was deleted" in p["problem"] for p in problems)
+    opts = ["--home", settings.home, "--pricebooks", str(settings.pricebooks)]
+    verified = CliRunner().invoke(main_app, ["verify", *opts])
+    assert verified.exit_code == 1 or isinstance(verified.exception, InvariantError)
+    assert "was deleted" in verified.output
+    with pytest.raises(InvariantError, match="2026-10 was deleted.*never re-issued"):
+        c.close_month(store, settings, OCT, approve=True)
+    assert {p: p.read_bytes() for p in pdfs} == pdfs  # nothing re-rendered
+    assert t.unfinished_periods(store) == [OCT]
+
+
+def test_a_comment_edit_of_an_issued_pricebook_passes_verify_a_value_edit_fails(tmp_path):
+    store, settings = scenario().home_at("oct_closed", tmp_path / "h")
+    number = _one(store, OCT, "acct-007")["invoice_number"]
+    book = settings.pricebooks / "standard-2025-01-01.yaml"
+    book.write_text("# reviewed, no change\n" + book.read_text() + "\n\n")
+    assert c.verify_invoice(store, settings, number)["reproduced"]
+    book.write_text(book.read_text().replace('unit_price: "3.125"', 'unit_price: "3.00"', 1))
+    report = c.verify_invoice(store, settings, number)
+    assert not report["reproduced"]
+    assert any(d["what"] == "pricebook" for d in report["differences"])
+
+
+# --------------------------------------------------------------------------- prepaid credit
+
+
+def test_an_open_month_never_draws_credit_and_blocks_a_later_close_unless_forced(tmp_path):
+    """September (never closed) has 26.25 of acct-004 usage: its draft shows credit but draws
+    none, so October (15.00 of usage) applies 15.00 of the 30.00 grant (was 3.75)."""
+    store, settings = scenario().home_at("oct_built", tmp_path / "h")
+    sept = event("s-004", "acct-004", 7_000_000, "2026-09-20T08:00:00Z", model_id=SONNET)
+    ingest(store, tmp_path / "sept.jsonl", [sept])
+    build_month(store, settings.pricebooks, "2026-09")
+    build_month(store, settings.pricebooks, OCT)
+    ledger = store.read("credit_ledger", CREDIT_LEDGER)
+    for _ in range(2):
+        c.refresh_drafts(store, settings.pricebooks, "2026-09")
+        assert store.read("credit_ledger", CREDIT_LEDGER).equals(ledger)  # drafts never draw
+    sept_credit = _draft_credit(store, "2026-09")
+    assert sept_credit == D("-26.25")
+    with pytest.raises(UsageboxError, match=r"2026-09 still open.*close it first.*--force"):
+        c.close_month(store, settings, OCT, approve=True)
+    c.close_month(store, settings, OCT, approve=True, force=True, now=OCT_ISSUED)
+    oct_credit = t.issued_lines(store).filter(
+        (pl.col("account_id") == "acct-004") & (pl.col("kind") == "credit")
+    )["amount"]
+    assert oct_credit.to_list() == [D("-15.00")]
+    rows = store.read("credit_ledger", CREDIT_LEDGER).filter(pl.col("account_id") == "acct-004")
+    assert rows.select("period", "opening", "drawn", "closing").rows() == [
+        (OCT, D(30), D(15), D(15))
+    ]
+    c.refresh_drafts(store, settings.pricebooks, "2026-09")
+    assert _draft_credit(store, "2026-09") == D("-15.00")  # what is left, never beyond the grant
+
+
+def _draft_credit(store, period: str) -> D:
+    lines = t.all_lines(store).filter(
+        (pl.col("period") == period)
+        & pl.col("invoice_number").is_null()
+        & (pl.col("account_id") == "acct-004")
+        & (pl.col("kind") == "credit")
+    )
+    return lines["amount"].sum()

@@ -1,0 +1,18 @@
+"""Pricing without reconciliation: no `vendors.yaml` in the pricebooks folder skips it cleanly."""
+
+from __future__ import annotations
+
+from tests.test_close_scenario import OCT, scenario
+from usagebox_pipelines.reconciliation.stages import SKIPPED, reconcile_month
+from usagebox_pipelines.runner import execute_job
+
+
+def test_monthly_job_runs_without_vendors_yaml(tmp_path):
+    store, settings = scenario().home_at("oct_built", tmp_path / "h")
+    (settings.pricebooks / "vendors.yaml").unlink()
+    outcome = execute_job(settings, "monthly_job", partition_key=f"{OCT}-01")
+    assert outcome.success, outcome.failures
+    assert store.exists("rated_usage")
+    assert not store.exists("reconciliation")
+    result = reconcile_month(store, settings, OCT)
+    assert result["skipped"] == SKIPPED == "no vendors.yaml: reconciliation skipped"

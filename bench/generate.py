@@ -27,6 +27,7 @@ import json
 import math
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -329,16 +330,34 @@ def iter_nightly(world: World, n_events: int):
 
 
 class _ParquetSink:
+    """One Parquet file written by a background thread (Arrow and Polars release the GIL), so
+    encoding day d overlaps generating day d + 1; at most one day is queued."""
+
     def __init__(self, path: Path) -> None:
         self.path, self.writer = path, None
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: Future | None = None
 
     def write(self, frame: pl.DataFrame) -> None:
+        self._wait()
+        self._pending = self._pool.submit(self._write, frame)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def _write(self, frame: pl.DataFrame) -> None:
         table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema, compression="snappy")
         self.writer.write_table(table.cast(self.writer.schema), row_group_size=1_000_000)
 
     def close(self) -> None:
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown()
         if self.writer is None:  # no rows: still a readable file with the schema
             schema = {c: pl.String() for c in CANONICAL} | {"quantity": QTY, "timestamp": TS}
             pq.write_table(pl.DataFrame(schema=schema).to_arrow(), self.path)

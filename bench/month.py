@@ -230,6 +230,29 @@ def _secs(a: float | None, b: float | None) -> float | None:
     return round(b - a, 3) if a is not None and b is not None else None
 
 
+def hourly_check(work: Path, month: str) -> dict | None:
+    """The month's `usage_hourly` of the pipeline vs the reference's: rows and total quantity."""
+    import polars as pl
+
+    start, end = month_bounds(month)
+    try:
+        frames = {
+            "pipeline": pl.scan_delta(str(work / "home/tables/usage_hourly")).filter(
+                (pl.col("hour") >= start) & (pl.col("hour") < end)
+            ),
+            "reference": pl.scan_delta(str(work / "reference/usage_hourly")),
+        }
+        out = {
+            k: f.select(rows=pl.len(), sum=pl.col("sum").sum()).collect().row(0, named=True)
+            for k, f in frames.items()
+        }
+    except Exception as exc:  # a failed command leaves no table: report, do not crash
+        return {"error": str(exc).splitlines()[0]}
+    out = {k: {"rows": v["rows"], "sum": str(v["sum"])} for k, v in out.items()}
+    out["match"] = out["pipeline"] == out["reference"]
+    return out
+
+
 def _usagebox() -> list[str]:
     script = Path(sys.executable).parent / "usagebox"
     if script.exists():
@@ -398,6 +421,8 @@ def main() -> None:
         matches = {k: ingest.get(k) == v for k, v in expected.items()}
         if not all(matches.values()):
             print(f"\n  WARNING: ingest summary {ingest} differs from planted {expected}")
+        check = hourly_check(work, args.month)
+        print(f"\n  usage_hourly of {args.month}, pipeline vs reference: {check}")
         result = {
             "bench": "month",
             "date": time.strftime("%Y-%m-%d"),
@@ -411,6 +436,7 @@ def main() -> None:
             "ingest_matches_planted": all(matches.values()),
             "commands": {m.label: m.as_dict() for m in cmds},
             "reference_steps": reference.stdout if reference else None,
+            "hourly_vs_reference": check,
             "ratio": round(ratio, 3) if ratio is not None else None,
             "all_ok": all(m.ok for m in cmds),
             "max_rss_gib": args.max_rss_gib,

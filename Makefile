@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 HOME_DIR ?= data/demo
 MONTH ?= 2026-10
 
-.PHONY: demo test install lint format bench dev clean
+.PHONY: demo test install lint format bench bench-stages dev clean
 
 $(BIN)/usagebox: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,7 +27,15 @@ lint: install
 	$(BIN)/ruff check --fix usagebox_pipelines tests bench
 	$(BIN)/ruff format usagebox_pipelines tests bench
 
+# The user's path: a generated month through every CLI command, with Dagster step times and the
+# hand-written reference (see bench/README.md). BENCH_ARGS adds options, e.g. --skip-close.
+BENCH_EVENTS ?= 1000000
+BENCH_ACCOUNTS ?= 2000
 bench: install
+	$(BIN)/python bench/month.py --events $(BENCH_EVENTS) --accounts $(BENCH_ACCOUNTS) $(BENCH_ARGS)
+
+# Function-level stage benchmarks (ingest_files, rollups) with --profile breakdowns.
+bench-stages: install
 	$(BIN)/python bench/ingest.py --events 1000000
 	$(BIN)/python bench/rollups.py --events 1000000
 

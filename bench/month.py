@@ -1,0 +1,455 @@
+"""Benchmark the user's path: a generated month through the `usagebox` CLI, command by command.
+
+Usage: python bench/month.py [--events 1000000] [--accounts 2000] [--seed 7] [--month 2026-10]
+                             [--workdir DIR] [--keep] [--skip-close] [--no-nightly] [--jsonl]
+                             [--max-rss-gib 20]
+
+1. Setup, in child processes (never measured): `bench/generate.py` writes `events.parquet`
+   (N rows: retries, conflicts, corrections, 1 % late events of the previous month; see its
+   docstring) plus the nightly day, and `bench/pricebooks.py` a pricebooks folder that prices
+   every meter x model for all accounts.
+2. Each command runs as its own subprocess, as a user types it (`--home H --pricebooks P`):
+     ingest        usagebox ingest events.parquet
+     run <prev>    usagebox run --month <previous month>   (the late events)
+     run <month>   usagebox run --month <month>
+     close dry     usagebox close <month>
+     close approve usagebox close <month> --approve
+     nightly       usagebox ingest nightly.parquet; usagebox run --date <first day of next month>
+     ingest jsonl  usagebox ingest events.jsonl into a scratch home (only with --jsonl)
+     reference     bench/reference.py (plain Polars + deltalake) over the same events.parquet
+   Wall time is measured around the subprocess; peak RSS is the kernel high-water mark of the
+   child (`os.wait4` rusage, exact) and the sampled RSS of its process tree (psutil, every
+   0.2 s). A command whose tree exceeds --max-rss-gib is killed and reported "killed at X GiB".
+3. After each `run`, the Dagster instance under <home>/dagster is opened and the run's event log
+   read: seconds per step key (STEP_START -> STEP_SUCCESS/STEP_FAILURE), summed per key, and
+   "outside any step" = command wall - sum of step seconds (interpreter start, imports, loading
+   Definitions, run launch and event-log writes).
+
+ratio = (ingest + run <month>) / reference. Prints the tables, then ONE JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import environment  # noqa: E402
+from usagebox_pipelines.months import month_bounds, shift_month  # noqa: E402
+
+GiB = 2**30
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class Measured:
+    """One subprocess: wall seconds, peak RSS, exit code, parsed stdout JSON, step times."""
+
+    label: str
+    argv: list[str]
+    seconds: float = 0.0
+    cpu: float = 0.0  # user + system seconds of the child (and its reaped children)
+    maxrss: int = 0  # bytes, kernel high-water mark (wait4)
+    tree_rss: int = 0  # bytes, highest sampled RSS of the process tree
+    exit_code: int | None = None
+    killed_at: int | None = None
+    stdout: object = None
+    stderr_tail: str = ""
+    events: int | None = None  # for events/s
+    runs: list[dict] = field(default_factory=list)  # Dagster runs: job, seconds, steps
+
+    @property
+    def peak_rss(self) -> int:
+        return max(self.maxrss, self.tree_rss)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.killed_at is None
+
+    @property
+    def step_seconds(self) -> float:
+        return sum(sum(r["steps"].values()) for r in self.runs)
+
+    @property
+    def logged_seconds(self) -> float:
+        """From each run's first event (planning) to its end: time Dagster accounts for."""
+        return sum(r["logged_seconds"] or 0.0 for r in self.runs)
+
+    def as_dict(self) -> dict:
+        out = {
+            "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu, 3),
+            "peak_rss_gib": round(self.peak_rss / GiB, 3),
+            "maxrss_gib": round(self.maxrss / GiB, 3),
+            "tree_rss_sampled_gib": round(self.tree_rss / GiB, 3),
+            "exit_code": self.exit_code,
+        }
+        if self.killed_at is not None:
+            out["killed_at_gib"] = round(self.killed_at / GiB, 2)
+        if self.events and self.seconds > 0:
+            out["events_per_s"] = round(self.events / self.seconds)
+        if self.runs:
+            out["runs"] = self.runs
+            out["step_seconds"] = round(self.step_seconds, 3)
+            out["outside_steps_seconds"] = round(self.seconds - self.step_seconds, 3)
+            out["outside_runs_seconds"] = round(self.seconds - self.logged_seconds, 3)
+        if not self.ok:
+            out["stderr_tail"] = self.stderr_tail
+        return out
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(m: Measured, logs: Path, env: dict[str, str], max_rss: int) -> Measured:
+    """Run `m.argv` as a subprocess in its own session; fill in time, RSS, exit code, stdout."""
+    logs.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = logs / f"{m.label}.out", logs / f"{m.label}.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(m.argv, stdout=out, stderr=err, env=env, start_new_session=True)
+        done = threading.Event()
+
+        def poll() -> None:
+            try:
+                ps = psutil.Process(proc.pid)
+            except psutil.Error:
+                return
+            while not done.wait(POLL_SECONDS):
+                try:
+                    rss = _tree_rss(ps)
+                except psutil.Error:
+                    return
+                m.tree_rss = max(m.tree_rss, rss)
+                if rss > max_rss and not done.is_set():
+                    m.killed_at = rss
+                    os.killpg(proc.pid, signal.SIGKILL)  # the session we started, by its id
+                    return
+
+        sampler = threading.Thread(target=poll, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        m.seconds = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+        proc.returncode = m.exit_code = os.waitstatus_to_exitcode(status)
+    m.maxrss = usage.ru_maxrss * 1024  # KiB on Linux
+    m.cpu = usage.ru_utime + usage.ru_stime
+    text = out_path.read_text(errors="replace").strip()
+    try:
+        m.stdout = json.loads(text.splitlines()[-1]) if text else None
+    except json.JSONDecodeError:
+        m.stdout = text[-2000:]
+    m.stderr_tail = "\n".join(err_path.read_text(errors="replace").strip().splitlines()[-5:])
+    return m
+
+
+def dagster_steps(home: Path, run_ids: list[str]) -> list[dict]:
+    """Per run, from its event log: planning (events written before RUN_START, e.g. one
+    ASSET_MATERIALIZATION_PLANNED per partition), run seconds (RUN_START -> end), seconds per
+    step key, and per step the compute part (STEP_START -> first materialization) and the number
+    of materialization / check events it emitted before STEP_SUCCESS."""
+    import dagster as dg
+    from dagster._core.events import DagsterEventType as E
+
+    ends = {E.RUN_SUCCESS.value, E.RUN_FAILURE.value}
+    emitted = {E.ASSET_MATERIALIZATION.value, E.ASSET_CHECK_EVALUATION.value}
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        runs = []
+        for run_id in run_ids:
+            run = instance.get_run_by_id(run_id)
+            logs = instance.all_logs(run_id)
+            first = logs[0].timestamp if logs else None
+            run_start = run_end = None
+            planned = 0
+            open_steps: dict[str, dict] = {}
+            steps: dict[str, dict] = {}
+            for entry in logs:
+                event = entry.dagster_event
+                if event is None:
+                    continue
+                kind, key, ts = event.event_type_value, event.step_key, entry.timestamp
+                if kind == E.RUN_START.value:
+                    run_start = ts
+                elif kind in ends:
+                    run_end = ts
+                elif kind.endswith("_PLANNED"):
+                    planned += 1
+                elif kind == E.STEP_START.value:
+                    open_steps[key] = {"start": ts, "first_emit": None, "emitted": 0}
+                elif kind in emitted and key in open_steps:
+                    step = open_steps[key]
+                    step["emitted"] += 1
+                    step["first_emit"] = step["first_emit"] or ts
+                elif kind in (E.STEP_SUCCESS.value, E.STEP_FAILURE.value) and key in open_steps:
+                    step = open_steps.pop(key)
+                    total = steps.setdefault(key, {"seconds": 0.0, "compute": 0.0, "emitted": 0})
+                    total["seconds"] += ts - step["start"]
+                    total["compute"] += (step["first_emit"] or ts) - step["start"]
+                    total["emitted"] += step["emitted"]
+            runs.append(
+                {
+                    "job": run.job_name if run else None,
+                    "status": run.status.value if run else None,
+                    "planning_seconds": _secs(first, run_start),
+                    "planned_events": planned,
+                    "run_seconds": _secs(run_start, run_end),
+                    "logged_seconds": _secs(first, run_end),
+                    "steps": {k: round(v["seconds"], 3) for k, v in steps.items()},
+                    "step_detail": {
+                        k: {"compute_seconds": round(v["compute"], 3), "events": v["emitted"]}
+                        for k, v in steps.items()
+                    },
+                }
+            )
+    return runs
+
+
+def _secs(a: float | None, b: float | None) -> float | None:
+    return round(b - a, 3) if a is not None and b is not None else None
+
+
+def hourly_check(work: Path, month: str) -> dict | None:
+    """The month's `usage_hourly` of the pipeline vs the reference's: rows and total quantity."""
+    import polars as pl
+
+    start, end = month_bounds(month)
+    try:
+        frames = {
+            "pipeline": pl.scan_delta(str(work / "home/tables/usage_hourly")).filter(
+                (pl.col("hour") >= start) & (pl.col("hour") < end)
+            ),
+            "reference": pl.scan_delta(str(work / "reference/usage_hourly")),
+        }
+        out = {
+            k: f.select(rows=pl.len(), sum=pl.col("sum").sum()).collect().row(0, named=True)
+            for k, f in frames.items()
+        }
+    except Exception as exc:  # a failed command leaves no table: report, do not crash
+        return {"error": str(exc).splitlines()[0]}
+    out = {k: {"rows": v["rows"], "sum": str(v["sum"])} for k, v in out.items()}
+    out["match"] = out["pipeline"] == out["reference"]
+    return out
+
+
+def _usagebox() -> list[str]:
+    script = Path(sys.executable).parent / "usagebox"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from usagebox_pipelines.cli import main; main()"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.pop("USAGEBOX_HOME", None)
+    env.pop("USAGEBOX_PRICEBOOKS", None)
+    return env
+
+
+def _setup(args: argparse.Namespace, work: Path, env: dict[str, str], max_rss: int):
+    """Generate events and pricebooks in child processes; returns (manifest, setup figures)."""
+    py = sys.executable
+    gen = [py, str(ROOT / "bench/generate.py"), "--events", str(args.events), "--accounts",
+           str(args.accounts), "--month", args.month, "--seed", str(args.seed),
+           "--out", str(work / "input")]  # fmt: skip
+    if args.nightly:
+        gen += ["--nightly-events", str(max(1, args.events // 30))]
+    if args.jsonl:
+        gen.append("--jsonl")
+    books = [py, str(ROOT / "bench/pricebooks.py"), "--out", str(work / "pricebooks"),
+             "--accounts", str(args.accounts), "--month", args.month]  # fmt: skip
+    setup = {}
+    for label, argv in (("generate", gen), ("pricebooks", books)):
+        m = measure(Measured(label, argv), work / "logs", env, max_rss)
+        if not m.ok:
+            raise SystemExit(f"{label} failed (exit {m.exit_code}): {m.stderr_tail}")
+        print(f"  {label:<28} {m.seconds:7.2f} s  {m.peak_rss / GiB:5.2f} GiB  (setup)")
+        setup[label] = {k: m.as_dict()[k] for k in ("seconds", "peak_rss_gib")}
+    return json.loads((work / "input/manifest.json").read_text()), setup
+
+
+def _commands(args: argparse.Namespace, work: Path, manifest: dict) -> list[Measured]:
+    ub, home, books = _usagebox(), work / "home", work / "pricebooks"
+    opts = ["--home", str(home), "--pricebooks", str(books)]
+    prev = shift_month(args.month, -1)
+    n = manifest["events"]["rows"]
+    cmds = [
+        Measured("ingest", [*ub, "ingest", str(work / "input/events.parquet"), *opts], events=n),
+        Measured(f"run {prev}", [*ub, "run", "--month", prev, *opts]),
+        Measured(f"run {args.month}", [*ub, "run", "--month", args.month, *opts], events=n),
+    ]
+    if not args.skip_close:
+        cmds += [
+            Measured("close dry", [*ub, "close", args.month, *opts]),
+            Measured("close approve", [*ub, "close", args.month, "--approve", *opts]),
+        ]
+    if args.nightly:
+        night = manifest["nightly"]
+        k = night["events"]["rows"]
+        cmds += [
+            Measured(
+                "nightly ingest",
+                [*ub, "ingest", str(work / "input/nightly.parquet"), *opts],
+                events=k,
+            ),  # fmt: skip
+            Measured(
+                f"nightly run {night['date']}",
+                [*ub, "run", "--date", night["date"], *opts],
+                events=k,
+            ),  # fmt: skip
+        ]
+    if args.jsonl:
+        scratch = ["--home", str(work / "home-jsonl"), "--pricebooks", str(books)]
+        cmds.append(
+            Measured(
+                "ingest jsonl",
+                [*ub, "ingest", str(work / "input/events.jsonl"), *scratch],
+                events=n,
+            )  # fmt: skip
+        )
+    ref = [sys.executable, str(ROOT / "bench/reference.py"), str(work / "input/events.parquet"),
+           "--rates", str(books / "rates.csv"), "--out", str(work / "reference"),
+           "--month", args.month]  # fmt: skip
+    cmds.append(Measured("reference", ref, events=n))
+    return cmds
+
+
+def _run_ids(m: Measured) -> list[str]:
+    if isinstance(m.stdout, dict):
+        return [r["run_id"] for r in m.stdout.get("runs", []) if r.get("run_id")]
+    return []
+
+
+def _print_tables(cmds: list[Measured], ratio: float | None, reference: Measured | None) -> None:
+    print()
+    print(f"  {'command':<28} {'wall s':>9} {'cpu s':>8} {'peak RSS GiB':>13} {'events/s':>10}  status")  # fmt: skip
+    for m in cmds:
+        rate = f"{m.events / m.seconds:>10,.0f}" if m.events and m.seconds > 0 else f"{'':>10}"
+        status = "ok" if m.ok else f"exit {m.exit_code}"
+        if m.killed_at is not None:
+            status = f"killed at {m.killed_at / GiB:.1f} GiB"
+        print(f"  {m.label:<28} {m.seconds:>9.2f} {m.cpu:>8.2f} {m.peak_rss / GiB:>13.2f} {rate}  {status}")  # fmt: skip
+    if ratio is not None:
+        print(f"  ratio (ingest + run month) / reference = {ratio:.2f}x")
+    for m in cmds:
+        if not m.runs:
+            continue
+        print(f"\n  steps of `{m.label}` (seconds, from the Dagster event log)")
+        print(f"    {'':<44} {'seconds':>9} {'compute':>9} {'events':>7}")
+        for run in m.runs:
+            print(f"    job {run['job']} ({run['status']})")
+            print(f"      {'(planning: ' + str(run['planned_events']) + ' planned events)':<42} {run['planning_seconds'] or 0:>9.3f}")  # fmt: skip
+            for key, secs in sorted(run["steps"].items(), key=lambda kv: -kv[1]):
+                d = run["step_detail"][key]
+                print(f"      {key:<42} {secs:>9.3f} {d['compute_seconds']:>9.3f} {d['events']:>7}")  # fmt: skip
+            between = (run["run_seconds"] or 0) - sum(run["steps"].values())
+            print(f"      {'(in run, between steps)':<42} {between:>9.3f}")
+        print(f"    {'outside any run (start, imports, Definitions)':<44} {m.seconds - m.logged_seconds:>9.3f}")  # fmt: skip
+        print(f"    {'outside any step (wall - sum of steps)':<44} {m.seconds - m.step_seconds:>9.3f}")  # fmt: skip
+    if reference is not None and isinstance(reference.stdout, dict):
+        print("\n  steps of `reference` (seconds)")
+        for key, secs in reference.stdout.get("steps", {}).items():
+            print(f"      {key:<42} {secs:>9.3f}")
+        print(f"    {'outside any step (start, imports)':<44} {reference.seconds - reference.stdout['seconds']:>9.3f}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--accounts", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--month", default="2026-10")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where input, home and logs go (default: a temp dir)")  # fmt: skip
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the workdir (home, input, logs) after the run")  # fmt: skip
+    parser.add_argument("--skip-close", action="store_true")
+    parser.add_argument("--no-nightly", dest="nightly", action="store_false")
+    parser.add_argument("--jsonl", action="store_true", help="also time a JSONL ingest")
+    parser.add_argument("--max-rss-gib", type=float, default=20.0)
+    args = parser.parse_args()
+    month_bounds(args.month)
+    max_rss = int(args.max_rss_gib * GiB)
+    env = _env()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="usagebox-month-"))
+    if args.workdir is not None:
+        for sub in ("input", "home", "home-jsonl", "reference", "logs", "pricebooks"):
+            shutil.rmtree(work / sub, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"month benchmark: {args.events:,} events, {args.accounts} accounts, {args.month}, "
+          f"seed {args.seed}, workdir {work}")  # fmt: skip
+    try:
+        manifest, setup = _setup(args, work, env, max_rss)
+        cmds = _commands(args, work, manifest)
+        for m in cmds:
+            measure(m, work / "logs", env, max_rss)
+            if _run_ids(m):
+                m.runs = dagster_steps(work / "home", _run_ids(m))
+            print(f"  {m.label:<28} {m.seconds:7.2f} s  {m.peak_rss / GiB:5.2f} GiB  "
+                  f"{'ok' if m.ok else 'FAILED'}", flush=True)  # fmt: skip
+        by = {m.label: m for m in cmds}
+        reference = by.get("reference")
+        main_path = [by["ingest"], by[f"run {args.month}"]]
+        ratio = None
+        if reference and reference.ok and all(m.ok for m in main_path):
+            ratio = sum(m.seconds for m in main_path) / reference.seconds
+        _print_tables(cmds, ratio, reference)
+        ingest = by["ingest"].stdout if isinstance(by["ingest"].stdout, dict) else {}
+        expected = manifest["expected_ingest"]
+        matches = {k: ingest.get(k) == v for k, v in expected.items()}
+        if not all(matches.values()):
+            print(f"\n  WARNING: ingest summary {ingest} differs from planted {expected}")
+        check = hourly_check(work, args.month)
+        print(f"\n  usage_hourly of {args.month}, pipeline vs reference: {check}")
+        result = {
+            "bench": "month",
+            "date": time.strftime("%Y-%m-%d"),
+            "events": args.events,
+            "accounts": args.accounts,
+            "month": args.month,
+            "seed": args.seed,
+            "planted": manifest["events"],
+            "setup": setup,
+            "ingest_summary": ingest,
+            "ingest_matches_planted": all(matches.values()),
+            "commands": {m.label: m.as_dict() for m in cmds},
+            "reference_steps": reference.stdout if reference else None,
+            "hourly_vs_reference": check,
+            "ratio": round(ratio, 3) if ratio is not None else None,
+            "all_ok": all(m.ok for m in cmds),
+            "max_rss_gib": args.max_rss_gib,
+            "env": environment(),
+        }
+        print(json.dumps(result, default=str), flush=True)
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+        elif not args.keep:
+            for sub in ("home", "home-jsonl", "reference", "input"):
+                shutil.rmtree(work / sub, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,20 @@ from pathlib import Path
 import polars as pl
 
 from usagebox_pipelines import invariants as inv
+from usagebox_pipelines.catalog import (
+    CREDIT_LEDGER,
+    EVENT_CONFLICTS,
+    EVENTS,
+    EVENTS_BUILDS,
+    HOUR_BUILDS,
+    INGEST_LOG,
+    QUARANTINE,
+    RATED_USAGE,
+    RAW_EVENTS,
+    UNRATED_USAGE,
+    USAGE_HOURLY,
+    USAGE_MONTHLY,
+)
 from usagebox_pipelines.events.build import INHERITED, build_events, resolve_corrections
 from usagebox_pipelines.events.ingest import committed_batches
 from usagebox_pipelines.events.raw import accepted_only, with_disposition
@@ -24,31 +38,17 @@ from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.pricing.rating import rate_usage
 from usagebox_pipelines.rollups.aggregate import rollup_hourly, rollup_monthly
-from usagebox_pipelines.schemas import (
-    CREDIT_LEDGER,
-    EVENT_CONFLICTS,
-    EVENTS,
-    HOUR_BUILDS,
-    INGEST_LOG,
-    QUARANTINE,
-    RATED_USAGE,
-    RAW_EVENTS,
-    UNRATED_USAGE,
-    USAGE_HOURLY,
-    USAGE_MONTHLY,
-)
-from usagebox_pipelines.storage import DeltaStore, sql_literal
+from usagebox_pipelines.storage import DeltaStore
 
 # The first hourly partition = the earliest accepted event time (events/window.py): ingest
 # quarantines anything earlier, so `events_inside_partitions` holds by construction.
 FIRST_HOUR = min_event_time()
-EVENTS_BUILDS = pl.Schema({"batch_id": pl.String(), "built_at": RAW_EVENTS["ingested_at"]})
 
 
 def committed_raw_events(store: DeltaStore) -> pl.LazyFrame:
     """Accepted `raw_events` rows of batches whose ingest finished (crashed batches are
     invisible; duplicate and conflict arrivals are in the landing log, never in `events`)."""
-    raw = accepted_only(store.scan("raw_events", RAW_EVENTS))
+    raw = accepted_only(store.scan(RAW_EVENTS))
     return raw.join(committed_batches(store), on="batch_id", how="semi")
 
 
@@ -67,7 +67,7 @@ def update_events(store: DeltaStore, run_id: str = "cli") -> EventsUpdate:
 
 
 def _update_events(store: DeltaStore, run_id: str) -> EventsUpdate:
-    done = store.scan("events_builds", EVENTS_BUILDS).select("batch_id")
+    done = store.scan(EVENTS_BUILDS).select("batch_id")
     new_batches = committed_batches(store).join(done, on="batch_id", how="anti").collect()
     if new_batches.height == 0:
         return EventsUpdate([], [], [], 0)
@@ -94,7 +94,7 @@ def _update_events(store: DeltaStore, run_id: str) -> EventsUpdate:
     days = hours.dt.date().unique().sort()
     written = sum(_rewrite_event_day(store, raw, corrections, day, run_id) for day in days)
     now = datetime.now(UTC)
-    store.append("events_builds", new_batches.with_columns(built_at=pl.lit(now)), EVENTS_BUILDS)
+    store.append(EVENTS_BUILDS, new_batches.with_columns(built_at=pl.lit(now)))
     return EventsUpdate(new_batches["batch_id"].to_list(), days.to_list(), hours.to_list(), written)
 
 
@@ -115,13 +115,8 @@ def _rewrite_event_day(
     ).collect(engine="streaming")
     in_day = corrections.filter((pl.col("hour") >= start) & (pl.col("hour") < end))
     events = build_events(rows, in_day)
-    store.replace_where(
-        "events",
-        events,
-        f"event_date = {sql_literal(day)}",
-        EVENTS,
-        partition_by=["event_date"],
-        metadata={"run_id": run_id, "stage": "events"},
+    store.replace_partition(
+        EVENTS, events, event_date=day, metadata={"run_id": run_id, "stage": "events"}
     )
     return events.height
 
@@ -141,7 +136,7 @@ def _corrections_and_originals(raw: pl.LazyFrame) -> tuple[pl.DataFrame, pl.Data
 
 
 def events_frame(store: DeltaStore, version: int | None = None) -> pl.LazyFrame:
-    return store.scan("events", EVENTS, version=version)
+    return store.scan(EVENTS, version=version)
 
 
 def build_usage_hourly(
@@ -149,32 +144,26 @@ def build_usage_hourly(
 ) -> int:
     """Replace exactly the hours [start, end) of `usage_hourly` and record them as built."""
     rows = rollup_hourly(events_frame(store), start, end)
-    predicate = f"hour >= {sql_literal(start)} AND hour < {sql_literal(end)}"
     meta = {
         "run_id": run_id,
         "stage": "usage_hourly",
         "from": start.isoformat(),
         "to": end.isoformat(),
     }
-    store.replace_where("usage_hourly", rows, predicate, USAGE_HOURLY, metadata=meta)
+    store.replace_partition(USAGE_HOURLY, rows, hour=slice(start, end), metadata=meta)
     hours = pl.datetime_range(start, end, "1h", closed="left", time_zone="UTC", eager=True)
     builds = pl.DataFrame({"hour": hours}).with_columns(
         built_at=pl.lit(datetime.now(UTC)), run_id=pl.lit(run_id)
     )
-    store.replace_where("hour_builds", builds, predicate, HOUR_BUILDS)
+    store.replace_partition(HOUR_BUILDS, builds, hour=slice(start, end))
     return rows.height
 
 
 def build_usage_monthly(store: DeltaStore, month: str, run_id: str = "cli") -> int:
     """Replace one month of `usage_monthly` from the hourly rollup of its hours."""
-    rows = rollup_monthly(store.scan("usage_hourly", USAGE_HOURLY), month)
-    store.replace_where(
-        "usage_monthly",
-        rows,
-        f"month = {sql_literal(month)}",
-        USAGE_MONTHLY,
-        metadata={"run_id": run_id, "stage": "usage_monthly", "month": month},
-    )
+    rows = rollup_monthly(store.scan(USAGE_HOURLY), month)
+    meta = {"run_id": run_id, "stage": "usage_monthly", "month": month}
+    store.replace_partition(USAGE_MONTHLY, rows, month=month, metadata=meta)
     return rows.height
 
 
@@ -190,9 +179,7 @@ def rate_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> RatedMont
     books = load_pricebooks(pricebooks_dir)
     accounts = load_accounts(pricebooks_dir)
     start, end = month_bounds(month)
-    hourly = store.scan("usage_hourly", USAGE_HOURLY).filter(
-        (pl.col("hour") >= start) & (pl.col("hour") < end)
-    )
+    hourly = store.scan(USAGE_HOURLY).filter((pl.col("hour") >= start) & (pl.col("hour") < end))
     opening = _opening_credit(store, month)
     result = rate_usage(hourly.collect(), month, books, accounts, opening)
     credit = _credit_rows(result, accounts, month, opening)
@@ -205,11 +192,10 @@ def build_rated_usage(
     """Replace the month's `rated_usage`, `unrated_usage` and `credit_ledger` rows."""
     rated = rate_month(store, pricebooks_dir, month)
     meta = {"run_id": run_id, "stage": "rated_usage", "period": month}
-    where = f"period = {sql_literal(month)}"
-    store.replace_where("rated_usage", rated.rated, where, RATED_USAGE, metadata=meta)
-    store.replace_where("unrated_usage", rated.unrated, where, UNRATED_USAGE, metadata=meta)
+    store.replace_partition(RATED_USAGE, rated.rated, period=month, metadata=meta)
+    store.replace_partition(UNRATED_USAGE, rated.unrated, period=month, metadata=meta)
     if month not in closed_periods(store):  # a closed month's credit draw is what it issued
-        store.replace_where("credit_ledger", rated.credit, where, CREDIT_LEDGER, metadata=meta)
+        store.replace_partition(CREDIT_LEDGER, rated.credit, period=month, metadata=meta)
     return rated
 
 
@@ -217,7 +203,7 @@ def _opening_credit(store: DeltaStore, month: str) -> dict[str, Decimal] | None:
     """Prepaid balances carried from the previous month's ledger (None before any ledger)."""
     start, _ = month_bounds(month)
     previous = (start - timedelta(days=1)).strftime("%Y-%m")
-    rows = store.read("credit_ledger", CREDIT_LEDGER).filter(pl.col("period") == previous)
+    rows = store.read(CREDIT_LEDGER).filter(pl.col("period") == previous)
     return dict(zip(rows["account_id"], rows["closing"], strict=True)) if rows.height else None
 
 
@@ -236,38 +222,31 @@ def _credit_rows(result, accounts, month: str, opening: dict | None) -> pl.DataF
                 "closing": closing,
             }
         )
-    return pl.DataFrame(rows, schema=CREDIT_LEDGER) if rows else pl.DataFrame(schema=CREDIT_LEDGER)
+    schema = CREDIT_LEDGER.schema
+    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
 
 def verify(store: DeltaStore, month: str | None = None) -> list[inv.InvariantResult]:
     """Check the stored tables against CONTRACT.md §5 (invariants 1–3; 4–5 once invoices exist)."""
     start, end = month_bounds(month) if month else (None, None)
     events = events_frame(store)
-    hourly = store.scan("usage_hourly", USAGE_HOURLY)
+    hourly = store.scan(USAGE_HOURLY)
     if month:
         months = [month]
     else:
-        months = (
-            store.scan("usage_monthly", USAGE_MONTHLY)
-            .select("month")
-            .unique()
-            .collect()["month"]
-            .to_list()
-        )
+        months = store.scan(USAGE_MONTHLY).select("month").unique().collect()["month"].to_list()
     return [
         verify_ingest(store),
         inv.events_unique(events),
         inv.hourly_matches_events(events, hourly, start, end),
-        inv.monthly_matches_hourly(hourly, store.scan("usage_monthly", USAGE_MONTHLY), months),
+        inv.monthly_matches_hourly(hourly, store.scan(USAGE_MONTHLY), months),
         inv.events_inside_partitions(events, FIRST_HOUR),
     ]
 
 
 def verify_ingest(store: DeltaStore) -> inv.InvariantResult:
     """Invariant 1 alone (cheap: per-batch counts), for the ingest asset's blocking check."""
-    return inv.ingest_counts_add_up(
-        store.read("ingest_log", INGEST_LOG), _stored_counts_per_batch(store)
-    )
+    return inv.ingest_counts_add_up(store.read(INGEST_LOG), _stored_counts_per_batch(store))
 
 
 def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
@@ -276,7 +255,7 @@ def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
     `legacy` counts raw rows written before `disposition` existed (duplicates were not stored
     then, so only the accepted count can be checked for those batches).
     """
-    raw = store.scan("raw_events", RAW_EVENTS)
+    raw = store.scan(RAW_EVENTS)
     legacy = (
         pl.col("disposition").is_null().sum()
         if "disposition" in raw.collect_schema().names()
@@ -293,13 +272,8 @@ def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
         )
         .collect()
     ]
-    for table, schema, name in (
-        ("quarantine", QUARANTINE, "quarantined"),
-        ("event_conflicts", EVENT_CONFLICTS, "conflicted"),
-    ):
-        counts.append(
-            store.scan(table, schema).group_by("batch_id").agg(pl.len().alias(name)).collect()
-        )
+    for table, name in ((QUARANTINE, "quarantined"), (EVENT_CONFLICTS, "conflicted")):
+        counts.append(store.scan(table).group_by("batch_id").agg(pl.len().alias(name)).collect())
     out = counts[0]
     for frame in counts[1:]:
         out = out.join(frame, on="batch_id", how="full", coalesce=True)

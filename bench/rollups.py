@@ -46,7 +46,10 @@ ROLLUP_STAGES = [
     ("usagebox_pipelines.pipeline:build_events", "events: build_events"),
     ("usagebox_pipelines.pipeline:rollup_hourly", "hourly: rollup_hourly (group-by)"),
     ("usagebox_pipelines.pipeline:rollup_monthly", "monthly: rollup_monthly (group-by)"),
-    ("usagebox_pipelines.storage:DeltaStore.replace_where", "DeltaStore.replace_where (writes)"),
+    (
+        "usagebox_pipelines.storage:DeltaStore.replace_partition",
+        "DeltaStore.replace_partition (writes)",
+    ),
     ("usagebox_pipelines.storage:write_deltalake", "  write_deltalake"),
     ("usagebox_pipelines.storage:conform", "  schemas.conform (before write)"),
 ]

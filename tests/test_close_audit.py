@@ -12,11 +12,11 @@ import typer
 from typer.testing import CliRunner
 
 from tests.test_close_scenario import NOV, OCT, issued, scenario
+from usagebox_pipelines.catalog import INVOICE_LINES
 from usagebox_pipelines.cli_invoicing import close, explain, invoice_app, invoices
 from usagebox_pipelines.errors import InvariantError, UsageboxError
 from usagebox_pipelines.invoicing import close as c
 from usagebox_pipelines.invoicing import tables as t
-from usagebox_pipelines.schemas import INVOICE_LINES
 
 
 def number_of(store, period: str, account: str, doc: str = "invoice") -> str:
@@ -49,7 +49,7 @@ def test_tampered_line_amount_is_detected(tmp_path):
     forged = lines.with_columns(
         amount=pl.when(hit).then(pl.col("amount") - 1).otherwise("amount").cast(pl.Decimal(18, 2))
     )
-    store.overwrite(t.INVOICE_LINES_TABLE, forged, INVOICE_LINES)
+    store.overwrite(INVOICE_LINES, forged)
     intact = c.issued_intact(store, settings)
     assert not intact.passed and intact.examples[0]["invoice_number"] == number
     report = c.verify_invoice(store, settings, number)

@@ -33,17 +33,16 @@ from pypdf import PdfReader
 
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines import pipeline
+from usagebox_pipelines.catalog import GUARDRAIL_DECISIONS, INVOICE_LINES, INVOICES, PERIOD_CLOSES
 from usagebox_pipelines.config import PROJECT_ROOT, Settings
 from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.guardrails.schemas import GUARDRAIL_DECISIONS
 from usagebox_pipelines.invoicing import close as c
 from usagebox_pipelines.invoicing import tables as t
 from usagebox_pipelines.invoicing.lines import rated_lines
 from usagebox_pipelines.invoicing.numbering import parse_number
 from usagebox_pipelines.invoicing.render import pdf_sha256
 from usagebox_pipelines.rollups.aggregate import month_bounds
-from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES
 from usagebox_pipelines.storage import DeltaStore
 
 D = Decimal
@@ -143,7 +142,7 @@ def scenario() -> Scenario:
 
     ingest(store, root / "in" / "october.jsonl", OCTOBER)
     build_month(store, books, OCT)
-    store.append("guardrail_decisions", HARD_STOP, GUARDRAIL_DECISIONS)
+    store.append(GUARDRAIL_DECISIONS, HARD_STOP)
     c.refresh_drafts(store, books, OCT)
     snap("oct_built")
     c.close_month(store, settings, OCT, approve=True, now=OCT_ISSUED, approved_by="test")
@@ -169,7 +168,7 @@ def issued(store: DeltaStore, period: str | None = None) -> pl.DataFrame:
 
 def test_close_without_approve_reports_control_totals_and_writes_nothing(tmp_path):
     store, settings = scenario().home_at("oct_built", tmp_path / "h")
-    before = {name: store.version(name) for name in ("invoices", "invoice_lines")}
+    before = {table: store.version(table) for table in (INVOICES, INVOICE_LINES)}
     result = c.close_month(store, settings, OCT, approve=False)
     assert result["status"] == "needs_approval" and "--approve" in result["message"]
     totals = result["control_totals"]
@@ -179,8 +178,8 @@ def test_close_without_approve_reports_control_totals_and_writes_nothing(tmp_pat
     drafts = {i["account_id"]: i for i in result["invoices"]}
     assert {"acct-001", "acct-004", "acct-006", "acct-007"} <= set(drafts)
     assert D(totals["invoices"]["USD"]["total"]) == sum(D(i["total"]) for i in drafts.values())
-    assert not store.exists(t.PERIOD_CLOSES_TABLE)
-    assert {name: store.version(name) for name in before} == before
+    assert not store.exists(PERIOD_CLOSES)
+    assert {table: store.version(table) for table in before} == before
 
 
 def test_close_refuses_stale_rollups_then_unrated_usage_naming_why(tmp_path):
@@ -192,7 +191,7 @@ def test_close_refuses_stale_rollups_then_unrated_usage_naming_why(tmp_path):
     build_month(store, settings.pricebooks, OCT)
     with pytest.raises(InvariantError, match=r"unrated usage.*model 'gpt-unknown'"):
         c.close_month(store, settings, OCT, approve=True)
-    assert not store.exists(t.PERIOD_CLOSES_TABLE)
+    assert not store.exists(PERIOD_CLOSES)
     assert issued(store).is_empty()
 
 
@@ -266,7 +265,7 @@ def test_totals_are_the_sum_of_rounded_lines():
 
 def test_closing_a_closed_month_is_a_no_op(tmp_path):
     store, settings = scenario().home_at("oct_closed", tmp_path / "h")
-    versions = {n: store.version(n) for n in ("invoices", "invoice_lines", "period_closes")}
+    versions = {n: store.version(n) for n in (INVOICES, INVOICE_LINES, PERIOD_CLOSES)}
     result = c.close_month(store, settings, OCT, approve=True)
     assert result["status"] == "already_closed" and "already closed" in result["message"]
     assert len(result["invoices"]) == issued(store, OCT).height
@@ -366,7 +365,7 @@ def test_crash_before_the_marker_is_cleaned_and_redone_gapless(tmp_path):
     real_append = DeltaStore.append
 
     def crash_at_marker(self, name, *args, **kwargs):
-        if name == t.PERIOD_CLOSES_TABLE:
+        if getattr(name, "name", name) == t.PERIOD_CLOSES_TABLE:
             raise OSError("killed before the marker")
         return real_append(self, name, *args, **kwargs)
 
@@ -392,6 +391,6 @@ def test_crash_before_the_marker_is_cleaned_and_redone_gapless(tmp_path):
 
 def test_schemas_of_written_tables():
     store, _ = scenario().open("nov_closed")
-    assert t.all_invoices(store).schema == INVOICES
-    assert t.all_lines(store).schema == INVOICE_LINES
-    assert t.closes(store).schema == t.PERIOD_CLOSES
+    assert t.all_invoices(store).schema == INVOICES.schema
+    assert t.all_lines(store).schema == INVOICE_LINES.schema
+    assert t.closes(store).schema == PERIOD_CLOSES.schema

@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines import pipeline
+from usagebox_pipelines.catalog import INGEST_LOG, INVOICES, PERIOD_CLOSES
 from usagebox_pipelines.config import PROJECT_ROOT
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.events.ingest import ingest_files
@@ -103,7 +104,7 @@ def test_the_same_file_twice_at_once_loads_once(tmp_path: Path) -> None:
     assert accepted == [0, ROWS_PER_FILE]
     assert duplicates == [0, ROWS_PER_FILE]
     store = DeltaStore(str(home))
-    assert store.read("ingest_log").height == 1
+    assert store.read(INGEST_LOG).height == 1
     assert pipeline.events_frame(store).select(pl.len()).collect().item() == ROWS_PER_FILE
     _assert_ingest_invariants(store)
 
@@ -148,9 +149,9 @@ def test_two_approvals_of_one_month_issue_each_number_once(tmp_path: Path) -> No
     args = ("close", "2026-10", "--approve", "--home", str(home), "--pricebooks", str(books))
     outcomes = [_finish(p, timeout=600) for p in [_usagebox(*args), _usagebox(*args)]]
     assert [code for code, _, _ in outcomes] == [0, 0], [err for _, _, err in outcomes]
-    invoices = store.read("invoices").filter(pl.col("status") == "issued")
+    invoices = store.read(INVOICES).filter(pl.col("status") == "issued")
     assert invoices["invoice_number"].is_unique().all()
-    assert store.read("period_closes").height == 1
+    assert store.read(PERIOD_CLOSES).height == 1
     numbers = sorted(invoices["invoice_number"].to_list())
     assert numbers == [f"UBX-2026-{i:06d}" for i in range(1, len(numbers) + 1)]
     assert len({inv["issued_at"] for inv in invoices.to_dicts()}) == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from tests.conftest import event, write_jsonl
+from usagebox_pipelines.catalog import QUARANTINE, RAW_EVENTS
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.pipeline import committed_raw_events, verify_ingest
 from usagebox_pipelines.storage import DeltaStore
@@ -25,7 +26,7 @@ def _commits(table: Path) -> int:
 
 
 def _snapshot(store: DeltaStore) -> pl.DataFrame:
-    return store.read("raw_events").select(COMPARE).sort("event_id")
+    return store.read(RAW_EVENTS).select(COMPARE).sort("event_id")
 
 
 def test_kill_mid_ingest_then_rerun_matches_uninterrupted(tmp_path: Path) -> None:
@@ -63,5 +64,5 @@ def test_kill_mid_ingest_then_rerun_matches_uninterrupted(tmp_path: Path) -> Non
     clean = DeltaStore(str(tmp_path / "clean"))
     ingest_files(clean, [path])
     assert _snapshot(crashed).equals(_snapshot(clean))
-    assert crashed.read("quarantine").height == 1
+    assert crashed.read(QUARANTINE).height == 1
     assert verify_ingest(crashed).passed

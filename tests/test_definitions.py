@@ -10,6 +10,7 @@ import dagster as dg
 import polars as pl
 
 from tests.conftest import event, write_jsonl
+from usagebox_pipelines.catalog import EVENTS, RATED_USAGE, USAGE_HOURLY, USAGE_MONTHLY
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.definitions import defs
 from usagebox_pipelines.defs.resources import UsageboxResource
@@ -63,9 +64,9 @@ def test_month_materialises_through_dagster(tmp_path: Path) -> None:
     outcomes = run_month(settings, "2026-10")
     assert all(o.success for o in outcomes), [o.failures for o in outcomes]
     store = DeltaStore(settings.home)
-    assert store.read("usage_hourly")["sum"].sum() == store.read("events")["quantity"].sum()
-    assert store.read("usage_monthly")["month"].unique().to_list() == ["2026-10"]
-    assert store.read("rated_usage").filter(pl.col("line_kind") == "usage").height > 0
+    assert store.read(USAGE_HOURLY)["sum"].sum() == store.read(EVENTS)["quantity"].sum()
+    assert store.read(USAGE_MONTHLY)["month"].unique().to_list() == ["2026-10"]
+    assert store.read(RATED_USAGE).filter(pl.col("line_kind") == "usage").height > 0
     # the run history is in the persistent instance `dagster dev` reads
     assert (Path(settings.local_home) / "dagster" / "dagster.yaml").exists()
 
@@ -75,7 +76,7 @@ def test_blocking_check_fails_the_run_when_a_table_is_tampered(tmp_path: Path) -
     run_ingest(settings, [str(write_jsonl(tmp_path / "a.jsonl", [event("e1")]))])
     run_month(settings, "2026-10")
     store = DeltaStore(settings.home)
-    store.append("events", store.read("events"))  # every event now appears twice
+    store.append(EVENTS, store.read(EVENTS))  # every event now appears twice
     tags = {
         "dagster/asset_partition_range_start": "2026-10-01-10:00",
         "dagster/asset_partition_range_end": "2026-10-01-10:00",

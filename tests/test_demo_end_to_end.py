@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from usagebox_pipelines.catalog import INVOICES
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.demo.run import run_demo
 from usagebox_pipelines.invoicing.close import issued_intact, verify_invoice
@@ -21,9 +22,7 @@ def test_small_demo_runs_every_stage_and_verifies(tmp_path: Path) -> None:
     assert [r.name for r in verify(store) if not r.passed] == []
     assert issued_intact(store, settings).passed
     first = (
-        store.read("invoices")
-        .filter(store.read("invoices")["status"] == "issued")
-        .row(0, named=True)
+        store.read(INVOICES).filter(store.read(INVOICES)["status"] == "issued").row(0, named=True)
     )
     assert verify_invoice(store, settings, first["invoice_number"])["reproduced"]
     assert (settings.documents_dir / first["pdf_path"]).exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
+from usagebox_pipelines.catalog import QUARANTINE, USAGE_HOURLY
 from usagebox_pipelines.demo import write_demo_inputs
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.pipeline import (
@@ -26,14 +27,14 @@ def test_demo_rollups_match_the_generator_reference(tmp_path: Path) -> None:
     summary = ingest_files(store, list(manifest.main_files))
     expected = manifest.expected_ingest()
     assert {k: getattr(summary, k) for k in expected} == expected
-    reasons = set(store.read("quarantine")["reason"].to_list())
+    reasons = set(store.read(QUARANTINE)["reason"].to_list())
     assert len(reasons) >= 6  # every kind of planted dirt has its own actionable reason
     update_events(store)
     build_usage_hourly(store, datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
     for month in ("2026-09", "2026-10"):
         build_usage_monthly(store, month)
     got = (
-        store.read("usage_hourly")
+        store.read(USAGE_HOURLY)
         .group_by(KEYS)
         .agg(pl.col("sum").sum())
         .filter(pl.col("sum") != 0)

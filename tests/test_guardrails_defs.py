@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 
 from tests.test_guardrails_fixtures import hourly_rows, steady, write_books
+from usagebox_pipelines.catalog import SPEND_STATE, USAGE_HOURLY
 from usagebox_pipelines.defs.guardrails import guardrail_alerts, guardrail_assets, guardrail_sensors
 from usagebox_pipelines.defs.jobs import hourly_job, ingest_job, monthly_job
 from usagebox_pipelines.defs.metering import metering_assets
 from usagebox_pipelines.defs.resources import UsageboxResource
-from usagebox_pipelines.schemas import USAGE_HOURLY
 from usagebox_pipelines.storage import DeltaStore
 
 GUARDRAIL_KEYS = ["guardrail_decisions", "spend_state", "usage_anomalies"]
@@ -52,7 +52,7 @@ def test_asset_graph() -> None:
 @pytest.fixture
 def prepared(tmp_path: Path, store: DeltaStore) -> UsageboxResource:
     books = write_books(tmp_path / "pricebooks")
-    store.append("usage_hourly", hourly_rows(steady("solo", 10, 12)), USAGE_HOURLY)
+    store.append(USAGE_HOURLY, hourly_rows(steady("solo", 10, 12)))
     return UsageboxResource(home=store.home, pricebooks=str(books))
 
 
@@ -72,7 +72,7 @@ def test_monthly_job_materializes_guardrails_and_the_sensor_alerts_once(
     assert set(materialized) >= set(GUARDRAIL_KEYS)
     assert materialized["spend_state"]["by_status"].value == {"hard_stop": 1, "ok": 8}
     assert materialized["guardrail_decisions"]["new_decisions"].value == 2
-    spend = prepared.store.read("spend_state").filter(pl.col("account_id") == "solo")
+    spend = prepared.store.read(SPEND_STATE).filter(pl.col("account_id") == "solo")
     assert spend.filter(pl.col("limit_id") == "budget")["status"].item() == "hard_stop"
 
     context = dg.build_sensor_context(instance=instance, resources={"usagebox": prepared})

@@ -14,16 +14,21 @@ import typer
 from typer.testing import CliRunner
 
 from tests.test_guardrails_fixtures import PERIOD, at, hourly_rows, steady, write_books
+from usagebox_pipelines.catalog import (
+    EVENTS_BUILDS,
+    GUARDRAIL_ALERTS,
+    GUARDRAIL_DECISIONS,
+    SPEND_STATE,
+    USAGE_HOURLY,
+)
 from usagebox_pipelines.cli_guardrails import guardrails_app
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.guardrails import hard_stop_notes
-from usagebox_pipelines.guardrails.schemas import GUARDRAIL_DECISIONS, SPEND_STATE
 from usagebox_pipelines.guardrails.stages import (
     current_policy,
     raise_alerts,
     refresh_guardrails,
 )
-from usagebox_pipelines.schemas import USAGE_HOURLY
 from usagebox_pipelines.storage import DeltaStore
 
 NOW = at(24 * 10)  # 2026-10-11 00:00
@@ -40,12 +45,12 @@ def scenario_rows() -> list[tuple]:
 @pytest.fixture
 def world(tmp_path: Path, store: DeltaStore) -> tuple[DeltaStore, Path]:
     books = write_books(tmp_path / "pricebooks")
-    store.append("usage_hourly", hourly_rows(scenario_rows()), USAGE_HOURLY)
+    store.append(USAGE_HOURLY, hourly_rows(scenario_rows()))
     return store, books
 
 
 def decisions(store: DeltaStore) -> pl.DataFrame:
-    return store.read("guardrail_decisions", GUARDRAIL_DECISIONS).sort("effective_at", "seq")
+    return store.read(GUARDRAIL_DECISIONS).sort("effective_at", "seq")
 
 
 def test_refresh_records_each_state_change_once(world: tuple[DeltaStore, Path]) -> None:
@@ -76,7 +81,7 @@ def test_refresh_records_each_state_change_once(world: tuple[DeltaStore, Path]) 
     assert refresh_guardrails(store, books, PERIOD, NOW, run_id="r2")["new_decisions"] == 0
     assert refresh_guardrails(store, books, PERIOD, NOW + timedelta(hours=5))["new_decisions"] == 0
     assert decisions(store).height == trace.height
-    state = store.read("spend_state", SPEND_STATE)
+    state = store.read(SPEND_STATE)
     assert state.height == state.select("account_id", "limit_id").n_unique()
     solo = state.filter((pl.col("account_id") == "solo") & (pl.col("limit_id") == "budget"))
     assert solo["decision_id"].item() == solo_hard["decision_id"].item()
@@ -89,12 +94,12 @@ def test_recovery_and_re_escalation_are_new_decisions(world: tuple[DeltaStore, P
     store, books = world
     refresh_guardrails(store, books, PERIOD, NOW)
     rows = [r for r in scenario_rows() if r[0] != "solo"] + steady("solo", 1, 12)
-    store.overwrite("usage_hourly", hourly_rows(rows), USAGE_HOURLY)
+    store.overwrite(USAGE_HOURLY, hourly_rows(rows))
     assert refresh_guardrails(store, books, PERIOD, NOW)["new_decisions"] == 1
     last = decisions(store).filter(pl.col("account_id") == "solo").tail(1).row(0, named=True)
     change = (last["from_status"], last["to_status"], last["rule"])
     assert change == ("hard_stop", "ok", "recovered")
-    store.overwrite("usage_hourly", hourly_rows(scenario_rows()), USAGE_HOURLY)
+    store.overwrite(USAGE_HOURLY, hourly_rows(scenario_rows()))
     assert refresh_guardrails(store, books, PERIOD, NOW)["new_decisions"] == 2
     solo = decisions(store).filter(pl.col("account_id") == "solo")
     assert solo["decision_id"].n_unique() == 5
@@ -114,7 +119,7 @@ def test_alerts_fire_once_per_escalation(world: tuple[DeltaStore, Path]) -> None
     assert first.height == 6 and first["decision_id"].n_unique() == 6
     assert set(first["severity"]) == {"warning", "critical"}
     assert raise_alerts(store, NOW).is_empty()
-    assert store.read("guardrail_alerts").height == 6
+    assert store.read(GUARDRAIL_ALERTS).height == 6
 
 
 def test_invoice_notes_cite_hard_stops(world: tuple[DeltaStore, Path]) -> None:
@@ -180,7 +185,7 @@ def test_cli_without_state_is_a_user_error(store: DeltaStore, tmp_path: Path) ->
     args = ["guardrails", "export", "--out", str(tmp_path / "p.json"), "--home", store.home]
     result = CliRunner().invoke(cli(), args)
     assert "no usagebox home" in str(result.exception)  # nothing there at all
-    store.append("events_builds", pl.DataFrame({"x": [1]}))  # a home, without guardrails
+    store.append(EVENTS_BUILDS, pl.DataFrame({"x": [1]}))  # a home, without guardrails
     result = CliRunner().invoke(cli(), args)
     assert isinstance(result.exception, UsageboxError)
     assert "no spend_state yet" in str(result.exception)

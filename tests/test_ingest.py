@@ -11,12 +11,13 @@ import polars as pl
 import pytest
 
 from tests.conftest import event, write_jsonl
+from usagebox_pipelines.catalog import EVENT_CONFLICTS, QUARANTINE, RAW_EVENTS
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.pipeline import verify_ingest
 
 
 def _reasons(store) -> dict[int, str]:
-    q = store.read("quarantine")
+    q = store.read(QUARANTINE)
     return dict(zip(q["row_number"].to_list(), q["reason"].to_list(), strict=True))
 
 
@@ -55,7 +56,7 @@ def test_every_row_lands_in_exactly_one_place(tmp_path: Path, store) -> None:
     assert reasons[8].startswith("missing account_id")
     assert "17 keys" in reasons[9]
     assert "reason_code" in reasons[10]
-    conflicts = store.read("event_conflicts")
+    conflicts = store.read(EVENT_CONFLICTS)
     assert conflicts["event_id"].to_list() == ["e1"]
     assert '"quantity":"10.000000000000"' in conflicts["kept_payload"][0]
     assert verify_ingest(store).passed
@@ -93,7 +94,7 @@ def test_all_four_shapes_and_aliases_normalise_to_the_same_event(tmp_path: Path,
     ).write_parquet(tmp_path / "4.parquet")
     summary = ingest_files(store, sorted(tmp_path.iterdir()))
     assert summary.accepted == 4 and summary.rejected == 0, _reasons(store)
-    raw = store.read("raw_events").sort("event_id")
+    raw = store.read(RAW_EVENTS).sort("event_id")
     assert raw["timestamp"].dt.to_string("%Y-%m-%dT%H:%M").unique().to_list() == [
         "2026-10-01T10:15"
     ]
@@ -117,7 +118,7 @@ def test_quantities_stay_exact_decimals(tmp_path: Path, store) -> None:
         ],
     )
     summary = ingest_files(store, [path])
-    raw = store.read("raw_events").sort("event_id")
+    raw = store.read(RAW_EVENTS).sort("event_id")
     assert raw["quantity"].to_list() == [Decimal("0.1"), Decimal("12345678901234.123456789012")]
     assert summary.rejected == 1
     assert "more than 12 decimal places" in _reasons(store)[3]
@@ -126,10 +127,10 @@ def test_quantities_stay_exact_decimals(tmp_path: Path, store) -> None:
 def test_reingesting_a_file_changes_nothing(tmp_path: Path, store) -> None:
     path = write_jsonl(tmp_path / "a.jsonl", [event("e1"), event("e2"), event("bad", qty="x")])
     ingest_files(store, [path])
-    version = store.version("raw_events")
+    version = store.version(RAW_EVENTS)
     again = ingest_files(store, [path])
     assert (again.accepted, again.duplicates, again.rejected) == (0, 3, 0)
-    assert store.version("raw_events") == version
+    assert store.version(RAW_EVENTS) == version
     copy = write_jsonl(tmp_path / "b.jsonl", [event("e1"), event("e2"), event("e3")])
     third = ingest_files(store, [copy])
     assert (third.accepted, third.duplicates) == (1, 2)
@@ -139,11 +140,11 @@ def test_conflict_against_history_keeps_the_first_version(tmp_path: Path, store)
     ingest_files(store, [write_jsonl(tmp_path / "a.jsonl", [event("e1", qty=10)])])
     summary = ingest_files(store, [write_jsonl(tmp_path / "b.jsonl", [event("e1", qty=99)])])
     assert summary.conflicts == 1
-    accepted = store.read("raw_events").filter(pl.col("disposition") == "accepted")
+    accepted = store.read(RAW_EVENTS).filter(pl.col("disposition") == "accepted")
     assert accepted["quantity"].to_list() == [Decimal(10)]
-    arrivals = store.read("raw_events").sort("source_file")
+    arrivals = store.read(RAW_EVENTS).sort("source_file")
     assert arrivals["disposition"].to_list() == ["accepted", "conflict"]
-    assert store.read("event_conflicts")["payload"][0].count('"quantity":"99.000000000000"') == 1
+    assert store.read(EVENT_CONFLICTS)["payload"][0].count('"quantity":"99.000000000000"') == 1
 
 
 def test_same_event_id_for_different_accounts_is_not_a_duplicate(tmp_path: Path, store) -> None:
@@ -187,7 +188,7 @@ def test_formats_round_trip(tmp_path: Path, store, suffix: str) -> None:
         path.write_bytes(gzip.compress(frame.write_ndjson().encode()))
     summary = ingest_files(store, [path])
     assert summary.accepted == 5, summary
-    assert store.read("raw_events")["quantity"].sum() == Decimal(15)
+    assert store.read(RAW_EVENTS)["quantity"].sum() == Decimal(15)
 
 
 def test_chunked_ingest_dedupes_across_chunks(tmp_path: Path, store) -> None:

@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 
 from tests.hostile_corpus import HostileFile, generate
+from usagebox_pipelines.catalog import EVENTS, INGEST_LOG, QUARANTINE, RAW_EVENTS
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.pipeline import update_events, verify_ingest
 from usagebox_pipelines.storage import DeltaStore
@@ -40,10 +41,10 @@ def test_corpus_has_a_few_hundred_files_of_every_class(corpus) -> None:
 
 def test_every_row_of_every_hostile_file_lands_in_exactly_one_place(corpus) -> None:
     files, store, summary = corpus
-    log = store.read("ingest_log")
+    log = store.read(INGEST_LOG)
     per_file = {r["source_file"]: r for r in log.iter_rows(named=True)}
-    quarantined = dict(store.read("quarantine").group_by("source_file").len().iter_rows())
-    raw = store.read("raw_events")
+    quarantined = dict(store.read(QUARANTINE).group_by("source_file").len().iter_rows())
+    raw = store.read(RAW_EVENTS)
     arrivals = dict(raw.group_by("source_file").len().iter_rows())
     accepted_ids = set(raw.filter(pl.col("disposition") == "accepted")["event_id"].to_list())
     problems = []
@@ -79,13 +80,13 @@ def test_hostile_corpus_keeps_invariant_one_and_builds_events(corpus) -> None:
     assert verify_ingest(store).passed, verify_ingest(store).examples
     update = update_events(store)  # 9999 / year -1 never reach `events` (no overflow)
     assert update.rows > 0
-    events = store.read("events")
+    events = store.read(EVENTS)
     assert events["hour"].min().year >= 2024 and events["hour"].max().year <= 2026
 
 
 def test_quarantine_reasons_name_what_to_fix(corpus) -> None:
     _files, store, _summary = corpus
-    q = store.read("quarantine")
+    q = store.read(QUARANTINE)
     reason = dict(
         zip([Path(p).name for p in q["source_file"].to_list()], q["reason"].to_list(), strict=True)
     )

@@ -4,6 +4,7 @@ missing quantities, invalid UTF-8, and `raw_events` as the complete landing log.
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,14 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import event, write_jsonl
+from usagebox_pipelines.catalog import EVENTS, QUARANTINE, RAW_EVENTS
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.events.quantity import parse_quantities
 from usagebox_pipelines.pipeline import update_events, verify_ingest
-from usagebox_pipelines.schemas import RAW_EVENTS
 
 
 def _reasons(store) -> list[str]:
-    return store.read("quarantine").sort("row_number")["reason"].to_list()
+    return store.read(QUARANTINE).sort("row_number")["reason"].to_list()
 
 
 def _forms(d: Decimal) -> list[str]:
@@ -66,7 +67,7 @@ def test_exponent_quantities_are_exact_or_rejected(tmp_path: Path, store) -> Non
     ]  # fmt: skip
     summary = ingest_files(store, [write_jsonl(tmp_path / "e.jsonl", lines)])
     assert (summary.accepted, summary.rejected) == (2, 3)
-    raw = store.read("raw_events").sort("event_id")
+    raw = store.read(RAW_EVENTS).sort("event_id")
     assert raw["quantity"].to_list() == [Decimal(2500), Decimal("1e-12")]
     assert all("more than 12 decimal places" in r for r in _reasons(store))
 
@@ -87,7 +88,7 @@ def test_parquet_floats_are_read_through_their_shortest_text(tmp_path: Path, sto
     )
     summary = ingest_files(store, [path])
     assert (summary.accepted, summary.rejected) == (2, 1)
-    q = store.read("raw_events").sort("event_id")["quantity"].to_list()
+    q = store.read(RAW_EVENTS).sort("event_id")["quantity"].to_list()
     assert q == [Decimal("0.1"), Decimal("1234.5678")]
 
 
@@ -108,7 +109,7 @@ def test_timestamps_outside_the_window_are_quarantined_and_later_ingests_still_w
     second = ingest_files(store, [write_jsonl(tmp_path / "b.jsonl", [event("ok2")])])
     assert second.accepted == 1 and not second.errors
     update_events(store)
-    assert sorted(store.read("events")["event_id"].to_list()) == ["ok", "ok2"]
+    assert sorted(store.read(EVENTS)["event_id"].to_list()) == ["ok", "ok2"]
 
 
 def test_min_event_time_setting_moves_the_window(tmp_path: Path, store, monkeypatch) -> None:
@@ -140,14 +141,14 @@ def test_missing_quantity_is_a_reason_except_for_shapes_without_one(tmp_path: Pa
     )
     (tmp_path / "c.csv").write_text(f"event_id,account_id,meter_id,timestamp\ncsv-stigg,x,m,{ts}\n")
     summary = ingest_files(store, sorted(tmp_path.iterdir()))
-    raw = store.read("raw_events").sort("event_id")
+    raw = store.read(RAW_EVENTS).sort("event_id")
     assert dict(zip(raw["event_id"], raw["quantity"], strict=True)) == {
         "csv-ok": Decimal(2),
         "csv-stigg": Decimal(1),
         "stigg": Decimal(1),
     }
     assert summary.rejected == 4
-    assert all(r.startswith("quantity missing") for r in store.read("quarantine")["reason"])
+    assert all(r.startswith("quantity missing") for r in store.read(QUARANTINE)["reason"])
 
 
 def test_invalid_utf8_ids_are_quarantined_not_replaced_into_collisions(
@@ -162,7 +163,7 @@ def test_invalid_utf8_ids_are_quarantined_not_replaced_into_collisions(
     path.write_bytes(gzip.compress(b"\xef\xbb\xbf" + b"\n".join([good, *bad]) + b"\n"))
     summary = ingest_files(store, [path])
     assert (summary.accepted, summary.duplicates, summary.rejected) == (1, 0, 2)
-    q = store.read("quarantine").sort("row_number")
+    q = store.read(QUARANTINE).sort("row_number")
     assert q["row_number"].to_list() == [2, 3]
     assert all("not valid UTF-8" in r for r in q["reason"])
     assert "\\xff" in q["payload"][0]  # the payload shows the bad byte, not a replacement
@@ -186,13 +187,13 @@ def test_short_and_long_csv_rows_are_quarantined_alone_with_their_row_number(
     text += f'"d\nmultiline",x,m,1,{ts}\ne,x,m,1,{ts}\n'
     summary = ingest_files(store, [write_text(tmp_path / "r.csv", text)])
     assert (summary.accepted, summary.rejected) == (3, 2)
-    q = store.read("quarantine").sort("row_number")
+    q = store.read(QUARANTINE).sort("row_number")
     assert q["row_number"].to_list() == [2, 3]
     assert q["reason"].to_list() == [
         "CSV row 2 has 3 fields; the header has 5",
         "CSV row 3 has 6 fields; the header has 5",
     ]
-    assert store.read("raw_events").sort("row_number")["row_number"].to_list() == [1, 4, 5]
+    assert store.read(RAW_EVENTS).sort("row_number")["row_number"].to_list() == [1, 4, 5]
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -203,9 +204,7 @@ def write_text(path: Path, text: str) -> Path:
 def test_raw_events_answers_which_file_resent_an_event_and_when(tmp_path: Path, store) -> None:
     ingest_files(store, [write_jsonl(tmp_path / "a.jsonl", [event("x"), event("x")])])
     ingest_files(store, [write_jsonl(tmp_path / "b.jsonl", [event("x"), event("x", qty=99)])])
-    raw = (
-        store.read("raw_events").filter(pl.col("event_id") == "x").sort("source_file", "row_number")
-    )
+    raw = store.read(RAW_EVENTS).filter(pl.col("event_id") == "x").sort("source_file", "row_number")
     got = list(
         zip(
             [Path(p).name for p in raw["source_file"]],
@@ -223,13 +222,13 @@ def test_raw_events_answers_which_file_resent_an_event_and_when(tmp_path: Path, 
     assert raw["ingested_at"].null_count() == 0
     assert verify_ingest(store).passed
     update_events(store)
-    events = store.read("events")
+    events = store.read(EVENTS)
     assert events["quantity"].to_list() == [Decimal(10)]  # only the accepted arrival is billed
 
 
 def test_invariant_one_fails_when_a_stored_arrival_is_missing(tmp_path: Path, store) -> None:
     ingest_files(store, [write_jsonl(tmp_path / "a.jsonl", [event("x"), event("x")])])
-    store.delete_where("raw_events", "disposition = 'duplicate'")
+    store.delete_where(RAW_EVENTS, disposition="duplicate")
     result = verify_ingest(store)
     assert not result.passed
     assert result.examples[0]["raw_duplicates"] == 0
@@ -239,16 +238,12 @@ def test_a_home_without_the_disposition_column_still_ingests_and_builds(
     tmp_path: Path, store
 ) -> None:
     ingest_files(store, [write_jsonl(tmp_path / "a.jsonl", [event("x")])])
-    legacy = store.read("raw_events").drop("disposition")
-    store.drop("raw_events")
-    store.append(
-        "raw_events",
-        legacy,
-        pl.Schema({k: v for k, v in RAW_EVENTS.items() if k != "disposition"}),
-        partition_by=["event_date"],
-    )
+    legacy = store.read(RAW_EVENTS).drop("disposition")
+    store.drop(RAW_EVENTS)
+    schema = pl.Schema({k: v for k, v in RAW_EVENTS.schema.items() if k != "disposition"})
+    store.append(replace(RAW_EVENTS, schema=schema, comments={}), legacy)
     summary = ingest_files(store, [write_jsonl(tmp_path / "b.jsonl", [event("x"), event("y")])])
     assert (summary.accepted, summary.duplicates) == (1, 1)
     assert verify_ingest(store).passed
     update_events(store)
-    assert sorted(store.read("events")["event_id"].to_list()) == ["x", "y"]
+    assert sorted(store.read(EVENTS)["event_id"].to_list()) == ["x", "y"]

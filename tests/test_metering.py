@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import event, write_jsonl
+from usagebox_pipelines.catalog import EVENTS, QUARANTINE, USAGE_HOURLY, USAGE_MONTHLY
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.pipeline import (
     build_usage_hourly,
@@ -33,9 +34,7 @@ def _run(store: DeltaStore, start: datetime = DAY, end: datetime = DAY + timedel
 
 def _hourly(store: DeltaStore) -> dict[tuple, Decimal]:
     rows = (
-        store.read("usage_hourly")
-        .group_by("account_id", "meter_id", "hour")
-        .agg(pl.col("sum").sum())
+        store.read(USAGE_HOURLY).group_by("account_id", "meter_id", "hour").agg(pl.col("sum").sum())
     )
     return {
         (r["account_id"], r["meter_id"], r["hour"]): r["sum"]
@@ -60,14 +59,14 @@ def test_correction_before_its_original_waits_then_applies(tmp_path: Path, store
         store, [write_jsonl(tmp_path / "a.jsonl", [event("c1", qty=-30, correction_of="e1")])]
     )
     _run(store)
-    assert store.read("events")["status"].to_list() == ["pending"]
+    assert store.read(EVENTS)["status"].to_list() == ["pending"]
     assert _hourly(store) == {}
     ingest_files(
         store,
         [write_jsonl(tmp_path / "b.jsonl", [event("e1", qty=100, ts="2026-10-01T11:00:00Z")])],
     )
     _run(store)
-    events = store.read("events").sort("event_id")
+    events = store.read(EVENTS).sort("event_id")
     assert events["status"].to_list() == ["ok", "ok"]
     assert _hourly(store) == {("acct-001", "input_tokens", DAY + timedelta(hours=11)): Decimal(70)}
 
@@ -80,7 +79,7 @@ def test_correction_driving_net_below_zero_is_quarantined(tmp_path: Path, store)
     ]
     summary = ingest_files(store, [write_jsonl(tmp_path / "a.jsonl", rows)])
     assert (summary.accepted, summary.rejected) == (2, 1)
-    reason = store.read("quarantine")["reason"].item()
+    reason = store.read(QUARANTINE)["reason"].item()
     assert "net quantity of event e1 negative" in reason
     _run(store)
     assert sum(_hourly(store).values()) == Decimal(40)
@@ -92,7 +91,7 @@ def test_pending_correction_rejected_when_original_is_too_small(tmp_path: Path, 
     )
     ingest_files(store, [write_jsonl(tmp_path / "b.jsonl", [event("e1", qty=100)])])
     _run(store)
-    events = store.read("events").sort("event_id")
+    events = store.read(EVENTS).sort("event_id")
     assert events["status"].to_list() == ["rejected", "ok"]
     assert sum(_hourly(store).values()) == Decimal(100)
 
@@ -118,19 +117,19 @@ def test_rebuilding_rollups_from_scratch_reproduces_them(tmp_path: Path, store) 
     ]
     ingest_files(store, [write_jsonl(tmp_path / "a.jsonl", rows)])
     _run(store)
-    hourly, monthly = store.read("usage_hourly"), store.read("usage_monthly")
-    store.drop("usage_hourly")
-    store.drop("usage_monthly")
+    hourly, monthly = store.read(USAGE_HOURLY), store.read(USAGE_MONTHLY)
+    store.drop(USAGE_HOURLY)
+    store.drop(USAGE_MONTHLY)
     _run(store)
-    assert store.read("usage_hourly").equals(hourly)
-    assert store.read("usage_monthly").equals(monthly)
+    assert store.read(USAGE_HOURLY).equals(hourly)
+    assert store.read(USAGE_MONTHLY).equals(monthly)
 
 
 def test_verify_names_a_tampered_table(tmp_path: Path, store) -> None:
     ingest_files(store, [write_jsonl(tmp_path / "a.jsonl", [event("e1", qty=5)])])
     _run(store)
-    tampered = store.read("usage_hourly").with_columns(sum=pl.col("sum") + 1)
-    store.overwrite("usage_hourly", tampered)
+    tampered = store.read(USAGE_HOURLY).with_columns(sum=pl.col("sum") + 1)
+    store.overwrite(USAGE_HOURLY, tampered)
     failed = [r.name for r in verify(store) if not r.passed]
     assert failed == ["3_hourly_equals_events", "3_monthly_equals_hourly"]
 

@@ -12,6 +12,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tests.conftest import event, write_jsonl
+from usagebox_pipelines.catalog import USAGE_HOURLY
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.pipeline import build_usage_hourly, update_events, verify
 from usagebox_pipelines.sql import run_sql
@@ -53,7 +54,7 @@ def test_ingest_rollup_and_query_on_s3(tmp_path: Path, s3_home: str) -> None:
     update_events(store)
     start = datetime(2026, 10, 1, tzinfo=UTC)
     build_usage_hourly(store, start, start + timedelta(days=1))
-    assert store.read("usage_hourly")["sum"].sum() == Decimal(12)
+    assert store.read(USAGE_HOURLY)["sum"].sum() == Decimal(12)
     assert run_sql(store, "SELECT count(*) AS n FROM quarantine")["n"].item() == 1
     results = {r.name: r.passed for r in verify(store)}
     assert results["2_events_unique"] and results["3_hourly_equals_events"]

@@ -125,6 +125,7 @@ def usage(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Usage of one account over [from, to)."""
+    from usagebox_pipelines.catalog import HOUR_BUILDS, USAGE_HOURLY
     from usagebox_pipelines.pipeline import events_frame
     from usagebox_pipelines.rollups.usage_query import (
         SOURCES,
@@ -132,7 +133,6 @@ def usage(
         parse_time,
         usage_query,
     )
-    from usagebox_pipelines.schemas import HOUR_BUILDS, USAGE_HOURLY
 
     window = parse_time(start, "--from"), parse_time(end, "--to")
     columns = parse_group_by(group_by, source)
@@ -143,8 +143,8 @@ def usage(
     _, store = open_home(home, pricebooks)
     answer = usage_query(
         events_frame(store),
-        store.scan("usage_hourly", USAGE_HOURLY),
-        store.read("hour_builds", HOUR_BUILDS),
+        store.scan(USAGE_HOURLY),
+        store.read(HOUR_BUILDS),
         account,
         *window,
         columns,
@@ -228,17 +228,17 @@ def reprice(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Dry run of a price change: the month under the proposed version vs now (writes nothing)."""
+    from usagebox_pipelines.catalog import USAGE_HOURLY
     from usagebox_pipelines.pricing.accounts import load_accounts
     from usagebox_pipelines.pricing.pricebook import load_pricebooks
     from usagebox_pipelines.pricing.reprice import reprice_impact
-    from usagebox_pipelines.schemas import USAGE_HOURLY
 
     if not pricebook.is_file():
         raise UsageboxError(f"{pricebook}: no such pricebook file")
     parse_month(month)
     settings, store = open_home(home, pricebooks)
     impact = reprice_impact(
-        store.scan("usage_hourly", USAGE_HOURLY),
+        store.scan(USAGE_HOURLY),
         parse_month(month),
         load_pricebooks(settings.pricebooks),
         pricebook,

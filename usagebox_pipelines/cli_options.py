@@ -115,7 +115,9 @@ def _check_creatable(path: Path) -> None:
 
 def require_events(store: DeltaStore) -> None:
     """Refuse to bill a home that has never accepted an event."""
-    table = store.table("events")
+    from usagebox_pipelines.catalog import EVENTS
+
+    table = store.table(EVENTS)
     if table is None or table.to_pyarrow_dataset().count_rows() == 0:
         raise UsageboxError(
             f"no events in {store.home}: ingest events first (`usagebox ingest FILE`) "

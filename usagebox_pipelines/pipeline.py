@@ -13,6 +13,19 @@ from pathlib import Path
 import polars as pl
 
 from usagebox_pipelines import invariants as inv
+from usagebox_pipelines.catalog import (
+    EVENT_CONFLICTS,
+    EVENTS,
+    EVENTS_BUILDS,
+    HOUR_BUILDS,
+    INGEST_LOG,
+    QUARANTINE,
+    RATED_USAGE,
+    RAW_EVENTS,
+    UNRATED_USAGE,
+    USAGE_HOURLY,
+    USAGE_MONTHLY,
+)
 from usagebox_pipelines.events.build import INHERITED, build_events, resolve_corrections
 from usagebox_pipelines.events.ingest import committed_batches
 from usagebox_pipelines.events.raw import accepted_only, with_disposition
@@ -23,30 +36,17 @@ from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.pricing.rating import rate_usage
 from usagebox_pipelines.rollups.aggregate import rollup_hourly, rollup_monthly
-from usagebox_pipelines.schemas import (
-    EVENT_CONFLICTS,
-    EVENTS,
-    HOUR_BUILDS,
-    INGEST_LOG,
-    QUARANTINE,
-    RATED_USAGE,
-    RAW_EVENTS,
-    UNRATED_USAGE,
-    USAGE_HOURLY,
-    USAGE_MONTHLY,
-)
-from usagebox_pipelines.storage import DeltaStore, sql_literal
+from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 # The first hourly partition = the earliest accepted event time (events/window.py): ingest
 # quarantines anything earlier, so `events_inside_partitions` holds by construction.
 FIRST_HOUR = min_event_time()
-EVENTS_BUILDS = pl.Schema({"batch_id": pl.String(), "built_at": RAW_EVENTS["ingested_at"]})
 
 
 def committed_raw_events(store: DeltaStore) -> pl.LazyFrame:
     """Accepted `raw_events` rows of batches whose ingest finished (crashed batches are
     invisible; duplicate and conflict arrivals are in the landing log, never in `events`)."""
-    raw = accepted_only(store.scan("raw_events", RAW_EVENTS))
+    raw = accepted_only(store.scan(RAW_EVENTS))
     return raw.join(committed_batches(store), on="batch_id", how="semi")
 
 
@@ -58,14 +58,10 @@ class EventsUpdate:
     rows: int
 
 
+@writes_tables("events")
 def update_events(store: DeltaStore, run_id: str = "cli") -> EventsUpdate:
     """Fold newly committed batches into `events`, rewriting only the days they touch."""
-    with store.writer("events"):
-        return _update_events(store, run_id)
-
-
-def _update_events(store: DeltaStore, run_id: str) -> EventsUpdate:
-    done = store.scan("events_builds", EVENTS_BUILDS).select("batch_id")
+    done = store.scan(EVENTS_BUILDS).select("batch_id")
     new_batches = committed_batches(store).join(done, on="batch_id", how="anti").collect()
     if new_batches.height == 0:
         return EventsUpdate([], [], [], 0)
@@ -92,7 +88,7 @@ def _update_events(store: DeltaStore, run_id: str) -> EventsUpdate:
     days = hours.dt.date().unique().sort()
     written = sum(_rewrite_event_day(store, raw, corrections, day, run_id) for day in days)
     now = datetime.now(UTC)
-    store.append("events_builds", new_batches.with_columns(built_at=pl.lit(now)), EVENTS_BUILDS)
+    store.append(EVENTS_BUILDS, new_batches.with_columns(built_at=pl.lit(now)))
     return EventsUpdate(new_batches["batch_id"].to_list(), days.to_list(), hours.to_list(), written)
 
 
@@ -113,13 +109,8 @@ def _rewrite_event_day(
     ).collect(engine="streaming")
     in_day = corrections.filter((pl.col("hour") >= start) & (pl.col("hour") < end))
     events = build_events(rows, in_day)
-    store.replace_where(
-        "events",
-        events,
-        f"event_date = {sql_literal(day)}",
-        EVENTS,
-        partition_by=["event_date"],
-        metadata={"run_id": run_id, "stage": "events"},
+    store.replace_partition(
+        EVENTS, events, event_date=day, metadata={"run_id": run_id, "stage": "events"}
     )
     return events.height
 
@@ -139,40 +130,36 @@ def _corrections_and_originals(raw: pl.LazyFrame) -> tuple[pl.DataFrame, pl.Data
 
 
 def events_frame(store: DeltaStore, version: int | None = None) -> pl.LazyFrame:
-    return store.scan("events", EVENTS, version=version)
+    return store.scan(EVENTS, version=version)
 
 
+@writes_tables("usage_hourly")
 def build_usage_hourly(
     store: DeltaStore, start: datetime, end: datetime, run_id: str = "cli"
 ) -> int:
     """Replace exactly the hours [start, end) of `usage_hourly` and record them as built."""
     rows = rollup_hourly(events_frame(store), start, end)
-    predicate = f"hour >= {sql_literal(start)} AND hour < {sql_literal(end)}"
     meta = {
         "run_id": run_id,
         "stage": "usage_hourly",
         "from": start.isoformat(),
         "to": end.isoformat(),
     }
-    store.replace_where("usage_hourly", rows, predicate, USAGE_HOURLY, metadata=meta)
+    store.replace_partition(USAGE_HOURLY, rows, hour=slice(start, end), metadata=meta)
     hours = pl.datetime_range(start, end, "1h", closed="left", time_zone="UTC", eager=True)
     builds = pl.DataFrame({"hour": hours}).with_columns(
         built_at=pl.lit(datetime.now(UTC)), run_id=pl.lit(run_id)
     )
-    store.replace_where("hour_builds", builds, predicate, HOUR_BUILDS)
+    store.replace_partition(HOUR_BUILDS, builds, hour=slice(start, end))
     return rows.height
 
 
+@writes_tables("usage_monthly")
 def build_usage_monthly(store: DeltaStore, month: str, run_id: str = "cli") -> int:
     """Replace one month of `usage_monthly` from the hourly rollup of its hours."""
-    rows = rollup_monthly(store.scan("usage_hourly", USAGE_HOURLY), month)
-    store.replace_where(
-        "usage_monthly",
-        rows,
-        f"month = {sql_literal(month)}",
-        USAGE_MONTHLY,
-        metadata={"run_id": run_id, "stage": "usage_monthly", "month": month},
-    )
+    rows = rollup_monthly(store.scan(USAGE_HOURLY), month)
+    meta = {"run_id": run_id, "stage": "usage_monthly", "month": month}
+    store.replace_partition(USAGE_MONTHLY, rows, month=month, metadata=meta)
     return rows.height
 
 
@@ -191,14 +178,13 @@ def rate_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> RatedMont
     books = load_pricebooks(pricebooks_dir)
     accounts = load_accounts(pricebooks_dir)
     start, end = month_bounds(month)
-    hourly = store.scan("usage_hourly", USAGE_HOURLY).filter(
-        (pl.col("hour") >= start) & (pl.col("hour") < end)
-    )
+    hourly = store.scan(USAGE_HOURLY).filter((pl.col("hour") >= start) & (pl.col("hour") < end))
     opening = opening_credit(store, accounts)
     result = rate_usage(hourly.collect(), month, books, accounts, opening)
     return RatedMonth(result.rated, result.unrated)
 
 
+@writes_tables("rated_usage")
 def build_rated_usage(
     store: DeltaStore, pricebooks_dir: Path, month: str, run_id: str = "cli"
 ) -> RatedMonth:
@@ -206,9 +192,8 @@ def build_rated_usage(
     only a close draws credit, see invoicing.credit)."""
     rated = rate_month(store, pricebooks_dir, month)
     meta = {"run_id": run_id, "stage": "rated_usage", "period": month}
-    where = f"period = {sql_literal(month)}"
-    store.replace_where("rated_usage", rated.rated, where, RATED_USAGE, metadata=meta)
-    store.replace_where("unrated_usage", rated.unrated, where, UNRATED_USAGE, metadata=meta)
+    store.replace_partition(RATED_USAGE, rated.rated, period=month, metadata=meta)
+    store.replace_partition(UNRATED_USAGE, rated.unrated, period=month, metadata=meta)
     return rated
 
 
@@ -216,31 +201,23 @@ def verify(store: DeltaStore, month: str | None = None) -> list[inv.InvariantRes
     """Check the stored tables against CONTRACT.md §5 (invariants 1–3; 4–5 once invoices exist)."""
     start, end = month_bounds(month) if month else (None, None)
     events = events_frame(store)
-    hourly = store.scan("usage_hourly", USAGE_HOURLY)
+    hourly = store.scan(USAGE_HOURLY)
     if month:
         months = [month]
     else:
-        months = (
-            store.scan("usage_monthly", USAGE_MONTHLY)
-            .select("month")
-            .unique()
-            .collect()["month"]
-            .to_list()
-        )
+        months = store.scan(USAGE_MONTHLY).select("month").unique().collect()["month"].to_list()
     return [
         verify_ingest(store),
         inv.events_unique(events),
         inv.hourly_matches_events(events, hourly, start, end),
-        inv.monthly_matches_hourly(hourly, store.scan("usage_monthly", USAGE_MONTHLY), months),
+        inv.monthly_matches_hourly(hourly, store.scan(USAGE_MONTHLY), months),
         inv.events_inside_partitions(events, FIRST_HOUR),
     ]
 
 
 def verify_ingest(store: DeltaStore) -> inv.InvariantResult:
     """Invariant 1 alone (cheap: per-batch counts), for the ingest asset's blocking check."""
-    return inv.ingest_counts_add_up(
-        store.read("ingest_log", INGEST_LOG), _stored_counts_per_batch(store)
-    )
+    return inv.ingest_counts_add_up(store.read(INGEST_LOG), _stored_counts_per_batch(store))
 
 
 def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
@@ -249,7 +226,7 @@ def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
     `legacy` counts raw rows written before `disposition` existed (duplicates were not stored
     then, so only the accepted count can be checked for those batches).
     """
-    raw = store.scan("raw_events", RAW_EVENTS)
+    raw = store.scan(RAW_EVENTS)
     legacy = (
         pl.col("disposition").is_null().sum()
         if "disposition" in raw.collect_schema().names()
@@ -266,13 +243,8 @@ def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
         )
         .collect()
     ]
-    for table, schema, name in (
-        ("quarantine", QUARANTINE, "quarantined"),
-        ("event_conflicts", EVENT_CONFLICTS, "conflicted"),
-    ):
-        counts.append(
-            store.scan(table, schema).group_by("batch_id").agg(pl.len().alias(name)).collect()
-        )
+    for table, name in ((QUARANTINE, "quarantined"), (EVENT_CONFLICTS, "conflicted")):
+        counts.append(store.scan(table).group_by("batch_id").agg(pl.len().alias(name)).collect())
     out = counts[0]
     for frame in counts[1:]:
         out = out.join(frame, on="batch_id", how="full", coalesce=True)

@@ -241,6 +241,9 @@ CREDIT_LEDGER = pl.Schema(
 # Which hours have a built rollup and when: `is_late` and `--source auto` read it.
 HOUR_BUILDS = pl.Schema({"hour": TS, "built_at": TS, "run_id": pl.String()})
 
+# Ingest batches already folded into `events` (written after the fold, so a crash redoes it).
+EVENTS_BUILDS = pl.Schema({"batch_id": pl.String(), "built_at": TS})
+
 
 def empty(schema: pl.Schema) -> pl.DataFrame:
     """An empty frame with exactly this schema."""

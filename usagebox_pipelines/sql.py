@@ -15,27 +15,12 @@ from pathlib import Path
 
 import polars as pl
 
+from usagebox_pipelines.catalog import TABLES
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.storage import DeltaStore
 
-KNOWN_TABLES = [
-    "raw_events",
-    "quarantine",
-    "events",
-    "event_conflicts",
-    "ingest_log",
-    "events_builds",
-    "usage_hourly",
-    "usage_monthly",
-    "hour_builds",
-    "rated_usage",
-    "unrated_usage",
-    "invoice_lines",
-    "invoices",
-    "vendor_costs",
-    "reconciliation",
-    "cost_attribution",
-]
+#: Every table a home can hold (the catalog): what `usagebox sql` may query.
+KNOWN_TABLES = list(TABLES)
 
 #: Scalar functions that read the environment or the engine's configuration.
 _REFUSED_FUNCTIONS = {"current_setting", "getenv", "getvariable", "set_variable"}
@@ -51,19 +36,19 @@ _LOCKED_CONFIG = {
 
 
 def table_names(store: DeltaStore, first_only: bool = False) -> list[str]:
-    """Tables present under the home (local folders or object-store prefixes)."""
+    """Catalog tables present under the home (local folders or object-store prefixes)."""
     if store.storage_options is None:
         root = Path(store.home) / "tables"
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
+        return sorted(n for n in KNOWN_TABLES if (root / n / "_delta_log").is_dir())
     found = []
     for name in KNOWN_TABLES:
-        if store.exists(name):
+        if store.exists(TABLES[name]):
             found.append(name)
             if first_only:
                 break
-    return found
+    return sorted(found)
 
 
 def run_sql(store: DeltaStore, query: str) -> pl.DataFrame:
@@ -76,7 +61,7 @@ def run_sql(store: DeltaStore, query: str) -> pl.DataFrame:
     try:
         _check_statement(con, query, set(names), known)
         for name in names:
-            con.register(name, store.table(name).to_pyarrow_dataset())
+            con.register(name, store.table(TABLES[name]).to_pyarrow_dataset())
         result = con.sql(query)
         table = result.to_arrow_table() if result is not None else None
     except duckdb.Error as exc:

@@ -1,22 +1,36 @@
 """The one place that reads and writes Delta tables (local folders or S3-compatible stores).
 
-Every write is a single Delta commit, so readers see a whole write or none of it. Partition
-replacement uses predicate overwrite built from partition keys, never from data values.
+Every method takes a catalog entry (`usagebox_pipelines.catalog.Table`): the entry gives the
+schema writes are conformed to, the partitioning applied when the table is created, and the
+description and column comments written into the new table's Delta metadata. Every write is a
+single Delta commit, so readers see a whole write or none of it. Partition replacement uses
+predicate overwrite built here from typed partition keys (`replace_partition`), never from data
+values and never by hand at call sites.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import polars as pl
+import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from usagebox_pipelines.config import is_object_store
 from usagebox_pipelines.lease import writer_lease
 from usagebox_pipelines.schemas import conform
+
+if TYPE_CHECKING:
+    from usagebox_pipelines.catalog import Table
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
@@ -50,15 +64,96 @@ def _quote(value: str) -> str:
 
 def sql_literal(value: object) -> str:
     """A SQL literal for a Delta predicate built from partition keys we generate."""
-    from datetime import datetime
-
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, datetime):
         return f"'{value.strftime('%Y-%m-%dT%H:%M:%S.%f')}Z'"
     return _quote(str(value))
 
 
+Key = str | int | date | datetime | slice | Iterable
+
+
+def predicate(table: Table, columns: Iterable[str], key: Mapping[str, object]) -> str:
+    """`col = v AND ...` from typed keys; only `columns` of `table` may appear.
+
+    A value is a scalar (`=`), a list/tuple/set of scalars (`IN`), or a `slice(start, end)`
+    for the half-open range `start <= col < end` (e.g. `hour=slice(start, end)`).
+    """
+    allowed = tuple(columns)
+    if not key:
+        raise ValueError(f"{table.name}: a partition key is required ({', '.join(allowed)})")
+    terms = []
+    for column, value in key.items():
+        if column not in allowed:
+            raise ValueError(
+                f"{table.name}: {column!r} is not a key column (allowed: {', '.join(allowed)})"
+            )
+        if isinstance(value, slice):
+            if value.start is None or value.stop is None or value.step is not None:
+                raise ValueError(f"{table.name}.{column}: a range needs slice(start, end)")
+            terms.append(
+                f"{column} >= {sql_literal(value.start)} AND {column} < {sql_literal(value.stop)}"
+            )
+        elif isinstance(value, list | tuple | set | frozenset):
+            values = sorted(value)
+            if not values:
+                raise ValueError(f"{table.name}.{column}: an empty list of values")
+            terms.append(f"{column} IN ({', '.join(map(sql_literal, values))})")
+        else:
+            terms.append(f"{column} = {sql_literal(value)}")
+    return " AND ".join(terms)
+
+
+def _entry(table: Table | str, schema: pl.Schema | None = None) -> Table:
+    """The catalog entry of `table`.
+
+    The str form (a table name, with the schema the caller used to pass) exists only for the
+    invoicing package until it migrates to catalog entries; everything else passes a `Table`.
+    """
+    if not isinstance(table, str):
+        return table
+    from usagebox_pipelines.catalog import table as lookup
+
+    entry = lookup(table)
+    if schema is not None and schema != entry.schema:
+        raise ValueError(f"{table}: schema differs from the catalog's; change it in catalog.py")
+    return entry
+
+
+def _with_comments(arrow: pa.Table, table: Table) -> pa.Table:
+    """`arrow` with each column's catalog comment in its field metadata ({"comment": ...}):
+    delta-rs writes it into the Delta schema, where Spark/Databricks show column comments."""
+    fields = [
+        f.with_metadata({"comment": table.comments[f.name]}) if f.name in table.comments else f
+        for f in arrow.schema
+    ]
+    return pa.Table.from_arrays(arrow.columns, schema=pa.schema(fields))
+
+
+def writes_tables(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Mark a stage (first argument: the store) as a writer: it runs under the home's lease.
+
+    Every stage that commits to tables carries this, so the unit of work is serialised however
+    it is started (CLI, `usagebox run`, a schedule, a sensor, the UI); nested stages re-enter.
+    """
+
+    def decorate(stage: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(stage)
+        def under_lease(*args: P.args, **kwargs: P.kwargs) -> R:
+            store = args[0] if args else kwargs["store"]
+            with store.writer(purpose):
+                return stage(*args, **kwargs)
+
+        return under_lease
+
+    return decorate
+
+
 class DeltaStore:
-    """Tables under `<home>/tables/<name>`."""
+    """Tables under `<home>/tables/<name>`, addressed by catalog entries."""
 
     def __init__(self, home: str) -> None:
         self.home = home.rstrip("/")
@@ -68,86 +163,156 @@ class DeltaStore:
         """The home's writer lease (see `lease`): hold it around any unit of work that writes."""
         return writer_lease(self.home, purpose, self.storage_options)
 
-    def uri(self, name: str) -> str:
-        return f"{self.home}/tables/{name}"
+    def uri(self, table: Table | str) -> str:
+        return f"{self.home}/tables/{_entry(table).name}"
 
-    def table(self, name: str, version: int | None = None) -> DeltaTable | None:
+    def table(self, table: Table | str, version: int | None = None) -> DeltaTable | None:
+        """The Delta table itself (None if it does not exist yet)."""
         try:
-            return DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
+            return DeltaTable(
+                self.uri(table), version=version, storage_options=self.storage_options
+            )
         except TableNotFoundError:
             return None
 
-    def exists(self, name: str) -> bool:
-        return self.table(name) is not None
+    def exists(self, table: Table | str) -> bool:
+        return self.table(table) is not None
 
-    def version(self, name: str) -> int | None:
-        dt = self.table(name)
+    def version(self, table: Table | str) -> int | None:
+        dt = self.table(table)
         return None if dt is None else dt.version()
 
     def scan(
-        self, name: str, schema: pl.Schema | None = None, version: int | None = None
+        self,
+        table: Table | str,
+        legacy_schema: pl.Schema | None = None,
+        /,
+        *,
+        version: int | None = None,
     ) -> pl.LazyFrame:
-        """Lazy scan of a table; an empty frame of `schema` if the table does not exist yet."""
-        if not self.exists(name):
-            if schema is None:
-                raise FileNotFoundError(f"table {name!r} does not exist under {self.home}")
-            return pl.LazyFrame(schema=schema)
-        return pl.scan_delta(self.uri(name), version=version, storage_options=self.storage_options)
+        """Lazy scan of a table; an empty frame of its schema if it does not exist yet."""
+        entry = _entry(table, legacy_schema)
+        if not self.exists(entry):
+            return pl.LazyFrame(schema=entry.schema)
+        return pl.scan_delta(self.uri(entry), version=version, storage_options=self.storage_options)
 
-    def read(self, name: str, schema: pl.Schema | None = None, **kw: object) -> pl.DataFrame:
-        return self.scan(name, schema, **kw).collect()
+    def read(
+        self,
+        table: Table | str,
+        legacy_schema: pl.Schema | None = None,
+        /,
+        *,
+        version: int | None = None,
+    ) -> pl.DataFrame:
+        return self.scan(_entry(table, legacy_schema), version=version).collect()
 
     def _write(
         self,
-        name: str,
+        table: Table,
         df: pl.DataFrame,
-        schema: pl.Schema | None,
         mode: str,
         predicate: str | None = None,
         metadata: Mapping[str, str] | None = None,
-        partition_by: list[str] | None = None,
     ) -> int:
-        if schema is not None:
-            df = conform(df, schema)
+        arrow = conform(df, table.schema).to_arrow()
         props = CommitProperties(custom_metadata=dict(metadata or {}))
-        if predicate is not None and not self.exists(name):
+        new = not self.exists(table)
+        if predicate is not None and new:
             # delta-rs#3959: predicate overwrite on a missing table panics; create it first.
             predicate = None
             mode = "append" if mode == "overwrite" else mode
+        create = {}
+        if new:
+            arrow = _with_comments(arrow, table)
+            create = {
+                "partition_by": list(table.partition_by) or None,
+                "name": table.name,
+                "description": table.description,
+            }
         write_deltalake(
-            self.uri(name),
-            df.to_arrow(),
+            self.uri(table),
+            arrow,
             mode=mode,
             predicate=predicate,
-            partition_by=partition_by if not self.exists(name) else None,
             storage_options=self.storage_options,
             commit_properties=props,
+            **create,
         )
-        return self.version(name) or 0
+        return self.version(table) or 0
 
-    def append(self, name: str, df: pl.DataFrame, schema: pl.Schema | None = None, **kw) -> int:
+    def append(
+        self,
+        table: Table | str,
+        df: pl.DataFrame,
+        legacy_schema: pl.Schema | None = None,
+        /,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
         """Append rows in one commit (creates the table on first write)."""
-        return self._write(name, df, schema, "append", **kw)
+        return self._write(_entry(table, legacy_schema), df, "append", metadata=metadata)
+
+    def overwrite(
+        self,
+        table: Table | str,
+        df: pl.DataFrame,
+        legacy_schema: pl.Schema | None = None,
+        /,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Replace the whole table in one commit (small derived tables only)."""
+        return self._write(_entry(table, legacy_schema), df, "overwrite", metadata=metadata)
+
+    def replace_partition(
+        self,
+        table: Table,
+        df: pl.DataFrame,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        **key: Key,
+    ) -> int:
+        """Atomically replace exactly the rows of one slice of `table` with `df`.
+
+        `key` names the slice by the entry's `replace_by` columns, e.g.
+        `replace_partition(USAGE_MONTHLY, rows, month="2026-10")` or, for the half-open hours
+        [start, end), `replace_partition(USAGE_HOURLY, rows, hour=slice(start, end))`. Every row
+        of `df` must fall inside the slice (delta-rs refuses the commit otherwise).
+        """
+        where = predicate(table, table.replace_by, key)
+        return self._write(table, df, "overwrite", predicate=where, metadata=metadata)
 
     def replace_where(
-        self, name: str, df: pl.DataFrame, predicate: str, schema: pl.Schema | None = None, **kw
+        self,
+        table: Table | str,
+        df: pl.DataFrame,
+        where: str,
+        legacy_schema: pl.Schema | None = None,
+        /,
+        *,
+        metadata: Mapping[str, str] | None = None,
     ) -> int:
-        """Atomically replace exactly the rows matching `predicate` with `df`."""
-        return self._write(name, df, schema, "overwrite", predicate=predicate, **kw)
+        """Replace the rows matching a hand-built predicate: for the invoicing package until it
+        migrates to `replace_partition`; new code must not use it."""
+        entry = _entry(table, legacy_schema)
+        return self._write(entry, df, "overwrite", predicate=where, metadata=metadata)
 
-    def overwrite(self, name: str, df: pl.DataFrame, schema: pl.Schema | None = None, **kw) -> int:
-        """Replace the whole table in one commit (small derived tables only)."""
-        return self._write(name, df, schema, "overwrite", **kw)
-
-    def delete_where(self, name: str, predicate: str) -> None:
-        dt = self.table(name)
+    def delete_where(self, table: Table | str, where: str | None = None, /, **key: Key) -> None:
+        """Delete the rows matching typed keys on any columns (`batch_id=[...]`, see
+        `predicate`). A hand-built `where` string is for the invoicing package only."""
+        entry = _entry(table)
+        if where is None:
+            where = predicate(entry, entry.schema.names(), key)
+        elif key:
+            raise ValueError("delete_where: pass a predicate string or keys, not both")
+        dt = self.table(entry)
         if dt is not None:
-            dt.delete(predicate)
+            dt.delete(where)
 
-    def drop(self, name: str) -> None:
+    def drop(self, table: Table | str) -> None:
         """Remove a table entirely (used by rebuild tests and `reset`); local homes only."""
         import shutil
 
         if is_object_store(self.home):
             raise NotImplementedError("drop is only supported on local homes")
-        shutil.rmtree(self.uri(name), ignore_errors=True)
+        shutil.rmtree(self.uri(table), ignore_errors=True)

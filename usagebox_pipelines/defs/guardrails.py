@@ -12,21 +12,11 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from usagebox_pipelines.catalog import GUARDRAIL_DECISIONS, SPEND_STATE, USAGE_ANOMALIES
 from usagebox_pipelines.defs.metering import usage_monthly
 from usagebox_pipelines.defs.partitions import month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
-from usagebox_pipelines.guardrails.schemas import (
-    GUARDRAIL_DECISIONS,
-    SPEND_STATE,
-    USAGE_ANOMALIES,
-)
-from usagebox_pipelines.guardrails.stages import (
-    ANOMALIES_TABLE,
-    DECISIONS_TABLE,
-    SPEND_STATE_TABLE,
-    raise_alerts,
-    refresh_guardrails,
-)
+from usagebox_pipelines.guardrails.stages import raise_alerts, refresh_guardrails
 
 GROUP = "guardrails"
 KINDS = {"deltalake", "polars"}
@@ -73,9 +63,9 @@ def guardrails(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
         for scope in summary[status]:
             context.log.warning(f"{month}: {scope} is {status}")
     where = pl.col("period") == month
-    state = store.scan(SPEND_STATE_TABLE, SPEND_STATE).filter(where).collect()
-    anomalies = store.scan(ANOMALIES_TABLE, USAGE_ANOMALIES).filter(where).collect()
-    decisions = store.scan(DECISIONS_TABLE, GUARDRAIL_DECISIONS).filter(where).collect()
+    state = store.scan(SPEND_STATE).filter(where).collect()
+    anomalies = store.scan(USAGE_ANOMALIES).filter(where).collect()
+    decisions = store.scan(GUARDRAIL_DECISIONS).filter(where).collect()
     yield dg.MaterializeResult(
         asset_key="usage_anomalies",
         metadata={

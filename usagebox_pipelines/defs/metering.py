@@ -6,10 +6,10 @@ import dagster as dg
 
 from usagebox_pipelines import invariants as inv
 from usagebox_pipelines import pipeline
+from usagebox_pipelines.catalog import USAGE_HOURLY, USAGE_MONTHLY
 from usagebox_pipelines.defs.partitions import hourly, month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.schemas import USAGE_HOURLY, USAGE_MONTHLY
 
 
 class IngestConfig(dg.Config):
@@ -99,7 +99,7 @@ def usage_hourly(
     rows = pipeline.build_usage_hourly(store, window.start, window.end, context.run_id)
     result = inv.hourly_matches_events(
         pipeline.events_frame(store),
-        store.scan("usage_hourly", USAGE_HOURLY),
+        store.scan(USAGE_HOURLY),
         window.start,
         window.end,
     )
@@ -126,8 +126,8 @@ def usage_monthly(
     store = usagebox.store
     rows = pipeline.build_usage_monthly(store, month, context.run_id)
     result = inv.monthly_matches_hourly(
-        store.scan("usage_hourly", USAGE_HOURLY),
-        store.scan("usage_monthly", USAGE_MONTHLY),
+        store.scan(USAGE_HOURLY),
+        store.scan(USAGE_MONTHLY),
         [month],
     )
     return dg.MaterializeResult(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import dagster as dg
 
 from usagebox_pipelines.config import Settings
@@ -16,14 +13,6 @@ class UsageboxResource(dg.ConfigurableResource):
 
     home: str = ""
     pricebooks: str = ""
-
-    @contextlib.contextmanager
-    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[UsageboxResource]:
-        """Each step holds the home's writer lease (re-entrant: free under `usagebox run`), so
-        runs launched by schedules, sensors or the UI never interleave with another writer."""
-        run = context.run_id or "dagster"
-        with self.store.writer(f"dagster run {run}"):
-            yield self
 
     @property
     def settings(self) -> Settings:

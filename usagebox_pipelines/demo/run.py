@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from usagebox_pipelines.catalog import INVOICE_LINES, USAGE_HOURLY
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.demo.generate import write_demo_inputs
 from usagebox_pipelines.errors import InvariantError
@@ -24,7 +25,6 @@ from usagebox_pipelines.reconciliation.demo_exports import write_vendor_exports
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
 from usagebox_pipelines.reconciliation.stages import load_exports, reconcile_month
 from usagebox_pipelines.runner import RunOutcome, run_month
-from usagebox_pipelines.schemas import USAGE_HOURLY
 from usagebox_pipelines.storage import DeltaStore
 
 Say = Callable[[str], None]
@@ -71,7 +71,7 @@ def _check_runs(outcomes: list[RunOutcome]) -> None:
 def _reconcile(store: DeltaStore, settings: Settings, month: str, seed: int) -> dict:
     start, end = month_bounds(month)
     hourly = (
-        store.scan("usage_hourly", USAGE_HOURLY)
+        store.scan(USAGE_HOURLY)
         .filter((pl.col("hour") >= start) & (pl.col("hour") < end))
         .collect()
     )
@@ -103,11 +103,11 @@ def _report(settings, store, month, nxt, ingest, late, recon, closed) -> dict:
             sum((_dec(i["total"]) for i in invoices if i.get("currency") == cur), _dec("0"))
         )
     adjustments = (
-        store.scan("invoice_lines")
+        store.scan(INVOICE_LINES)
         .filter((pl.col("period") == nxt) & (pl.col("kind") == "adjustment"))
         .select(pl.len(), pl.col("amount").sum())
         .collect()
-        if store.exists("invoice_lines")
+        if store.exists(INVOICE_LINES)
         else None
     )
     return {

@@ -16,6 +16,13 @@ from pathlib import Path
 
 import polars as pl
 
+from usagebox_pipelines.catalog import (
+    EVENT_CONFLICTS,
+    HOUR_BUILDS,
+    INGEST_LOG,
+    QUARANTINE,
+    RAW_EVENTS,
+)
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.events.classify import HISTORY_COLUMNS, classify
 from usagebox_pipelines.events.normalize import normalize_events, payload_expr
@@ -29,16 +36,9 @@ from usagebox_pipelines.events.raw import (
 from usagebox_pipelines.events.readers import CHUNK_ROWS, file_sha256, read_chunks
 from usagebox_pipelines.events.window import event_window
 from usagebox_pipelines.invoicing.tables import closed_periods
-from usagebox_pipelines.schemas import (
-    EVENT_CONFLICTS,
-    HOUR_BUILDS,
-    INGEST_LOG,
-    QUARANTINE,
-    RAW_EVENTS,
-)
-from usagebox_pipelines.storage import DeltaStore, sql_literal
+from usagebox_pipelines.storage import DeltaStore, writes_tables
 
-BATCH_TABLES = ("raw_events", "quarantine", "event_conflicts")
+BATCH_TABLES = (RAW_EVENTS, QUARANTINE, EVENT_CONFLICTS)
 Progress = Callable[[str], None]
 
 
@@ -64,6 +64,7 @@ class IngestSummary:
         return json.dumps(asdict(self))
 
 
+@writes_tables("ingest")
 def ingest_files(
     store: DeltaStore,
     paths: Iterable[Path],
@@ -76,17 +77,6 @@ def ingest_files(
     Holds the home's writer lease throughout, so the cleanup of uncommitted batches only ever
     sees batches of writers that died, and the same file is never loaded by two processes.
     """
-    with store.writer("ingest"):
-        return _ingest_files(store, paths, source, progress, chunk_rows)
-
-
-def _ingest_files(
-    store: DeltaStore,
-    paths: Iterable[Path],
-    source: str | None,
-    progress: Progress | None,
-    chunk_rows: int,
-) -> IngestSummary:
     progress = progress or (lambda _msg: None)
     remove_uncommitted_batches(store)
     total = IngestSummary()
@@ -134,7 +124,7 @@ def ingest_file(
         _remove_batch(store, batch_id)
         raise
     store.append(
-        "ingest_log",
+        INGEST_LOG,
         pl.DataFrame(
             [
                 {
@@ -150,7 +140,6 @@ def ingest_file(
                 }
             ]
         ),
-        INGEST_LOG,
     )
     return summary
 
@@ -162,34 +151,29 @@ def _ingest_chunk(store, chunk, path, batch_id, source, now, context) -> IngestS
     rejects = pl.concat([rejects, result.rejects])
     new = result.new.with_columns(is_late=context.is_late(pl.col("hour")))
     stamp = {
-        "ingested_at": pl.lit(now, dtype=RAW_EVENTS["ingested_at"]),
+        "ingested_at": pl.lit(now, dtype=RAW_EVENTS.schema["ingested_at"]),
         "source_file": pl.lit(str(path)),
         "batch_id": pl.lit(batch_id),
     }
     arrivals = _arrivals(new, result)
     if arrivals.height:
         store.append(
-            "raw_events",
+            RAW_EVENTS,
             arrivals.with_columns(
                 **stamp,
                 source=pl.lit(source),
                 row_number=pl.col("_row"),
                 event_date=pl.col("hour").dt.date(),
             ),
-            RAW_EVENTS,
-            partition_by=["event_date"],  # lets `events` rebuild one day without a full scan
         )
     if rejects.height:
         store.append(
-            "quarantine",
-            rejects.with_columns(**stamp, row_number=pl.col("_row"), payload=pl.col("_payload")),
             QUARANTINE,
+            rejects.with_columns(**stamp, row_number=pl.col("_row"), payload=pl.col("_payload")),
         )
     if result.conflicts.height:
         store.append(
-            "event_conflicts",
-            result.conflicts.with_columns(**stamp, row_number=pl.col("_row")),
-            EVENT_CONFLICTS,
+            EVENT_CONFLICTS, result.conflicts.with_columns(**stamp, row_number=pl.col("_row"))
         )
     return IngestSummary(
         rows=chunk.rows.height + chunk.rejects.height,
@@ -224,7 +208,7 @@ def _arrivals(new: pl.DataFrame, result) -> pl.DataFrame:
 def _remove_batch(store: DeltaStore, batch_id: str) -> None:
     for table in BATCH_TABLES:
         if store.exists(table):
-            store.delete_where(table, f"batch_id = {sql_literal(batch_id)}")
+            store.delete_where(table, batch_id=batch_id)
 
 
 def _history_for(store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
@@ -233,13 +217,13 @@ def _history_for(store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
     Their `payload` is recomputed from the stored fields (the same canonical form ingest
     compares), so `raw_events` does not store every event twice.
     """
-    schema = pl.Schema({c: RAW_EVENTS[c] for c in HISTORY_COLUMNS})
-    if valid.height == 0 or not store.exists("raw_events"):
+    schema = pl.Schema({c: RAW_EVENTS.schema[c] for c in HISTORY_COLUMNS})
+    if valid.height == 0 or not store.exists(RAW_EVENTS):
         return pl.DataFrame(schema=schema).with_columns(payload=pl.lit(None, dtype=pl.String))
     targets = valid["correction_of"].drop_nulls().unique()
     ids = pl.concat([valid["event_id"], targets]).unique()
     return (
-        accepted_only(store.scan("raw_events"))
+        accepted_only(store.scan(RAW_EVENTS))
         .filter(
             pl.col("event_id").is_in(ids.implode())
             | pl.col("correction_of").is_in(targets.implode())
@@ -251,15 +235,15 @@ def _history_for(store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
 
 
 def _logged_batch(store: DeltaStore, sha: str) -> dict | None:
-    if not store.exists("ingest_log"):
+    if not store.exists(INGEST_LOG):
         return None
-    hit = store.scan("ingest_log").filter(pl.col("content_sha256") == sha).head(1).collect()
+    hit = store.scan(INGEST_LOG).filter(pl.col("content_sha256") == sha).head(1).collect()
     return hit.row(0, named=True) if hit.height else None
 
 
 def committed_batches(store: DeltaStore) -> pl.LazyFrame:
     """Batch ids whose ingest finished (the only ones readers may see)."""
-    return store.scan("ingest_log", INGEST_LOG).select("batch_id")
+    return store.scan(INGEST_LOG).select("batch_id")
 
 
 def remove_uncommitted_batches(store: DeltaStore) -> list[str]:
@@ -272,7 +256,7 @@ def remove_uncommitted_batches(store: DeltaStore) -> list[str]:
         ids = store.scan(table).select("batch_id").unique().collect()["batch_id"]
         orphans = sorted(set(ids.to_list()) - set(done.to_list()))
         if orphans:
-            store.delete_where(table, f"batch_id IN ({', '.join(map(sql_literal, orphans))})")
+            store.delete_where(table, batch_id=orphans)
             removed.update(orphans)
     return sorted(removed)
 
@@ -288,7 +272,7 @@ class _LateContext:
 
     @classmethod
     def load(cls, store: DeltaStore, window: tuple[datetime, datetime]) -> _LateContext:
-        hours = store.scan("hour_builds", HOUR_BUILDS).select("hour").unique().collect()["hour"]
+        hours = store.scan(HOUR_BUILDS).select("hour").unique().collect()["hour"]
         closed = pl.Series("period", sorted(closed_periods(store)), dtype=pl.String)
         return cls(hours, closed, window)
 

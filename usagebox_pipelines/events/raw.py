@@ -11,6 +11,7 @@ from __future__ import annotations
 import polars as pl
 from deltalake.schema import Field
 
+from usagebox_pipelines.catalog import RAW_EVENTS
 from usagebox_pipelines.storage import DeltaStore
 
 ACCEPTED, DUPLICATE, CONFLICT = "accepted", "duplicate", "conflict"
@@ -31,7 +32,7 @@ def accepted_only(raw: pl.LazyFrame) -> pl.LazyFrame:
 
 def ensure_disposition_column(store: DeltaStore) -> None:
     """Schema evolution for homes created before `disposition`: add the (nullable) column."""
-    table = store.table("raw_events")
+    table = store.table(RAW_EVENTS)
     if table is None:
         return
     if "disposition" not in [f.name for f in table.schema().fields]:

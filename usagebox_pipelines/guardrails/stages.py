@@ -14,6 +14,15 @@ from pathlib import Path
 
 import polars as pl
 
+from usagebox_pipelines.catalog import (
+    EVENTS,
+    GUARDRAIL_ALERTS,
+    GUARDRAIL_DECISIONS,
+    HOUR_BUILDS,
+    SPEND_STATE,
+    USAGE_ANOMALIES,
+    USAGE_HOURLY,
+)
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.guardrails.anomalies import AnomalyConfig, detect_anomalies
 from usagebox_pipelines.guardrails.budgets import build_budget_tree
@@ -23,12 +32,6 @@ from usagebox_pipelines.guardrails.decisions import (
     new_alerts,
 )
 from usagebox_pipelines.guardrails.export import build_policy
-from usagebox_pipelines.guardrails.schemas import (
-    GUARDRAIL_ALERTS,
-    GUARDRAIL_DECISIONS,
-    SPEND_STATE,
-    USAGE_ANOMALIES,
-)
 from usagebox_pipelines.guardrails.spend import (
     HOUR,
     history_usage,
@@ -38,13 +41,7 @@ from usagebox_pipelines.guardrails.spend import (
 from usagebox_pipelines.guardrails.state import evaluate_spend, with_anomalies
 from usagebox_pipelines.pricing import Accounts, PricebookSet, load_accounts, load_pricebooks
 from usagebox_pipelines.pricing.rating import period_bounds
-from usagebox_pipelines.schemas import EVENTS, HOUR_BUILDS, USAGE_HOURLY
-from usagebox_pipelines.storage import DeltaStore, sql_literal
-
-SPEND_STATE_TABLE = "spend_state"
-ANOMALIES_TABLE = "usage_anomalies"
-DECISIONS_TABLE = "guardrail_decisions"
-ALERTS_TABLE = "guardrail_alerts"
+from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 
 def as_of(month: str, now: datetime) -> datetime:
@@ -53,6 +50,7 @@ def as_of(month: str, now: datetime) -> datetime:
     return min(max(now, start), end)
 
 
+@writes_tables("guardrails")
 def refresh_guardrails(
     store: DeltaStore,
     pricebooks_dir: Path | str,
@@ -67,12 +65,12 @@ def refresh_guardrails(
     books, accounts = load_pricebooks(folder), load_accounts(folder)
     start, _ = period_bounds(month)
     at = as_of(month, now)
-    hourly = store.scan("usage_hourly", USAGE_HOURLY)
-    builds = store.read("hour_builds") if store.exists("hour_builds") else None
+    hourly = store.scan(USAGE_HOURLY)
+    builds = store.read(HOUR_BUILDS) if store.exists(HOUR_BUILDS) else None
     usage = month_usage(
         hourly,
-        store.scan("events", EVENTS),
-        None if builds is None else builds.select(HOUR_BUILDS.names()),
+        store.scan(EVENTS),
+        None if builds is None else builds.select(HOUR_BUILDS.schema.names()),
         month,
         at,
         split_at=[at - HOUR, at - 24 * HOUR],
@@ -80,7 +78,7 @@ def refresh_guardrails(
     tree = build_budget_tree(accounts, usage.get_column("account_id").unique().to_list())
     evaluation = evaluate_spend(usage, tree, month, at, books, accounts)
     anomalies = _anomalies(hourly, evaluation.hourly, month, at, books, accounts, config)
-    existing = store.read(DECISIONS_TABLE, GUARDRAIL_DECISIONS)
+    existing = store.read(GUARDRAIL_DECISIONS)
     fresh = pl.concat(
         [
             budget_decisions(evaluation.state, evaluation.steps, existing, now, run_id),
@@ -97,12 +95,11 @@ def refresh_guardrails(
     ).join(existing.select("decision_id"), on="decision_id", how="anti")
     meta = {"run_id": run_id, "month": month, "as_of": at.isoformat()}
     if not fresh.is_empty():
-        store.append(DECISIONS_TABLE, fresh, GUARDRAIL_DECISIONS, metadata=meta)
+        store.append(GUARDRAIL_DECISIONS, fresh, metadata=meta)
     state = with_anomalies(evaluation.state, anomalies)
     state = with_decisions(state, pl.concat([existing, fresh]))
-    where = f"period = {sql_literal(month)}"
-    store.replace_where(SPEND_STATE_TABLE, state, where, SPEND_STATE, metadata=meta)
-    store.replace_where(ANOMALIES_TABLE, anomalies, where, USAGE_ANOMALIES, metadata=meta)
+    store.replace_partition(SPEND_STATE, state, period=month, metadata=meta)
+    store.replace_partition(USAGE_ANOMALIES, anomalies, period=month, metadata=meta)
     return _summary(month, at, state, anomalies, fresh)
 
 
@@ -144,7 +141,7 @@ def with_decisions(state: pl.DataFrame, decisions: pl.DataFrame) -> pl.DataFrame
     return (
         state.drop("decision_id", "decided_at")
         .join(latest, on=["period", "account_id", "limit_id"], how="left")
-        .select(SPEND_STATE.names())
+        .select(SPEND_STATE.schema.names())
     )
 
 
@@ -170,15 +167,16 @@ def _scopes_in(state: pl.DataFrame, status: str) -> list[str]:
     return sorted(state.filter(pl.col("status") == status).select(label).to_series().to_list())
 
 
+@writes_tables("guardrail alerts")
 def raise_alerts(
     store: DeltaStore, now: datetime | None = None, run_id: str = "cli"
 ) -> pl.DataFrame:
     """Alert rows for escalating decisions not alerted yet (at most one per decision)."""
-    decisions = store.read(DECISIONS_TABLE, GUARDRAIL_DECISIONS)
-    existing = store.read(ALERTS_TABLE, GUARDRAIL_ALERTS)
+    decisions = store.read(GUARDRAIL_DECISIONS)
+    existing = store.read(GUARDRAIL_ALERTS)
     alerts = new_alerts(decisions, existing, now or datetime.now(UTC), run_id)
     if not alerts.is_empty():
-        store.append(ALERTS_TABLE, alerts, GUARDRAIL_ALERTS, metadata={"run_id": run_id})
+        store.append(GUARDRAIL_ALERTS, alerts, metadata={"run_id": run_id})
     return alerts
 
 
@@ -187,7 +185,7 @@ def raise_alerts(
 
 def latest_period(store: DeltaStore) -> str:
     """The newest month in spend_state (a user error when none was computed yet)."""
-    periods = store.scan(SPEND_STATE_TABLE, SPEND_STATE).select(pl.col("period").max()).collect()
+    periods = store.scan(SPEND_STATE).select(pl.col("period").max()).collect()
     period = periods.item()
     if period is None:
         raise UsageboxError(
@@ -198,7 +196,7 @@ def latest_period(store: DeltaStore) -> str:
 
 def read_decisions(store: DeltaStore, month: str | None = None) -> pl.DataFrame:
     """The decision trace, optionally of one month (empty when nothing was decided yet)."""
-    decisions = store.read(DECISIONS_TABLE, GUARDRAIL_DECISIONS)
+    decisions = store.read(GUARDRAIL_DECISIONS)
     return decisions if month is None else decisions.filter(pl.col("period") == month)
 
 
@@ -207,7 +205,7 @@ def current_policy(
 ) -> dict:
     """The enforcement policy of `month` (default: the newest month in spend_state)."""
     month = month or latest_period(store)
-    state = store.scan(SPEND_STATE_TABLE, SPEND_STATE).filter(pl.col("period") == month).collect()
+    state = store.scan(SPEND_STATE).filter(pl.col("period") == month).collect()
     if state.is_empty():
         raise UsageboxError(f"no spend_state for {month}: run `usagebox run --month {month}`")
     decisions = read_decisions(store, month)

@@ -85,7 +85,7 @@ from usagebox_pipelines.schemas import (
     USAGE_MONTHLY,
     conform,
 )
-from usagebox_pipelines.storage import DeltaStore, sql_literal
+from usagebox_pipelines.storage import DeltaStore, sql_literal, writes_tables
 
 DECISIONS_TABLE = "guardrail_decisions"
 #: Event ids listed per explained line at most (the count is always exact).
@@ -97,6 +97,7 @@ _ZERO = Decimal(0)
 # =========================================================================== drafts
 
 
+@writes_tables("drafts")
 def refresh_drafts(
     store: DeltaStore, pricebooks_dir: Path, month: str, run_id: str = "cli"
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -283,6 +284,7 @@ class _Plan:
     issued: pl.DataFrame
 
 
+@writes_tables("close")
 def close_month(
     store: DeltaStore,
     settings: Settings,
@@ -306,20 +308,6 @@ def close_month(
     second finds the month closed.
     """
     period_bounds(month)
-    with store.writer(f"close {month}"):
-        return _close_month(store, settings, month, approve, now, approved_by, run_id, force)
-
-
-def _close_month(
-    store: DeltaStore,
-    settings: Settings,
-    month: str,
-    approve: bool,
-    now: datetime | None,
-    approved_by: str | None,
-    run_id: str,
-    force: bool,
-) -> dict:
     closed = t.closed_periods(store)
     if month in closed:
         return _already_closed(store, settings, month, closed[month])

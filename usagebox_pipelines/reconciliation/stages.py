@@ -11,6 +11,15 @@ from pathlib import Path
 
 import polars as pl
 
+from usagebox_pipelines.catalog import (
+    COST_ATTRIBUTION,
+    RATED_USAGE,
+    RECONCILIATION,
+    USAGE_HOURLY,
+    VENDOR_COST_CHANGES,
+    VENDOR_COSTS,
+    VENDOR_REVIEW,
+)
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.reconciliation.attribution import cost_attribution
@@ -26,36 +35,24 @@ from usagebox_pipelines.reconciliation.reconcile import (
     reconciliation_summary,
 )
 from usagebox_pipelines.reconciliation.reports import write_reconciliation_reports
-from usagebox_pipelines.reconciliation.schemas import (
-    COST_ATTRIBUTION,
-    RECONCILIATION,
-    VENDOR_COST_CHANGES,
-    VENDOR_COSTS,
-    VENDOR_REVIEW,
-)
-from usagebox_pipelines.schemas import RATED_USAGE, USAGE_HOURLY
-from usagebox_pipelines.storage import DeltaStore, sql_literal
+from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 
+@writes_tables("reconcile")
 def load_exports(store: DeltaStore, settings: Settings, vendor: str, paths: list[Path]) -> dict:
     """Merge one vendor's exports into `vendor_costs`; idempotent, newer exports supersede."""
-    with store.writer(f"reconcile {vendor}"):
-        return _load_exports(store, settings, vendor, paths)
-
-
-def _load_exports(store: DeltaStore, settings: Settings, vendor: str, paths: list[Path]) -> dict:
     mapping = load_vendor_mapping(settings.pricebooks)
     now = datetime.now(UTC)
     result = load_vendor_exports(vendor, paths, mapping, loaded_at=now)
-    existing = store.read("vendor_costs", VENDOR_COSTS)
+    existing = store.read(VENDOR_COSTS)
     state, changes = merge_vendor_costs(existing, result.costs, superseded_at=now)
     changes = pl.concat([result.superseded, changes], how="diagonal_relaxed")
     if not state.equals(existing):
-        store.overwrite("vendor_costs", state, VENDOR_COSTS, metadata={"stage": "vendor_costs"})
+        store.overwrite(VENDOR_COSTS, state, metadata={"stage": "vendor_costs"})
     if changes.height:
-        store.append("vendor_cost_changes", changes, VENDOR_COST_CHANGES)
-    review = merge_review(store.read("vendor_review", VENDOR_REVIEW), result.review)
-    store.overwrite("vendor_review", review, VENDOR_REVIEW)
+        store.append(VENDOR_COST_CHANGES, changes)
+    review = merge_review(store.read(VENDOR_REVIEW), result.review)
+    store.overwrite(VENDOR_REVIEW, review)
     months = sorted({d.strftime("%Y-%m") for d in result.costs["date"].drop_nulls().to_list()})
     return {
         "vendor": vendor,
@@ -75,6 +72,7 @@ def reconciliation_configured(settings: Settings) -> bool:
     return (Path(settings.pricebooks) / MAPPING_FILE).is_file()
 
 
+@writes_tables("reconcile")
 def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: str = "cli") -> dict:
     """Rebuild `reconciliation` and `cost_attribution` for a month and write the reports.
 
@@ -89,35 +87,22 @@ def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: s
             "statuses": {},
             "reports": {},
         }
-    with store.writer(f"reconcile {month}"):
-        return _reconcile_month(store, settings, month, run_id)
-
-
-def _reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: str) -> dict:
     mapping = load_vendor_mapping(settings.pricebooks)
     start, end = month_bounds(month)
     hourly = (
-        store.scan("usage_hourly", USAGE_HOURLY)
+        store.scan(USAGE_HOURLY)
         .filter((pl.col("hour") >= start) & (pl.col("hour") < end))
         .collect()
     )
-    costs = store.read("vendor_costs", VENDOR_COSTS)
-    rated = store.read("rated_usage", RATED_USAGE).filter(pl.col("period") == month)
+    costs = store.read(VENDOR_COSTS)
+    rated = store.read(RATED_USAGE).filter(pl.col("period") == month)
     recon = reconcile(metered_daily(hourly, mapping), costs, mapping, month)
     attribution = cost_attribution(hourly, costs, rated, mapping, month)
     meta = {"run_id": run_id, "period": month}
-    store.replace_where(
-        "reconciliation", recon, f"period = {sql_literal(month)}", RECONCILIATION, metadata=meta
-    )
-    store.replace_where(
-        "cost_attribution",
-        attribution,
-        f"month = {sql_literal(month)}",
-        COST_ATTRIBUTION,
-        metadata=meta,
-    )
-    review = store.read("vendor_review", VENDOR_REVIEW)
-    changes = store.read("vendor_cost_changes", VENDOR_COST_CHANGES)
+    store.replace_partition(RECONCILIATION, recon, period=month, metadata=meta)
+    store.replace_partition(COST_ATTRIBUTION, attribution, month=month, metadata=meta)
+    review = store.read(VENDOR_REVIEW)
+    changes = store.read(VENDOR_COST_CHANGES)
     reports = write_reconciliation_reports(
         recon,
         attribution,

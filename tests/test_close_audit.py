@@ -32,6 +32,9 @@ def number_of(store, period: str, account: str, doc: str = "invoice") -> str:
 def test_every_issued_invoice_reproduces_byte_identical():
     store, settings = scenario().open("nov_closed")
     assert c.issued_intact(store, settings).passed
+    rendered = c.issued_intact(store, settings, OCT, render=True)  # the process pool
+    assert rendered.passed, rendered.examples
+    assert f"({issued(store, OCT).height} PDFs rendered)" in rendered.detail
     numbers = issued(store).sort("invoice_number")["invoice_number"].to_list()
     assert len(numbers) >= 14
     for number in numbers:

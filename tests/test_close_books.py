@@ -14,6 +14,7 @@ from tests.test_close_audit import cli_app
 from tests.test_close_scenario import OCT, OCT_ISSUED, SONNET, build_month, ingest, scenario
 from usagebox_pipelines.cli import app as main_app
 from usagebox_pipelines.errors import InvariantError, UsageboxError
+from usagebox_pipelines.guardrails.schemas import GUARDRAIL_DECISIONS
 from usagebox_pipelines.invoicing import close as c
 from usagebox_pipelines.invoicing import tables as t
 from usagebox_pipelines.invoicing.audit import books_problems
@@ -83,8 +84,13 @@ def test_verify_catches_a_line_changed_together_with_its_total(tmp_path):
     store.replace_where(t.INVOICES_TABLE, invoice, where, INVOICES)
     result = c.issued_intact(store, settings, OCT)  # the cheap sums agree: a full rebuild
     assert not result.passed
-    per_doc = [e["invoice_number"] for e in result.examples if "invoice_number" in e]
-    assert per_doc == [number]  # every other document reproduces: no false positive
+    per_doc = [e for e in result.examples if "invoice_number" in e]
+    assert {e["invoice_number"] for e in per_doc} == {number}  # no false positive
+    assert {e["problem"] for e in per_doc} == {
+        "does not reproduce from its stamps",  # rebuilt from the stamps
+        "invoice row changed since its close: subtotal, total",  # committed by the close
+        "lines changed since its close",
+    }
     books = [e["problem"] for e in result.examples if "invoice_number" not in e]
     assert len(books) == 1 and "period_closes.totals" in books[0]  # the close row's totals
     report = c.verify_invoice(store, settings, number)
@@ -92,7 +98,9 @@ def test_verify_catches_a_line_changed_together_with_its_total(tmp_path):
     assert {d["what"] for d in report["differences"]} >= {"line", "invoice"}
 
 
-def test_verify_catches_a_pdf_replaced_together_with_its_hash(tmp_path):
+def test_verify_catches_a_pdf_replaced_together_with_its_hash(tmp_path, monkeypatch):
+    """Plain verify renders nothing and still fails: the hash October's close committed (Delta
+    time travel) names the original file. `invoice verify N` re-renders and fails too."""
     store, settings = scenario().home_at("oct_closed", tmp_path / "h")
     doc = _one(store, OCT, "acct-007")
     other = _one(store, OCT, "acct-001")
@@ -106,7 +114,19 @@ def test_verify_catches_a_pdf_replaced_together_with_its_hash(tmp_path):
         where,
         INVOICES,
     )
+    renders = _count_calls(monkeypatch, c, "render_document")
+    plain = c.issued_intact(store, settings)
+    assert not plain.passed and renders == [0]
+    hits = [e for e in plain.examples if e.get("invoice_number") == doc["invoice_number"]]
+    assert {e["problem"] for e in hits} == {
+        "invoice row changed since its close: pdf_sha256",
+        "stored PDF file differs from the hash its close committed",
+    }
+    assert len(plain.examples) == len(hits)  # no other document is blamed
     opts = ["--home", settings.home, "--pricebooks", str(settings.pricebooks)]
+    verified = CliRunner().invoke(main_app, ["verify", *opts])
+    assert verified.exit_code == 1 or isinstance(verified.exception, InvariantError)
+    assert "changed since its close" in verified.output
     bad = CliRunner().invoke(cli_app(), ["invoice", "verify", doc["invoice_number"], *opts])
     assert bad.exit_code == 1 and "re-rendered PDF differs from the stored sha256" in bad.output
 
@@ -179,3 +199,93 @@ def _draft_credit(store, period: str) -> D:
         & (pl.col("kind") == "credit")
     )
     return lines["amount"].sum()
+
+
+# --------------------------------------------------------------------------- after_hard_stop: waive
+
+_ACCT_006 = '    address: ["88 Pine Street", "New York, NY 10005", "United States"]\n'
+
+
+def test_waive_policy_takes_the_usage_after_the_stop_off_the_bill_before_contract_terms(
+    tmp_path, monkeypatch
+):
+    """acct-006 (stopped 10-10 12:00) under `waive`, with a 10 % discount, a 1,100.00 minimum
+    and 50.00 of prepaid credit: the waiver line is −(billed after the stop) = what the `bill`
+    note states; discount, minimum and credit then apply to the 1,125.00 left."""
+    store, settings = scenario().home_at("oct_built", tmp_path / "h")
+    book = settings.pricebooks / "accounts.yaml"
+    terms = "    after_hard_stop: waive\n    discount_pct: '10'\n"
+    terms += "    minimum_commit: '1100.00'\n    prepaid_credit: '50.00'\n"
+    assert book.read_text().count(_ACCT_006) == 1
+    book.write_text(book.read_text().replace(_ACCT_006, _ACCT_006 + terms))
+    c.close_month(store, settings, OCT, approve=True, now=OCT_ISSUED, approved_by="test")
+    doc = _one(store, OCT, "acct-006")
+    lines = t.issued_lines(store).filter(pl.col("invoice_number") == doc["invoice_number"])
+    usage = lines.filter(pl.col("kind") == "usage")["amount"].sum()
+    after = usage - D("1125.00")  # the same amount the `bill` note states (test_close_scenario)
+    contract = lines.filter(pl.col("kind") != "usage").select("kind", "description", "amount")
+    assert contract.rows() == [
+        ("discount", "Usage after the hard budget stop on 2026-10-10 12:00 UTC waived", -after),
+        ("discount", "Discount (10% of usage)", D("-112.50")),  # 10 % of 1,125.00, not of usage
+        ("minimum", "Minimum commitment true-up (commitment 1,100.00 USD)", D("87.50")),
+        ("credit", "Prepaid credit applied", D("-50.00")),
+    ]
+    assert lines["amount"].sum() == doc["total"] == D("1050.00")
+    assert doc["subtotal"] == D("1100.00")  # usage − waiver − discount + true-up
+    assert doc["notes"] == (
+        "Hard budget limit of $1,875.00 reached on 2026-10-10 12:00 UTC; "
+        f"usage after that time is waived: ${after:,}."
+    )
+    text = _pdf_text(settings.documents_dir / doc["pdf_path"])
+    assert "Usage after the hard budget stop on 2026-10-10 12:00 UTC waived" in text
+    assert f"usage after that time is waived: ${after:,}" in text
+    assert "dec-" not in text and "decision" not in text.lower()
+
+    # reproducible from the stamps: a decision appended after the close changes nothing
+    store.append("guardrail_decisions", _late_stop(), GUARDRAIL_DECISIONS)
+    renders = _count_calls(monkeypatch, c, "render_document")
+    intact = c.issued_intact(store, settings, OCT)
+    assert intact.passed, intact.examples
+    assert renders == [0]  # plain verify renders nothing
+    report = c.verify_invoice(store, settings, doc["invoice_number"])
+    assert report["reproduced"], report["differences"]
+
+    # the waiver line changed together with the total: rebuilt and committed both disagree
+    number, where = doc["invoice_number"], f"invoice_number = '{doc['invoice_number']}'"
+    waiver = pl.col("description").str.starts_with("Usage after")
+    assert lines.filter(waiver).height == 1
+    forged = lines.with_columns(
+        amount=pl.when(waiver).then(pl.col("amount") + D("10.00")).otherwise(pl.col("amount"))
+    )
+    store.replace_where(t.INVOICE_LINES_TABLE, forged, where, INVOICE_LINES)
+    invoice = t.all_invoices(store).filter(pl.col("invoice_number") == number)
+    invoice = invoice.with_columns(pl.col("subtotal", "total") + D("10.00"))
+    store.replace_where(t.INVOICES_TABLE, invoice, where, INVOICES)
+    result = c.issued_intact(store, settings, OCT)
+    assert not result.passed
+    problems = {e["problem"] for e in result.examples if e.get("invoice_number") == number}
+    assert "does not reproduce from its stamps" in problems
+    assert "lines changed since its close" in problems
+    assert not c.verify_invoice(store, settings, number)["reproduced"]
+
+
+def _late_stop() -> pl.DataFrame:
+    """A cap stop of acct-006 recorded after October's close (e.g. a guardrails rerun),
+    effective before all its usage: counted, it would waive everything."""
+    from datetime import UTC, datetime
+
+    from tests.test_close_scenario import HARD_STOP
+
+    return HARD_STOP.with_columns(
+        decision_id=pl.lit("dec-006-late"),
+        limit_id=pl.lit("cap:output_tokens"),
+        meter_id=pl.lit("output_tokens"),
+        effective_at=pl.lit(datetime(2026, 10, 1, tzinfo=UTC)),
+    )
+
+
+def _pdf_text(path) -> str:
+    from pypdf import PdfReader
+
+    pages = PdfReader(path).pages
+    return " ".join(" ".join(page.extract_text().split()) for page in pages)

@@ -139,7 +139,9 @@ def test_after_hard_stop_policy_is_validated_naming_file_and_field(tmp_path) -> 
     (folder / "accounts.yaml").write_text(body.format("bill"))
     assert load_accounts(folder).get("acct-x").after_hard_stop == "bill"
     assert load_accounts(folder).get("unlisted").after_hard_stop == "bill"
-    for bad, why in (("refund", "must be one of bill"), ("waive", "not supported yet")):
+    (folder / "accounts.yaml").write_text(body.format("waive"))
+    assert load_accounts(folder).get("acct-x").after_hard_stop == "waive"
+    for bad, why in (("refund", "must be one of bill, waive"), ("Waive", "got 'Waive'")):
         (folder / "accounts.yaml").write_text(body.format(bad))
         with pytest.raises(AccountsError, match=rf"accounts.yaml: .*after_hard_stop: .*{why}"):
             load_accounts(folder)

@@ -156,6 +156,15 @@ def usage(
 @app.command()
 def verify(
     month: Annotated[str | None, typer.Option(help="Only this month (YYYY-MM).")] = None,
+    render: Annotated[
+        bool,
+        typer.Option(
+            "--render",
+            help="Also re-render every issued PDF and compare its bytes (slow: ~1 s CPU each, "
+            "in a process pool); by default PDFs are checked against the hash their close "
+            "committed.",
+        ),
+    ] = False,
     home: Home = None,
     pricebooks: Pricebooks = None,
 ) -> None:
@@ -165,7 +174,7 @@ def verify(
 
     period = parse_month(month) if month else None
     settings, store = open_home(home, pricebooks)
-    results = [*verify_tables(store, period), issued_intact(store, settings, period)]
+    results = [*verify_tables(store, period), issued_intact(store, settings, period, render)]
     failed = [r.name for r in results if not r.passed]
     print_json({"passed": not failed, "failed": failed, "checks": [r.as_dict() for r in results]})
     if failed:

@@ -30,7 +30,9 @@ from usagebox_pipelines.events.build import INHERITED, build_events, resolve_cor
 from usagebox_pipelines.events.ingest import committed_batches
 from usagebox_pipelines.events.raw import accepted_only, with_disposition
 from usagebox_pipelines.events.window import min_event_time
+from usagebox_pipelines.guardrails.schemas import GUARDRAIL_DECISIONS
 from usagebox_pipelines.invoicing.credit import opening_credit
+from usagebox_pipelines.invoicing.hard_stop import apply_waivers
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
@@ -173,15 +175,20 @@ def rate_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> RatedMont
     """Rate one month of `usage_hourly` (nothing written): usage and contract lines.
 
     Prepaid credit is what the month WOULD apply if issued now: the grant minus what issued
-    invoices have drawn (invoicing.credit); a draft or an open month never draws.
+    invoices have drawn (invoicing.credit); a draft or an open month never draws. Usage after
+    a hard stop of an `after_hard_stop: waive` account is waived (invoicing.hard_stop), with
+    the decisions recorded so far.
     """
     books = load_pricebooks(pricebooks_dir)
     accounts = load_accounts(pricebooks_dir)
     start, end = month_bounds(month)
     hourly = store.scan(USAGE_HOURLY).filter((pl.col("hour") >= start) & (pl.col("hour") < end))
     opening = opening_credit(store, accounts)
-    result = rate_usage(hourly.collect(), month, books, accounts, opening)
-    return RatedMonth(result.rated, result.unrated)
+    hourly = hourly.collect()
+    result = rate_usage(hourly, month, books, accounts, opening)
+    decisions = store.read("guardrail_decisions", GUARDRAIL_DECISIONS)
+    rated = apply_waivers(result.rated, hourly, decisions, month, books, accounts, opening)
+    return RatedMonth(rated, result.unrated)
 
 
 @writes_tables("rated_usage")

@@ -30,6 +30,19 @@ def marker_history(store: DeltaStore) -> dict[str, int]:
     return out
 
 
+def close_commits(store: DeltaStore, name: str) -> dict[str, dict]:
+    """period → the newest commit of table `name` written by a close of it (stage `close`):
+    its `version`, `timestamp` and the close's metadata (e.g. the decisions version read)."""
+    table = store.table(name)
+    if table is None:
+        return {}
+    out: dict[str, dict] = {}
+    for commit in table.history():  # newest first
+        if commit.get("stage") == "close" and commit.get("period"):
+            out.setdefault(str(commit["period"]), commit)
+    return out
+
+
 def tampered_periods(store: DeltaStore, closed: dict[str, dict] | None = None) -> list[dict]:
     """Periods with issued invoices but no marker that are NOT a crashed close's leftovers."""
     closed = t.closed_periods(store) if closed is None else closed

@@ -45,14 +45,19 @@ from usagebox_pipelines.guardrails.schemas import GUARDRAIL_DECISIONS
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing import tables as t
 from usagebox_pipelines.invoicing.adjustments import billed_for_period, compute_adjustments
-from usagebox_pipelines.invoicing.audit import books_problems, tampered_periods
+from usagebox_pipelines.invoicing.audit import close_commits, tampered_periods
 from usagebox_pipelines.invoicing.credit import (
     opening_credit,
     with_current_credit,
     write_ledger,
 )
-from usagebox_pipelines.invoicing.hard_stop import hard_stop_notes
-from usagebox_pipelines.invoicing.lines import build_draft_invoices, line_documents, rated_lines
+from usagebox_pipelines.invoicing.hard_stop import apply_waivers, hard_stop_notes
+from usagebox_pipelines.invoicing.lines import (
+    build_draft_invoices,
+    is_waiver,
+    line_documents,
+    rated_lines,
+)
 from usagebox_pipelines.invoicing.numbering import NUMBER_RE, issue_documents, last_sequence
 from usagebox_pipelines.invoicing.register import write_register
 from usagebox_pipelines.invoicing.render import (
@@ -63,6 +68,7 @@ from usagebox_pipelines.invoicing.render import (
 )
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Account, Accounts, load_accounts
+from usagebox_pipelines.pricing.contract import WAIVER_RATE
 from usagebox_pipelines.pricing.money import minor_units, round_decimal
 from usagebox_pipelines.pricing.pricebook import (
     PricebookError,
@@ -88,6 +94,8 @@ from usagebox_pipelines.schemas import (
 from usagebox_pipelines.storage import DeltaStore, sql_literal, writes_tables
 
 DECISIONS_TABLE = "guardrail_decisions"
+#: Commit metadata of a close: the `guardrail_decisions` version it read.
+DECISIONS_VERSION_KEY = "guardrail_decisions_version"
 #: Event ids listed per explained line at most (the count is always exact).
 EVENT_LIMIT = 10_000
 _NOTE_SEP = "\n"
@@ -115,7 +123,19 @@ def refresh_drafts(
     accounts = load_accounts(pricebooks_dir)
     rated = _rated_of_month(store, pricebooks_dir, month)
     # credit as it stands now: a close since `rated_usage` was built may have drawn some
-    rated = with_current_credit(rated, accounts, month, opening_credit(store, accounts, closed))
+    opening = opening_credit(store, accounts, closed)
+    rated = with_current_credit(rated, accounts, month, opening)
+    rated = apply_waivers(  # decisions recorded since `rated_usage` was built count too
+        rated,
+        store.scan("usage_hourly", USAGE_HOURLY).filter(
+            pl.col("hour").is_between(*month_bounds(month), closed="left")
+        ),
+        store.read(DECISIONS_TABLE, GUARDRAIL_DECISIONS),
+        month,
+        load_pricebooks(pricebooks_dir),
+        accounts,
+        opening,
+    )
     adjustments = pending_adjustments(store, pricebooks_dir, month, closed)
     invoices, lines = build_draft_invoices(rated, accounts, month, adjustments)
     _write_drafts(store, month, invoices, lines, run_id)
@@ -282,6 +302,8 @@ class _Plan:
     invoices: pl.DataFrame
     lines: pl.DataFrame
     issued: pl.DataFrame
+    decisions: pl.DataFrame
+    decisions_version: int | None
 
 
 @writes_tables("close")
@@ -350,10 +372,37 @@ def _plan_close(
     problems += _unrated_problems(store, month, rating, rerated)
     if problems:
         raise InvariantError(f"close {month} refused: " + "; ".join(problems))
+    # the decisions this close reads, at one version (recorded in its commits for verify)
+    decisions_version = store.version(DECISIONS_TABLE)
+    decisions = decisions_at(store, decisions_version)
+    rated = apply_waivers(rating.rated, hourly, decisions, month, books, accounts, opening)
+    restated = {
+        q: apply_waivers(r.rated, _hourly_at(store, q, version), decisions, q, books, accounts)
+        for q, r in rerated.items()
+    }
     lines_issued = t.issued_lines(store, issued)
-    adjustments = _adjustments(lines_issued, {q: r.rated for q, r in rerated.items()})
-    invoices, lines = build_draft_invoices(rating.rated, accounts, month, adjustments)
-    return _Plan(month, version, books, accounts, hourly, opening, invoices, lines, issued)
+    adjustments = _adjustments(lines_issued, restated)
+    invoices, lines = build_draft_invoices(rated, accounts, month, adjustments)
+    return _Plan(
+        month,
+        version,
+        books,
+        accounts,
+        hourly,
+        opening,
+        invoices,
+        lines,
+        issued,
+        decisions,
+        decisions_version,
+    )
+
+
+def decisions_at(store: DeltaStore, version: int | None) -> pl.DataFrame:
+    """`guardrail_decisions` as of `version` (none when the table did not exist)."""
+    if version is None:
+        return pl.DataFrame(schema=GUARDRAIL_DECISIONS)
+    return store.read(DECISIONS_TABLE, GUARDRAIL_DECISIONS, version=version)
 
 
 def _hourly_at(
@@ -595,7 +644,7 @@ def _issue(
     invoices = _stamp(store, plan, invoices, lines)
     invoices = _render_all(settings.documents_dir, plan, invoices, lines, issuer)
     close_row = _close_row(plan, invoices, approved_by, run_id)
-    _commit(store, plan.period, invoices, lines, close_row, run_id)
+    _commit(store, plan.period, invoices, lines, close_row, run_id, plan.decisions_version)
     write_ledger(store, plan.accounts, run_id)  # derived from issued draws; after the marker
     return {
         "status": "closed",
@@ -647,7 +696,7 @@ def _stamp(
 ) -> pl.DataFrame:
     """What every issued document records to be reproduced: events version, the content
     hashes of the pricebook versions its lines used, code and template version, notes."""
-    decisions = store.read(DECISIONS_TABLE, GUARDRAIL_DECISIONS)
+    decisions = plan.decisions
     fingerprints = plan.books.fingerprints()
     rows = []
     for row in invoices.iter_rows(named=True):
@@ -781,9 +830,17 @@ def _commit(
     lines: pl.DataFrame,
     close_row: dict,
     run_id: str,
+    decisions_version: int | None = None,
 ) -> None:
-    """Three commits: lines, invoices (each replacing the period's drafts), then the marker."""
-    meta = {"run_id": run_id, "stage": "close", "period": period}
+    """Three commits: lines, invoices (each replacing the period's drafts), then the marker.
+    Each records the `guardrail_decisions` version the close read (hard-stop waivers and
+    notes; "none": no table yet), so verify rebuilds from the same decisions."""
+    meta = {
+        "run_id": run_id,
+        "stage": "close",
+        "period": period,
+        DECISIONS_VERSION_KEY: "none" if decisions_version is None else str(decisions_version),
+    }
     where = f"period = {sql_literal(period)}"
     store.replace_where(t.INVOICE_LINES_TABLE, lines, where, INVOICE_LINES, metadata=meta)
     store.replace_where(t.INVOICES_TABLE, invoices, where, INVOICES, metadata=meta)
@@ -896,46 +953,94 @@ def _load_issued(store: DeltaStore, settings: Settings, number: str) -> _Issued:
 
 
 def _rate_as_issued(store: DeltaStore, doc: _Issued) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(hourly, rated) of the document's account and period at its stamped events version."""
-    hourly = _hourly_at(store, doc.period, doc.version, doc.invoice["account_id"])
+    """(hourly, rated) of the document's account and period at its stamped events version,
+    with the hard-stop waivers of the decisions its close read."""
+    account_id = doc.invoice["account_id"]
+    hourly = _hourly_at(store, doc.period, doc.version, account_id)
     opening = t.decimal_map(doc.closed[doc.period]["opening_credit"])
     rated = rate_usage(hourly, doc.period, doc.books, doc.accounts, opening).rated
-    return hourly, rated.filter(pl.col("account_id") == doc.invoice["account_id"])
+    decisions = decisions_of_close(store, doc.period)
+    rated = apply_waivers(rated, hourly, decisions, doc.period, doc.books, doc.accounts, opening)
+    return hourly, rated.filter(pl.col("account_id") == account_id)
+
+
+def decisions_of_close(
+    store: DeltaStore, period: str, commits: Mapping[str, dict] | None = None
+) -> pl.DataFrame:
+    """The `guardrail_decisions` rows the close of `period` read (the version its commits
+    record); a close from before that was recorded gets every decision (append-only)."""
+    commits = close_commits(store, t.INVOICES_TABLE) if commits is None else commits
+    raw = (commits.get(period) or {}).get(DECISIONS_VERSION_KEY)
+    if raw is None:
+        return store.read(DECISIONS_TABLE, GUARDRAIL_DECISIONS)
+    return decisions_at(store, None if raw == "none" else int(raw))
+
+
+def rebuild_period(
+    store: DeltaStore,
+    period: str,
+    version: int | None,
+    closed: dict[str, dict],
+    books: PricebookSet,
+    accounts: Accounts,
+    decisions: pl.DataFrame,
+    account_id: str | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The documents of a closed period (of one account, or all) rebuilt from time-travelled
+    events, the pricebooks, the decisions its close read and the issued history, as drafts
+    (INVOICES, INVOICE_LINES with `document_type`). Rating is per account, so rebuilding all
+    accounts at once gives each the same documents as alone (one pass per period in verify).
+
+    Adjustment lines are recomputed as at the close: earlier closed months re-rated at the
+    same events version, compared with what had been issued before this close.
+    """
+    mine = pl.lit(True) if account_id is None else pl.col("account_id") == account_id
+    hourly = _hourly_at(store, period, version, account_id)
+    opening = t.decimal_map(closed[period]["opening_credit"])
+    rated = rate_usage(hourly, period, books, accounts, opening).rated
+    rated = apply_waivers(rated, hourly, decisions, period, books, accounts, opening)
+    before = {p: r for p, r in closed.items() if r["closed_at"] < closed[period]["closed_at"]}
+    issued_before = t.issued_lines(store, t.issued_invoices(store, before)).filter(mine)
+    rerated = {}
+    for q in sorted(p for p in before if p < period):
+        q_hourly = _hourly_at(store, q, version, account_id)
+        q_rated = rate_usage(q_hourly, q, books, accounts).rated
+        q_rated = apply_waivers(q_rated, q_hourly, decisions, q, books, accounts)
+        rerated[q] = q_rated.filter(mine)
+    adjustments = _adjustments(issued_before, rerated).filter(mine)
+    invoices, lines = build_draft_invoices(rated.filter(mine), accounts, period, adjustments)
+    return invoices, line_documents(invoices, lines)
+
+
+def rebuilt_document(
+    invoice: dict, invoices: pl.DataFrame, lines: pl.DataFrame
+) -> tuple[dict | None, pl.DataFrame]:
+    """The stored document `invoice` as `rebuild_period` rebuilt it: priced header fields
+    from the rebuild, the rest (number, dates, notes, stamps) from the stored row."""
+    kind = invoice["document_type"]
+    which = (pl.col("account_id") == invoice["account_id"]) & (pl.col("document_type") == kind)
+    match = invoices.filter(which)
+    if match.height != 1:
+        return None, pl.DataFrame(schema=INVOICE_LINES)
+    own = lines.filter(which).with_columns(invoice_number=pl.lit(invoice["invoice_number"]))
+    priced = match.row(0, named=True)
+    header = {k: priced[k] for k in ("currency", "subtotal", "total", "document_type")}
+    return invoice | header, conform(own, INVOICE_LINES)
 
 
 def _rebuild(store: DeltaStore, doc: _Issued) -> tuple[dict | None, pl.DataFrame]:
-    """The document rebuilt from time-travelled events, the pricebooks and the issued history.
-
-    Adjustment lines are recomputed as at the close: earlier closed months re-rated at the
-    same events version, compared with what had been issued before this close. Header fields
-    that are not priced (number, dates, notes, stamps) come from the stored row.
-    """
-    account_id = doc.invoice["account_id"]
-    _, rated = _rate_as_issued(store, doc)
-    before = doc.closed_before()
-    mine = pl.col("account_id") == account_id
-    issued_before = t.issued_lines(store, t.issued_invoices(store, before)).filter(mine)
-    rerated = {
-        q: rate_usage(
-            _hourly_at(store, q, doc.version, account_id), q, doc.books, doc.accounts
-        ).rated.filter(mine)
-        for q in sorted(p for p in before if p < doc.period)
-    }
-    adjustments = _adjustments(issued_before, rerated).filter(mine)
-    invoices, lines = build_draft_invoices(
-        rated.filter(mine), doc.accounts, doc.period, adjustments
+    """One issued document rebuilt from its stamps (rebuild_period for its account)."""
+    invoices, lines = rebuild_period(
+        store,
+        doc.period,
+        doc.version,
+        doc.closed,
+        doc.books,
+        doc.accounts,
+        decisions_of_close(store, doc.period),
+        doc.invoice["account_id"],
     )
-    kind = doc.invoice["document_type"]
-    match = invoices.filter(pl.col("document_type") == kind)
-    if match.height != 1:
-        return None, pl.DataFrame(schema=INVOICE_LINES)
-    own = line_documents(invoices, lines).filter(pl.col("document_type") == kind)
-    own = conform(
-        own.with_columns(invoice_number=pl.lit(doc.invoice["invoice_number"])), INVOICE_LINES
-    )
-    priced = match.row(0, named=True)
-    header = {k: priced[k] for k in ("currency", "subtotal", "total", "document_type")}
-    return doc.invoice | header, own
+    return rebuilt_document(doc.invoice, invoices, lines)
 
 
 # --------------------------------------------------------------------------- verify
@@ -1301,12 +1406,18 @@ def _explain_contract(doc: _Issued, line: dict) -> dict:
     """The account term behind a discount, minimum true-up or prepaid credit line."""
     account = doc.account
     kind = line["kind"]
-    usage = _sum_kind(doc.lines, "usage")
-    if kind == "discount":
+    waivers = doc.lines.filter(pl.col("unit").fill_null("").str.starts_with(WAIVER_RATE))
+    usage = _sum_kind(doc.lines, "usage") + _sum_kind(waivers, "discount")  # billed usage
+    if is_waiver(line["unit"]):
+        text = f"usage billed after the hard stop ({line['description']}) waived"
+        term = {"after_hard_stop": account.after_hard_stop}
+    elif kind == "discount":
         text = f"{_plain(account.discount_pct)}% of usage {usage} = {_plain(line['exact_amount'])}"
+        if waivers.height:
+            text += " (usage after the hard-stop waiver)"
         term = {"discount_pct": _plain(account.discount_pct)}
     elif kind == "minimum":
-        after = usage + _sum_kind(doc.lines, "discount")
+        after = _sum_kind(doc.lines, "usage") + _sum_kind(doc.lines, "discount")
         text = f"commitment {_plain(account.minimum_commit)} − usage after discount {after}"
         term = {"minimum_commit": _plain(account.minimum_commit)}
     else:
@@ -1417,35 +1528,15 @@ def _price(value: Decimal) -> str:
 
 
 def issued_intact(
-    store: DeltaStore, settings: Settings, month: str | None = None
+    store: DeltaStore, settings: Settings, month: str | None = None, render: bool = False
 ) -> inv.InvariantResult:
-    """Invariant 5 for `usagebox verify`: the numbering books are sound (audit.books_problems:
-    no deleted `period_closes` row, gapless numbers, each row lists exactly its invoices), and
-    every issued document (of `month`, or all) REPRODUCES: lines and totals rebuilt from its
-    stamped events and pricebook versions, the PDF re-rendered and compared with the stored
-    hash and file (verify_invoice). So a line edited together with its total, or a PDF
-    replaced together with its hash, fails too. Costs one render per document."""
-    docs = t.issued_invoices(store)
-    if month is not None:
-        docs = docs.filter(pl.col("period") == month)
-    bad = [{"problem": p} for p in _frozen_problems(load_pricebooks(settings.pricebooks), docs)]
-    bad += [p for p in books_problems(store) if month is None or p.get("period") in (None, month)]
-    for number in sorted(docs["invoice_number"].to_list()):
-        report = verify_invoice(store, settings, number)
-        if not report["reproduced"]:
-            bad.append(
-                {
-                    "invoice_number": number,
-                    "problem": "does not reproduce from its stamps",
-                    "differences": report["differences"][:3],
-                }
-            )
-    return inv.InvariantResult(
-        "5_issued_invoices_unchanged",
-        not bad,
-        f"{docs.height} issued documents rebuilt and re-rendered; {len(bad)} problems",
-        bad[: inv.SAMPLE],
-    )
+    """Invariant 5 for `usagebox verify` (invoicing.verify_books): the numbering books are
+    sound (audit.books_problems), every issued document (of `month`, or all) is as its close
+    committed it (Delta time travel: rows, lines, PDF hash and file) and its lines and totals
+    rebuild from its stamps. `render` also re-renders every PDF (`verify --render`)."""
+    from usagebox_pipelines.invoicing.verify_books import issued_intact as check
+
+    return check(store, settings, month, render)
 
 
 # --------------------------------------------------------------------------- export

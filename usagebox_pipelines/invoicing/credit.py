@@ -20,7 +20,8 @@ from decimal import Decimal
 import polars as pl
 
 from usagebox_pipelines.invoicing import tables as t
-from usagebox_pipelines.pricing.contract import contract_lines
+from usagebox_pipelines.invoicing.hard_stop import waived_amounts
+from usagebox_pipelines.pricing.contract import WAIVER_RATE, contract_lines
 from usagebox_pipelines.schemas import CREDIT_LEDGER, RATED_USAGE, conform
 from usagebox_pipelines.storage import DeltaStore
 
@@ -111,8 +112,10 @@ def with_current_credit(
     """`rated` (RATED_USAGE of one period) with its contract rows recomputed from `opening`.
 
     Stored `rated_usage` was rated against the balances of its build; a close since then may
-    have drawn credit, so a draft recomputes discount/minimum/credit from its usage rows.
+    have drawn credit, so a draft recomputes discount/minimum/credit from its usage rows (after
+    its hard-stop waiver rows, which are kept: invoicing.hard_stop).
     """
     usage = rated.filter(pl.col("line_kind").fill_null("usage") == "usage")
-    contract, _ = contract_lines(usage, period, accounts, opening)
-    return pl.concat([usage, conform(contract, RATED_USAGE)])
+    waivers = rated.filter(pl.col("rate_id").fill_null("") == WAIVER_RATE)
+    contract, _ = contract_lines(usage, period, accounts, opening, waived_amounts(waivers))
+    return pl.concat([usage, conform(waivers, RATED_USAGE), conform(contract, RATED_USAGE)])

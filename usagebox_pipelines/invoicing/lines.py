@@ -23,6 +23,8 @@ import polars as pl
 
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
+from usagebox_pipelines.invoicing.hard_stop import waiver_description
+from usagebox_pipelines.pricing.contract import WAIVER_RATE
 from usagebox_pipelines.pricing.money import minor_units, round_money
 from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES, MONEY, MONEY2, QTY, conform
 
@@ -147,21 +149,42 @@ def _unit_expr() -> pl.Expr:
 
 
 def _contract_lines(rated: pl.DataFrame) -> pl.DataFrame:
-    """One line per account × contract kind (discount, minimum, credit), amount only."""
+    """One line per account × contract kind (discount, minimum, credit), amount only; a
+    hard-stop waiver (rate_id WAIVER_RATE, a `discount`) is a line of its own per stop, its
+    `unit` naming the limit (`after_hard_stop:budget`) so restatements compare it alone."""
     if rated.is_empty():
         return pl.DataFrame()
-    return (
-        rated.group_by(["account_id", "period", "line_kind", "currency"], maintain_order=True)
-        .agg(pl.col("amount").sum().cast(MONEY).alias("exact_amount"))
+    waiver = pl.col("rate_id").fill_null("") == WAIVER_RATE
+    grouped = (
+        rated.with_columns(
+            unit=pl.when(waiver).then(pl.col("unit")).otherwise(pl.col("line_kind")),
+            stop_at=pl.when(waiver).then(pl.col("first_hour")),
+        )
+        .group_by(["account_id", "period", "line_kind", "unit", "currency"], maintain_order=True)
+        .agg(pl.col("amount").sum().cast(MONEY).alias("exact_amount"), pl.col("stop_at").min())
         .rename({"line_kind": "kind"})
+    )
+    waivers = [
+        waiver_description(u, at) if is_waiver(u) else None
+        for u, at in grouped.select("unit", "stop_at").iter_rows()
+    ]
+    labels = pl.col("kind").replace_strict(
+        CONTRACT_LABELS, default=pl.col("kind"), return_dtype=pl.String
+    )
+    return (
+        grouped.drop("stop_at")
         .with_columns(
             amount=round_line(pl.col("exact_amount"), rated["currency"]),
-            unit=pl.col("kind"),
-            description=pl.col("kind").replace_strict(
-                CONTRACT_LABELS, default=pl.col("kind"), return_dtype=pl.String
-            ),
+            waiver_text=pl.Series(waivers, dtype=pl.String),
         )
+        .with_columns(description=pl.coalesce("waiver_text", labels))
+        .drop("waiver_text")
     )
+
+
+def is_waiver(unit: object) -> bool:
+    """A hard-stop waiver line (kind `discount`) is told apart by its unit."""
+    return isinstance(unit, str) and unit.startswith(WAIVER_RATE)
 
 
 def _usage_descriptions(grouped: pl.DataFrame) -> list[str]:
@@ -284,15 +307,19 @@ def _account_wording(account: Any, lines: pl.DataFrame) -> pl.Expr:
     if commit:
         commit_text = f"{Decimal(str(commit)):,.2f} {currency}".strip()
         words["minimum"] = f"Minimum commitment true-up (commitment {commit_text})"
-    contract = pl.col("kind").is_in(list(CONTRACT_KINDS))
+    waiver = pl.col("unit").fill_null("").str.starts_with(WAIVER_RATE)
+    contract = pl.col("kind").is_in(list(CONTRACT_KINDS)) & ~waiver
     wording = pl.col("kind").replace_strict(words, default=None, return_dtype=pl.String)
     return pl.when(contract).then(wording).otherwise(pl.col("description"))
 
 
 def number_lines(lines: pl.DataFrame) -> pl.DataFrame:
-    """Sort lines into reading order and number them 1..n (conformed to INVOICE_LINES)."""
+    """Sort lines into reading order and number them 1..n (conformed to INVOICE_LINES).
+
+    A hard-stop waiver reads before the percentage discount: it is applied first."""
     ordered = lines.sort(
         pl.col("kind").replace_strict(KIND_ORDER, default=9, return_dtype=pl.Int32),
+        ~pl.col("unit").fill_null("").str.starts_with(WAIVER_RATE),
         pl.col("adjusts_period"),
         pl.col("model_id").is_null(),
         pl.col("model_id"),

@@ -39,9 +39,9 @@ _ACCOUNT_KEYS = {
     "budget",
     "after_hard_stop",
 }
-#: What the invoice does with usage after a guardrail hard stop. Only `bill` is implemented:
-#: `waive` (a line cancelling exactly that usage) is planned, and refused until then.
-AFTER_HARD_STOP = ("bill",)
+#: What the invoice does with usage after a guardrail hard stop: `bill` it (the note says how
+#: much) or `waive` it (a discount line of exactly minus that amount, before the contract terms).
+AFTER_HARD_STOP = ("bill", "waive")
 _BUDGET_KEYS = {"monthly", "soft_pct", "hard_pct", "caps", "enforcement"}
 _CAP_KEYS = {"meter_id", "model_id", "monthly"}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -294,12 +294,11 @@ def _money(value: Any, where: y.Where) -> Decimal | None:
 
 
 def _after_hard_stop(raw: Any, where: y.Where) -> str:
-    """`bill` (default): usage after a hard stop is billed and the invoice note says how much."""
+    """`bill` (default): usage after a hard stop is billed and the invoice note says how much;
+    `waive`: it is taken off the bill by a discount line (invoicing.hard_stop)."""
     if raw is None:
         return "bill"
     value = y.text(raw, where)
-    if value == "waive":
-        where.fail("'waive' is not supported yet (usage after a hard stop is billed): use bill")
     if value not in AFTER_HARD_STOP:
         where.fail(f"must be one of {', '.join(AFTER_HARD_STOP)}, got {value!r}")
     return value

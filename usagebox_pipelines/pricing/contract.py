@@ -1,8 +1,10 @@
-"""Contract lines: discount → minimum true-up → prepaid credit, per account and period.
+"""Contract lines: [hard-stop waiver →] discount → minimum true-up → prepaid credit, per account.
 
-The order is fixed: the discount applies to usage; the minimum commit tops up the discounted
-usage; prepaid credit pays what is left (never more, so a total never goes below zero). All
-three are computed on the invoice's usage subtotal: rated rows summed to invoice lines
+The order is fixed: usage waived after a guardrail hard stop (`after_hard_stop: waive`, its
+rows made by invoicing.hard_stop, rate_id `WAIVER_RATE`) comes off the usage first; the
+discount applies to the usage that is billed; the minimum commit tops up the discounted usage;
+prepaid credit pays what is left (never more, so a total never goes below zero). All
+are computed on the invoice's usage subtotal: rated rows summed to invoice lines
 (`INVOICE_LINE_KEYS`, the grain invoicing.lines groups by: dimensions summed away), each line
 rounded once with `round_money`. So a customer can check them on the invoice, a true-up lands
 exactly on the commit, and credit never turns a total negative by a cent. Discount amounts are
@@ -29,6 +31,8 @@ INVOICE_LINE_KEYS = [
     "account_id", "meter_id", "model_id", "rate_id", "price_version", "tier",
     "unit_price", "per", "price_model", "currency",
 ]  # fmt: skip
+#: rate_id of the `discount` rows that waive usage after a hard stop (invoicing.hard_stop).
+WAIVER_RATE = "after_hard_stop"
 
 
 def contract_lines(
@@ -36,11 +40,14 @@ def contract_lines(
     period: str,
     accounts: Accounts,
     opening_credit: Mapping[str, Decimal] | None = None,
+    waived: Mapping[str, Decimal] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Decimal]]:
     """Contract rows (schemas.RATED_USAGE) and the prepaid balance of each account after them.
 
     Accounts in `opening_credit` start from that balance; other accounts with a
-    `prepaid_credit` start from it (their first rated period).
+    `prepaid_credit` start from it (their first rated period). `waived` (account → positive
+    rounded amount, the sum of its waiver rows) comes off the usage subtotal before the
+    discount, so discount, minimum and credit apply to the bill after the waiver.
     """
     opening = dict(opening_credit or {})
     subtotals = rounded_usage_subtotals(usage_lines)
@@ -50,7 +57,7 @@ def contract_lines(
     for account_id in sorted(ids):
         account = accounts.get(account_id)
         balance = opening.get(account_id, account.prepaid_credit)
-        usage = subtotals.get(account_id, _ZERO)
+        usage = subtotals.get(account_id, _ZERO) - (waived or {}).get(account_id, _ZERO)
         account_rows, left = _account_lines(account, usage, balance)
         rows.extend({"period": period, "account_id": account_id, **r} for r in account_rows)
         if left is not None:

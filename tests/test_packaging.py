@@ -1,7 +1,10 @@
-"""The demo is not part of the product: `usagebox_pipelines` never imports `usagebox_demo`.
+"""Package layout: the demo stays out of the product; documents' files ship as package data.
 
-The one allowed edge is the `usagebox demo` command, which imports `usagebox_demo.run` lazily
-inside its function body, so loading the CLI or the Dagster definitions never loads the demo.
+`usagebox_pipelines` never imports `usagebox_demo`; the one allowed edge is the `usagebox demo`
+command, which imports `usagebox_demo.run` lazily inside its function body, so loading the CLI
+or the Dagster definitions never loads the demo. Templates, assets and the default pricebooks
+live in `usagebox_pipelines/package_data/` (tests/test_wheel_install.py installs a real wheel);
+the checkout's top-level `pricebooks/` is a link to the packaged folder, not a second copy.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import sys
 from pathlib import Path
 
 import usagebox_pipelines
+from usagebox_pipelines.config import ASSETS_DIR, DEFAULT_PRICEBOOKS, TEMPLATES_DIR
 
 PRODUCT = Path(usagebox_pipelines.__file__).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _demo_imports(tree: ast.AST) -> list[ast.AST]:
@@ -62,3 +67,22 @@ def test_demo_modules_are_gone_from_the_domain_packages() -> None:
     assert not (PRODUCT / "demo").exists()
     assert not (PRODUCT / "reconciliation" / "demo_exports.py").exists()
     assert not (PRODUCT / "guardrails" / "demo.py").exists()
+
+
+def test_documents_files_and_default_pricebooks_are_package_data() -> None:
+    data = PRODUCT / "package_data"
+    assert TEMPLATES_DIR == (data / "templates").resolve()
+    assert ASSETS_DIR == (data / "assets").resolve()
+    assert DEFAULT_PRICEBOOKS == (data / "pricebooks").resolve()
+    for name in ("invoice_v1.html.j2", "reconciliation_v1.html.j2", "base.css", "invoice.css"):
+        assert (TEMPLATES_DIR / name).is_file(), name
+    for name in ("issuer.yaml", "logo.svg"):
+        assert (ASSETS_DIR / name).is_file(), name
+    assert {"accounts.yaml", "vendors.yaml"} <= {p.name for p in DEFAULT_PRICEBOOKS.iterdir()}
+    for old in ("reports", "assets"):
+        assert not (ROOT / old).exists(), f"top-level {old}/ moved into package_data/"
+
+
+def test_the_checkouts_pricebooks_folder_links_to_the_packaged_one() -> None:
+    link = ROOT / "pricebooks"
+    assert link.is_symlink() and link.resolve() == DEFAULT_PRICEBOOKS

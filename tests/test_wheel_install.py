@@ -5,7 +5,8 @@ install with no source tree (`pip install usagebox-pipelines`) must render invoi
 goes into an empty folder with `pip install --target`; a child interpreter (this venv's, for
 the dependencies) runs from an unrelated folder with that folder first on `PYTHONPATH`, so it
 imports the installed copy, never the checkout (the script asserts it), and uses no
-`--pricebooks` and no `$USAGEBOX_PRICEBOOKS`: the packaged defaults must be found.
+`--pricebooks` and no `$USAGEBOX_PRICEBOOKS`: the packaged defaults must be found. A PDF with
+the logo renders to the same bytes there as from the checkout (no install path in the bytes).
 """
 
 from __future__ import annotations
@@ -78,13 +79,21 @@ assert cli_main(["close", "2026-10", "--approve", "--home", str(home)]) == 0
 issued = store.read("invoices").to_dicts()
 numbers = sorted(r["invoice_number"] for r in issued if r["status"] == "issued")
 verified = [cli_main(["invoice", "verify", n, "--home", str(home)]) for n in numbers]
+from usagebox_pipelines.documents import asset_url, html_to_pdf
+from usagebox_pipelines.invoicing.render import pdf_sha256
+portable = html_to_pdf(PORTABLE_HTML.format(logo=asset_url("logo.svg")))
 print(json.dumps({
+    "portable_sha256": pdf_sha256(portable),
     "pricebook_versions": len(books.versions),
     "accounts": len(accounts.listed),
     "numbers": numbers,
     "verified": verified,
 }))
 """
+
+
+# Same bytes from any install location: the logo's absolute file: URL must not leak into them.
+PORTABLE_HTML = '<link rel="stylesheet" href="base.css"><img src="{logo}"><p>same bytes</p>'
 
 
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -126,8 +135,9 @@ def test_a_wheel_installed_without_the_checkout_renders_invoices(tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("USAGEBOX_")}
     env["PYTHONPATH"] = str(site)
     home = elsewhere / "home"
+    script = f"PORTABLE_HTML = {PORTABLE_HTML!r}\n{_IN_THE_INSTALL}"
     proc = _run(
-        [sys.executable, "-P", "-c", _IN_THE_INSTALL, str(site), str(home), str(events)],
+        [sys.executable, "-P", "-c", script, str(site), str(home), str(events)],
         cwd=elsewhere,
         env=env,
     )
@@ -136,6 +146,12 @@ def test_a_wheel_installed_without_the_checkout_renders_invoices(tmp_path: Path)
     assert result["numbers"] and result["verified"] == [0] * len(result["numbers"])
 
     from pypdf import PdfReader
+
+    from usagebox_pipelines.documents import asset_url, html_to_pdf
+    from usagebox_pipelines.invoicing.render import pdf_sha256
+
+    here = html_to_pdf(PORTABLE_HTML.format(logo=asset_url("logo.svg")))
+    assert result["portable_sha256"] == pdf_sha256(here)
 
     pdfs = sorted((home / "documents").rglob("*.pdf"))
     invoices = [p for p in pdfs if any(n in p.name for n in result["numbers"])]

@@ -208,9 +208,21 @@ def html_to_pdf(
     document = HTML(string=html, base_url=str(TEMPLATES_DIR) + os.sep, url_fetcher=fetcher).render()
     document.metadata.created = stamp
     document.metadata.modified = stamp
-    identifier = hashlib.sha256(html.encode("utf-8")).hexdigest()[:32].encode("ascii")
     with _reproducible_fonts():
-        return document.write_pdf(pdf_identifier=identifier)
+        return document.write_pdf(pdf_identifier=_pdf_identifier(html))
+
+
+def _pdf_identifier(html: str) -> bytes:
+    """The PDF file id: a hash of the HTML with the install location taken out.
+
+    `asset_url` puts absolute `file:` URLs into the HTML; hashing them as they are would make
+    the bytes depend on where the package is installed (a checkout, a venv, a wheel), and an
+    invoice issued from one install would not reproduce from another.
+    """
+    portable = html.replace(ASSETS_DIR.as_uri(), "assets:").replace(
+        TEMPLATES_DIR.as_uri(), "templates:"
+    )
+    return hashlib.sha256(portable.encode("utf-8")).hexdigest()[:32].encode("ascii")
 
 
 @contextmanager

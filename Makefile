@@ -19,13 +19,13 @@ demo: install
 	$(BIN)/usagebox demo --home $(HOME_DIR) --month $(MONTH)
 
 test: install
-	$(BIN)/ruff check usagebox_pipelines tests bench
-	$(BIN)/ruff format --check usagebox_pipelines tests bench
+	$(BIN)/ruff check usagebox_pipelines usagebox_demo tests bench
+	$(BIN)/ruff format --check usagebox_pipelines usagebox_demo tests bench
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check --fix usagebox_pipelines tests bench
-	$(BIN)/ruff format usagebox_pipelines tests bench
+	$(BIN)/ruff check --fix usagebox_pipelines usagebox_demo tests bench
+	$(BIN)/ruff format usagebox_pipelines usagebox_demo tests bench
 
 # The user's path: a generated month through every CLI command, with Dagster step times and the
 # hand-written reference (see bench/README.md). BENCH_ARGS adds options, e.g. --skip-close.

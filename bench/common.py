@@ -181,7 +181,7 @@ def _generate(
     paths: list[str], fmt: str, n_events: int, n_accounts: int, month: str, seed: int
 ) -> None:
     """Write `n_events` demo events (canonical JSONL or parquet shape) split by UTC day over `paths` files."""
-    from usagebox_pipelines.demo import iter_usage, write_shape
+    from usagebox_demo import iter_usage, write_shape
 
     days = list(iter_usage(month, seed, n_events, n_accounts))
     per_file = -(-len(days) // len(paths))
@@ -195,10 +195,10 @@ def _generate_day(path: str, day: str, n_events: int, n_accounts: int, month: st
     """`n_events` new events (their own id stream) on one UTC day, as Parquet or JSONL."""
     from datetime import UTC, datetime
 
-    from usagebox_pipelines.demo import catalog as cat
-    from usagebox_pipelines.demo import write_shape
-    from usagebox_pipelines.demo.ids import STREAM_LATE_MONTH
-    from usagebox_pipelines.demo.usage import Stream, iter_window
+    from usagebox_demo import catalog as cat
+    from usagebox_demo import write_shape
+    from usagebox_demo.ids import STREAM_LATE_MONTH
+    from usagebox_demo.usage import Stream, iter_window
 
     stream = Stream.make(seed, STREAM_LATE_MONTH, month, cat.build_accounts(seed, n_accounts))
     first = datetime.fromisoformat(day).replace(tzinfo=UTC)

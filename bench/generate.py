@@ -15,7 +15,7 @@ re-sends (same id, quantity +25 %), 0.5 % corrections (`correction_of` an event 
 signed delta, 75 % negative, |delta| <= 50 %); 1 % of the distinct events carry a timestamp in
 the previous month (late arrivals). Retries, conflicts and corrections sit after their original in
 file order. Vocabulary (meters, products, units, GPUs, tools, features, agents) is the demo's
-(`usagebox_pipelines.demo.catalog`); the 12 models are the 10 of docs/TEAM-NOTES.md plus
+(`usagebox_demo.catalog`); the 12 models are the 10 of docs/TEAM-NOTES.md plus
 `o3` and `o4-mini`, priced by the bench pricebooks (`bench/pricebooks.py`). Random columns come
 from the demo's `Rng` (seeded `randbytes`), so the same seed always writes the same file.
 """
@@ -38,16 +38,16 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from usagebox_pipelines.demo import catalog as cat  # noqa: E402
-from usagebox_pipelines.demo.ids import (  # noqa: E402
+from usagebox_demo import catalog as cat  # noqa: E402
+from usagebox_demo.ids import (  # noqa: E402
     STREAM_CORRECTION,
     STREAM_MAIN,
     STREAM_RUN,
     id_base,
     make_ids,
 )
-from usagebox_pipelines.demo.rand import Rng, choose  # noqa: E402
-from usagebox_pipelines.demo.usage import month_index, split_days  # noqa: E402
+from usagebox_demo.rand import Rng, choose  # noqa: E402
+from usagebox_demo.usage import month_index, split_days  # noqa: E402
 from usagebox_pipelines.months import month_bounds, shift_month  # noqa: E402
 
 MODELS = (*cat.OPENAI_MODELS, *cat.ANTHROPIC_MODELS, "o3", "o4-mini")
@@ -370,7 +370,7 @@ def write_files(
     nightly_events: int = 0,
 ) -> dict:  # fmt: skip
     """Write the month (and optionally its JSONL twin and the nightly day); returns the manifest."""
-    from usagebox_pipelines.demo.shapes import shape_frame
+    from usagebox_demo.shapes import shape_frame
 
     out.mkdir(parents=True, exist_ok=True)
     world = World.make(seed, month, n_accounts)

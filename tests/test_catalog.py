@@ -19,7 +19,7 @@ from deltalake import DeltaTable
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines import catalog, pipeline
 from usagebox_pipelines.catalog import EVENTS, TABLES, USAGE_HOURLY, USAGE_MONTHLY, Table
-from usagebox_pipelines.config import PROJECT_ROOT, Settings
+from usagebox_pipelines.config import DEFAULT_PRICEBOOKS, Settings
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.guardrails.stages import raise_alerts, refresh_guardrails
 from usagebox_pipelines.invoicing.close import close_month
@@ -47,7 +47,7 @@ def flow() -> tuple[DeltaStore, Settings]:
     root = Path(tempfile.mkdtemp(prefix="usagebox-catalog-"))
     atexit.register(shutil.rmtree, root, True)
     books = root / "pricebooks"
-    shutil.copytree(PROJECT_ROOT / "pricebooks", books)
+    shutil.copytree(DEFAULT_PRICEBOOKS, books)
     settings = Settings(str(root / "home"), books)
     store = DeltaStore(settings.home)
     ingest_files(store, [write_jsonl(root / "in" / "a.jsonl", ROWS)])

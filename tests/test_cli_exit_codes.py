@@ -18,10 +18,12 @@ import pytest
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines import cli
 from usagebox_pipelines.cli import cli_main
-from usagebox_pipelines.config import PROJECT_ROOT
+from usagebox_pipelines.config import DEFAULT_PRICEBOOKS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PRICEBOOK = next(
-    p for p in sorted((PROJECT_ROOT / "pricebooks").glob("*.yaml")) if "pricebook" in p.read_text()
+    p for p in sorted(DEFAULT_PRICEBOOKS.glob("*.yaml")) if "pricebook" in p.read_text()
 )
 
 
@@ -81,7 +83,7 @@ def assert_one_line(code: int, err: str, expected_code: int, *needles: str) -> N
 
 def test_script_ok_with_options_before_the_command(world) -> None:
     code, out, err = run_script(
-        ["--home", world["home"], "--pricebooks", PROJECT_ROOT / "pricebooks", "sql",
+        ["--home", world["home"], "--pricebooks", DEFAULT_PRICEBOOKS, "sql",
          "SELECT count(*) AS n FROM events", "--format", "json"]
     )  # fmt: skip
     assert code == 0, err
@@ -407,7 +409,7 @@ _PLACEHOLDERS = {
 def readme_examples() -> list[str]:
     import re
 
-    text = (PROJECT_ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text()
     inline = re.findall(r"`(usagebox [^`]*)`", text)
     blocks = re.findall(r"^(usagebox .*)$", text, flags=re.MULTILINE)
     return sorted({e for e in inline + blocks if e != "usagebox run"})

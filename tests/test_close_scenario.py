@@ -34,7 +34,7 @@ from pypdf import PdfReader
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines import pipeline
 from usagebox_pipelines.catalog import GUARDRAIL_DECISIONS, INVOICE_LINES, INVOICES, PERIOD_CLOSES
-from usagebox_pipelines.config import PROJECT_ROOT, Settings
+from usagebox_pipelines.config import DEFAULT_PRICEBOOKS, Settings
 from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.invoicing import close as c
@@ -132,7 +132,7 @@ def scenario() -> Scenario:
     atexit.register(shutil.rmtree, root, True)
     work = root / "work"
     books = work / "pricebooks"
-    shutil.copytree(PROJECT_ROOT / "pricebooks", books)
+    shutil.copytree(DEFAULT_PRICEBOOKS, books)
     store, settings = DeltaStore(str(work / "home")), Settings(str(work / "home"), books)
     stages: dict[str, Path] = {}
 

@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines import pipeline
 from usagebox_pipelines.catalog import INGEST_LOG, INVOICES, PERIOD_CLOSES
-from usagebox_pipelines.config import PROJECT_ROOT
+from usagebox_pipelines.config import DEFAULT_PRICEBOOKS
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.lease import LOCK_FILE, holds_lease, writer_lease
@@ -133,7 +133,7 @@ def test_ingest_during_run_month_is_safe(tmp_path: Path) -> None:
 def test_two_approvals_of_one_month_issue_each_number_once(tmp_path: Path) -> None:
     home = tmp_path / "home"
     books = tmp_path / "pricebooks"
-    shutil.copytree(PROJECT_ROOT / "pricebooks", books)
+    shutil.copytree(DEFAULT_PRICEBOOKS, books)
     store = DeltaStore(str(home))
     rows = [
         event("o-001", "acct-001", 1_000_000, "2026-10-02T10:05:00Z"),

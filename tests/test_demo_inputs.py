@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from usagebox_pipelines.demo import write_demo_inputs
+from usagebox_demo import write_demo_inputs
 
 N_EVENTS = 6_000
 ALIASES = {

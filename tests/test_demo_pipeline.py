@@ -7,8 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
+from usagebox_demo import write_demo_inputs
 from usagebox_pipelines.catalog import QUARANTINE, USAGE_HOURLY
-from usagebox_pipelines.demo import write_demo_inputs
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.pipeline import (
     build_usage_hourly,

@@ -11,8 +11,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from usagebox_pipelines.demo import generate_usage, iter_usage, shapes, write_jsonl_chunks
-from usagebox_pipelines.demo import write_shape as write
+from usagebox_demo import generate_usage, iter_usage, shapes, write_jsonl_chunks
+from usagebox_demo import write_shape as write
 
 CASES = [
     ("canonical", "e.jsonl", {}),

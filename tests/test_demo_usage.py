@@ -9,7 +9,7 @@ from decimal import Decimal
 import polars as pl
 import pytest
 
-from usagebox_pipelines.demo import USAGE_COLUMNS, generate_usage, iter_usage
+from usagebox_demo import USAGE_COLUMNS, generate_usage, iter_usage
 
 MONTH_START = datetime(2026, 10, 1, tzinfo=UTC)
 MONTH_END = datetime(2026, 11, 1, tzinfo=UTC)

@@ -75,10 +75,10 @@ def test_monthly_job_materializes_guardrails_and_the_sensor_alerts_once(
     spend = prepared.store.read(SPEND_STATE).filter(pl.col("account_id") == "solo")
     assert spend.filter(pl.col("limit_id") == "budget")["status"].item() == "hard_stop"
 
-    context = dg.build_sensor_context(instance=instance, resources={"usagebox": prepared})
-    first = guardrail_alerts.evaluate_tick(context)
+    # the resource is a generator (it holds the writer lease): open the context as a manager
+    with dg.build_sensor_context(instance=instance, resources={"usagebox": prepared}) as context:
+        first = guardrail_alerts.evaluate_tick(context)
     assert [e.metadata["status"].value for e in first.asset_events] == ["soft_alert", "hard_stop"]
-    second = guardrail_alerts.evaluate_tick(
-        dg.build_sensor_context(instance=instance, resources={"usagebox": prepared})
-    )
+    with dg.build_sensor_context(instance=instance, resources={"usagebox": prepared}) as context:
+        second = guardrail_alerts.evaluate_tick(context)
     assert not second.asset_events and second.skip_message

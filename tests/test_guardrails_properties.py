@@ -17,9 +17,9 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from usagebox_demo import generate_usage
 from usagebox_pipelines import schemas
 from usagebox_pipelines.config import DEFAULT_PRICEBOOKS
-from usagebox_pipelines.demo import generate_usage
 from usagebox_pipelines.guardrails.budgets import BudgetTree, build_budget_tree
 from usagebox_pipelines.guardrails.state import evaluate_spend
 from usagebox_pipelines.invoicing.lines import build_draft_invoices

@@ -10,7 +10,7 @@ import jinja2
 import polars as pl
 import pytest
 
-from usagebox_pipelines.config import ASSETS_DIR, PROJECT_ROOT, REPORTS_DIR
+from usagebox_pipelines.config import ASSETS_DIR, TEMPLATES_DIR
 from usagebox_pipelines.documents import (
     SafeURLFetcher,
     format_money,
@@ -33,13 +33,13 @@ D = Decimal
         "http://example.com/x.css",
         "https://example.com/logo.png",
         "data:image/png;base64,AAAA",
-        f"{REPORTS_DIR.as_uri()}/../pyproject.toml",
-        f"{REPORTS_DIR.as_uri()}/missing.css",
+        f"{TEMPLATES_DIR.as_uri()}/../pyproject.toml",
+        f"{TEMPLATES_DIR.as_uri()}/missing.css",
         f"{ASSETS_DIR.as_uri()}/logo.svg?x=1",
         "file://evil.example/share/x.css",
     ],
 )
-def test_fetcher_refuses_everything_outside_reports_and_assets(url):
+def test_fetcher_refuses_everything_outside_templates_and_assets(url):
     fetcher = SafeURLFetcher()
     with pytest.raises(ValueError):
         fetcher.fetch(url)
@@ -59,14 +59,14 @@ def test_fetcher_serves_project_template_assets():
 def test_raw_html_cannot_read_local_files_and_output_is_deterministic():
     html = (
         '<link rel="stylesheet" href="http://example.com/a.css">'
-        '<img src="file:///etc/passwd"><img src="../pyproject.toml"><p>hello</p>'
+        '<img src="file:///etc/passwd"><img src="../../__init__.py"><p>hello</p>'
     )
     fetcher = SafeURLFetcher()
     first = html_to_pdf(html, fetcher=fetcher)
     assert html_to_pdf(html) == first
     assert fetcher.fetched == []
     assert "file:///etc/passwd" in fetcher.refused
-    assert (PROJECT_ROOT / "pyproject.toml").as_uri() in fetcher.refused
+    assert (TEMPLATES_DIR.parent.parent / "__init__.py").as_uri() in fetcher.refused
     assert b"root:" not in first
 
 

@@ -14,7 +14,7 @@ from pypdf import PdfReader
 
 import usagebox_pipelines.documents as documents
 from tests.test_invoicing_fixtures import PERIOD, account, rate_output_tokens, rated, sample_rated
-from usagebox_pipelines.config import ASSETS_DIR, REPORTS_DIR
+from usagebox_pipelines.config import ASSETS_DIR, TEMPLATES_DIR
 from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.invoicing.adjustments import compute_adjustments
 from usagebox_pipelines.invoicing.lines import build_draft_invoices
@@ -31,8 +31,8 @@ D = Decimal
 ISSUED_AT = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 HOSTILE = '<img src="file:///etc/passwd">'
 ALLOWED = {
-    (REPORTS_DIR / "base.css").as_uri(),
-    (REPORTS_DIR / "invoice.css").as_uri(),
+    (TEMPLATES_DIR / "base.css").as_uri(),
+    (TEMPLATES_DIR / "invoice.css").as_uri(),
     (ASSETS_DIR / "logo.svg").as_uri(),
 }
 

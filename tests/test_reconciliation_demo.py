@@ -12,9 +12,9 @@ import pytest
 from pypdf import PdfReader
 
 from tests.fixtures.vendors.synth import rated_usage, usage_hourly
+from usagebox_demo.vendor_exports import write_vendor_exports
 from usagebox_pipelines.config import ASSETS_DIR, DEFAULT_PRICEBOOKS
 from usagebox_pipelines.reconciliation.attribution import cost_attribution
-from usagebox_pipelines.reconciliation.demo_exports import write_vendor_exports
 from usagebox_pipelines.reconciliation.loaders import load_vendor_exports
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
 from usagebox_pipelines.reconciliation.reconcile import metered_daily, reconcile

@@ -1,6 +1,10 @@
 """`usagebox`: thin typer commands over the pipeline (CONTRACT.md §1).
 
 Exit codes: 0 ok; 1 a check or invariant failed; 2 bad input (one line on stderr, no traceback).
+
+`demo` is the one place the product reaches into `usagebox_demo` (the seeded generators, shipped
+in the same distribution but not part of the product): it imports `usagebox_demo.run` lazily
+inside the command, so nothing else in `usagebox_pipelines` loads or depends on it.
 """
 
 from __future__ import annotations
@@ -270,7 +274,7 @@ def demo(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Generate a realistic month and run every stage: ingest, rollups, prices, invoices, recon."""
-    from usagebox_pipelines.demo.run import run_demo
+    from usagebox_demo.run import run_demo  # the one allowed product -> demo edge (see top)
 
     period = parse_month(month)
     settings, _ = open_home(home, pricebooks, create=True)

@@ -1,15 +1,48 @@
-"""Where things live: the home root (local path or s3:// URI) and the pricebooks folder."""
+"""Where things live: the home root (local path or s3:// URI), the pricebooks folder and the
+files shipped inside the package.
+
+Templates, CSS, the issuer block, the logo and the default pricebooks are package data under
+`usagebox_pipelines/package_data/` (found with importlib.resources), so a wheel install renders
+invoices with no source checkout. In a checkout, the top-level `pricebooks/` is a link to the
+packaged folder: one copy of the files, and "the project's `pricebooks/`" either way.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
+from importlib.resources import as_file, files
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PRICEBOOKS = PROJECT_ROOT / "pricebooks"
-ASSETS_DIR = PROJECT_ROOT / "assets"
-REPORTS_DIR = PROJECT_ROOT / "reports"
+_EXTRACTED = ExitStack()
+atexit.register(_EXTRACTED.close)
+
+
+def _package_data(name: str) -> Path:
+    """A folder of `usagebox_pipelines/package_data/` as a real path (Jinja and WeasyPrint
+    read files); a zipped install is extracted once for the life of the process."""
+    resource = files(__package__).joinpath("package_data", name)
+    if isinstance(resource, Path):
+        return resource.resolve()
+    return _EXTRACTED.enter_context(as_file(resource)).resolve()
+
+
+def _source_root() -> Path | None:
+    """The repository root when the package runs from a source checkout, else None."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+#: Jinja templates and their CSS (invoices, credit notes, reconciliation and margin reports).
+TEMPLATES_DIR = _package_data("templates")
+#: Static files the documents use: `issuer.yaml`, `logo.svg`, `sample_vendor_exports/`.
+ASSETS_DIR = _package_data("assets")
+#: The shipped pricebooks, accounts and vendor mapping (`pricebooks/` in a checkout links here).
+DEFAULT_PRICEBOOKS = _package_data("pricebooks")
+#: The checkout the code runs from (for `git describe`), or None for an installed wheel.
+SOURCE_ROOT = _source_root()
 
 
 def resolve_home(home: str | None = None) -> str:
@@ -21,7 +54,7 @@ def resolve_home(home: str | None = None) -> str:
 
 
 def resolve_pricebooks(pricebooks: str | None = None) -> Path:
-    """`--pricebooks`, else $USAGEBOX_PRICEBOOKS, else the project's pricebooks/ folder."""
+    """`--pricebooks`, else $USAGEBOX_PRICEBOOKS, else the project's pricebooks/ (packaged)."""
     value = pricebooks or os.environ.get("USAGEBOX_PRICEBOOKS")
     return Path(value).expanduser().resolve() if value else DEFAULT_PRICEBOOKS
 

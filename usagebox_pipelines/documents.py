@@ -3,9 +3,9 @@
 Every human-facing document (invoices, credit notes, reconciliation reports) goes through here so
 the security and determinism rules live in one place:
 
-* templates come only from the project's `reports/` folder, with autoescape ON and
+* templates come only from the packaged `templates/` folder, with autoescape ON and
   `StrictUndefined` (a typo in a template is an error, not an empty cell);
-* the PDF renderer may read files under `reports/` and `assets/` only; every other URL
+* the PDF renderer may read files under `templates/` and `assets/` only; every other URL
   (`http:`, `file:///etc/passwd`, `data:`, paths escaping via `..` or symlinks) is refused;
 * PDF metadata dates are fixed (or taken from the caller, e.g. `issued_at`) and the PDF file
   identifier is derived from the rendered HTML, so the same input gives the same bytes
@@ -21,7 +21,7 @@ Usage::
                             created=datetime(2026, 11, 1, tzinfo=UTC))
     write_safe_csv(df, Path("out/recon.csv"))   # '=HYPERLINK(..)' is written as "'=HYPERLINK(..)"
 
-In a template: `<link rel="stylesheet" href="base.css">` (resolved against `reports/`),
+In a template: `<link rel="stylesheet" href="base.css">` (resolved against `templates/`),
 `<img src="{{ asset_url('logo.svg') }}">` for files in `assets/`, `{{ chart }}` for a chart
 (it is `Markup`, already escaped), and the filters `money(currency)`, `unit_price(currency)`,
 `qty`, `pct`.
@@ -48,7 +48,7 @@ from markupsafe import Markup, escape
 from weasyprint import HTML
 from weasyprint.urls import URLFetcher
 
-from usagebox_pipelines.config import ASSETS_DIR, REPORTS_DIR
+from usagebox_pipelines.config import ASSETS_DIR, TEMPLATES_DIR
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 
 #: Metadata date used when the caller gives none: constant, so output never depends on the clock.
@@ -74,7 +74,7 @@ class SafeURLFetcher(URLFetcher):
     `fetched` / `refused` list the URLs seen, for tests and audit.
     """
 
-    def __init__(self, roots: Iterable[Path] = (REPORTS_DIR, ASSETS_DIR)) -> None:
+    def __init__(self, roots: Iterable[Path] = (TEMPLATES_DIR, ASSETS_DIR)) -> None:
         super().__init__(allowed_protocols=("file",), allow_redirects=False)
         self.roots = tuple(Path(r).resolve() for r in roots)
         self.fetched: list[str] = []
@@ -84,7 +84,7 @@ class SafeURLFetcher(URLFetcher):
         path = self._allowed_path(url)
         if path is None:
             self.refused.append(url)
-            raise RefusedURL(f"refused to fetch {url[:200]!r}: outside reports/ and assets/")
+            raise RefusedURL(f"refused to fetch {url[:200]!r}: outside templates/ and assets/")
         self.fetched.append(url)
         return super().fetch(path.as_uri(), headers)
 
@@ -162,9 +162,9 @@ def asset_url(name: str) -> str:
 
 @lru_cache(maxsize=1)
 def jinja_env() -> Environment:
-    """The one template environment: `reports/`, autoescape on, undefined names are errors."""
+    """The one template environment: `templates/`, autoescape on, undefined names are errors."""
     env = Environment(
-        loader=FileSystemLoader(str(REPORTS_DIR)),
+        loader=FileSystemLoader(str(TEMPLATES_DIR)),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -179,7 +179,7 @@ def jinja_env() -> Environment:
 
 
 def render_html(template: str, context: dict) -> str:
-    """Render a `reports/` template to an HTML string (autoescaped)."""
+    """Render a `templates/` template to an HTML string (autoescaped)."""
     return jinja_env().get_template(template).render(**context)
 
 
@@ -190,7 +190,7 @@ def render_pdf(
     created: datetime | None = None,
     fetcher: SafeURLFetcher | None = None,
 ) -> bytes:
-    """Render `reports/<template>` with `context` to PDF bytes, byte-identical for equal input.
+    """Render `templates/<template>` with `context` to PDF bytes, byte-identical for equal input.
 
     `created` sets both PDF metadata dates (pass the document's issue time; default a fixed
     date, never the clock). Pass your own `fetcher` to inspect what was fetched or refused.
@@ -202,15 +202,27 @@ def render_pdf(
 def html_to_pdf(
     html: str, *, created: datetime | None = None, fetcher: SafeURLFetcher | None = None
 ) -> bytes:
-    """HTML string to deterministic PDF bytes; relative URLs resolve against `reports/`."""
+    """HTML string to deterministic PDF bytes; relative URLs resolve against `templates/`."""
     fetcher = fetcher or SafeURLFetcher()
     stamp = (created or FIXED_PDF_DATE).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    document = HTML(string=html, base_url=str(REPORTS_DIR) + os.sep, url_fetcher=fetcher).render()
+    document = HTML(string=html, base_url=str(TEMPLATES_DIR) + os.sep, url_fetcher=fetcher).render()
     document.metadata.created = stamp
     document.metadata.modified = stamp
-    identifier = hashlib.sha256(html.encode("utf-8")).hexdigest()[:32].encode("ascii")
     with _reproducible_fonts():
-        return document.write_pdf(pdf_identifier=identifier)
+        return document.write_pdf(pdf_identifier=_pdf_identifier(html))
+
+
+def _pdf_identifier(html: str) -> bytes:
+    """The PDF file id: a hash of the HTML with the install location taken out.
+
+    `asset_url` puts absolute `file:` URLs into the HTML; hashing them as they are would make
+    the bytes depend on where the package is installed (a checkout, a venv, a wheel), and an
+    invoice issued from one install would not reproduce from another.
+    """
+    portable = html.replace(ASSETS_DIR.as_uri(), "assets:").replace(
+        TEMPLATES_DIR.as_uri(), "templates:"
+    )
+    return hashlib.sha256(portable.encode("utf-8")).hexdigest()[:32].encode("ascii")
 
 
 @contextmanager

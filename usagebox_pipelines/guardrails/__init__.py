@@ -19,7 +19,6 @@ from usagebox_pipelines.guardrails.budgets import (
     build_budget_tree,
 )
 from usagebox_pipelines.guardrails.decisions import hard_stop_notes
-from usagebox_pipelines.guardrails.demo import plant_guardrail_scenarios
 from usagebox_pipelines.guardrails.export import build_policy, status_text
 from usagebox_pipelines.guardrails.schemas import (
     GUARDRAIL_ALERTS,
@@ -46,7 +45,6 @@ __all__ = [
     "hard_stop_notes",
     "hourly_amounts",
     "month_usage",
-    "plant_guardrail_scenarios",
     "spend_at",
     "status_text",
 ]

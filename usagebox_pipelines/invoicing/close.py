@@ -37,7 +37,7 @@ import polars as pl
 
 from usagebox_pipelines import __version__, pipeline
 from usagebox_pipelines import invariants as inv
-from usagebox_pipelines.config import PROJECT_ROOT, Settings
+from usagebox_pipelines.config import SOURCE_ROOT, Settings
 from usagebox_pipelines.documents import format_quantity
 from usagebox_pipelines.errors import InvariantError, UsageboxError
 from usagebox_pipelines.events.raw import accepted_only
@@ -858,10 +858,12 @@ def _whoami() -> str:
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """Package version, plus `git describe` when the code runs from a checkout."""
+    if SOURCE_ROOT is None:
+        return __version__
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"],
-            cwd=PROJECT_ROOT,
+            cwd=SOURCE_ROOT,
             capture_output=True,
             text=True,
             timeout=5,

@@ -5,5 +5,7 @@
                 review list, restatement merge with a change log.
 * `reconcile` — metered vs vendor per vendor × UTC day × model × meter, with a status.
 * `attribution` — vendor cost allocated to accounts (exact largest remainder), margins.
-* `reports`   — formula-safe CSVs and PDFs; `demo_exports` — demo vendor exports.
+* `reports`   — formula-safe CSVs and PDFs.
+
+Demo vendor exports (generated from the demo's usage) live in `usagebox_demo.vendor_exports`.
 """

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from usagebox_pipelines.demo.rand import Rng
+from usagebox_demo.rand import Rng
 
 # Meter codes index these tuples (0-2 are the per-call LLM meters).
 METERS = ("input_tokens", "output_tokens", "cached_input_tokens", "gpu_seconds", "tool_calls")

@@ -17,9 +17,9 @@ from decimal import Decimal
 
 import polars as pl
 
-from usagebox_pipelines.demo import catalog as cat
-from usagebox_pipelines.demo.ids import STREAM_MAIN, STREAM_RUN, id_base, make_ids
-from usagebox_pipelines.demo.rand import Rng, choose
+from usagebox_demo import catalog as cat
+from usagebox_demo.ids import STREAM_MAIN, STREAM_RUN, id_base, make_ids
+from usagebox_demo.rand import Rng, choose
 from usagebox_pipelines.months import month_bounds, shift_month  # noqa: F401 (re-exported)
 from usagebox_pipelines.schemas import QTY, TS
 

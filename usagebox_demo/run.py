@@ -12,16 +12,16 @@ from pathlib import Path
 
 import polars as pl
 
+from usagebox_demo.generate import write_demo_inputs
+from usagebox_demo.guardrail_scenarios import plant_guardrail_scenarios
+from usagebox_demo.vendor_exports import write_vendor_exports
 from usagebox_pipelines.catalog import INVOICE_LINES, USAGE_HOURLY
 from usagebox_pipelines.config import Settings
-from usagebox_pipelines.demo.generate import write_demo_inputs
 from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.guardrails import plant_guardrail_scenarios
 from usagebox_pipelines.guardrails.stages import raise_alerts
 from usagebox_pipelines.months import month_bounds, shift_month
 from usagebox_pipelines.pipeline import update_events
-from usagebox_pipelines.reconciliation.demo_exports import write_vendor_exports
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
 from usagebox_pipelines.reconciliation.stages import load_exports, reconcile_month
 from usagebox_pipelines.runner import RunOutcome, run_month

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from usagebox_pipelines.demo.dirt import FILE, K_MALFORMED, KIND, REASON
-from usagebox_pipelines.demo.ids import STREAM_MALFORMED, id_base, make_ids
-from usagebox_pipelines.demo.usage import month_index
+from usagebox_demo.dirt import FILE, K_MALFORMED, KIND, REASON
+from usagebox_demo.ids import STREAM_MALFORMED, id_base, make_ids
+from usagebox_demo.usage import month_index
 
 BAD_TIMESTAMP = "bad_timestamp"
 MISSING_ACCOUNT = "missing_account"

@@ -13,9 +13,9 @@ from decimal import Decimal
 
 import polars as pl
 
-from usagebox_pipelines.demo.ids import id_base, make_ids
-from usagebox_pipelines.demo.rand import Rng, choose
-from usagebox_pipelines.demo.usage import month_index
+from usagebox_demo.ids import id_base, make_ids
+from usagebox_demo.rand import Rng, choose
+from usagebox_demo.usage import month_index
 from usagebox_pipelines.schemas import QTY
 
 # Hidden bookkeeping columns (never written): file key, row kind, malformed reason, and the

@@ -20,19 +20,19 @@ from pathlib import Path
 
 import polars as pl
 
-from usagebox_pipelines.demo import catalog as cat
-from usagebox_pipelines.demo import dirt, malformed
-from usagebox_pipelines.demo.dirt import FILE, HIDDEN, HOUR, KIND, REASON
-from usagebox_pipelines.demo.ids import (
+from usagebox_demo import catalog as cat
+from usagebox_demo import dirt, malformed
+from usagebox_demo.dirt import FILE, HIDDEN, HOUR, KIND, REASON
+from usagebox_demo.ids import (
     STREAM_CORRECTION,
     STREAM_LATE_CORRECTION,
     STREAM_LATE_MONTH,
     STREAM_NEXT_MONTH,
     STREAM_PREV_MONTH,
 )
-from usagebox_pipelines.demo.rand import Rng
-from usagebox_pipelines.demo.shapes import Shape, shape_frame, write_frames
-from usagebox_pipelines.demo.usage import (
+from usagebox_demo.rand import Rng
+from usagebox_demo.shapes import Shape, shape_frame, write_frames
+from usagebox_demo.usage import (
     Stream,
     generate_usage,
     iter_window,

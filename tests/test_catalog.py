@@ -17,6 +17,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.conftest import event, write_jsonl
+from usagebox_demo.vendor_exports import write_vendor_exports
 from usagebox_pipelines import catalog, pipeline
 from usagebox_pipelines.catalog import EVENTS, TABLES, USAGE_HOURLY, USAGE_MONTHLY, Table
 from usagebox_pipelines.config import DEFAULT_PRICEBOOKS, Settings
@@ -24,7 +25,6 @@ from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.guardrails.stages import raise_alerts, refresh_guardrails
 from usagebox_pipelines.invoicing.close import close_month
 from usagebox_pipelines.months import month_bounds
-from usagebox_pipelines.reconciliation.demo_exports import write_vendor_exports
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
 from usagebox_pipelines.reconciliation.stages import load_exports, reconcile_month
 from usagebox_pipelines.storage import DeltaStore, predicate

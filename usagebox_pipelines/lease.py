@@ -224,12 +224,14 @@ class _DeltaLease:
             self._write(current, None)
 
     def _renew(self) -> None:
+        me = self.me
+        assert me is not None, "renewing a lease that was never taken"
         while not self._stop.wait(self.ttl / 4):
             current = self._read()
-            if current and current[1] and current[1].holder.holder_id == self.me.holder_id:
-                self._write(current, self.me)
+            if current and current[1] and current[1].holder.holder_id == me.holder_id:
+                self._write(current, me)
 
-    def _read(self):
+    def _read(self) -> tuple[DeltaTable, _LeaseRow | None] | None:
         try:
             table = DeltaTable(self.uri, storage_options=self.options)
         except TableNotFoundError:
@@ -237,7 +239,9 @@ class _DeltaLease:
         rows = table.to_pyarrow_table().to_pylist()
         return table, _LeaseRow.parse(rows[0]) if rows else None
 
-    def _write(self, current, holder: Holder | None) -> bool:
+    def _write(
+        self, current: tuple[DeltaTable, _LeaseRow | None] | None, holder: Holder | None
+    ) -> bool:
         """Overwrite the row read at `current`'s version; False when another writer won."""
         row = _LeaseRow.row(holder, self.ttl)
         target = current[0] if current is not None else self.uri

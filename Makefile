@@ -23,6 +23,9 @@ test: install
 	$(BIN)/ruff format --check usagebox_pipelines usagebox_demo tests bench
 	$(BIN)/pytest
 
+test-fast: install  ## the inner loop: everything but the slow tests (Dagster runs, subprocesses, demo, wheel)
+	$(BIN)/pytest -m "not slow"
+
 lint: install
 	$(BIN)/ruff check --fix usagebox_pipelines usagebox_demo tests bench
 	$(BIN)/ruff format usagebox_pipelines usagebox_demo tests bench

@@ -23,6 +23,8 @@ from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.invoicing import tables as t
 from usagebox_pipelines.runner import execute_job
 
+pytestmark = pytest.mark.slow  # real Dagster runs
+
 
 def with_invoicing(defs: dg.Definitions) -> dg.Definitions:
     """The code location with the invoicing module, whether or not it is wired in yet."""

@@ -30,6 +30,8 @@ from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.lease import LOCK_FILE, holds_lease, writer_lease
 from usagebox_pipelines.storage import DeltaStore
 
+pytestmark = pytest.mark.slow  # concurrent usagebox subprocesses
+
 ROWS_PER_FILE = 20_000
 CHUNK_ENV = {"USAGEBOX_CHUNK_ROWS": "2000"}  # many commits per file: the writers overlap
 

@@ -10,12 +10,15 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines.catalog import QUARANTINE, RAW_EVENTS
 from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.pipeline import committed_raw_events, verify_ingest
 from usagebox_pipelines.storage import DeltaStore
+
+pytestmark = pytest.mark.slow  # real SIGKILLs of subprocesses
 
 COMPARE = ["account_id", "event_id", "quantity", "timestamp", "dimensions", "row_number"]
 

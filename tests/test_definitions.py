@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines.catalog import EVENTS, RATED_USAGE, USAGE_HOURLY, USAGE_MONTHLY
@@ -18,6 +19,8 @@ from usagebox_pipelines.defs.schedules import nightly_hourly, nightly_monthly
 from usagebox_pipelines.defs.sensors import affected_hour_keys, inbox_sensor
 from usagebox_pipelines.runner import execute_job, run_ingest, run_month
 from usagebox_pipelines.storage import DeltaStore
+
+pytestmark = pytest.mark.slow  # real Dagster runs
 
 
 def test_definitions_load_and_every_job_resolves() -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from usagebox_demo.run import run_demo
 from usagebox_pipelines.catalog import INVOICES
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.invoicing.close import issued_intact, verify_invoice
 from usagebox_pipelines.pipeline import verify
 from usagebox_pipelines.storage import DeltaStore
+
+pytestmark = pytest.mark.slow  # the whole demo month
 
 
 def test_small_demo_runs_every_stage_and_verifies(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from usagebox_pipelines.defs.metering import metering_assets
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.storage import DeltaStore
 
+pytestmark = pytest.mark.slow  # real Dagster runs
+
 GUARDRAIL_KEYS = ["guardrail_decisions", "spend_state", "usage_anomalies"]
 
 

@@ -18,6 +18,8 @@ from usagebox_pipelines.pipeline import build_usage_hourly, update_events, verif
 from usagebox_pipelines.sql import run_sql
 from usagebox_pipelines.storage import DeltaStore
 
+pytestmark = pytest.mark.slow  # a local moto S3 server
+
 
 def _free_port() -> int:
     with socket.socket() as sock:

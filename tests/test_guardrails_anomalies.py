@@ -12,9 +12,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal as D
 
 import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.test_guardrails_fixtures import PERIOD, START
 from usagebox_pipelines import schemas
+from usagebox_pipelines.guardrails import anomalies as an
 from usagebox_pipelines.guardrails.anomalies import AnomalyConfig, detect_anomalies
 from usagebox_pipelines.pricing import Accounts
 
@@ -119,3 +122,92 @@ def test_a_silent_hour_after_the_first_data_counts_as_zero() -> None:
     values[START + timedelta(days=9, hours=1)] = 600_000
     found = detect(series(values), START + timedelta(days=10), min_spend=D(100))
     assert found.height == 1 and found["baseline_median"].item() == 0
+
+
+# --------------------------------------------------------------------------- sparse = dense
+
+
+def _dense_reference(
+    frame: pl.DataFrame, now: datetime, config: AnomalyConfig, data_from: datetime | None = None
+) -> pl.DataFrame:
+    """The former implementation: every series × every hour of the grid, lags by `shift`."""
+    start, end = an.period_bounds(PERIOD)
+    now = min(max(now, start), end)
+    if frame.is_empty() or now <= start:
+        return pl.DataFrame(schema=an.USAGE_ANOMALIES)
+    first = data_from or frame.get_column("hour").min()
+    grid_from = max(an._hour_floor(first), start - timedelta(days=config.baseline_days))
+    long = an._long(frame.filter((pl.col("hour") >= grid_from) & (pl.col("hour") < now)), start)
+    if long.is_empty():
+        return pl.DataFrame(schema=an.USAGE_ANOMALIES)
+    hours = pl.datetime_range(
+        grid_from, now, "1h", closed="left", time_zone="UTC", eager=True
+    ).cast(schemas.TS)
+    grid = long.select(an._SERIES).unique().join(pl.DataFrame({"hour": hours}), how="cross")
+    dense = (
+        grid.join(long, on=[*an._SERIES, "hour"], how="left", nulls_equal=True)
+        .with_columns(pl.col("value").fill_null(0))
+        .sort([*an._SERIES, "hour"], nulls_last=True)
+    )
+    lags = [
+        pl.col("value").shift(24 * k).over(an._SERIES).alias(name)
+        for k, name in enumerate(an._lag_names(config), start=1)
+    ]
+    scored = an._scored(dense.with_columns(lags), config, start)
+    return an._finish(scored, PERIOD, now, Accounts(), config)
+
+
+@st.composite
+def sparse_series(draw) -> tuple[pl.DataFrame, datetime, dict]:
+    """A few series over the month and the week before it, with gaps, surges and negatives."""
+    n = draw(st.integers(1, 120))
+    rows = []
+    for _ in range(n):
+        rows.append(
+            {
+                "account_id": draw(st.sampled_from(["a", "b"])),
+                "hour": START + HOUR * draw(st.integers(-9 * 24, 20 * 24)),
+                "meter_id": draw(st.sampled_from(["output_tokens", "requests"])),
+                "model_id": draw(st.sampled_from(["m1", None])),
+                "quantity": D(draw(st.sampled_from([0, 1, 900, 1000, 600_000, 3_000_000, -5]))),
+                "velocity": D(draw(st.sampled_from([0, "0.01", "1", "7.5", "60", "-1"]))),
+            }
+        )
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            "account_id": pl.String,
+            "hour": schemas.TS,
+            "meter_id": pl.String,
+            "model_id": pl.String,
+            "quantity": schemas.QTY,
+            "velocity": schemas.MONEY,
+        },
+    )
+    now = (
+        START
+        + HOUR * draw(st.integers(-3, 22 * 24))
+        + timedelta(minutes=draw(st.sampled_from([0, 30])))
+    )
+    config = draw(
+        st.sampled_from(
+            [
+                {},
+                {"min_samples": 2, "z_threshold": 1.0, "min_ratio": 1.5},
+                {"min_tokens": D(0), "min_spend": D(0), "z_threshold": 0.0, "min_ratio": 0.0},
+                {"baseline_days": 3, "min_samples": 1, "min_tokens": D(500), "min_spend": D(1)},
+            ]
+        )
+    )
+    return frame, now, config
+
+
+@settings(max_examples=60, deadline=None)
+@given(sparse_series(), st.booleans())
+def test_sparse_lags_equal_the_dense_grid(case, with_data_from: bool) -> None:
+    frame, now, config = case
+    cfg = AnomalyConfig(**config)
+    data_from = START - timedelta(days=2, minutes=20) if with_data_from else None
+    expected = _dense_reference(frame, now, cfg, data_from)
+    found = detect_anomalies(frame, PERIOD, now, Accounts(), cfg, data_from)
+    assert found.equals(expected)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from usagebox_demo import generate_usage
 from usagebox_pipelines import schemas
 from usagebox_pipelines.config import DEFAULT_PRICEBOOKS
+from usagebox_pipelines.guardrails import spend
 from usagebox_pipelines.guardrails.budgets import BudgetTree, build_budget_tree
 from usagebox_pipelines.guardrails.state import evaluate_spend
 from usagebox_pipelines.invoicing.lines import build_draft_invoices
@@ -112,3 +113,24 @@ def test_crossing_hours_are_exact(seed: int, budget: str) -> None:
             assert subtree_sum(tree, account, after, 0) >= threshold, (account, crossed)
             checked += 1
     assert checked > 0
+
+
+@SLOW
+@given(seed=st.integers(0, 10_000), shard_rows=st.sampled_from([1, 37, 400]))
+def test_account_shards_give_the_same_state(seed: int, shard_rows: int) -> None:
+    """Rating in shards of whole accounts (memory bound) changes no number of the state."""
+    accounts = with_small_budgets(ACCOUNTS, D("7.5"))
+    hourly = demo_hourly(seed, n_events=600, n_accounts=8)
+    now = datetime(2026, 10, 20, 5, 30, tzinfo=UTC)
+    tree = build_budget_tree(accounts, hourly.get_column("account_id").unique().to_list())
+    whole = evaluate_spend(hourly, tree, PERIOD, now, BOOKS, accounts)
+    saved = spend.SHARD_ROWS
+    spend.SHARD_ROWS = shard_rows
+    try:
+        sharded = evaluate_spend(hourly, tree, PERIOD, now, BOOKS, accounts)
+    finally:
+        spend.SHARD_ROWS = saved
+    assert sharded.state.equals(whole.state)
+    assert sharded.steps.equals(whole.steps)
+    assert sharded.hourly.equals(whole.hourly)
+    assert whole.steps.height > 0  # crossings were searched (bisection through spend_at)

@@ -11,7 +11,9 @@ An hour is flagged only when all hold, so small or young accounts do not alert o
 a full baseline (`min_samples` days of history), a minimum volume (`min_tokens` per hour for
 token meters, `min_spend` per hour of spend), value ≥ `min_ratio` × median, score ≥ `z`.
 Missing history (before the first hour of data) is missing, not zero; an hour of silence after
-it is zero. All vectorised: a dense hour grid per series and shifted columns for the lags.
+it is zero. All vectorised and sparse: only hours with volume are candidates, and each lag is
+one equi-join of the candidates against the stored hours (a missing hour is 0, an hour before
+the data is null). Memory is O(rows with usage), never series × hours.
 """
 
 from __future__ import annotations
@@ -70,8 +72,11 @@ def detect_anomalies(
     long = _long(series.filter((pl.col("hour") >= grid_from) & (pl.col("hour") < now)), start)
     if long.is_empty():
         return pl.DataFrame(schema=USAGE_ANOMALIES)
-    dense = _dense(long, grid_from, now)
-    scored = _scored(_with_lags(dense, config), config, start)
+    scored = _scored(
+        _with_lags(_candidates(long, grid_from, now, start, config), long, grid_from, config),
+        config,
+        start,
+    )
     return _finish(scored, period, now, accounts, config)
 
 
@@ -93,16 +98,34 @@ def _long(series: pl.DataFrame, start: datetime) -> pl.DataFrame:
     return long.join(active.unique(), on=_SERIES, how="semi", nulls_equal=True)
 
 
-def _dense(long: pl.DataFrame, grid_from: datetime, now: datetime) -> pl.DataFrame:
-    """Every series × every hour of [grid_from, now); silent hours are zero."""
+def _minimum(config: AnomalyConfig) -> pl.Expr:
+    """The per-hour volume an hour needs to be scored (tokens or money, by kind)."""
+    return (
+        pl.when(pl.col("kind") == TOKEN_SURGE)
+        .then(pl.lit(config.min_tokens, dtype=schemas.QTY))
+        .otherwise(pl.lit(config.min_spend, dtype=schemas.QTY))
+    )
+
+
+def _candidates(
+    long: pl.DataFrame, grid_from: datetime, now: datetime, start: datetime, config: AnomalyConfig
+) -> pl.DataFrame:
+    """The hours of the month that can be flagged: those with at least the minimum volume.
+
+    A silent hour is 0; it can only qualify when a minimum is not positive, and only then are
+    the month's silent hours of every series added (the dense grid of the month, not history).
+    """
+    month = long.filter(pl.col("hour") >= start)
+    if config.min_tokens > 0 and config.min_spend > 0:
+        return month.filter(pl.col("value") >= _minimum(config))
     hours = pl.datetime_range(
-        grid_from, now, "1h", closed="left", time_zone="UTC", eager=True
+        max(start, grid_from), now, "1h", closed="left", time_zone="UTC", eager=True
     ).cast(schemas.TS)
     grid = long.select(_SERIES).unique().join(pl.DataFrame({"hour": hours}), how="cross")
     return (
-        grid.join(long, on=[*_SERIES, "hour"], how="left", nulls_equal=True)
+        grid.join(month, on=[*_SERIES, "hour"], how="left", nulls_equal=True)
         .with_columns(pl.col("value").fill_null(0))
-        .sort([*_SERIES, "hour"], nulls_last=True)
+        .filter(pl.col("value") >= _minimum(config))
     )
 
 
@@ -110,13 +133,24 @@ def _lag_names(config: AnomalyConfig) -> list[str]:
     return [f"lag_{k}" for k in range(1, config.baseline_days + 1)]
 
 
-def _with_lags(dense: pl.DataFrame, config: AnomalyConfig) -> pl.DataFrame:
-    """The same hour on each previous day (null where the grid has no history yet)."""
-    lags = [
-        pl.col("value").shift(24 * k).over(_SERIES).alias(name)
-        for k, name in enumerate(_lag_names(config), start=1)
-    ]
-    return dense.with_columns(lags)
+def _with_lags(
+    candidates: pl.DataFrame, long: pl.DataFrame, grid_from: datetime, config: AnomalyConfig
+) -> pl.DataFrame:
+    """The same hour on each previous day: its value, 0 when silent, null before `grid_from`."""
+    out = candidates
+    for k, name in enumerate(_lag_names(config), start=1):
+        back = pl.col("hour") - pl.duration(hours=24 * k)
+        stored = long.select(
+            *_SERIES, pl.col("hour") + pl.duration(hours=24 * k), value_lag=pl.col("value")
+        )
+        out = (
+            out.join(stored, on=[*_SERIES, "hour"], how="left", nulls_equal=True)
+            .with_columns(
+                pl.when(back >= grid_from).then(pl.col("value_lag").fill_null(0)).alias(name)
+            )
+            .drop("value_lag")
+        )
+    return out
 
 
 def _low_median(cols: list[str] | list[pl.Expr]) -> tuple[pl.Expr, pl.Expr]:
@@ -130,12 +164,7 @@ def _low_median(cols: list[str] | list[pl.Expr]) -> tuple[pl.Expr, pl.Expr]:
 def _scored(frame: pl.DataFrame, config: AnomalyConfig, start: datetime) -> pl.DataFrame:
     """Median, MAD, score and the flag, computed only for hours of the month with volume."""
     names = _lag_names(config)
-    minimum = (
-        pl.when(pl.col("kind") == TOKEN_SURGE)
-        .then(pl.lit(config.min_tokens, dtype=schemas.QTY))
-        .otherwise(pl.lit(config.min_spend, dtype=schemas.QTY))
-    )
-    frame = frame.filter(pl.col("hour") >= start).with_columns(min_volume=minimum)
+    frame = frame.filter(pl.col("hour") >= start).with_columns(min_volume=_minimum(config))
     frame = frame.filter(pl.col("value") >= pl.col("min_volume"))
     median, n = _low_median(names)
     frame = frame.with_columns(baseline_median=median, samples=n.cast(pl.Int32))

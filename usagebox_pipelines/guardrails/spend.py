@@ -37,6 +37,10 @@ HOUR = timedelta(hours=1)
 # Unit separator: cannot occur in account ids (pricing.accounts._ID_RE) or in canonical units.
 SEP = "\x1f"
 SPEND_KINDS = ("usage", "discount")
+# Rating works on at most this many usage rows at once: accounts are rated independently
+# (positions, discounts and contract lines are per account), so shards of whole accounts give
+# the same lines as one call while memory stays bounded by a shard, not by the month.
+SHARD_ROWS = 250_000
 _EMPTY_TOTALS = pl.Schema(
     {
         "account_id": pl.String(),
@@ -104,12 +108,33 @@ def month_usage(
         .with_columns(at=pl.col("hour"))
     )
     at = pl.when(pl.col("correction_of").is_null()).then(pl.col("timestamp")).otherwise("hour")
+    answered = rollup_hours.get_column("hour").implode()
     from_events = (
-        ok_events.join(rollup_hours.lazy(), on="hour", how="anti")
+        _on_days(ok_events, _days_not_answered(rollup_hours, start, now))
+        .filter(~pl.col("hour").is_in(answered))
         .with_columns(at=at.cast(schemas.TS), sum=pl.col("quantity"), count=pl.lit(1, pl.Int64))
         .filter(pl.col("at") < now)
     )
     return pl.concat([_with_at(from_rollup.collect()), _with_at(from_events.collect())])
+
+
+def _days_not_answered(rollup_hours: pl.DataFrame, start: datetime, now: datetime) -> pl.Series:
+    """UTC dates with an hour of [start, now) the rollup does not answer (events are read)."""
+    hours = pl.datetime_range(
+        floor_hour(start), now, "1h", closed="left", time_zone="UTC", eager=True
+    ).cast(schemas.TS)
+    open_hours = pl.DataFrame({"hour": hours}).join(rollup_hours, on="hour", how="anti")
+    return open_hours.select(pl.col("hour").dt.date().unique().sort()).to_series()
+
+
+def _on_days(events: pl.LazyFrame, days: pl.Series) -> pl.LazyFrame:
+    """`events` of those dates only: prunes the `event_date` partitions of the Delta scan.
+
+    Without the column (a hand-built frame), the hour filter that follows is all there is.
+    """
+    if "event_date" not in events.collect_schema().names():
+        return events
+    return events.filter(pl.col("event_date").is_in(days.implode()))
 
 
 def _with_at(frame: pl.DataFrame) -> pl.DataFrame:
@@ -132,7 +157,13 @@ def _rollup_hours(
     built = builds.filter((pl.col("hour") >= start) & (pl.col("hour") < end)).select(
         pl.col("hour").cast(schemas.TS), "built_at"
     )
-    latest = events.group_by("hour").agg(pl.col("ingested_at").max()).collect()
+    # one (hour, max ingested_at) per hour: the streaming engine never holds the month's events
+    latest = (
+        events.select("hour", "ingested_at")
+        .group_by("hour")
+        .agg(pl.col("ingested_at").max())
+        .collect(engine="streaming")
+    )
     stale = built.join(latest, on="hour", how="inner").filter(
         pl.col("ingested_at") > pl.col("built_at")
     )
@@ -164,6 +195,46 @@ def spend_at(
     pairs = cutoffs.select("account_id", pl.col("cutoff").cast(schemas.TS)).unique()
     if pairs.is_empty():
         return SpendAt(pl.DataFrame(schema=_EMPTY_TOTALS), pl.DataFrame(schema=_EMPTY_LINES))
+    # rows each account brings: its usage rows once per cutoff asked of it
+    weight = (
+        usage.group_by("account_id")
+        .len()
+        .join(pairs.group_by("account_id").len("n"), on="account_id", how="inner")
+        .select("account_id", w=pl.col("len") * pl.col("n"))
+    )
+    parts = [
+        _spend_at(usage, pairs.join(ids, on="account_id", how="semi"), period, pricebooks, accounts)
+        for ids in account_shards(weight, pairs.get_column("account_id"))
+    ]
+    totals = pl.concat([p.totals for p in parts]) if parts else pl.DataFrame(schema=_EMPTY_TOTALS)
+    lines = pl.concat([p.lines for p in parts]) if parts else pl.DataFrame(schema=_EMPTY_LINES)
+    return SpendAt(totals.sort("account_id", "cutoff"), lines)
+
+
+def account_shards(
+    weight: pl.DataFrame, wanted: pl.Series, max_rows: int | None = None
+) -> list[pl.DataFrame]:
+    """`wanted` accounts in shards (frames of account_id) of at most `max_rows` weight each.
+
+    `weight`: account_id, w (rows the account brings); accounts without weight go in the
+    first shard. A single account heavier than `max_rows` is a shard of its own.
+    """
+    limit = SHARD_ROWS if max_rows is None else max_rows
+    ids = pl.DataFrame({"account_id": wanted.unique().sort()})
+    ranked = ids.join(weight, on="account_id", how="left").with_columns(pl.col("w").fill_null(0))
+    shard = ((pl.col("w").cum_sum() - pl.col("w")) // max(limit, 1)).alias("shard")
+    ranked = ranked.with_columns(shard)
+    return [part.select("account_id") for _, part in ranked.group_by("shard", maintain_order=True)]
+
+
+def _spend_at(
+    usage: pl.DataFrame,
+    pairs: pl.DataFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+) -> SpendAt:
+    """`spend_at` for one shard of accounts (one rating call)."""
     pairs = pairs.with_columns(key=_pseudo_key())
     rows = (
         usage.join(pairs, on="account_id", how="inner")
@@ -188,7 +259,7 @@ def spend_at(
         .join(back, on="key", how="inner")
         .select(_EMPTY_LINES.names())
     )
-    return SpendAt(totals.sort("account_id", "cutoff"), lines)
+    return SpendAt(totals, lines)
 
 
 def _pseudo_key() -> pl.Expr:
@@ -262,6 +333,20 @@ def hourly_amounts(
     """
     if usage.is_empty():
         return _empty_hourly()
+    weight = usage.group_by("account_id").agg(w=pl.len())
+    shards = account_shards(weight, usage.get_column("account_id"))
+    parts = [
+        _hourly_amounts(usage.join(ids, on="account_id", how="semi"), period, pricebooks, accounts)
+        for ids in shards
+    ]
+    keys = ["account_id", "hour", "meter_id", "model_id"]
+    return pl.concat(parts).sort(keys, nulls_last=True)
+
+
+def _hourly_amounts(
+    usage: pl.DataFrame, period: str, pricebooks: PricebookSet, accounts: Accounts
+) -> pl.DataFrame:
+    """`hourly_amounts` of one shard of accounts (one rating call)."""
     micros = pl.col("hour").cast(schemas.TS).dt.epoch("us").cast(pl.String)
     tagged = usage.with_columns(
         unit=pl.concat_str(pl.col("unit").fill_null(""), pl.lit(SEP), micros)

@@ -53,13 +53,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 
-    from usagebox_pipelines.events.ingest import ingest_files
-    from usagebox_pipelines.pipeline import (
-        build_usage_hourly,
-        build_usage_monthly,
-        day_bounds,
-        update_events,
-    )
+    from usagebox_pipelines.stages.events import day_bounds, update_events
+    from usagebox_pipelines.stages.ingest import ingest_files
+    from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
     from usagebox_pipelines.storage import DeltaStore
 
     with workdir(args.workdir) as work:

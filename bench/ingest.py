@@ -60,9 +60,9 @@ def main() -> None:
     parser.add_argument("--with-events", action="store_true", help="also time update_events")
     args = parser.parse_args()
 
-    from usagebox_pipelines.events.ingest import ingest_files
     from usagebox_pipelines.events.readers import CHUNK_ROWS
-    from usagebox_pipelines.pipeline import update_events
+    from usagebox_pipelines.stages.events import update_events
+    from usagebox_pipelines.stages.ingest import ingest_files
     from usagebox_pipelines.storage import DeltaStore
 
     chunk_rows = args.chunk_rows or CHUNK_ROWS

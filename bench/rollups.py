@@ -57,8 +57,9 @@ ROLLUP_STAGES = [
 
 def run_month(store, month: str, run_id: str = "bench") -> dict[str, Measure]:
     """Stages 1-3 for a whole month; returns one Measure per stage."""
-    from usagebox_pipelines.pipeline import build_usage_hourly, build_usage_monthly, update_events
     from usagebox_pipelines.rollups.aggregate import month_bounds
+    from usagebox_pipelines.stages.events import update_events
+    from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
 
     start, end = month_bounds(month)
     out = {}
@@ -87,8 +88,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 
-    from usagebox_pipelines.events.ingest import ingest_files
-    from usagebox_pipelines.pipeline import rate_month
+    from usagebox_pipelines.stages.ingest import ingest_files
+    from usagebox_pipelines.stages.rating import rate_month
     from usagebox_pipelines.storage import DeltaStore
 
     with workdir(args.workdir) as work:

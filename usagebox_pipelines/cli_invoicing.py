@@ -1,5 +1,5 @@
 """`usagebox close | explain | invoices | invoice verify`: thin typer commands over
-`invoicing.close` (CONTRACT §1).
+the close, explain, export and reproduce stages (CONTRACT §1).
 
 cli.py mounts them: `app.command()(close)`, `app.command()(explain)`,
 `app.command()(invoices)` and `app.add_typer(invoice_app, name="invoice")`. Each prints one

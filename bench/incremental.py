@@ -35,13 +35,13 @@ from bench.rollups import ROLLUP_STAGES, run_month  # noqa: E402
 
 TARGET_FRACTION = 1 / 20
 INCREMENTAL_STAGES = [
-    ("usagebox_pipelines.events.ingest:remove_uncommitted_batches", "ingest: remove_uncommitted"),
-    ("usagebox_pipelines.events.ingest:_history_for", "ingest: _history_for"),
-    ("usagebox_pipelines.events.ingest:_LateContext.load", "ingest: _LateContext.load"),
-    ("usagebox_pipelines.events.ingest:normalize_events", "ingest: normalize_events"),
-    ("usagebox_pipelines.events.ingest:classify", "ingest: classify"),
-    ("usagebox_pipelines.pipeline:_corrections_and_originals", "events: corrections scan"),
-    ("usagebox_pipelines.pipeline:build_events", "events: build_events"),
+    ("usagebox_pipelines.stages.ingest:remove_uncommitted_batches", "ingest: remove_uncommitted"),
+    ("usagebox_pipelines.stages.ingest:_history_for", "ingest: _history_for"),
+    ("usagebox_pipelines.stages.ingest:_LateContext.load", "ingest: _LateContext.load"),
+    ("usagebox_pipelines.stages.ingest:normalize_events", "ingest: normalize_events"),
+    ("usagebox_pipelines.stages.ingest:classify", "ingest: classify"),
+    ("usagebox_pipelines.stages.events:_corrections_and_originals", "events: corrections scan"),
+    ("usagebox_pipelines.stages.events:build_events", "events: build_events"),
     *ROLLUP_STAGES[4:],
 ]
 
@@ -53,13 +53,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 
-    from usagebox_pipelines.events.ingest import ingest_files
-    from usagebox_pipelines.pipeline import (
-        build_usage_hourly,
-        build_usage_monthly,
-        day_bounds,
-        update_events,
-    )
+    from usagebox_pipelines.stages.events import day_bounds, update_events
+    from usagebox_pipelines.stages.ingest import ingest_files
+    from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
     from usagebox_pipelines.storage import DeltaStore
 
     with workdir(args.workdir) as work:

@@ -35,15 +35,15 @@ TARGET_EPS = {"parquet": 1_000_000, "jsonl": 250_000}
 TARGET_RSS_MB = 3 * 1024
 # Functions whose inclusive time makes up the ingest breakdown.
 INGEST_STAGES = [
-    ("usagebox_pipelines.events.ingest:remove_uncommitted_batches", "remove_uncommitted_batches"),
-    ("usagebox_pipelines.events.ingest:file_sha256", "file_sha256"),
-    ("usagebox_pipelines.events.ingest:_logged_batch", "_logged_batch"),
-    ("usagebox_pipelines.events.ingest:_LateContext.load", "_LateContext.load"),
-    ("usagebox_pipelines.events.ingest:read_chunks", "read_chunks (parse)"),
-    ("usagebox_pipelines.events.ingest:normalize_events", "normalize_events (incl. pandera)"),
+    ("usagebox_pipelines.stages.ingest:remove_uncommitted_batches", "remove_uncommitted_batches"),
+    ("usagebox_pipelines.stages.ingest:file_sha256", "file_sha256"),
+    ("usagebox_pipelines.stages.ingest:_logged_batch", "_logged_batch"),
+    ("usagebox_pipelines.stages.ingest:_LateContext.load", "_LateContext.load"),
+    ("usagebox_pipelines.stages.ingest:read_chunks", "read_chunks (parse)"),
+    ("usagebox_pipelines.stages.ingest:normalize_events", "normalize_events (incl. pandera)"),
     ("usagebox_pipelines.events.normalize:_validate_schema", "  pandera _validate_schema"),
-    ("usagebox_pipelines.events.ingest:_history_for", "_history_for (history scan)"),
-    ("usagebox_pipelines.events.ingest:classify", "classify"),
+    ("usagebox_pipelines.stages.ingest:_history_for", "_history_for (history scan)"),
+    ("usagebox_pipelines.stages.ingest:classify", "classify"),
     ("usagebox_pipelines.storage:DeltaStore._write", "DeltaStore._write (all appends)"),
     ("usagebox_pipelines.storage:write_deltalake", "  write_deltalake"),
     ("usagebox_pipelines.storage:DeltaStore.exists", "DeltaStore.exists (table opens)"),
@@ -60,9 +60,9 @@ def main() -> None:
     parser.add_argument("--with-events", action="store_true", help="also time update_events")
     args = parser.parse_args()
 
-    from usagebox_pipelines.events.ingest import ingest_files
     from usagebox_pipelines.events.readers import CHUNK_ROWS
-    from usagebox_pipelines.pipeline import update_events
+    from usagebox_pipelines.stages.events import update_events
+    from usagebox_pipelines.stages.ingest import ingest_files
     from usagebox_pipelines.storage import DeltaStore
 
     chunk_rows = args.chunk_rows or CHUNK_ROWS

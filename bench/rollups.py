@@ -40,12 +40,12 @@ TARGET_REF_RATIO = 1.5
 TARGET_RSS_MB = 4 * 1024
 TARGET_RATING_SHARE = 0.25
 ROLLUP_STAGES = [
-    ("usagebox_pipelines.pipeline:committed_raw_events", "committed_raw_events (plan)"),
-    ("usagebox_pipelines.pipeline:_corrections_and_originals", "events: corrections scan"),
-    ("usagebox_pipelines.pipeline:resolve_corrections", "events: resolve_corrections"),
-    ("usagebox_pipelines.pipeline:build_events", "events: build_events"),
-    ("usagebox_pipelines.pipeline:rollup_hourly", "hourly: rollup_hourly (group-by)"),
-    ("usagebox_pipelines.pipeline:rollup_monthly", "monthly: rollup_monthly (group-by)"),
+    ("usagebox_pipelines.stages.events:committed_raw_events", "committed_raw_events (plan)"),
+    ("usagebox_pipelines.stages.events:_corrections_and_originals", "events: corrections scan"),
+    ("usagebox_pipelines.stages.events:resolve_corrections", "events: resolve_corrections"),
+    ("usagebox_pipelines.stages.events:build_events", "events: build_events"),
+    ("usagebox_pipelines.stages.rollups:rollup_hourly", "hourly: rollup_hourly (group-by)"),
+    ("usagebox_pipelines.stages.rollups:rollup_monthly", "monthly: rollup_monthly (group-by)"),
     (
         "usagebox_pipelines.storage:DeltaStore.replace_partition",
         "DeltaStore.replace_partition (writes)",
@@ -57,8 +57,9 @@ ROLLUP_STAGES = [
 
 def run_month(store, month: str, run_id: str = "bench") -> dict[str, Measure]:
     """Stages 1-3 for a whole month; returns one Measure per stage."""
-    from usagebox_pipelines.pipeline import build_usage_hourly, build_usage_monthly, update_events
     from usagebox_pipelines.rollups.aggregate import month_bounds
+    from usagebox_pipelines.stages.events import update_events
+    from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
 
     start, end = month_bounds(month)
     out = {}
@@ -87,8 +88,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 
-    from usagebox_pipelines.events.ingest import ingest_files
-    from usagebox_pipelines.pipeline import rate_month
+    from usagebox_pipelines.stages.ingest import ingest_files
+    from usagebox_pipelines.stages.rating import rate_month
     from usagebox_pipelines.storage import DeltaStore
 
     with workdir(args.workdir) as work:

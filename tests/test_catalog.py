@@ -18,16 +18,26 @@ from deltalake import DeltaTable
 
 from tests.conftest import event, write_jsonl
 from usagebox_demo.vendor_exports import write_vendor_exports
-from usagebox_pipelines import catalog, pipeline
-from usagebox_pipelines.catalog import EVENTS, TABLES, USAGE_HOURLY, USAGE_MONTHLY, Table
+from usagebox_pipelines import catalog
+from usagebox_pipelines.catalog import (
+    EVENTS,
+    INVOICE_LINES,
+    TABLES,
+    USAGE_HOURLY,
+    USAGE_MONTHLY,
+    Table,
+)
 from usagebox_pipelines.config import DEFAULT_PRICEBOOKS, Settings
-from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.guardrails.stages import raise_alerts, refresh_guardrails
-from usagebox_pipelines.invoicing.close import close_month
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
-from usagebox_pipelines.reconciliation.stages import load_exports, reconcile_month
-from usagebox_pipelines.storage import DeltaStore, predicate
+from usagebox_pipelines.stages.close import close_month
+from usagebox_pipelines.stages.events import update_events
+from usagebox_pipelines.stages.guardrails import raise_alerts, refresh_guardrails
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.rating import build_rated_usage
+from usagebox_pipelines.stages.reconciliation import load_exports, reconcile_month
+from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
+from usagebox_pipelines.storage import NOT_NULL, DeltaStore, predicate
 
 OCT = "2026-10"
 NOW = datetime(2026, 10, 31, 23, tzinfo=UTC)
@@ -51,11 +61,11 @@ def flow() -> tuple[DeltaStore, Settings]:
     settings = Settings(str(root / "home"), books)
     store = DeltaStore(settings.home)
     ingest_files(store, [write_jsonl(root / "in" / "a.jsonl", ROWS)])
-    pipeline.update_events(store)
+    update_events(store)
     start, end = month_bounds(OCT)
-    pipeline.build_usage_hourly(store, start, end)
-    pipeline.build_usage_monthly(store, OCT)
-    pipeline.build_rated_usage(store, books, OCT)
+    build_usage_hourly(store, start, end)
+    build_usage_monthly(store, OCT)
+    build_rated_usage(store, books, OCT)
     refresh_guardrails(store, books, OCT, NOW)
     raise_alerts(store, NOW)
     hourly = store.read(USAGE_HOURLY)
@@ -176,9 +186,15 @@ def test_predicates_are_built_from_typed_keys() -> None:
     )
 
 
-def test_the_str_form_is_the_catalog_entry(store: DeltaStore) -> None:
-    """Kept for the invoicing package until it migrates: a name means its catalog entry."""
-    store.append("usage_monthly", _month_rows("2026-10", 1))
-    assert store.read("usage_monthly", USAGE_MONTHLY.schema).equals(store.read(USAGE_MONTHLY))
-    with pytest.raises(ValueError, match="catalog"):
-        store.read("usage_monthly", pl.Schema({"month": pl.String()}))
+def test_none_and_not_null_keys_are_null_tests() -> None:
+    assert (
+        predicate(
+            INVOICE_LINES,
+            ["period", "invoice_number"],
+            {"period": "2026-10", "invoice_number": None},
+        )
+        == "period = '2026-10' AND invoice_number IS NULL"
+    )
+    assert predicate(INVOICE_LINES, ["invoice_number"], {"invoice_number": NOT_NULL}) == (
+        "invoice_number IS NOT NULL"
+    )

@@ -15,8 +15,11 @@ from tests.test_close_scenario import NOV, OCT, issued, scenario
 from usagebox_pipelines.catalog import INVOICE_LINES
 from usagebox_pipelines.cli_invoicing import close, explain, invoice_app, invoices
 from usagebox_pipelines.errors import InvariantError, UsageboxError
-from usagebox_pipelines.invoicing import close as c
-from usagebox_pipelines.invoicing import tables as t
+from usagebox_pipelines.stages.books import all_lines
+from usagebox_pipelines.stages.explain import explain_invoice
+from usagebox_pipelines.stages.export import export_invoices
+from usagebox_pipelines.stages.reproduce import verify_invoice
+from usagebox_pipelines.stages.verify import issued_intact
 
 
 def number_of(store, period: str, account: str, doc: str = "invoice") -> str:
@@ -31,14 +34,14 @@ def number_of(store, period: str, account: str, doc: str = "invoice") -> str:
 
 def test_every_issued_invoice_reproduces_byte_identical():
     store, settings = scenario().open("nov_closed")
-    assert c.issued_intact(store, settings).passed
-    rendered = c.issued_intact(store, settings, OCT, render=True)  # the process pool
+    assert issued_intact(store, settings).passed
+    rendered = issued_intact(store, settings, OCT, render=True)  # the process pool
     assert rendered.passed, rendered.examples
     assert f"({issued(store, OCT).height} PDFs rendered)" in rendered.detail
     numbers = issued(store).sort("invoice_number")["invoice_number"].to_list()
     assert len(numbers) >= 14
     for number in numbers:
-        report = c.verify_invoice(store, settings, number)
+        report = verify_invoice(store, settings, number)
         assert report["reproduced"], (number, report["differences"])
         sha = report["pdf_sha256"]
         assert sha["stored"] == sha["rerendered"] == sha["file"]
@@ -47,15 +50,15 @@ def test_every_issued_invoice_reproduces_byte_identical():
 def test_tampered_line_amount_is_detected(tmp_path):
     store, settings = scenario().home_at("nov_closed", tmp_path / "h")
     number = number_of(store, NOV, "acct-006")
-    lines = t.all_lines(store)
+    lines = all_lines(store)
     hit = (pl.col("invoice_number") == number) & (pl.col("line_no") == 1)
     forged = lines.with_columns(
         amount=pl.when(hit).then(pl.col("amount") - 1).otherwise("amount").cast(pl.Decimal(18, 2))
     )
     store.overwrite(INVOICE_LINES, forged)
-    intact = c.issued_intact(store, settings)
+    intact = issued_intact(store, settings)
     assert not intact.passed and intact.examples[0]["invoice_number"] == number
-    report = c.verify_invoice(store, settings, number)
+    report = verify_invoice(store, settings, number)
     assert not report["reproduced"]
     assert {"what": "line", "line_no": 1, "column": "amount"}.items() <= report["differences"][
         0
@@ -70,13 +73,13 @@ def test_edited_pricebook_is_detected(tmp_path):
     text = book.read_text()
     assert text.count(tier_one) == 1  # claude-sonnet-4-5 output, first tier
     book.write_text(text.replace(tier_one, tier_one.replace("18.75", "19.00")))
-    report = c.verify_invoice(store, settings, number_of(store, OCT, "acct-006"))
+    report = verify_invoice(store, settings, number_of(store, OCT, "acct-006"))
     assert not report["reproduced"]
     what = {(d["what"], d.get("column")) for d in report["differences"]}
     assert ("pricebook", None) in what and ("line", "amount") in what
     edited = next(d for d in report["differences"] if d["what"] == "pricebook")
     assert edited["file"] == "standard-2026-10-16.yaml"
-    assert "edited after it issued" in c.issued_intact(store, settings).examples[0]["problem"]
+    assert "edited after it issued" in issued_intact(store, settings).examples[0]["problem"]
 
 
 def test_changed_pdf_file_is_detected_and_blocks_export(tmp_path):
@@ -84,13 +87,13 @@ def test_changed_pdf_file_is_detected_and_blocks_export(tmp_path):
     number = number_of(store, OCT, "acct-001")
     pdf = settings.documents_dir / "invoices" / OCT / f"{number}.pdf"
     pdf.write_bytes(pdf.read_bytes() + b"%")
-    assert c.issued_intact(store, settings, NOV).passed  # only October's file changed
-    assert not c.issued_intact(store, settings, OCT).passed
-    report = c.verify_invoice(store, settings, number)
+    assert issued_intact(store, settings, NOV).passed  # only October's file changed
+    assert not issued_intact(store, settings, OCT).passed
+    report = verify_invoice(store, settings, number)
     assert not report["reproduced"]
     assert [d["what"] for d in report["differences"]] == ["pdf_file"]
     with pytest.raises(InvariantError, match=number):
-        c.export_invoices(store, settings, OCT, tmp_path / "out")
+        export_invoices(store, settings, OCT, tmp_path / "out")
 
 
 # --------------------------------------------------------------------------- explain
@@ -99,8 +102,8 @@ def test_changed_pdf_file_is_detected_and_blocks_export(tmp_path):
 def test_explain_covers_every_line_of_every_issued_invoice():
     store, settings = scenario().open("nov_closed")
     for number in issued(store)["invoice_number"].to_list():
-        report = c.explain_invoice(store, settings, number, with_events=True)
-        stored = t.all_lines(store).filter(pl.col("invoice_number") == number)
+        report = explain_invoice(store, settings, number, with_events=True)
+        stored = all_lines(store).filter(pl.col("invoice_number") == number)
         assert [line["line_no"] for line in report["lines"]] == sorted(stored["line_no"])
         for line in report["lines"]:
             where = (number, line["line_no"])
@@ -122,7 +125,7 @@ def test_explain_covers_every_line_of_every_issued_invoice():
 def test_explain_shows_tier_arithmetic_rollup_and_events():
     store, settings = scenario().open("nov_closed")
     number = number_of(store, OCT, "acct-006")
-    report = c.explain_invoice(store, settings, number, line_no=3, with_events=True)
+    report = explain_invoice(store, settings, number, line_no=3, with_events=True)
     (line,) = report["lines"]
     assert line["tier"] == 2 and line["amount"] == "175.41"
     assert line["rule"]["price_model"] == "graduated"
@@ -143,7 +146,7 @@ def test_explain_shows_tier_arithmetic_rollup_and_events():
 def test_explain_adjustment_lists_the_late_events_behind_it():
     store, settings = scenario().open("nov_closed")
     note = number_of(store, NOV, "acct-007", "credit_note")
-    (line,) = c.explain_invoice(store, settings, note)["lines"]
+    (line,) = explain_invoice(store, settings, note)["lines"]
     assert line["adjusts_period"] == OCT and line["amount"] == "-3.12"
     late = line["late_events"]
     assert [e["event_id"] for e in late["events"]] == ["fix-007"]
@@ -153,12 +156,12 @@ def test_explain_adjustment_lists_the_late_events_behind_it():
 def test_explain_names_an_unknown_invoice_or_line():
     store, settings = scenario().open("oct_closed")
     with pytest.raises(UsageboxError, match="UBX-2026-000999 not found"):
-        c.explain_invoice(store, settings, "UBX-2026-000999")
+        explain_invoice(store, settings, "UBX-2026-000999")
     with pytest.raises(UsageboxError, match="not an invoice number"):
-        c.explain_invoice(store, settings, "../../etc/passwd")
+        explain_invoice(store, settings, "../../etc/passwd")
     number = number_of(store, OCT, "acct-001")
     with pytest.raises(UsageboxError, match=f"{number} has no line 99"):
-        c.explain_invoice(store, settings, number, line_no=99)
+        explain_invoice(store, settings, number, line_no=99)
 
 
 # --------------------------------------------------------------------------- export
@@ -171,7 +174,7 @@ def test_export_writes_pdfs_and_a_formula_safe_register(tmp_path):
     text = accounts.read_text().replace('"Brightpath Learning Co."', f"'{hostile}'")
     accounts.write_text(text)
     out = tmp_path / "export"
-    result = c.export_invoices(store, settings, NOV, out)
+    result = export_invoices(store, settings, NOV, out)
     docs = issued(store, NOV)
     assert result["documents"] == docs.height and result["credit_notes"] == 1
     for row in docs.iter_rows(named=True):
@@ -189,7 +192,7 @@ def test_export_writes_pdfs_and_a_formula_safe_register(tmp_path):
 def test_export_of_an_open_month_is_refused(tmp_path):
     store, settings = scenario().open("nov_built")
     with pytest.raises(UsageboxError, match=f"{NOV} is not closed"):
-        c.export_invoices(store, settings, NOV, tmp_path / "out")
+        export_invoices(store, settings, NOV, tmp_path / "out")
 
 
 # --------------------------------------------------------------------------- CLI

@@ -12,14 +12,38 @@ from typer.testing import CliRunner
 from tests.conftest import event
 from tests.test_close_audit import cli_app
 from tests.test_close_scenario import OCT, OCT_ISSUED, SONNET, build_month, ingest, scenario
+from usagebox_pipelines.catalog import (
+    CREDIT_LEDGER,
+    GUARDRAIL_DECISIONS,
+    INVOICE_LINES,
+    INVOICES,
+    PERIOD_CLOSES,
+)
 from usagebox_pipelines.cli import app as main_app
 from usagebox_pipelines.errors import InvariantError, UsageboxError
-from usagebox_pipelines.guardrails.schemas import GUARDRAIL_DECISIONS
-from usagebox_pipelines.invoicing import close as c
-from usagebox_pipelines.invoicing import tables as t
-from usagebox_pipelines.invoicing.audit import books_problems
+from usagebox_pipelines.invoicing import summaries as summaries_module
 from usagebox_pipelines.invoicing.render import pdf_sha256
-from usagebox_pipelines.schemas import CREDIT_LEDGER, INVOICE_LINES, INVOICES
+from usagebox_pipelines.invoicing.summaries import draft_summaries
+from usagebox_pipelines.stages import close as close_stage
+from usagebox_pipelines.stages import verify as verify_stage
+from usagebox_pipelines.stages.books import (
+    all_invoices,
+    all_lines,
+    books_problems,
+    issued_invoices,
+    issued_lines,
+    unfinished_periods,
+)
+from usagebox_pipelines.stages.close import close_month, plan_close
+from usagebox_pipelines.stages.drafts import refresh_drafts
+from usagebox_pipelines.stages.reproduce import verify_invoice
+from usagebox_pipelines.stages.verify import issued_intact
+
+
+def _forge(store, table, rows: pl.DataFrame, number: str) -> None:
+    """Tamper with one issued document's rows in place (what `verify` must catch)."""
+    store.delete_where(table, invoice_number=number)
+    store.append(table, rows)
 
 
 def _count_calls(monkeypatch, module, name: str) -> list[int]:
@@ -39,13 +63,13 @@ def test_dry_run_close_follows_the_approved_plan_and_summarises_in_one_pass(tmp_
     plan's), and the per-document summaries from ONE pass over the lines (was one join over
     all lines per document: quadratic, 222 s on 1 M events)."""
     store, settings = scenario().home_at("oct_built", tmp_path / "h")
-    rollups = _count_calls(monkeypatch, c, "_hourly_at")
-    passes = _count_calls(monkeypatch, c, "line_documents")
-    dry = c.close_month(store, settings, OCT, approve=False)
+    rollups = _count_calls(monkeypatch, close_stage, "hourly_at")
+    passes = _count_calls(monkeypatch, summaries_module, "line_documents")
+    dry = close_month(store, settings, OCT, approve=False)
     assert dry["status"] == "needs_approval"
     assert rollups == [1] and passes[0] <= 2  # _invoice_totals + _draft_summaries
     assert len(dry["invoices"]) > 4
-    plan = c._plan_close(store, settings.pricebooks, OCT, {})
+    plan = plan_close(store, settings.pricebooks, OCT, {})
     many = pl.concat(
         [plan.invoices.with_columns(account_id=pl.col("account_id") + f"-{i}") for i in range(30)]
     )
@@ -53,7 +77,7 @@ def test_dry_run_close_follows_the_approved_plan_and_summarises_in_one_pass(tmp_
         [plan.lines.with_columns(account_id=pl.col("account_id") + f"-{i}") for i in range(30)]
     )
     passes[0] = 0
-    summaries = c._draft_summaries(many, lines)
+    summaries = draft_summaries(many, lines)
     assert passes == [1] and len(summaries) == many.height
     by_doc = {(s["account_id"], s["document_type"]): s for s in dry["invoices"]}
     for s in summaries[: plan.invoices.height]:
@@ -65,7 +89,7 @@ def test_dry_run_close_follows_the_approved_plan_and_summarises_in_one_pass(tmp_
 
 
 def _one(store, period: str, account: str) -> dict:
-    docs = t.issued_invoices(store).filter(
+    docs = issued_invoices(store).filter(
         (pl.col("period") == period) & (pl.col("account_id") == account)
     )
     return docs.row(0, named=True)
@@ -74,15 +98,15 @@ def _one(store, period: str, account: str) -> dict:
 def test_verify_catches_a_line_changed_together_with_its_total(tmp_path):
     store, settings = scenario().home_at("oct_closed", tmp_path / "h")
     doc = _one(store, OCT, "acct-007")
-    number, where = doc["invoice_number"], f"invoice_number = '{doc['invoice_number']}'"
-    lines = t.all_lines(store).filter(pl.col("invoice_number") == number)
+    number = doc["invoice_number"]
+    lines = all_lines(store).filter(pl.col("invoice_number") == number)
     bump = pl.when(pl.col("line_no") == 1).then(pl.col("amount") + D("1.00"))
     lines = lines.with_columns(amount=bump.otherwise(pl.col("amount")))
-    store.replace_where(t.INVOICE_LINES_TABLE, lines, where, INVOICE_LINES)
-    invoice = t.all_invoices(store).filter(pl.col("invoice_number") == number)
+    _forge(store, INVOICE_LINES, lines, number)
+    invoice = all_invoices(store).filter(pl.col("invoice_number") == number)
     invoice = invoice.with_columns(pl.col("subtotal", "total") + D("1.00"))
-    store.replace_where(t.INVOICES_TABLE, invoice, where, INVOICES)
-    result = c.issued_intact(store, settings, OCT)  # the cheap sums agree: a full rebuild
+    _forge(store, INVOICES, invoice, number)
+    result = issued_intact(store, settings, OCT)  # the cheap sums agree: a full rebuild
     assert not result.passed
     per_doc = [e for e in result.examples if "invoice_number" in e]
     assert {e["invoice_number"] for e in per_doc} == {number}  # no false positive
@@ -93,7 +117,7 @@ def test_verify_catches_a_line_changed_together_with_its_total(tmp_path):
     }
     books = [e["problem"] for e in result.examples if "invoice_number" not in e]
     assert len(books) == 1 and "period_closes.totals" in books[0]  # the close row's totals
-    report = c.verify_invoice(store, settings, number)
+    report = verify_invoice(store, settings, number)
     assert not report["reproduced"]
     assert {d["what"] for d in report["differences"]} >= {"line", "invoice"}
 
@@ -106,16 +130,11 @@ def test_verify_catches_a_pdf_replaced_together_with_its_hash(tmp_path, monkeypa
     other = _one(store, OCT, "acct-001")
     forged = (settings.documents_dir / other["pdf_path"]).read_bytes()
     (settings.documents_dir / doc["pdf_path"]).write_bytes(forged)
-    where = f"invoice_number = '{doc['invoice_number']}'"
-    invoice = t.all_invoices(store).filter(pl.col("invoice_number") == doc["invoice_number"])
-    store.replace_where(
-        t.INVOICES_TABLE,
-        invoice.with_columns(pdf_sha256=pl.lit(pdf_sha256(forged))),
-        where,
-        INVOICES,
-    )
-    renders = _count_calls(monkeypatch, c, "render_document")
-    plain = c.issued_intact(store, settings)
+    invoice = all_invoices(store).filter(pl.col("invoice_number") == doc["invoice_number"])
+    forged_row = invoice.with_columns(pdf_sha256=pl.lit(pdf_sha256(forged)))
+    _forge(store, INVOICES, forged_row, doc["invoice_number"])
+    renders = _count_calls(monkeypatch, verify_stage, "render_document")
+    plain = issued_intact(store, settings)
     assert not plain.passed and renders == [0]
     hits = [e for e in plain.examples if e.get("invoice_number") == doc["invoice_number"]]
     assert {e["problem"] for e in hits} == {
@@ -134,7 +153,7 @@ def test_verify_catches_a_pdf_replaced_together_with_its_hash(tmp_path, monkeypa
 def test_deleted_period_closes_row_fails_verify_and_close_refuses_to_reissue(tmp_path):
     store, settings = scenario().home_at("oct_closed", tmp_path / "h")
     pdfs = {p: p.read_bytes() for p in (settings.documents_dir / "invoices" / OCT).glob("*.pdf")}
-    store.delete_where(t.PERIOD_CLOSES_TABLE, f"period = '{OCT}'")
+    store.delete_where(PERIOD_CLOSES, period=OCT)
     problems = books_problems(store)
     assert any("period_closes row of 2026-10 was deleted" in p["problem"] for p in problems)
     opts = ["--home", settings.home, "--pricebooks", str(settings.pricebooks)]
@@ -142,9 +161,9 @@ def test_deleted_period_closes_row_fails_verify_and_close_refuses_to_reissue(tmp
     assert verified.exit_code == 1 or isinstance(verified.exception, InvariantError)
     assert "was deleted" in verified.output
     with pytest.raises(InvariantError, match="2026-10 was deleted.*never re-issued"):
-        c.close_month(store, settings, OCT, approve=True)
+        close_month(store, settings, OCT, approve=True)
     assert {p: p.read_bytes() for p in pdfs} == pdfs  # nothing re-rendered
-    assert t.unfinished_periods(store) == [OCT]
+    assert unfinished_periods(store) == [OCT]
 
 
 def test_a_comment_edit_of_an_issued_pricebook_passes_verify_a_value_edit_fails(tmp_path):
@@ -152,9 +171,9 @@ def test_a_comment_edit_of_an_issued_pricebook_passes_verify_a_value_edit_fails(
     number = _one(store, OCT, "acct-007")["invoice_number"]
     book = settings.pricebooks / "standard-2025-01-01.yaml"
     book.write_text("# reviewed, no change\n" + book.read_text() + "\n\n")
-    assert c.verify_invoice(store, settings, number)["reproduced"]
+    assert verify_invoice(store, settings, number)["reproduced"]
     book.write_text(book.read_text().replace('unit_price: "3.125"', 'unit_price: "3.00"', 1))
-    report = c.verify_invoice(store, settings, number)
+    report = verify_invoice(store, settings, number)
     assert not report["reproduced"]
     assert any(d["what"] == "pricebook" for d in report["differences"])
 
@@ -170,29 +189,29 @@ def test_an_open_month_never_draws_credit_and_blocks_a_later_close_unless_forced
     ingest(store, tmp_path / "sept.jsonl", [sept])
     build_month(store, settings.pricebooks, "2026-09")
     build_month(store, settings.pricebooks, OCT)
-    ledger = store.read("credit_ledger", CREDIT_LEDGER)
+    ledger = store.read(CREDIT_LEDGER)
     for _ in range(2):
-        c.refresh_drafts(store, settings.pricebooks, "2026-09")
-        assert store.read("credit_ledger", CREDIT_LEDGER).equals(ledger)  # drafts never draw
+        refresh_drafts(store, settings.pricebooks, "2026-09")
+        assert store.read(CREDIT_LEDGER).equals(ledger)  # drafts never draw
     sept_credit = _draft_credit(store, "2026-09")
     assert sept_credit == D("-26.25")
     with pytest.raises(UsageboxError, match=r"2026-09 still open.*close it first.*--force"):
-        c.close_month(store, settings, OCT, approve=True)
-    c.close_month(store, settings, OCT, approve=True, force=True, now=OCT_ISSUED)
-    oct_credit = t.issued_lines(store).filter(
+        close_month(store, settings, OCT, approve=True)
+    close_month(store, settings, OCT, approve=True, force=True, now=OCT_ISSUED)
+    oct_credit = issued_lines(store).filter(
         (pl.col("account_id") == "acct-004") & (pl.col("kind") == "credit")
     )["amount"]
     assert oct_credit.to_list() == [D("-15.00")]
-    rows = store.read("credit_ledger", CREDIT_LEDGER).filter(pl.col("account_id") == "acct-004")
+    rows = store.read(CREDIT_LEDGER).filter(pl.col("account_id") == "acct-004")
     assert rows.select("period", "opening", "drawn", "closing").rows() == [
         (OCT, D(30), D(15), D(15))
     ]
-    c.refresh_drafts(store, settings.pricebooks, "2026-09")
+    refresh_drafts(store, settings.pricebooks, "2026-09")
     assert _draft_credit(store, "2026-09") == D("-15.00")  # what is left, never beyond the grant
 
 
 def _draft_credit(store, period: str) -> D:
-    lines = t.all_lines(store).filter(
+    lines = all_lines(store).filter(
         (pl.col("period") == period)
         & pl.col("invoice_number").is_null()
         & (pl.col("account_id") == "acct-004")
@@ -218,9 +237,9 @@ def test_waive_policy_takes_the_usage_after_the_stop_off_the_bill_before_contrac
     terms += "    minimum_commit: '1100.00'\n    prepaid_credit: '50.00'\n"
     assert book.read_text().count(_ACCT_006) == 1
     book.write_text(book.read_text().replace(_ACCT_006, _ACCT_006 + terms))
-    c.close_month(store, settings, OCT, approve=True, now=OCT_ISSUED, approved_by="test")
+    close_month(store, settings, OCT, approve=True, now=OCT_ISSUED, approved_by="test")
     doc = _one(store, OCT, "acct-006")
-    lines = t.issued_lines(store).filter(pl.col("invoice_number") == doc["invoice_number"])
+    lines = issued_lines(store).filter(pl.col("invoice_number") == doc["invoice_number"])
     usage = lines.filter(pl.col("kind") == "usage")["amount"].sum()
     after = usage - D("1125.00")  # the same amount the `bill` note states (test_close_scenario)
     contract = lines.filter(pl.col("kind") != "usage").select("kind", "description", "amount")
@@ -242,31 +261,31 @@ def test_waive_policy_takes_the_usage_after_the_stop_off_the_bill_before_contrac
     assert "dec-" not in text and "decision" not in text.lower()
 
     # reproducible from the stamps: a decision appended after the close changes nothing
-    store.append("guardrail_decisions", _late_stop(), GUARDRAIL_DECISIONS)
-    renders = _count_calls(monkeypatch, c, "render_document")
-    intact = c.issued_intact(store, settings, OCT)
+    store.append(GUARDRAIL_DECISIONS, _late_stop())
+    renders = _count_calls(monkeypatch, verify_stage, "render_document")
+    intact = issued_intact(store, settings, OCT)
     assert intact.passed, intact.examples
     assert renders == [0]  # plain verify renders nothing
-    report = c.verify_invoice(store, settings, doc["invoice_number"])
+    report = verify_invoice(store, settings, doc["invoice_number"])
     assert report["reproduced"], report["differences"]
 
     # the waiver line changed together with the total: rebuilt and committed both disagree
-    number, where = doc["invoice_number"], f"invoice_number = '{doc['invoice_number']}'"
+    number = doc["invoice_number"]
     waiver = pl.col("description").str.starts_with("Usage after")
     assert lines.filter(waiver).height == 1
     forged = lines.with_columns(
         amount=pl.when(waiver).then(pl.col("amount") + D("10.00")).otherwise(pl.col("amount"))
     )
-    store.replace_where(t.INVOICE_LINES_TABLE, forged, where, INVOICE_LINES)
-    invoice = t.all_invoices(store).filter(pl.col("invoice_number") == number)
+    _forge(store, INVOICE_LINES, forged, number)
+    invoice = all_invoices(store).filter(pl.col("invoice_number") == number)
     invoice = invoice.with_columns(pl.col("subtotal", "total") + D("10.00"))
-    store.replace_where(t.INVOICES_TABLE, invoice, where, INVOICES)
-    result = c.issued_intact(store, settings, OCT)
+    _forge(store, INVOICES, invoice, number)
+    result = issued_intact(store, settings, OCT)
     assert not result.passed
     problems = {e["problem"] for e in result.examples if e.get("invoice_number") == number}
     assert "does not reproduce from its stamps" in problems
     assert "lines changed since its close" in problems
-    assert not c.verify_invoice(store, settings, number)["reproduced"]
+    assert not verify_invoice(store, settings, number)["reproduced"]
 
 
 def _late_stop() -> pl.DataFrame:

@@ -20,8 +20,8 @@ from usagebox_pipelines.defs.invoicing import (
 )
 from usagebox_pipelines.defs.jobs import close_job
 from usagebox_pipelines.defs.resources import UsageboxResource
-from usagebox_pipelines.invoicing import tables as t
 from usagebox_pipelines.runner import execute_job
+from usagebox_pipelines.stages.books import closed_periods
 
 pytestmark = pytest.mark.slow  # real Dagster runs
 
@@ -111,6 +111,6 @@ def test_close_job_issues_the_month_only_when_approved(defs, tmp_path, monkeypat
     docs = issued(store, NOV)
     expected = issued(scenario().open("nov_closed")[0], NOV)
     assert sorted(docs["invoice_number"]) == sorted(expected["invoice_number"])
-    assert t.closed_periods(store)[NOV]["approved_by"].startswith("dagster:")
+    assert closed_periods(store)[NOV]["approved_by"].startswith("dagster:")
     again = execute_job(settings, "close_job", partition_key=f"{NOV}-01")
     assert again.success  # already closed: a no-op, even without approval

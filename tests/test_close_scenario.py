@@ -32,17 +32,36 @@ import pytest
 from pypdf import PdfReader
 
 from tests.conftest import event, write_jsonl
-from usagebox_pipelines import pipeline
-from usagebox_pipelines.catalog import GUARDRAIL_DECISIONS, INVOICE_LINES, INVOICES, PERIOD_CLOSES
+from usagebox_pipelines.catalog import (
+    EVENTS,
+    GUARDRAIL_DECISIONS,
+    INVOICE_LINES,
+    INVOICES,
+    PERIOD_CLOSES,
+)
 from usagebox_pipelines.config import DEFAULT_PRICEBOOKS, Settings
 from usagebox_pipelines.errors import InvariantError
-from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.invoicing import close as c
-from usagebox_pipelines.invoicing import tables as t
 from usagebox_pipelines.invoicing.lines import rated_lines
 from usagebox_pipelines.invoicing.numbering import parse_number
 from usagebox_pipelines.invoicing.render import pdf_sha256
+from usagebox_pipelines.invoicing.stamps import recorded_fingerprints
 from usagebox_pipelines.rollups.aggregate import month_bounds
+from usagebox_pipelines.stages.books import (
+    all_invoices,
+    all_lines,
+    closed_periods,
+    closes,
+    issued_invoices,
+    issued_lines,
+    unfinished_periods,
+)
+from usagebox_pipelines.stages.close import close_month
+from usagebox_pipelines.stages.drafts import pending_adjustments, refresh_drafts
+from usagebox_pipelines.stages.events import update_events
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.rating import build_rated_usage, rate_month
+from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
+from usagebox_pipelines.stages.verify import draft_lines_match_rated
 from usagebox_pipelines.storage import DeltaStore
 
 D = Decimal
@@ -55,15 +74,15 @@ SONNET = "claude-sonnet-4-5"
 def ingest(store: DeltaStore, path: Path, rows: list[dict]) -> None:
     # small chunks: the JSONL reader asks for `chunk_rows` lines per chunk even past EOF
     ingest_files(store, [write_jsonl(path, rows)], chunk_rows=1000)
-    pipeline.update_events(store)
+    update_events(store)
 
 
 def build_month(store: DeltaStore, pricebooks: Path, month: str) -> None:
     """What the hourly and monthly jobs do for one month, plus the drafts."""
     start, end = month_bounds(month)
-    pipeline.build_usage_hourly(store, start, end)
-    pipeline.build_usage_monthly(store, month)
-    pipeline.build_rated_usage(store, pricebooks, month)
+    build_usage_hourly(store, start, end)
+    build_usage_monthly(store, month)
+    build_rated_usage(store, pricebooks, month)
 
 
 OCTOBER = [
@@ -143,23 +162,23 @@ def scenario() -> Scenario:
     ingest(store, root / "in" / "october.jsonl", OCTOBER)
     build_month(store, books, OCT)
     store.append(GUARDRAIL_DECISIONS, HARD_STOP)
-    c.refresh_drafts(store, books, OCT)
+    refresh_drafts(store, books, OCT)
     snap("oct_built")
-    c.close_month(store, settings, OCT, approve=True, now=OCT_ISSUED, approved_by="test")
+    close_month(store, settings, OCT, approve=True, now=OCT_ISSUED, approved_by="test")
     snap("oct_closed")
     ingest(store, root / "in" / "late.jsonl", LATE_OCTOBER)
     ingest(store, root / "in" / "november.jsonl", NOVEMBER)
     build_month(store, books, OCT)
     build_month(store, books, NOV)
-    c.refresh_drafts(store, books, NOV)
+    refresh_drafts(store, books, NOV)
     snap("nov_built")
-    c.close_month(store, settings, NOV, approve=True, now=NOV_ISSUED, approved_by="test")
+    close_month(store, settings, NOV, approve=True, now=NOV_ISSUED, approved_by="test")
     snap("nov_closed")
     return Scenario(root, stages)
 
 
 def issued(store: DeltaStore, period: str | None = None) -> pl.DataFrame:
-    docs = t.issued_invoices(store)
+    docs = issued_invoices(store)
     return docs.filter(pl.col("period") == period) if period else docs
 
 
@@ -169,7 +188,7 @@ def issued(store: DeltaStore, period: str | None = None) -> pl.DataFrame:
 def test_close_without_approve_reports_control_totals_and_writes_nothing(tmp_path):
     store, settings = scenario().home_at("oct_built", tmp_path / "h")
     before = {table: store.version(table) for table in (INVOICES, INVOICE_LINES)}
-    result = c.close_month(store, settings, OCT, approve=False)
+    result = close_month(store, settings, OCT, approve=False)
     assert result["status"] == "needs_approval" and "--approve" in result["message"]
     totals = result["control_totals"]
     assert totals["events"]["counted"] == len(OCTOBER)
@@ -187,10 +206,10 @@ def test_close_refuses_stale_rollups_then_unrated_usage_naming_why(tmp_path):
     unknown = event("o-x", "acct-006", 5, "2026-10-09T09:00:00Z", model_id="gpt-unknown")
     ingest(store, tmp_path / "x.jsonl", [unknown])
     with pytest.raises(InvariantError, match="3_hourly_equals_events"):
-        c.close_month(store, settings, OCT, approve=True)
+        close_month(store, settings, OCT, approve=True)
     build_month(store, settings.pricebooks, OCT)
     with pytest.raises(InvariantError, match=r"unrated usage.*model 'gpt-unknown'"):
-        c.close_month(store, settings, OCT, approve=True)
+        close_month(store, settings, OCT, approve=True)
     assert not store.exists(PERIOD_CLOSES)
     assert issued(store).is_empty()
 
@@ -199,10 +218,10 @@ def test_close_refuses_when_a_pricebook_that_issued_was_edited(tmp_path):
     store, settings = scenario().home_at("nov_built", tmp_path / "h")
     book = settings.pricebooks / "standard-2025-01-01.yaml"
     book.write_text(book.read_text() + "\n# a comment changes no value: still frozen\n")
-    c.close_month(store, settings, NOV, approve=False)  # not refused
+    close_month(store, settings, NOV, approve=False)  # not refused
     book.write_text(book.read_text().replace('unit_price: "12.50"', 'unit_price: "12.00"', 1))
     with pytest.raises(InvariantError, match="standard-2025-01-01.yaml.*edited after it issued"):
-        c.close_month(store, settings, NOV, approve=True)
+        close_month(store, settings, NOV, approve=True)
 
 
 # --------------------------------------------------------------------------- issuing
@@ -219,14 +238,14 @@ def test_close_issues_gapless_numbers_and_pdfs_matching_their_hash():
         assert pdf.name == f"{row['invoice_number']}.pdf"
         assert pdf_sha256(pdf.read_bytes()) == row["pdf_sha256"]
         assert row["status"] == "issued" and row["issued_at"] == OCT_ISSUED
-        assert row["events_table_version"] == scenario().open("oct_built")[0].version("events")
+        assert row["events_table_version"] == scenario().open("oct_built")[0].version(EVENTS)
         assert row["template_version"] == "invoice_v1" and row["code_version"]
-    stamps = t.recorded_fingerprints(docs)
+    stamps = recorded_fingerprints(docs)
     assert set(stamps) == {"standard@2025-01-01", "standard@2026-10-16"}
-    lines = t.all_lines(store).filter(pl.col("period") == OCT)
+    lines = all_lines(store).filter(pl.col("period") == OCT)
     assert lines["invoice_number"].null_count() == 0  # drafts of October are gone
-    assert t.all_invoices(store).filter(pl.col("status") == "draft").is_empty()
-    closed = t.closed_periods(store)[OCT]
+    assert all_invoices(store).filter(pl.col("status") == "draft").is_empty()
+    closed = closed_periods(store)[OCT]
     assert closed["invoices"] == docs.height and closed["approved_by"] == "test"
     assert closed["last_number"] == docs["invoice_number"].max()
 
@@ -238,7 +257,7 @@ def test_hard_stops_are_noted_on_the_invoice_with_what_was_billed_after_them():
     docs = issued(store, OCT)
     noted = docs.filter(pl.col("notes").is_not_null())
     assert noted["account_id"].to_list() == ["acct-006"]
-    lines = t.issued_lines(store, noted)
+    lines = issued_lines(store, noted)
     usage = lines.filter(pl.col("kind") == "usage")["amount"].sum()
     after = usage - D("1125.00")  # o-006-a, before the stop: 60 M tokens at tier 1, 18.75/1M
     assert after > 0 and lines["amount"].sum() == noted["total"].item()
@@ -256,7 +275,7 @@ def test_hard_stops_are_noted_on_the_invoice_with_what_was_billed_after_them():
 def test_totals_are_the_sum_of_rounded_lines():
     store, _ = scenario().open("nov_closed")
     docs = issued(store)
-    lines = t.issued_lines(store, docs)
+    lines = issued_lines(store, docs)
     sums = lines.group_by("invoice_number").agg(pl.col("amount").sum().alias("lines"))
     joined = docs.join(sums, on="invoice_number")
     assert joined.height == docs.height
@@ -266,11 +285,11 @@ def test_totals_are_the_sum_of_rounded_lines():
 def test_closing_a_closed_month_is_a_no_op(tmp_path):
     store, settings = scenario().home_at("oct_closed", tmp_path / "h")
     versions = {n: store.version(n) for n in (INVOICES, INVOICE_LINES, PERIOD_CLOSES)}
-    result = c.close_month(store, settings, OCT, approve=True)
+    result = close_month(store, settings, OCT, approve=True)
     assert result["status"] == "already_closed" and "already closed" in result["message"]
     assert len(result["invoices"]) == issued(store, OCT).height
     assert {n: store.version(n) for n in versions} == versions
-    assert c.refresh_drafts(store, settings.pricebooks, OCT)[0].is_empty()
+    assert refresh_drafts(store, settings.pricebooks, OCT)[0].is_empty()
 
 
 # --------------------------------------------------------------------------- late events
@@ -278,9 +297,9 @@ def test_closing_a_closed_month_is_a_no_op(tmp_path):
 
 def independent_adjustments(store: DeltaStore, pricebooks: Path) -> dict[str, Decimal]:
     """Per account: October re-rated now (rounded lines) minus what October's invoices billed."""
-    now = rated_lines(pipeline.rate_month(store, pricebooks, OCT).rated)
+    now = rated_lines(rate_month(store, pricebooks, OCT).rated)
     now = now.filter(pl.col("kind") != "credit")
-    billed = t.issued_lines(store, issued(store, OCT)).filter(pl.col("kind") != "credit")
+    billed = issued_lines(store, issued(store, OCT)).filter(pl.col("kind") != "credit")
     a = dict(now.group_by("account_id").agg(pl.col("amount").sum()).iter_rows())
     b = dict(billed.group_by("account_id").agg(pl.col("amount").sum()).iter_rows())
     out = {k: a.get(k, D(0)) - b.get(k, D(0)) for k in set(a) | set(b)}
@@ -289,9 +308,7 @@ def independent_adjustments(store: DeltaStore, pricebooks: Path) -> dict[str, De
 
 def test_late_events_become_adjustments_on_the_next_draft():
     store, settings = scenario().open("nov_built")
-    drafts = t.all_lines(store).filter(
-        (pl.col("period") == NOV) & pl.col("invoice_number").is_null()
-    )
+    drafts = all_lines(store).filter((pl.col("period") == NOV) & pl.col("invoice_number").is_null())
     adj = drafts.filter(pl.col("kind") == "adjustment")
     assert set(adj["adjusts_period"]) == {OCT}
     per_account = dict(adj.group_by("account_id").agg(pl.col("amount").sum()).iter_rows())
@@ -313,7 +330,7 @@ def test_late_events_become_adjustments_on_the_next_draft():
     acct1 = adj.filter(pl.col("account_id") == "acct-001")
     assert set(acct1["kind"]) == {"adjustment"} and set(acct1["unit"]) >= {"discount", "minimum"}
     assert "acct-001" not in per_account
-    check = c.draft_lines_match_rated(store, settings.pricebooks, NOV)
+    check = draft_lines_match_rated(store, settings.pricebooks, NOV)
     assert check.passed, check.examples
 
 
@@ -331,26 +348,26 @@ def test_next_close_continues_the_numbers_and_carries_adjustments_once():
     oct_last = max(parse_number(n)[2] for n in issued(store, OCT)["invoice_number"])
     nov_first = min(parse_number(n)[2] for n in issued(store, NOV)["invoice_number"])
     assert nov_first == oct_last + 1
-    carried = t.issued_lines(store).filter(pl.col("kind") == "adjustment")
+    carried = issued_lines(store).filter(pl.col("kind") == "adjustment")
     before_close, _ = scenario().open("nov_built")
     owed = independent_adjustments(before_close, settings.pricebooks)
     assert carried["amount"].sum() == sum(owed.values())
     # once carried, nothing more is owed for October
-    assert c.pending_adjustments(store, settings.pricebooks, "2026-12").is_empty()
+    assert pending_adjustments(store, settings.pricebooks, "2026-12").is_empty()
 
 
 def test_drafts_replace_only_draft_rows(tmp_path):
     store, settings = scenario().home_at("nov_built", tmp_path / "h")
-    issued_before = t.all_lines(store).filter(pl.col("invoice_number").is_not_null())
-    c.refresh_drafts(store, settings.pricebooks, NOV)
-    c.refresh_drafts(store, settings.pricebooks, NOV)
-    lines = t.all_lines(store)
+    issued_before = all_lines(store).filter(pl.col("invoice_number").is_not_null())
+    refresh_drafts(store, settings.pricebooks, NOV)
+    refresh_drafts(store, settings.pricebooks, NOV)
+    lines = all_lines(store)
     assert (
         lines.filter(pl.col("invoice_number").is_not_null())
         .sort("invoice_number", "line_no")
         .equals(issued_before.sort("invoice_number", "line_no"))
     )
-    drafts = t.all_invoices(store).filter(pl.col("status") == "draft")
+    drafts = all_invoices(store).filter(pl.col("status") == "draft")
     assert drafts.filter(pl.col("period") == NOV).height == drafts.height
     assert drafts.select("account_id", "document_type").is_duplicated().sum() == 0
 
@@ -364,33 +381,33 @@ def test_crash_before_the_marker_is_cleaned_and_redone_gapless(tmp_path):
     done = issued(scenario().open("nov_closed")[0], NOV).sort("invoice_number")
     real_append = DeltaStore.append
 
-    def crash_at_marker(self, name, *args, **kwargs):
-        if getattr(name, "name", name) == t.PERIOD_CLOSES_TABLE:
+    def crash_at_marker(self, table, *args, **kwargs):
+        if table is PERIOD_CLOSES:
             raise OSError("killed before the marker")
-        return real_append(self, name, *args, **kwargs)
+        return real_append(self, table, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(DeltaStore, "append", crash_at_marker)
         with pytest.raises(OSError, match="killed"):
-            c.close_month(store, settings, NOV, approve=True, now=NOV_ISSUED)
-    assert t.unfinished_periods(store) == [NOV]
+            close_month(store, settings, NOV, approve=True, now=NOV_ISSUED)
+    assert unfinished_periods(store) == [NOV]
     assert issued(store, NOV).is_empty()  # invisible to every reader
     stray = settings.documents_dir / "invoices" / NOV / "UBX-2026-000099.pdf"
     stray.write_bytes(b"%PDF- from a crash before any row was written")
-    result = c.close_month(store, settings, NOV, approve=True, now=NOV_ISSUED)
+    result = close_month(store, settings, NOV, approve=True, now=NOV_ISSUED)
     assert result["status"] == "closed"
     again = issued(store, NOV).sort("invoice_number")
     assert again["invoice_number"].to_list() == done["invoice_number"].to_list()
     assert again["pdf_sha256"].to_list() == done["pdf_sha256"].to_list()
     assert not stray.exists()
-    every = t.all_invoices(store)
+    every = all_invoices(store)
     assert every["invoice_number"].drop_nulls().is_duplicated().sum() == 0
-    lines = t.all_lines(store).filter(pl.col("period") == NOV)
+    lines = all_lines(store).filter(pl.col("period") == NOV)
     assert lines.select("invoice_number", "line_no").is_duplicated().sum() == 0
 
 
 def test_schemas_of_written_tables():
     store, _ = scenario().open("nov_closed")
-    assert t.all_invoices(store).schema == INVOICES.schema
-    assert t.all_lines(store).schema == INVOICE_LINES.schema
-    assert t.closes(store).schema == PERIOD_CLOSES.schema
+    assert all_invoices(store).schema == INVOICES.schema
+    assert all_lines(store).schema == INVOICE_LINES.schema
+    assert closes(store).schema == PERIOD_CLOSES.schema

@@ -22,12 +22,15 @@ import polars as pl
 import pytest
 
 from tests.conftest import event, write_jsonl
-from usagebox_pipelines import pipeline
 from usagebox_pipelines.catalog import INGEST_LOG, INVOICES, PERIOD_CLOSES
 from usagebox_pipelines.config import DEFAULT_PRICEBOOKS
 from usagebox_pipelines.errors import UsageboxError
-from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.lease import LOCK_FILE, holds_lease, writer_lease
+from usagebox_pipelines.stages.events import events_frame, update_events
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.rating import build_rated_usage
+from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
+from usagebox_pipelines.stages.verify import verify
 from usagebox_pipelines.storage import DeltaStore
 
 pytestmark = pytest.mark.slow  # concurrent usagebox subprocesses
@@ -75,7 +78,7 @@ def _wait_for_commits(table: Path, commits: int, proc: subprocess.Popen) -> None
 
 
 def _assert_ingest_invariants(store: DeltaStore) -> None:
-    results = {r.name: r for r in pipeline.verify(store)}
+    results = {r.name: r for r in verify(store)}
     for name in ("1_ingest_rows_reconcile", "2_events_unique"):
         assert results[name].passed, results[name].as_dict()
 
@@ -91,7 +94,7 @@ def test_two_ingests_of_different_files_both_land(tmp_path: Path) -> None:
     assert [code for code, _, _ in outcomes] == [0, 0]
     assert sum(summary["accepted"] for _, summary, _ in outcomes) == 2 * ROWS_PER_FILE
     store = DeltaStore(str(home))
-    assert pipeline.events_frame(store).select(pl.len()).collect().item() == 2 * ROWS_PER_FILE
+    assert events_frame(store).select(pl.len()).collect().item() == 2 * ROWS_PER_FILE
     _assert_ingest_invariants(store)
 
 
@@ -107,7 +110,7 @@ def test_the_same_file_twice_at_once_loads_once(tmp_path: Path) -> None:
     assert duplicates == [0, ROWS_PER_FILE]
     store = DeltaStore(str(home))
     assert store.read(INGEST_LOG).height == 1
-    assert pipeline.events_frame(store).select(pl.len()).collect().item() == ROWS_PER_FILE
+    assert events_frame(store).select(pl.len()).collect().item() == ROWS_PER_FILE
     _assert_ingest_invariants(store)
 
 
@@ -124,10 +127,10 @@ def test_ingest_during_run_month_is_safe(tmp_path: Path) -> None:
     assert (run_code, ingest_code) == (0, 0), run_err
     assert summary["accepted"] == 5_000
     store = DeltaStore(str(home))
-    assert pipeline.events_frame(store).select(pl.len()).collect().item() == 10_000
+    assert events_frame(store).select(pl.len()).collect().item() == 10_000
     # the second run picks up what arrived during the first: hourly = events again
     assert _finish(_usagebox("run", "--month", "2026-10", "--home", str(home)), 600)[0] == 0
-    results = {r.name: r for r in pipeline.verify(store)}
+    results = {r.name: r for r in verify(store)}
     for name in ("1_ingest_rows_reconcile", "2_events_unique", "3_hourly_equals_events"):
         assert results[name].passed, results[name].as_dict()
 
@@ -142,11 +145,11 @@ def test_two_approvals_of_one_month_issue_each_number_once(tmp_path: Path) -> No
         event("o-007", "acct-007", 2_000_000, "2026-10-07T12:00:00Z"),
     ]
     ingest_files(store, [write_jsonl(tmp_path / "oct.jsonl", rows)])
-    pipeline.update_events(store)
+    update_events(store)
     start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
-    pipeline.build_usage_hourly(store, start, end)
-    pipeline.build_usage_monthly(store, "2026-10")
-    pipeline.build_rated_usage(store, books, "2026-10")
+    build_usage_hourly(store, start, end)
+    build_usage_monthly(store, "2026-10")
+    build_rated_usage(store, books, "2026-10")
 
     args = ("close", "2026-10", "--approve", "--home", str(home), "--pricebooks", str(books))
     outcomes = [_finish(p, timeout=600) for p in [_usagebox(*args), _usagebox(*args)]]

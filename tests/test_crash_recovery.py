@@ -14,8 +14,9 @@ import pytest
 
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines.catalog import QUARANTINE, RAW_EVENTS
-from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.pipeline import committed_raw_events, verify_ingest
+from usagebox_pipelines.stages.events import committed_raw_events
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.verify import verify_ingest
 from usagebox_pipelines.storage import DeltaStore
 
 pytestmark = pytest.mark.slow  # real SIGKILLs of subprocesses

@@ -9,8 +9,8 @@ import pytest
 from usagebox_demo.run import run_demo
 from usagebox_pipelines.catalog import INVOICES
 from usagebox_pipelines.config import Settings
-from usagebox_pipelines.invoicing.close import issued_intact, verify_invoice
-from usagebox_pipelines.pipeline import verify
+from usagebox_pipelines.stages.reproduce import verify_invoice
+from usagebox_pipelines.stages.verify import issued_intact, verify
 from usagebox_pipelines.storage import DeltaStore
 
 pytestmark = pytest.mark.slow  # the whole demo month

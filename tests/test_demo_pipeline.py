@@ -9,13 +9,10 @@ import polars as pl
 
 from usagebox_demo import write_demo_inputs
 from usagebox_pipelines.catalog import QUARANTINE, USAGE_HOURLY
-from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.pipeline import (
-    build_usage_hourly,
-    build_usage_monthly,
-    update_events,
-    verify,
-)
+from usagebox_pipelines.stages.events import update_events
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
+from usagebox_pipelines.stages.verify import verify
 from usagebox_pipelines.storage import DeltaStore
 
 KEYS = ["account_id", "meter_id", "model_id", "billable", "hour"]

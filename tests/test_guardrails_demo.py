@@ -16,11 +16,11 @@ from usagebox_demo import generate_usage
 from usagebox_demo.guardrail_scenarios import plant_guardrail_scenarios, surge_hour
 from usagebox_pipelines import schemas
 from usagebox_pipelines.config import DEFAULT_PRICEBOOKS
-from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.guardrails.anomalies import detect_anomalies
 from usagebox_pipelines.guardrails.budgets import build_budget_tree
 from usagebox_pipelines.guardrails.state import evaluate_spend
 from usagebox_pipelines.pricing import load_accounts, load_pricebooks
+from usagebox_pipelines.stages.ingest import ingest_files
 from usagebox_pipelines.storage import DeltaStore
 
 MONTH = "2026-10"

@@ -24,7 +24,7 @@ from usagebox_pipelines.catalog import (
 from usagebox_pipelines.cli_guardrails import guardrails_app
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.guardrails import hard_stop_notes
-from usagebox_pipelines.guardrails.stages import (
+from usagebox_pipelines.stages.guardrails import (
     current_policy,
     raise_alerts,
     refresh_guardrails,

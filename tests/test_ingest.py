@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines.catalog import EVENT_CONFLICTS, QUARANTINE, RAW_EVENTS
-from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.pipeline import verify_ingest
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.verify import verify_ingest
 
 
 def _reasons(store) -> dict[int, str]:

@@ -18,8 +18,9 @@ import pytest
 
 from tests.hostile_corpus import HostileFile, generate
 from usagebox_pipelines.catalog import EVENTS, INGEST_LOG, QUARANTINE, RAW_EVENTS
-from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.pipeline import update_events, verify_ingest
+from usagebox_pipelines.stages.events import update_events
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.verify import verify_ingest
 from usagebox_pipelines.storage import DeltaStore
 
 

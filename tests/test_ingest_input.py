@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines.catalog import EVENTS, QUARANTINE, RAW_EVENTS
-from usagebox_pipelines.events.ingest import ingest_files
 from usagebox_pipelines.events.quantity import parse_quantities
-from usagebox_pipelines.pipeline import update_events, verify_ingest
+from usagebox_pipelines.stages.events import update_events
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.verify import verify_ingest
 
 
 def _reasons(store) -> list[str]:

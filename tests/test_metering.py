@@ -14,13 +14,10 @@ from hypothesis import strategies as st
 
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines.catalog import EVENTS, QUARANTINE, USAGE_HOURLY, USAGE_MONTHLY
-from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.pipeline import (
-    build_usage_hourly,
-    build_usage_monthly,
-    update_events,
-    verify,
-)
+from usagebox_pipelines.stages.events import update_events
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
+from usagebox_pipelines.stages.verify import verify
 from usagebox_pipelines.storage import DeltaStore
 
 DAY = datetime(2026, 10, 1, tzinfo=UTC)

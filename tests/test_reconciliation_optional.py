@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from tests.test_close_scenario import OCT, scenario
-from usagebox_pipelines.reconciliation.stages import SKIPPED, reconcile_month
+from usagebox_pipelines.catalog import RATED_USAGE, RECONCILIATION
 from usagebox_pipelines.runner import execute_job
+from usagebox_pipelines.stages.reconciliation import SKIPPED, reconcile_month
 
 
 def test_monthly_job_runs_without_vendors_yaml(tmp_path):
@@ -12,7 +13,7 @@ def test_monthly_job_runs_without_vendors_yaml(tmp_path):
     (settings.pricebooks / "vendors.yaml").unlink()
     outcome = execute_job(settings, "monthly_job", partition_key=f"{OCT}-01")
     assert outcome.success, outcome.failures
-    assert store.exists("rated_usage")
-    assert not store.exists("reconciliation")
+    assert store.exists(RATED_USAGE)
+    assert not store.exists(RECONCILIATION)
     result = reconcile_month(store, settings, OCT)
     assert result["skipped"] == SKIPPED == "no vendors.yaml: reconciliation skipped"

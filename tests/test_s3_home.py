@@ -13,9 +13,11 @@ from moto.server import ThreadedMotoServer
 
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines.catalog import USAGE_HOURLY
-from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.pipeline import build_usage_hourly, update_events, verify
 from usagebox_pipelines.sql import run_sql
+from usagebox_pipelines.stages.events import update_events
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.rollups import build_usage_hourly
+from usagebox_pipelines.stages.verify import verify
 from usagebox_pipelines.storage import DeltaStore
 
 pytestmark = pytest.mark.slow  # a local moto S3 server

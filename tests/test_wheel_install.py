@@ -49,7 +49,7 @@ import usagebox_demo
 import usagebox_pipelines
 from usagebox_pipelines import config, pipeline
 from usagebox_pipelines.cli import cli_main
-from usagebox_pipelines.invoicing.close import code_version
+from usagebox_pipelines.stages.issue import code_version
 from usagebox_pipelines.pricing import load_accounts, load_pricebooks
 from usagebox_pipelines.storage import DeltaStore
 

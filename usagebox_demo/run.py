@@ -18,13 +18,13 @@ from usagebox_demo.vendor_exports import write_vendor_exports
 from usagebox_pipelines.catalog import INVOICE_LINES, USAGE_HOURLY
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import InvariantError
-from usagebox_pipelines.events.ingest import ingest_files
-from usagebox_pipelines.guardrails.stages import raise_alerts
 from usagebox_pipelines.months import month_bounds, shift_month
-from usagebox_pipelines.pipeline import update_events
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
-from usagebox_pipelines.reconciliation.stages import load_exports, reconcile_month
 from usagebox_pipelines.runner import RunOutcome, run_month
+from usagebox_pipelines.stages.events import update_events
+from usagebox_pipelines.stages.guardrails import raise_alerts
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.reconciliation import load_exports, reconcile_month
 from usagebox_pipelines.storage import DeltaStore
 
 Say = Callable[[str], None]
@@ -87,7 +87,7 @@ def _reconcile(store: DeltaStore, settings: Settings, month: str, seed: int) -> 
 
 
 def _close(store: DeltaStore, settings: Settings, month: str) -> dict:
-    from usagebox_pipelines.invoicing.close import close_month
+    from usagebox_pipelines.stages.close import close_month
 
     # The previous month holds only the demo's late events (a stub of a history we did not
     # generate): it stays open, so the demo month is closed past it (`close --force`).

@@ -17,7 +17,6 @@ import polars as pl
 
 from usagebox_pipelines import schemas as s
 from usagebox_pipelines.guardrails import schemas as g
-from usagebox_pipelines.invoicing.tables import PERIOD_CLOSES as PERIOD_CLOSES_SCHEMA
 from usagebox_pipelines.reconciliation import schemas as r
 
 
@@ -250,7 +249,7 @@ INVOICES = Table(
     "invoices",
     s.INVOICES,
     partition_by=(),
-    replace_by=("period",),
+    replace_by=("period", "status"),
     description="One row per invoice or credit note; an issued one never changes.",
     comments={
         "invoice_number": "Gapless number assigned at issue (null on drafts).",
@@ -271,7 +270,7 @@ INVOICE_LINES = Table(
     "invoice_lines",
     s.INVOICE_LINES,
     partition_by=(),
-    replace_by=("period",),
+    replace_by=("period", "invoice_number"),
     description="One row per invoice line, rounded per line to the currency's minor unit.",
     comments={
         "invoice_number": "Invoice the line belongs to (null on drafts).",
@@ -290,7 +289,7 @@ INVOICE_LINES = Table(
 
 PERIOD_CLOSES = Table(
     "period_closes",
-    PERIOD_CLOSES_SCHEMA,
+    s.PERIOD_CLOSES,
     partition_by=(),
     replace_by=("period",),
     description="Commit marker of a month close, written after its invoices and lines.",

@@ -58,8 +58,8 @@ def ingest(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Load event files; print {"files","accepted","duplicates","conflicts","rejected","late"}."""
-    from usagebox_pipelines.events.ingest import ingest_files
-    from usagebox_pipelines.pipeline import update_events
+    from usagebox_pipelines.stages.events import update_events
+    from usagebox_pipelines.stages.ingest import ingest_files
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:  # checked before anything is written
@@ -130,13 +130,13 @@ def usage(
 ) -> None:
     """Usage of one account over [from, to)."""
     from usagebox_pipelines.catalog import HOUR_BUILDS, USAGE_HOURLY
-    from usagebox_pipelines.pipeline import events_frame
     from usagebox_pipelines.rollups.usage_query import (
         SOURCES,
         parse_group_by,
         parse_time,
         usage_query,
     )
+    from usagebox_pipelines.stages.events import events_frame
 
     window = parse_time(start, "--from"), parse_time(end, "--to")
     columns = parse_group_by(group_by, source)
@@ -173,8 +173,8 @@ def verify(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Check the invariants of CONTRACT.md §5; exit 1 naming any that fail."""
-    from usagebox_pipelines.invoicing.close import issued_intact
-    from usagebox_pipelines.pipeline import verify as verify_tables
+    from usagebox_pipelines.stages.verify import issued_intact
+    from usagebox_pipelines.stages.verify import verify as verify_tables
 
     period = parse_month(month) if month else None
     settings, store = open_home(home, pricebooks)
@@ -219,7 +219,7 @@ def reconcile(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Load vendor bill/usage exports and reconcile them against metered usage."""
-    from usagebox_pipelines.reconciliation.stages import load_exports, reconcile_month
+    from usagebox_pipelines.stages.reconciliation import load_exports, reconcile_month
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:

@@ -39,7 +39,7 @@ Refresh = Annotated[
 def _store_and_month(
     home: str | None, pricebooks: str | None, month: str | None, refresh: bool
 ) -> tuple[Settings, DeltaStore, str | None]:
-    from usagebox_pipelines.guardrails.stages import refresh_guardrails
+    from usagebox_pipelines.stages.guardrails import refresh_guardrails
 
     if month is not None:
         parse_month(month)
@@ -59,7 +59,7 @@ def export(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Write the current enforcement state (account → status, headroom, hard stop) as JSON."""
-    from usagebox_pipelines.guardrails.stages import current_policy
+    from usagebox_pipelines.stages.guardrails import current_policy
 
     _, store, month = _store_and_month(home, pricebooks, month, refresh)
     policy = current_policy(store, month)
@@ -93,8 +93,8 @@ def status(
 ) -> None:
     """Print one account's guardrail state for a person."""
     from usagebox_pipelines.guardrails.export import status_text
-    from usagebox_pipelines.guardrails.stages import current_policy, read_decisions
     from usagebox_pipelines.pricing import load_accounts
+    from usagebox_pipelines.stages.guardrails import current_policy, read_decisions
 
     settings, store, month = _store_and_month(home, pricebooks, month, refresh)
     policy = current_policy(store, month)

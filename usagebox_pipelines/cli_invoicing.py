@@ -1,5 +1,5 @@
 """`usagebox close | explain | invoices | invoice verify`: thin typer commands over
-`invoicing.close` (CONTRACT §1).
+the close, explain, export and reproduce stages (CONTRACT §1).
 
 cli.py mounts them: `app.command()(close)`, `app.command()(explain)`,
 `app.command()(invoices)` and `app.add_typer(invoice_app, name="invoice")`. Each prints one
@@ -56,7 +56,7 @@ def close(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Month close: numbered, rendered, frozen invoices for the period."""
-    from usagebox_pipelines.invoicing.close import close_month
+    from usagebox_pipelines.stages.close import close_month
 
     period = parse_month(month)
     store, settings = _open(home, pricebooks)
@@ -75,7 +75,7 @@ def explain(
     pricebooks: Pricebooks = None,
 ) -> None:
     """The audit trail of an invoice line: price rule and version, rollup rows, event ids."""
-    from usagebox_pipelines.invoicing.close import explain_invoice
+    from usagebox_pipelines.stages.explain import explain_invoice
 
     store, settings = _open(home, pricebooks)
     print_json(explain_invoice(store, settings, invoice_number, line, events))
@@ -93,7 +93,7 @@ def invoices(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Copy a closed month's invoice and credit-note PDFs and write a register.csv."""
-    from usagebox_pipelines.invoicing.close import export_invoices
+    from usagebox_pipelines.stages.export import export_invoices
 
     if month and month_option and month != month_option:
         raise UsageboxError(f"month given twice ({month} and --month {month_option})")
@@ -111,7 +111,7 @@ def verify_invoice_command(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Rebuild an issued invoice from its stamps; exit 1 on any difference."""
-    from usagebox_pipelines.invoicing.close import verify_invoice
+    from usagebox_pipelines.stages.reproduce import verify_invoice
 
     store, settings = _open(home, pricebooks)
     report = verify_invoice(store, settings, invoice_number)

@@ -227,6 +227,25 @@ INVOICE_LINES = pl.Schema(
     }
 )
 
+#: One row per closed month. `events_table_version` is the `events` version the month was rated
+#: from; `opening_credit` (JSON {account: decimal string}) the prepaid balances it drew from, so
+#: `usagebox invoice verify` can re-rate it exactly; `totals` is JSON {currency: total}.
+PERIOD_CLOSES = pl.Schema(
+    {
+        "period": pl.String(),
+        "closed_at": TS,
+        "events_table_version": pl.Int64(),
+        "invoices": pl.Int64(),
+        "first_number": pl.String(),
+        "last_number": pl.String(),
+        "totals": pl.String(),
+        "opening_credit": pl.String(),
+        "approved_by": pl.String(),
+        "code_version": pl.String(),
+        "run_id": pl.String(),
+    }
+)
+
 # Prepaid credit carried across months: closing of one period opens the next.
 CREDIT_LEDGER = pl.Schema(
     {

@@ -73,14 +73,24 @@ def sql_literal(value: object) -> str:
     return _quote(str(value))
 
 
-Key = str | int | date | datetime | slice | Iterable
+class _NotNull:
+    """A key value meaning `col IS NOT NULL`: `delete_where(LINES, invoice_number=NOT_NULL)`."""
+
+    def __repr__(self) -> str:
+        return "NOT_NULL"
+
+
+NOT_NULL = _NotNull()
+
+Key = str | int | date | datetime | slice | Iterable | _NotNull | None
 
 
 def predicate(table: Table, columns: Iterable[str], key: Mapping[str, object]) -> str:
     """`col = v AND ...` from typed keys; only `columns` of `table` may appear.
 
-    A value is a scalar (`=`), a list/tuple/set of scalars (`IN`), or a `slice(start, end)`
-    for the half-open range `start <= col < end` (e.g. `hour=slice(start, end)`).
+    A value is a scalar (`=`), a list/tuple/set of scalars (`IN`), a `slice(start, end)`
+    for the half-open range `start <= col < end` (e.g. `hour=slice(start, end)`), `None`
+    (`IS NULL`) or `NOT_NULL` (`IS NOT NULL`).
     """
     allowed = tuple(columns)
     if not key:
@@ -91,7 +101,11 @@ def predicate(table: Table, columns: Iterable[str], key: Mapping[str, object]) -
             raise ValueError(
                 f"{table.name}: {column!r} is not a key column (allowed: {', '.join(allowed)})"
             )
-        if isinstance(value, slice):
+        if value is None:
+            terms.append(f"{column} IS NULL")
+        elif value is NOT_NULL:
+            terms.append(f"{column} IS NOT NULL")
+        elif isinstance(value, slice):
             if value.start is None or value.stop is None or value.step is not None:
                 raise ValueError(f"{table.name}.{column}: a range needs slice(start, end)")
             terms.append(
@@ -105,22 +119,6 @@ def predicate(table: Table, columns: Iterable[str], key: Mapping[str, object]) -
         else:
             terms.append(f"{column} = {sql_literal(value)}")
     return " AND ".join(terms)
-
-
-def _entry(table: Table | str, schema: pl.Schema | None = None) -> Table:
-    """The catalog entry of `table`.
-
-    The str form (a table name, with the schema the caller used to pass) exists only for the
-    invoicing package until it migrates to catalog entries; everything else passes a `Table`.
-    """
-    if not isinstance(table, str):
-        return table
-    from usagebox_pipelines.catalog import table as lookup
-
-    entry = lookup(table)
-    if schema is not None and schema != entry.schema:
-        raise ValueError(f"{table}: schema differs from the catalog's; change it in catalog.py")
-    return entry
 
 
 def _with_comments(arrow: pa.Table, table: Table) -> pa.Table:
@@ -163,10 +161,10 @@ class DeltaStore:
         """The home's writer lease (see `lease`): hold it around any unit of work that writes."""
         return writer_lease(self.home, purpose, self.storage_options)
 
-    def uri(self, table: Table | str) -> str:
-        return f"{self.home}/tables/{_entry(table).name}"
+    def uri(self, table: Table) -> str:
+        return f"{self.home}/tables/{table.name}"
 
-    def table(self, table: Table | str, version: int | None = None) -> DeltaTable | None:
+    def table(self, table: Table, version: int | None = None) -> DeltaTable | None:
         """The Delta table itself (None if it does not exist yet)."""
         try:
             return DeltaTable(
@@ -175,36 +173,31 @@ class DeltaStore:
         except TableNotFoundError:
             return None
 
-    def exists(self, table: Table | str) -> bool:
+    def exists(self, table: Table) -> bool:
         return self.table(table) is not None
 
-    def version(self, table: Table | str) -> int | None:
+    def version(self, table: Table) -> int | None:
         dt = self.table(table)
         return None if dt is None else dt.version()
 
     def scan(
         self,
-        table: Table | str,
-        legacy_schema: pl.Schema | None = None,
-        /,
+        table: Table,
         *,
         version: int | None = None,
     ) -> pl.LazyFrame:
         """Lazy scan of a table; an empty frame of its schema if it does not exist yet."""
-        entry = _entry(table, legacy_schema)
-        if not self.exists(entry):
-            return pl.LazyFrame(schema=entry.schema)
-        return pl.scan_delta(self.uri(entry), version=version, storage_options=self.storage_options)
+        if not self.exists(table):
+            return pl.LazyFrame(schema=table.schema)
+        return pl.scan_delta(self.uri(table), version=version, storage_options=self.storage_options)
 
     def read(
         self,
-        table: Table | str,
-        legacy_schema: pl.Schema | None = None,
-        /,
+        table: Table,
         *,
         version: int | None = None,
     ) -> pl.DataFrame:
-        return self.scan(_entry(table, legacy_schema), version=version).collect()
+        return self.scan(table, version=version).collect()
 
     def _write(
         self,
@@ -242,27 +235,23 @@ class DeltaStore:
 
     def append(
         self,
-        table: Table | str,
+        table: Table,
         df: pl.DataFrame,
-        legacy_schema: pl.Schema | None = None,
-        /,
         *,
         metadata: Mapping[str, str] | None = None,
     ) -> int:
         """Append rows in one commit (creates the table on first write)."""
-        return self._write(_entry(table, legacy_schema), df, "append", metadata=metadata)
+        return self._write(table, df, "append", metadata=metadata)
 
     def overwrite(
         self,
-        table: Table | str,
+        table: Table,
         df: pl.DataFrame,
-        legacy_schema: pl.Schema | None = None,
-        /,
         *,
         metadata: Mapping[str, str] | None = None,
     ) -> int:
         """Replace the whole table in one commit (small derived tables only)."""
-        return self._write(_entry(table, legacy_schema), df, "overwrite", metadata=metadata)
+        return self._write(table, df, "overwrite", metadata=metadata)
 
     def replace_partition(
         self,
@@ -282,34 +271,14 @@ class DeltaStore:
         where = predicate(table, table.replace_by, key)
         return self._write(table, df, "overwrite", predicate=where, metadata=metadata)
 
-    def replace_where(
-        self,
-        table: Table | str,
-        df: pl.DataFrame,
-        where: str,
-        legacy_schema: pl.Schema | None = None,
-        /,
-        *,
-        metadata: Mapping[str, str] | None = None,
-    ) -> int:
-        """Replace the rows matching a hand-built predicate: for the invoicing package until it
-        migrates to `replace_partition`; new code must not use it."""
-        entry = _entry(table, legacy_schema)
-        return self._write(entry, df, "overwrite", predicate=where, metadata=metadata)
-
-    def delete_where(self, table: Table | str, where: str | None = None, /, **key: Key) -> None:
+    def delete_where(self, table: Table, **key: Key) -> None:
         """Delete the rows matching typed keys on any columns (`batch_id=[...]`, see
-        `predicate`). A hand-built `where` string is for the invoicing package only."""
-        entry = _entry(table)
-        if where is None:
-            where = predicate(entry, entry.schema.names(), key)
-        elif key:
-            raise ValueError("delete_where: pass a predicate string or keys, not both")
-        dt = self.table(entry)
+        `predicate`)."""
+        dt = self.table(table)
         if dt is not None:
-            dt.delete(where)
+            dt.delete(predicate(table, table.schema.names(), key))
 
-    def drop(self, table: Table | str) -> None:
+    def drop(self, table: Table) -> None:
         """Remove a table entirely (used by rebuild tests and `reset`); local homes only."""
         import shutil
 

@@ -1,4 +1,4 @@
-"""Dagster wiring: thin assets, checks, jobs, schedules and sensors over `pipeline` stages."""
+"""Dagster wiring: thin assets, checks, jobs, schedules and sensors over the `stages` layer."""
 
 import warnings
 

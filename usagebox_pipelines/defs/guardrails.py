@@ -16,7 +16,7 @@ from usagebox_pipelines.catalog import GUARDRAIL_DECISIONS, SPEND_STATE, USAGE_A
 from usagebox_pipelines.defs.metering import usage_monthly
 from usagebox_pipelines.defs.partitions import month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
-from usagebox_pipelines.guardrails.stages import raise_alerts, refresh_guardrails
+from usagebox_pipelines.stages.guardrails import raise_alerts, refresh_guardrails
 
 GROUP = "guardrails"
 KINDS = {"deltalake", "polars"}

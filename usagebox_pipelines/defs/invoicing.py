@@ -18,7 +18,9 @@ from usagebox_pipelines.defs.partitions import month_of, monthly
 from usagebox_pipelines.defs.pricing import rated_usage
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.errors import UsageboxError
-from usagebox_pipelines.invoicing.close import close_month, draft_lines_match_rated, refresh_drafts
+from usagebox_pipelines.stages.close import close_month
+from usagebox_pipelines.stages.drafts import refresh_drafts
+from usagebox_pipelines.stages.verify import draft_lines_match_rated
 
 GRACE_ENV = "USAGEBOX_CLOSE_GRACE_DAYS"
 AUTO_APPROVE_ENV = "USAGEBOX_AUTO_APPROVE_CLOSE"

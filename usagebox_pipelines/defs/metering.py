@@ -5,11 +5,13 @@ from pathlib import Path
 import dagster as dg
 
 from usagebox_pipelines import invariants as inv
-from usagebox_pipelines import pipeline
 from usagebox_pipelines.catalog import USAGE_HOURLY, USAGE_MONTHLY
 from usagebox_pipelines.defs.partitions import hourly, month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
-from usagebox_pipelines.events.ingest import ingest_files
+from usagebox_pipelines.stages.events import FIRST_HOUR, events_frame, update_events
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
+from usagebox_pipelines.stages.verify import verify_ingest
 
 
 class IngestConfig(dg.Config):
@@ -47,7 +49,7 @@ def raw_events(
     for error in summary.errors:
         context.log.warning(error)
     store = usagebox.store
-    check = pipeline.verify_ingest(store)
+    check = verify_ingest(store)
     return dg.MaterializeResult(
         metadata={k: v for k, v in summary.__dict__.items() if k != "errors"}
         | {"errors": dg.MetadataValue.json(summary.errors)},
@@ -67,8 +69,8 @@ def raw_events(
 def events(context: dg.AssetExecutionContext, usagebox: UsageboxResource) -> dg.MaterializeResult:
     """One row per (account_id, event_id) with corrections resolved; rewrites touched days only."""
     store = usagebox.store
-    update = pipeline.update_events(store, context.run_id)
-    frame = pipeline.events_frame(store)
+    update = update_events(store, context.run_id)
+    frame = events_frame(store)
     return dg.MaterializeResult(
         metadata={
             "new_batches": len(update.batches),
@@ -77,7 +79,7 @@ def events(context: dg.AssetExecutionContext, usagebox: UsageboxResource) -> dg.
         },
         check_results=[
             _check(inv.events_unique(frame)),
-            _check(inv.events_inside_partitions(frame, pipeline.FIRST_HOUR)),
+            _check(inv.events_inside_partitions(frame, FIRST_HOUR)),
         ],
     )
 
@@ -96,9 +98,9 @@ def usage_hourly(
     """Account × meter × model × product × unit × dimensions × hour sums; replaces its hours."""
     window = context.partition_time_window
     store = usagebox.store
-    rows = pipeline.build_usage_hourly(store, window.start, window.end, context.run_id)
+    rows = build_usage_hourly(store, window.start, window.end, context.run_id)
     result = inv.hourly_matches_events(
-        pipeline.events_frame(store),
+        events_frame(store),
         store.scan(USAGE_HOURLY),
         window.start,
         window.end,
@@ -124,7 +126,7 @@ def usage_monthly(
     """Account × meter × model × product × unit × month, summed from the month's hours."""
     month = month_of(context.partition_key)
     store = usagebox.store
-    rows = pipeline.build_usage_monthly(store, month, context.run_id)
+    rows = build_usage_monthly(store, month, context.run_id)
     result = inv.monthly_matches_hourly(
         store.scan(USAGE_HOURLY),
         store.scan(USAGE_MONTHLY),

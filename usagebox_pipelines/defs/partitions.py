@@ -7,7 +7,7 @@ of that hour's month.
 
 import dagster as dg
 
-from usagebox_pipelines.pipeline import FIRST_HOUR
+from usagebox_pipelines.stages.events import FIRST_HOUR
 
 hourly = dg.HourlyPartitionsDefinition(
     start_date=FIRST_HOUR.strftime("%Y-%m-%d-%H:%M"), timezone="UTC", end_offset=1

@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from usagebox_pipelines import pipeline
 from usagebox_pipelines.defs.metering import usage_hourly, usage_monthly
 from usagebox_pipelines.defs.partitions import month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
+from usagebox_pipelines.stages.rating import build_rated_usage
 
 
 @dg.asset(
@@ -27,7 +27,7 @@ def rated_usage(
     """Usage × the price version in effect at each hour, plus discount/minimum/credit lines."""
     month = month_of(context.partition_key)
     settings = usagebox.settings
-    rated = pipeline.build_rated_usage(usagebox.store, settings.pricebooks, month, context.run_id)
+    rated = build_rated_usage(usagebox.store, settings.pricebooks, month, context.run_id)
     unrated = rated.unrated
     return dg.MaterializeResult(
         metadata={

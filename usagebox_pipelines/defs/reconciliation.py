@@ -4,7 +4,7 @@ import dagster as dg
 
 from usagebox_pipelines.defs.partitions import month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
-from usagebox_pipelines.reconciliation.stages import reconcile_month
+from usagebox_pipelines.stages.reconciliation import reconcile_month
 
 
 @dg.multi_asset(

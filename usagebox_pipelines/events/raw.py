@@ -9,10 +9,6 @@ Tables written before the column existed are read as all `accepted` (they held n
 from __future__ import annotations
 
 import polars as pl
-from deltalake.schema import Field
-
-from usagebox_pipelines.catalog import RAW_EVENTS
-from usagebox_pipelines.storage import DeltaStore
 
 ACCEPTED, DUPLICATE, CONFLICT = "accepted", "duplicate", "conflict"
 DISPOSITIONS = (ACCEPTED, DUPLICATE, CONFLICT)
@@ -28,12 +24,3 @@ def with_disposition(raw: pl.LazyFrame) -> pl.LazyFrame:
 def accepted_only(raw: pl.LazyFrame) -> pl.LazyFrame:
     """Only accepted arrivals: what every consumer that bills or dedupes must read."""
     return with_disposition(raw).filter(pl.col("disposition") == ACCEPTED)
-
-
-def ensure_disposition_column(store: DeltaStore) -> None:
-    """Schema evolution for homes created before `disposition`: add the (nullable) column."""
-    table = store.table(RAW_EVENTS)
-    if table is None:
-        return
-    if "disposition" not in [f.name for f in table.schema().fields]:
-        table.alter.add_columns(Field("disposition", "string", nullable=True))

@@ -11,6 +11,8 @@ prepaid credit is not (see `_restated`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import polars as pl
 
 from usagebox_pipelines.invoicing.lines import COMPARABLE_KEY, DETAIL_SEP, rated_lines
@@ -90,3 +92,13 @@ def _with_tier(description: pl.Expr) -> pl.Expr:
 
 def _delta(column: str, zero: pl.Expr) -> pl.Expr:
     return pl.col(column).fill_null(zero) - pl.col(f"{column}_right").fill_null(zero)
+
+
+def adjustments_for(
+    issued_lines: pl.DataFrame, rerated: Mapping[str, pl.DataFrame]
+) -> pl.DataFrame:
+    """Adjustment lines for every re-rated closed month (period → its re-rated rows), in
+    period order, against the issued lines so far."""
+    parts = [compute_adjustments(rated, issued_lines, q) for q, rated in sorted(rerated.items())]
+    parts = [p for p in parts if p.height]
+    return pl.concat(parts) if parts else pl.DataFrame(schema=INVOICE_LINES)

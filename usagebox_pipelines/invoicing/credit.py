@@ -19,11 +19,9 @@ from decimal import Decimal
 
 import polars as pl
 
-from usagebox_pipelines.invoicing import tables as t
 from usagebox_pipelines.invoicing.hard_stop import waived_amounts
 from usagebox_pipelines.pricing.contract import WAIVER_RATE, contract_lines
 from usagebox_pipelines.schemas import CREDIT_LEDGER, RATED_USAGE, conform
-from usagebox_pipelines.storage import DeltaStore
 
 _ZERO = Decimal(0)
 
@@ -84,26 +82,6 @@ def ledger(
                 }
             )
     return pl.DataFrame(rows, schema=CREDIT_LEDGER) if rows else pl.DataFrame(schema=CREDIT_LEDGER)
-
-
-# --------------------------------------------------------------------------- store-facing
-
-
-def opening_credit(
-    store: DeltaStore, accounts: object, closed: dict[str, dict] | None = None
-) -> dict[str, Decimal]:
-    """Balances the next close (and every draft) applies: grant − drawn by issued invoices."""
-    return balances(grants(accounts), t.issued_lines(store, t.issued_invoices(store, closed)))
-
-
-def write_ledger(store: DeltaStore, accounts: object, run_id: str = "cli") -> pl.DataFrame:
-    """Rewrite `credit_ledger` from the issued invoices of closed periods (after a close)."""
-    closed = t.closed_periods(store)  # oldest close first
-    rows = ledger(grants(accounts), list(closed), t.issued_lines(store, t.issued_invoices(store)))
-    store.overwrite(
-        "credit_ledger", rows, CREDIT_LEDGER, metadata={"run_id": run_id, "stage": "credit_ledger"}
-    )
-    return rows
 
 
 def with_current_credit(

@@ -12,7 +12,7 @@ import hashlib
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import yaml
@@ -22,6 +22,9 @@ from usagebox_pipelines.documents import format_money, render_pdf, svg_bar_chart
 from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.lines import DETAIL_SEP, field, meter_label
+
+if TYPE_CHECKING:
+    from usagebox_pipelines.pricing.accounts import Account
 
 ZERO = Decimal(0)
 PER_LABELS = {1_000_000: "1M", 1_000: "1K", 1_000_000_000: "1B"}
@@ -329,3 +332,34 @@ def _month_label(period: str | None) -> str:
         return ""
     year, month = (int(p) for p in period.split("-"))
     return f"{calendar.month_name[month]} {year}"
+
+
+#: Stored `invoices.notes` hold one note per line, joined by this.
+NOTE_SEP = "\n"
+
+
+def render_document(
+    invoice: dict, lines: pl.DataFrame, account: Account, issuer: dict, corrects: list[str]
+) -> bytes:
+    """The one way a stored document is rendered (at issue and by verify_invoice).
+
+    Stored `notes` hold one note per line; they are passed as a list so each prints apart.
+    """
+    notes = [n for n in (invoice.get("notes") or "").split(NOTE_SEP) if n]
+    doc = {**invoice, "notes": None}
+    if invoice.get("document_type") == "credit_note":
+        return render_credit_note_pdf(doc, lines, account, issuer, corrects=corrects, notes=notes)
+    return render_invoice_pdf(doc, lines, account, issuer, notes=notes)
+
+
+def corrected_numbers(issued: pl.DataFrame, row: dict, lines: pl.DataFrame) -> list[str]:
+    """For a credit note: the account's issued invoices of the periods it adjusts."""
+    if row["document_type"] != "credit_note":
+        return []
+    periods = lines["adjusts_period"].drop_nulls().unique().to_list()
+    hits = issued.filter(
+        (pl.col("account_id") == row["account_id"])
+        & pl.col("period").is_in(periods)
+        & (pl.col("document_type") == "invoice")
+    )
+    return sorted(hits["invoice_number"].to_list())

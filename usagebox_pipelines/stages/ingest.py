@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+from deltalake.schema import Field
 
 from usagebox_pipelines.catalog import (
     EVENT_CONFLICTS,
@@ -31,11 +32,10 @@ from usagebox_pipelines.events.raw import (
     CONFLICT,
     DUPLICATE,
     accepted_only,
-    ensure_disposition_column,
 )
 from usagebox_pipelines.events.readers import CHUNK_ROWS, file_sha256, read_chunks
 from usagebox_pipelines.events.window import event_window
-from usagebox_pipelines.invoicing.tables import closed_periods
+from usagebox_pipelines.stages.books import closed_periods
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 BATCH_TABLES = (RAW_EVENTS, QUARANTINE, EVENT_CONFLICTS)
@@ -280,3 +280,12 @@ class _LateContext:
         return hour.is_in(self.built_hours.implode()) | hour.dt.strftime("%Y-%m").is_in(
             self.closed_periods.implode()
         )
+
+
+def ensure_disposition_column(store: DeltaStore) -> None:
+    """Schema evolution for homes created before `disposition`: add the (nullable) column."""
+    table = store.table(RAW_EVENTS)
+    if table is None:
+        return
+    if "disposition" not in [f.name for f in table.schema().fields]:
+        table.alter.add_columns(Field("disposition", "string", nullable=True))

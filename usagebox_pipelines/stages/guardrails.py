@@ -120,7 +120,7 @@ def _anomalies(
     series = pl.concat([hourly_amounts(history, previous, books, accounts), month_series])
     # History before the first stored hour is unknown (not silence): no baseline there.
     firsts = [
-        hourly.select(pl.col("hour").min()).collect().item(),
+        hourly.select(pl.col("hour").min()).collect(engine="streaming").item(),
         series.get_column("hour").min(),
     ]
     known = [f for f in firsts if f is not None]

@@ -1,0 +1,107 @@
+"""The arithmetic `explain` prints for a line: rate rules, tier steps, amounts. Pure."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import polars as pl
+
+from usagebox_pipelines.documents import format_quantity
+from usagebox_pipelines.invoicing.stamps import plain
+from usagebox_pipelines.pricing.money import minor_units, round_decimal
+from usagebox_pipelines.pricing.pricebook import (
+    PricebookVersion,
+    Rate,
+)
+
+_ZERO = Decimal(0)
+
+
+def sum_kind(lines: pl.DataFrame, kind: str) -> Decimal:
+    part = lines.filter(pl.col("kind") == kind)["amount"]
+    return part.sum() if part.len() else _ZERO
+
+
+def rate_rule(version: PricebookVersion, rate: Rate) -> dict:
+    rule: dict[str, Any] = {
+        "pricebook": version.pricebook,
+        "version": version.version,
+        "file": version.file.name,
+        "effective_from": version.effective_from.isoformat(),
+        "content_sha256": version.content_sha256,
+        "rate_id": rate.rate_id,
+        "selector": rate.selector,
+        "price_model": rate.price_model,
+        "per": plain(rate.per),
+        "description": rate.description,
+    }
+    if rate.unit_price is not None:
+        rule["unit_price"] = plain(rate.unit_price)
+    if rate.tiers:
+        rule["tiers"] = [
+            {"up_to": plain(s.up_to), "unit_price": plain(s.unit_price)} for s in rate.tiers
+        ]
+    if rate.package_size is not None:
+        rule["package"] = {"size": plain(rate.package_size), "price": plain(rate.package_price)}
+    if rate.flat is not None:
+        rule["flat"] = plain(rate.flat)
+    return rule
+
+
+def family_arithmetic(family: pl.DataFrame, rate: Rate, line: dict) -> str:
+    """All steps of this meter × model × rate in the month, one per invoice line:
+    `first 100,000,000 × 8.00/1M = 800.00; next 23,456 × 6.00/1M = 0.14`."""
+    steps = (
+        family.group_by("price_version", "tier", "unit_price", "per", "currency")
+        .agg(pl.col("quantity").sum(), pl.col("amount").sum())
+        .sort("tier", "price_version", nulls_last=True)
+    )
+    versions = steps["price_version"].n_unique()
+    texts = []
+    for i, s in enumerate(steps.iter_rows(named=True)):
+        amount = round_decimal(s["amount"], minor_units(s["currency"]))
+        texts.append(_step_text(rate, s, amount, i == 0, versions > 1))
+    if rate.price_model == "volume":
+        total = family["quantity"].sum()
+        return f"month total {format_quantity(total)} sets the tier for all units: " + "; ".join(
+            texts
+        )
+    return "; ".join(texts)
+
+
+def _step_text(rate: Rate, s: dict, amount: Decimal, first: bool, many_versions: bool) -> str:
+    qty = format_quantity(s["quantity"])
+    if rate.price_model == "package" and s["unit_price"]:
+        packages = (s["amount"] / s["unit_price"]).to_integral_value()
+        text = f"{packages:,} package(s) of {plain(s['per'])} × {_price(s['unit_price'])}"
+    elif rate.price_model == "flat":
+        text = f"flat fee {_price(s['unit_price'])}"
+    else:
+        word = ("first " if first else "next ") if rate.price_model == "graduated" else ""
+        text = f"{word}{qty} × {_price(s['unit_price'])}/{_per(s['per'])}"
+    if many_versions:
+        tier = f"tier {s['tier']}, " if s["tier"] is not None else ""
+        text += f" ({tier}prices from {s['price_version']})"
+    return f"{text} = {amount:,.2f}" if amount == amount.quantize(Decimal("0.01")) else text
+
+
+def line_arithmetic(line: dict) -> str:
+    if line["per"] is None or line["unit_price"] is None:
+        return f"{plain(line['exact_amount'])} → {line['amount']}"
+    return (
+        f"{format_quantity(line['quantity'])} × {_price(line['unit_price'])}/{_per(line['per'])}"
+        f" = {plain(line['exact_amount'])} → {line['amount']}"
+    )
+
+
+def _per(per: Decimal) -> str:
+    n = int(per) if per == per.to_integral_value() else per
+    return {1: "1", 1_000: "1K", 1_000_000: "1M", 1_000_000_000: "1B"}.get(n, f"{n:,}")
+
+
+def _price(value: Decimal) -> str:
+    """Unit prices with at least two decimals and no trailing noise: 8.00, 3.125, 0.0000025."""
+    p = value.normalize()
+    places = max(2, -p.as_tuple().exponent) if p != 0 else 2
+    return f"{value:,.{places}f}"

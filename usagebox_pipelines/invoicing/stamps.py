@@ -1,0 +1,83 @@
+"""What issued documents stamp (pricebook fingerprints, credit, totals) and JSON text for
+reports: pure, no I/O."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+
+import polars as pl
+
+from usagebox_pipelines.pricing.pricebook import (
+    PricebookError,
+    PricebookSet,
+)
+
+
+def recorded_fingerprints(invoices: pl.DataFrame) -> dict[str, str]:
+    """Union of the `pricebook_versions` JSON stamped on issued invoices: {version key: sha}.
+
+    Drafts carry a plain `a@v,b@w` list, not JSON; those (and empty stamps) are skipped.
+    """
+    out: dict[str, str] = {}
+    for text in invoices.get_column("pricebook_versions").drop_nulls().to_list():
+        try:
+            stamp = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(stamp, dict):
+            out.update({str(k): str(v) for k, v in stamp.items()})
+    return out
+
+
+def decimal_map(text: str | None) -> dict[str, Decimal] | None:
+    """Parse a JSON {key: decimal string} stamp (None stays None)."""
+    if text is None:
+        return None
+    return {k: Decimal(v) for k, v in json.loads(text).items()}
+
+
+def dump_json(value: object) -> str:
+    """Compact, key-sorted JSON: the same value always stamps the same text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def json_or_none(text: str | None) -> object:
+    """A stored JSON stamp parsed for output (non-JSON text is returned as is)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def frozen_problems(books: PricebookSet, issued: pl.DataFrame) -> list[str]:
+    """A pricebook version edited (or removed) after it issued an invoice blocks every close."""
+    try:
+        books.check_frozen(recorded_fingerprints(issued))
+    except PricebookError as exc:
+        return [str(exc)]
+    return []
+
+
+def plain(value: object) -> object:
+    """JSON-friendly scalar: Decimals as exact strings, times as ISO text."""
+    if isinstance(value, Decimal):
+        # exact Decimal(38, 12) values lose their padding; money and YAML terms keep theirs
+        exponent = value.as_tuple().exponent
+        exact = isinstance(exponent, int) and exponent <= -12
+        return f"{value.normalize():f}" if exact else str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def plain_row(row: dict) -> dict:
+    return {k: plain(v) for k, v in row.items()}
+
+
+def plain_text(value: object) -> str | None:
+    out = plain(value)
+    return None if out is None else str(out)

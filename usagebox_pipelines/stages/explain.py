@@ -1,0 +1,294 @@
+"""`usagebox explain`: the audit trail of an issued document, per line."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import polars as pl
+
+from usagebox_pipelines.catalog import (
+    EVENTS,
+)
+from usagebox_pipelines.config import Settings
+from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.invoicing.arithmetic import (
+    family_arithmetic,
+    line_arithmetic,
+    rate_rule,
+    sum_kind,
+)
+from usagebox_pipelines.invoicing.lines import (
+    is_waiver,
+)
+from usagebox_pipelines.invoicing.stamps import (
+    decimal_map,
+    json_or_none,
+    plain,
+    plain_row,
+)
+from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.pricing.contract import WAIVER_RATE
+from usagebox_pipelines.pricing.pricebook import Rate
+from usagebox_pipelines.stages.reproduce import (
+    IssuedDocument,
+    load_issued,
+    rate_as_issued,
+)
+from usagebox_pipelines.storage import DeltaStore
+
+#: Event ids listed per explained line at most (the count is always exact).
+EVENT_LIMIT = 10_000
+_ZERO = Decimal(0)
+
+
+def explain_invoice(
+    store: DeltaStore,
+    settings: Settings,
+    invoice_number: str,
+    line_no: int | None = None,
+    with_events: bool = False,
+) -> dict:
+    """The audit trail of an issued document, per line.
+
+    Usage lines: the pricebook file, version and rate rule with the tier arithmetic, and the
+    hourly rollup rows behind the line (rebuilt from `events` at the stamped version); with
+    `with_events`, the event ids. Contract lines: the account term and its arithmetic.
+    Adjustment lines: the late events of the adjusted month that arrived since the previous
+    close. Unknown numbers or lines raise UsageboxError.
+    """
+    doc = load_issued(store, settings, invoice_number)
+    lines = doc.lines
+    if line_no is not None:
+        lines = lines.filter(pl.col("line_no") == line_no)
+        if lines.height == 0:
+            raise UsageboxError(
+                f"invoice {invoice_number} has no line {line_no} (lines 1..{doc.lines.height})"
+            )
+    hourly, rated = rate_as_issued(store, doc)
+    events = store.scan(EVENTS, version=doc.version)
+    explained = [
+        _explain_line(store, doc, line, hourly, rated, events, with_events)
+        for line in lines.iter_rows(named=True)
+    ]
+    inv_row = doc.invoice
+    return {
+        "invoice_number": invoice_number,
+        "document_type": inv_row["document_type"],
+        "account_id": inv_row["account_id"],
+        "period": doc.period,
+        "currency": inv_row["currency"],
+        "subtotal": str(inv_row["subtotal"]),
+        "total": str(inv_row["total"]),
+        "issued_at": inv_row["issued_at"].isoformat(),
+        "events_table_version": doc.version,
+        "pricebook_versions": json_or_none(inv_row["pricebook_versions"]),
+        "code_version": inv_row["code_version"],
+        "template_version": inv_row["template_version"],
+        "lines": explained,
+    }
+
+
+def _explain_line(
+    store: DeltaStore,
+    doc: IssuedDocument,
+    line: dict,
+    hourly: pl.DataFrame,
+    rated: pl.DataFrame,
+    events: pl.LazyFrame,
+    with_events: bool,
+) -> dict:
+    base = {
+        k: plain(line[k])
+        for k in (
+            "line_no",
+            "kind",
+            "description",
+            "meter_id",
+            "model_id",
+            "quantity",
+            "unit",
+            "unit_price",
+            "per",
+            "amount",
+            "exact_amount",
+            "price_version",
+            "tier",
+            "adjusts_period",
+        )
+    }
+    kind = line["kind"]
+    if kind == "usage":
+        return base | _explain_usage(doc, line, hourly, rated, events, with_events)
+    if kind == "adjustment":
+        return base | _explain_adjustment(store, doc, line, events)
+    return base | _explain_contract(doc, line)
+
+
+def _line_rated_rows(line: dict, rated: pl.DataFrame) -> pl.DataFrame:
+    """The rated rows a usage line sums (dimensions that do not change the price summed away)."""
+    cond = (
+        (pl.col("line_kind") == "usage")
+        & (pl.col("meter_id") == line["meter_id"])
+        & pl.col("model_id").eq_missing(line["model_id"])
+        & pl.col("price_version").eq_missing(line["price_version"])
+        & pl.col("tier").eq_missing(line["tier"])
+        & (pl.col("unit_price") == line["unit_price"])
+    )
+    if line["per"] is not None:
+        cond &= pl.col("per") == line["per"]
+    return rated.filter(cond)
+
+
+def _explain_usage(
+    doc: IssuedDocument,
+    line: dict,
+    hourly: pl.DataFrame,
+    rated: pl.DataFrame,
+    events: pl.LazyFrame,
+    with_events: bool,
+) -> dict:
+    rows = _line_rated_rows(line, rated)
+    if rows.height == 0:
+        return {"rule": None, "detail": "no rated usage at the stamped version matches this line"}
+    first = rows.row(0, named=True)
+    version = doc.books.get(f"{first['pricebook']}@{first['price_version']}")
+    rate = next(r for r in version.rates if r.rate_id == first["rate_id"])
+    family = rated.filter(
+        (pl.col("line_kind") == "usage")
+        & (pl.col("meter_id") == line["meter_id"])
+        & pl.col("model_id").eq_missing(line["model_id"])
+        & (pl.col("rate_id") == rate.rate_id)
+    )
+    behind = _rollup_behind(rows, hourly)
+    out = {
+        "rule": rate_rule(version, rate),
+        "arithmetic": family_arithmetic(family, rate, line),
+        "line_arithmetic": line_arithmetic(line),
+        "rollup": {
+            "rows": [plain_row(r) for r in behind.sort("hour", "dimensions").iter_rows(named=True)],
+            "sum": plain(behind["sum"].sum() if behind.height else _ZERO),
+            "events": int(behind["count"].sum() or 0),
+            "note": _rollup_note(rate),
+        },
+    }
+    if with_events:
+        out["events"] = _events_behind(events, doc.invoice["account_id"], line, behind)
+    return out
+
+
+def _rollup_behind(rows: pl.DataFrame, hourly: pl.DataFrame) -> pl.DataFrame:
+    """Billable hourly rows of the line's dimensions inside each rated row's hour span."""
+    parts = []
+    for r in rows.iter_rows(named=True):
+        parts.append(
+            hourly.filter(
+                (pl.col("meter_id") == r["meter_id"])
+                & pl.col("model_id").eq_missing(r["model_id"])
+                & (pl.col("dimensions").fill_null("{}") == (r["dimensions"] or "{}"))
+                & pl.col("billable").fill_null(False)
+                & pl.col("hour").is_between(r["first_hour"], r["last_hour"])
+            )
+        )
+    return pl.concat(parts).unique(maintain_order=True) if parts else hourly.clear()
+
+
+def _rollup_note(rate: Rate) -> str | None:
+    if rate.price_model in ("graduated", "volume", "package"):
+        return (
+            f"{rate.price_model} pricing runs over the month's cumulative quantity in hour "
+            "order; an hour that crosses a tier boundary appears under both tiers"
+        )
+    return None
+
+
+def _events_behind(events: pl.LazyFrame, account_id: str, line: dict, behind: pl.DataFrame) -> dict:
+    """Counted events (status ok) in the rollup rows behind a line, oldest first."""
+    keys = ["meter_id", "model_id", "product_id", "unit", "billable", "dimensions", "hour"]
+    hits = (
+        events.filter((pl.col("account_id") == account_id) & (pl.col("status") == "ok"))
+        .join(behind.lazy().select(keys), on=keys, how="semi", nulls_equal=True)
+        .select("event_id", "timestamp", "quantity", "correction_of")
+        .sort("timestamp", "event_id")
+        .collect()
+    )
+    return {
+        "count": hits.height,
+        "truncated": hits.height > EVENT_LIMIT,
+        "ids": hits["event_id"].head(EVENT_LIMIT).to_list(),
+    }
+
+
+def _explain_adjustment(
+    store: DeltaStore, doc: IssuedDocument, line: dict, events: pl.LazyFrame
+) -> dict:
+    """Late events of the adjusted month (same account, meter, model) since the last close."""
+    period = line["adjusts_period"]
+    before = doc.closed_before()
+    previous = max(before.values(), key=lambda r: r["closed_at"]) if before else None
+    start, end = month_bounds(period)
+    cond = (
+        (pl.col("account_id") == doc.invoice["account_id"])
+        & (pl.col("hour") >= start)
+        & (pl.col("hour") < end)
+        & pl.col("is_late").fill_null(False)
+        & (pl.col("status") == "ok")
+    )
+    if line["meter_id"] is not None:
+        cond &= (pl.col("meter_id") == line["meter_id"]) & pl.col("model_id").eq_missing(
+            line["model_id"]
+        )
+    late = events.filter(cond)
+    if previous is not None:
+        known = store.scan(EVENTS, version=previous["events_table_version"])
+        late = late.join(
+            known.select("account_id", "event_id"), on=["account_id", "event_id"], how="anti"
+        )
+    rows = (
+        late.select(
+            "event_id", "timestamp", "quantity", "correction_of", "ingested_at", "source_file"
+        )
+        .sort("timestamp", "event_id")
+        .collect()
+    )
+    return {
+        "late_events": {
+            "since_close_of": previous["period"] if previous else None,
+            "count": rows.height,
+            "quantity": plain(rows["quantity"].sum() if rows.height else _ZERO),
+            "events": [plain_row(r) for r in rows.head(EVENT_LIMIT).iter_rows(named=True)],
+            "truncated": rows.height > EVENT_LIMIT,
+        }
+    }
+
+
+def _explain_contract(doc: IssuedDocument, line: dict) -> dict:
+    """The account term behind a discount, minimum true-up or prepaid credit line."""
+    account = doc.account
+    kind = line["kind"]
+    waivers = doc.lines.filter(pl.col("unit").fill_null("").str.starts_with(WAIVER_RATE))
+    usage = sum_kind(doc.lines, "usage") + sum_kind(waivers, "discount")  # billed usage
+    if is_waiver(line["unit"]):
+        text = f"usage billed after the hard stop ({line['description']}) waived"
+        term = {"after_hard_stop": account.after_hard_stop}
+    elif kind == "discount":
+        text = f"{plain(account.discount_pct)}% of usage {usage} = {plain(line['exact_amount'])}"
+        if waivers.height:
+            text += " (usage after the hard-stop waiver)"
+        term = {"discount_pct": plain(account.discount_pct)}
+    elif kind == "minimum":
+        after = sum_kind(doc.lines, "usage") + sum_kind(doc.lines, "discount")
+        text = f"commitment {plain(account.minimum_commit)} − usage after discount {after}"
+        term = {"minimum_commit": plain(account.minimum_commit)}
+    else:
+        opening = (decimal_map(doc.closed[doc.period]["opening_credit"]) or {}).get(
+            account.account_id, account.prepaid_credit
+        )
+        text = f"prepaid balance {plain(opening)} applied"
+        term = {
+            "opening_balance": plain(opening),
+            "prepaid_credit": plain(account.prepaid_credit),
+        }
+    return {
+        "rule": {"source": "accounts.yaml", "account_id": account.account_id, **term},
+        "arithmetic": f"{text} → {line['amount']}",
+    }

@@ -1,0 +1,255 @@
+"""Issue an approved close: number gaplessly, stamp, render PDFs, commit; the marker goes last.
+
+Invoices and lines are written first, the `period_closes` row LAST: that row is the commit
+marker. A crash before it means the close did not happen; the next close deletes the leftovers
+and derives numbers only from closed periods, so no number is skipped.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from usagebox_pipelines import __version__
+from usagebox_pipelines.catalog import (
+    INVOICE_LINES,
+    INVOICES,
+    PERIOD_CLOSES,
+)
+from usagebox_pipelines.config import SOURCE_ROOT, Settings
+from usagebox_pipelines.invoicing import TEMPLATE_VERSION
+from usagebox_pipelines.invoicing.files import (
+    document_file,
+    document_relpath,
+    period_folder,
+    write_atomic,
+)
+from usagebox_pipelines.invoicing.hard_stop import hard_stop_notes
+from usagebox_pipelines.invoicing.numbering import issue_documents, last_sequence
+from usagebox_pipelines.invoicing.render import (
+    NOTE_SEP,
+    corrected_numbers,
+    load_issuer,
+    pdf_sha256,
+    render_document,
+)
+from usagebox_pipelines.invoicing.stamps import (
+    dump_json,
+)
+from usagebox_pipelines.invoicing.summaries import (
+    issued_summary,
+)
+from usagebox_pipelines.stages.books import (
+    DECISIONS_VERSION_KEY,
+    all_invoices,
+    unfinished_periods,
+    write_ledger,
+)
+from usagebox_pipelines.storage import NOT_NULL, DeltaStore
+
+if TYPE_CHECKING:
+    from usagebox_pipelines.stages.close import ClosePlan
+
+
+def issue_close(
+    store: DeltaStore,
+    settings: Settings,
+    plan: ClosePlan,
+    now: datetime | None,
+    approved_by: str | None,
+    run_id: str,
+) -> dict:
+    """Number, stamp, render and write; the `period_closes` row goes last (commit marker)."""
+    issued_at = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    remove_unfinished_closes(store, settings.documents_dir)
+    _clear_documents(settings.documents_dir, plan.period)
+    issuer = load_issuer()
+    invoices, lines = issue_documents(
+        plan.invoices,
+        plan.lines,
+        last_seq=last_sequence(plan.issued["invoice_number"].to_list(), issuer["invoice_prefix"]),
+        prefix=issuer["invoice_prefix"],
+        issued_at=issued_at,
+        payment_terms_days=_terms(plan),
+    )
+    invoices = _stamp(store, plan, invoices, lines)
+    invoices = _render_all(settings.documents_dir, plan, invoices, lines, issuer)
+    close_row = _close_row(plan, invoices, approved_by, run_id)
+    _commit(store, plan.period, invoices, lines, close_row, run_id, plan.decisions_version)
+    write_ledger(store, plan.accounts, run_id)  # derived from issued draws; after the marker
+    return {
+        "status": "closed",
+        "period": plan.period,
+        "closed_at": close_row["closed_at"].isoformat(),
+        "issued_at": issued_at.isoformat(),
+        "events_table_version": plan.events_version,
+        "invoices": issued_summary(invoices, settings.documents_dir),
+    }
+
+
+def remove_unfinished_closes(store: DeltaStore, documents_dir: Path) -> list[str]:
+    """Delete issued rows (and their PDFs) of periods whose close never wrote its marker.
+
+    Such rows are invisible to every reader; removing them before numbering keeps the
+    sequence gapless, since the next numbers derive from closed periods only.
+    """
+    periods = unfinished_periods(store)
+    if not periods:
+        return []
+    stale = all_invoices(store).filter(
+        (pl.col("status") == "issued") & pl.col("period").is_in(periods)
+    )
+    for period in periods:
+        store.delete_where(INVOICES, period=period, status="issued")
+        store.delete_where(INVOICE_LINES, period=period, invoice_number=NOT_NULL)
+    for rel in stale["pdf_path"].drop_nulls().to_list():
+        path = document_file(documents_dir, rel)
+        if path is not None:
+            path.unlink(missing_ok=True)
+    return periods
+
+
+def _clear_documents(documents_dir: Path, period: str) -> None:
+    """PDFs left in an open period's folder by a crash before any row was written: no issued
+    row names them, and their numbers will be reissued, so they go before rendering."""
+    for stale in (Path(documents_dir) / period_folder(period)).glob("*.pdf"):
+        stale.unlink()
+
+
+def _terms(plan: ClosePlan) -> dict[str, int]:
+    ids = plan.invoices["account_id"].unique().to_list()
+    return {a: plan.accounts.get(a).payment_terms_days for a in ids}
+
+
+def _stamp(
+    store: DeltaStore, plan: ClosePlan, invoices: pl.DataFrame, lines: pl.DataFrame
+) -> pl.DataFrame:
+    """What every issued document records to be reproduced: events version, the content
+    hashes of the pricebook versions its lines used, code and template version, notes."""
+    decisions = plan.decisions
+    fingerprints = plan.books.fingerprints()
+    rows = []
+    for row in invoices.iter_rows(named=True):
+        account = plan.accounts.get(row["account_id"])
+        own = lines.filter(pl.col("invoice_number") == row["invoice_number"])
+        keys = {f"{account.pricebook}@{v}" for v in own["price_version"].drop_nulls().to_list()}
+        used = {k: fingerprints[k] for k in sorted(keys) if k in fingerprints}
+        rows.append(
+            row
+            | {
+                "events_table_version": plan.events_version,
+                "pricebook_versions": dump_json(used),
+                "code_version": code_version(),
+                "template_version": TEMPLATE_VERSION,
+                "notes": _notes(row, decisions, plan),
+            }
+        )
+    return pl.DataFrame(rows, schema=INVOICES.schema)
+
+
+def _notes(row: dict, decisions: pl.DataFrame, plan: ClosePlan) -> str | None:
+    """The draft's note plus one note per guardrail hard stop (invoices only), one per line:
+    what was billed after the stop (invoicing.hard_stop), no internal decision ids."""
+    notes = [row["notes"]] if row["notes"] else []
+    if row["document_type"] == "invoice":
+        notes += hard_stop_notes(
+            decisions, plan.hourly, row["account_id"], plan.period, plan.books, plan.accounts
+        )
+    return NOTE_SEP.join(notes) if notes else None
+
+
+def _render_all(
+    documents_dir: Path, plan: ClosePlan, invoices: pl.DataFrame, lines: pl.DataFrame, issuer: dict
+) -> pl.DataFrame:
+    """Render every document to `<documents>/invoices/<period>/<number>.pdf`, record its hash."""
+    paths, hashes = [], []
+    for row in invoices.iter_rows(named=True):
+        own = lines.filter(pl.col("invoice_number") == row["invoice_number"])
+        corrects = corrected_numbers(plan.issued, row, own)
+        pdf = render_document(row, own, plan.accounts.get(row["account_id"]), issuer, corrects)
+        rel = document_relpath(row["period"], row["invoice_number"])
+        write_atomic(documents_dir / rel, pdf)
+        paths.append(rel)
+        hashes.append(pdf_sha256(pdf))
+    return invoices.with_columns(
+        pdf_path=pl.Series(paths, dtype=pl.String), pdf_sha256=pl.Series(hashes, dtype=pl.String)
+    )
+
+
+def _close_row(
+    plan: ClosePlan, invoices: pl.DataFrame, approved_by: str | None, run_id: str
+) -> dict:
+    numbers = sorted(invoices["invoice_number"].to_list())
+    totals = {str(c): str(part["total"].sum()) for (c,), part in invoices.group_by("currency")}
+    opening = None if plan.opening is None else {k: str(v) for k, v in plan.opening.items()}
+    return {
+        "period": plan.period,
+        "closed_at": datetime.now(UTC),
+        "events_table_version": plan.events_version,
+        "invoices": invoices.height,
+        "first_number": numbers[0] if numbers else None,
+        "last_number": numbers[-1] if numbers else None,
+        "totals": dump_json(totals),
+        "opening_credit": None if opening is None else dump_json(opening),
+        "approved_by": approved_by or _whoami(),
+        "code_version": code_version(),
+        "run_id": run_id,
+    }
+
+
+def _commit(
+    store: DeltaStore,
+    period: str,
+    invoices: pl.DataFrame,
+    lines: pl.DataFrame,
+    close_row: dict,
+    run_id: str,
+    decisions_version: int | None = None,
+) -> None:
+    """Three commits: lines, invoices (each replacing the period's drafts), then the marker.
+    Each records the `guardrail_decisions` version the close read (hard-stop waivers and
+    notes; "none": no table yet), so verify rebuilds from the same decisions."""
+    meta = {
+        "run_id": run_id,
+        "stage": "close",
+        "period": period,
+        DECISIONS_VERSION_KEY: "none" if decisions_version is None else str(decisions_version),
+    }
+    store.replace_partition(INVOICE_LINES, lines, period=period, metadata=meta)
+    store.replace_partition(INVOICES, invoices, period=period, metadata=meta)
+    marker = pl.DataFrame([close_row], schema=PERIOD_CLOSES.schema)
+    store.append(PERIOD_CLOSES, marker, metadata=meta)
+
+
+def _whoami() -> str:
+    try:
+        return os.environ.get("USAGEBOX_APPROVER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version, plus `git describe` when the code runs from a checkout."""
+    if SOURCE_ROOT is None:
+        return __version__
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=SOURCE_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    described = out.stdout.strip()
+    return f"{__version__}+{described}" if out.returncode == 0 and described else __version__

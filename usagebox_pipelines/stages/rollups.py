@@ -1,0 +1,48 @@
+"""Stages `usage_hourly` and `usage_monthly`: replace exactly the hours or month asked."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+
+from usagebox_pipelines.catalog import (
+    HOUR_BUILDS,
+    USAGE_HOURLY,
+    USAGE_MONTHLY,
+)
+from usagebox_pipelines.rollups.aggregate import rollup_hourly, rollup_monthly
+from usagebox_pipelines.stages.events import (
+    events_frame,
+)
+from usagebox_pipelines.storage import DeltaStore, writes_tables
+
+
+@writes_tables("usage_hourly")
+def build_usage_hourly(
+    store: DeltaStore, start: datetime, end: datetime, run_id: str = "cli"
+) -> int:
+    """Replace exactly the hours [start, end) of `usage_hourly` and record them as built."""
+    rows = rollup_hourly(events_frame(store), start, end)
+    meta = {
+        "run_id": run_id,
+        "stage": "usage_hourly",
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+    }
+    store.replace_partition(USAGE_HOURLY, rows, hour=slice(start, end), metadata=meta)
+    hours = pl.datetime_range(start, end, "1h", closed="left", time_zone="UTC", eager=True)
+    builds = pl.DataFrame({"hour": hours}).with_columns(
+        built_at=pl.lit(datetime.now(UTC)), run_id=pl.lit(run_id)
+    )
+    store.replace_partition(HOUR_BUILDS, builds, hour=slice(start, end))
+    return rows.height
+
+
+@writes_tables("usage_monthly")
+def build_usage_monthly(store: DeltaStore, month: str, run_id: str = "cli") -> int:
+    """Replace one month of `usage_monthly` from the hourly rollup of its hours."""
+    rows = rollup_monthly(store.scan(USAGE_HOURLY), month)
+    meta = {"run_id": run_id, "stage": "usage_monthly", "month": month}
+    store.replace_partition(USAGE_MONTHLY, rows, month=month, metadata=meta)
+    return rows.height

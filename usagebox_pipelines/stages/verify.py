@@ -1,0 +1,395 @@
+"""`usagebox verify`: the invariants of CONTRACT.md §5 over the stored tables.
+
+Invariants 1–3 (ingest counts, events, rollups) and 4 (drafts equal rated usage) read the
+tables and call the pure checks of `invariants`. Invariant 5 (`issued_intact`, ADR 0007) is
+cheap by default; per closed period, with no PDF rendering:
+
+* **Committed.** The close's own commits of `invoices` and `invoice_lines` are found in the
+  tables' Delta history (stage `close`, the period; books.close_commits) and read by time
+  travel. Every issued row must still equal what its close committed, column by column (so a
+  `pdf_sha256`, a note or a total rewritten later fails), its lines likewise, and the stored
+  file's sha256 must equal both the stored and the committed hash. A PDF replaced together
+  with its stored hash therefore fails: the committed hash still names the original.
+* **Reproduced.** Lines and totals of every document are rebuilt from the stamped events
+  version, pricebooks and the decisions the close read, one rating pass per period
+  (reproduce.rebuild_period) instead of one per document, and compared with the stored ones.
+
+`render=True` (`usagebox verify --render`) also re-renders each rebuilt document and compares
+the bytes' sha256 with the stored one, in a process pool (`os.cpu_count()` workers) when there
+are several; `usagebox invoice verify N` always renders its one document. Rewriting
+`_delta_log` itself is out of reach of these checks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import polars as pl
+
+from usagebox_pipelines import invariants as inv
+from usagebox_pipelines.catalog import (
+    EVENT_CONFLICTS,
+    INGEST_LOG,
+    INVOICE_LINES,
+    INVOICES,
+    QUARANTINE,
+    RAW_EVENTS,
+    UNRATED_USAGE,
+    USAGE_HOURLY,
+    USAGE_MONTHLY,
+)
+from usagebox_pipelines.config import Settings
+from usagebox_pipelines.events.raw import with_disposition
+from usagebox_pipelines.invoicing.adjustments import billed_for_period
+from usagebox_pipelines.invoicing.compare import line_differences, total_differences
+from usagebox_pipelines.invoicing.files import (
+    file_sha,
+)
+from usagebox_pipelines.invoicing.lines import (
+    rated_lines,
+)
+from usagebox_pipelines.invoicing.render import (
+    corrected_numbers,
+    load_issuer,
+    pdf_sha256,
+    render_document,
+)
+from usagebox_pipelines.invoicing.stamps import frozen_problems
+from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.pricing.accounts import load_accounts
+from usagebox_pipelines.pricing.pricebook import load_pricebooks
+from usagebox_pipelines.schemas import conform
+from usagebox_pipelines.stages.books import (
+    all_lines,
+    books_problems,
+    close_commits,
+    closed_periods,
+    issued_invoices,
+    issued_lines,
+)
+from usagebox_pipelines.stages.drafts import rated_of_month
+from usagebox_pipelines.stages.events import (
+    FIRST_HOUR,
+    events_frame,
+)
+from usagebox_pipelines.stages.rating import rate_month
+from usagebox_pipelines.stages.reproduce import decisions_of_close, rebuild_period, rebuilt_document
+from usagebox_pipelines.storage import DeltaStore
+
+
+def verify(store: DeltaStore, month: str | None = None) -> list[inv.InvariantResult]:
+    """Check the stored tables against CONTRACT.md §5 (invariants 1–3; 4–5 once invoices exist)."""
+    start, end = month_bounds(month) if month else (None, None)
+    events = events_frame(store)
+    hourly = store.scan(USAGE_HOURLY)
+    if month:
+        months = [month]
+    else:
+        months = store.scan(USAGE_MONTHLY).select("month").unique().collect()["month"].to_list()
+    return [
+        verify_ingest(store),
+        inv.events_unique(events),
+        inv.hourly_matches_events(events, hourly, start, end),
+        inv.monthly_matches_hourly(hourly, store.scan(USAGE_MONTHLY), months),
+        inv.events_inside_partitions(events, FIRST_HOUR),
+    ]
+
+
+def verify_ingest(store: DeltaStore) -> inv.InvariantResult:
+    """Invariant 1 alone (cheap: per-batch counts), for the ingest asset's blocking check."""
+    return inv.ingest_counts_add_up(store.read(INGEST_LOG), _stored_counts_per_batch(store))
+
+
+def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
+    """Per batch, rows really stored: raw arrivals by disposition, quarantined, conflicts.
+
+    `legacy` counts raw rows written before `disposition` existed (duplicates were not stored
+    then, so only the accepted count can be checked for those batches).
+    """
+    raw = store.scan(RAW_EVENTS)
+    legacy = (
+        pl.col("disposition").is_null().sum()
+        if "disposition" in raw.collect_schema().names()
+        else pl.len()
+    )
+    counts = [
+        with_disposition(raw)
+        .group_by("batch_id")
+        .agg(
+            raw=(pl.col("disposition") == "accepted").sum(),
+            raw_duplicates=(pl.col("disposition") == "duplicate").sum(),
+            raw_conflicts=(pl.col("disposition") == "conflict").sum(),
+            legacy=legacy,
+        )
+        .collect()
+    ]
+    for table, name in ((QUARANTINE, "quarantined"), (EVENT_CONFLICTS, "conflicted")):
+        counts.append(store.scan(table).group_by("batch_id").agg(pl.len().alias(name)).collect())
+    out = counts[0]
+    for frame in counts[1:]:
+        out = out.join(frame, on="batch_id", how="full", coalesce=True)
+    names = ["raw", "raw_duplicates", "raw_conflicts", "legacy", "quarantined", "conflicted"]
+    return out.with_columns(pl.col(names).cast(pl.Int64))
+
+
+def draft_lines_match_rated(
+    store: DeltaStore, pricebooks_dir: Path, month: str
+) -> inv.InvariantResult:
+    """Invariant 4 over the stored drafts of an open month.
+
+    (a) per account × meter × model, the quantity of draft usage lines = billable
+    `usage_monthly` − unrated usage; (b) per account, usage amounts = `rated_usage` rounded
+    per line; (c) per account and closed month Q, what was billed for Q + draft adjustments
+    for Q = the rounded lines of Q re-rated now (prepaid credit is not restated, ADR 0003).
+    """
+    name = "4_invoice_lines_equal_rated_usage"
+    closed = closed_periods(store)
+    if month in closed:
+        return inv.InvariantResult(name, True, f"{month} is closed: issued invoices never change")
+    drafts = all_lines(store).filter(
+        (pl.col("period") == month) & pl.col("invoice_number").is_null()
+    )
+    bad = pl.concat(
+        [
+            _quantity_mismatch(store, month, drafts),
+            _amount_mismatch(store, pricebooks_dir, month, drafts),
+            _restatement_mismatch(store, pricebooks_dir, month, drafts, closed),
+        ],
+        how="diagonal_relaxed",
+    )
+    return inv.InvariantResult(
+        name,
+        bad.height == 0,
+        f"{drafts.height} draft lines of {month} checked; {bad.height} groups differ",
+        [{k: None if v is None else str(v) for k, v in r.items()} for r in bad.head(5).to_dicts()],
+    )
+
+
+def _quantity_mismatch(store: DeltaStore, month: str, drafts: pl.DataFrame) -> pl.DataFrame:
+    keys = ["account_id", "meter_id", "model_id"]
+    monthly = store.scan(USAGE_MONTHLY).filter(
+        (pl.col("month") == month) & pl.col("billable").fill_null(False)
+    )
+    unrated = store.scan(UNRATED_USAGE).filter(pl.col("period") == month)
+    expected = pl.concat(
+        [
+            monthly.select(*keys, q=pl.col("sum")).collect(),
+            unrated.select(*keys, q=-pl.col("quantity")).collect(),
+        ]
+    )
+    billed = drafts.filter(pl.col("kind") == "usage").select(*keys, q=pl.col("quantity"))
+    return _diff(expected, billed, keys, "q", "usage quantity")
+
+
+def _amount_mismatch(
+    store: DeltaStore, pricebooks_dir: Path, month: str, drafts: pl.DataFrame
+) -> pl.DataFrame:
+    rated = rated_of_month(store, pricebooks_dir, month)
+    expected = rated_lines(rated).filter(pl.col("kind") == "usage").select("account_id", "amount")
+    billed = drafts.filter(pl.col("kind") == "usage").select("account_id", "amount")
+    return _diff(expected, billed, ["account_id"], "amount", "usage amount")
+
+
+def _restatement_mismatch(
+    store: DeltaStore,
+    pricebooks_dir: Path,
+    month: str,
+    drafts: pl.DataFrame,
+    closed: dict[str, dict],
+) -> pl.DataFrame:
+    issued = issued_lines(store, issued_invoices(store, closed))
+    parts = []
+    for q in sorted(p for p in closed if p < month):
+        now = rated_lines(rate_month(store, pricebooks_dir, q).rated)
+        expected = now.filter(pl.col("kind") != "credit").select("account_id", "amount")
+        before = billed_for_period(issued, q).filter(pl.col("kind") != "credit")
+        carried = drafts.filter((pl.col("kind") == "adjustment") & (pl.col("adjusts_period") == q))
+        billed = pl.concat([before, carried]).select("account_id", "amount")
+        parts.append(_diff(expected, billed, ["account_id"], "amount", f"restatement of {q}"))
+    return pl.concat(parts) if parts else pl.DataFrame()
+
+
+def _diff(
+    expected: pl.DataFrame, actual: pl.DataFrame, keys: list[str], col: str, what: str
+) -> pl.DataFrame:
+    """Groups where Σ expected[col] ≠ Σ actual[col], with `check` naming what differs."""
+    a = expected.group_by(keys).agg(expected=pl.col(col).sum().cast(pl.Decimal(38, 12)))
+    b = actual.group_by(keys).agg(actual=pl.col(col).sum().cast(pl.Decimal(38, 12)))
+    zero = pl.lit(0).cast(pl.Decimal(38, 12))
+    joined = a.join(b, on=keys, how="full", coalesce=True, nulls_equal=True)
+    return (
+        joined.with_columns(pl.col("expected").fill_null(zero), pl.col("actual").fill_null(zero))
+        .filter(pl.col("expected") != pl.col("actual"))
+        .with_columns(check=pl.lit(what))
+    )
+
+
+#: Render in a process pool from this many documents on (a pool costs ~1 s to start).
+POOL_FROM = 4
+
+
+def issued_intact(
+    store: DeltaStore, settings: Settings, month: str | None = None, render: bool = False
+) -> inv.InvariantResult:
+    """Invariant 5: sound numbering books, every issued document (of `month`, or all) as its
+    close committed it and reproduced from its stamps; with `render`, its PDF re-rendered."""
+    closed = closed_periods(store)
+    docs = issued_invoices(store, closed)
+    if month is not None:
+        docs = docs.filter(pl.col("period") == month)
+    books = load_pricebooks(settings.pricebooks)
+    accounts = load_accounts(settings.pricebooks)
+    bad = [{"problem": p} for p in frozen_problems(books, docs)]
+    bad += [p for p in books_problems(store) if month is None or p.get("period") in (None, month)]
+    commits = close_commits(store, INVOICES)
+    line_commits = close_commits(store, INVOICE_LINES)
+    lines = all_lines(store).filter(pl.col("invoice_number").is_not_null())
+    to_render = []
+    for (period,), part in sorted(docs.group_by("period"), key=lambda kv: str(kv[0])):
+        own_lines = lines.filter(pl.col("period") == period)
+        bad += committed_problems(
+            store, period, part, own_lines, commits, line_commits, settings.documents_dir
+        )
+        decisions = decisions_of_close(store, period, commits)
+        for (version,), same in part.group_by("events_table_version"):
+            invoices, rebuilt_lines = rebuild_period(
+                store, period, version, closed, books, accounts, decisions
+            )
+            for row in same.sort("invoice_number").iter_rows(named=True):
+                number = row["invoice_number"]
+                stored = own_lines.filter(pl.col("invoice_number") == number).sort("line_no")
+                rebuilt, rlines = rebuilt_document(row, invoices, rebuilt_lines)
+                if rebuilt is None:
+                    diffs = [{"what": "document", "detail": "re-rating gives no such document"}]
+                else:
+                    diffs = line_differences(stored, rlines)
+                    diffs += total_differences(row, stored, rebuilt)
+                    to_render.append((rebuilt, rlines, row["pdf_sha256"]))
+                if diffs:
+                    bad.append(_unreproduced(number, diffs))
+    rendered = 0
+    if render:
+        bad += render_problems(store, closed, to_render, accounts)
+        rendered = len(to_render)
+    what = "rebuilt and re-rendered" if render else "rebuilt and checked against their close"
+    return inv.InvariantResult(
+        "5_issued_invoices_unchanged",
+        not bad,
+        f"{docs.height} issued documents {what} ({rendered} PDFs rendered); {len(bad)} problems",
+        bad[: inv.SAMPLE],
+    )
+
+
+def _unreproduced(number: str, diffs: list[dict]) -> dict:
+    return {
+        "invoice_number": number,
+        "problem": "does not reproduce from its stamps",
+        "differences": diffs[:3],
+    }
+
+
+# --------------------------------------------------------------------------- committed
+
+
+def committed_problems(
+    store: DeltaStore,
+    period: str,
+    docs: pl.DataFrame,
+    lines: pl.DataFrame,
+    commits: dict[str, dict],
+    line_commits: dict[str, dict],
+    documents_dir: Path,
+) -> list[dict]:
+    """Issued rows, lines and files of `period` against what its close committed."""
+    if period not in commits or period not in line_commits:
+        return [{"period": period, "problem": "no close commit in the invoices' Delta history"}]
+    then = store.read(INVOICES, version=int(commits[period]["version"]))
+    then = then.filter((pl.col("period") == period) & (pl.col("status") == "issued"))
+    then_by = {r["invoice_number"]: r for r in then.iter_rows(named=True)}
+    then_lines = store.read(INVOICE_LINES, version=int(line_commits[period]["version"])).filter(
+        (pl.col("period") == period) & pl.col("invoice_number").is_not_null()
+    )
+    out = []
+    for row in docs.iter_rows(named=True):
+        number = row["invoice_number"]
+        committed = then_by.get(number)
+        if committed is None:
+            out.append({"invoice_number": number, "problem": "not issued by its period's close"})
+            continue
+        changed = [k for k in INVOICES.schema.names() if row[k] != committed[k]]
+        if changed:
+            out.append(
+                {
+                    "invoice_number": number,
+                    "problem": f"invoice row changed since its close: {', '.join(changed)}",
+                    "stored": {k: _as_text(row[k]) for k in changed},
+                    "committed": {k: _as_text(committed[k]) for k in changed},
+                }
+            )
+        mine = pl.col("invoice_number") == number
+        if not _same_rows(lines.filter(mine), then_lines.filter(mine)):
+            out.append({"invoice_number": number, "problem": "lines changed since its close"})
+        file = file_sha(documents_dir, row["pdf_path"])
+        if file is None or file != row["pdf_sha256"] or file != committed["pdf_sha256"]:
+            out.append(
+                {
+                    "invoice_number": number,
+                    "problem": "stored PDF file is missing" if file is None else
+                    "stored PDF file differs from the hash its close committed",
+                    "file": file,
+                    "stored": row["pdf_sha256"],
+                    "committed": committed["pdf_sha256"],
+                }
+            )  # fmt: skip
+    return out
+
+
+def _same_rows(a: pl.DataFrame, b: pl.DataFrame) -> bool:
+    a, b = (
+        conform(a, INVOICE_LINES.schema).sort("line_no"),
+        conform(b, INVOICE_LINES.schema).sort("line_no"),
+    )
+    return a.height == b.height and a.equals(b)
+
+
+def _as_text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+# --------------------------------------------------------------------------- render
+
+
+def render_problems(
+    store: DeltaStore, closed: dict[str, dict], docs: list[tuple], accounts: object
+) -> list[dict]:
+    """Re-render each rebuilt document; a problem per sha256 that differs from the stored one."""
+    issued = issued_invoices(store, closed)
+    issuer = load_issuer()
+    jobs = [
+        (doc, lines, accounts.get(doc["account_id"]), issuer, corrected_numbers(issued, doc, lines))
+        for doc, lines, _ in docs
+    ]  # fmt: skip
+    if len(jobs) >= POOL_FROM and (os.cpu_count() or 1) > 1:
+        spawn = multiprocessing.get_context("spawn")  # polars' threads do not survive a fork
+        with ProcessPoolExecutor(max_workers=os.cpu_count(), mp_context=spawn) as pool:
+            hashes = list(pool.map(_render_sha, jobs))
+    else:
+        hashes = [_render_sha(job) for job in jobs]
+    return [
+        {
+            "invoice_number": doc["invoice_number"],
+            "problem": "re-rendered PDF differs from the stored sha256",
+            "stored": stored,
+            "rerendered": sha,
+        }
+        for (doc, _, stored), sha in zip(docs, hashes, strict=True)
+        if sha != stored
+    ]
+
+
+def _render_sha(job: tuple) -> str:
+    """One document's PDF sha256 (top level: the process pool pickles it)."""
+    return pdf_sha256(render_document(*job))

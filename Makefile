@@ -21,6 +21,8 @@ demo: install
 test: install
 	$(BIN)/ruff check usagebox_pipelines usagebox_demo tests bench
 	$(BIN)/ruff format --check usagebox_pipelines usagebox_demo tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 test-fast: install  ## the inner loop: everything but the slow tests (Dagster runs, subprocesses, demo, wheel)

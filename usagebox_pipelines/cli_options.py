@@ -17,12 +17,9 @@ from typing import Annotated
 
 import typer
 
-try:  # typer >= 0.29 vendors click as typer._click
-    from typer._click import exceptions as click_errors
-    from typer._click.globals import get_current_context
-except ImportError:  # pragma: no cover - older typer on plain click
-    from click import exceptions as click_errors  # noqa: F401
-    from click import get_current_context
+# typer >= 0.29 (the pinned minimum) vendors click as typer._click
+from typer._click import exceptions as click_errors  # noqa: F401
+from typer._click.globals import get_current_context
 
 from usagebox_pipelines.config import Settings, is_object_store
 from usagebox_pipelines.errors import HomeError, UsageboxError

@@ -15,7 +15,7 @@ import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 import polars as pl
 import pyarrow as pa
@@ -141,7 +141,7 @@ def writes_tables(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     def decorate(stage: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(stage)
         def under_lease(*args: P.args, **kwargs: P.kwargs) -> R:
-            store = args[0] if args else kwargs["store"]
+            store = cast(DeltaStore, args[0] if args else kwargs["store"])
             with store.writer(purpose):
                 return stage(*args, **kwargs)
 
@@ -203,7 +203,7 @@ class DeltaStore:
         self,
         table: Table,
         df: pl.DataFrame,
-        mode: str,
+        mode: Literal["append", "overwrite"],
         predicate: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> int:
@@ -213,23 +213,20 @@ class DeltaStore:
         if predicate is not None and new:
             # delta-rs#3959: predicate overwrite on a missing table panics; create it first.
             predicate = None
-            mode = "append" if mode == "overwrite" else mode
-        create = {}
-        if new:
+            mode = "append"
+        if new:  # name, description, partitioning and column comments are set at creation
             arrow = _with_comments(arrow, table)
-            create = {
-                "partition_by": list(table.partition_by) or None,
-                "name": table.name,
-                "description": table.description,
-            }
-        write_deltalake(
+        # delta-rs types its overloads by the literal `mode`; ours is a variable of both
+        cast(Any, write_deltalake)(
             self.uri(table),
             arrow,
             mode=mode,
             predicate=predicate,
             storage_options=self.storage_options,
             commit_properties=props,
-            **create,
+            partition_by=(list(table.partition_by) or None) if new else None,
+            name=table.name if new else None,
+            description=table.description if new else None,
         )
         return self.version(table) or 0
 

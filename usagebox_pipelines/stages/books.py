@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import cast
 
 import polars as pl
 
@@ -30,6 +31,7 @@ from usagebox_pipelines.catalog import (
     INVOICES,
     PERIOD_CLOSES,
     USAGE_HOURLY,
+    Table,
 )
 from usagebox_pipelines.invoicing.credit import balances, grants, ledger
 from usagebox_pipelines.invoicing.numbering import parse_number
@@ -136,7 +138,7 @@ def marker_history(store: DeltaStore) -> dict[str, int]:
     return out
 
 
-def close_commits(store: DeltaStore, name: str) -> dict[str, dict]:
+def close_commits(store: DeltaStore, name: Table) -> dict[str, dict]:
     """period → the newest commit of table `name` written by a close of it (stage `close`):
     its `version`, `timestamp` and the close's metadata (e.g. the decisions version read)."""
     table = store.table(name)
@@ -210,7 +212,7 @@ def _row_problems(period: str, row: dict, docs: pl.DataFrame) -> list[dict]:
     """A `period_closes` row lists exactly its invoices: count, first/last number, totals."""
     numbers = sorted(docs["invoice_number"].to_list())
     totals = {str(c): str(p["total"].sum()) for (c,), p in docs.group_by("currency")}
-    listed = json_or_none(row["totals"]) or {}
+    listed = cast(dict, json_or_none(row["totals"]) or {})
     found = {
         "invoices": len(numbers),
         "first_number": numbers[0] if numbers else None,

@@ -269,7 +269,7 @@ def _explain_contract(doc: IssuedDocument, line: dict) -> dict:
     usage = sum_kind(doc.lines, "usage") + sum_kind(waivers, "discount")  # billed usage
     if is_waiver(line["unit"]):
         text = f"usage billed after the hard stop ({line['description']}) waived"
-        term = {"after_hard_stop": account.after_hard_stop}
+        term: dict[str, object] = {"after_hard_stop": account.after_hard_stop}
     elif kind == "discount":
         text = f"{plain(account.discount_pct)}% of usage {usage} = {plain(line['exact_amount'])}"
         if waivers.height:

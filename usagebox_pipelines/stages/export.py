@@ -61,7 +61,9 @@ def _checked_sources(documents_dir: Path, docs: pl.DataFrame) -> list[tuple[str,
         if sha is None or sha != row["pdf_sha256"]:
             bad.append(row["invoice_number"])
             continue
-        out.append((row["invoice_number"], document_file(documents_dir, row["pdf_path"])))
+        path = document_file(documents_dir, row["pdf_path"])
+        assert path is not None  # its sha was just read from it
+        out.append((row["invoice_number"], path))
     if bad:
         raise InvariantError(
             f"stored PDF missing or changed for {', '.join(bad)}; "

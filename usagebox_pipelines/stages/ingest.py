@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
-from deltalake.schema import Field
+from deltalake.schema import Field, PrimitiveType
 
 from usagebox_pipelines.catalog import (
     EVENT_CONFLICTS,
@@ -288,4 +288,4 @@ def ensure_disposition_column(store: DeltaStore) -> None:
     if table is None:
         return
     if "disposition" not in [f.name for f in table.schema().fields]:
-        table.alter.add_columns(Field("disposition", "string", nullable=True))
+        table.alter.add_columns(Field("disposition", PrimitiveType("string"), nullable=True))

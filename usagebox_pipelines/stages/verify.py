@@ -59,7 +59,7 @@ from usagebox_pipelines.invoicing.render import (
 )
 from usagebox_pipelines.invoicing.stamps import frozen_problems
 from usagebox_pipelines.months import month_bounds
-from usagebox_pipelines.pricing.accounts import load_accounts
+from usagebox_pipelines.pricing.accounts import Accounts, load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.schemas import conform
 from usagebox_pipelines.stages.books import (
@@ -363,7 +363,7 @@ def _as_text(value: object) -> str | None:
 
 
 def render_problems(
-    store: DeltaStore, closed: dict[str, dict], docs: list[tuple], accounts: object
+    store: DeltaStore, closed: dict[str, dict], docs: list[tuple], accounts: Accounts
 ) -> list[dict]:
     """Re-render each rebuilt document; a problem per sha256 that differs from the stored one."""
     issued = issued_invoices(store, closed)

@@ -47,10 +47,14 @@ site, home, events = (Path(a) for a in sys.argv[1:4])
 
 import usagebox_demo
 import usagebox_pipelines
-from usagebox_pipelines import config, pipeline
+from usagebox_pipelines import config
+from usagebox_pipelines.catalog import INVOICES
 from usagebox_pipelines.cli import cli_main
 from usagebox_pipelines.stages.issue import code_version
 from usagebox_pipelines.pricing import load_accounts, load_pricebooks
+from usagebox_pipelines.stages.events import update_events
+from usagebox_pipelines.stages.rating import build_rated_usage
+from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
 from usagebox_pipelines.storage import DeltaStore
 
 def inside(path):
@@ -69,14 +73,14 @@ accounts = load_accounts(settings.pricebooks)
 
 assert cli_main(["ingest", str(events), "--home", str(home)]) == 0
 store = DeltaStore(settings.home)
-pipeline.update_events(store)
-pipeline.build_usage_hourly(
+update_events(store)
+build_usage_hourly(
     store, datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
 )
-pipeline.build_usage_monthly(store, "2026-10")
-pipeline.build_rated_usage(store, settings.pricebooks, "2026-10")
+build_usage_monthly(store, "2026-10")
+build_rated_usage(store, settings.pricebooks, "2026-10")
 assert cli_main(["close", "2026-10", "--approve", "--home", str(home)]) == 0
-issued = store.read("invoices").to_dicts()
+issued = store.read(INVOICES).to_dicts()
 numbers = sorted(r["invoice_number"] for r in issued if r["status"] == "issued")
 verified = [cli_main(["invoice", "verify", n, "--home", str(home)]) for n in numbers]
 from usagebox_pipelines.documents import asset_url, html_to_pdf

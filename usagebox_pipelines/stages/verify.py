@@ -75,6 +75,7 @@ from usagebox_pipelines.stages.events import (
 )
 from usagebox_pipelines.stages.rating import rate_month
 from usagebox_pipelines.stages.reproduce import decisions_of_close, rebuild_period, rebuilt_document
+from usagebox_pipelines.stages.results import VerifyReport
 from usagebox_pipelines.storage import DeltaStore
 
 
@@ -94,6 +95,13 @@ def verify(store: DeltaStore, month: str | None = None) -> list[inv.InvariantRes
         inv.monthly_matches_hourly(hourly, store.scan(USAGE_MONTHLY), months),
         inv.events_inside_partitions(events, FIRST_HOUR),
     ]
+
+
+def verify_report(
+    store: DeltaStore, settings: Settings, month: str | None = None, render: bool = False
+) -> VerifyReport:
+    """`usagebox verify`: invariants 1–3 (`verify`) and 5 (`issued_intact`) in one report."""
+    return VerifyReport((*verify(store, month), issued_intact(store, settings, month, render)))
 
 
 def verify_ingest(store: DeltaStore) -> inv.InvariantResult:

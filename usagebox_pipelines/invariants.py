@@ -2,6 +2,9 @@
 
 Each check returns an `InvariantResult` naming the invariant and up to a few offending rows,
 so `usagebox verify` and the Dagster asset checks report the same thing in the same words.
+Invariants 4 (draft lines = rated usage + adjustments) and 5 (issued invoices unchanged:
+committed rows, lines and files, numbering, `period_closes` rows) are here too as pure parts;
+stages/verify.py and stages/books.py read the tables and call them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`usagebox verify`: the invariants of CONTRACT.md §5 over the stored tables.
 
-Invariants 1–3 (ingest counts, events, rollups) and 4 (drafts equal rated usage) read the
-tables and call the pure checks of `invariants`. Invariant 5 (`issued_intact`, ADR 0007) is
-cheap by default; per closed period, with no PDF rendering:
+Every invariant reads the tables here and calls the pure checks of `invariants`: 1–3 (ingest
+counts, events, rollups), 4 (drafts equal rated usage) and 5 (`issued_intact`, ADR 0007; the
+numbering books are read by `books.books_problems`). `verify_report` is what `usagebox
+verify` prints. Invariant 5 is cheap by default; per closed period, with no PDF rendering:
 
 * **Committed.** The close's own commits of `invoices` and `invoice_lines` are found in the
   tables' Delta history (stage `close`, the period; books.close_commits) and read by time

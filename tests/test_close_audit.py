@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 
 import polars as pl
 import pytest
@@ -42,8 +43,8 @@ def test_every_issued_invoice_reproduces_byte_identical():
     assert len(numbers) >= 14
     for number in numbers:
         report = verify_invoice(store, settings, number)
-        assert report["reproduced"], (number, report["differences"])
-        sha = report["pdf_sha256"]
+        assert report.reproduced, (number, report.differences)
+        sha = report.pdf_sha256
         assert sha["stored"] == sha["rerendered"] == sha["file"]
 
 
@@ -59,11 +60,11 @@ def test_tampered_line_amount_is_detected(tmp_path):
     intact = issued_intact(store, settings)
     assert not intact.passed and intact.examples[0]["invoice_number"] == number
     report = verify_invoice(store, settings, number)
-    assert not report["reproduced"]
-    assert {"what": "line", "line_no": 1, "column": "amount"}.items() <= report["differences"][
+    assert not report.reproduced
+    assert {"what": "line", "line_no": 1, "column": "amount"}.items() <= report.differences[
         0
     ].items()
-    assert any("not the sum of its lines" in d.get("detail", "") for d in report["differences"])
+    assert any("not the sum of its lines" in d.get("detail", "") for d in report.differences)
 
 
 def test_edited_pricebook_is_detected(tmp_path):
@@ -74,10 +75,10 @@ def test_edited_pricebook_is_detected(tmp_path):
     assert text.count(tier_one) == 1  # claude-sonnet-4-5 output, first tier
     book.write_text(text.replace(tier_one, tier_one.replace("18.75", "19.00")))
     report = verify_invoice(store, settings, number_of(store, OCT, "acct-006"))
-    assert not report["reproduced"]
-    what = {(d["what"], d.get("column")) for d in report["differences"]}
+    assert not report.reproduced
+    what = {(d["what"], d.get("column")) for d in report.differences}
     assert ("pricebook", None) in what and ("line", "amount") in what
-    edited = next(d for d in report["differences"] if d["what"] == "pricebook")
+    edited = next(d for d in report.differences if d["what"] == "pricebook")
     assert edited["file"] == "standard-2026-10-16.yaml"
     assert "edited after it issued" in issued_intact(store, settings).examples[0]["problem"]
 
@@ -90,8 +91,8 @@ def test_changed_pdf_file_is_detected_and_blocks_export(tmp_path):
     assert issued_intact(store, settings, NOV).passed  # only October's file changed
     assert not issued_intact(store, settings, OCT).passed
     report = verify_invoice(store, settings, number)
-    assert not report["reproduced"]
-    assert [d["what"] for d in report["differences"]] == ["pdf_file"]
+    assert not report.reproduced
+    assert [d["what"] for d in report.differences] == ["pdf_file"]
     with pytest.raises(InvariantError, match=number):
         export_invoices(store, settings, OCT, tmp_path / "out")
 
@@ -104,8 +105,8 @@ def test_explain_covers_every_line_of_every_issued_invoice():
     for number in issued(store)["invoice_number"].to_list():
         report = explain_invoice(store, settings, number, with_events=True)
         stored = all_lines(store).filter(pl.col("invoice_number") == number)
-        assert [line["line_no"] for line in report["lines"]] == sorted(stored["line_no"])
-        for line in report["lines"]:
+        assert [line["line_no"] for line in report.lines] == sorted(stored["line_no"])
+        for line in report.lines:
             where = (number, line["line_no"])
             if line["kind"] == "usage":
                 rule = line["rule"]
@@ -126,7 +127,7 @@ def test_explain_shows_tier_arithmetic_rollup_and_events():
     store, settings = scenario().open("nov_closed")
     number = number_of(store, OCT, "acct-006")
     report = explain_invoice(store, settings, number, line_no=3, with_events=True)
-    (line,) = report["lines"]
+    (line,) = report.lines
     assert line["tier"] == 2 and line["amount"] == "175.41"
     assert line["rule"]["price_model"] == "graduated"
     assert line["rule"]["tiers"] == [
@@ -146,7 +147,7 @@ def test_explain_shows_tier_arithmetic_rollup_and_events():
 def test_explain_adjustment_lists_the_late_events_behind_it():
     store, settings = scenario().open("nov_closed")
     note = number_of(store, NOV, "acct-007", "credit_note")
-    (line,) = explain_invoice(store, settings, note)["lines"]
+    (line,) = explain_invoice(store, settings, note).lines
     assert line["adjusts_period"] == OCT and line["amount"] == "-3.12"
     late = line["late_events"]
     assert [e["event_id"] for e in late["events"]] == ["fix-007"]
@@ -176,7 +177,7 @@ def test_export_writes_pdfs_and_a_formula_safe_register(tmp_path):
     out = tmp_path / "export"
     result = export_invoices(store, settings, NOV, out)
     docs = issued(store, NOV)
-    assert result["documents"] == docs.height and result["credit_notes"] == 1
+    assert result.documents == docs.height and result.credit_notes == 1
     for row in docs.iter_rows(named=True):
         copy = out / f"{row['invoice_number']}.pdf"
         assert hashlib.sha256(copy.read_bytes()).hexdigest() == row["pdf_sha256"]
@@ -216,11 +217,23 @@ def test_cli_close_explain_verify(tmp_path):
     done = runner.invoke(app, ["close", OCT, "--approve", *opts])
     assert done.exit_code == 0, done.output
     assert '"status": "already_closed"' in done.output
+    assert list(json.loads(done.output)) == [
+        "status", "period", "closed_at", "message", "events_table_version", "invoices"
+    ]  # fmt: skip
     number = number_of(store, OCT, "acct-001")
     shown = runner.invoke(app, ["explain", number, "--line", "1", "--events", *opts])
     assert shown.exit_code == 0 and '"ids": ["o-001-in"]' in shown.output
+    assert list(json.loads(shown.output)) == [
+        "invoice_number", "document_type", "account_id", "period", "currency", "subtotal",
+        "total", "issued_at", "events_table_version", "pricebook_versions", "code_version",
+        "template_version", "lines",
+    ]  # fmt: skip
     ok = runner.invoke(app, ["invoice", "verify", number, *opts])
     assert ok.exit_code == 0 and '"reproduced": true' in ok.output
+    assert list(json.loads(ok.output)) == [
+        "invoice_number", "reproduced", "period", "account_id", "events_table_version",
+        "pricebook_versions", "lines", "total", "pdf_sha256", "differences",
+    ]  # fmt: skip
     pdf = settings.documents_dir / "invoices" / OCT / f"{number}.pdf"
     pdf.unlink()
     bad = runner.invoke(app, ["invoice", "verify", number, *opts])

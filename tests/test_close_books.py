@@ -66,9 +66,9 @@ def test_dry_run_close_follows_the_approved_plan_and_summarises_in_one_pass(tmp_
     rollups = _count_calls(monkeypatch, close_stage, "hourly_at")
     passes = _count_calls(monkeypatch, summaries_module, "line_documents")
     dry = close_month(store, settings, OCT, approve=False)
-    assert dry["status"] == "needs_approval"
+    assert dry.status == "needs_approval"
     assert rollups == [1] and passes[0] <= 2  # _invoice_totals + _draft_summaries
-    assert len(dry["invoices"]) > 4
+    assert len(dry.invoices) > 4
     plan = plan_close(store, settings.pricebooks, OCT, {})
     many = pl.concat(
         [plan.invoices.with_columns(account_id=pl.col("account_id") + f"-{i}") for i in range(30)]
@@ -79,7 +79,7 @@ def test_dry_run_close_follows_the_approved_plan_and_summarises_in_one_pass(tmp_
     passes[0] = 0
     summaries = draft_summaries(many, lines)
     assert passes == [1] and len(summaries) == many.height
-    by_doc = {(s["account_id"], s["document_type"]): s for s in dry["invoices"]}
+    by_doc = {(s["account_id"], s["document_type"]): s for s in dry.invoices}
     for s in summaries[: plan.invoices.height]:
         base = by_doc[(s["account_id"].rsplit("-", 1)[0], s["document_type"])]
         assert s | {"account_id": base["account_id"]} == base
@@ -118,8 +118,8 @@ def test_verify_catches_a_line_changed_together_with_its_total(tmp_path):
     books = [e["problem"] for e in result.examples if "invoice_number" not in e]
     assert len(books) == 1 and "period_closes.totals" in books[0]  # the close row's totals
     report = verify_invoice(store, settings, number)
-    assert not report["reproduced"]
-    assert {d["what"] for d in report["differences"]} >= {"line", "invoice"}
+    assert not report.reproduced
+    assert {d["what"] for d in report.differences} >= {"line", "invoice"}
 
 
 def test_verify_catches_a_pdf_replaced_together_with_its_hash(tmp_path, monkeypatch):
@@ -171,11 +171,11 @@ def test_a_comment_edit_of_an_issued_pricebook_passes_verify_a_value_edit_fails(
     number = _one(store, OCT, "acct-007")["invoice_number"]
     book = settings.pricebooks / "standard-2025-01-01.yaml"
     book.write_text("# reviewed, no change\n" + book.read_text() + "\n\n")
-    assert verify_invoice(store, settings, number)["reproduced"]
+    assert verify_invoice(store, settings, number).reproduced
     book.write_text(book.read_text().replace('unit_price: "3.125"', 'unit_price: "3.00"', 1))
     report = verify_invoice(store, settings, number)
-    assert not report["reproduced"]
-    assert any(d["what"] == "pricebook" for d in report["differences"])
+    assert not report.reproduced
+    assert any(d["what"] == "pricebook" for d in report.differences)
 
 
 # --------------------------------------------------------------------------- prepaid credit
@@ -267,7 +267,7 @@ def test_waive_policy_takes_the_usage_after_the_stop_off_the_bill_before_contrac
     assert intact.passed, intact.examples
     assert renders == [0]  # plain verify renders nothing
     report = verify_invoice(store, settings, doc["invoice_number"])
-    assert report["reproduced"], report["differences"]
+    assert report.reproduced, report.differences
 
     # the waiver line changed together with the total: rebuilt and committed both disagree
     number = doc["invoice_number"]
@@ -285,7 +285,7 @@ def test_waive_policy_takes_the_usage_after_the_stop_off_the_bill_before_contrac
     problems = {e["problem"] for e in result.examples if e.get("invoice_number") == number}
     assert "does not reproduce from its stamps" in problems
     assert "lines changed since its close" in problems
-    assert not verify_invoice(store, settings, number)["reproduced"]
+    assert not verify_invoice(store, settings, number).reproduced
 
 
 def _late_stop() -> pl.DataFrame:

@@ -189,12 +189,12 @@ def test_close_without_approve_reports_control_totals_and_writes_nothing(tmp_pat
     store, settings = scenario().home_at("oct_built", tmp_path / "h")
     before = {table: store.version(table) for table in (INVOICES, INVOICE_LINES)}
     result = close_month(store, settings, OCT, approve=False)
-    assert result["status"] == "needs_approval" and "--approve" in result["message"]
-    totals = result["control_totals"]
+    assert result.status == "needs_approval" and "--approve" in result.message
+    totals = result.control_totals
     assert totals["events"]["counted"] == len(OCTOBER)
     assert totals["duplicates"] == 0 and totals["quarantined"] == 0 and totals["conflicts"] == 0
     assert D(totals["rollup"]["output_tokens"]["sum"]) == D(110_223_456)
-    drafts = {i["account_id"]: i for i in result["invoices"]}
+    drafts = {i["account_id"]: i for i in result.invoices}
     assert {"acct-001", "acct-004", "acct-006", "acct-007"} <= set(drafts)
     assert D(totals["invoices"]["USD"]["total"]) == sum(D(i["total"]) for i in drafts.values())
     assert not store.exists(PERIOD_CLOSES)
@@ -286,8 +286,8 @@ def test_closing_a_closed_month_is_a_no_op(tmp_path):
     store, settings = scenario().home_at("oct_closed", tmp_path / "h")
     versions = {n: store.version(n) for n in (INVOICES, INVOICE_LINES, PERIOD_CLOSES)}
     result = close_month(store, settings, OCT, approve=True)
-    assert result["status"] == "already_closed" and "already closed" in result["message"]
-    assert len(result["invoices"]) == issued(store, OCT).height
+    assert result.status == "already_closed" and "already closed" in result.message
+    assert len(result.invoices) == issued(store, OCT).height
     assert {n: store.version(n) for n in versions} == versions
     assert refresh_drafts(store, settings.pricebooks, OCT)[0].is_empty()
 
@@ -395,7 +395,7 @@ def test_crash_before_the_marker_is_cleaned_and_redone_gapless(tmp_path):
     stray = settings.documents_dir / "invoices" / NOV / "UBX-2026-000099.pdf"
     stray.write_bytes(b"%PDF- from a crash before any row was written")
     result = close_month(store, settings, NOV, approve=True, now=NOV_ISSUED)
-    assert result["status"] == "closed"
+    assert result.status == "closed"
     again = issued(store, NOV).sort("invoice_number")
     assert again["invoice_number"].to_list() == done["invoice_number"].to_list()
     assert again["pdf_sha256"].to_list() == done["pdf_sha256"].to_list()

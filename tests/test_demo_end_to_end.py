@@ -28,5 +28,5 @@ def test_small_demo_runs_every_stage_and_verifies(tmp_path: Path) -> None:
     first = (
         store.read(INVOICES).filter(store.read(INVOICES)["status"] == "issued").row(0, named=True)
     )
-    assert verify_invoice(store, settings, first["invoice_number"])["reproduced"]
+    assert verify_invoice(store, settings, first["invoice_number"]).reproduced
     assert (settings.documents_dir / first["pdf_path"]).exists()

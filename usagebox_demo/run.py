@@ -25,6 +25,7 @@ from usagebox_pipelines.stages.events import update_events
 from usagebox_pipelines.stages.guardrails import raise_alerts
 from usagebox_pipelines.stages.ingest import ingest_files
 from usagebox_pipelines.stages.reconciliation import load_exports, reconcile_month
+from usagebox_pipelines.stages.results import CloseResult
 from usagebox_pipelines.storage import DeltaStore
 
 Say = Callable[[str], None]
@@ -86,7 +87,7 @@ def _reconcile(store: DeltaStore, settings: Settings, month: str, seed: int) -> 
     return result
 
 
-def _close(store: DeltaStore, settings: Settings, month: str) -> dict:
+def _close(store: DeltaStore, settings: Settings, month: str) -> CloseResult:
     from usagebox_pipelines.stages.close import close_month
 
     # The previous month holds only the demo's late events (a stub of a history we did not
@@ -95,7 +96,7 @@ def _close(store: DeltaStore, settings: Settings, month: str) -> dict:
 
 
 def _report(settings, store, month, nxt, ingest, late, recon, closed) -> dict:
-    invoices = closed.get("invoices", [])
+    invoices = closed.invoices
     totals: dict[str, str] = {}
     for inv in invoices:
         cur = inv.get("currency", "USD")

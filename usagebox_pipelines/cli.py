@@ -173,16 +173,14 @@ def verify(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Check the invariants of CONTRACT.md §5; exit 1 naming any that fail."""
-    from usagebox_pipelines.stages.verify import issued_intact
-    from usagebox_pipelines.stages.verify import verify as verify_tables
+    from usagebox_pipelines.stages.verify import verify_report
 
     period = parse_month(month) if month else None
     settings, store = open_home(home, pricebooks)
-    results = [*verify_tables(store, period), issued_intact(store, settings, period, render)]
-    failed = [r.name for r in results if not r.passed]
-    print_json({"passed": not failed, "failed": failed, "checks": [r.as_dict() for r in results]})
-    if failed:
-        raise InvariantError("invariants failed: " + ", ".join(failed))
+    report = verify_report(store, settings, period, render)
+    print_json(report.to_dict())
+    if report.failed:
+        raise InvariantError("invariants failed: " + ", ".join(report.failed))
 
 
 @app.command()

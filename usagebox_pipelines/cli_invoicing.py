@@ -62,7 +62,7 @@ def close(
     store, settings = _open(home, pricebooks)
     require_events(store)
     result = close_month(store, settings, period, approve=approve, run_id="cli-close", force=force)
-    print_json(result)
+    print_json(result.to_dict())
 
 
 def explain(
@@ -78,7 +78,7 @@ def explain(
     from usagebox_pipelines.stages.explain import explain_invoice
 
     store, settings = _open(home, pricebooks)
-    print_json(explain_invoice(store, settings, invoice_number, line, events))
+    print_json(explain_invoice(store, settings, invoice_number, line, events).to_dict())
 
 
 def invoices(
@@ -101,7 +101,7 @@ def invoices(
         raise UsageboxError("give the month: `usagebox invoices --month YYYY-MM --out DIR`")
     period = parse_month(month or month_option)
     store, settings = _open(home, pricebooks)
-    print_json(export_invoices(store, settings, period, out))
+    print_json(export_invoices(store, settings, period, out).to_dict())
 
 
 @invoice_app.command("verify")
@@ -115,6 +115,6 @@ def verify_invoice_command(
 
     store, settings = _open(home, pricebooks)
     report = verify_invoice(store, settings, invoice_number)
-    print_json(report)
-    if not report["reproduced"]:
+    print_json(report.to_dict())
+    if not report.reproduced:
         raise typer.Exit(1)

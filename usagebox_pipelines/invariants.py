@@ -2,17 +2,26 @@
 
 Each check returns an `InvariantResult` naming the invariant and up to a few offending rows,
 so `usagebox verify` and the Dagster asset checks report the same thing in the same words.
+Invariants 4 (draft lines = rated usage + adjustments) and 5 (issued invoices unchanged:
+committed rows, lines and files, numbering, `period_closes` rows) are here too as pure parts;
+stages/verify.py and stages/books.py read the tables and call them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import cast
 
 import polars as pl
 
+from usagebox_pipelines.invoicing.adjustments import billed_for_period
+from usagebox_pipelines.invoicing.numbering import parse_number
+from usagebox_pipelines.invoicing.stamps import json_or_none
 from usagebox_pipelines.rollups.usage_query import decimal_str
+from usagebox_pipelines.schemas import conform
 
 SAMPLE = 5
 
@@ -191,3 +200,201 @@ def _mismatch(left: pl.LazyFrame, right: pl.LazyFrame, keys, a: str, b: str) -> 
         .sort(keys)
         .collect(engine="streaming")
     )
+
+
+# --------------------------------------------------------------------------- invariant 4
+
+INVARIANT_4 = "4_invoice_lines_equal_rated_usage"
+
+
+def usage_quantity_mismatch(
+    monthly: pl.DataFrame, unrated: pl.DataFrame, drafts: pl.DataFrame
+) -> pl.DataFrame:
+    """4a. Per account × meter × model: draft usage quantity = billable `usage_monthly` of the
+    month (`monthly`, already filtered) − its unrated usage (`unrated`)."""
+    keys = ["account_id", "meter_id", "model_id"]
+    expected = pl.concat(
+        [monthly.select(*keys, q=pl.col("sum")), unrated.select(*keys, q=-pl.col("quantity"))]
+    )
+    billed = drafts.filter(pl.col("kind") == "usage").select(*keys, q=pl.col("quantity"))
+    return group_sums_differ(expected, billed, keys, "q", "usage quantity")
+
+
+def usage_amount_mismatch(rated_lines: pl.DataFrame, drafts: pl.DataFrame) -> pl.DataFrame:
+    """4b. Per account: draft usage amounts = the month's rated usage rounded per line."""
+    expected = rated_lines.filter(pl.col("kind") == "usage").select("account_id", "amount")
+    billed = drafts.filter(pl.col("kind") == "usage").select("account_id", "amount")
+    return group_sums_differ(expected, billed, ["account_id"], "amount", "usage amount")
+
+
+def restatement_mismatch(
+    period: str, rerated_lines: pl.DataFrame, issued: pl.DataFrame, drafts: pl.DataFrame
+) -> pl.DataFrame:
+    """4c. Per account, for closed month `period`: what was billed for it (`issued` lines) +
+    the draft adjustments for it = its rounded lines re-rated now (credit is not restated)."""
+    expected = rerated_lines.filter(pl.col("kind") != "credit").select("account_id", "amount")
+    before = billed_for_period(issued, period).filter(pl.col("kind") != "credit")
+    carried = drafts.filter((pl.col("kind") == "adjustment") & (pl.col("adjusts_period") == period))
+    billed = pl.concat([before, carried]).select("account_id", "amount")
+    return group_sums_differ(expected, billed, ["account_id"], "amount", f"restatement of {period}")
+
+
+def draft_lines_equal_rated(
+    month: str, drafts: pl.DataFrame, mismatches: Sequence[pl.DataFrame]
+) -> InvariantResult:
+    """4. The verdict over the mismatch frames of 4a–4c for the draft lines of `month`."""
+    bad = pl.concat(list(mismatches), how="diagonal_relaxed")
+    return InvariantResult(
+        INVARIANT_4,
+        bad.height == 0,
+        f"{drafts.height} draft lines of {month} checked; {bad.height} groups differ",
+        [{k: None if v is None else str(v) for k, v in r.items()} for r in bad.head(5).to_dicts()],
+    )
+
+
+def month_closed(month: str) -> InvariantResult:
+    """4 holds trivially for a closed month: its lines are issued, never drafts."""
+    return InvariantResult(INVARIANT_4, True, f"{month} is closed: issued invoices never change")
+
+
+def group_sums_differ(
+    expected: pl.DataFrame, actual: pl.DataFrame, keys: list[str], col: str, what: str
+) -> pl.DataFrame:
+    """Groups where Σ expected[col] ≠ Σ actual[col], with `check` naming what differs."""
+    a = expected.group_by(keys).agg(expected=pl.col(col).sum().cast(pl.Decimal(38, 12)))
+    b = actual.group_by(keys).agg(actual=pl.col(col).sum().cast(pl.Decimal(38, 12)))
+    zero = pl.lit(0).cast(pl.Decimal(38, 12))
+    joined = a.join(b, on=keys, how="full", coalesce=True, nulls_equal=True)
+    return (
+        joined.with_columns(pl.col("expected").fill_null(zero), pl.col("actual").fill_null(zero))
+        .filter(pl.col("expected") != pl.col("actual"))
+        .with_columns(check=pl.lit(what))
+    )
+
+
+# --------------------------------------------------------------------------- invariant 5
+
+
+def issued_unchanged(
+    documents: int, render: bool, rendered: int, problems: list[dict]
+) -> InvariantResult:
+    """5. The verdict over every problem found with the issued documents and their books."""
+    what = "rebuilt and re-rendered" if render else "rebuilt and checked against their close"
+    return InvariantResult(
+        "5_issued_invoices_unchanged",
+        not problems,
+        f"{documents} issued documents {what} ({rendered} PDFs rendered); {len(problems)} problems",
+        problems[:SAMPLE],
+    )
+
+
+def numbering_problems(numbers: list[str]) -> list[dict]:
+    """Issued numbers (of closed periods) unique and gapless per prefix."""
+    problems = []
+    dupes = sorted({n for n in numbers if numbers.count(n) > 1})
+    if dupes:
+        problems.append({"problem": f"invoice numbers issued twice: {', '.join(dupes[:5])}"})
+    by_prefix: dict[str, list[int]] = {}
+    for n in set(numbers):
+        prefix, _, seq = parse_number(n)
+        by_prefix.setdefault(prefix, []).append(seq)
+    for prefix, seqs in sorted(by_prefix.items()):
+        missing = sorted(set(range(1, max(seqs) + 1)) - set(seqs))
+        if missing:
+            problems.append(
+                {"problem": f"{prefix} numbers have gaps: sequence {missing[:5]} missing"}
+            )
+    return problems
+
+
+def close_row_problems(period: str, row: dict, docs: pl.DataFrame) -> list[dict]:
+    """A `period_closes` row lists exactly its invoices: count, first/last number, totals."""
+    numbers = sorted(docs["invoice_number"].to_list())
+    totals = {str(c): str(p["total"].sum()) for (c,), p in docs.group_by("currency")}
+    listed = cast(dict, json_or_none(row["totals"]) or {})
+    found = {
+        "invoices": len(numbers),
+        "first_number": numbers[0] if numbers else None,
+        "last_number": numbers[-1] if numbers else None,
+    }
+    out = [
+        {"period": period, "problem": f"period_closes.{k} is {row[k]!r}, issued: {v!r}"}
+        for k, v in found.items()
+        if row[k] != v
+    ]
+    if {k: _dec(v) for k, v in listed.items()} != {k: _dec(v) for k, v in totals.items()}:
+        out.append(
+            {"period": period, "problem": f"period_closes.totals {listed} != issued {totals}"}
+        )
+    return out
+
+
+def _dec(value: object) -> Decimal:
+    return Decimal(str(value))
+
+
+def committed_row_problems(
+    number: str, row: dict, committed: dict | None, columns: Sequence[str]
+) -> list[dict]:
+    """An issued invoice row against the row its close committed, column by column."""
+    if committed is None:
+        return [{"invoice_number": number, "problem": "not issued by its period's close"}]
+    changed = [k for k in columns if row[k] != committed[k]]
+    if not changed:
+        return []
+    return [
+        {
+            "invoice_number": number,
+            "problem": f"invoice row changed since its close: {', '.join(changed)}",
+            "stored": {k: _as_text(row[k]) for k in changed},
+            "committed": {k: _as_text(committed[k]) for k in changed},
+        }
+    ]
+
+
+def committed_lines_problems(
+    number: str, lines: pl.DataFrame, committed: pl.DataFrame, schema: pl.Schema
+) -> list[dict]:
+    """An issued document's lines against the lines its close committed (both conformed to
+    `schema`, in line order)."""
+    if same_rows(lines, committed, schema):
+        return []
+    return [{"invoice_number": number, "problem": "lines changed since its close"}]
+
+
+def same_rows(a: pl.DataFrame, b: pl.DataFrame, schema: pl.Schema) -> bool:
+    """Equal rows, column by column, once both are conformed to `schema` and line-ordered."""
+    a, b = conform(a, schema).sort("line_no"), conform(b, schema).sort("line_no")
+    return a.height == b.height and a.equals(b)
+
+
+def file_problems(
+    number: str, file: str | None, stored: str | None, committed: str | None
+) -> list[dict]:
+    """The stored PDF's sha256 (`file`, None when missing) against the stored and the
+    committed hash: a PDF replaced together with its stored hash still fails."""
+    if file is not None and file == stored and file == committed:
+        return []
+    return [
+        {
+            "invoice_number": number,
+            "problem": "stored PDF file is missing" if file is None else
+            "stored PDF file differs from the hash its close committed",
+            "file": file,
+            "stored": stored,
+            "committed": committed,
+        }
+    ]  # fmt: skip
+
+
+def unreproduced(number: str, diffs: list[dict]) -> dict:
+    """A document whose rebuild from its stamps differs from what is stored."""
+    return {
+        "invoice_number": number,
+        "problem": "does not reproduce from its stamps",
+        "differences": diffs[:3],
+    }
+
+
+def _as_text(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -20,6 +20,7 @@ from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.stages.close import close_month
 from usagebox_pipelines.stages.drafts import refresh_drafts
+from usagebox_pipelines.stages.results import NeedsApproval
 from usagebox_pipelines.stages.verify import draft_lines_match_rated
 
 GRACE_ENV = "USAGEBOX_CLOSE_GRACE_DAYS"
@@ -105,19 +106,19 @@ def issued_invoices(
         )
     except UsageboxError as exc:
         raise dg.Failure(description=f"close {month} refused: {exc}") from None
-    if result["status"] == "needs_approval":
+    if isinstance(result, NeedsApproval):
         raise dg.Failure(
             description=f"close {month} needs approval: run with config approve: true "
             f"(or set {AUTO_APPROVE_ENV}=1)",
-            metadata={"control_totals": dg.MetadataValue.json(result["control_totals"])},
+            metadata={"control_totals": dg.MetadataValue.json(result.control_totals)},
         )
-    context.log.info(f"{month}: {result['status']} with {len(result['invoices'])} document(s)")
+    context.log.info(f"{month}: {result.status} with {len(result.invoices)} document(s)")
     return dg.MaterializeResult(
         metadata={
-            "status": result["status"],
-            "documents": len(result["invoices"]),
-            "numbers": dg.MetadataValue.json([i["invoice_number"] for i in result["invoices"]]),
-            "events_table_version": result.get("events_table_version"),
+            "status": result.status,
+            "documents": len(result.invoices),
+            "numbers": dg.MetadataValue.json([i["invoice_number"] for i in result.invoices]),
+            "events_table_version": result.events_table_version,
         }
     )
 

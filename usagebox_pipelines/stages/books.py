@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import cast
 
 import polars as pl
 
+from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.catalog import (
     CREDIT_LEDGER,
     EVENTS,
@@ -35,9 +35,6 @@ from usagebox_pipelines.catalog import (
 )
 from usagebox_pipelines.invoicing.credit import balances, grants, ledger
 from usagebox_pipelines.invoicing.numbering import parse_number
-from usagebox_pipelines.invoicing.stamps import (
-    json_or_none,
-)
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.rollups.aggregate import rollup_hourly
 from usagebox_pipelines.storage import DeltaStore, writes_tables
@@ -189,51 +186,10 @@ def books_problems(store: DeltaStore) -> list[dict]:
     closed = closed_periods(store)
     problems = tampered_periods(store, closed)
     docs = issued_invoices(store, closed)
-    numbers = [n for n in docs["invoice_number"].to_list() if n]
-    dupes = sorted({n for n in numbers if numbers.count(n) > 1})
-    if dupes:
-        problems.append({"problem": f"invoice numbers issued twice: {', '.join(dupes[:5])}"})
-    by_prefix: dict[str, list[int]] = {}
-    for n in set(numbers):
-        prefix, _, seq = parse_number(n)
-        by_prefix.setdefault(prefix, []).append(seq)
-    for prefix, seqs in sorted(by_prefix.items()):
-        missing = sorted(set(range(1, max(seqs) + 1)) - set(seqs))
-        if missing:
-            problems.append(
-                {"problem": f"{prefix} numbers have gaps: sequence {missing[:5]} missing"}
-            )
+    problems += inv.numbering_problems([n for n in docs["invoice_number"].to_list() if n])
     for period, row in sorted(closed.items()):
-        problems += _row_problems(period, row, docs.filter(pl.col("period") == period))
+        problems += inv.close_row_problems(period, row, docs.filter(pl.col("period") == period))
     return problems
-
-
-def _row_problems(period: str, row: dict, docs: pl.DataFrame) -> list[dict]:
-    """A `period_closes` row lists exactly its invoices: count, first/last number, totals."""
-    numbers = sorted(docs["invoice_number"].to_list())
-    totals = {str(c): str(p["total"].sum()) for (c,), p in docs.group_by("currency")}
-    listed = cast(dict, json_or_none(row["totals"]) or {})
-    found = {
-        "invoices": len(numbers),
-        "first_number": numbers[0] if numbers else None,
-        "last_number": numbers[-1] if numbers else None,
-    }
-    out = [
-        {"period": period, "problem": f"period_closes.{k} is {row[k]!r}, issued: {v!r}"}
-        for k, v in found.items()
-        if row[k] != v
-    ]
-    if {k: _dec(v) for k, v in listed.items()} != {k: _dec(v) for k, v in totals.items()}:
-        out.append(
-            {"period": period, "problem": f"period_closes.totals {listed} != issued {totals}"}
-        )
-    return out
-
-
-def _dec(value: object):
-    from decimal import Decimal
-
-    return Decimal(str(value))
 
 
 def _max_seq(numbers: pl.Series) -> int | None:

@@ -61,6 +61,7 @@ from usagebox_pipelines.stages.events import (
     events_frame,
 )
 from usagebox_pipelines.stages.issue import issue_close
+from usagebox_pipelines.stages.results import AlreadyClosed, CloseResult, NeedsApproval
 from usagebox_pipelines.stages.verify import verify
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
@@ -93,17 +94,18 @@ def close_month(
     approved_by: str | None = None,
     run_id: str = "cli",
     force: bool = False,
-) -> dict:
+) -> CloseResult:
     """Close `month`: without `approve`, control totals and drafts (nothing written); with it,
     numbered, stamped, rendered invoices and the `period_closes` marker.
 
-    Raises InvariantError naming every reason the month cannot be closed. Closing a closed
-    month changes nothing and returns `status: already_closed`. `now` is the issue time
-    printed on the documents (default: the clock), `approved_by` who approved (default: the
-    user running it), both recorded. An earlier month with billable usage that is still open
-    refuses the close (UsageboxError: prepaid credit is drawn in issue order) unless `force`.
-    Holds the home's writer lease, so two approvals of one month issue each number once: the
-    second finds the month closed.
+    Returns NeedsApproval, Closed or AlreadyClosed (stages.results). Raises InvariantError
+    naming every reason the month cannot be closed. Closing a closed month changes nothing
+    and returns `status: already_closed`. `now` is the issue time printed on the documents
+    (default: the clock), `approved_by` who approved (default: the user running it), both
+    recorded. An earlier month with billable usage that is still open refuses the close
+    (UsageboxError: prepaid credit is drawn in issue order) unless `force`. Holds the home's
+    writer lease, so two approvals of one month issue each number once: the second finds the
+    month closed.
     """
     period_bounds(month)
     closed = closed_periods(store)
@@ -215,19 +217,18 @@ def _unrated_example(rows: pl.DataFrame) -> str:
     return f"account {first['account_id']}: {first['reason']}"
 
 
-def _needs_approval(store: DeltaStore, plan: ClosePlan) -> dict:
+def _needs_approval(store: DeltaStore, plan: ClosePlan) -> NeedsApproval:
     """What the approver checks before `--approve`; writes nothing. Costs about what the
     approved close costs before rendering: the same plan, plus a few aggregate scans."""
     n = plan.invoices.height
-    return {
-        "status": "needs_approval",
-        "period": plan.period,
-        "message": f"nothing written; review the control totals, then rerun with --approve to "
+    return NeedsApproval(
+        period=plan.period,
+        message=f"nothing written; review the control totals, then rerun with --approve to "
         f"issue {n} document(s) for {plan.period}",
-        "events_table_version": plan.events_version,
-        "control_totals": control_totals(store, plan.period, plan.events_version, plan),
-        "invoices": draft_summaries(plan.invoices, plan.lines),
-    }
+        events_table_version=plan.events_version,
+        control_totals=control_totals(store, plan.period, plan.events_version, plan),
+        invoices=draft_summaries(plan.invoices, plan.lines),
+    )
 
 
 def control_totals(
@@ -294,14 +295,13 @@ def _ingest_totals(store: DeltaStore, period: str) -> dict:
     }
 
 
-def _already_closed(store: DeltaStore, settings: Settings, month: str, row: dict) -> dict:
+def _already_closed(store: DeltaStore, settings: Settings, month: str, row: dict) -> AlreadyClosed:
     docs = issued_invoices(store).filter(pl.col("period") == month)
-    return {
-        "status": "already_closed",
-        "period": month,
-        "closed_at": row["closed_at"].isoformat(),
-        "message": f"{month} was already closed at {row['closed_at']:%Y-%m-%d %H:%M:%S} UTC; "
+    return AlreadyClosed(
+        period=month,
+        closed_at=row["closed_at"].isoformat(),
+        message=f"{month} was already closed at {row['closed_at']:%Y-%m-%d %H:%M:%S} UTC; "
         "nothing changed (issued invoices never change; later usage becomes adjustments)",
-        "events_table_version": row["events_table_version"],
-        "invoices": issued_summary(docs, settings.documents_dir),
-    }
+        events_table_version=row["events_table_version"],
+        invoices=issued_summary(docs, settings.documents_dir),
+    )

@@ -34,6 +34,7 @@ from usagebox_pipelines.stages.reproduce import (
     load_issued,
     rate_as_issued,
 )
+from usagebox_pipelines.stages.results import InvoiceExplanation
 from usagebox_pipelines.storage import DeltaStore
 
 #: Event ids listed per explained line at most (the count is always exact).
@@ -47,7 +48,7 @@ def explain_invoice(
     invoice_number: str,
     line_no: int | None = None,
     with_events: bool = False,
-) -> dict:
+) -> InvoiceExplanation:
     """The audit trail of an issued document, per line.
 
     Usage lines: the pricebook file, version and rate rule with the tier arithmetic, and the
@@ -71,21 +72,21 @@ def explain_invoice(
         for line in lines.iter_rows(named=True)
     ]
     inv_row = doc.invoice
-    return {
-        "invoice_number": invoice_number,
-        "document_type": inv_row["document_type"],
-        "account_id": inv_row["account_id"],
-        "period": doc.period,
-        "currency": inv_row["currency"],
-        "subtotal": str(inv_row["subtotal"]),
-        "total": str(inv_row["total"]),
-        "issued_at": inv_row["issued_at"].isoformat(),
-        "events_table_version": doc.version,
-        "pricebook_versions": json_or_none(inv_row["pricebook_versions"]),
-        "code_version": inv_row["code_version"],
-        "template_version": inv_row["template_version"],
-        "lines": explained,
-    }
+    return InvoiceExplanation(
+        invoice_number=invoice_number,
+        document_type=inv_row["document_type"],
+        account_id=inv_row["account_id"],
+        period=doc.period,
+        currency=inv_row["currency"],
+        subtotal=str(inv_row["subtotal"]),
+        total=str(inv_row["total"]),
+        issued_at=inv_row["issued_at"].isoformat(),
+        events_table_version=doc.version,
+        pricebook_versions=json_or_none(inv_row["pricebook_versions"]),
+        code_version=inv_row["code_version"],
+        template_version=inv_row["template_version"],
+        lines=explained,
+    )
 
 
 def _explain_line(

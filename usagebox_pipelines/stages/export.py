@@ -20,10 +20,13 @@ from usagebox_pipelines.stages.books import (
     closed_periods,
     issued_invoices,
 )
+from usagebox_pipelines.stages.results import InvoiceExport
 from usagebox_pipelines.storage import DeltaStore
 
 
-def export_invoices(store: DeltaStore, settings: Settings, month: str, out_dir: Path) -> dict:
+def export_invoices(
+    store: DeltaStore, settings: Settings, month: str, out_dir: Path
+) -> InvoiceExport:
     """Copy a closed month's issued PDFs (invoices and credit notes) and write `register.csv`.
 
     Every stored file is checked against its recorded sha256 first: a changed file stops the
@@ -44,14 +47,14 @@ def export_invoices(store: DeltaStore, settings: Settings, month: str, out_dir: 
         shutil.copyfile(source, target)
         files.append(str(target))
     register = write_register(docs, out_dir / "register.csv", load_accounts(settings.pricebooks))
-    return {
-        "period": month,
-        "out": str(out_dir),
-        "documents": len(files),
-        "credit_notes": docs.filter(pl.col("document_type") == "credit_note").height,
-        "files": files,
-        "register": str(register),
-    }
+    return InvoiceExport(
+        period=month,
+        out=str(out_dir),
+        documents=len(files),
+        credit_notes=docs.filter(pl.col("document_type") == "credit_note").height,
+        files=files,
+        register=str(register),
+    )
 
 
 def _checked_sources(documents_dir: Path, docs: pl.DataFrame) -> list[tuple[str, Path]]:

@@ -52,6 +52,7 @@ from usagebox_pipelines.stages.books import (
     unfinished_periods,
     write_ledger,
 )
+from usagebox_pipelines.stages.results import Closed
 from usagebox_pipelines.storage import NOT_NULL, DeltaStore
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def issue_close(
     now: datetime | None,
     approved_by: str | None,
     run_id: str,
-) -> dict:
+) -> Closed:
     """Number, stamp, render and write; the `period_closes` row goes last (commit marker)."""
     issued_at = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     remove_unfinished_closes(store, settings.documents_dir)
@@ -84,14 +85,13 @@ def issue_close(
     close_row = _close_row(plan, invoices, approved_by, run_id)
     _commit(store, plan.period, invoices, lines, close_row, run_id, plan.decisions_version)
     write_ledger(store, plan.accounts, run_id)  # derived from issued draws; after the marker
-    return {
-        "status": "closed",
-        "period": plan.period,
-        "closed_at": close_row["closed_at"].isoformat(),
-        "issued_at": issued_at.isoformat(),
-        "events_table_version": plan.events_version,
-        "invoices": issued_summary(invoices, settings.documents_dir),
-    }
+    return Closed(
+        period=plan.period,
+        closed_at=close_row["closed_at"].isoformat(),
+        issued_at=issued_at.isoformat(),
+        events_table_version=plan.events_version,
+        invoices=issued_summary(invoices, settings.documents_dir),
+    )
 
 
 def remove_unfinished_closes(store: DeltaStore, documents_dir: Path) -> list[str]:

@@ -57,6 +57,7 @@ from usagebox_pipelines.stages.books import (
     issued_invoices,
     issued_lines,
 )
+from usagebox_pipelines.stages.results import InvoiceVerification
 from usagebox_pipelines.storage import DeltaStore
 
 
@@ -199,7 +200,9 @@ def rebuild_document(store: DeltaStore, doc: IssuedDocument) -> tuple[dict | Non
     return rebuilt_document(doc.invoice, invoices, lines)
 
 
-def verify_invoice(store: DeltaStore, settings: Settings, invoice_number: str) -> dict:
+def verify_invoice(
+    store: DeltaStore, settings: Settings, invoice_number: str
+) -> InvoiceVerification:
     """Rebuild an issued document from its stamps and compare lines, totals and PDF bytes.
 
     `reproduced` is true only when the pricebook versions are unchanged, every line and total
@@ -221,19 +224,19 @@ def verify_invoice(store: DeltaStore, settings: Settings, invoice_number: str) -
         rerendered = pdf_sha256(pdf)
     stored_file = file_sha(settings.documents_dir, doc.invoice["pdf_path"])
     differences += pdf_differences(doc.invoice["pdf_sha256"], rerendered, stored_file)
-    return {
-        "invoice_number": invoice_number,
-        "reproduced": not differences,
-        "period": doc.period,
-        "account_id": doc.invoice["account_id"],
-        "events_table_version": doc.version,
-        "pricebook_versions": json_or_none(doc.invoice["pricebook_versions"]),
-        "lines": doc.lines.height,
-        "total": str(doc.invoice["total"]),
-        "pdf_sha256": {
+    return InvoiceVerification(
+        invoice_number=invoice_number,
+        reproduced=not differences,
+        period=doc.period,
+        account_id=doc.invoice["account_id"],
+        events_table_version=doc.version,
+        pricebook_versions=json_or_none(doc.invoice["pricebook_versions"]),
+        lines=doc.lines.height,
+        total=str(doc.invoice["total"]),
+        pdf_sha256={
             "stored": doc.invoice["pdf_sha256"],
             "rerendered": rerendered,
             "file": stored_file,
         },
-        "differences": differences,
-    }
+        differences=differences,
+    )

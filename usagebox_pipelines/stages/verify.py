@@ -1,8 +1,9 @@
 """`usagebox verify`: the invariants of CONTRACT.md §5 over the stored tables.
 
-Invariants 1–3 (ingest counts, events, rollups) and 4 (drafts equal rated usage) read the
-tables and call the pure checks of `invariants`. Invariant 5 (`issued_intact`, ADR 0007) is
-cheap by default; per closed period, with no PDF rendering:
+Every invariant reads the tables here and calls the pure checks of `invariants`: 1–3 (ingest
+counts, events, rollups), 4 (drafts equal rated usage) and 5 (`issued_intact`, ADR 0007; the
+numbering books are read by `books.books_problems`). `verify_report` is what `usagebox
+verify` prints. Invariant 5 is cheap by default; per closed period, with no PDF rendering:
 
 * **Committed.** The close's own commits of `invoices` and `invoice_lines` are found in the
   tables' Delta history (stage `close`, the period; books.close_commits) and read by time
@@ -43,7 +44,6 @@ from usagebox_pipelines.catalog import (
 )
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.events.raw import with_disposition
-from usagebox_pipelines.invoicing.adjustments import billed_for_period
 from usagebox_pipelines.invoicing.compare import line_differences, total_differences
 from usagebox_pipelines.invoicing.files import (
     file_sha,
@@ -61,7 +61,6 @@ from usagebox_pipelines.invoicing.stamps import frozen_problems
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts, load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
-from usagebox_pipelines.schemas import conform
 from usagebox_pipelines.stages.books import (
     all_lines,
     books_problems,
@@ -77,6 +76,7 @@ from usagebox_pipelines.stages.events import (
 )
 from usagebox_pipelines.stages.rating import rate_month
 from usagebox_pipelines.stages.reproduce import decisions_of_close, rebuild_period, rebuilt_document
+from usagebox_pipelines.stages.results import VerifyReport
 from usagebox_pipelines.storage import DeltaStore
 
 
@@ -96,6 +96,13 @@ def verify(store: DeltaStore, month: str | None = None) -> list[inv.InvariantRes
         inv.monthly_matches_hourly(hourly, store.scan(USAGE_MONTHLY), months),
         inv.events_inside_partitions(events, FIRST_HOUR),
     ]
+
+
+def verify_report(
+    store: DeltaStore, settings: Settings, month: str | None = None, render: bool = False
+) -> VerifyReport:
+    """`usagebox verify`: invariants 1–3 (`verify`) and 5 (`issued_intact`) in one report."""
+    return VerifyReport((*verify(store, month), issued_intact(store, settings, month, render)))
 
 
 def verify_ingest(store: DeltaStore) -> inv.InvariantResult:
@@ -145,86 +152,26 @@ def draft_lines_match_rated(
     per line; (c) per account and closed month Q, what was billed for Q + draft adjustments
     for Q = the rounded lines of Q re-rated now (prepaid credit is not restated, ADR 0003).
     """
-    name = "4_invoice_lines_equal_rated_usage"
     closed = closed_periods(store)
     if month in closed:
-        return inv.InvariantResult(name, True, f"{month} is closed: issued invoices never change")
+        return inv.month_closed(month)
     drafts = all_lines(store).filter(
         (pl.col("period") == month) & pl.col("invoice_number").is_null()
     )
-    bad = pl.concat(
-        [
-            _quantity_mismatch(store, month, drafts),
-            _amount_mismatch(store, pricebooks_dir, month, drafts),
-            _restatement_mismatch(store, pricebooks_dir, month, drafts, closed),
-        ],
-        how="diagonal_relaxed",
-    )
-    return inv.InvariantResult(
-        name,
-        bad.height == 0,
-        f"{drafts.height} draft lines of {month} checked; {bad.height} groups differ",
-        [{k: None if v is None else str(v) for k, v in r.items()} for r in bad.head(5).to_dicts()],
-    )
-
-
-def _quantity_mismatch(store: DeltaStore, month: str, drafts: pl.DataFrame) -> pl.DataFrame:
-    keys = ["account_id", "meter_id", "model_id"]
     monthly = store.scan(USAGE_MONTHLY).filter(
         (pl.col("month") == month) & pl.col("billable").fill_null(False)
     )
     unrated = store.scan(UNRATED_USAGE).filter(pl.col("period") == month)
-    expected = pl.concat(
-        [
-            monthly.select(*keys, q=pl.col("sum")).collect(),
-            unrated.select(*keys, q=-pl.col("quantity")).collect(),
-        ]
-    )
-    billed = drafts.filter(pl.col("kind") == "usage").select(*keys, q=pl.col("quantity"))
-    return _diff(expected, billed, keys, "q", "usage quantity")
-
-
-def _amount_mismatch(
-    store: DeltaStore, pricebooks_dir: Path, month: str, drafts: pl.DataFrame
-) -> pl.DataFrame:
-    rated = rated_of_month(store, pricebooks_dir, month)
-    expected = rated_lines(rated).filter(pl.col("kind") == "usage").select("account_id", "amount")
-    billed = drafts.filter(pl.col("kind") == "usage").select("account_id", "amount")
-    return _diff(expected, billed, ["account_id"], "amount", "usage amount")
-
-
-def _restatement_mismatch(
-    store: DeltaStore,
-    pricebooks_dir: Path,
-    month: str,
-    drafts: pl.DataFrame,
-    closed: dict[str, dict],
-) -> pl.DataFrame:
+    rated = rated_lines(rated_of_month(store, pricebooks_dir, month))
+    mismatches = [
+        inv.usage_quantity_mismatch(monthly.collect(), unrated.collect(), drafts),
+        inv.usage_amount_mismatch(rated, drafts),
+    ]
     issued = issued_lines(store, issued_invoices(store, closed))
-    parts = []
     for q in sorted(p for p in closed if p < month):
         now = rated_lines(rate_month(store, pricebooks_dir, q).rated)
-        expected = now.filter(pl.col("kind") != "credit").select("account_id", "amount")
-        before = billed_for_period(issued, q).filter(pl.col("kind") != "credit")
-        carried = drafts.filter((pl.col("kind") == "adjustment") & (pl.col("adjusts_period") == q))
-        billed = pl.concat([before, carried]).select("account_id", "amount")
-        parts.append(_diff(expected, billed, ["account_id"], "amount", f"restatement of {q}"))
-    return pl.concat(parts) if parts else pl.DataFrame()
-
-
-def _diff(
-    expected: pl.DataFrame, actual: pl.DataFrame, keys: list[str], col: str, what: str
-) -> pl.DataFrame:
-    """Groups where Σ expected[col] ≠ Σ actual[col], with `check` naming what differs."""
-    a = expected.group_by(keys).agg(expected=pl.col(col).sum().cast(pl.Decimal(38, 12)))
-    b = actual.group_by(keys).agg(actual=pl.col(col).sum().cast(pl.Decimal(38, 12)))
-    zero = pl.lit(0).cast(pl.Decimal(38, 12))
-    joined = a.join(b, on=keys, how="full", coalesce=True, nulls_equal=True)
-    return (
-        joined.with_columns(pl.col("expected").fill_null(zero), pl.col("actual").fill_null(zero))
-        .filter(pl.col("expected") != pl.col("actual"))
-        .with_columns(check=pl.lit(what))
-    )
+        mismatches.append(inv.restatement_mismatch(q, now, issued, drafts))
+    return inv.draft_lines_equal_rated(month, drafts, mismatches)
 
 
 #: Render in a process pool from this many documents on (a pool costs ~1 s to start).
@@ -269,26 +216,12 @@ def issued_intact(
                     diffs += total_differences(row, stored, rebuilt)
                     to_render.append((rebuilt, rlines, row["pdf_sha256"]))
                 if diffs:
-                    bad.append(_unreproduced(number, diffs))
+                    bad.append(inv.unreproduced(number, diffs))
     rendered = 0
     if render:
         bad += render_problems(store, closed, to_render, accounts)
         rendered = len(to_render)
-    what = "rebuilt and re-rendered" if render else "rebuilt and checked against their close"
-    return inv.InvariantResult(
-        "5_issued_invoices_unchanged",
-        not bad,
-        f"{docs.height} issued documents {what} ({rendered} PDFs rendered); {len(bad)} problems",
-        bad[: inv.SAMPLE],
-    )
-
-
-def _unreproduced(number: str, diffs: list[dict]) -> dict:
-    return {
-        "invoice_number": number,
-        "problem": "does not reproduce from its stamps",
-        "differences": diffs[:3],
-    }
+    return inv.issued_unchanged(docs.height, render, rendered, bad)
 
 
 # --------------------------------------------------------------------------- committed
@@ -312,51 +245,20 @@ def committed_problems(
     then_lines = store.read(INVOICE_LINES, version=int(line_commits[period]["version"])).filter(
         (pl.col("period") == period) & pl.col("invoice_number").is_not_null()
     )
-    out = []
+    out: list[dict] = []
     for row in docs.iter_rows(named=True):
         number = row["invoice_number"]
         committed = then_by.get(number)
+        out += inv.committed_row_problems(number, row, committed, INVOICES.schema.names())
         if committed is None:
-            out.append({"invoice_number": number, "problem": "not issued by its period's close"})
             continue
-        changed = [k for k in INVOICES.schema.names() if row[k] != committed[k]]
-        if changed:
-            out.append(
-                {
-                    "invoice_number": number,
-                    "problem": f"invoice row changed since its close: {', '.join(changed)}",
-                    "stored": {k: _as_text(row[k]) for k in changed},
-                    "committed": {k: _as_text(committed[k]) for k in changed},
-                }
-            )
         mine = pl.col("invoice_number") == number
-        if not _same_rows(lines.filter(mine), then_lines.filter(mine)):
-            out.append({"invoice_number": number, "problem": "lines changed since its close"})
+        out += inv.committed_lines_problems(
+            number, lines.filter(mine), then_lines.filter(mine), INVOICE_LINES.schema
+        )
         file = file_sha(documents_dir, row["pdf_path"])
-        if file is None or file != row["pdf_sha256"] or file != committed["pdf_sha256"]:
-            out.append(
-                {
-                    "invoice_number": number,
-                    "problem": "stored PDF file is missing" if file is None else
-                    "stored PDF file differs from the hash its close committed",
-                    "file": file,
-                    "stored": row["pdf_sha256"],
-                    "committed": committed["pdf_sha256"],
-                }
-            )  # fmt: skip
+        out += inv.file_problems(number, file, row["pdf_sha256"], committed["pdf_sha256"])
     return out
-
-
-def _same_rows(a: pl.DataFrame, b: pl.DataFrame) -> bool:
-    a, b = (
-        conform(a, INVOICE_LINES.schema).sort("line_no"),
-        conform(b, INVOICE_LINES.schema).sort("line_no"),
-    )
-    return a.height == b.height and a.equals(b)
-
-
-def _as_text(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 # --------------------------------------------------------------------------- render

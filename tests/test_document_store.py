@@ -20,6 +20,7 @@ from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.stages.books import issued_invoices
 from usagebox_pipelines.stages.close import close_month
 from usagebox_pipelines.stages.drafts import refresh_drafts
+from usagebox_pipelines.stages.export import export_invoices
 from usagebox_pipelines.stages.reproduce import verify_invoice
 from usagebox_pipelines.storage import DeltaStore, DocumentStore
 
@@ -146,6 +147,11 @@ def test_a_close_on_an_s3_home_stores_its_pdfs_under_the_home_and_verify_reads_t
     assert report["reproduced"], report["differences"]
     sha = report["pdf_sha256"]
     assert sha["stored"] == sha["rerendered"] == sha["file"]
+
+    exported = export_invoices(store, settings, OCT, tmp_path / "out")  # `invoices --out`
+    copy = tmp_path / "out" / f"{number}.pdf"
+    assert exported["documents"] == docs.height
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == docs["pdf_sha256"][0]
 
     documents = DocumentStore(s3_home)
     documents.put(docs["pdf_path"][0], b"%PDF- tampered")

@@ -49,6 +49,7 @@ from weasyprint import HTML
 from weasyprint.urls import URLFetcher
 
 from usagebox_pipelines.config import ASSETS_DIR, TEMPLATES_DIR
+from usagebox_pipelines.decimals import grouped_text, price_text, to_decimal
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 
 #: Metadata date used when the caller gives none: constant, so output never depends on the clock.
@@ -120,22 +121,15 @@ def format_money(value: Decimal | int | str | None, currency: str = "") -> str:
 
 def format_quantity(value: Decimal | int | str | None) -> str:
     """Exact quantity with separators and without trailing zeros: `1,250,000`, `0.5`."""
-    if value is None:
-        return ""
-    q = Decimal(str(value))
-    if q == q.to_integral_value():
-        return f"{q.to_integral_value():,}"
-    text = f"{q:,f}".rstrip("0").rstrip(".")
-    return text
+    return "" if value is None else grouped_text(to_decimal(value))
 
 
 def format_unit_price(value: Decimal | int | str | None, currency: str = "") -> str:
     """Unit prices keep sub-cent precision (`$0.0000025`), at least two decimals."""
     if value is None:
         return ""
-    p = Decimal(str(value)).normalize()
-    exp = max(2, -p.as_tuple().exponent) if p != 0 else 2
-    body = f"{abs(p):,.{exp}f}"
+    p = to_decimal(value)
+    body = price_text(abs(p))
     sign = "-" if p < 0 else ""
     symbol = CURRENCY_SYMBOLS.get(currency)
     return f"{sign}{symbol}{body}" if symbol is not None else f"{sign}{body} {currency}".rstrip()

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import polars as pl
 
-from usagebox_pipelines.rollups.usage_query import decimal_str
+from usagebox_pipelines.decimals import decimal_text
 
 SAMPLE = 5
 
@@ -42,7 +42,7 @@ def _plain(value: object) -> object:
     if value is None or isinstance(value, int | bool):
         return value
     if isinstance(value, Decimal):
-        return decimal_str(value)
+        return decimal_text(value)
     return str(value)
 
 

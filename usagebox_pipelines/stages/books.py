@@ -33,6 +33,7 @@ from usagebox_pipelines.catalog import (
     USAGE_HOURLY,
     Table,
 )
+from usagebox_pipelines.decimals import to_decimal
 from usagebox_pipelines.invoicing.credit import balances, grants, ledger
 from usagebox_pipelines.invoicing.numbering import parse_number
 from usagebox_pipelines.invoicing.stamps import (
@@ -223,17 +224,13 @@ def _row_problems(period: str, row: dict, docs: pl.DataFrame) -> list[dict]:
         for k, v in found.items()
         if row[k] != v
     ]
-    if {k: _dec(v) for k, v in listed.items()} != {k: _dec(v) for k, v in totals.items()}:
+    if {k: to_decimal(v) for k, v in listed.items()} != {
+        k: to_decimal(v) for k, v in totals.items()
+    }:
         out.append(
             {"period": period, "problem": f"period_closes.totals {listed} != issued {totals}"}
         )
     return out
-
-
-def _dec(value: object):
-    from decimal import Decimal
-
-    return Decimal(str(value))
 
 
 def _max_seq(numbers: pl.Series) -> int | None:

@@ -18,7 +18,8 @@ import polars as pl
 import psutil
 
 from usagebox_pipelines import schemas
-from usagebox_pipelines.pricing import load_accounts, load_pricebooks, period_bounds, rate_usage
+from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.pricing import load_accounts, load_pricebooks, rate_usage
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = [
@@ -47,7 +48,7 @@ def _kinds() -> pl.DataFrame:
 
 def synthetic_usage(n_rows: int, n_accounts: int, month: str) -> pl.DataFrame:
     """Deterministic pseudo-random hourly rollup rows for one month."""
-    start, end = period_bounds(month)
+    start, end = month_bounds(month)
     hours = int((end - start).total_seconds() // 3600)
     kinds = _kinds()
     i = pl.int_range(n_rows, dtype=pl.UInt64)

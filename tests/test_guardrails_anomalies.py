@@ -131,7 +131,7 @@ def _dense_reference(
     frame: pl.DataFrame, now: datetime, config: AnomalyConfig, data_from: datetime | None = None
 ) -> pl.DataFrame:
     """The former implementation: every series × every hour of the grid, lags by `shift`."""
-    start, end = an.period_bounds(PERIOD)
+    start, end = an.month_bounds(PERIOD)
     now = min(max(now, start), end)
     if frame.is_empty() or now <= start:
         return pl.DataFrame(schema=an.USAGE_ANOMALIES)

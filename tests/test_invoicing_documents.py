@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
 from decimal import Decimal
-from pathlib import Path
 
 import jinja2
 import polars as pl
@@ -19,8 +19,8 @@ from usagebox_pipelines.documents import (
     format_unit_price,
     html_to_pdf,
     jinja_env,
+    safe_csv_bytes,
     svg_bar_chart,
-    write_safe_csv,
 )
 
 D = Decimal
@@ -79,7 +79,7 @@ def test_templates_autoescape_and_refuse_undefined_names():
         env.from_string("{{ missing }}").render()
 
 
-def test_csv_neutralises_formulas_but_keeps_numbers_numeric(tmp_path: Path):
+def test_csv_neutralises_formulas_but_keeps_numbers_numeric():
     df = pl.DataFrame(
         {
             "name": ['=HYPERLINK("http://x")', "+1", "@SUM(A1)", "\tx", "-12.50", "-2+3", "ok"],
@@ -87,9 +87,8 @@ def test_csv_neutralises_formulas_but_keeps_numbers_numeric(tmp_path: Path):
             "count": [-1, 2, 3, 4, 5, 6, 7],
         }
     )
-    path = write_safe_csv(df, tmp_path / "out" / "x.csv")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    text = safe_csv_bytes(df).decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     assert [r["name"] for r in rows] == [
         '\'=HYPERLINK("http://x")',
         "'+1",
@@ -100,7 +99,6 @@ def test_csv_neutralises_formulas_but_keeps_numbers_numeric(tmp_path: Path):
         "ok",
     ]
     assert rows[0]["total"].startswith("-360.00") and rows[0]["count"] == "-1"
-    assert list(tmp_path.joinpath("out").iterdir()) == [path]  # no temp file left behind
 
 
 def test_svg_chart_escapes_labels_and_has_no_external_references():

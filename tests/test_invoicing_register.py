@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import csv
+import io
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 from tests.test_invoicing_fixtures import account, rate_output_tokens, rated
 from usagebox_pipelines.invoicing.lines import build_draft_invoices
 from usagebox_pipelines.invoicing.numbering import issue_documents
-from usagebox_pipelines.invoicing.register import REGISTER_COLUMNS, write_register
+from usagebox_pipelines.invoicing.register import REGISTER_COLUMNS, register_csv
 
 D = Decimal
 
 
-def test_register_lists_documents_in_number_order_and_is_formula_safe(tmp_path: Path):
+def test_register_lists_documents_in_number_order_and_is_formula_safe():
     accounts = [
         account("acct-001", name='=HYPERLINK("http://evil.example","pay here")'),
         account("acct-002", name="-Minus Corp"),
@@ -28,9 +28,8 @@ def test_register_lists_documents_in_number_order_and_is_formula_safe(tmp_path: 
         invoices, lines, last_seq=0, prefix="UBX", issued_at=datetime(2026, 11, 2, tzinfo=UTC)
     )
     late, _ = build_draft_invoices(rated(rate_output_tokens(D(5), "acct-003")), accounts, "2026-10")
-    path = write_register(invoices.vstack(late), tmp_path / "register.csv", accounts)
-    with open(path, newline="", encoding="utf-8") as fh:
-        out = list(csv.DictReader(fh))
+    text = register_csv(invoices.vstack(late), accounts).decode("utf-8")
+    out = list(csv.DictReader(io.StringIO(text, newline="")))
     assert list(out[0]) == REGISTER_COLUMNS
     assert [r["invoice_number"] for r in out] == ["UBX-2026-000001", "UBX-2026-000002", ""]
     assert out[0]["account_name"] == '\'=HYPERLINK("http://evil.example","pay here")'

@@ -22,9 +22,10 @@ import pytest
 
 from usagebox_pipelines import schemas
 from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing import load_accounts, load_pricebooks, rate_usage, round_money
 from usagebox_pipelines.pricing.contract import INVOICE_LINE_KEYS
-from usagebox_pipelines.pricing.rating import RatingResult, period_bounds
+from usagebox_pipelines.pricing.rating import RatingResult
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pricebooks" / "rating"
 BOOKS = load_pricebooks(FIXTURES)
@@ -367,7 +368,7 @@ def test_unrated_groups_hours_and_keeps_the_first_hour() -> None:
 def test_bad_period_is_a_user_error() -> None:
     with pytest.raises(UsageboxError, match="period must be YYYY-MM"):
         rate(usage(), period="2026-13")
-    assert period_bounds("2026-12") == (hour(1, month=12), datetime(2027, 1, 1, tzinfo=UTC))
+    assert month_bounds("2026-12") == (hour(1, month=12), datetime(2027, 1, 1, tzinfo=UTC))
 
 
 # ---- currencies ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import date
 from decimal import Decimal
@@ -18,7 +19,7 @@ from usagebox_pipelines.reconciliation.attribution import cost_attribution
 from usagebox_pipelines.reconciliation.loaders import load_vendor_exports
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
 from usagebox_pipelines.reconciliation.reconcile import metered_daily, reconcile
-from usagebox_pipelines.reconciliation.reports import write_reconciliation_reports
+from usagebox_pipelines.reconciliation.reports import render_reconciliation_reports
 
 PERIOD = "2026-10"
 
@@ -142,7 +143,7 @@ def test_same_seed_same_exports(demo, tmp_path):
             assert Path(a).read_bytes() == Path(b).read_bytes()
 
 
-def test_reports_are_formula_safe_and_summary_comes_first(demo, tmp_path):
+def test_reports_are_formula_safe_and_summary_comes_first(demo):
     recon = demo["recon"].with_columns(
         note=pl.when(pl.col("status") == "credit")
         .then(pl.lit('=HYPERLINK("http://evil.example","x")'))
@@ -151,10 +152,11 @@ def test_reports_are_formula_safe_and_summary_comes_first(demo, tmp_path):
     attribution = cost_attribution(
         demo["usage"], demo["costs"], rated_usage(demo["usage"], PERIOD), demo["mapping"], PERIOD
     )
-    paths = write_reconciliation_reports(
-        recon, attribution, tmp_path, changes=demo["loads"]["anthropic"].superseded
+    files = render_reconciliation_reports(
+        recon, attribution, changes=demo["loads"]["anthropic"].superseded
     )
-    text = paths["reconciliation_csv"].read_text()
+    paths = {name: io.BytesIO(data) for name, (_, data) in files.items()}
+    text = files["reconciliation_csv"][1].decode("utf-8")
     assert "'=HYPERLINK" in text and ",=HYPERLINK" not in text
     (credit,) = _kinds(demo, "credit")
     assert f",{credit['expected_amount']:.12f}," in text  # numbers stay numbers, negatives too

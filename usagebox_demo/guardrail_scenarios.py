@@ -22,7 +22,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from usagebox_pipelines.pricing.rating import period_bounds
+from usagebox_pipelines.months import month_bounds
 
 TEAM_ACCOUNT = "acct-003"
 TEAM_MODEL = "claude-haiku-4-5"
@@ -50,7 +50,7 @@ def plant_guardrail_scenarios(out_dir: Path, month: str) -> list[Path]:
 
 def surge_hour(month: str):
     """The UTC hour the surge is planted in (day 21, 15:00)."""
-    start, _ = period_bounds(month)
+    start, _ = month_bounds(month)
     return start.replace(day=SURGE_DAY, hour=SURGE_HOUR)
 
 
@@ -69,7 +69,7 @@ def _event(event_id: str, account: str, model: str, tokens: int, at, feature: st
 
 
 def _team_rows(month: str) -> list[dict]:
-    start, end = period_bounds(month)
+    start, end = month_bounds(month)
     hours = int((end - start) / timedelta(hours=1))
     return [
         _event(

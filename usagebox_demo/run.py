@@ -26,7 +26,7 @@ from usagebox_pipelines.stages.guardrails import raise_alerts
 from usagebox_pipelines.stages.ingest import ingest_files
 from usagebox_pipelines.stages.reconciliation import load_exports, reconcile_month
 from usagebox_pipelines.stages.results import CloseResult
-from usagebox_pipelines.storage import DeltaStore
+from usagebox_pipelines.storage import DeltaStore, DocumentStore
 
 Say = Callable[[str], None]
 
@@ -118,7 +118,7 @@ def _report(settings, store, month, nxt, ingest, late, recon, closed) -> dict:
         "late_ingest": {k: v for k, v in late.__dict__.items() if k != "errors"},
         "invoices_issued": len(invoices),
         "invoice_totals": totals,
-        "invoice_pdfs": str(settings.documents_dir / "invoices" / month),
+        "invoice_pdfs": DocumentStore(settings.home).uri(f"invoices/{month}"),
         "next_month_adjustment_lines": int(adjustments[0, 0]) if adjustments is not None else 0,
         "next_month_adjustment_total": str(adjustments[0, 1]) if adjustments is not None else "0",
         "reconciliation": recon["summary"],

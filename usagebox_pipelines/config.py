@@ -76,7 +76,12 @@ class Settings:
 
     @property
     def local_home(self) -> Path:
-        """A local folder for documents and the Dagster instance (a temp area for s3 homes)."""
+        """A local folder for the Dagster instance and the inbox (a temp area for s3 homes).
+
+        Documents are not kept here: invoices, credit notes and reports go to the home itself
+        (`storage.DocumentStore`, `<home>/documents`), on object storage too. Only the Dagster
+        instance (run history, logs) stays local for an `s3://` home.
+        """
         if is_object_store(self.home):
             safe = self.home.split("://", 1)[1].replace("/", "_")
             return Path(os.environ.get("TMPDIR", "/tmp")) / "usagebox" / safe
@@ -84,4 +89,8 @@ class Settings:
 
     @property
     def documents_dir(self) -> Path:
-        return self.local_home / "documents"
+        """`<home>/documents` of a local home (tests and local tools); an `s3://` home has no
+        local documents folder: use `storage.DocumentStore(home)`."""
+        if is_object_store(self.home):
+            raise ValueError(f"{self.home} is on object storage: its documents are in the store")
+        return Path(self.home) / "documents"

@@ -13,13 +13,13 @@ the security and determinism rules live in one place:
 
 Usage::
 
-    from usagebox_pipelines.documents import render_pdf, write_safe_csv, svg_bar_chart
+    from usagebox_pipelines.documents import render_pdf, safe_csv_bytes, svg_bar_chart
 
     chart = svg_bar_chart([("gpt-4o", Decimal("812.40")), ("claude-opus-4-1", Decimal("95"))],
                           value_format=lambda v: f"${v:,.2f}")
     pdf: bytes = render_pdf("recon_v1.html.j2", {"rows": rows, "chart": chart},
                             created=datetime(2026, 11, 1, tzinfo=UTC))
-    write_safe_csv(df, Path("out/recon.csv"))   # '=HYPERLINK(..)' is written as "'=HYPERLINK(..)"
+    csv: bytes = safe_csv_bytes(df)   # '=HYPERLINK(..)' is written as "'=HYPERLINK(..)"
 
 In a template: `<link rel="stylesheet" href="base.css">` (resolved against `templates/`),
 `<img src="{{ asset_url('logo.svg') }}">` for files in `assets/`, `{{ chart }}` for a chart
@@ -30,9 +30,9 @@ In a template: `<link rel="stylesheet" href="base.css">` (resolved against `temp
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -49,6 +49,7 @@ from weasyprint import HTML
 from weasyprint.urls import URLFetcher
 
 from usagebox_pipelines.config import ASSETS_DIR, TEMPLATES_DIR
+from usagebox_pipelines.decimals import grouped_text, price_text, to_decimal
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 
 #: Metadata date used when the caller gives none: constant, so output never depends on the clock.
@@ -120,22 +121,15 @@ def format_money(value: Decimal | int | str | None, currency: str = "") -> str:
 
 def format_quantity(value: Decimal | int | str | None) -> str:
     """Exact quantity with separators and without trailing zeros: `1,250,000`, `0.5`."""
-    if value is None:
-        return ""
-    q = Decimal(str(value))
-    if q == q.to_integral_value():
-        return f"{q.to_integral_value():,}"
-    text = f"{q:,f}".rstrip("0").rstrip(".")
-    return text
+    return "" if value is None else grouped_text(to_decimal(value))
 
 
 def format_unit_price(value: Decimal | int | str | None, currency: str = "") -> str:
     """Unit prices keep sub-cent precision (`$0.0000025`), at least two decimals."""
     if value is None:
         return ""
-    p = Decimal(str(value)).normalize()
-    exp = max(2, -p.as_tuple().exponent) if p != 0 else 2
-    body = f"{abs(p):,.{exp}f}"
+    p = to_decimal(value)
+    body = price_text(abs(p))
     sign = "-" if p < 0 else ""
     symbol = CURRENCY_SYMBOLS.get(currency)
     return f"{sign}{symbol}{body}" if symbol is not None else f"{sign}{body} {currency}".rstrip()
@@ -273,24 +267,17 @@ def safe_csv_frame(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(neutralise_cell(pl.col(c).cast(pl.String)).alias(c) for c in text)
 
 
-def write_safe_csv(df: pl.DataFrame, path: Path, *, excel_bom: bool = False) -> Path:
-    """Write `df` as UTF-8 CSV safe to open in Excel/Sheets, atomically (temp file + rename).
+def safe_csv_bytes(df: pl.DataFrame, *, excel_bom: bool = False) -> bytes:
+    """`df` as UTF-8 CSV bytes safe to open in Excel/Sheets (store them with a DocumentStore).
 
     Numeric columns (Decimal, int) are written as numbers, negatives included, so finance can
     sum them; only text cells get the apostrophe guard. Column names are written as given.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    safe = safe_csv_frame(df)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        safe.write_csv(tmp, include_bom=excel_bom, datetime_format="%Y-%m-%dT%H:%M:%S%.fZ")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    buffer = io.BytesIO()
+    safe_csv_frame(df).write_csv(
+        buffer, include_bom=excel_bom, datetime_format="%Y-%m-%dT%H:%M:%S%.fZ"
+    )
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- SVG chart

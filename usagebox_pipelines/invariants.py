@@ -17,10 +17,10 @@ from typing import cast
 
 import polars as pl
 
+from usagebox_pipelines.decimals import decimal_text, to_decimal
 from usagebox_pipelines.invoicing.adjustments import billed_for_period
 from usagebox_pipelines.invoicing.numbering import parse_number
 from usagebox_pipelines.invoicing.stamps import json_or_none
-from usagebox_pipelines.rollups.usage_query import decimal_str
 from usagebox_pipelines.schemas import conform
 
 SAMPLE = 5
@@ -51,7 +51,7 @@ def _plain(value: object) -> object:
     if value is None or isinstance(value, int | bool):
         return value
     if isinstance(value, Decimal):
-        return decimal_str(value)
+        return decimal_text(value)
     return str(value)
 
 
@@ -322,15 +322,13 @@ def close_row_problems(period: str, row: dict, docs: pl.DataFrame) -> list[dict]
         for k, v in found.items()
         if row[k] != v
     ]
-    if {k: _dec(v) for k, v in listed.items()} != {k: _dec(v) for k, v in totals.items()}:
+    if {k: to_decimal(v) for k, v in listed.items()} != {
+        k: to_decimal(v) for k, v in totals.items()
+    }:
         out.append(
             {"period": period, "problem": f"period_closes.totals {listed} != issued {totals}"}
         )
     return out
-
-
-def _dec(value: object) -> Decimal:
-    return Decimal(str(value))
 
 
 def committed_row_problems(

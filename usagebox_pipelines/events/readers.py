@@ -300,6 +300,8 @@ def _parse_line(line: str) -> tuple[dict | None, str | None]:
 
 
 def _scalar_text(value: object) -> str | None:
+    """A JSON input scalar as the text the fast path decodes it to (`true`, `12.5`): input
+    parsing, not `decimals` formatting of our own numbers."""
     if value is None:
         return None
     if isinstance(value, bool):

@@ -26,8 +26,8 @@ import polars as pl
 
 from usagebox_pipelines import schemas
 from usagebox_pipelines.guardrails.schemas import USAGE_ANOMALIES
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts
-from usagebox_pipelines.pricing.rating import period_bounds
 
 TOKEN_SURGE = "token_surge"
 SPEND_SPIKE = "spend_spike"
@@ -62,7 +62,7 @@ def detect_anomalies(
     over the month and the `baseline_days` before it). `data_from`: the first hour any data
     exists (default: the earliest hour in `series`).
     """
-    start, end = period_bounds(period)
+    start, end = month_bounds(period)
     now = min(max(now, start), end)
     if series.is_empty() or now <= start:
         return pl.DataFrame(schema=USAGE_ANOMALIES)

@@ -47,6 +47,8 @@ def decision_id(*parts: object) -> str:
 
 
 def _text(value: object) -> str:
+    """The text hashed into decision ids: `str()` of Decimals as they are (scale kept), ISO
+    times. Not `decimals.plain`: ids must never change, so this stays as it was."""
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)

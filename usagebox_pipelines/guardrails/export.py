@@ -20,15 +20,14 @@ from decimal import Decimal
 
 import polars as pl
 
+from usagebox_pipelines.decimals import decimal_text
+
 POLICY_VERSION = 1
 
 
 def money(value: Decimal | None) -> str | None:
     """Exact decimal text without trailing zeros (`6.1294762805`, `400`)."""
-    if value is None:
-        return None
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "") else text
+    return None if value is None else decimal_text(value)
 
 
 def _time(value: datetime | None) -> str | None:

@@ -27,11 +27,12 @@ from decimal import Decimal
 import polars as pl
 
 from usagebox_pipelines import schemas
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.contract import INVOICE_LINE_KEYS
 from usagebox_pipelines.pricing.money import minor_units, round_money
 from usagebox_pipelines.pricing.pricebook import PricebookSet
-from usagebox_pipelines.pricing.rating import period_bounds, rate_usage
+from usagebox_pipelines.pricing.rating import rate_usage
 
 HOUR = timedelta(hours=1)
 # Unit separator: cannot occur in account ids (pricing.accounts._ID_RE) or in canonical units.
@@ -92,7 +93,7 @@ def month_usage(
     such as now - 1 h, which need event times). Rollup rows count at their hour start, events
     at their timestamp (a correction at its original's hour, where it is counted).
     """
-    start, end = period_bounds(period)
+    start, end = month_bounds(period)
     now = min(now, end)
     closed_end = floor_hour(now)
     ok_events = events.filter(
@@ -366,7 +367,7 @@ def _hourly_amounts(
         .group_by("account_id", "hour", "meter_id", "model_id")
         .agg(gross=pl.col("amount").sum().cast(schemas.MONEY), velocity=pl.col("velocity").sum())
     )
-    start, end = period_bounds(period)
+    start, end = month_bounds(period)
     quantities = (
         usage.filter(
             pl.col("billable").fill_null(False) & (pl.col("hour") >= start) & (pl.col("hour") < end)

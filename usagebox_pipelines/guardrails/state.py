@@ -28,9 +28,9 @@ from usagebox_pipelines.guardrails.spend import (
     hourly_amounts,
     spend_at,
 )
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.pricebook import PricebookSet
-from usagebox_pipelines.pricing.rating import period_bounds
 
 _TICK = Decimal(1).scaleb(-12)
 _MICROS_PER_HOUR = Decimal(3_600_000_000)
@@ -102,7 +102,7 @@ def _evaluate_spend(
     pricebooks: PricebookSet,
     accounts: Accounts,
 ) -> SpendEvaluation:
-    start, end = period_bounds(period)
+    start, end = month_bounds(period)
     now = min(max(now, start), end)
     ctx = _Context(usage, period, pricebooks, accounts, tree.membership())
     w1, w24 = max(start, now - HOUR), max(start, now - 24 * HOUR)

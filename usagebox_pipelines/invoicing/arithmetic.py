@@ -7,8 +7,8 @@ from typing import Any
 
 import polars as pl
 
+from usagebox_pipelines.decimals import plain, price_text
 from usagebox_pipelines.documents import format_quantity
-from usagebox_pipelines.invoicing.stamps import plain
 from usagebox_pipelines.pricing.money import minor_units, round_decimal
 from usagebox_pipelines.pricing.pricebook import (
     PricebookVersion,
@@ -74,12 +74,12 @@ def _step_text(rate: Rate, s: dict, amount: Decimal, first: bool, many_versions:
     qty = format_quantity(s["quantity"])
     if rate.price_model == "package" and s["unit_price"]:
         packages = (s["amount"] / s["unit_price"]).to_integral_value()
-        text = f"{packages:,} package(s) of {plain(s['per'])} × {_price(s['unit_price'])}"
+        text = f"{packages:,} package(s) of {plain(s['per'])} × {price_text(s['unit_price'])}"
     elif rate.price_model == "flat":
-        text = f"flat fee {_price(s['unit_price'])}"
+        text = f"flat fee {price_text(s['unit_price'])}"
     else:
         word = ("first " if first else "next ") if rate.price_model == "graduated" else ""
-        text = f"{word}{qty} × {_price(s['unit_price'])}/{_per(s['per'])}"
+        text = f"{word}{qty} × {price_text(s['unit_price'])}/{_per(s['per'])}"
     if many_versions:
         tier = f"tier {s['tier']}, " if s["tier"] is not None else ""
         text += f" ({tier}prices from {s['price_version']})"
@@ -90,7 +90,8 @@ def line_arithmetic(line: dict) -> str:
     if line["per"] is None or line["unit_price"] is None:
         return f"{plain(line['exact_amount'])} → {line['amount']}"
     return (
-        f"{format_quantity(line['quantity'])} × {_price(line['unit_price'])}/{_per(line['per'])}"
+        f"{format_quantity(line['quantity'])} × {price_text(line['unit_price'])}"
+        f"/{_per(line['per'])}"
         f" = {plain(line['exact_amount'])} → {line['amount']}"
     )
 
@@ -98,10 +99,3 @@ def line_arithmetic(line: dict) -> str:
 def _per(per: Decimal) -> str:
     n = int(per) if per == per.to_integral_value() else per
     return {1: "1", 1_000: "1K", 1_000_000: "1M", 1_000_000_000: "1B"}.get(n, f"{n:,}")
-
-
-def _price(value: Decimal) -> str:
-    """Unit prices with at least two decimals and no trailing noise: 8.00, 3.125, 0.0000025."""
-    p = value.normalize()
-    places = max(2, -p.as_tuple().exponent) if p != 0 else 2
-    return f"{value:,.{places}f}"

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import polars as pl
 
-from usagebox_pipelines.invoicing.stamps import plain_text, recorded_fingerprints
+from usagebox_pipelines.decimals import plain_text
+from usagebox_pipelines.invoicing.stamps import recorded_fingerprints
 from usagebox_pipelines.pricing.pricebook import PricebookSet
 from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES, conform
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import polars as pl
 
+from usagebox_pipelines.decimals import grouped_text
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.hard_stop import waiver_description
@@ -257,9 +258,7 @@ def _common_items(dims: list[str]) -> dict:
 
 
 def _plain(value: Decimal | None) -> str:
-    if value is None:
-        return ""
-    return f"{value.normalize():,f}" if value != value.to_integral_value() else f"{int(value):,}"
+    return "" if value is None else grouped_text(value)
 
 
 # --------------------------------------------------------------------------- one account

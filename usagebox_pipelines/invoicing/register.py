@@ -2,17 +2,16 @@
 
 Amounts stay numeric (negative credit notes included) so finance can sum the column; text
 cells that a spreadsheet would run as a formula (an account named `=HYPERLINK(...)`) are
-neutralised by documents.write_safe_csv.
+neutralised by documents.safe_csv_bytes.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from usagebox_pipelines.documents import write_safe_csv
+from usagebox_pipelines.documents import safe_csv_bytes
 from usagebox_pipelines.invoicing.lines import field
 
 REGISTER_COLUMNS = [
@@ -45,9 +44,9 @@ def register_frame(invoices: pl.DataFrame, accounts: Any = None) -> pl.DataFrame
     return ordered.select(REGISTER_COLUMNS)
 
 
-def write_register(invoices: pl.DataFrame, path: Path, accounts: Any = None) -> Path:
-    """Write the register CSV to `path` (formula-injection safe, atomic)."""
-    return write_safe_csv(register_frame(invoices, accounts), Path(path))
+def register_csv(invoices: pl.DataFrame, accounts: Any = None) -> bytes:
+    """The register as CSV bytes (formula-injection safe)."""
+    return safe_csv_bytes(register_frame(invoices, accounts))
 
 
 def _names(invoices: pl.DataFrame, accounts: Any) -> dict[str, str]:

@@ -4,11 +4,11 @@ reports: pure, no I/O."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from decimal import Decimal
 
 import polars as pl
 
+from usagebox_pipelines.decimals import plain, plain_row, plain_text  # noqa: F401 (re-exported)
 from usagebox_pipelines.pricing.pricebook import (
     PricebookError,
     PricebookSet,
@@ -60,24 +60,3 @@ def frozen_problems(books: PricebookSet, issued: pl.DataFrame) -> list[str]:
     except PricebookError as exc:
         return [str(exc)]
     return []
-
-
-def plain(value: object) -> object:
-    """JSON-friendly scalar: Decimals as exact strings, times as ISO text."""
-    if isinstance(value, Decimal):
-        # exact Decimal(38, 12) values lose their padding; money and YAML terms keep theirs
-        exponent = value.as_tuple().exponent
-        exact = isinstance(exponent, int) and exponent <= -12
-        return f"{value.normalize():f}" if exact else str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-def plain_row(row: dict) -> dict:
-    return {k: plain(v) for k, v in row.items()}
-
-
-def plain_text(value: object) -> str | None:
-    out = plain(value)
-    return None if out is None else str(out)

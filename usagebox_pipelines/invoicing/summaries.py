@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 
 from usagebox_pipelines.invoicing.lines import line_documents
@@ -76,7 +74,8 @@ def draft_summaries(invoices: pl.DataFrame, lines: pl.DataFrame) -> list[dict]:
     ]
 
 
-def issued_summary(invoices: pl.DataFrame, documents_dir: Path) -> list[dict]:
+def issued_summary(invoices: pl.DataFrame, documents_root: str) -> list[dict]:
+    """One summary per document; `pdf` is where it is stored (`<home>/documents/...`)."""
     return [
         {
             "invoice_number": r["invoice_number"],
@@ -84,7 +83,7 @@ def issued_summary(invoices: pl.DataFrame, documents_dir: Path) -> list[dict]:
             "account_id": r["account_id"],
             "total": str(r["total"]),
             "currency": r["currency"],
-            "pdf": str(Path(documents_dir) / r["pdf_path"]) if r["pdf_path"] else None,
+            "pdf": f"{documents_root}/{r['pdf_path']}" if r["pdf_path"] else None,
             "pdf_sha256": r["pdf_sha256"],
         }
         for r in invoices.sort("invoice_number").iter_rows(named=True)

@@ -14,7 +14,7 @@ from usagebox_pipelines.pricing.pricebook import (
     load_pricebook_file,
     load_pricebooks,
 )
-from usagebox_pipelines.pricing.rating import RatingResult, period_bounds, rate_usage
+from usagebox_pipelines.pricing.rating import RatingResult, rate_usage
 from usagebox_pipelines.pricing.reprice import reprice_impact
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "load_accounts",
     "load_pricebook_file",
     "load_pricebooks",
-    "period_bounds",
     "rate_usage",
     "reprice_impact",
     "round_decimal",

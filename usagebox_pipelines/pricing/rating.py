@@ -69,11 +69,6 @@ class RatingResult:
         return self.unrated.height > 0
 
 
-def period_bounds(period: str) -> tuple[datetime, datetime]:
-    """`YYYY-MM` → the half-open UTC window [first hour, first hour of next month)."""
-    return month_bounds(period)
-
-
 def rate_usage(
     usage_hourly: pl.DataFrame | pl.LazyFrame,
     period: str,
@@ -86,7 +81,7 @@ def rate_usage(
     `opening_credit` is the prepaid balance carried from the previous period's
     `closing_credit`; accounts missing from it start from their `prepaid_credit`.
     """
-    start, end = period_bounds(period)
+    start, end = month_bounds(period)
     usage = _billable(usage_hourly, start, end)
     rows = usage.join(_account_frame(usage, pricebooks, accounts), on="account_id", how="left")
     rows = _with_rates(_with_versions(rows, pricebooks), pricebooks)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import polars as pl
 
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.money import EXACT, minor_units, round_money
 from usagebox_pipelines.pricing.pricebook import PricebookSet, load_pricebook_file
-from usagebox_pipelines.pricing.rating import RatingResult, period_bounds, rate_usage
+from usagebox_pipelines.pricing.rating import RatingResult, rate_usage
 
 TOTAL = "TOTAL"
 _COST_KINDS = ("usage", "discount", "minimum")
@@ -37,7 +38,7 @@ def reprice_impact(
     proposed = load_pricebook_file(Path(proposed_file))
     assert proposed is not None  # required=True raises instead
     proposed_books = pricebooks.with_version(proposed)
-    start, end = period_bounds(period)
+    start, end = month_bounds(period)
     usage = usage_hourly.lazy().filter((pl.col("hour") >= start) & (pl.col("hour") < end)).collect()
     now = rate_usage(usage, period, pricebooks, accounts)
     new = rate_usage(usage, period, proposed_books, accounts)

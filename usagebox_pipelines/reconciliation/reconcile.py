@@ -257,7 +257,8 @@ def _note() -> pl.Expr:
 
 
 def _plain(expr: pl.Expr) -> pl.Expr:
-    """Decimal as text without trailing zeros (`10000`, `0.13`) for notes."""
+    """Decimal as text without trailing zeros (`10000`, `0.13`) for notes: the Polars
+    expression form of `decimals.decimal_text` (column casts always carry the scale)."""
     return expr.cast(pl.String).str.replace(r"0+$", "").str.replace(r"\.$", "")
 
 

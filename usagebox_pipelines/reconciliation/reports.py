@@ -6,15 +6,12 @@ Shaping is Polars; rendering goes through `usagebox_pipelines.documents` (templa
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 
 import polars as pl
 
-from usagebox_pipelines.documents import format_money, render_pdf, svg_bar_chart, write_safe_csv
+from usagebox_pipelines.documents import format_money, render_pdf, safe_csv_bytes, svg_bar_chart
 from usagebox_pipelines.reconciliation.schemas import (
     COST_ATTRIBUTION,
     RECONCILIATION,
@@ -30,17 +27,18 @@ DETAIL_LIMIT = 400
 _ZERO = Decimal(0)
 
 
-def write_reconciliation_reports(
+def render_reconciliation_reports(
     recon: pl.DataFrame,
     attribution: pl.DataFrame,
-    out_dir: Path,
     *,
     review: pl.DataFrame | None = None,
     changes: pl.DataFrame | None = None,
     pdf: bool = True,
     created: datetime | None = None,
-) -> dict[str, Path]:
-    """Write the month's reconciliation and margin CSVs (and PDFs); return {name: path}.
+) -> dict[str, tuple[str, bytes]]:
+    """Render the month's reconciliation and margin CSVs (and PDFs): {name: (file name, bytes)}.
+
+    Nothing is written here: the reconciliation stage stores the files (`DocumentStore`).
 
     `review` (vendor lines the mapping does not cover) and `changes` (rows restated exports
     superseded) are optional extra sections. `created` stamps the PDF metadata (default fixed).
@@ -48,44 +46,32 @@ def write_reconciliation_reports(
     recon = conform(recon, RECONCILIATION)
     attribution = conform(attribution, COST_ATTRIBUTION)
     period = _period(recon, attribution)
-    out_dir = Path(out_dir)
     margins = margin_by_customer_model(attribution)
-    paths = {
-        "reconciliation_csv": write_safe_csv(recon, out_dir / f"reconciliation_{period}.csv"),
-        "margin_csv": write_safe_csv(margins, out_dir / f"margin_{period}.csv"),
-        "cost_attribution_csv": write_safe_csv(
-            attribution, out_dir / f"cost_attribution_{period}.csv"
-        ),
+    files = {
+        "reconciliation_csv": (f"reconciliation_{period}.csv", safe_csv_bytes(recon)),
+        "margin_csv": (f"margin_{period}.csv", safe_csv_bytes(margins)),
+        "cost_attribution_csv": (f"cost_attribution_{period}.csv", safe_csv_bytes(attribution)),
     }
     if review is not None and review.height:
         review = conform(review, VENDOR_REVIEW)
-        paths["vendor_review_csv"] = write_safe_csv(review, out_dir / f"vendor_review_{period}.csv")
+        files["vendor_review_csv"] = (f"vendor_review_{period}.csv", safe_csv_bytes(review))
     if pdf:
         ctx = reconciliation_context(recon, review=review, changes=changes, period=period)
-        paths["reconciliation_pdf"] = _write_bytes(
-            out_dir / f"reconciliation_{period}.pdf",
+        files["reconciliation_pdf"] = (
+            f"reconciliation_{period}.pdf",
             render_pdf(RECONCILIATION_TEMPLATE, ctx, created=created),
         )
         ctx = margin_context(attribution, margins, period=period)
-        paths["margin_pdf"] = _write_bytes(
-            out_dir / f"margin_{period}.pdf", render_pdf(MARGIN_TEMPLATE, ctx, created=created)
+        files["margin_pdf"] = (
+            f"margin_{period}.pdf",
+            render_pdf(MARGIN_TEMPLATE, ctx, created=created),
         )
-    return paths
+    return files
 
 
 def _period(recon: pl.DataFrame, attribution: pl.DataFrame) -> str:
     values = recon["period"].drop_nulls().to_list() + attribution["month"].drop_nulls().to_list()
     return values[0] if values else "unknown"
-
-
-def _write_bytes(path: Path, data: bytes) -> Path:
-    """Atomic write (temp file + rename): a reader never sees half a PDF."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-    return path
 
 
 # --------------------------------------------------------------------------- margin

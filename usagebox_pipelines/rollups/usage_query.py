@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import polars as pl
 
+from usagebox_pipelines.decimals import decimal_text
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.schemas import QTY
 
@@ -161,10 +162,5 @@ def _groups(rows: pl.DataFrame, group_by: list[str]) -> list[dict]:
 
 
 def decimal_str(value: Decimal | None) -> str:
-    """Plain decimal text without exponent or trailing zeros ('1500', '0.25')."""
-    if value is None:
-        return "0"
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    """`decimals.decimal_text`, with None (an empty sum) as `0`."""
+    return "0" if value is None else decimal_text(value)

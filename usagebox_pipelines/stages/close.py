@@ -46,7 +46,7 @@ from usagebox_pipelines.invoicing.summaries import (
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts, load_accounts
 from usagebox_pipelines.pricing.pricebook import PricebookSet, load_pricebooks
-from usagebox_pipelines.pricing.rating import RatingResult, period_bounds, rate_usage
+from usagebox_pipelines.pricing.rating import RatingResult, rate_usage
 from usagebox_pipelines.stages.books import (
     closed_periods,
     decisions_at,
@@ -63,7 +63,7 @@ from usagebox_pipelines.stages.events import (
 from usagebox_pipelines.stages.issue import issue_close
 from usagebox_pipelines.stages.results import AlreadyClosed, CloseResult, NeedsApproval
 from usagebox_pipelines.stages.verify import verify
-from usagebox_pipelines.storage import DeltaStore, writes_tables
+from usagebox_pipelines.storage import DeltaStore, DocumentStore, writes_tables
 
 
 @dataclass
@@ -107,7 +107,7 @@ def close_month(
     writer lease, so two approvals of one month issue each number once: the second finds the
     month closed.
     """
-    period_bounds(month)
+    month_bounds(month)
     closed = closed_periods(store)
     if month in closed:
         return _already_closed(store, settings, month, closed[month])
@@ -303,5 +303,5 @@ def _already_closed(store: DeltaStore, settings: Settings, month: str, row: dict
         message=f"{month} was already closed at {row['closed_at']:%Y-%m-%d %H:%M:%S} UTC; "
         "nothing changed (issued invoices never change; later usage becomes adjustments)",
         events_table_version=row["events_table_version"],
-        invoices=issued_summary(docs, settings.documents_dir),
+        invoices=issued_summary(docs, DocumentStore(settings.home).root),
     )

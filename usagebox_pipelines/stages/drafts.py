@@ -26,7 +26,6 @@ from usagebox_pipelines.invoicing.lines import (
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
-from usagebox_pipelines.pricing.rating import period_bounds
 from usagebox_pipelines.stages.books import (
     closed_periods,
     issued_invoices,
@@ -48,7 +47,7 @@ def refresh_drafts(
     so each restatement is carried exactly once. Only rows with status `draft` (lines without
     a number) of this period are replaced: issued rows never change.
     """
-    period_bounds(month)
+    month_bounds(month)
     closed = closed_periods(store)
     if month in closed:
         return pl.DataFrame(schema=INVOICES.schema), pl.DataFrame(schema=INVOICE_LINES.schema)

@@ -39,14 +39,14 @@ from usagebox_pipelines.guardrails.spend import (
     month_usage,
 )
 from usagebox_pipelines.guardrails.state import evaluate_spend, with_anomalies
+from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing import Accounts, PricebookSet, load_accounts, load_pricebooks
-from usagebox_pipelines.pricing.rating import period_bounds
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 
 def as_of(month: str, now: datetime) -> datetime:
     """The evaluation time inside the month: `now`, clipped to [month start, month end]."""
-    start, end = period_bounds(month)
+    start, end = month_bounds(month)
     return min(max(now, start), end)
 
 
@@ -63,7 +63,7 @@ def refresh_guardrails(
     now = now or datetime.now(UTC)
     folder = Path(pricebooks_dir)
     books, accounts = load_pricebooks(folder), load_accounts(folder)
-    start, _ = period_bounds(month)
+    start, _ = month_bounds(month)
     at = as_of(month, now)
     hourly = store.scan(USAGE_HOURLY)
     builds = store.read(HOUR_BUILDS) if store.exists(HOUR_BUILDS) else None
@@ -113,7 +113,7 @@ def _anomalies(
     config: AnomalyConfig,
 ) -> pl.DataFrame:
     """Score the month's hours against baselines that may reach into the previous month."""
-    start, _ = period_bounds(month)
+    start, _ = month_bounds(month)
     lookback = start - timedelta(days=config.baseline_days)
     history = history_usage(hourly, lookback, start)
     previous = f"{lookback.year:04d}-{lookback.month:02d}"

@@ -12,7 +12,6 @@ import os
 import subprocess
 from datetime import UTC, datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -25,19 +24,13 @@ from usagebox_pipelines.catalog import (
 )
 from usagebox_pipelines.config import SOURCE_ROOT, Settings
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
-from usagebox_pipelines.invoicing.files import (
-    document_file,
-    document_relpath,
-    period_folder,
-    write_atomic,
-)
+from usagebox_pipelines.invoicing.files import document_relpath, period_folder
 from usagebox_pipelines.invoicing.hard_stop import hard_stop_notes
 from usagebox_pipelines.invoicing.numbering import issue_documents, last_sequence
 from usagebox_pipelines.invoicing.render import (
     NOTE_SEP,
     corrected_numbers,
     load_issuer,
-    pdf_sha256,
     render_document,
 )
 from usagebox_pipelines.invoicing.stamps import (
@@ -53,7 +46,7 @@ from usagebox_pipelines.stages.books import (
     write_ledger,
 )
 from usagebox_pipelines.stages.results import Closed
-from usagebox_pipelines.storage import NOT_NULL, DeltaStore
+from usagebox_pipelines.storage import NOT_NULL, DeltaStore, DocumentStore
 
 if TYPE_CHECKING:
     from usagebox_pipelines.stages.close import ClosePlan
@@ -69,8 +62,9 @@ def issue_close(
 ) -> Closed:
     """Number, stamp, render and write; the `period_closes` row goes last (commit marker)."""
     issued_at = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-    remove_unfinished_closes(store, settings.documents_dir)
-    _clear_documents(settings.documents_dir, plan.period)
+    documents = DocumentStore(settings.home)
+    remove_unfinished_closes(store, documents)
+    _clear_documents(documents, plan.period)
     issuer = load_issuer()
     invoices, lines = issue_documents(
         plan.invoices,
@@ -81,7 +75,7 @@ def issue_close(
         payment_terms_days=_terms(plan),
     )
     invoices = _stamp(store, plan, invoices, lines)
-    invoices = _render_all(settings.documents_dir, plan, invoices, lines, issuer)
+    invoices = _render_all(documents, plan, invoices, lines, issuer)
     close_row = _close_row(plan, invoices, approved_by, run_id)
     _commit(store, plan.period, invoices, lines, close_row, run_id, plan.decisions_version)
     write_ledger(store, plan.accounts, run_id)  # derived from issued draws; after the marker
@@ -90,11 +84,11 @@ def issue_close(
         closed_at=close_row["closed_at"].isoformat(),
         issued_at=issued_at.isoformat(),
         events_table_version=plan.events_version,
-        invoices=issued_summary(invoices, settings.documents_dir),
+        invoices=issued_summary(invoices, documents.root),
     )
 
 
-def remove_unfinished_closes(store: DeltaStore, documents_dir: Path) -> list[str]:
+def remove_unfinished_closes(store: DeltaStore, documents: DocumentStore) -> list[str]:
     """Delete issued rows (and their PDFs) of periods whose close never wrote its marker.
 
     Such rows are invisible to every reader; removing them before numbering keeps the
@@ -110,17 +104,15 @@ def remove_unfinished_closes(store: DeltaStore, documents_dir: Path) -> list[str
         store.delete_where(INVOICES, period=period, status="issued")
         store.delete_where(INVOICE_LINES, period=period, invoice_number=NOT_NULL)
     for rel in stale["pdf_path"].drop_nulls().to_list():
-        path = document_file(documents_dir, rel)
-        if path is not None:
-            path.unlink(missing_ok=True)
+        documents.delete(rel)
     return periods
 
 
-def _clear_documents(documents_dir: Path, period: str) -> None:
+def _clear_documents(documents: DocumentStore, period: str) -> None:
     """PDFs left in an open period's folder by a crash before any row was written: no issued
     row names them, and their numbers will be reissued, so they go before rendering."""
-    for stale in (Path(documents_dir) / period_folder(period)).glob("*.pdf"):
-        stale.unlink()
+    for stale in documents.listdir(period_folder(period), ".pdf"):
+        documents.delete(stale)
 
 
 def _terms(plan: ClosePlan) -> dict[str, int]:
@@ -166,7 +158,11 @@ def _notes(row: dict, decisions: pl.DataFrame, plan: ClosePlan) -> str | None:
 
 
 def _render_all(
-    documents_dir: Path, plan: ClosePlan, invoices: pl.DataFrame, lines: pl.DataFrame, issuer: dict
+    documents: DocumentStore,
+    plan: ClosePlan,
+    invoices: pl.DataFrame,
+    lines: pl.DataFrame,
+    issuer: dict,
 ) -> pl.DataFrame:
     """Render every document to `<documents>/invoices/<period>/<number>.pdf`, record its hash."""
     paths, hashes = [], []
@@ -175,9 +171,8 @@ def _render_all(
         corrects = corrected_numbers(plan.issued, row, own)
         pdf = render_document(row, own, plan.accounts.get(row["account_id"]), issuer, corrects)
         rel = document_relpath(row["period"], row["invoice_number"])
-        write_atomic(documents_dir / rel, pdf)
         paths.append(rel)
-        hashes.append(pdf_sha256(pdf))
+        hashes.append(documents.put(rel, pdf))
     return invoices.with_columns(
         pdf_path=pl.Series(paths, dtype=pl.String), pdf_sha256=pl.Series(hashes, dtype=pl.String)
     )

@@ -34,8 +34,8 @@ from usagebox_pipelines.reconciliation.reconcile import (
     reconcile,
     reconciliation_summary,
 )
-from usagebox_pipelines.reconciliation.reports import write_reconciliation_reports
-from usagebox_pipelines.storage import DeltaStore, writes_tables
+from usagebox_pipelines.reconciliation.reports import render_reconciliation_reports
+from usagebox_pipelines.storage import DeltaStore, DocumentStore, writes_tables
 
 
 @writes_tables("reconcile")
@@ -103,17 +103,18 @@ def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: s
     store.replace_partition(COST_ATTRIBUTION, attribution, month=month, metadata=meta)
     review = store.read(VENDOR_REVIEW)
     changes = store.read(VENDOR_COST_CHANGES)
-    reports = write_reconciliation_reports(
-        recon,
-        attribution,
-        settings.documents_dir / "reconciliation" / month,
-        review=review,
-        changes=changes,
-        created=end,
+    files = render_reconciliation_reports(
+        recon, attribution, review=review, changes=changes, created=end
     )
+    documents = DocumentStore(settings.home)
+    reports = {}
+    for name, (filename, data) in files.items():
+        rel = f"reconciliation/{month}/{filename}"
+        documents.put(rel, data)
+        reports[name] = documents.uri(rel)
     return {
         "period": month,
         "summary": reconciliation_summary(recon),
         "statuses": dict(recon.group_by("status").len().sort("status").iter_rows()),
-        "reports": {name: str(path) for name, path in reports.items()},
+        "reports": reports,
     }

@@ -24,9 +24,6 @@ from usagebox_pipelines.invoicing.compare import (
     pdf_differences,
     total_differences,
 )
-from usagebox_pipelines.invoicing.files import (
-    file_sha,
-)
 from usagebox_pipelines.invoicing.hard_stop import apply_waivers
 from usagebox_pipelines.invoicing.lines import (
     build_draft_invoices,
@@ -58,7 +55,7 @@ from usagebox_pipelines.stages.books import (
     issued_lines,
 )
 from usagebox_pipelines.stages.results import InvoiceVerification
-from usagebox_pipelines.storage import DeltaStore
+from usagebox_pipelines.storage import DeltaStore, DocumentStore
 
 
 @dataclass
@@ -222,7 +219,8 @@ def verify_invoice(
         corrects = corrected_numbers(issued_invoices(store, doc.closed), rebuilt, lines)
         pdf = render_document(rebuilt, lines, doc.account, load_issuer(), corrects)
         rerendered = pdf_sha256(pdf)
-    stored_file = file_sha(settings.documents_dir, doc.invoice["pdf_path"])
+    rel = doc.invoice["pdf_path"]
+    stored_file = DocumentStore(settings.home).sha256(rel) if rel else None
     differences += pdf_differences(doc.invoice["pdf_sha256"], rerendered, stored_file)
     return InvoiceVerification(
         invoice_number=invoice_number,

@@ -45,9 +45,6 @@ from usagebox_pipelines.catalog import (
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.events.raw import with_disposition
 from usagebox_pipelines.invoicing.compare import line_differences, total_differences
-from usagebox_pipelines.invoicing.files import (
-    file_sha,
-)
 from usagebox_pipelines.invoicing.lines import (
     rated_lines,
 )
@@ -77,7 +74,7 @@ from usagebox_pipelines.stages.events import (
 from usagebox_pipelines.stages.rating import rate_month
 from usagebox_pipelines.stages.reproduce import decisions_of_close, rebuild_period, rebuilt_document
 from usagebox_pipelines.stages.results import VerifyReport
-from usagebox_pipelines.storage import DeltaStore
+from usagebox_pipelines.storage import DeltaStore, DocumentStore
 
 
 def verify(store: DeltaStore, month: str | None = None) -> list[inv.InvariantResult]:
@@ -198,7 +195,7 @@ def issued_intact(
     for (period,), part in sorted(docs.group_by("period"), key=lambda kv: str(kv[0])):
         own_lines = lines.filter(pl.col("period") == period)
         bad += committed_problems(
-            store, period, part, own_lines, commits, line_commits, settings.documents_dir
+            store, period, part, own_lines, commits, line_commits, DocumentStore(settings.home)
         )
         decisions = decisions_of_close(store, period, commits)
         for (version,), same in part.group_by("events_table_version"):
@@ -234,7 +231,7 @@ def committed_problems(
     lines: pl.DataFrame,
     commits: dict[str, dict],
     line_commits: dict[str, dict],
-    documents_dir: Path,
+    documents: DocumentStore,
 ) -> list[dict]:
     """Issued rows, lines and files of `period` against what its close committed."""
     if period not in commits or period not in line_commits:
@@ -256,7 +253,7 @@ def committed_problems(
         out += inv.committed_lines_problems(
             number, lines.filter(mine), then_lines.filter(mine), INVOICE_LINES.schema
         )
-        file = file_sha(documents_dir, row["pdf_path"])
+        file = documents.sha256(row["pdf_path"]) if row["pdf_path"] else None
         out += inv.file_problems(number, file, row["pdf_sha256"], committed["pdf_sha256"])
     return out
 

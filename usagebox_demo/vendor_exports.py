@@ -14,6 +14,8 @@ The vendors' "truth" is our metered usage per vendor × day × model × meter at
 Writes OpenAI Costs + Usage pages (7 daily buckets per page, `has_more`/`next_page` chained),
 Anthropic cost_report + usage_report pages, and one FOCUS 1.2 CSV. Money is written from exact
 decimals: OpenAI `amount.value` as a JSON number literal, Anthropic `amount` as a cents string.
+
+Over 400 lines on purpose: the three vendor formats are written from the same planted truth.
 """
 
 from __future__ import annotations

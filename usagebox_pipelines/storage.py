@@ -7,6 +7,8 @@ description and column comments written into the new table's Delta metadata. Eve
 single Delta commit, so readers see a whole write or none of it. Partition replacement uses
 predicate overwrite built here from typed partition keys (`replace_partition`), never from data
 values and never by hand at call sites.
+
+Over 400 lines on purpose: it is the one module for Delta and document I/O (ADR 0009).
 """
 
 from __future__ import annotations

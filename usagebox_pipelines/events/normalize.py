@@ -3,6 +3,9 @@
 All four shapes (canonical, Stigg-style camelCase, snake_case aliases, transaction/meter/value)
 map through one alias table (CONTRACT.md §2). Every check is a Polars expression over the whole
 chunk; each failing row gets the first reason a person can act on.
+
+Over 400 lines on purpose: the alias table and the per-field checks are one contract
+(CONTRACT §2), read top to bottom.
 """
 
 from __future__ import annotations

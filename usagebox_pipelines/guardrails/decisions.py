@@ -10,6 +10,9 @@ move the crossing hour, the change already recorded stands (the trace is history
 Anomaly episodes are keyed by what they are (series, kind, transition, hour), so the same
 episode always gets the same id. Ids hash what changed (and, for budgets, the decision it
 follows, so a re-escalation after a recovery is a new decision), never the run or the clock.
+
+Over 400 lines on purpose: budget and anomaly decisions share the id scheme and the trace
+they append to, so they stay together.
 """
 
 from __future__ import annotations

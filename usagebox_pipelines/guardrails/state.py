@@ -7,6 +7,9 @@ from `spend.spend_at`, which prices all prefixes in one vectorised rating call.
 Windows are half-open and clipped to the month: the last hour is [now - 1 h, now), the last
 day [max(month start, now - 24 h), now); burn rates are money per hour over those windows, and
 the projection extrapolates the 24 h burn rate to the hard threshold.
+
+Over 400 lines on purpose: the per-limit arithmetic (thresholds, crossings, burn, projection)
+shares one context of spend snapshots.
 """
 
 from __future__ import annotations

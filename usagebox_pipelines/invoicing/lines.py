@@ -9,6 +9,9 @@ Rounding (CONTRACT §4): `exact_amount` is the exact sum of the group; `amount` 
 half-up once (pricing.money.round_money); invoice totals are sums of rounded lines.
 Totals: `subtotal` = this period's charges (usage + discount + minimum true-up);
 `total` = subtotal + adjustments for earlier periods + prepaid credit = sum of every line.
+
+Over 400 lines on purpose: grouping, rounding and totals must agree line for line, so they sit
+side by side.
 """
 
 from __future__ import annotations

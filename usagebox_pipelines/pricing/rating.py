@@ -14,6 +14,9 @@ never on events. Steps, all vectorised Polars (Python loops only over versions a
 5. sum quantities to the rated grain, then amount = quantity × unit_price / per once per row,
    exact at 12 places (half-up at the 12th place when the division is inexact);
 6. contract lines (pricing.contract): discount → minimum true-up → prepaid credit.
+
+Over 400 lines on purpose: the steps above are one pipeline over the same frame, each a small
+function, kept in order.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from usagebox_demo.ids import (  # noqa: E402
     make_ids,
 )
 from usagebox_demo.rand import Rng, choose  # noqa: E402
-from usagebox_demo.usage import month_index, split_days  # noqa: E402
+from usagebox_demo.usage import USAGE_COLUMNS, month_index, split_days  # noqa: E402
 from usagebox_pipelines.months import month_bounds, shift_month  # noqa: E402
 
 MODELS = (*cat.OPENAI_MODELS, *cat.ANTHROPIC_MODELS, "o3", "o4-mini")
@@ -62,20 +62,7 @@ PROJECTS_PER_ACCOUNT = 3
 QTY = pl.Decimal(38, 12)
 TS = pl.Datetime("us", "UTC")
 RETRY, CONFLICT, CORRECTION, LATE = 0.03, 0.001, 0.005, 0.01
-CANONICAL = (
-    "event_id",
-    "account_id",
-    "meter_id",
-    "quantity",
-    "timestamp",
-    "model_id",
-    "product_id",
-    "unit",
-    "project_id",
-    "dimensions",
-    "correlation_id",
-    "correction_of",
-)
+CANONICAL = (*USAGE_COLUMNS, "correction_of")
 
 
 @dataclass

@@ -130,10 +130,8 @@ def test_a_close_on_an_s3_home_stores_its_pdfs_under_the_home_and_verify_reads_t
     build_month(store, settings.pricebooks, OCT)
     refresh_drafts(store, settings.pricebooks, OCT)
     result = close_month(store, settings, OCT, approve=True, now=OCT_ISSUED, approved_by="test")
-    assert result["status"] == "closed"
-    assert all(
-        i["pdf"].startswith(f"{s3_home}/documents/invoices/{OCT}/") for i in result["invoices"]
-    )
+    assert result.status == "closed"
+    assert all(i["pdf"].startswith(f"{s3_home}/documents/invoices/{OCT}/") for i in result.invoices)
 
     s3 = boto3.client("s3")
     listed = s3.list_objects_v2(Bucket="billing", Prefix=f"usagebox/documents/invoices/{OCT}/")
@@ -144,17 +142,17 @@ def test_a_close_on_an_s3_home_stores_its_pdfs_under_the_home_and_verify_reads_t
 
     number = docs["invoice_number"][0]
     report = verify_invoice(store, settings, number)
-    assert report["reproduced"], report["differences"]
-    sha = report["pdf_sha256"]
+    assert report.reproduced, report.differences
+    sha = report.pdf_sha256
     assert sha["stored"] == sha["rerendered"] == sha["file"]
 
     exported = export_invoices(store, settings, OCT, tmp_path / "out")  # `invoices --out`
     copy = tmp_path / "out" / f"{number}.pdf"
-    assert exported["documents"] == docs.height
+    assert exported.documents == docs.height
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == docs["pdf_sha256"][0]
 
     documents = DocumentStore(s3_home)
     documents.put(docs["pdf_path"][0], b"%PDF- tampered")
     tampered = verify_invoice(store, settings, number)
-    assert not tampered["reproduced"]
-    assert tampered["pdf_sha256"]["file"] == hashlib.sha256(b"%PDF- tampered").hexdigest()
+    assert not tampered.reproduced
+    assert tampered.pdf_sha256["file"] == hashlib.sha256(b"%PDF- tampered").hexdigest()

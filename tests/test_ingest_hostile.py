@@ -35,7 +35,7 @@ def corpus(tmp_path_factory) -> tuple[list[HostileFile], DeltaStore, object]:
 
 def test_corpus_has_a_few_hundred_files_of_every_class(corpus) -> None:
     files, _store, _summary = corpus
-    assert len(files) >= 150
+    assert len(files) >= 250
     names = {f.path.name.split("-")[0] for f in files}
     assert names == {"j", "c", "p"}
 

@@ -277,7 +277,7 @@ def test_run_with_a_failed_step_exits_1(capsys, world, monkeypatch) -> None:
     from usagebox_pipelines import runner
 
     def failing(settings, day):
-        return [runner.RunOutcome("hourly_job", str(day), False, "r1", ["usage_hourly"])]
+        return [runner.RunOutcome("daily_job", str(day), False, "r1", ["usage_hourly"])]
 
     monkeypatch.setattr(runner, "run_day", failing)
     code, out, err = run_in_process(

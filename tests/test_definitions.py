@@ -14,9 +14,11 @@ from tests.conftest import event, write_jsonl
 from usagebox_pipelines.catalog import EVENTS, RATED_USAGE, USAGE_HOURLY, USAGE_MONTHLY
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.definitions import defs
+from usagebox_pipelines.defs.jobs import PARTITION_RANGE_END as RANGE_END
+from usagebox_pipelines.defs.jobs import PARTITION_RANGE_START as RANGE_START
 from usagebox_pipelines.defs.resources import UsageboxResource
-from usagebox_pipelines.defs.schedules import nightly_hourly, nightly_monthly
-from usagebox_pipelines.defs.sensors import affected_hour_keys, inbox_sensor
+from usagebox_pipelines.defs.schedules import nightly_monthly, nightly_usage
+from usagebox_pipelines.defs.sensors import affected_day_spans, inbox_sensor
 from usagebox_pipelines.runner import execute_job, run_ingest, run_month
 from usagebox_pipelines.storage import DeltaStore
 
@@ -36,23 +38,21 @@ def test_definitions_load_and_every_job_resolves() -> None:
         "cost_attribution",
         "spend_state",
     } <= keys
-    for job in ("ingest_job", "hourly_job", "monthly_job", "close_job"):
+    for job in ("ingest_job", "daily_job", "monthly_job", "close_job"):
         assert defs.resolve_job_def(job) is not None
-    hourly = graph.get(dg.AssetKey("usage_hourly")).partitions_def
-    assert isinstance(hourly, dg.HourlyPartitionsDefinition) and hourly.timezone == "UTC"
+    daily = graph.get(dg.AssetKey("usage_hourly")).partitions_def
+    assert isinstance(daily, dg.DailyPartitionsDefinition) and daily.timezone == "UTC"
     monthly = graph.get(dg.AssetKey("usage_monthly")).partitions_def
     assert isinstance(monthly, dg.MonthlyPartitionsDefinition)
     checks = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
     assert {"2_events_unique", "3_hourly_equals_events", "3_monthly_equals_hourly"} <= checks
-    assert {s.name for s in defs.schedules} >= {"nightly_hourly", "nightly_monthly"}
-    assert {s.name for s in defs.sensors} >= {"inbox_sensor", "rebuild_touched_hours"}
+    assert {s.name for s in defs.schedules} >= {"nightly_usage", "nightly_monthly"}
+    assert {s.name for s in defs.sensors} >= {"inbox_sensor", "rebuild_touched_days"}
 
 
 def test_nightly_schedules_target_yesterday() -> None:
     ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 3, 2, tzinfo=UTC))
-    req = nightly_hourly(ctx)
-    assert req.tags["dagster/asset_partition_range_start"] == "2026-11-02-00:00"
-    assert req.tags["dagster/asset_partition_range_end"] == "2026-11-02-23:00"
+    assert nightly_usage(ctx).partition_key == "2026-11-02"
     assert nightly_monthly(ctx).partition_key == "2026-11-01"
 
 
@@ -80,11 +80,7 @@ def test_blocking_check_fails_the_run_when_a_table_is_tampered(tmp_path: Path) -
     run_month(settings, "2026-10")
     store = DeltaStore(settings.home)
     store.append(EVENTS, store.read(EVENTS))  # every event now appears twice
-    tags = {
-        "dagster/asset_partition_range_start": "2026-10-01-10:00",
-        "dagster/asset_partition_range_end": "2026-10-01-10:00",
-    }
-    outcome = execute_job(settings, "hourly_job", tags=tags)
+    outcome = execute_job(settings, "daily_job", partition_key="2026-10-01")
     assert not outcome.success
     assert any("2_events_unique" in f for f in outcome.failures)
 
@@ -103,13 +99,24 @@ def test_inbox_sensor_requests_ingest_for_new_files_only(tmp_path: Path) -> None
     assert json.loads(cursor)
 
 
-def test_affected_hours_become_hourly_partition_keys() -> None:
-    hours = ["2026-10-01T10:00:00+00:00", "2026-10-01T10:00:00+00:00", "2026-10-31T23:00:00+00:00"]
-    assert affected_hour_keys(hours) == ["2026-10-01-10:00", "2026-10-31-23:00"]
+def test_affected_hours_become_spans_of_daily_partition_keys() -> None:
+    hours = [
+        "2026-10-01T10:00:00+00:00",
+        "2026-10-01T10:00:00+00:00",
+        "2026-10-02T00:00:00+00:00",
+        "2026-10-31T23:00:00+00:00",
+        "2026-11-01T03:00:00+00:00",
+        "2026-11-05T03:00:00+00:00",
+    ]
+    assert affected_day_spans(hours) == [
+        ("2026-10-01", "2026-10-02"),
+        ("2026-10-31", "2026-11-01"),
+        ("2026-11-05", "2026-11-05"),
+    ]
 
 
-def test_after_ingest_only_the_touched_hours_are_rebuilt(tmp_path: Path) -> None:
-    from usagebox_pipelines.defs.sensors import rebuild_touched_hours
+def test_after_ingest_only_the_touched_days_are_rebuilt(tmp_path: Path) -> None:
+    from usagebox_pipelines.defs.sensors import rebuild_touched_days
     from usagebox_pipelines.runner import dagster_instance
 
     settings = Settings.resolve(str(tmp_path / "home"))
@@ -125,7 +132,7 @@ def test_after_ingest_only_the_touched_hours_are_rebuilt(tmp_path: Path) -> None
     )
     run = instance.get_run_by_id(outcome.run_id)
     ctx = dg.build_run_status_sensor_context(
-        sensor_name="rebuild_touched_hours",
+        sensor_name="rebuild_touched_days",
         dagster_instance=instance,
         dagster_run=run,
         dagster_event=next(
@@ -134,10 +141,13 @@ def test_after_ingest_only_the_touched_hours_are_rebuilt(tmp_path: Path) -> None
             if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_SUCCESS"
         ).dagster_event,
     )
-    requests = list(rebuild_touched_hours(ctx))
-    keys = sorted((r.job_name, r.partition_key) for r in requests)
+    requests = list(rebuild_touched_days(ctx))
+    keys = sorted(
+        (r.job_name, r.partition_key or f"{r.tags[RANGE_START]}..{r.tags[RANGE_END]}")
+        for r in requests
+    )
     assert keys == [
-        ("hourly_job", "2026-10-01-10:00"),
-        ("hourly_job", "2026-10-03-23:00"),
+        ("daily_job", "2026-10-01..2026-10-01"),
+        ("daily_job", "2026-10-03..2026-10-03"),
         ("monthly_job", "2026-10-01"),
     ]

@@ -12,7 +12,7 @@ import pytest
 from tests.test_guardrails_fixtures import hourly_rows, steady, write_books
 from usagebox_pipelines.catalog import SPEND_STATE, USAGE_HOURLY
 from usagebox_pipelines.defs.guardrails import guardrail_alerts, guardrail_assets, guardrail_sensors
-from usagebox_pipelines.defs.jobs import hourly_job, ingest_job, monthly_job
+from usagebox_pipelines.defs.jobs import daily_job, ingest_job, monthly_job
 from usagebox_pipelines.defs.metering import metering_assets
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.storage import DeltaStore
@@ -26,7 +26,7 @@ def definitions(resource: UsageboxResource | None = None) -> dg.Definitions:
     """What definitions.py holds once the guardrail lists are merged in."""
     return dg.Definitions(
         assets=[*metering_assets, *guardrail_assets],
-        jobs=[ingest_job, hourly_job, monthly_job],
+        jobs=[ingest_job, daily_job, monthly_job],
         sensors=[*guardrail_sensors],
         resources={"usagebox": resource or UsageboxResource()},
     )

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import cache
 
 import dagster as dg
 
 from usagebox_pipelines.config import Settings
-from usagebox_pipelines.defs.jobs import hour_range_tags
+from usagebox_pipelines.defs.jobs import day_range_tags
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.storage import DeltaStore
 
@@ -50,8 +51,6 @@ def execute_job(
     instance: dg.DagsterInstance | None = None,
 ) -> RunOutcome:
     """Run one job to completion; failures (including blocking checks) are collected, not raised."""
-    from usagebox_pipelines.definitions import defs
-
     run_config = {
         "resources": {
             "usagebox": {"config": {"home": settings.home, "pricebooks": str(settings.pricebooks)}}
@@ -60,7 +59,7 @@ def execute_job(
     }
     if ops_config:
         run_config["ops"] = ops_config
-    job = defs.resolve_job_def(job_name)
+    job = _job(job_name)
     with DeltaStore(settings.home).writer(f"run {job_name}"):
         result = job.execute_in_process(
             run_config=run_config,
@@ -85,15 +84,21 @@ def execute_job(
     return RunOutcome(job_name, span, result.success and not failures, result.run_id, failures)
 
 
+@cache
+def _job(job_name: str) -> dg.JobDefinition:
+    """Definitions are imported and each job resolved once per process (resolving builds the
+    asset graph; `run --month` launches two jobs and `demo` many)."""
+    from usagebox_pipelines.definitions import defs
+
+    return defs.resolve_job_def(job_name)
+
+
 def run_day(settings: Settings, day: date) -> list[RunOutcome]:
-    """Yesterday-style run: the day's 24 hours, then its month to date (like the schedules)."""
+    """Yesterday-style run: the day's partition (24 hours), then its month to date (like the
+    schedules)."""
     instance = dagster_instance(settings)
-    key = day.strftime("%Y-%m-%d")
     hours = execute_job(
-        settings,
-        "hourly_job",
-        tags=hour_range_tags(f"{key}-00:00", f"{key}-23:00"),
-        instance=instance,
+        settings, "daily_job", partition_key=day.strftime("%Y-%m-%d"), instance=instance
     )
     if not hours.success:
         return [hours]
@@ -104,16 +109,15 @@ def run_day(settings: Settings, day: date) -> list[RunOutcome]:
 
 
 def run_month(settings: Settings, month: str) -> list[RunOutcome]:
-    """Every hour of the month in one run, then the monthly stages."""
+    """Every day of the month in one run (a single-run backfill of 28-31 daily partitions),
+    then the monthly stages."""
     instance = dagster_instance(settings)
     start, end = month_bounds(month)
-    last_hour = end - timedelta(hours=1)
+    last_day = end - timedelta(days=1)
     hours = execute_job(
         settings,
-        "hourly_job",
-        tags=hour_range_tags(
-            start.strftime("%Y-%m-%d-%H:%M"), last_hour.strftime("%Y-%m-%d-%H:%M")
-        ),
+        "daily_job",
+        tags=day_range_tags(start.strftime("%Y-%m-%d"), last_day.strftime("%Y-%m-%d")),
         instance=instance,
     )
     if not hours.success:

@@ -2,18 +2,19 @@
 
 import dagster as dg
 
-from usagebox_pipelines.defs.partitions import hourly, monthly
+from usagebox_pipelines.defs.partitions import daily, monthly
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=["raw_events", "events"],
     description="Ingest inbox files and fold them into `events`.",
 )
-hourly_job = dg.define_asset_job(
-    "hourly_job",
+daily_job = dg.define_asset_job(
+    "daily_job",
     selection=["events", "usage_hourly"],
-    partitions_def=hourly,
-    description="Bring `events` up to date, then rebuild the selected hours of `usage_hourly`.",
+    partitions_def=daily,
+    description="Bring `events` up to date, then rebuild every hour of the selected UTC days of "
+    "`usage_hourly`.",
 )
 monthly_job = dg.define_asset_job(
     "monthly_job",
@@ -34,6 +35,6 @@ PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 
 
-def hour_range_tags(first_key: str, last_key: str) -> dict[str, str]:
-    """Tags that make one run materialise a range of hourly partitions (single-run backfill)."""
+def day_range_tags(first_key: str, last_key: str) -> dict[str, str]:
+    """Tags that make one run materialise a range of daily partitions (single-run backfill)."""
     return {PARTITION_RANGE_START: first_key, PARTITION_RANGE_END: last_key}

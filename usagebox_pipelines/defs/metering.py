@@ -6,7 +6,7 @@ import dagster as dg
 
 from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.catalog import USAGE_HOURLY, USAGE_MONTHLY
-from usagebox_pipelines.defs.partitions import hourly, month_of, monthly
+from usagebox_pipelines.defs.partitions import daily, month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.stages.events import FIRST_HOUR, events_frame, update_events
 from usagebox_pipelines.stages.ingest import ingest_files
@@ -87,7 +87,7 @@ def events(context: dg.AssetExecutionContext, usagebox: UsageboxResource) -> dg.
 @dg.asset(
     group_name="metering",
     kinds={"deltalake", "polars"},
-    partitions_def=hourly,
+    partitions_def=daily,
     deps=[events],
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[dg.AssetCheckSpec("3_hourly_equals_events", asset="usage_hourly", blocking=True)],
@@ -95,7 +95,8 @@ def events(context: dg.AssetExecutionContext, usagebox: UsageboxResource) -> dg.
 def usage_hourly(
     context: dg.AssetExecutionContext, usagebox: UsageboxResource
 ) -> dg.MaterializeResult:
-    """Account × meter × model × product × unit × dimensions × hour sums; replaces its hours."""
+    """Account × meter × model × product × unit × dimensions × hour sums; replaces every hour of
+    its days (a Dagster partition is a UTC day; the table grain stays the hour)."""
     window = context.partition_time_window
     store = usagebox.store
     rows = build_usage_hourly(store, window.start, window.end, context.run_id)

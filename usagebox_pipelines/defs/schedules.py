@@ -1,19 +1,17 @@
-"""Nightly runs (02:00 UTC): yesterday's hours, then the month-to-date monthly partition."""
+"""Nightly runs (02:00 UTC): yesterday's day of usage, then the month-to-date monthly partition."""
 
 from datetime import timedelta
 
 import dagster as dg
 
-from usagebox_pipelines.defs.jobs import hour_range_tags, hourly_job, monthly_job
+from usagebox_pipelines.defs.jobs import daily_job, monthly_job
 
 
-@dg.schedule(job=hourly_job, cron_schedule="0 2 * * *", execution_timezone="UTC")
-def nightly_hourly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """All 24 hours of the previous UTC day, in one run."""
+@dg.schedule(job=daily_job, cron_schedule="0 2 * * *", execution_timezone="UTC")
+def nightly_usage(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """The previous UTC day (its 24 hours of `usage_hourly`), in one run."""
     day = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
-    return dg.RunRequest(
-        run_key=f"nightly-hours-{day}", tags=hour_range_tags(f"{day}-00:00", f"{day}-23:00")
-    )
+    return dg.RunRequest(run_key=f"nightly-usage-{day}", partition_key=day)
 
 
 @dg.schedule(job=monthly_job, cron_schedule="30 2 * * *", execution_timezone="UTC")
@@ -24,4 +22,4 @@ def nightly_monthly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     return dg.RunRequest(run_key=f"nightly-month-{day:%Y-%m-%d}", partition_key=key)
 
 
-schedules = [nightly_hourly, nightly_monthly]
+schedules = [nightly_usage, nightly_monthly]

@@ -1,10 +1,11 @@
-"""Inbox sensor (new files → ingest) and the follow-up that rebuilds only the touched hours."""
+"""Inbox sensor (new files → ingest) and the follow-up that rebuilds only the touched days."""
 
 import json
+from datetime import date, timedelta
 
 import dagster as dg
 
-from usagebox_pipelines.defs.jobs import hourly_job, ingest_job, monthly_job
+from usagebox_pipelines.defs.jobs import daily_job, day_range_tags, ingest_job, monthly_job
 from usagebox_pipelines.defs.metering import inbox_files
 from usagebox_pipelines.defs.resources import UsageboxResource
 
@@ -29,18 +30,29 @@ def inbox_sensor(context: dg.SensorEvaluationContext, usagebox: UsageboxResource
     )
 
 
-def affected_hour_keys(hours: list[str]) -> list[str]:
-    """ISO hour starts → hourly partition keys (2026-10-01T10:00:00+00:00 → 2026-10-01-10:00)."""
-    return sorted({h[:10] + "-" + h[11:16] for h in hours})
+def affected_day_spans(hours: list[str]) -> list[tuple[str, str]]:
+    """ISO hour starts → runs of consecutive daily partition keys, as (first, last) pairs.
+
+    One run per span keeps a late batch spread over a month to one Dagster run, while days
+    nobody touched are never rebuilt.
+    """
+    days = sorted({date.fromisoformat(h[:10]) for h in hours})
+    spans: list[tuple[date, date]] = []
+    for day in days:
+        if spans and day == spans[-1][1] + timedelta(days=1):
+            spans[-1] = (spans[-1][0], day)
+        else:
+            spans.append((day, day))
+    return [(a.isoformat(), b.isoformat()) for a, b in spans]
 
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitored_jobs=[ingest_job],
-    request_jobs=[hourly_job, monthly_job],
+    request_jobs=[daily_job, monthly_job],
 )
-def rebuild_touched_hours(context: dg.RunStatusSensorContext):
-    """After an ingest run, rebuild exactly the hours (and their months) the new events touch."""
+def rebuild_touched_days(context: dg.RunStatusSensorContext):
+    """After an ingest run, rebuild exactly the days (and their months) the new events touch."""
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("events")), limit=5
     ).records
@@ -49,14 +61,16 @@ def rebuild_touched_hours(context: dg.RunStatusSensorContext):
         if record.run_id == context.dagster_run.run_id:
             meta = record.asset_materialization.metadata.get("affected_hours")
             hours = list(meta.value) if meta is not None else []
-    keys = affected_hour_keys(hours)
+    spans = affected_day_spans(hours)
     run = context.dagster_run.run_id
-    for key in keys:
-        yield dg.RunRequest(run_key=f"{run}-{key}", job_name="hourly_job", partition_key=key)
-    for month in sorted({k[:7] for k in keys}):
+    for first, last in spans:
+        yield dg.RunRequest(
+            run_key=f"{run}-{first}..{last}", job_name="daily_job", tags=day_range_tags(first, last)
+        )
+    for month in sorted({h[:7] for h in hours}):
         yield dg.RunRequest(
             run_key=f"{run}-{month}", job_name="monthly_job", partition_key=f"{month}-01"
         )
 
 
-sensors = [inbox_sensor, rebuild_touched_hours]
+sensors = [inbox_sensor, rebuild_touched_days]

@@ -1,0 +1,90 @@
+"""Memory is bounded by a partition, not by the month (issue 13): a regression test, not a timer.
+
+One generated month (`bench/generate.py`, the benchmark's own generator: 2,000-account Zipf
+sizes, retries, conflicts, corrections, late events) and its first week alone, so both have the
+same events per day (the same partition sizes) and the month has ~4x the events. Each is
+ingested and run with `usagebox run --month` as a user types it, in its own subprocess, with
+small ingest chunks so both files span several chunks. Bounded by a partition (a day, a
+chunk, an account shard), both peaks are about equal; a step that held the month (its events or
+its hourly rows, and the working memory around them) would grow by more than the extra events'
+own size, which is the budget. Peak RSS is the kernel's high-water mark (`os.wait4`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MONTH = "2026-10"
+EVENTS = 400_000
+CHUNK_ROWS = "25000"
+ACCOUNTS = 2000
+
+pytestmark = pytest.mark.slow
+
+
+def _peak_rss(argv: list[str], logs: Path, env: dict[str, str]) -> int:
+    """Run `argv` to completion (exit 0 required); its peak RSS in bytes, from `wait4`."""
+    err = logs.with_suffix(".err")
+    with logs.open("wb") as out, err.open("wb") as errors:
+        proc = subprocess.Popen(argv, stdout=out, stderr=errors, cwd=ROOT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    assert proc.returncode == 0, err.read_text()[-2000:]
+    return usage.ru_maxrss * 1024
+
+
+def _generate(work: Path) -> tuple[Path, Path]:
+    """The month's events and pricebooks under `work`."""
+    py = sys.executable
+    subprocess.run(
+        [py, "bench/generate.py", "--events", str(EVENTS), "--accounts", str(ACCOUNTS),
+         "--month", MONTH, "--out", str(work / "input")],
+        cwd=ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        [py, "bench/pricebooks.py", "--out", str(work / "pricebooks"), "--accounts",
+         str(ACCOUNTS), "--month", MONTH],
+        cwd=ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    return work / "input/events.parquet", work / "pricebooks"
+
+
+def _first_week(events: Path, out: Path) -> Path:
+    """The same file cut to events before the 8th (late events of the month before included)."""
+    cut = datetime(2026, 10, 8, tzinfo=UTC)
+    pl.scan_parquet(events).filter(pl.col("timestamp") < cut).sink_parquet(out)
+    return out
+
+
+def _usagebox(*args: str) -> list[str]:
+    return [sys.executable, "-m", "usagebox_pipelines.cli", *args]
+
+
+def test_peak_memory_of_ingest_and_run_does_not_grow_with_the_month(tmp_path: Path) -> None:
+    month, books = _generate(tmp_path)
+    files = {"week": _first_week(month, tmp_path / "week.parquet"), "month": month}
+    env = os.environ | {"USAGEBOX_CHUNK_ROWS": CHUNK_ROWS}
+    peaks = {}
+    for label, events in files.items():
+        opts = ["--home", str(tmp_path / label), "--pricebooks", str(books)]
+        for command, args in (("ingest", [str(events)]), ("run", ["--month", MONTH])):
+            argv = _usagebox(command, *args, *opts)
+            peaks[f"{command} {label}"] = _peak_rss(argv, tmp_path / f"{command}-{label}.out", env)
+    sizes = {k: pl.read_parquet(v).estimated_size() for k, v in files.items()}
+    budget = sizes["month"] - sizes["week"]
+    for command in ("ingest", "run"):
+        growth = peaks[f"{command} month"] - peaks[f"{command} week"]
+        assert growth < budget, (
+            f"{command}: peak RSS grew by {growth / 2**20:.0f} MiB from a week to a month at the "
+            f"same events per day (budget {budget / 2**20:.0f} MiB, the extra events' size): a "
+            "step holds the month in memory. Peaks: "
+            + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in peaks.items())
+        )

@@ -16,16 +16,13 @@ verify` prints. Invariant 5 is cheap by default; per closed period, with no PDF 
   (reproduce.rebuild_period) instead of one per document, and compared with the stored ones.
 
 `render=True` (`usagebox verify --render`) also re-renders each rebuilt document and compares
-the bytes' sha256 with the stored one, in a process pool (`os.cpu_count()` workers) when there
-are several; `usagebox invoice verify N` always renders its one document. Rewriting
+the bytes' sha256 with the stored one, in a process pool when there are several (stages.pdfs,
+shared with the close); `usagebox invoice verify N` always renders its one document. Rewriting
 `_delta_log` itself is out of reach of these checks.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -71,6 +68,7 @@ from usagebox_pipelines.stages.events import (
     FIRST_HOUR,
     events_frame,
 )
+from usagebox_pipelines.stages.pdfs import render_each
 from usagebox_pipelines.stages.rating import rate_month
 from usagebox_pipelines.stages.reproduce import decisions_of_close, rebuild_period, rebuilt_document
 from usagebox_pipelines.stages.results import VerifyReport
@@ -171,10 +169,6 @@ def draft_lines_match_rated(
     return inv.draft_lines_equal_rated(month, drafts, mismatches)
 
 
-#: Render in a process pool from this many documents on (a pool costs ~1 s to start).
-POOL_FROM = 4
-
-
 def issued_intact(
     store: DeltaStore, settings: Settings, month: str | None = None, render: bool = False
 ) -> inv.InvariantResult:
@@ -267,16 +261,11 @@ def render_problems(
     """Re-render each rebuilt document; a problem per sha256 that differs from the stored one."""
     issued = issued_invoices(store, closed)
     issuer = load_issuer()
-    jobs = [
+    jobs = (
         (doc, lines, accounts.get(doc["account_id"]), issuer, corrected_numbers(issued, doc, lines))
         for doc, lines, _ in docs
-    ]  # fmt: skip
-    if len(jobs) >= POOL_FROM and (os.cpu_count() or 1) > 1:
-        spawn = multiprocessing.get_context("spawn")  # polars' threads do not survive a fork
-        with ProcessPoolExecutor(max_workers=os.cpu_count(), mp_context=spawn) as pool:
-            hashes = list(pool.map(_render_sha, jobs))
-    else:
-        hashes = [_render_sha(job) for job in jobs]
+    )  # fmt: skip
+    hashes = list(render_each(_render_sha, jobs, len(docs)))
     return [
         {
             "invoice_number": doc["invoice_number"],

@@ -55,6 +55,8 @@ from usagebox_pipelines.stages.books import (
     issued_lines,
     open_months_before,
     opening_credit,
+    rating_inputs_key,
+    restated_months,
     tampered_periods,
 )
 from usagebox_pipelines.stages.events import (
@@ -81,6 +83,8 @@ class ClosePlan:
     issued: pl.DataFrame
     decisions: pl.DataFrame
     decisions_version: int | None
+    hourly_version: int | None = None
+    inputs_key: str | None = None
 
 
 @writes_tables("close")
@@ -136,26 +140,30 @@ def close_month(
 def plan_close(
     store: DeltaStore, pricebooks_dir: Path, month: str, closed: dict[str, dict]
 ) -> ClosePlan:
-    """Rate the month (and re-rate earlier closed months) at one `events` version, or refuse."""
+    """Rate the month (and re-rate the earlier closed months whose inputs changed since they
+    were last restated: books.restated_months) at one `events` version, or refuse."""
     books = load_pricebooks(pricebooks_dir)
     accounts = load_accounts(pricebooks_dir)
     issued = issued_invoices(store, closed)
     version = store.version(EVENTS)
-    earlier = sorted(q for q in closed if q < month)
+    hourly_version = store.version(USAGE_HOURLY)
+    inputs_key = rating_inputs_key(books, accounts)
+    # the decisions this close reads, at one version (recorded in its commits for verify)
+    decisions_version = store.version(GUARDRAIL_DECISIONS)
+    decisions = decisions_at(store, decisions_version)
+    earlier = restated_months(store, closed, month, inputs_key, decisions)
     problems = _table_problems(store, month, earlier) + frozen_problems(books, issued)
     opening = opening_credit(store, accounts, closed)
     hourly = hourly_at(store, month, version)
     rating = rate_usage(hourly, month, books, accounts, opening)
-    rerated = {q: rate_usage(hourly_at(store, q, version), q, books, accounts) for q in earlier}
+    earlier_hourly = {q: hourly_at(store, q, version) for q in earlier}
+    rerated = {q: rate_usage(h, q, books, accounts) for q, h in earlier_hourly.items()}
     problems += _unrated_problems(store, month, rating, rerated)
     if problems:
         raise InvariantError(f"close {month} refused: " + "; ".join(problems))
-    # the decisions this close reads, at one version (recorded in its commits for verify)
-    decisions_version = store.version(GUARDRAIL_DECISIONS)
-    decisions = decisions_at(store, decisions_version)
     rated = apply_waivers(rating.rated, hourly, decisions, month, books, accounts, opening)
     restated = {
-        q: apply_waivers(r.rated, hourly_at(store, q, version), decisions, q, books, accounts)
+        q: apply_waivers(r.rated, earlier_hourly[q], decisions, q, books, accounts)
         for q, r in rerated.items()
     }
     lines_issued = issued_lines(store, issued)
@@ -173,6 +181,8 @@ def plan_close(
         issued,
         decisions,
         decisions_version,
+        hourly_version,
+        inputs_key,
     )
 
 

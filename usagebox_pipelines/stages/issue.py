@@ -42,6 +42,8 @@ from usagebox_pipelines.invoicing.summaries import (
 )
 from usagebox_pipelines.stages.books import (
     DECISIONS_VERSION_KEY,
+    HOURLY_VERSION_KEY,
+    INPUTS_KEY,
     all_invoices,
     unfinished_periods,
     write_ledger,
@@ -80,7 +82,7 @@ def issue_close(
     invoices = _stamp(store, plan, invoices, lines)
     invoices = _render_all(documents, plan, invoices, lines, issuer)
     close_row = _close_row(plan, invoices, approved_by, run_id)
-    _commit(store, plan.period, invoices, lines, close_row, run_id, plan.decisions_version)
+    _commit(store, plan.period, invoices, lines, close_row, run_id, plan.decisions_version, plan)
     write_ledger(store, plan.accounts, run_id)  # derived from issued draws; after the marker
     return Closed(
         period=plan.period,
@@ -249,20 +251,32 @@ def _commit(
     close_row: dict,
     run_id: str,
     decisions_version: int | None = None,
+    plan: ClosePlan | None = None,
 ) -> None:
     """Three commits: lines, invoices (each replacing the period's drafts), then the marker.
     Each records the `guardrail_decisions` version the close read (hard-stop waivers and
-    notes; "none": no table yet), so verify rebuilds from the same decisions."""
+    notes; "none": no table yet), so verify rebuilds from the same decisions, and the
+    `usage_hourly` version and rating-inputs fingerprint, so a later close re-rates this
+    month only if something changed since (books.restated_months)."""
     meta = {
         "run_id": run_id,
         "stage": "close",
         "period": period,
-        DECISIONS_VERSION_KEY: "none" if decisions_version is None else str(decisions_version),
+        DECISIONS_VERSION_KEY: _version_text(decisions_version),
     }
+    if plan is not None and plan.inputs_key is not None:
+        meta |= {
+            HOURLY_VERSION_KEY: _version_text(plan.hourly_version),
+            INPUTS_KEY: plan.inputs_key,
+        }
     store.replace_partition(INVOICE_LINES, lines, period=period, metadata=meta)
     store.replace_partition(INVOICES, invoices, period=period, metadata=meta)
     marker = pl.DataFrame([close_row], schema=PERIOD_CLOSES.schema)
     store.append(PERIOD_CLOSES, marker, metadata=meta)
+
+
+def _version_text(version: int | None) -> str:
+    return "none" if version is None else str(version)
 
 
 def _whoami() -> str:

@@ -75,20 +75,30 @@ def issued_invoices(store: DeltaStore, closed: dict[str, dict] | None = None) ->
     )
 
 
-def issued_lines(store: DeltaStore, invoices: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Lines of the issued documents of closed periods."""
+def issued_lines(
+    store: DeltaStore, invoices: pl.DataFrame | None = None, where: pl.Expr | None = None
+) -> pl.DataFrame:
+    """Lines of the issued documents of closed periods (only those matching `where`: the
+    filter is pushed into the scan, so a caller that needs a few kinds or periods does not
+    read every line ever issued)."""
     invoices = issued_invoices(store) if invoices is None else invoices
     numbers = invoices.get_column("invoice_number").to_list()
-    return all_lines(store).filter(pl.col("invoice_number").is_in(numbers))
+    lines = store.scan(INVOICE_LINES)
+    if where is not None:
+        lines = lines.filter(where)
+    return lines.filter(pl.col("invoice_number").is_in(numbers)).collect()
+
+
+CREDIT = pl.col("kind") == "credit"
 
 
 def unfinished_periods(store: DeltaStore) -> list[str]:
     """Periods holding issued rows (or numbered lines) but no `period_closes` row: crashed."""
     closed = list(closed_periods(store))
-    inv = all_invoices(store).filter(pl.col("status") == "issued")
-    lines = all_lines(store).filter(pl.col("invoice_number").is_not_null())
-    periods = set(inv["period"].to_list()) | set(lines["period"].to_list())
-    return sorted(p for p in periods if p is not None and p not in closed)
+    inv = store.scan(INVOICES).filter(pl.col("status") == "issued").select("period").unique()
+    lines = store.scan(INVOICE_LINES).filter(pl.col("invoice_number").is_not_null())
+    found = pl.concat([inv, lines.select("period").unique()]).collect()["period"]
+    return sorted(p for p in set(found.to_list()) if p is not None and p not in closed)
 
 
 def open_months_before(store: DeltaStore, month: str, closed: dict[str, dict]) -> list[str]:
@@ -97,9 +107,15 @@ def open_months_before(store: DeltaStore, month: str, closed: dict[str, dict]) -
     Closing past one of them would draw prepaid credit (and take numbers) out of issue order.
     """
     start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+    hour = pl.col("hour")
+    not_closed = hour < start
+    for q in closed:  # skip the closed months' hours in the scan (file statistics prune them)
+        q_start, q_end = month_bounds(q)
+        if q_start < start:
+            not_closed &= (hour < q_start) | (hour >= q_end)
     months = (
         store.scan(USAGE_HOURLY)
-        .filter((pl.col("hour") < start) & pl.col("billable").fill_null(False))
+        .filter(not_closed & pl.col("billable").fill_null(False))
         .group_by(pl.col("hour").dt.strftime("%Y-%m").alias("month"), "account_id", "meter_id")
         .agg(pl.col("sum").sum())
         .filter(pl.col("sum") != 0)
@@ -341,13 +357,14 @@ def opening_credit(
     store: DeltaStore, accounts: object, closed: dict[str, dict] | None = None
 ) -> dict[str, Decimal]:
     """Balances the next close (and every draft) applies: grant − drawn by issued invoices."""
-    return balances(grants(accounts), issued_lines(store, issued_invoices(store, closed)))
+    return balances(grants(accounts), issued_lines(store, issued_invoices(store, closed), CREDIT))
 
 
 @writes_tables("credit_ledger")
 def write_ledger(store: DeltaStore, accounts: object, run_id: str = "cli") -> pl.DataFrame:
     """Rewrite `credit_ledger` from the issued invoices of closed periods (after a close)."""
     closed = closed_periods(store)  # oldest close first
-    rows = ledger(grants(accounts), list(closed), issued_lines(store, issued_invoices(store)))
+    lines = issued_lines(store, issued_invoices(store, closed), CREDIT)
+    rows = ledger(grants(accounts), list(closed), lines)
     store.overwrite(CREDIT_LEDGER, rows, metadata={"run_id": run_id, "stage": "credit_ledger"})
     return rows

@@ -29,7 +29,7 @@ from usagebox_pipelines.catalog import (
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import InvariantError, UsageboxError
 from usagebox_pipelines.events.raw import accepted_only
-from usagebox_pipelines.invoicing.adjustments import adjustments_for
+from usagebox_pipelines.invoicing.adjustments import adjustments_for, bills
 from usagebox_pipelines.invoicing.hard_stop import apply_waivers
 from usagebox_pipelines.invoicing.lines import (
     build_draft_invoices,
@@ -64,7 +64,7 @@ from usagebox_pipelines.stages.events import (
 )
 from usagebox_pipelines.stages.issue import issue_close
 from usagebox_pipelines.stages.results import AlreadyClosed, CloseResult, NeedsApproval
-from usagebox_pipelines.stages.verify import verify
+from usagebox_pipelines.stages.verify import verify_month
 from usagebox_pipelines.storage import DeltaStore, DocumentStore, writes_tables
 
 
@@ -166,7 +166,7 @@ def plan_close(
         q: apply_waivers(r.rated, earlier_hourly[q], decisions, q, books, accounts)
         for q, r in rerated.items()
     }
-    lines_issued = issued_lines(store, issued)
+    lines_issued = issued_lines(store, issued, bills(earlier))  # what restating compares
     adjustments = adjustments_for(lines_issued, restated)
     invoices, lines = build_draft_invoices(rated, accounts, month, adjustments)
     return ClosePlan(
@@ -189,7 +189,9 @@ def plan_close(
 def _table_problems(store: DeltaStore, month: str, earlier: list[str]) -> list[str]:
     """Failed invariants 1–3 for the month, and stale rollups of closed months re-rated now."""
     problems = [
-        f"invariant {r.name} failed ({r.detail})" for r in verify(store, month) if not r.passed
+        f"invariant {r.name} failed ({r.detail})"
+        for r in verify_month(store, month)
+        if not r.passed
     ]
     events = events_frame(store)
     hourly = store.scan(USAGE_HOURLY)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import event
 from tests.test_close_audit import cli_app
-from tests.test_close_scenario import OCT, OCT_ISSUED, SONNET, build_month, ingest, scenario
+from tests.test_close_scenario import NOV, OCT, OCT_ISSUED, SONNET, build_month, ingest, scenario
 from usagebox_pipelines.catalog import (
     CREDIT_LEDGER,
     GUARDRAIL_DECISIONS,
@@ -24,14 +24,19 @@ from usagebox_pipelines.errors import InvariantError, UsageboxError
 from usagebox_pipelines.invoicing import summaries as summaries_module
 from usagebox_pipelines.invoicing.render import pdf_sha256
 from usagebox_pipelines.invoicing.summaries import draft_summaries
+from usagebox_pipelines.pricing.accounts import load_accounts
+from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.stages import close as close_stage
 from usagebox_pipelines.stages import verify as verify_stage
 from usagebox_pipelines.stages.books import (
     all_invoices,
     all_lines,
     books_problems,
+    closed_periods,
+    decisions_at,
     issued_invoices,
     issued_lines,
+    rating_inputs_key,
     unfinished_periods,
 )
 from usagebox_pipelines.stages.close import close_month, plan_close
@@ -308,3 +313,77 @@ def _pdf_text(path) -> str:
 
     pages = PdfReader(path).pages
     return " ".join(" ".join(page.extract_text().split()) for page in pages)
+
+
+# --------------------------------------------------------------------------- restatement cost
+
+DEC = "2026-12"
+
+
+def _full_restatement(store, closed, month, *_):
+    """What every close did before: re-rate every closed month before `month`."""
+    return sorted(q for q in closed if q < month)
+
+
+def _plans_agree(store, settings, month, monkeypatch) -> list[str]:
+    """The months the close re-rates; its plan equals the one that re-rates them all."""
+    closed = closed_periods(store)
+    restated = close_stage.restated_months(
+        store, closed, month, rating_inputs_key(*_books(settings)), _decisions(store)
+    )
+    plan = plan_close(store, settings.pricebooks, month, closed)
+    with monkeypatch.context() as mp:
+        mp.setattr(close_stage, "restated_months", _full_restatement)
+        full = plan_close(store, settings.pricebooks, month, closed)
+    assert plan.invoices.equals(full.invoices)
+    assert plan.lines.equals(full.lines)
+    return restated
+
+
+def _books(settings):
+    return load_pricebooks(settings.pricebooks), load_accounts(settings.pricebooks)
+
+
+def _decisions(store):
+    return decisions_at(store, store.version(GUARDRAIL_DECISIONS))
+
+
+def test_a_close_re_rates_only_the_closed_months_whose_inputs_changed(tmp_path, monkeypatch):
+    """Closing December re-rates no closed month when nothing reached them since November's
+    close restated October; a late October event makes October (only) re-rated; an edit of
+    the accounts makes every closed month re-rated. The plan is always the one that re-rates
+    every closed month (issue 13: close cost does not grow with history)."""
+    store, settings = scenario().home_at("nov_closed", tmp_path / "h")
+    december = [event("d-001-in", "acct-001", 3_000_000, "2026-12-04T10:00:00Z")]
+    ingest(store, tmp_path / "dec.jsonl", december)
+    build_month(store, settings.pricebooks, DEC)
+    rollups = _count_calls(monkeypatch, close_stage, "hourly_at")
+    assert _plans_agree(store, settings, DEC, monkeypatch) == []
+    assert rollups == [1 + 3]  # December alone; the full plan: December, October, November
+
+    late = [event("late-oct-2", "acct-007", 500_000, "2026-10-28T10:00:00Z")]
+    ingest(store, tmp_path / "late.jsonl", late)
+    build_month(store, settings.pricebooks, OCT)
+    assert _plans_agree(store, settings, DEC, monkeypatch) == [OCT]
+    plan = plan_close(store, settings.pricebooks, DEC, closed_periods(store))
+    adjusts = plan.lines.filter(pl.col("kind") == "adjustment")
+    assert adjusts["adjusts_period"].unique().to_list() == [OCT]
+    assert adjusts["account_id"].unique().to_list() == ["acct-007"]
+
+    accounts_yaml = settings.pricebooks / "accounts.yaml"
+    accounts_yaml.write_text(
+        accounts_yaml.read_text().replace('discount_pct: "12.5"', 'discount_pct: "15"'),
+        encoding="utf-8",
+    )
+    assert _plans_agree(store, settings, DEC, monkeypatch) == [OCT, NOV]
+
+
+def test_a_month_closed_before_the_inputs_were_recorded_is_always_re_rated(tmp_path):
+    store, settings = scenario().home_at("nov_closed", tmp_path / "h")
+    closed = closed_periods(store)
+    key = rating_inputs_key(*_books(settings))
+    assert close_stage.restated_months(store, closed, DEC, key, _decisions(store)) == []
+    assert close_stage.restated_months(store, closed, DEC, "other", _decisions(store)) == [
+        OCT,
+        NOV,
+    ]

@@ -70,6 +70,27 @@ def test_raw_html_cannot_read_local_files_and_output_is_deterministic():
     assert b"root:" not in first
 
 
+def test_font_subsets_are_memoised_and_give_the_bytes_of_an_unmemoised_render(monkeypatch):
+    """A close renders thousands of PDFs with the same few glyph sets: the subset of a font
+    is replayed from the cache, and the document is byte for byte the one without it."""
+    from weasyprint.pdf import fonts
+
+    from usagebox_pipelines import documents
+
+    html = "<p>Invoice UBX-2026-000042</p><p><b>Total due $1,234.56</b></p>"
+    other = "<p>Credit note — €98.70 in your favour</p>"
+    documents._SUBSETS.clear()
+    first = html_to_pdf(html)
+    cached = len(documents._SUBSETS)
+    assert cached >= 2  # regular and bold
+    html_to_pdf(other)
+    assert html_to_pdf(html) == first  # replayed from the cache
+    assert len(documents._SUBSETS) > cached
+    monkeypatch.setattr(fonts.Font, "subset", fonts.Font.subset.__wrapped__)
+    assert html_to_pdf(html) == first
+    assert html_to_pdf(other) == html_to_pdf(other)
+
+
 def test_templates_autoescape_and_refuse_undefined_names():
     env = jinja_env()
     assert env.autoescape is True

@@ -34,18 +34,22 @@ import io
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import polars as pl
+import weasyprint
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 from weasyprint import HTML
+from weasyprint.pdf import fonts as pdf_fonts
 from weasyprint.urls import URLFetcher
 
 from usagebox_pipelines.config import ASSETS_DIR, TEMPLATES_DIR
@@ -236,6 +240,67 @@ def _reproducible_fonts() -> Iterator[None]:
                 del os.environ["SOURCE_DATE_EPOCH"]
             else:
                 os.environ["SOURCE_DATE_EPOCH"] = previous
+
+
+# --------------------------------------------------------------------------- font subsets
+
+#: Subset fonts kept per process (each some tens of KB): invoices mostly use the same glyphs.
+SUBSET_CACHE_SIZE = 256
+_SUBSETS: OrderedDict[tuple, bytes] = OrderedDict()
+_SUBSETS_LOCK = threading.Lock()
+
+
+def _memoise_font_subsets() -> bool:
+    """Remember WeasyPrint's font subsets: the same font and glyphs give the same bytes.
+
+    Subsetting a font (fontTools decompiles its layout tables every time) is about a third of
+    a document's render time, and most documents use the same few glyph sets (digits, the
+    labels). `Font.subset` is a pure function of the font file, its face index, the glyph ids,
+    `hinting`, whether glyphs are missing, and `SOURCE_DATE_EPOCH` (fontTools stamps `head`
+    with it), so the subset is keyed on exactly those and replayed on a hit: the PDF bytes are
+    the same as without the cache (tests/test_invoicing_documents.py). Only for the WeasyPrint
+    major version this was checked against; any other renders unmemoised.
+    """
+    font: Any = getattr(pdf_fonts, "Font", None)
+    real = getattr(font, "subset", None)
+    if real is None or getattr(real, "memoised", False):
+        return False
+    if weasyprint.__version__.split(".")[0] != "70":
+        return False
+
+    def subset(self: Any, to_unicode: dict, hinting: bool) -> None:
+        if not to_unicode:
+            return real(self, to_unicode, hinting)
+        content: bytes = self.file_content
+        key = (
+            hashlib.sha256(content).digest(),
+            self.index,
+            tuple(sorted(to_unicode)),
+            bool(hinting),
+            bool(self.missing),
+            os.environ.get("SOURCE_DATE_EPOCH"),
+        )
+        with _SUBSETS_LOCK:
+            hit = _SUBSETS.get(key)
+            if hit is not None:
+                _SUBSETS.move_to_end(key)
+        if hit is not None:
+            self.file_content = hit
+            return None
+        real(self, to_unicode, hinting)
+        with _SUBSETS_LOCK:
+            _SUBSETS[key] = self.file_content
+            while len(_SUBSETS) > SUBSET_CACHE_SIZE:
+                _SUBSETS.popitem(last=False)
+        return None
+
+    subset.memoised = True  # type: ignore[attr-defined]
+    subset.__wrapped__ = real  # type: ignore[attr-defined]
+    font.subset = subset
+    return True
+
+
+_memoise_font_subsets()
 
 
 # --------------------------------------------------------------------------- CSV

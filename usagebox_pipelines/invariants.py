@@ -125,6 +125,32 @@ def events_unique(events: pl.LazyFrame) -> InvariantResult:
     )
 
 
+def month_events_unique(events: pl.LazyFrame, start: datetime, end: datetime) -> InvariantResult:
+    """2, for the events counting in [start, end): none of their (account_id, event_id) keys
+    is stored twice, in the window or anywhere else. Memory is bounded by the window's keys
+    (the rest of history is streamed through a semi join), not by all of history."""
+    keys = ["account_id", "event_id"]
+    inside = ((pl.col("hour") >= start) & (pl.col("hour") < end)).fill_null(False)
+    mine = events.filter(inside).group_by(keys).agg(n=pl.len()).collect(engine="streaming")
+    elsewhere = (
+        events.filter(~inside)
+        .select(keys)
+        .join(mine.lazy().select(keys), on=keys, how="semi", nulls_equal=True)
+        .group_by(keys)
+        .agg(m=pl.len())
+        .collect(engine="streaming")
+    )
+    dups = (
+        mine.join(elsewhere, on=keys, how="left", nulls_equal=True)
+        .with_columns(n=(pl.col("n") + pl.col("m").fill_null(0)).cast(pl.UInt32))
+        .drop("m")
+        .filter(pl.col("n") > 1)
+    )
+    return InvariantResult(
+        "2_events_unique", dups.height == 0, f"{dups.height} duplicated keys", _examples(dups)
+    )
+
+
 def hourly_matches_events(
     events: pl.LazyFrame, hourly: pl.LazyFrame, start: datetime | None, end: datetime | None
 ) -> InvariantResult:

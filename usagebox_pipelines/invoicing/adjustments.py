@@ -25,9 +25,15 @@ _ZERO_MONEY = pl.lit(0).cast(MONEY2)
 def billed_for_period(issued_lines: pl.DataFrame, period: str) -> pl.DataFrame:
     """Every issued line that bills `period`: its invoice's own lines (not adjustments of older
     months carried on it) and adjustment lines issued later that adjust it."""
-    own = (pl.col("period") == period) & (pl.col("kind") != "adjustment")
-    later = (pl.col("kind") == "adjustment") & (pl.col("adjusts_period") == period)
-    return issued_lines.filter(own | later)
+    return issued_lines.filter(bills([period]))
+
+
+def bills(periods: list[str]) -> pl.Expr:
+    """The lines that bill one of `periods` (see `billed_for_period`), as a filter a stage can
+    push into its scan."""
+    own = pl.col("period").is_in(periods) & (pl.col("kind") != "adjustment")
+    later = (pl.col("kind") == "adjustment") & pl.col("adjusts_period").is_in(periods)
+    return own | later
 
 
 def compute_adjustments(

@@ -77,9 +77,12 @@ def _stop_amounts(
 ) -> list[tuple[dict, Decimal]]:
     """(decision, amount billed after it) per first stop. Waived stops run in order on what
     the earlier ones left (no usage is waived twice); billed ones each on all the usage."""
+    stops = first_stops(decisions, account_id, period)
+    if stops.is_empty():  # most accounts: no need to look at their usage at all
+        return []
     mine = hourly.filter(pl.col("account_id") == account_id)
     out = []
-    for row in first_stops(decisions, account_id, period).iter_rows(named=True):
+    for row in stops.iter_rows(named=True):
         scope = _in_scope(row)
         after = scope & (pl.col("hour") + timedelta(hours=1) > row["effective_at"])
         if waive:

@@ -17,8 +17,10 @@ invoices (count, first/last number, totals).
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import polars as pl
 
@@ -41,6 +43,10 @@ from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 #: Commit metadata of a close: the `guardrail_decisions` version it read.
 DECISIONS_VERSION_KEY = "guardrail_decisions_version"
+#: ... the `usage_hourly` version it read, and a fingerprint of the pricebooks and accounts it
+#: rated with: what a later close compares to skip closed months nothing has touched since.
+HOURLY_VERSION_KEY = "usage_hourly_version"
+INPUTS_KEY = "rating_inputs_sha256"
 
 
 def closes(store: DeltaStore) -> pl.DataFrame:
@@ -69,20 +75,30 @@ def issued_invoices(store: DeltaStore, closed: dict[str, dict] | None = None) ->
     )
 
 
-def issued_lines(store: DeltaStore, invoices: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Lines of the issued documents of closed periods."""
+def issued_lines(
+    store: DeltaStore, invoices: pl.DataFrame | None = None, where: pl.Expr | None = None
+) -> pl.DataFrame:
+    """Lines of the issued documents of closed periods (only those matching `where`: the
+    filter is pushed into the scan, so a caller that needs a few kinds or periods does not
+    read every line ever issued)."""
     invoices = issued_invoices(store) if invoices is None else invoices
     numbers = invoices.get_column("invoice_number").to_list()
-    return all_lines(store).filter(pl.col("invoice_number").is_in(numbers))
+    lines = store.scan(INVOICE_LINES)
+    if where is not None:
+        lines = lines.filter(where)
+    return lines.filter(pl.col("invoice_number").is_in(numbers)).collect()
+
+
+CREDIT = pl.col("kind") == "credit"
 
 
 def unfinished_periods(store: DeltaStore) -> list[str]:
     """Periods holding issued rows (or numbered lines) but no `period_closes` row: crashed."""
     closed = list(closed_periods(store))
-    inv = all_invoices(store).filter(pl.col("status") == "issued")
-    lines = all_lines(store).filter(pl.col("invoice_number").is_not_null())
-    periods = set(inv["period"].to_list()) | set(lines["period"].to_list())
-    return sorted(p for p in periods if p is not None and p not in closed)
+    inv = store.scan(INVOICES).filter(pl.col("status") == "issued").select("period").unique()
+    lines = store.scan(INVOICE_LINES).filter(pl.col("invoice_number").is_not_null())
+    found = pl.concat([inv, lines.select("period").unique()]).collect()["period"]
+    return sorted(p for p in set(found.to_list()) if p is not None and p not in closed)
 
 
 def open_months_before(store: DeltaStore, month: str, closed: dict[str, dict]) -> list[str]:
@@ -91,9 +107,15 @@ def open_months_before(store: DeltaStore, month: str, closed: dict[str, dict]) -
     Closing past one of them would draw prepaid credit (and take numbers) out of issue order.
     """
     start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+    hour = pl.col("hour")
+    not_closed = hour < start
+    for q in closed:  # skip the closed months' hours in the scan (file statistics prune them)
+        q_start, q_end = month_bounds(q)
+        if q_start < start:
+            not_closed &= (hour < q_start) | (hour >= q_end)
     months = (
         store.scan(USAGE_HOURLY)
-        .filter((pl.col("hour") < start) & pl.col("billable").fill_null(False))
+        .filter(not_closed & pl.col("billable").fill_null(False))
         .group_by(pl.col("hour").dt.strftime("%Y-%m").alias("month"), "account_id", "meter_id")
         .agg(pl.col("sum").sum())
         .filter(pl.col("sum") != 0)
@@ -202,6 +224,132 @@ def _min_seq(numbers: pl.Series) -> int | None:
     return min(seqs) if seqs else None
 
 
+# --------------------------------------------------------------------------- restatement
+
+
+def rating_inputs_key(books: Any, accounts: Any) -> str:
+    """A fingerprint of everything but usage that rates a month: the content hashes of every
+    pricebook version and the resolved accounts (any edit changes it, comments of a
+    pricebook excepted: its hash is of the parsed rates)."""
+    listed = sorted(accounts.listed.items())
+    payload = repr((sorted(books.fingerprints().items()), accounts.defaults, listed))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def restated_months(
+    store: DeltaStore,
+    closed: dict[str, dict],
+    month: str,
+    inputs_key: str,
+    decisions: pl.DataFrame,
+) -> list[str]:
+    """The closed months before `month` a close must re-rate: those whose inputs changed since
+    the last close that restated them. Every other one would restate to nothing.
+
+    Why: the last close R that restated closed month q (its own close, or a later one made
+    after it) issued, per comparable line, `rounded re-rating − billed` for each nonzero
+    difference, so after R what was billed for q equals q re-rated with R's inputs. Re-rated
+    with the same inputs now, every difference is zero and q adds no adjustment line. The
+    inputs are: `events` and `usage_hourly` rows of q's hours (their data files added or
+    removed since the versions R read, from the Delta log; no data is read), q's guardrail
+    decisions, and the pricebooks and accounts (`rating_inputs_key`, recorded in R's commits).
+    A month whose R recorded no key (a close made before this was recorded) is re-rated.
+    So closing month N costs O(months with late data), not O(closed months).
+    """
+    commits = close_commits(store, PERIOD_CLOSES)
+    ordered = sorted(closed.values(), key=lambda r: (r["closed_at"], r["period"]))
+    out = []
+    for q in sorted(p for p in closed if p < month):
+        own = closed[q]["closed_at"]
+        last = [
+            r for r in ordered if r["period"] == q or (r["period"] > q and r["closed_at"] > own)
+        ]
+        ref = last[-1]
+        if _touched_since(store, q, ref, commits.get(ref["period"]), inputs_key, decisions):
+            out.append(q)
+    return out
+
+
+def _touched_since(
+    store: DeltaStore,
+    q: str,
+    ref: dict,
+    commit: dict | None,
+    inputs_key: str,
+    decisions: pl.DataFrame,
+) -> bool:
+    """Whether anything that rates closed month `q` changed since close `ref` read it."""
+    meta = commit or {}
+    if meta.get(INPUTS_KEY) != inputs_key or HOURLY_VERSION_KEY not in meta:
+        return True
+    start, end = month_bounds(q)
+    for table, version in (
+        (EVENTS, ref["events_table_version"]),
+        (USAGE_HOURLY, _int_or_none(meta[HOURLY_VERSION_KEY])),
+    ):
+        if files_changed(store, table, version, start, end):
+            return True
+    raw = meta.get(DECISIONS_VERSION_KEY)
+    if raw is None:
+        return True
+    then = decisions_at(store, _int_or_none(raw))
+    return not _same_rows(
+        then.filter(pl.col("period") == q), decisions.filter(pl.col("period") == q)
+    )
+
+
+def files_changed(
+    store: DeltaStore, table: Table, version: int | None, start: datetime, end: datetime
+) -> bool:
+    """Whether a data file of `table` with rows in hours [start, end) was added or removed
+    since `version` (None: the table did not exist then). Reads only the Delta log; a file
+    without `hour` statistics, or a version the log no longer has, counts as a change."""
+    then = _hour_files(store, table, version) if version is not None else _NO_FILES
+    now = _hour_files(store, table, None)
+    if then is None or now is None:
+        return True
+    changed = pl.concat(
+        [now.join(then, on="path", how="anti"), then.join(now, on="path", how="anti")]
+    )
+    lo, hi = pl.col("lo"), pl.col("hi")
+    hits = changed.filter(lo.is_null() | hi.is_null() | ((lo < end) & (hi >= start)))
+    return hits.height > 0
+
+
+_NO_FILES = pl.DataFrame(
+    schema={"path": pl.String, "lo": pl.Datetime("us", "UTC"), "hi": pl.Datetime("us", "UTC")}
+)
+
+
+def _hour_files(store: DeltaStore, table: Table, version: int | None) -> pl.DataFrame | None:
+    """path, min and max `hour` of every data file of `table` at `version` (None: latest);
+    None when unknown (no statistics, or the version cannot be loaded)."""
+    try:
+        dt = store.table(table, version=version)
+    except Exception:  # noqa: BLE001 - a version vacuumed from the log: unknown
+        return None
+    if dt is None:
+        return _NO_FILES if version is None else None
+    actions = pl.DataFrame(dt.get_add_actions(flatten=True))
+    if actions.height == 0:
+        return _NO_FILES
+    if "min.hour" not in actions.columns or "max.hour" not in actions.columns:
+        return None
+    return actions.select("path", lo=pl.col("min.hour"), hi=pl.col("max.hour")).cast(
+        _NO_FILES.schema
+    )
+
+
+def _same_rows(a: pl.DataFrame, b: pl.DataFrame) -> bool:
+    if a.height != b.height or a.columns != b.columns:
+        return False
+    return a.sort(a.columns, nulls_last=True).equals(b.sort(b.columns, nulls_last=True))
+
+
+def _int_or_none(raw: object) -> int | None:
+    return None if raw in (None, "none") else int(str(raw))
+
+
 # --------------------------------------------------------------------------- credit
 
 
@@ -209,13 +357,14 @@ def opening_credit(
     store: DeltaStore, accounts: object, closed: dict[str, dict] | None = None
 ) -> dict[str, Decimal]:
     """Balances the next close (and every draft) applies: grant − drawn by issued invoices."""
-    return balances(grants(accounts), issued_lines(store, issued_invoices(store, closed)))
+    return balances(grants(accounts), issued_lines(store, issued_invoices(store, closed), CREDIT))
 
 
 @writes_tables("credit_ledger")
 def write_ledger(store: DeltaStore, accounts: object, run_id: str = "cli") -> pl.DataFrame:
     """Rewrite `credit_ledger` from the issued invoices of closed periods (after a close)."""
     closed = closed_periods(store)  # oldest close first
-    rows = ledger(grants(accounts), list(closed), issued_lines(store, issued_invoices(store)))
+    lines = issued_lines(store, issued_invoices(store, closed), CREDIT)
+    rows = ledger(grants(accounts), list(closed), lines)
     store.overwrite(CREDIT_LEDGER, rows, metadata={"run_id": run_id, "stage": "credit_ledger"})
     return rows

@@ -29,7 +29,7 @@ from usagebox_pipelines.catalog import (
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import InvariantError, UsageboxError
 from usagebox_pipelines.events.raw import accepted_only
-from usagebox_pipelines.invoicing.adjustments import adjustments_for
+from usagebox_pipelines.invoicing.adjustments import adjustments_for, bills
 from usagebox_pipelines.invoicing.hard_stop import apply_waivers
 from usagebox_pipelines.invoicing.lines import (
     build_draft_invoices,
@@ -55,6 +55,8 @@ from usagebox_pipelines.stages.books import (
     issued_lines,
     open_months_before,
     opening_credit,
+    rating_inputs_key,
+    restated_months,
     tampered_periods,
 )
 from usagebox_pipelines.stages.events import (
@@ -62,7 +64,7 @@ from usagebox_pipelines.stages.events import (
 )
 from usagebox_pipelines.stages.issue import issue_close
 from usagebox_pipelines.stages.results import AlreadyClosed, CloseResult, NeedsApproval
-from usagebox_pipelines.stages.verify import verify
+from usagebox_pipelines.stages.verify import verify_month
 from usagebox_pipelines.storage import DeltaStore, DocumentStore, writes_tables
 
 
@@ -81,6 +83,8 @@ class ClosePlan:
     issued: pl.DataFrame
     decisions: pl.DataFrame
     decisions_version: int | None
+    hourly_version: int | None = None
+    inputs_key: str | None = None
 
 
 @writes_tables("close")
@@ -136,29 +140,33 @@ def close_month(
 def plan_close(
     store: DeltaStore, pricebooks_dir: Path, month: str, closed: dict[str, dict]
 ) -> ClosePlan:
-    """Rate the month (and re-rate earlier closed months) at one `events` version, or refuse."""
+    """Rate the month (and re-rate the earlier closed months whose inputs changed since they
+    were last restated: books.restated_months) at one `events` version, or refuse."""
     books = load_pricebooks(pricebooks_dir)
     accounts = load_accounts(pricebooks_dir)
     issued = issued_invoices(store, closed)
     version = store.version(EVENTS)
-    earlier = sorted(q for q in closed if q < month)
+    hourly_version = store.version(USAGE_HOURLY)
+    inputs_key = rating_inputs_key(books, accounts)
+    # the decisions this close reads, at one version (recorded in its commits for verify)
+    decisions_version = store.version(GUARDRAIL_DECISIONS)
+    decisions = decisions_at(store, decisions_version)
+    earlier = restated_months(store, closed, month, inputs_key, decisions)
     problems = _table_problems(store, month, earlier) + frozen_problems(books, issued)
     opening = opening_credit(store, accounts, closed)
     hourly = hourly_at(store, month, version)
     rating = rate_usage(hourly, month, books, accounts, opening)
-    rerated = {q: rate_usage(hourly_at(store, q, version), q, books, accounts) for q in earlier}
+    earlier_hourly = {q: hourly_at(store, q, version) for q in earlier}
+    rerated = {q: rate_usage(h, q, books, accounts) for q, h in earlier_hourly.items()}
     problems += _unrated_problems(store, month, rating, rerated)
     if problems:
         raise InvariantError(f"close {month} refused: " + "; ".join(problems))
-    # the decisions this close reads, at one version (recorded in its commits for verify)
-    decisions_version = store.version(GUARDRAIL_DECISIONS)
-    decisions = decisions_at(store, decisions_version)
     rated = apply_waivers(rating.rated, hourly, decisions, month, books, accounts, opening)
     restated = {
-        q: apply_waivers(r.rated, hourly_at(store, q, version), decisions, q, books, accounts)
+        q: apply_waivers(r.rated, earlier_hourly[q], decisions, q, books, accounts)
         for q, r in rerated.items()
     }
-    lines_issued = issued_lines(store, issued)
+    lines_issued = issued_lines(store, issued, bills(earlier))  # what restating compares
     adjustments = adjustments_for(lines_issued, restated)
     invoices, lines = build_draft_invoices(rated, accounts, month, adjustments)
     return ClosePlan(
@@ -173,13 +181,17 @@ def plan_close(
         issued,
         decisions,
         decisions_version,
+        hourly_version,
+        inputs_key,
     )
 
 
 def _table_problems(store: DeltaStore, month: str, earlier: list[str]) -> list[str]:
     """Failed invariants 1–3 for the month, and stale rollups of closed months re-rated now."""
     problems = [
-        f"invariant {r.name} failed ({r.detail})" for r in verify(store, month) if not r.passed
+        f"invariant {r.name} failed ({r.detail})"
+        for r in verify_month(store, month)
+        if not r.passed
     ]
     events = events_frame(store)
     hourly = store.scan(USAGE_HOURLY)

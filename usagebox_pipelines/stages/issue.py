@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -41,14 +42,18 @@ from usagebox_pipelines.invoicing.summaries import (
 )
 from usagebox_pipelines.stages.books import (
     DECISIONS_VERSION_KEY,
+    HOURLY_VERSION_KEY,
+    INPUTS_KEY,
     all_invoices,
     unfinished_periods,
     write_ledger,
 )
+from usagebox_pipelines.stages.pdfs import render_each
 from usagebox_pipelines.stages.results import Closed
 from usagebox_pipelines.storage import NOT_NULL, DeltaStore, DocumentStore
 
 if TYPE_CHECKING:
+    from usagebox_pipelines.pricing.accounts import Accounts
     from usagebox_pipelines.stages.close import ClosePlan
 
 
@@ -77,7 +82,7 @@ def issue_close(
     invoices = _stamp(store, plan, invoices, lines)
     invoices = _render_all(documents, plan, invoices, lines, issuer)
     close_row = _close_row(plan, invoices, approved_by, run_id)
-    _commit(store, plan.period, invoices, lines, close_row, run_id, plan.decisions_version)
+    _commit(store, plan.period, invoices, lines, close_row, run_id, plan.decisions_version, plan)
     write_ledger(store, plan.accounts, run_id)  # derived from issued draws; after the marker
     return Closed(
         period=plan.period,
@@ -125,13 +130,17 @@ def _stamp(
 ) -> pl.DataFrame:
     """What every issued document records to be reproduced: events version, the content
     hashes of the pricebook versions its lines used, code and template version, notes."""
-    decisions = plan.decisions
     fingerprints = plan.books.fingerprints()
+    versions = dict(
+        lines.group_by("invoice_number")
+        .agg(pl.col("price_version").drop_nulls().unique())
+        .iter_rows()
+    )  # one pass over the lines, not one filter per document
+    stopped = set(_hard_stops(plan)["account_id"].to_list())
     rows = []
     for row in invoices.iter_rows(named=True):
         account = plan.accounts.get(row["account_id"])
-        own = lines.filter(pl.col("invoice_number") == row["invoice_number"])
-        keys = {f"{account.pricebook}@{v}" for v in own["price_version"].drop_nulls().to_list()}
+        keys = {f"{account.pricebook}@{v}" for v in versions.get(row["invoice_number"], [])}
         used = {k: fingerprints[k] for k in sorted(keys) if k in fingerprints}
         rows.append(
             row
@@ -140,19 +149,26 @@ def _stamp(
                 "pricebook_versions": dump_json(used),
                 "code_version": code_version(),
                 "template_version": TEMPLATE_VERSION,
-                "notes": _notes(row, decisions, plan),
+                "notes": _notes(row, plan, row["account_id"] in stopped),
             }
         )
     return pl.DataFrame(rows, schema=INVOICES.schema)
 
 
-def _notes(row: dict, decisions: pl.DataFrame, plan: ClosePlan) -> str | None:
+def _hard_stops(plan: ClosePlan) -> pl.DataFrame:
+    """The period's hard-stop decisions: the only accounts whose notes need their usage."""
+    return plan.decisions.filter(
+        (pl.col("period") == plan.period) & (pl.col("to_status") == "hard_stop")
+    )
+
+
+def _notes(row: dict, plan: ClosePlan, stopped: bool) -> str | None:
     """The draft's note plus one note per guardrail hard stop (invoices only), one per line:
     what was billed after the stop (invoicing.hard_stop), no internal decision ids."""
     notes = [row["notes"]] if row["notes"] else []
-    if row["document_type"] == "invoice":
+    if row["document_type"] == "invoice" and stopped:
         notes += hard_stop_notes(
-            decisions, plan.hourly, row["account_id"], plan.period, plan.books, plan.accounts
+            plan.decisions, plan.hourly, row["account_id"], plan.period, plan.books, plan.accounts
         )
     return NOTE_SEP.join(notes) if notes else None
 
@@ -164,18 +180,46 @@ def _render_all(
     lines: pl.DataFrame,
     issuer: dict,
 ) -> pl.DataFrame:
-    """Render every document to `<documents>/invoices/<period>/<number>.pdf`, record its hash."""
+    """Render every document to `<documents>/invoices/<period>/<number>.pdf`, record its hash.
+
+    In a process pool (stages.pdfs): each job is one document's row and lines; the PDFs come
+    back in the invoices' order and are written here, so paths and hashes are those of a
+    render one after another. A crash leaves only PDFs that no issued row names yet; the
+    rerun deletes them (`_clear_documents`) before rendering again.
+    """
     paths, hashes = [], []
-    for row in invoices.iter_rows(named=True):
-        own = lines.filter(pl.col("invoice_number") == row["invoice_number"])
-        corrects = corrected_numbers(plan.issued, row, own)
-        pdf = render_document(row, own, plan.accounts.get(row["account_id"]), issuer, corrects)
+    jobs = render_jobs(invoices, lines, plan.accounts, issuer, plan.issued)
+    for row, pdf in zip(
+        invoices.iter_rows(named=True), render_each(render_job, jobs, invoices.height), strict=True
+    ):
         rel = document_relpath(row["period"], row["invoice_number"])
         paths.append(rel)
         hashes.append(documents.put(rel, pdf))
     return invoices.with_columns(
         pdf_path=pl.Series(paths, dtype=pl.String), pdf_sha256=pl.Series(hashes, dtype=pl.String)
     )
+
+
+def render_jobs(
+    invoices: pl.DataFrame,
+    lines: pl.DataFrame,
+    accounts: Accounts,
+    issuer: dict,
+    issued: pl.DataFrame,
+) -> Iterator[tuple]:
+    """`render_document`'s arguments per document, in the invoices' order: its own lines only
+    (the lines are split once, not filtered per document)."""
+    own = lines.partition_by("invoice_number", as_dict=True, maintain_order=True)
+    empty = lines.clear()
+    for row in invoices.iter_rows(named=True):
+        mine = own.get((row["invoice_number"],), empty)
+        corrects = corrected_numbers(issued, row, mine)
+        yield row, mine, accounts.get(row["account_id"]), issuer, corrects
+
+
+def render_job(job: tuple) -> bytes:
+    """One document's PDF (module level: the process pool pickles it)."""
+    return render_document(*job)
 
 
 def _close_row(
@@ -207,20 +251,32 @@ def _commit(
     close_row: dict,
     run_id: str,
     decisions_version: int | None = None,
+    plan: ClosePlan | None = None,
 ) -> None:
     """Three commits: lines, invoices (each replacing the period's drafts), then the marker.
     Each records the `guardrail_decisions` version the close read (hard-stop waivers and
-    notes; "none": no table yet), so verify rebuilds from the same decisions."""
+    notes; "none": no table yet), so verify rebuilds from the same decisions, and the
+    `usage_hourly` version and rating-inputs fingerprint, so a later close re-rates this
+    month only if something changed since (books.restated_months)."""
     meta = {
         "run_id": run_id,
         "stage": "close",
         "period": period,
-        DECISIONS_VERSION_KEY: "none" if decisions_version is None else str(decisions_version),
+        DECISIONS_VERSION_KEY: _version_text(decisions_version),
     }
+    if plan is not None and plan.inputs_key is not None:
+        meta |= {
+            HOURLY_VERSION_KEY: _version_text(plan.hourly_version),
+            INPUTS_KEY: plan.inputs_key,
+        }
     store.replace_partition(INVOICE_LINES, lines, period=period, metadata=meta)
     store.replace_partition(INVOICES, invoices, period=period, metadata=meta)
     marker = pl.DataFrame([close_row], schema=PERIOD_CLOSES.schema)
     store.append(PERIOD_CLOSES, marker, metadata=meta)
+
+
+def _version_text(version: int | None) -> str:
+    return "none" if version is None else str(version)
 
 
 def _whoami() -> str:

@@ -16,16 +16,13 @@ verify` prints. Invariant 5 is cheap by default; per closed period, with no PDF 
   (reproduce.rebuild_period) instead of one per document, and compared with the stored ones.
 
 `render=True` (`usagebox verify --render`) also re-renders each rebuilt document and compares
-the bytes' sha256 with the stored one, in a process pool (`os.cpu_count()` workers) when there
-are several; `usagebox invoice verify N` always renders its one document. Rewriting
+the bytes' sha256 with the stored one, in a process pool when there are several (stages.pdfs,
+shared with the close); `usagebox invoice verify N` always renders its one document. Rewriting
 `_delta_log` itself is out of reach of these checks.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -41,9 +38,10 @@ from usagebox_pipelines.catalog import (
     UNRATED_USAGE,
     USAGE_HOURLY,
     USAGE_MONTHLY,
+    Table,
 )
 from usagebox_pipelines.config import Settings
-from usagebox_pipelines.events.raw import with_disposition
+from usagebox_pipelines.events.raw import accepted_only, with_disposition
 from usagebox_pipelines.invoicing.compare import line_differences, total_differences
 from usagebox_pipelines.invoicing.lines import (
     rated_lines,
@@ -71,6 +69,7 @@ from usagebox_pipelines.stages.events import (
     FIRST_HOUR,
     events_frame,
 )
+from usagebox_pipelines.stages.pdfs import render_each
 from usagebox_pipelines.stages.rating import rate_month
 from usagebox_pipelines.stages.reproduce import decisions_of_close, rebuild_period, rebuilt_document
 from usagebox_pipelines.stages.results import VerifyReport
@@ -102,18 +101,52 @@ def verify_report(
     return VerifyReport((*verify(store, month), issued_intact(store, settings, month, render)))
 
 
-def verify_ingest(store: DeltaStore) -> inv.InvariantResult:
-    """Invariant 1 alone (cheap: per-batch counts), for the ingest asset's blocking check."""
-    return inv.ingest_counts_add_up(store.read(INGEST_LOG), _stored_counts_per_batch(store))
+def verify_month(store: DeltaStore, month: str) -> list[inv.InvariantResult]:
+    """Invariants 1–3 as the close of `month` checks them, at the cost of the month rather
+    than of all history: ingest counts of the batches that carried an accepted event of the
+    month, no duplicate key among the month's events (in the month or anywhere else), events
+    = `usage_hourly` = `usage_monthly` over the month, no event before the first partition.
+    `verify` (and `usagebox verify`) still checks every batch and every key."""
+    start, end = month_bounds(month)
+    events = events_frame(store)
+    hourly = store.scan(USAGE_HOURLY)
+    batches = (
+        accepted_only(store.scan(RAW_EVENTS))
+        .filter((pl.col("hour") >= start) & (pl.col("hour") < end))
+        .select("batch_id")
+        .unique()
+        .collect()["batch_id"]
+    )
+    return [
+        verify_ingest(store, batches.to_list()),
+        inv.month_events_unique(events, start, end),
+        inv.hourly_matches_events(events, hourly, start, end),
+        inv.monthly_matches_hourly(hourly, store.scan(USAGE_MONTHLY), [month]),
+        inv.events_inside_partitions(events, FIRST_HOUR),
+    ]
 
 
-def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
+def verify_ingest(store: DeltaStore, batches: list[str] | None = None) -> inv.InvariantResult:
+    """Invariant 1 alone (cheap: per-batch counts), for the ingest asset's blocking check;
+    only over `batches` when given."""
+    log = store.scan(INGEST_LOG)
+    if batches is not None:
+        log = log.filter(pl.col("batch_id").is_in(batches))
+    return inv.ingest_counts_add_up(log.collect(), _stored_counts_per_batch(store, batches))
+
+
+def _stored_counts_per_batch(store: DeltaStore, batches: list[str] | None = None) -> pl.DataFrame:
     """Per batch, rows really stored: raw arrivals by disposition, quarantined, conflicts.
 
     `legacy` counts raw rows written before `disposition` existed (duplicates were not stored
     then, so only the accepted count can be checked for those batches).
     """
-    raw = store.scan(RAW_EVENTS)
+
+    def scan(table: Table) -> pl.LazyFrame:
+        frame = store.scan(table)
+        return frame if batches is None else frame.filter(pl.col("batch_id").is_in(batches))
+
+    raw = scan(RAW_EVENTS)
     legacy = (
         pl.col("disposition").is_null().sum()
         if "disposition" in raw.collect_schema().names()
@@ -131,7 +164,7 @@ def _stored_counts_per_batch(store: DeltaStore) -> pl.DataFrame:
         .collect()
     ]
     for table, name in ((QUARANTINE, "quarantined"), (EVENT_CONFLICTS, "conflicted")):
-        counts.append(store.scan(table).group_by("batch_id").agg(pl.len().alias(name)).collect())
+        counts.append(scan(table).group_by("batch_id").agg(pl.len().alias(name)).collect())
     out = counts[0]
     for frame in counts[1:]:
         out = out.join(frame, on="batch_id", how="full", coalesce=True)
@@ -169,10 +202,6 @@ def draft_lines_match_rated(
         now = rated_lines(rate_month(store, pricebooks_dir, q).rated)
         mismatches.append(inv.restatement_mismatch(q, now, issued, drafts))
     return inv.draft_lines_equal_rated(month, drafts, mismatches)
-
-
-#: Render in a process pool from this many documents on (a pool costs ~1 s to start).
-POOL_FROM = 4
 
 
 def issued_intact(
@@ -267,16 +296,11 @@ def render_problems(
     """Re-render each rebuilt document; a problem per sha256 that differs from the stored one."""
     issued = issued_invoices(store, closed)
     issuer = load_issuer()
-    jobs = [
+    jobs = (
         (doc, lines, accounts.get(doc["account_id"]), issuer, corrected_numbers(issued, doc, lines))
         for doc, lines, _ in docs
-    ]  # fmt: skip
-    if len(jobs) >= POOL_FROM and (os.cpu_count() or 1) > 1:
-        spawn = multiprocessing.get_context("spawn")  # polars' threads do not survive a fork
-        with ProcessPoolExecutor(max_workers=os.cpu_count(), mp_context=spawn) as pool:
-            hashes = list(pool.map(_render_sha, jobs))
-    else:
-        hashes = [_render_sha(job) for job in jobs]
+    )  # fmt: skip
+    hashes = list(render_each(_render_sha, jobs, len(docs)))
     return [
         {
             "invoice_number": doc["invoice_number"],

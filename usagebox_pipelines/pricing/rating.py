@@ -86,8 +86,9 @@ def rate_usage(
     """
     start, end = month_bounds(period)
     usage = _billable(usage_hourly, start, end)
-    rows = usage.join(_account_frame(usage, pricebooks, accounts), on="account_id", how="left")
-    rows = _with_rates(_with_versions(rows, pricebooks), pricebooks)
+    accounts_frame = _account_frame(usage, pricebooks, accounts).lazy()
+    joined = usage.lazy().join(accounts_frame, on="account_id", how="left")
+    rows = _with_rates(_with_versions(joined, pricebooks).collect(), pricebooks)
     unrated = _unrated(rows, period)
     usage_lines = _price(rows.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
     contract, closing = contract_lines(usage_lines, period, accounts, opening_credit)
@@ -139,7 +140,7 @@ def _account_frame(usage: pl.DataFrame, books: PricebookSet, accounts: Accounts)
     return pl.DataFrame(records, schema=schema, orient="row")
 
 
-def _with_versions(rows: pl.DataFrame, books: PricebookSet) -> pl.DataFrame:
+def _with_versions(rows: pl.LazyFrame, books: PricebookSet) -> pl.LazyFrame:
     """Attach the version in effect at each row's hour (as-of join on distinct hours)."""
     versions = pl.DataFrame(
         [(v.pricebook, v.version, v.effective_from) for v in books.versions],
@@ -152,7 +153,7 @@ def _with_versions(rows: pl.DataFrame, books: PricebookSet) -> pl.DataFrame:
         .unique()
         .sort("hour")
         .join_asof(
-            versions,
+            versions.lazy(),
             left_on="hour",
             right_on="effective_from",
             by="pricebook",
@@ -242,33 +243,63 @@ def _unrated(rows: pl.DataFrame, period: str) -> pl.DataFrame:
 
 
 def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFrame:
-    """Matched usage rows → rated usage lines (schemas.RATED_USAGE)."""
+    """Matched usage rows → rated usage lines (schemas.RATED_USAGE).
+
+    Positions (running quantity, month total, rank) are computed only for rows of rate ids
+    that are tiered, packaged or flat in some version: a rate id priced per unit everywhere
+    never reads them, and its rows are most of the month.
+    """
     meta, tiers = _rate_tables(books)
-    rows = matched.join(meta, on=_RATE_KEYS, how="left").with_columns(q=to_scaled(pl.col("sum")))
-    magnitude = int(rows.select(pl.col("q").abs().sum()).item() or 0)
+    magnitude = int(matched.select(to_scaled(pl.col("sum")).abs().sum()).item() or 0)
     _guard(2 * magnitude * int(meta["pkg_den"].max() or 1))
-    rows = rows.with_columns(
-        cum=pl.col("q").cum_sum().over(_POSITION_KEYS, order_by=_ORDER),
-        total=pl.col("q").sum().over(_POSITION_KEYS),
-        rank=pl.int_range(pl.len()).over(_POSITION_KEYS, order_by=_ORDER),
-    ).with_columns(prev=pl.col("cum") - pl.col("q"))
+    positioned = meta.filter(pl.col("price_model") != "per_unit").get_column("rate_id")
+    rows = (
+        matched.lazy()
+        .join(meta.lazy(), on=_RATE_KEYS, how="left")
+        .with_columns(q=to_scaled(pl.col("sum")))
+    )
+    needs_position = pl.col("rate_id").is_in(positioned.unique().implode())
+    per_unit = rows.filter(~needs_position).select(
+        *_LINE_KEYS[:-1],
+        tier=pl.lit(0, dtype=pl.Int32),
+        hour=pl.col("hour"),
+        part=pl.col("q"),
+        count=lit_int(0),
+    )
+    rows = (
+        rows.filter(needs_position)
+        .with_columns(
+            cum=pl.col("q").cum_sum().over(_POSITION_KEYS, order_by=_ORDER),
+            total=pl.col("q").sum().over(_POSITION_KEYS),
+            rank=pl.int_range(pl.len()).over(_POSITION_KEYS, order_by=_ORDER),
+        )
+        .with_columns(prev=pl.col("cum") - pl.col("q"))
+        .collect(engine="in-memory")
+        .lazy()
+    )
     parts = pl.concat(
         [
             _graduated(rows.filter(pl.col("price_model") == "graduated"), tiers),
             _volume(rows.filter(pl.col("price_model") == "volume"), tiers),
             _untiered(rows.filter(~pl.col("price_model").is_in(["graduated", "volume"]))),
+            per_unit,
         ]
     )
-    lines = parts.group_by(_LINE_KEYS).agg(
-        part=pl.col("part").sum(),
-        count=pl.col("count").sum(),
-        first_hour=pl.col("hour").min(),
-        last_hour=pl.col("hour").max(),
+    lines = (
+        parts.group_by(_LINE_KEYS)
+        .agg(
+            part=pl.col("part").sum(),
+            count=pl.col("count").sum(),
+            first_hour=pl.col("hour").min(),
+            last_hour=pl.col("hour").max(),
+        )
+        .join(meta.lazy(), on=_RATE_KEYS, how="left")
+        .collect()
     )
-    return _amounts(lines.join(meta, on=_RATE_KEYS, how="left"), tiers, period)
+    return _amounts(lines, tiers, period)
 
 
-def _graduated(rows: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
+def _graduated(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
     """Split each row's [prev, cum] position over the tiers it crosses."""
     lo, hi = pl.col("lo"), pl.col("hi")
 
@@ -277,7 +308,7 @@ def _graduated(rows: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
 
     at_prev = (lo.is_null() | (pl.col("prev") > lo)) & (hi.is_null() | (pl.col("prev") <= hi))
     return (
-        rows.join(tiers, on=_RATE_KEYS, how="inner")
+        rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner")
         .with_columns(part=clip("cum") - clip("prev"))
         .filter((pl.col("part") != lit_int(0)) | ((pl.col("q") == lit_int(0)) & at_prev))
         .with_columns(count=lit_int(0))
@@ -285,18 +316,18 @@ def _graduated(rows: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _volume(rows: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
+def _volume(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
     """All of a month's units at the tier its total reaches (per version's own tier table)."""
     lo, hi, total = pl.col("lo"), pl.col("hi"), pl.col("total")
     return (
-        rows.join(tiers, on=_RATE_KEYS, how="inner")
+        rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner")
         .filter((lo.is_null() | (total > lo)) & (hi.is_null() | (total <= hi)))
         .with_columns(part=pl.col("q"), count=lit_int(0))
         .select(*_LINE_KEYS, "hour", "part", "count")
     )
 
 
-def _untiered(rows: pl.DataFrame) -> pl.DataFrame:
+def _untiered(rows: pl.LazyFrame) -> pl.LazyFrame:
     """Per-unit rows as they are; packages started and flat fees counted on positions."""
     size = pl.col("pkg_num") * lit_int(ONE)
     started = scaled_ceil_div(pl.col("cum") * pl.col("pkg_den"), size) - scaled_ceil_div(

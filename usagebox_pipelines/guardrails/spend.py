@@ -35,7 +35,7 @@ from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.contract import INVOICE_LINE_KEYS
 from usagebox_pipelines.pricing.money import minor_units, round_money
 from usagebox_pipelines.pricing.pricebook import PricebookSet
-from usagebox_pipelines.pricing.rating import rate_usage
+from usagebox_pipelines.pricing.rating import rate_lines
 
 HOUR = timedelta(hours=1)
 # Unit separator: cannot occur in account ids (pricing.accounts._ID_RE) or in canonical units.
@@ -199,20 +199,51 @@ def spend_at(
     pairs = cutoffs.select("account_id", pl.col("cutoff").cast(schemas.TS)).unique()
     if pairs.is_empty():
         return SpendAt(pl.DataFrame(schema=_EMPTY_TOTALS), pl.DataFrame(schema=_EMPTY_LINES))
-    # rows each account brings: its usage rows once per cutoff asked of it
+    classes = _prefix_classes(usage, pairs)
+    reps = classes.select("account_id", cutoff=pl.col("rep")).unique()
+    # rows each account brings: its usage rows once per distinct prefix asked of it
     weight = (
         usage.group_by("account_id")
         .len()
-        .join(pairs.group_by("account_id").len("n"), on="account_id", how="inner")
+        .join(reps.group_by("account_id").len("n"), on="account_id", how="inner")
         .select("account_id", w=pl.col("len") * pl.col("n"))
     )
     parts = [
-        _spend_at(usage, pairs.join(ids, on="account_id", how="semi"), period, pricebooks, accounts)
-        for ids in account_shards(weight, pairs.get_column("account_id"))
+        _spend_at(usage, reps.join(ids, on="account_id", how="semi"), period, pricebooks, accounts)
+        for ids in account_shards(weight, reps.get_column("account_id"))
     ]
     totals = pl.concat([p.totals for p in parts]) if parts else pl.DataFrame(schema=_EMPTY_TOTALS)
     lines = pl.concat([p.lines for p in parts]) if parts else pl.DataFrame(schema=_EMPTY_LINES)
-    return SpendAt(totals.sort("account_id", "cutoff"), lines)
+    keys = ["account_id", "rep"]
+    totals = classes.join(totals.rename({"cutoff": "rep"}), on=keys, how="inner")
+    lines = classes.join(lines.rename({"cutoff": "rep"}), on=keys, how="inner")
+    return SpendAt(
+        totals.select(_EMPTY_TOTALS.names()).sort("account_id", "cutoff"),
+        lines.select(_EMPTY_LINES.names()),
+    )
+
+
+def _prefix_classes(usage: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    """(account_id, cutoff, rep): pairs whose prefixes hold the same rows share `rep`, the
+    earliest of their cutoffs, so each distinct prefix is rated once.
+
+    An account's prefixes are nested (`at < cutoff`), so two of them are the same rows exactly
+    when they hold as many rows: e.g. an account idle in the last day has one prefix for
+    now, now - 1 h and now - 24 h.
+    """
+    held = (
+        usage.select("account_id", "at")
+        .join(pairs, on="account_id", how="inner")
+        .filter(pl.col("at") < pl.col("cutoff"))
+        .group_by("account_id", "cutoff")
+        .agg(n=pl.len())
+    )
+    return (
+        pairs.join(held, on=["account_id", "cutoff"], how="left")
+        .with_columns(pl.col("n").fill_null(0))
+        .with_columns(rep=pl.col("cutoff").min().over("account_id", "n"))
+        .select("account_id", "cutoff", "rep")
+    )
 
 
 def account_shards(
@@ -246,7 +277,7 @@ def _spend_at(
         .with_columns(account_id=pl.col("key"))
     )
     pseudo = _pseudo_accounts(accounts, pairs)
-    rated = rate_usage(rows.select(schemas.USAGE_HOURLY.names()), period, pricebooks, pseudo).rated
+    rated = rate_lines(rows.select(schemas.USAGE_HOURLY.names()), period, pricebooks, pseudo)
     rated = rated.filter(pl.col("line_kind").is_in(SPEND_KINDS))
     back = pairs.select("key", "account_id", "cutoff")
     totals = _totals(rated).rename({"account_id": "key"})
@@ -355,7 +386,9 @@ def _hourly_amounts(
     tagged = usage.with_columns(
         unit=pl.concat_str(pl.col("unit").fill_null(""), pl.lit(SEP), micros)
     )
-    rated = rate_usage(tagged.select(schemas.USAGE_HOURLY.names()), period, pricebooks, accounts)
+    rated = rate_lines(
+        tagged.select(schemas.USAGE_HOURLY.names()), period, pricebooks, accounts, contract=False
+    )
     marginal = pl.col("quantity") * pl.col("unit_price") / pl.col("per")
     velocity = (
         pl.when(pl.col("price_model") == "package")
@@ -365,7 +398,7 @@ def _hourly_amounts(
         .otherwise(pl.col("amount"))
     )
     amounts = (
-        rated.rated.filter(pl.col("line_kind") == "usage")
+        rated.filter(pl.col("line_kind") == "usage")
         .with_columns(hour=_hour_from_unit(), velocity=velocity.cast(schemas.MONEY))
         .group_by("account_id", "hour", "meter_id", "model_id")
         .agg(gross=pl.col("amount").sum().cast(schemas.MONEY), velocity=pl.col("velocity").sum())

@@ -455,4 +455,6 @@ def _projection(
     with localcontext() as ctx:
         ctx.prec = 80
         micros = ((threshold - spend) / burn * _MICROS_PER_HOUR).to_integral_value(ROUND_CEILING)
+    if micros > (datetime.max.replace(tzinfo=now.tzinfo) - now) // timedelta(microseconds=1):
+        return None  # beyond any representable time (a trickle of spend): never, in effect
     return now + timedelta(microseconds=int(micros))

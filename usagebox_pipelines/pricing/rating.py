@@ -84,16 +84,45 @@ def rate_usage(
     `opening_credit` is the prepaid balance carried from the previous period's
     `closing_credit`; accounts missing from it start from their `prepaid_credit`.
     """
-    start, end = month_bounds(period)
-    usage = _billable(usage_hourly, start, end)
-    accounts_frame = _account_frame(usage, pricebooks, accounts).lazy()
-    joined = usage.lazy().join(accounts_frame, on="account_id", how="left")
-    rows = _with_rates(_with_versions(joined, pricebooks).collect(), pricebooks)
+    rows = _matched(usage_hourly, period, pricebooks, accounts)
     unrated = _unrated(rows, period)
     usage_lines = _price(rows.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
     contract, closing = contract_lines(usage_lines, period, accounts, opening_credit)
     rated = pl.concat([usage_lines, schemas.conform(contract, schemas.RATED_USAGE)])
     return RatingResult(_sorted(rated), unrated, closing)
+
+
+def rate_lines(
+    usage_hourly: pl.DataFrame | pl.LazyFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+    *,
+    contract: bool = True,
+) -> pl.DataFrame:
+    """The rated lines of `rate_usage` (no opening credit), in no particular order, for callers
+    that aggregate them (guardrail spend): no sort, no unrated report, and with
+    `contract=False` usage lines only."""
+    rows = _matched(usage_hourly, period, pricebooks, accounts)
+    usage_lines = _price(rows.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
+    if not contract:
+        return usage_lines
+    lines, _ = contract_lines(usage_lines, period, accounts)
+    return pl.concat([usage_lines, schemas.conform(lines, schemas.RATED_USAGE)])
+
+
+def _matched(
+    usage_hourly: pl.DataFrame | pl.LazyFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+) -> pl.DataFrame:
+    """Steps 1–3: billable rows of the period with account terms, version and rate index."""
+    start, end = month_bounds(period)
+    usage = _billable(usage_hourly, start, end)
+    accounts_frame = _account_frame(usage, pricebooks, accounts).lazy()
+    joined = usage.lazy().join(accounts_frame, on="account_id", how="left")
+    return _with_rates(_with_versions(joined, pricebooks).collect(), pricebooks)
 
 
 def _billable(usage: pl.DataFrame | pl.LazyFrame, start: datetime, end: datetime) -> pl.DataFrame:

@@ -103,8 +103,42 @@ def rate_lines(
     """The rated lines of `rate_usage` (no opening credit), in no particular order, for callers
     that aggregate them (guardrail spend): no sort, no unrated report, and with
     `contract=False` usage lines only."""
-    rows = _matched(usage_hourly, period, pricebooks, accounts)
-    usage_lines = _price(rows.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
+    matched = match_usage(usage_hourly, period, pricebooks, accounts)
+    return price_matched(matched, period, pricebooks, accounts, contract=contract)
+
+
+def match_usage(
+    usage_hourly: pl.DataFrame | pl.LazyFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+    keep: tuple[str, ...] = (),
+) -> pl.DataFrame:
+    """Steps 1–3: billable rows of the period with account terms, version and `rate_idx`
+    (null: unrated), plus the `keep` columns of the input.
+
+    Matching reads only a row's account (its pricebook and currency), hour, meter, model and
+    dimensions, so callers that rate many variants of the same rows (guardrail prefixes, hours
+    folded into units) match once and relabel `account_id` (to an account with the same
+    pricebook and currency) or `unit` before `price_matched`.
+    """
+    start, end = month_bounds(period)
+    usage = _billable(usage_hourly, start, end, keep)
+    accounts_frame = _account_frame(usage, pricebooks, accounts).lazy()
+    joined = usage.lazy().join(accounts_frame, on="account_id", how="left")
+    return _with_rates(_with_versions(joined, pricebooks).collect(), pricebooks)
+
+
+def price_matched(
+    matched: pl.DataFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+    *,
+    contract: bool = True,
+) -> pl.DataFrame:
+    """Steps 4–6 over `match_usage` rows: `rate_lines` without the matching."""
+    usage_lines = _price(matched.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
     if not contract:
         return usage_lines
     lines, _ = contract_lines(usage_lines, period, accounts)
@@ -117,15 +151,15 @@ def _matched(
     pricebooks: PricebookSet,
     accounts: Accounts,
 ) -> pl.DataFrame:
-    """Steps 1–3: billable rows of the period with account terms, version and rate index."""
-    start, end = month_bounds(period)
-    usage = _billable(usage_hourly, start, end)
-    accounts_frame = _account_frame(usage, pricebooks, accounts).lazy()
-    joined = usage.lazy().join(accounts_frame, on="account_id", how="left")
-    return _with_rates(_with_versions(joined, pricebooks).collect(), pricebooks)
+    return match_usage(usage_hourly, period, pricebooks, accounts)
 
 
-def _billable(usage: pl.DataFrame | pl.LazyFrame, start: datetime, end: datetime) -> pl.DataFrame:
+def _billable(
+    usage: pl.DataFrame | pl.LazyFrame,
+    start: datetime,
+    end: datetime,
+    keep: tuple[str, ...] = (),
+) -> pl.DataFrame:
     """Billable rows of the window, with exact quantities and canonical empty dimensions."""
     return (
         usage.lazy()
@@ -140,6 +174,7 @@ def _billable(usage: pl.DataFrame | pl.LazyFrame, start: datetime, end: datetime
             pl.col("dimensions").fill_null("{}"),
             "hour",
             pl.col("sum").cast(schemas.QTY),
+            *keep,
         )
         .collect()
     )

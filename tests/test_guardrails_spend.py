@@ -96,6 +96,17 @@ def test_burn_rate_projection(books: Path) -> None:
     assert proj["projected_hard_at"] == at(20) and proj["projected_in_period"] is True
 
 
+def test_a_trickle_of_spend_projects_no_hard_cap_time(books: Path) -> None:
+    """10^-6 an hour against 100 left would reach it in ~11,000 years: beyond any datetime,
+    so never (no projection) rather than an overflow that fails the whole evaluation."""
+    proj = row(
+        evaluate(books, hourly_rows([("proj", "input_tokens", 0, D("0.000001"))]), at(1)).state,
+        "proj",
+    )
+    assert proj["burn_24h"] == D("0.000001") and proj["spend"] < proj["hard_threshold"]
+    assert proj["projected_hard_at"] is None and proj["projected_in_period"] is None
+
+
 def test_open_hour_comes_from_events_with_exact_windows(books: Path) -> None:
     """Rollup hours 0–6 at 5/h (35); hour 7 from events (2 at 07:10, 3 at 07:40); the open hour
     08:00–08:30 has 4 at 08:15 (08:45 is after now). MTD 44; last hour [07:30, 08:30) = 7;

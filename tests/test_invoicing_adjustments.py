@@ -173,3 +173,34 @@ def test_negative_adjustment_within_next_invoice_stays_on_it():
     ]
     assert lines["kind"].to_list() == ["usage", "adjustment"]
     assert lines["adjusts_period"].to_list() == [None, PERIOD]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(st.tuples(quantities, quantities), min_size=1, max_size=4),
+    st.sampled_from([None, D(10)]),
+)
+def test_all_accounts_at_once_equal_each_account_alone(months, pct):
+    """Drafts are built for every account in one pass: each account's documents (credit notes
+    included) and lines are exactly what a draft of that account alone gives."""
+    ids = [f"acct-{i:03d}" for i in range(1, len(months) + 1)]
+    rows, adjustments = [], []
+    for acct, (before, now) in zip(ids, months, strict=True):
+        issued = build_draft_invoices(rated(month(before, pct, acct)), [account(acct)], PERIOD)
+        adj = compute_adjustments(rated(month(now, pct, acct)), issued[1], PERIOD)
+        adjustments.append(adj)
+        rows += [{**r, "period": NEXT} for r in rate_output_tokens(D(10_000_000), acct)]
+    adj = pl.concat(adjustments)
+    accounts = [account(a, discount_pct=pct) for a in ids]
+    invoices, lines = build_draft_invoices(rated(rows), accounts, NEXT, adj)
+    alone = [
+        build_draft_invoices(
+            rated([r for r in rows if r["account_id"] == a]),
+            [acct],
+            NEXT,
+            adj.filter(pl.col("account_id") == a),
+        )
+        for a, acct in zip(ids, accounts, strict=True)
+    ]
+    assert invoices.equals(pl.concat([i for i, _ in alone]))
+    assert lines.equals(pl.concat([ln for _, ln in alone]))

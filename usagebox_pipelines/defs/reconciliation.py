@@ -3,6 +3,7 @@
 import dagster as dg
 
 from usagebox_pipelines.defs.partitions import month_of, monthly
+from usagebox_pipelines.defs.pricing import rated_usage
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.stages.reconciliation import reconcile_month
 
@@ -11,13 +12,17 @@ from usagebox_pipelines.stages.reconciliation import reconcile_month
     group_name="reconciliation",
     partitions_def=monthly,
     specs=[
+        # after rated_usage (and so after the month's usage_hourly): the metered side and the
+        # revenue of cost attribution read them, and must not be the previous run's
         dg.AssetSpec(
             "reconciliation",
+            deps=[rated_usage],
             kinds={"deltalake", "polars"},
             description="Vendor × UTC day × model × meter: metered vs billed, status.",
         ),
         dg.AssetSpec(
             "cost_attribution",
+            deps=[rated_usage],
             kinds={"deltalake", "polars"},
             description="Account × model × month: revenue, allocated cost, margin.",
         ),

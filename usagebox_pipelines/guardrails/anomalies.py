@@ -87,15 +87,14 @@ def _hour_floor(t: datetime) -> datetime:
 def _long(series: pl.DataFrame, start: datetime) -> pl.DataFrame:
     """One value column: token quantities (token meters) and spend velocity (every meter)."""
     keys = ["account_id", "model_id", "meter_id", "hour"]
-    tokens = series.filter(pl.col("meter_id").str.ends_with("_tokens")).select(
+    rows = series.lazy()
+    tokens = rows.filter(pl.col("meter_id").str.ends_with("_tokens")).select(
         *keys, kind=pl.lit(TOKEN_SURGE), value=pl.col("quantity").cast(schemas.QTY)
     )
-    spend = series.select(
-        *keys, kind=pl.lit(SPEND_SPIKE), value=pl.col("velocity").cast(schemas.QTY)
-    )
+    spend = rows.select(*keys, kind=pl.lit(SPEND_SPIKE), value=pl.col("velocity").cast(schemas.QTY))
     long = pl.concat([tokens, spend]).group_by(*keys, "kind").agg(pl.col("value").sum())
-    active = long.filter((pl.col("hour") >= start) & (pl.col("value") > 0)).select(_SERIES)
-    return long.join(active.unique(), on=_SERIES, how="semi", nulls_equal=True)
+    active = ((pl.col("hour") >= start) & (pl.col("value") > 0)).any().over(_SERIES)
+    return long.filter(active).collect()
 
 
 def _minimum(config: AnomalyConfig) -> pl.Expr:
@@ -138,6 +137,8 @@ def _with_lags(
 ) -> pl.DataFrame:
     """The same hour on each previous day: its value, 0 when silent, null before `grid_from`."""
     out = candidates
+    # only the candidates' series can match: look them up in those alone
+    long = long.join(candidates.select(_SERIES).unique(), on=_SERIES, how="semi", nulls_equal=True)
     for k, name in enumerate(_lag_names(config), start=1):
         back = pl.col("hour") - pl.duration(hours=24 * k)
         stored = long.select(

@@ -35,7 +35,7 @@ from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.contract import INVOICE_LINE_KEYS
 from usagebox_pipelines.pricing.money import minor_units, round_money
 from usagebox_pipelines.pricing.pricebook import PricebookSet
-from usagebox_pipelines.pricing.rating import rate_usage
+from usagebox_pipelines.pricing.rating import match_usage, price_matched
 
 HOUR = timedelta(hours=1)
 # Unit separator: cannot occur in account ids (pricing.accounts._ID_RE) or in canonical units.
@@ -189,30 +189,67 @@ def spend_at(
     period: str,
     pricebooks: PricebookSet,
     accounts: Accounts,
+    matched: pl.DataFrame | None = None,
 ) -> SpendAt:
     """Exact spend of each (account_id, cutoff) pair: usage with `at < cutoff`, rated.
 
     `spend` = usage + discount lines (exact); `billed` = the same lines rounded as the
     invoice rounds them (each usage line once, then the discount line); `lines` = usage
-    amounts per meter × model (list price, before discount), for caps.
+    amounts per meter × model (list price, before discount), for caps. `matched` is
+    `matched_usage(usage, ...)` when the caller has it (it is the same for every cutoff).
     """
     pairs = cutoffs.select("account_id", pl.col("cutoff").cast(schemas.TS)).unique()
     if pairs.is_empty():
         return SpendAt(pl.DataFrame(schema=_EMPTY_TOTALS), pl.DataFrame(schema=_EMPTY_LINES))
-    # rows each account brings: its usage rows once per cutoff asked of it
+    if matched is None:
+        matched = matched_usage(usage, period, pricebooks, accounts)
+    classes = _prefix_classes(usage, pairs)
+    reps = classes.select("account_id", cutoff=pl.col("rep")).unique()
+    # rows each account brings: its usage rows once per distinct prefix asked of it
     weight = (
         usage.group_by("account_id")
         .len()
-        .join(pairs.group_by("account_id").len("n"), on="account_id", how="inner")
+        .join(reps.group_by("account_id").len("n"), on="account_id", how="inner")
         .select("account_id", w=pl.col("len") * pl.col("n"))
     )
     parts = [
-        _spend_at(usage, pairs.join(ids, on="account_id", how="semi"), period, pricebooks, accounts)
-        for ids in account_shards(weight, pairs.get_column("account_id"))
+        _spend_at(
+            matched, reps.join(ids, on="account_id", how="semi"), period, pricebooks, accounts
+        )
+        for ids in account_shards(weight, reps.get_column("account_id"))
     ]
     totals = pl.concat([p.totals for p in parts]) if parts else pl.DataFrame(schema=_EMPTY_TOTALS)
     lines = pl.concat([p.lines for p in parts]) if parts else pl.DataFrame(schema=_EMPTY_LINES)
-    return SpendAt(totals.sort("account_id", "cutoff"), lines)
+    keys = ["account_id", "rep"]
+    totals = classes.join(totals.rename({"cutoff": "rep"}), on=keys, how="inner")
+    lines = classes.join(lines.rename({"cutoff": "rep"}), on=keys, how="inner")
+    return SpendAt(
+        totals.select(_EMPTY_TOTALS.names()).sort("account_id", "cutoff"),
+        lines.select(_EMPTY_LINES.names()),
+    )
+
+
+def _prefix_classes(usage: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    """(account_id, cutoff, rep): pairs whose prefixes hold the same rows share `rep`, the
+    earliest of their cutoffs, so each distinct prefix is rated once.
+
+    An account's prefixes are nested (`at < cutoff`), so two of them are the same rows exactly
+    when they hold as many rows: e.g. an account idle in the last day has one prefix for
+    now, now - 1 h and now - 24 h.
+    """
+    held = (
+        usage.select("account_id", "at")
+        .join(pairs, on="account_id", how="inner")
+        .filter(pl.col("at") < pl.col("cutoff"))
+        .group_by("account_id", "cutoff")
+        .agg(n=pl.len())
+    )
+    return (
+        pairs.join(held, on=["account_id", "cutoff"], how="left")
+        .with_columns(pl.col("n").fill_null(0))
+        .with_columns(rep=pl.col("cutoff").min().over("account_id", "n"))
+        .select("account_id", "cutoff", "rep")
+    )
 
 
 def account_shards(
@@ -231,8 +268,17 @@ def account_shards(
     return [part.select("account_id") for _, part in ranked.group_by("shard", maintain_order=True)]
 
 
+def matched_usage(
+    usage: pl.DataFrame, period: str, pricebooks: PricebookSet, accounts: Accounts
+) -> pl.DataFrame:
+    """`usage` (month_usage rows) matched to versions and rates once, `at` kept: every prefix
+    and hour-folded rating of the same rows reuses it (pricing.rating.match_usage)."""
+    keep = ("at",) if "at" in usage.columns else ()
+    return match_usage(usage, period, pricebooks, accounts, keep)
+
+
 def _spend_at(
-    usage: pl.DataFrame,
+    matched: pl.DataFrame,
     pairs: pl.DataFrame,
     period: str,
     pricebooks: PricebookSet,
@@ -241,12 +287,13 @@ def _spend_at(
     """`spend_at` for one shard of accounts (one rating call)."""
     pairs = pairs.with_columns(key=_pseudo_key())
     rows = (
-        usage.join(pairs, on="account_id", how="inner")
+        matched.join(pairs, on="account_id", how="inner")
         .filter(pl.col("at") < pl.col("cutoff"))
         .with_columns(account_id=pl.col("key"))
+        .drop("at", "cutoff", "key")
     )
     pseudo = _pseudo_accounts(accounts, pairs)
-    rated = rate_usage(rows.select(schemas.USAGE_HOURLY.names()), period, pricebooks, pseudo).rated
+    rated = price_matched(rows, period, pricebooks, pseudo)
     rated = rated.filter(pl.col("line_kind").is_in(SPEND_KINDS))
     back = pairs.select("key", "account_id", "cutoff")
     totals = _totals(rated).rename({"account_id": "key"})
@@ -324,7 +371,11 @@ def _round_by_currency(currencies: list[str | None]) -> pl.Expr:
 
 
 def hourly_amounts(
-    usage: pl.DataFrame, period: str, pricebooks: PricebookSet, accounts: Accounts
+    usage: pl.DataFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+    matched: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Per account × hour × meter × model: billable quantity, amounts (list price) and velocity.
 
@@ -337,10 +388,18 @@ def hourly_amounts(
     """
     if usage.is_empty():
         return _empty_hourly()
+    if matched is None:
+        matched = matched_usage(usage, period, pricebooks, accounts)
     weight = usage.group_by("account_id").agg(w=pl.len())
     shards = account_shards(weight, usage.get_column("account_id"))
     parts = [
-        _hourly_amounts(usage.join(ids, on="account_id", how="semi"), period, pricebooks, accounts)
+        _hourly_amounts(
+            usage.join(ids, on="account_id", how="semi"),
+            matched.join(ids, on="account_id", how="semi"),
+            period,
+            pricebooks,
+            accounts,
+        )
         for ids in shards
     ]
     keys = ["account_id", "hour", "meter_id", "model_id"]
@@ -348,14 +407,18 @@ def hourly_amounts(
 
 
 def _hourly_amounts(
-    usage: pl.DataFrame, period: str, pricebooks: PricebookSet, accounts: Accounts
+    usage: pl.DataFrame,
+    matched: pl.DataFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
 ) -> pl.DataFrame:
     """`hourly_amounts` of one shard of accounts (one rating call)."""
     micros = pl.col("hour").cast(schemas.TS).dt.epoch("us").cast(pl.String)
-    tagged = usage.with_columns(
+    tagged = matched.with_columns(
         unit=pl.concat_str(pl.col("unit").fill_null(""), pl.lit(SEP), micros)
     )
-    rated = rate_usage(tagged.select(schemas.USAGE_HOURLY.names()), period, pricebooks, accounts)
+    rated = price_matched(tagged, period, pricebooks, accounts, contract=False)
     marginal = pl.col("quantity") * pl.col("unit_price") / pl.col("per")
     velocity = (
         pl.when(pl.col("price_model") == "package")
@@ -364,15 +427,18 @@ def _hourly_amounts(
         .then(pl.lit(0, dtype=schemas.MONEY))
         .otherwise(pl.col("amount"))
     )
+    # a line is one hour of one usage key (the hour is in its unit): its first hour is that hour
     amounts = (
-        rated.rated.filter(pl.col("line_kind") == "usage")
-        .with_columns(hour=_hour_from_unit(), velocity=velocity.cast(schemas.MONEY))
+        rated.lazy()
+        .filter(pl.col("line_kind") == "usage")
+        .with_columns(hour=pl.col("first_hour"), velocity=velocity.cast(schemas.MONEY))
         .group_by("account_id", "hour", "meter_id", "model_id")
         .agg(gross=pl.col("amount").sum().cast(schemas.MONEY), velocity=pl.col("velocity").sum())
     )
     start, end = month_bounds(period)
     quantities = (
-        usage.filter(
+        usage.lazy()
+        .filter(
             pl.col("billable").fill_null(False) & (pl.col("hour") >= start) & (pl.col("hour") < end)
         )
         .group_by("account_id", "hour", "meter_id", "model_id")
@@ -380,18 +446,15 @@ def _hourly_amounts(
     )
     keys = ["account_id", "hour", "meter_id", "model_id"]
     out = quantities.join(amounts, on=keys, how="full", coalesce=True, nulls_equal=True)
-    out = out.with_columns(pl.col("quantity", "gross", "velocity").fill_null(0))
+    out = out.with_columns(pl.col("quantity", "gross", "velocity").fill_null(0)).collect()
     return (
-        out.join(_discounts(out, accounts), on="account_id", how="left")
+        out.lazy()
+        .join(_discounts(out, accounts).lazy(), on="account_id", how="left")
         .with_columns(net=(pl.col("gross") * pl.col("keep")).cast(schemas.MONEY))
         .drop("keep")
         .sort(keys, nulls_last=True)
+        .collect()
     )
-
-
-def _hour_from_unit() -> pl.Expr:
-    micros = pl.col("unit").str.split(SEP).list.last().cast(pl.Int64)
-    return pl.from_epoch(micros, time_unit="us").dt.replace_time_zone("UTC").cast(schemas.TS)
 
 
 def _discounts(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:

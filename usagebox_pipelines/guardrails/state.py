@@ -29,6 +29,7 @@ from usagebox_pipelines.guardrails.spend import (
     Target,
     first_crossings,
     hourly_amounts,
+    matched_usage,
     spend_at,
 )
 from usagebox_pipelines.months import month_bounds
@@ -72,6 +73,7 @@ class _Context:
     pricebooks: PricebookSet
     accounts: Accounts
     membership: pl.DataFrame
+    matched: pl.DataFrame  # usage matched to versions and rates once (spend.matched_usage)
 
 
 def exact(value: Decimal | None) -> Decimal | None:
@@ -107,10 +109,11 @@ def _evaluate_spend(
 ) -> SpendEvaluation:
     start, end = month_bounds(period)
     now = min(max(now, start), end)
-    ctx = _Context(usage, period, pricebooks, accounts, tree.membership())
+    matched = matched_usage(usage, period, pricebooks, accounts)
+    ctx = _Context(usage, period, pricebooks, accounts, tree.membership(), matched)
     w1, w24 = max(start, now - HOUR), max(start, now - 24 * HOUR)
     snap = _snapshot(ctx, tree, [now, w1, w24])
-    hourly = hourly_amounts(usage, period, pricebooks, accounts)
+    hourly = hourly_amounts(usage, period, pricebooks, accounts, matched)
     crossings = _crossings(ctx, tree, snap, hourly, start, now)
     rows, steps = [], []
     by_account: dict[str, dict] = {}
@@ -189,7 +192,7 @@ def limit_values(pairs: pl.DataFrame, membership: pl.DataFrame, at: SpendAt) -> 
 
 def _evaluate(ctx: _Context, pairs: pl.DataFrame) -> pl.DataFrame:
     members = pairs.join(ctx.membership, on="limit_key").select("account_id", "cutoff").unique()
-    at = spend_at(ctx.usage, members, ctx.period, ctx.pricebooks, ctx.accounts)
+    at = spend_at(ctx.usage, members, ctx.period, ctx.pricebooks, ctx.accounts, ctx.matched)
     return limit_values(pairs, ctx.membership, at)
 
 
@@ -209,7 +212,7 @@ def _snapshot(ctx: _Context, tree: BudgetTree, cutoffs: list[datetime]) -> _Snap
         orient="row",
     )
     members = pairs.join(ctx.membership, on="limit_key").select("account_id", "cutoff").unique()
-    at = spend_at(ctx.usage, members, ctx.period, ctx.pricebooks, ctx.accounts)
+    at = spend_at(ctx.usage, members, ctx.period, ctx.pricebooks, ctx.accounts, ctx.matched)
     subtree = limit_values(pairs, ctx.membership, at)
     owner = pl.col("limit_key").str.split("|").list.first()
     own = limit_values(pairs, ctx.membership.filter(pl.col("account_id") == owner), at)
@@ -455,4 +458,6 @@ def _projection(
     with localcontext() as ctx:
         ctx.prec = 80
         micros = ((threshold - spend) / burn * _MICROS_PER_HOUR).to_integral_value(ROUND_CEILING)
+    if micros > (datetime.max.replace(tzinfo=now.tzinfo) - now) // timedelta(microseconds=1):
+        return None  # beyond any representable time (a trickle of spend): never, in effect
     return now + timedelta(microseconds=int(micros))

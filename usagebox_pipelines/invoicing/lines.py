@@ -133,7 +133,7 @@ def _usage_lines(rated: pl.DataFrame) -> pl.DataFrame:
     )
     grouped = grouped.with_columns(amount=round_line(pl.col("exact_amount"), rated["currency"]))
     grouped = grouped.with_columns(unit=_unit_expr())
-    grouped = grouped.with_columns(description=pl.Series(_usage_descriptions(grouped)))
+    grouped = grouped.with_columns(description=_usage_descriptions(grouped))
     # a flat fee is not "unit price per N units": keep the fee, drop the `per`
     grouped = grouped.with_columns(
         per=pl.when(pl.col("price_model") == "flat").then(None).otherwise(pl.col("per"))
@@ -191,61 +191,98 @@ def is_waiver(unit: object) -> bool:
     return isinstance(unit, str) and unit.startswith(WAIVER_RATE)
 
 
-def _usage_descriptions(grouped: pl.DataFrame) -> list[str]:
+def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
     """`gpt-4.1 · Output tokens — tier 2, prices from 2026-10-16`, detail only where it differs.
 
     Siblings are lines of the same account, period, meter and model. Tier and price version
     are named only when siblings differ in them; dimensions only when they tell siblings apart.
+    Polars over all lines; Python only for the rare parts: lines told apart by dimensions
+    (`_dimension_labels`) and package counts.
     """
-    rows = grouped.select(
-        "account_id", "period", "meter_id", "model_id", "price_version", "tier", "dims",
-        "price_model", "per", "quantity", "exact_amount", "unit_price", "unit",
-    ).to_dicts()  # fmt: skip
-    families: dict[tuple, list[int]] = {}
-    rivals: dict[tuple, list[int]] = {}
-    for i, row in enumerate(rows):
-        key = (row["account_id"], row["period"], row["meter_id"], row["model_id"])
-        families.setdefault(key, []).append(i)
-        rivals.setdefault((*key, row["price_version"], row["tier"]), []).append(i)
-    dims_labels = [""] * len(rows)
-    for members in rivals.values():  # lines told apart only by the rate their dimensions hit
-        labels = _dimension_labels([rows[i]["dims"] for i in members])
-        for i, label in zip(members, labels, strict=True):
-            dims_labels[i] = label
-    out = [""] * len(rows)
-    for members in families.values():
-        many_tiers = len({rows[i]["tier"] for i in members}) > 1
-        many_versions = len({rows[i]["price_version"] for i in members}) > 1
-        for i in members:
-            out[i] = _describe(rows[i], dims_labels[i], many_tiers, many_versions)
-    return out
+    family = ["account_id", "period", "meter_id", "model_id"]
+    rivals = [*family, "price_version", "tier"]
+    frame = grouped.with_row_index("_row").with_columns(
+        _dims_label=_dims_label_column(grouped, rivals),
+        _package=_package_column(grouped),
+    )
+    model = pl.col("model_id")
+    meters = frame.get_column("meter_id").unique().to_list()
+    label = pl.col("meter_id").replace_strict(
+        {m: meter_label(m) for m in meters if m is not None},
+        default=pl.lit(meter_label(None)),
+        return_dtype=pl.String,
+    )
+    dims_label = pl.col("_dims_label")
+    head = pl.concat_str(
+        pl.when(model.is_not_null() & (model != "")).then(model),
+        label,
+        pl.when(dims_label != "").then(dims_label),
+        separator=" · ",
+        ignore_nulls=True,
+    )
+    many_tiers = pl.col("tier").n_unique().over(family) > 1
+    many_versions = pl.col("price_version").n_unique().over(family) > 1
+    version = pl.col("price_version")
+    details = pl.concat_str(
+        pl.when(many_tiers & pl.col("tier").is_not_null()).then(
+            pl.format("tier {}", pl.col("tier"))
+        ),
+        pl.when(many_versions & version.is_not_null() & (version != "")).then(
+            pl.lit("prices from ") + version
+        ),
+        pl.when(pl.col("price_model") == "flat").then(pl.lit("flat fee")),
+        pl.col("_package"),
+        separator=", ",
+        ignore_nulls=True,
+    )
+    described = pl.when(details != "").then(head + pl.lit(DETAIL_SEP) + details)
+    return frame.select(described.otherwise(head).alias("description")).to_series()
 
 
-def _describe(row: dict, dims_label: str, many_tiers: bool, many_versions: bool) -> str:
-    head = [row["model_id"]] if row["model_id"] else []
-    head.append(meter_label(row["meter_id"]))
-    if dims_label:
-        head.append(dims_label)
-    details = []
-    if many_tiers and row["tier"] is not None:
-        details.append(f"tier {row['tier']}")
-    if many_versions and row["price_version"]:
-        details.append(f"prices from {row['price_version']}")
-    if row["price_model"] == "flat":
-        details.append("flat fee")
-    if row["price_model"] == "package" and row["unit_price"]:
-        packages = (row["exact_amount"] / row["unit_price"]).to_integral_value()
-        details.append(f"{packages:,} × package of {_plain(row['per'])} {row['unit']}")
-    text = " · ".join(head)
-    return text + (DETAIL_SEP + ", ".join(details) if details else "")
+def _dims_label_column(grouped: pl.DataFrame, rivals: list[str]) -> pl.Series:
+    """Per line: `_dimension_labels` within its rivals (empty where a line has no rival)."""
+    indexed = grouped.with_row_index("_row")
+    contested = indexed.filter(pl.len().over(rivals) > 1)
+    labels = [""] * grouped.height
+    if contested.is_empty():
+        return pl.Series(labels, dtype=pl.String)
+    parsed: dict[str, dict] = {}
+    for rows, dims in (
+        contested.group_by(rivals, maintain_order=True)
+        .agg("_row", "dims")
+        .select("_row", "dims")
+        .iter_rows()
+    ):
+        for row, label in zip(rows, _dimension_labels(dims, parsed), strict=True):
+            labels[row] = label
+    return pl.Series(labels, dtype=pl.String)
 
 
-def _dimension_labels(dims_lists: list[list[str]]) -> list[str]:
+def _package_column(grouped: pl.DataFrame) -> pl.Series:
+    """Per line: `1,234 × package of 1,000 calls` for package lines with a price, else null."""
+    out: list[str | None] = [None] * grouped.height
+    priced = (pl.col("price_model") == "package") & pl.col("unit_price").is_not_null()
+    packages = (
+        grouped.with_row_index("_row")
+        .filter(priced & (pl.col("unit_price") != 0))
+        .select("_row", "exact_amount", "unit_price", "per", "unit")
+    )
+    for row, amount, price, per, unit in packages.iter_rows():
+        count = (amount / price).to_integral_value()
+        out[row] = f"{count:,} × package of {_plain(per)} {unit}"
+    return pl.Series(out, dtype=pl.String)
+
+
+def _dimension_labels(
+    dims_lists: list[list[str]], parsed: dict[str, dict] | None = None
+) -> list[str]:
     """Per rival line: the dimension values all its rows share, when they tell rivals apart
-    (`h100` / `h100, eu`); empty when the rivals' dimensions do not differ."""
+    (`h100` / `h100, eu`); empty when the rivals' dimensions do not differ. `parsed` caches
+    the JSON of each dimensions text across calls."""
     if len(dims_lists) < 2:
         return [""] * len(dims_lists)
-    commons = [_common_items(d) for d in dims_lists]
+    cache: dict[str, dict] = {} if parsed is None else parsed
+    commons = [_common_items(d, cache) for d in dims_lists]
     keys = set().union(*commons)
     telling = sorted(k for k in keys if len({c.get(k) for c in commons}) > 1)
     if not telling:
@@ -254,10 +291,15 @@ def _dimension_labels(dims_lists: list[list[str]]) -> list[str]:
     return [", ".join(str(c[k]) for k in shared + telling if k in c) for c in commons]
 
 
-def _common_items(dims: list[str]) -> dict:
-    parsed = [json.loads(d or "{}") for d in dims]
-    first = parsed[0] if parsed else {}
-    return {k: v for k, v in first.items() if all(p.get(k) == v for p in parsed[1:])}
+def _common_items(dims: list[str], parsed: dict[str, dict]) -> dict:
+    docs = []
+    for d in dims:
+        text = d or "{}"
+        if text not in parsed:
+            parsed[text] = json.loads(text)
+        docs.append(parsed[text])
+    first = docs[0] if docs else {}
+    return {k: v for k, v in first.items() if all(p.get(k) == v for p in docs[1:])}
 
 
 def _plain(value: Decimal | None) -> str:
@@ -281,12 +323,13 @@ def build_invoice_lines(
     """
     account_id = field(account, "account_id")
     mine = rated.filter((pl.col("account_id") == account_id) & (pl.col("period") == period))
-    lines = rated_lines(mine)
-    lines = _drop_empty(lines).with_columns(description=_account_wording(account, lines))
+    adj = None
     if adjustments is not None and not adjustments.is_empty():
         adj = adjustments.filter(pl.col("account_id") == account_id)
-        lines = pl.concat([lines, conform(adj, INVOICE_LINES).with_columns(period=pl.lit(period))])
-    return number_lines(lines)
+    terms = _terms([(account_id, account)])
+    return conform(
+        _numbered(_account_lines(mine, terms, period, adj), [_ACCOUNT_KEY]), INVOICE_LINES
+    )
 
 
 def _drop_empty(lines: pl.DataFrame) -> pl.DataFrame:
@@ -298,28 +341,77 @@ def _drop_empty(lines: pl.DataFrame) -> pl.DataFrame:
     return lines.filter(keep)
 
 
-def _account_wording(account: Any, lines: pl.DataFrame) -> pl.Expr:
-    """Contract descriptions with the account's terms: `Discount (10% of usage)`."""
+def _account_words(account: Any) -> tuple[str, str]:
+    """(discount, minimum) descriptions with the account's terms: `Discount (10% of usage)`."""
     currency = field(account, "currency") or ""
-    words = dict(CONTRACT_LABELS)
+    discount, minimum = CONTRACT_LABELS["discount"], CONTRACT_LABELS["minimum"]
     pct = field(account, "discount_pct")
     if pct:
-        words["discount"] = f"Discount ({_plain(Decimal(str(pct)))}% of usage)"
+        discount = f"Discount ({_plain(Decimal(str(pct)))}% of usage)"
     commit = field(account, "minimum_commit")
     if commit:
         commit_text = f"{Decimal(str(commit)):,.2f} {currency}".strip()
-        words["minimum"] = f"Minimum commitment true-up (commitment {commit_text})"
+        minimum = f"Minimum commitment true-up (commitment {commit_text})"
+    return discount, minimum
+
+
+def _account_wording() -> pl.Expr:
+    """Contract descriptions with each row's account terms (columns of `_terms`)."""
     waiver = pl.col("unit").fill_null("").str.starts_with(WAIVER_RATE)
-    contract = pl.col("kind").is_in(list(CONTRACT_KINDS)) & ~waiver
-    wording = pl.col("kind").replace_strict(words, default=None, return_dtype=pl.String)
+    kind = pl.col("kind")
+    wording = (
+        pl.when(kind == "discount")
+        .then(pl.col("_discount_words"))
+        .when(kind == "minimum")
+        .then(pl.col("_minimum_words"))
+        .when(kind == "credit")
+        .then(pl.lit(CONTRACT_LABELS["credit"]))
+    )
+    contract = kind.is_in(list(CONTRACT_KINDS)) & ~waiver
     return pl.when(contract).then(wording).otherwise(pl.col("description"))
 
 
-def number_lines(lines: pl.DataFrame) -> pl.DataFrame:
-    """Sort lines into reading order and number them 1..n (conformed to INVOICE_LINES).
+_ACCOUNT_KEY = "account_id"
+_DOC_ORDER = "_doc"
+_TERMS = pl.Schema(
+    {
+        "account_id": pl.String(),
+        "_discount_words": pl.String(),
+        "_minimum_words": pl.String(),
+        "_account_currency": pl.String(),
+    }
+)
 
-    A hard-stop waiver reads before the percentage discount: it is applied first."""
-    ordered = lines.sort(
+
+def _terms(accounts: list[tuple[str, Any]]) -> pl.DataFrame:
+    """Per account (id, account object): contract wording and the fallback currency."""
+    rows = [(i, *_account_words(a), field(a, "currency")) for i, a in accounts]
+    return pl.DataFrame(rows, schema=_TERMS, orient="row")
+
+
+def _account_lines(
+    rated: pl.DataFrame, terms: pl.DataFrame, period: str, adjustments: pl.DataFrame | None
+) -> pl.DataFrame:
+    """Unnumbered lines of every account in `terms`: its rated lines (period `period`) with
+    its contract wording, then its adjustments. Rows of other accounts are ignored."""
+    ids = pl.col(_ACCOUNT_KEY).is_in(terms.get_column(_ACCOUNT_KEY).implode())
+    lines = rated_lines(rated.filter(ids))
+    lines = (
+        _drop_empty(lines)
+        .join(terms, on=_ACCOUNT_KEY, how="left", maintain_order="left")
+        .with_columns(description=_account_wording())
+        .select(INVOICE_LINES.names())
+    )
+    if adjustments is not None and not adjustments.is_empty():
+        adj = conform(adjustments.filter(ids), INVOICE_LINES)
+        lines = pl.concat([lines, adj.with_columns(period=pl.lit(period))])
+    return lines
+
+
+def _reading_order() -> list[pl.Expr]:
+    """The order lines read in (`number_lines`). A hard-stop waiver reads before the
+    percentage discount: it is applied first."""
+    return [
         pl.col("kind").replace_strict(KIND_ORDER, default=9, return_dtype=pl.Int32),
         ~pl.col("unit").fill_null("").str.starts_with(WAIVER_RATE),
         pl.col("adjusts_period"),
@@ -331,9 +423,24 @@ def number_lines(lines: pl.DataFrame) -> pl.DataFrame:
         pl.col("price_version"),
         pl.col("tier"),
         pl.col("unit_price"),
-        nulls_last=True,
-        maintain_order=True,
+    ]
+
+
+def _numbered(lines: pl.DataFrame, documents: list[str]) -> pl.DataFrame:
+    """Lines sorted into reading order per document (`documents` columns, in that order) and
+    numbered 1..n in each; the sort is stable, so equal lines keep their order."""
+    ordered = lines.sort(
+        [pl.col(c) for c in documents] + _reading_order(), nulls_last=True, maintain_order=True
     )
+    line_no = pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(documents)
+    return ordered.with_columns(line_no=line_no)
+
+
+def number_lines(lines: pl.DataFrame) -> pl.DataFrame:
+    """Sort lines into reading order and number them 1..n (conformed to INVOICE_LINES).
+
+    A hard-stop waiver reads before the percentage discount: it is applied first."""
+    ordered = lines.sort(_reading_order(), nulls_last=True, maintain_order=True)
     numbered = ordered.with_columns(line_no=pl.int_range(1, pl.len() + 1, dtype=pl.Int32))
     return conform(numbered, INVOICE_LINES)
 
@@ -354,24 +461,26 @@ def build_draft_invoices(
 
     When an account's negative adjustments exceed its invoice (total < 0), they move to a
     separate `credit_note` document for the period; the invoice keeps this period's charges.
+
+    All accounts at once (Polars over the whole period): the lines of each account are what
+    `build_invoice_lines` gives it alone. Documents come in account order, each account's
+    invoice before its credit note.
     """
     lookup = _lookup(accounts)
     in_period = rated.filter(pl.col("period") == period)
-    parts = {k[0]: v for k, v in in_period.partition_by("account_id", as_dict=True).items()}
-    adj_parts: dict = {}
-    if adjustments is not None and not adjustments.is_empty():
-        adj_parts = {
-            k[0]: v for k, v in adjustments.partition_by("account_id", as_dict=True).items()
-        }
-    invoices, lines = [], []
-    for account_id in sorted(i for i in set(parts) | set(adj_parts) if i is not None):
-        own = parts.get(account_id, in_period.clear())
-        account = lookup(account_id) or _stand_in(account_id, own)
-        acct_lines = build_invoice_lines(own, account, period, adj_parts.get(account_id))
-        for doc_type, doc_lines in _split_documents(acct_lines):
-            invoices.append(_invoice_row(doc_type, doc_lines, account, period, own))
-            lines.append(doc_lines)
-    return _frame(invoices, INVOICES), _concat(lines, INVOICE_LINES)
+    has_adj = adjustments is not None and not adjustments.is_empty()
+    ids = set(in_period.get_column(_ACCOUNT_KEY).drop_nulls().unique().to_list())
+    if has_adj:
+        assert adjustments is not None
+        ids |= set(adjustments.get_column(_ACCOUNT_KEY).drop_nulls().unique().to_list())
+    if not ids:
+        return pl.DataFrame(schema=INVOICES), pl.DataFrame(schema=INVOICE_LINES)
+    found = {i: lookup(i) for i in sorted(ids)}
+    stand_ins = _stand_ins([i for i, a in found.items() if not a], in_period)
+    terms = _terms([(i, a or stand_ins[i]) for i, a in found.items()])
+    lines = _account_lines(in_period, terms, period, adjustments if has_adj else None)
+    lines = _numbered(_with_documents(lines), [_ACCOUNT_KEY, _DOC_ORDER])
+    return _invoice_rows(lines, terms, period, in_period), conform(lines, INVOICE_LINES)
 
 
 def _lookup(accounts: Any) -> Callable[[str], Any]:
@@ -384,83 +493,76 @@ def _lookup(accounts: Any) -> Callable[[str], Any]:
     return by_id.get
 
 
-def _stand_in(account_id: str, rated: pl.DataFrame) -> SimpleNamespace:
-    """Minimal account for ids the caller did not resolve (drafts only; name = id)."""
-    currency = rated.filter(pl.col("account_id") == account_id).get_column("currency")
-    return SimpleNamespace(
-        account_id=account_id,
-        name=account_id,
-        currency=currency.drop_nulls().first() if currency.len() else None,
+def _stand_ins(account_ids: list[str], rated: pl.DataFrame) -> dict[str, SimpleNamespace]:
+    """Minimal accounts for ids the caller did not resolve (drafts only; name = id)."""
+    if not account_ids:
+        return {}
+    currency = (
+        rated.filter(pl.col(_ACCOUNT_KEY).is_in(account_ids))
+        .group_by(_ACCOUNT_KEY)
+        .agg(pl.col("currency").drop_nulls().first())
     )
+    found = dict(currency.iter_rows())
+    return {i: SimpleNamespace(account_id=i, name=i, currency=found.get(i)) for i in account_ids}
 
 
-def _split_documents(lines: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
-    """[(invoice, lines)] or, when adjustments push the total below zero, also a credit note."""
-    if lines.is_empty():
-        return []
+def _with_documents(lines: pl.DataFrame) -> pl.DataFrame:
+    """`_DOC_ORDER` per line: 0 = the invoice; 1 = a credit note, which takes an account's
+    adjustment lines when their negative amounts push its total below zero."""
     is_adj = pl.col("kind") == "adjustment"
-    total = lines.get_column("amount").sum()
-    if total >= 0 or lines.filter(is_adj).is_empty():
-        return [("invoice", lines)]
-    docs = [("credit_note", number_lines(lines.filter(is_adj)))]
-    rest = lines.filter(~is_adj)
-    if not rest.is_empty():
-        docs.insert(0, ("invoice", number_lines(rest)))
-    return docs
+    per_account = pl.col("amount").sum().over(_ACCOUNT_KEY)
+    any_adj = is_adj.any().over(_ACCOUNT_KEY)
+    to_note = (per_account < 0) & any_adj & is_adj
+    return lines.with_columns(pl.when(to_note).then(1).otherwise(0).cast(pl.Int8).alias(_DOC_ORDER))
 
 
-def _invoice_row(
-    doc_type: str, lines: pl.DataFrame, account: Any, period: str, rated: pl.DataFrame
-) -> dict:
-    amounts = lines.select("kind", "amount")
-    subtotal = amounts.filter(pl.col("kind").is_in(list(PERIOD_KINDS)))["amount"].sum()
-    total = amounts["amount"].sum()
-    if doc_type == "credit_note":
-        subtotal = total
-    corrected = sorted(set(lines["adjusts_period"].drop_nulls().to_list()))
-    account_id = field(account, "account_id")
-    return {
-        "account_id": account_id,
-        "period": period,
-        "document_type": doc_type,
-        "currency": _currency(account, rated),
-        "subtotal": Decimal(subtotal or 0),
-        "total": Decimal(total or 0),
-        "status": "draft",
-        "pricebook_versions": _price_versions(rated, account_id),
-        "template_version": TEMPLATE_VERSION,
-        "notes": f"Corrects period(s) {', '.join(corrected)}" if corrected else None,
-    }
-
-
-def _currency(account: Any, rated: pl.DataFrame) -> str | None:
-    """The rated rows' currency (what the amounts are in), else the account's."""
-    own = rated.filter(pl.col("account_id") == field(account, "account_id"))["currency"]
-    found = own.drop_nulls().unique().sort().to_list()
-    return found[0] if found else field(account, "currency")
-
-
-def _price_versions(rated: pl.DataFrame, account_id: str) -> str | None:
-    """Pricebook@version list behind the invoice, e.g. `standard@2025-01-01,standard@…`."""
-    own = rated.filter(pl.col("account_id") == account_id).drop_nulls("price_version")
-    if own.is_empty():
-        return None
-    tags = own.select(
-        pl.concat_str(pl.col("pricebook").fill_null("?"), pl.lit("@"), pl.col("price_version"))
+def _invoice_rows(
+    lines: pl.DataFrame, terms: pl.DataFrame, period: str, rated: pl.DataFrame
+) -> pl.DataFrame:
+    """One INVOICES row per document of `lines` (numbered, with `_DOC_ORDER`)."""
+    if lines.is_empty():
+        return pl.DataFrame(schema=INVOICES)
+    doc = pl.col(_DOC_ORDER).first()
+    in_period = pl.col("kind").is_in(list(PERIOD_KINDS))
+    total = pl.col("amount").sum()
+    corrected = pl.col("adjusts_period").drop_nulls().unique().sort().str.join(", ")
+    docs = lines.group_by(_ACCOUNT_KEY, _DOC_ORDER).agg(
+        subtotal=pl.when(doc == 1).then(total).otherwise(pl.col("amount").filter(in_period).sum()),
+        total=total,
+        notes=pl.when(pl.col("adjusts_period").is_not_null().any()).then(
+            pl.lit("Corrects period(s) ") + corrected
+        ),
     )
-    return ",".join(sorted(set(tags.to_series().to_list())))
-
-
-def _frame(rows: list[dict], schema: pl.Schema) -> pl.DataFrame:
-    if not rows:
-        return pl.DataFrame(schema=schema)
-    money = {"subtotal": MONEY2, "total": MONEY2}
-    df = pl.DataFrame(rows, infer_schema_length=None)
-    return conform(df.with_columns(pl.col(c).cast(t) for c, t in money.items()), schema)
-
-
-def _concat(frames: list[pl.DataFrame], schema: pl.Schema) -> pl.DataFrame:
-    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+    own = rated.group_by(_ACCOUNT_KEY).agg(
+        _rated_currency=pl.col("currency").drop_nulls().min(),
+        pricebook_versions=pl.concat_str(
+            pl.col("pricebook").fill_null("?"), pl.lit("@"), pl.col("price_version")
+        )
+        .drop_nulls()
+        .unique()
+        .sort()
+        .str.join(","),
+    )
+    out = (
+        docs.join(own, on=_ACCOUNT_KEY, how="left")
+        .join(terms.select(_ACCOUNT_KEY, "_account_currency"), on=_ACCOUNT_KEY, how="left")
+        .sort(_ACCOUNT_KEY, _DOC_ORDER)
+        .with_columns(
+            period=pl.lit(period),
+            document_type=pl.when(pl.col(_DOC_ORDER) == 1)
+            .then(pl.lit("credit_note"))
+            .otherwise(pl.lit("invoice")),
+            currency=pl.coalesce("_rated_currency", "_account_currency"),
+            subtotal=pl.col("subtotal").fill_null(0).cast(MONEY2),
+            total=pl.col("total").fill_null(0).cast(MONEY2),
+            status=pl.lit("draft"),
+            pricebook_versions=pl.when(pl.col("pricebook_versions") != "").then(
+                pl.col("pricebook_versions")
+            ),
+            template_version=pl.lit(TEMPLATE_VERSION),
+        )
+    )
+    return conform(out, INVOICES)
 
 
 def line_documents(invoices: pl.DataFrame, lines: pl.DataFrame) -> pl.DataFrame:

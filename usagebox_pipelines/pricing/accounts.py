@@ -9,6 +9,7 @@ them and are never inherited (each account is invoiced on its own; see ADR 0002)
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -150,12 +151,21 @@ class Accounts:
 
 
 def load_accounts(folder: Path) -> Accounts:
-    """Read `<folder>/accounts.yaml`; without that file every account gets the defaults."""
+    """Read `<folder>/accounts.yaml`; without that file every account gets the defaults.
+
+    The result is cached per path and file content (Accounts is frozen): the stages of one run
+    read the same file many times, and a changed file is always read again.
+    """
     path = Path(folder) / ACCOUNTS_FILE
     if not path.exists():
         return Accounts()
+    return _parse_accounts(path, y.read_bytes(path, AccountsError))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_accounts(path: Path, data: bytes) -> Accounts:
     where = y.Where(y.display(path), AccountsError)
-    doc = y.load_yaml(path, AccountsError)
+    doc = y.parse_yaml(data, path, AccountsError)
     doc = y.mapping(doc if doc is not None else {}, where, _TOP_KEYS)
     defaults = _parse_defaults(doc.get("defaults") or {}, where.key("defaults"))
     raw_accounts = doc.get("accounts") or {}

@@ -15,6 +15,7 @@ field's check beside its type.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -215,14 +216,18 @@ def load_pricebooks(folder: Path) -> PricebookSet:
 
 
 def load_pricebook_file(path: Path, *, required: bool = True) -> PricebookVersion | None:
-    """Parse and validate one file; None if it is not a pricebook and not `required`."""
+    """Parse and validate one file; None if it is not a pricebook and not `required`.
+
+    Cached per path and file content (versions are frozen): a changed file is read again.
+    """
     path = Path(path)
+    return _parse_pricebook_file(path, y.read_bytes(path, PricebookError), required)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_pricebook_file(path: Path, raw_bytes: bytes, required: bool) -> PricebookVersion | None:
     where = y.Where(y.display(path), PricebookError)
-    try:
-        raw_bytes = path.read_bytes()
-    except OSError as exc:
-        where.fail(f"cannot read: {exc.strerror or exc}")
-    doc = y.load_yaml(path, PricebookError)
+    doc = y.parse_yaml(raw_bytes, path, PricebookError)
     if not isinstance(doc, Mapping) or "pricebook" not in doc:
         if required:
             where.fail("not a pricebook (needs a top-level `pricebook:` key)")

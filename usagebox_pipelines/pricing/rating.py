@@ -84,10 +84,7 @@ def rate_usage(
     `opening_credit` is the prepaid balance carried from the previous period's
     `closing_credit`; accounts missing from it start from their `prepaid_credit`.
     """
-    start, end = month_bounds(period)
-    usage = _billable(usage_hourly, start, end)
-    rows = usage.join(_account_frame(usage, pricebooks, accounts), on="account_id", how="left")
-    rows = _with_rates(_with_versions(rows, pricebooks), pricebooks)
+    rows = _matched(usage_hourly, period, pricebooks, accounts)
     unrated = _unrated(rows, period)
     usage_lines = _price(rows.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
     contract, closing = contract_lines(usage_lines, period, accounts, opening_credit)
@@ -95,7 +92,74 @@ def rate_usage(
     return RatingResult(_sorted(rated), unrated, closing)
 
 
-def _billable(usage: pl.DataFrame | pl.LazyFrame, start: datetime, end: datetime) -> pl.DataFrame:
+def rate_lines(
+    usage_hourly: pl.DataFrame | pl.LazyFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+    *,
+    contract: bool = True,
+) -> pl.DataFrame:
+    """The rated lines of `rate_usage` (no opening credit), in no particular order, for callers
+    that aggregate them (guardrail spend): no sort, no unrated report, and with
+    `contract=False` usage lines only."""
+    matched = match_usage(usage_hourly, period, pricebooks, accounts)
+    return price_matched(matched, period, pricebooks, accounts, contract=contract)
+
+
+def match_usage(
+    usage_hourly: pl.DataFrame | pl.LazyFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+    keep: tuple[str, ...] = (),
+) -> pl.DataFrame:
+    """Steps 1–3: billable rows of the period with account terms, version and `rate_idx`
+    (null: unrated), plus the `keep` columns of the input.
+
+    Matching reads only a row's account (its pricebook and currency), hour, meter, model and
+    dimensions, so callers that rate many variants of the same rows (guardrail prefixes, hours
+    folded into units) match once and relabel `account_id` (to an account with the same
+    pricebook and currency) or `unit` before `price_matched`.
+    """
+    start, end = month_bounds(period)
+    usage = _billable(usage_hourly, start, end, keep)
+    accounts_frame = _account_frame(usage, pricebooks, accounts).lazy()
+    joined = usage.lazy().join(accounts_frame, on="account_id", how="left")
+    return _with_rates(_with_versions(joined, pricebooks).collect(), pricebooks)
+
+
+def price_matched(
+    matched: pl.DataFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+    *,
+    contract: bool = True,
+) -> pl.DataFrame:
+    """Steps 4–6 over `match_usage` rows: `rate_lines` without the matching."""
+    usage_lines = _price(matched.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
+    if not contract:
+        return usage_lines
+    lines, _ = contract_lines(usage_lines, period, accounts)
+    return pl.concat([usage_lines, schemas.conform(lines, schemas.RATED_USAGE)])
+
+
+def _matched(
+    usage_hourly: pl.DataFrame | pl.LazyFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+) -> pl.DataFrame:
+    return match_usage(usage_hourly, period, pricebooks, accounts)
+
+
+def _billable(
+    usage: pl.DataFrame | pl.LazyFrame,
+    start: datetime,
+    end: datetime,
+    keep: tuple[str, ...] = (),
+) -> pl.DataFrame:
     """Billable rows of the window, with exact quantities and canonical empty dimensions."""
     return (
         usage.lazy()
@@ -110,6 +174,7 @@ def _billable(usage: pl.DataFrame | pl.LazyFrame, start: datetime, end: datetime
             pl.col("dimensions").fill_null("{}"),
             "hour",
             pl.col("sum").cast(schemas.QTY),
+            *keep,
         )
         .collect()
     )
@@ -139,7 +204,7 @@ def _account_frame(usage: pl.DataFrame, books: PricebookSet, accounts: Accounts)
     return pl.DataFrame(records, schema=schema, orient="row")
 
 
-def _with_versions(rows: pl.DataFrame, books: PricebookSet) -> pl.DataFrame:
+def _with_versions(rows: pl.LazyFrame, books: PricebookSet) -> pl.LazyFrame:
     """Attach the version in effect at each row's hour (as-of join on distinct hours)."""
     versions = pl.DataFrame(
         [(v.pricebook, v.version, v.effective_from) for v in books.versions],
@@ -152,7 +217,7 @@ def _with_versions(rows: pl.DataFrame, books: PricebookSet) -> pl.DataFrame:
         .unique()
         .sort("hour")
         .join_asof(
-            versions,
+            versions.lazy(),
             left_on="hour",
             right_on="effective_from",
             by="pricebook",
@@ -242,33 +307,63 @@ def _unrated(rows: pl.DataFrame, period: str) -> pl.DataFrame:
 
 
 def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFrame:
-    """Matched usage rows → rated usage lines (schemas.RATED_USAGE)."""
+    """Matched usage rows → rated usage lines (schemas.RATED_USAGE).
+
+    Positions (running quantity, month total, rank) are computed only for rows of rate ids
+    that are tiered, packaged or flat in some version: a rate id priced per unit everywhere
+    never reads them, and its rows are most of the month.
+    """
     meta, tiers = _rate_tables(books)
-    rows = matched.join(meta, on=_RATE_KEYS, how="left").with_columns(q=to_scaled(pl.col("sum")))
-    magnitude = int(rows.select(pl.col("q").abs().sum()).item() or 0)
+    magnitude = int(matched.select(to_scaled(pl.col("sum")).abs().sum()).item() or 0)
     _guard(2 * magnitude * int(meta["pkg_den"].max() or 1))
-    rows = rows.with_columns(
-        cum=pl.col("q").cum_sum().over(_POSITION_KEYS, order_by=_ORDER),
-        total=pl.col("q").sum().over(_POSITION_KEYS),
-        rank=pl.int_range(pl.len()).over(_POSITION_KEYS, order_by=_ORDER),
-    ).with_columns(prev=pl.col("cum") - pl.col("q"))
+    positioned = meta.filter(pl.col("price_model") != "per_unit").get_column("rate_id")
+    rows = (
+        matched.lazy()
+        .join(meta.lazy(), on=_RATE_KEYS, how="left")
+        .with_columns(q=to_scaled(pl.col("sum")))
+    )
+    needs_position = pl.col("rate_id").is_in(positioned.unique().implode())
+    per_unit = rows.filter(~needs_position).select(
+        *_LINE_KEYS[:-1],
+        tier=pl.lit(0, dtype=pl.Int32),
+        hour=pl.col("hour"),
+        part=pl.col("q"),
+        count=lit_int(0),
+    )
+    rows = (
+        rows.filter(needs_position)
+        .with_columns(
+            cum=pl.col("q").cum_sum().over(_POSITION_KEYS, order_by=_ORDER),
+            total=pl.col("q").sum().over(_POSITION_KEYS),
+            rank=pl.int_range(pl.len()).over(_POSITION_KEYS, order_by=_ORDER),
+        )
+        .with_columns(prev=pl.col("cum") - pl.col("q"))
+        .collect(engine="in-memory")
+        .lazy()
+    )
     parts = pl.concat(
         [
             _graduated(rows.filter(pl.col("price_model") == "graduated"), tiers),
             _volume(rows.filter(pl.col("price_model") == "volume"), tiers),
             _untiered(rows.filter(~pl.col("price_model").is_in(["graduated", "volume"]))),
+            per_unit,
         ]
     )
-    lines = parts.group_by(_LINE_KEYS).agg(
-        part=pl.col("part").sum(),
-        count=pl.col("count").sum(),
-        first_hour=pl.col("hour").min(),
-        last_hour=pl.col("hour").max(),
+    lines = (
+        parts.group_by(_LINE_KEYS)
+        .agg(
+            part=pl.col("part").sum(),
+            count=pl.col("count").sum(),
+            first_hour=pl.col("hour").min(),
+            last_hour=pl.col("hour").max(),
+        )
+        .join(meta.lazy(), on=_RATE_KEYS, how="left")
+        .collect()
     )
-    return _amounts(lines.join(meta, on=_RATE_KEYS, how="left"), tiers, period)
+    return _amounts(lines, tiers, period)
 
 
-def _graduated(rows: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
+def _graduated(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
     """Split each row's [prev, cum] position over the tiers it crosses."""
     lo, hi = pl.col("lo"), pl.col("hi")
 
@@ -277,7 +372,7 @@ def _graduated(rows: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
 
     at_prev = (lo.is_null() | (pl.col("prev") > lo)) & (hi.is_null() | (pl.col("prev") <= hi))
     return (
-        rows.join(tiers, on=_RATE_KEYS, how="inner")
+        rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner")
         .with_columns(part=clip("cum") - clip("prev"))
         .filter((pl.col("part") != lit_int(0)) | ((pl.col("q") == lit_int(0)) & at_prev))
         .with_columns(count=lit_int(0))
@@ -285,18 +380,18 @@ def _graduated(rows: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _volume(rows: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
+def _volume(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
     """All of a month's units at the tier its total reaches (per version's own tier table)."""
     lo, hi, total = pl.col("lo"), pl.col("hi"), pl.col("total")
     return (
-        rows.join(tiers, on=_RATE_KEYS, how="inner")
+        rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner")
         .filter((lo.is_null() | (total > lo)) & (hi.is_null() | (total <= hi)))
         .with_columns(part=pl.col("q"), count=lit_int(0))
         .select(*_LINE_KEYS, "hour", "part", "count")
     )
 
 
-def _untiered(rows: pl.DataFrame) -> pl.DataFrame:
+def _untiered(rows: pl.LazyFrame) -> pl.LazyFrame:
     """Per-unit rows as they are; packages started and flat fees counted on positions."""
     size = pl.col("pkg_num") * lit_int(ONE)
     started = scaled_ceil_div(pl.col("cum") * pl.col("pkg_den"), size) - scaled_ceil_div(

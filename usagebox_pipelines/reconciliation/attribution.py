@@ -188,7 +188,8 @@ def _drivers(usage_hourly, mapping: VendorMapping, start, end) -> pl.DataFrame:
     lf = usage_hourly.lazy()
     cols = set(lf.collect_schema().names())
     dims = pl.col("dimensions") if "dimensions" in cols else pl.lit(None, dtype=pl.String)
-    return (
+    keys = ["vendor", "date", "model_id", "meter_id", "account_id"]
+    summed = (
         lf.with_columns(date=pl.col("hour").dt.date())
         .filter(
             (pl.col("date") >= start)
@@ -196,18 +197,30 @@ def _drivers(usage_hourly, mapping: VendorMapping, start, end) -> pl.DataFrame:
             & pl.col("meter_id").is_in(mapping.metered_meters)
             & pl.col("model_id").is_not_null()
         )
-        .with_columns(
-            vendor=mapping.route_expr(cols),
-            feature=dims.str.json_path_match("$.feature"),
-            agent_id=dims.str.json_path_match("$.agent_id"),
-        )
+        .with_columns(vendor=mapping.route_expr(cols), _dims=dims)
         .filter(pl.col("vendor").is_not_null())
-        .group_by("vendor", "date", "model_id", "meter_id", "account_id", "feature", "agent_id")
-        .agg(weight=pl.col("sum").sum().cast(QTY))
-        .rename({"meter_id": "driver_meter"})
+        .group_by(*keys, "_dims")
+        .agg(weight=pl.col("sum").sum())
         .collect()
+    )
+    return (
+        _with_feature_agent(summed, "_dims")
+        .group_by(*keys, "feature", "agent_id")
+        .agg(weight=pl.col("weight").sum().cast(QTY))
+        .rename({"meter_id": "driver_meter"})
         .sort(DRIVER_KEYS + ["account_id", "feature", "agent_id"], nulls_last=True)
     )
+
+
+def _with_feature_agent(rows: pl.DataFrame, dims: str) -> pl.DataFrame:
+    """`feature` and `agent_id` from the dimensions JSON in column `dims` (which is dropped),
+    parsed once per distinct dimensions text (a month has a few dozen)."""
+    distinct = rows.select(dims).unique()
+    parsed = distinct.with_columns(
+        feature=pl.col(dims).str.json_path_match("$.feature"),
+        agent_id=pl.col(dims).str.json_path_match("$.agent_id"),
+    )
+    return rows.join(parsed, on=dims, how="left", nulls_equal=True).drop(dims)
 
 
 def cost_attribution(
@@ -243,12 +256,12 @@ def _revenue(rated_usage, period: str) -> pl.DataFrame:
     """Rated revenue per account × model × feature × agent; contract lines at account level."""
     rated = conform(rated_usage.lazy().filter(pl.col("period") == period).collect(), RATED_USAGE)
     usage = pl.col("line_kind").is_null() | (pl.col("line_kind") == "usage")
-    dims = pl.col("dimensions")
     return (
-        rated.with_columns(
+        _with_feature_agent(rated.with_columns(_dims=pl.col("dimensions")), "_dims")
+        .with_columns(
             model_id=pl.when(usage).then("model_id"),
-            feature=pl.when(usage).then(dims.str.json_path_match("$.feature")),
-            agent_id=pl.when(usage).then(dims.str.json_path_match("$.agent_id")),
+            feature=pl.when(usage).then("feature"),
+            agent_id=pl.when(usage).then("agent_id"),
         )
         .group_by(ACCOUNT_GRAIN)
         .agg(

@@ -23,7 +23,9 @@ from usagebox_pipelines.schemas import MONEY, QTY, conform
 RECONCILIATION_TEMPLATE = "reconciliation_v1.html.j2"
 MARGIN_TEMPLATE = "margin_v1.html.j2"
 TOP_VARIANCES = 15
-DETAIL_LIMIT = 400
+#: Rows of each detail table in the PDFs (the CSVs hold every row): a PDF's size, and its
+#: render time (about 0.25 s a page), stay the same however many accounts and lines there are.
+DETAIL_LIMIT = 50
 _ZERO = Decimal(0)
 
 
@@ -150,7 +152,8 @@ def margin_context(attribution: pl.DataFrame, margins: pl.DataFrame, period: str
         "adjustments": _sum(
             other.filter(pl.col("row_kind") == "vendor_adjustment"), "allocated_cost"
         ),
-        "customers": per_customer.to_dicts(),
+        "customers": per_customer.head(DETAIL_LIMIT).to_dicts(),
+        "customers_total": per_customer.height,
         "chart": svg_bar_chart(
             chart_items,
             width=500,

@@ -1,7 +1,8 @@
 """Stage `draft_invoices`: the draft invoices and lines of an OPEN month.
 
 Drafts are rebuilt from `rated_usage` plus the adjustments every earlier closed month now owes
-(re-rated with all events known); only draft rows are replaced, issued rows never change.
+(re-rated with all events known, when its inputs changed: stages.restatements); only draft rows
+are replaced, issued rows never change.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from usagebox_pipelines.catalog import (
     RATED_USAGE,
     USAGE_HOURLY,
 )
-from usagebox_pipelines.invoicing.adjustments import adjustments_for
+from usagebox_pipelines.invoicing.adjustments import adjustments_against, concat_adjustments
 from usagebox_pipelines.invoicing.credit import with_current_credit
 from usagebox_pipelines.invoicing.hard_stop import apply_waivers
 from usagebox_pipelines.invoicing.lines import (
@@ -33,6 +34,7 @@ from usagebox_pipelines.stages.books import (
     opening_credit,
 )
 from usagebox_pipelines.stages.rating import rate_month
+from usagebox_pipelines.stages.restatements import Restatements
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 
@@ -67,25 +69,37 @@ def refresh_drafts(
         accounts,
         opening,
     )
-    adjustments = pending_adjustments(store, pricebooks_dir, month, closed)
+    adjustments = pending_adjustments(
+        store, pricebooks_dir, month, closed, remember=True, run_id=run_id
+    )
     invoices, lines = build_draft_invoices(rated, accounts, month, adjustments)
     _write_drafts(store, month, invoices, lines, run_id)
     return invoices, lines
 
 
 def pending_adjustments(
-    store: DeltaStore, pricebooks_dir: Path, month: str, closed: dict[str, dict] | None = None
+    store: DeltaStore,
+    pricebooks_dir: Path,
+    month: str,
+    closed: dict[str, dict] | None = None,
+    *,
+    remember: bool = False,
+    run_id: str = "cli",
 ) -> pl.DataFrame:
     """Adjustment lines the next invoice after the closed months before `month` must carry.
 
-    Each closed month is re-rated from the current `usage_hourly` (rate_month) and
-    compared with everything issued for it so far (adjustments.compute_adjustments).
+    Each closed month's re-rating from the current `usage_hourly` (rate_month) is compared
+    with everything issued for it so far (adjustments.adjustments_against). A month is re-rated
+    only when an input of its rating changed since its totals were stored (stages.restatements);
+    with `remember` (the drafts stage) the re-rated ones are stored for the next refresh.
     """
     closed = closed_periods(store) if closed is None else closed
     issued = issued_lines(store, issued_invoices(store, closed))
-    earlier = sorted(q for q in closed if q < month)
-    rerated = {q: rate_month(store, pricebooks_dir, q).rated for q in earlier}
-    return adjustments_for(issued, rerated)
+    restatements = Restatements(store, pricebooks_dir, [q for q in closed if q < month])
+    parts = [adjustments_against(restatements.totals(q), issued, q) for q in restatements.months]
+    if remember:
+        restatements.remember(run_id)
+    return concat_adjustments(parts)
 
 
 def rated_of_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> pl.DataFrame:

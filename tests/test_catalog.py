@@ -31,7 +31,6 @@ from usagebox_pipelines.config import DEFAULT_PRICEBOOKS, Settings
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
 from usagebox_pipelines.stages.close import close_month
-from usagebox_pipelines.stages.drafts import refresh_drafts
 from usagebox_pipelines.stages.events import update_events
 from usagebox_pipelines.stages.guardrails import raise_alerts, refresh_guardrails
 from usagebox_pipelines.stages.ingest import ingest_files
@@ -77,7 +76,6 @@ def flow() -> tuple[DeltaStore, Settings]:
     _restated_export(store, settings, root / "restated")
     reconcile_month(store, settings, OCT)
     close_month(store, settings, OCT, approve=True, now=NOW, approved_by="test")
-    refresh_drafts(store, books, "2026-11")  # restates the closed month (restated_totals)
     return store, settings
 
 

@@ -290,24 +290,6 @@ INVOICE_LINES = Table(
     },
 )
 
-RESTATED_TOTALS = Table(
-    "restated_totals",
-    s.RESTATED_TOTALS,
-    partition_by=(),
-    replace_by=("period",),
-    description="Closed months re-rated: amount per comparable line, with its inputs' digest.",
-    comments={
-        "period": "The closed month restated, " + _MONTH,
-        "basis": "sha256 of every input of the re-rating (usage files, pricebooks, accounts, "
-        "decisions, code): the row is reused while they are unchanged.",
-        "row_kind": "basis (one per month, marks it computed) | line.",
-        "account_id": _ACCOUNT,
-        "quantity": _QTY,
-        "amount": _MONEY2,
-        "description": "Wording of the line as first billed.",
-    },
-)
-
 PERIOD_CLOSES = Table(
     "period_closes",
     s.PERIOD_CLOSES,
@@ -495,7 +477,6 @@ TABLES: Mapping[str, Table] = MappingProxyType(
             CREDIT_LEDGER,
             INVOICES,
             INVOICE_LINES,
-            RESTATED_TOTALS,
             PERIOD_CLOSES,
             VENDOR_COSTS,
             VENDOR_COST_CHANGES,

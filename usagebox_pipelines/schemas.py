@@ -227,29 +227,6 @@ INVOICE_LINES = pl.Schema(
     }
 )
 
-#: Restated totals of a closed month (invoicing.adjustments.restated_totals): what its
-#: re-rating bills per comparable line, kept with the `basis` (a digest of every rating input)
-#: it was computed from, so a draft re-rates a closed month only when its inputs changed.
-#: One `basis` row per month (row_kind `basis`, the lines' key columns null), then its lines.
-RESTATED_TOTALS = pl.Schema(
-    {
-        "period": pl.String(),
-        "basis": pl.String(),
-        "row_kind": pl.String(),
-        "account_id": pl.String(),
-        "meter_id": pl.String(),
-        "model_id": pl.String(),
-        "unit": pl.String(),
-        "price_version": pl.String(),
-        "tier": pl.Int32(),
-        "unit_price": MONEY,
-        "per": QTY,
-        "quantity": QTY,
-        "amount": MONEY2,
-        "description": pl.String(),
-    }
-)
-
 #: One row per closed month. `events_table_version` is the `events` version the month was rated
 #: from; `opening_credit` (JSON {account: decimal string}) the prepaid balances it drew from, so
 #: `usagebox invoice verify` can re-rate it exactly; `totals` is JSON {currency: total}.

@@ -187,17 +187,6 @@ class DeltaStore:
         dt = self.table(table)
         return None if dt is None else dt.version()
 
-    def files(self, table: Table) -> pl.DataFrame:
-        """The table's data files now (Delta add actions: `path`, `size_bytes`,
-        `modification_time`, `num_records` and per-column `min.<col>` / `max.<col>` stats);
-        empty when the table does not exist. Files are immutable: a rewrite is a new path."""
-        dt = self.table(table)
-        if dt is None:
-            return pl.DataFrame(
-                schema={"path": pl.String, "size_bytes": pl.Int64, "modification_time": pl.Int64}
-            )
-        return cast(pl.DataFrame, pl.from_arrow(pa.table(dt.get_add_actions(flatten=True))))
-
     def scan(
         self,
         table: Table,

@@ -11,7 +11,7 @@ prepaid credit is not (see `_restated`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import polars as pl
 
@@ -47,17 +47,7 @@ def compute_adjustments(
     them), one per comparable group whose amount changed; `exact_amount` = `amount` (the
     difference of two rounded amounts is already exact money).
     """
-    return adjustments_against(restated_totals(rerated, period), issued_lines, period)
-
-
-def restated_totals(rerated: pl.DataFrame, period: str) -> pl.DataFrame:
-    """What closed `period` bills when re-rated now (`rerated`: its RATED_USAGE rows): quantity
-    and rounded amount per comparable group (COMPARABLE_KEY), prepaid credit left out."""
-    return _totals(_restated(rated_lines(rerated.filter(pl.col("period") == period))))
-
-
-def adjustments_against(now: pl.DataFrame, issued_lines: pl.DataFrame, period: str) -> pl.DataFrame:
-    """`compute_adjustments` from the re-rating's `restated_totals` (`now`)."""
+    now = _totals(_restated(rated_lines(rerated.filter(pl.col("period") == period))))
     before = _totals(_restated(billed_for_period(issued_lines, period)))
     joined = now.join(before, on=COMPARABLE_KEY, how="full", coalesce=True, nulls_equal=True)
     delta = joined.select(
@@ -116,10 +106,5 @@ def adjustments_for(
     """Adjustment lines for every re-rated closed month (period → its re-rated rows), in
     period order, against the issued lines so far."""
     parts = [compute_adjustments(rated, issued_lines, q) for q, rated in sorted(rerated.items())]
-    return concat_adjustments(parts)
-
-
-def concat_adjustments(parts: Iterable[pl.DataFrame]) -> pl.DataFrame:
-    """Adjustment frames of several periods (in period order) as one INVOICE_LINES frame."""
-    kept = [p for p in parts if p.height]
-    return pl.concat(kept) if kept else pl.DataFrame(schema=INVOICE_LINES)
+    parts = [p for p in parts if p.height]
+    return pl.concat(parts) if parts else pl.DataFrame(schema=INVOICE_LINES)

@@ -1,8 +1,8 @@
 """Stage `draft_invoices`: the draft invoices and lines of an OPEN month.
 
 Drafts are rebuilt from `rated_usage` plus the adjustments every earlier closed month now owes
-(re-rated with all events known, when its inputs changed: stages.restatements); only draft rows
-are replaced, issued rows never change.
+(re-rated with all events known, but only the months whose inputs changed since a close last
+restated them: books.restated_months); only draft rows are replaced, issued rows never change.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from usagebox_pipelines.catalog import (
     RATED_USAGE,
     USAGE_HOURLY,
 )
-from usagebox_pipelines.invoicing.adjustments import adjustments_against, concat_adjustments
+from usagebox_pipelines.invoicing.adjustments import adjustments_for
 from usagebox_pipelines.invoicing.credit import with_current_credit
 from usagebox_pipelines.invoicing.hard_stop import apply_waivers
 from usagebox_pipelines.invoicing.lines import (
@@ -29,12 +29,14 @@ from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.stages.books import (
     closed_periods,
+    decisions_at,
     issued_invoices,
     issued_lines,
     opening_credit,
+    rating_inputs_key,
+    restated_months,
 )
 from usagebox_pipelines.stages.rating import rate_month
-from usagebox_pipelines.stages.restatements import Restatements
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 
@@ -69,37 +71,29 @@ def refresh_drafts(
         accounts,
         opening,
     )
-    adjustments = pending_adjustments(
-        store, pricebooks_dir, month, closed, remember=True, run_id=run_id
-    )
+    adjustments = pending_adjustments(store, pricebooks_dir, month, closed)
     invoices, lines = build_draft_invoices(rated, accounts, month, adjustments)
     _write_drafts(store, month, invoices, lines, run_id)
     return invoices, lines
 
 
 def pending_adjustments(
-    store: DeltaStore,
-    pricebooks_dir: Path,
-    month: str,
-    closed: dict[str, dict] | None = None,
-    *,
-    remember: bool = False,
-    run_id: str = "cli",
+    store: DeltaStore, pricebooks_dir: Path, month: str, closed: dict[str, dict] | None = None
 ) -> pl.DataFrame:
     """Adjustment lines the next invoice after the closed months before `month` must carry.
 
-    Each closed month's re-rating from the current `usage_hourly` (rate_month) is compared
-    with everything issued for it so far (adjustments.adjustments_against). A month is re-rated
-    only when an input of its rating changed since its totals were stored (stages.restatements);
-    with `remember` (the drafts stage) the re-rated ones are stored for the next refresh.
+    A closed month whose inputs changed since the last close that restated it is re-rated from
+    the current `usage_hourly` (rate_month) and compared with everything issued for it so far
+    (adjustments.compute_adjustments); any other closed month owes nothing (restated_months
+    says why), so a refresh costs O(months with late data), not O(closed months).
     """
     closed = closed_periods(store) if closed is None else closed
     issued = issued_lines(store, issued_invoices(store, closed))
-    restatements = Restatements(store, pricebooks_dir, [q for q in closed if q < month])
-    parts = [adjustments_against(restatements.totals(q), issued, q) for q in restatements.months]
-    if remember:
-        restatements.remember(run_id)
-    return concat_adjustments(parts)
+    key = rating_inputs_key(load_pricebooks(pricebooks_dir), load_accounts(pricebooks_dir))
+    decisions = decisions_at(store, store.version(GUARDRAIL_DECISIONS))
+    earlier = restated_months(store, closed, month, key, decisions)
+    rerated = {q: rate_month(store, pricebooks_dir, q).rated for q in earlier}
+    return adjustments_for(issued, rerated)
 
 
 def rated_of_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> pl.DataFrame:

@@ -72,7 +72,6 @@ from usagebox_pipelines.stages.events import (
 from usagebox_pipelines.stages.pdfs import render_each
 from usagebox_pipelines.stages.rating import rate_month
 from usagebox_pipelines.stages.reproduce import decisions_of_close, rebuild_period, rebuilt_document
-from usagebox_pipelines.stages.restatements import Restatements
 from usagebox_pipelines.stages.results import VerifyReport
 from usagebox_pipelines.storage import DeltaStore, DocumentStore
 
@@ -199,9 +198,8 @@ def draft_lines_match_rated(
         inv.usage_amount_mismatch(rated, drafts),
     ]
     issued = issued_lines(store, issued_invoices(store, closed))
-    restatements = Restatements(store, pricebooks_dir, [p for p in closed if p < month])
-    for q in restatements.months:  # re-rated unless its stored totals' inputs are unchanged
-        now = restatements.totals(q).with_columns(kind=pl.lit("restated"))
+    for q in sorted(p for p in closed if p < month):
+        now = rated_lines(rate_month(store, pricebooks_dir, q).rated)
         mismatches.append(inv.restatement_mismatch(q, now, issued, drafts))
     return inv.draft_lines_equal_rated(month, drafts, mismatches)
 

@@ -140,7 +140,7 @@ EVENTS = Table(
     "events",
     s.EVENTS,
     partition_by=("event_date",),
-    replace_by=("event_date",),
+    replace_by=("event_date", "batch_id"),
     description="Deduplicated usage events, one row per (account_id, event_id).",
     comments={
         **_EVENT_COMMENTS,
@@ -155,6 +155,19 @@ EVENTS_BUILDS = Table(
     partition_by=(),
     description="Ingest batches already folded into `events` (written after the fold).",
     comments={"batch_id": _BATCH, "built_at": _UTC},
+)
+
+EVENT_KEYS = Table(
+    "event_keys",
+    s.EVENT_KEYS,
+    partition_by=(),
+    description="Lookup index of accepted event keys: where in `raw_events` a key can be found.",
+    comments={
+        "key": "64-bit hash of (account_id, event_id), or of (account_id, correction_of) with "
+        "another seed for a correction's target (events/keys.py); equal keys hash equal.",
+        "event_date": "The `raw_events` partition holding the accepted row.",
+        "batch_id": _BATCH,
+    },
 )
 
 USAGE_HOURLY = Table(
@@ -469,6 +482,7 @@ TABLES: Mapping[str, Table] = MappingProxyType(
             INGEST_LOG,
             EVENTS,
             EVENTS_BUILDS,
+            EVENT_KEYS,
             USAGE_HOURLY,
             HOUR_BUILDS,
             USAGE_MONTHLY,

@@ -263,6 +263,11 @@ HOUR_BUILDS = pl.Schema({"hour": TS, "built_at": TS, "run_id": pl.String()})
 # Ingest batches already folded into `events` (written after the fold, so a crash redoes it).
 EVENTS_BUILDS = pl.Schema({"batch_id": pl.String(), "built_at": TS})
 
+# The exactly-once lookup index: per accepted `raw_events` row, a 64-bit hash of its key (and,
+# for a correction, one of the key it corrects) with the row's `event_date` partition and batch,
+# so a lookup reads 8 bytes per event of history, then only the partitions that can match.
+EVENT_KEYS = pl.Schema({"key": pl.Int64(), "event_date": pl.Date(), "batch_id": pl.String()})
+
 
 def empty(schema: pl.Schema) -> pl.DataFrame:
     """An empty frame with exactly this schema."""

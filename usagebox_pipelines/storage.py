@@ -18,7 +18,7 @@ import functools
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
@@ -30,7 +30,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from usagebox_pipelines.config import is_object_store
 from usagebox_pipelines.errors import UsageboxError
-from usagebox_pipelines.lease import writer_lease
+from usagebox_pipelines.lease import holds_lease, writer_lease
 from usagebox_pipelines.schemas import conform
 
 if TYPE_CHECKING:
@@ -128,14 +128,36 @@ def predicate(table: Table, columns: Iterable[str], key: Mapping[str, object]) -
     return " AND ".join(terms)
 
 
-def _with_comments(arrow: pa.Table, table: Table) -> pa.Table:
-    """`arrow` with each column's catalog comment in its field metadata ({"comment": ...}):
+def _with_comments(schema: pa.Schema, table: Table) -> pa.Schema:
+    """`schema` with each column's catalog comment in its field metadata ({"comment": ...}):
     delta-rs writes it into the Delta schema, where Spark/Databricks show column comments."""
     fields = [
         f.with_metadata({"comment": table.comments[f.name]}) if f.name in table.comments else f
-        for f in arrow.schema
+        for f in schema
     ]
-    return pa.Table.from_arrays(arrow.columns, schema=pa.schema(fields))
+    return pa.schema(fields)
+
+
+def _arrow_data(
+    data: pl.DataFrame | Iterable[pl.DataFrame], table: Table, new: bool
+) -> pa.Table | pa.RecordBatchReader:
+    """Frames conformed to the table's schema as Arrow; an iterable of frames is streamed (one
+    frame in memory at a time). A new table also gets its column comments."""
+    if isinstance(data, pl.DataFrame):
+        arrow = conform(data, table.schema).to_arrow()
+        if not new:
+            return arrow
+        return pa.Table.from_arrays(arrow.columns, schema=_with_comments(arrow.schema, table))
+    schema = conform(pl.DataFrame(schema=table.schema), table.schema).to_arrow().schema
+    if new:
+        schema = _with_comments(schema, table)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for frame in data:
+            for batch in conform(frame, table.schema).to_arrow().to_batches():
+                yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def writes_tables(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -163,16 +185,47 @@ class DeltaStore:
     def __init__(self, home: str) -> None:
         self.home = home.rstrip("/")
         self.storage_options = _storage_options(self.home)
+        # Open tables by name while `cached()` is active (None: every call opens the table).
+        self._open: dict[str, DeltaTable | None] | None = None
 
     def writer(self, purpose: str) -> contextlib.AbstractContextManager[None]:
         """The home's writer lease (see `lease`): hold it around any unit of work that writes."""
         return writer_lease(self.home, purpose, self.storage_options)
+
+    @contextlib.contextmanager
+    def cached(self) -> Iterator[None]:
+        """Open each table at most once for the block (re-entrant; needs the writer lease).
+
+        Opening a Delta table reads its log (about 20 ms locally, more on object storage); a
+        unit of work that touches a table many times (ingest: several commits per chunk) opens
+        it once here. The lease makes this process the only writer, and every write and delete
+        below goes through the cached object, which delta-rs moves to the new version in place,
+        so the cache is never stale. A lazy `scan` taken inside the block reads the table as it
+        is when collected.
+        """
+        if self._open is not None:
+            yield
+            return
+        if not holds_lease(self.home):
+            raise RuntimeError("DeltaStore.cached() needs the home's writer lease")
+        self._open = {}
+        try:
+            yield
+        finally:
+            self._open = None
 
     def uri(self, table: Table) -> str:
         return f"{self.home}/tables/{table.name}"
 
     def table(self, table: Table, version: int | None = None) -> DeltaTable | None:
         """The Delta table itself (None if it does not exist yet)."""
+        if version is None and self._open is not None:
+            if self._open.get(table.name) is None:
+                self._open[table.name] = self._load(table, None)
+            return self._open[table.name]
+        return self._load(table, version)
+
+    def _load(self, table: Table, version: int | None) -> DeltaTable | None:
         try:
             return DeltaTable(
                 self.uri(table), version=version, storage_options=self.storage_options
@@ -194,6 +247,9 @@ class DeltaStore:
         version: int | None = None,
     ) -> pl.LazyFrame:
         """Lazy scan of a table; an empty frame of its schema if it does not exist yet."""
+        if version is None and self._open is not None:
+            dt = self.table(table)
+            return pl.LazyFrame(schema=table.schema) if dt is None else pl.scan_delta(dt)
         if not self.exists(table):
             return pl.LazyFrame(schema=table.schema)
         return pl.scan_delta(self.uri(table), version=version, storage_options=self.storage_options)
@@ -209,23 +265,23 @@ class DeltaStore:
     def _write(
         self,
         table: Table,
-        df: pl.DataFrame,
+        df: pl.DataFrame | Iterable[pl.DataFrame],
         mode: Literal["append", "overwrite"],
         predicate: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> int:
-        arrow = conform(df, table.schema).to_arrow()
         props = CommitProperties(custom_metadata=dict(metadata or {}))
-        new = not self.exists(table)
+        existing = self.table(table)
+        new = existing is None
         if predicate is not None and new:
             # delta-rs#3959: predicate overwrite on a missing table panics; create it first.
             predicate = None
             mode = "append"
-        if new:  # name, description, partitioning and column comments are set at creation
-            arrow = _with_comments(arrow, table)
+        # name, description, partitioning and column comments are set at creation
+        arrow = _arrow_data(df, table, new)
         # delta-rs types its overloads by the literal `mode`; ours is a variable of both
         cast(Any, write_deltalake)(
-            self.uri(table),
+            existing if existing is not None else self.uri(table),
             arrow,
             mode=mode,
             predicate=predicate,
@@ -235,6 +291,8 @@ class DeltaStore:
             name=table.name if new else None,
             description=table.description if new else None,
         )
+        if existing is not None:  # delta-rs moved it to the new version in place
+            return existing.version()
         return self.version(table) or 0
 
     def append(
@@ -250,12 +308,32 @@ class DeltaStore:
     def overwrite(
         self,
         table: Table,
-        df: pl.DataFrame,
+        df: pl.DataFrame | Iterable[pl.DataFrame],
         *,
         metadata: Mapping[str, str] | None = None,
     ) -> int:
-        """Replace the whole table in one commit (small derived tables only)."""
+        """Replace the whole table in one commit (small derived tables, or an iterable of
+        frames streamed into the one commit)."""
         return self._write(table, df, "overwrite", metadata=metadata)
+
+    def files(self, table: Table) -> pl.DataFrame:
+        """The table's data files from its Delta log, one row each: `path`, `num_records`,
+        `partition.<col>`, `min.<col>`, `max.<col>` (no data is read; empty if no table)."""
+        dt = self.table(table)
+        if dt is None:
+            return pl.DataFrame(schema={"path": pl.String, "num_records": pl.Int64})
+        return pl.DataFrame(dt.get_add_actions(flatten=True))
+
+    def last_commit(self, table: Table, key: str, limit: int = 20) -> str | None:
+        """The value of custom commit metadata `key` in the latest of the last `limit` commits
+        that carries it (None if none does, or there is no table)."""
+        dt = self.table(table)
+        if dt is None:
+            return None
+        for commit in dt.history(limit):
+            if key in commit:
+                return str(commit[key])
+        return None
 
     def replace_partition(
         self,
@@ -289,6 +367,8 @@ class DeltaStore:
         if is_object_store(self.home):
             raise NotImplementedError("drop is only supported on local homes")
         shutil.rmtree(self.uri(table), ignore_errors=True)
+        if self._open is not None:
+            self._open.pop(table.name, None)
 
 
 # --------------------------------------------------------------------------- documents

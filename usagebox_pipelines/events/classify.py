@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from usagebox_pipelines.events.build import resolve_corrections
-from usagebox_pipelines.events.normalize import PAYLOAD_FIELDS
+from usagebox_pipelines.events.normalize import PAYLOAD_FIELDS, payload_expr
 from usagebox_pipelines.schemas import TS
 
 KEY = ["account_id", "event_id"]
@@ -50,30 +50,35 @@ class Classified:
 
 
 def classify(valid: pl.DataFrame, history: pl.DataFrame) -> Classified:
-    """Split a chunk of canonical rows against itself and against accepted history."""
-    ordered = valid.sort("_row")
+    """Split a chunk of canonical rows against itself and against accepted history.
+
+    `history` carries its `payload`; the chunk's payload (canonical JSON of the billing fields,
+    `payload_expr`) is computed only for rows that share a key with another row or with
+    history, the only ones it is compared for.
+    """
+    ordered = _in_row_order(valid)
     # One hash pass marks first occurrences; the kept payload is joined onto the (usually few)
     # repeated rows only, instead of two window expressions over every row.
     marked = ordered.with_columns(_first=pl.struct(KEY).is_first_distinct())
     firsts = marked.filter(pl.col("_first")).drop("_first")
-    later = marked.filter(~pl.col("_first")).drop("_first")
-    later = later.join(
-        firsts.select(*KEY, pl.col("payload").alias("_kept")), on=KEY, how="left"
-    ).sort("_row")
+    later = marked.filter(~pl.col("_first")).drop("_first").with_columns(payload=payload_expr())
+    kept = firsts.join(later.select(KEY).unique(), on=KEY, how="semi").select(
+        *KEY, _kept=payload_expr()
+    )
+    later = later.join(kept, on=KEY, how="left").sort("_row")
     dup_within = later.filter(pl.col("payload") == pl.col("_kept")).drop("_kept")
     conflicts_within = later.filter(pl.col("payload") != pl.col("_kept")).rename(
         {"_kept": "kept_payload"}
     )
 
     prior = history.select(KEY + [pl.col("payload").alias("kept_payload")]).unique(KEY)
-    joined = firsts.join(prior, on=KEY, how="left")
-    seen = pl.col("kept_payload").is_not_null()
-    dup_history = joined.filter(seen & (pl.col("payload") == pl.col("kept_payload")))
-    conflicts_history = joined.filter(seen & (pl.col("payload") != pl.col("kept_payload")))
-    new = joined.filter(~seen).drop("kept_payload")
+    seen = firsts.join(prior, on=KEY, how="inner").with_columns(payload=payload_expr())
+    dup_history = seen.filter(pl.col("payload") == pl.col("kept_payload"))
+    conflicts_history = seen.filter(pl.col("payload") != pl.col("kept_payload"))
+    new = firsts.join(prior.select(KEY), on=KEY, how="anti") if prior.height else firsts
 
     new, rejects = check_corrections(new, history)
-    columns = firsts.columns
+    columns = [*firsts.columns, "payload"]
     duplicates = pl.concat([dup_within.select(columns), dup_history.select(columns)])
     conflicts = pl.concat(
         [
@@ -95,15 +100,23 @@ def check_corrections(
     correction (resolved exactly as `events` resolves them), is rejected.
     """
     new = new.with_columns(hour=pl.col("timestamp").dt.truncate("1h"))
-    corrections = new.filter(pl.col("correction_of").is_not_null())
+    is_correction = pl.col("correction_of").is_not_null()
+    corrections = new.filter(is_correction)
     if corrections.height == 0:
         return new, _no_rejects()
-    originals = pl.concat(
-        [
-            history.filter(pl.col("correction_of").is_null()).select(ORIGINAL),
-            new.filter(pl.col("correction_of").is_null()).select(ORIGINAL),
-        ]
-    ).unique(KEY, keep="first")
+    # Raw text for quarantine (CSV/Parquet rows carry none: their canonical form stands in).
+    corrections = corrections.with_columns(_payload=pl.coalesce("_payload", payload_expr()))
+    targets = corrections.select("account_id", pl.col("correction_of").alias("event_id")).unique()
+    originals = (
+        pl.concat(
+            [
+                history.filter(pl.col("correction_of").is_null()).select(ORIGINAL),
+                new.filter(~is_correction).join(targets, on=KEY, how="semi").select(ORIGINAL),
+            ]
+        )
+        .join(targets, on=KEY, how="semi")
+        .unique(KEY, keep="first")
+    )
     pointing_at_corrections = corrections.join(
         history.filter(pl.col("correction_of").is_not_null()).select(
             "account_id", pl.col("event_id").alias("correction_of")
@@ -145,14 +158,20 @@ def check_corrections(
     hours = resolved.filter(pl.col("status") == "ok").select(
         pl.col("row_number").alias("_row"), pl.col("hour").alias("_orig_hour")
     )
-    accepted = (
-        new.join(rejects.select("_row"), on="_row", how="anti")
+    kept = (
+        new.filter(is_correction)
+        .join(rejects.select("_row"), on="_row", how="anti")
         .join(hours, on="_row", how="left")
         .with_columns(hour=pl.coalesce("_orig_hour", "hour"))
         .drop("_orig_hour")
         .sort("_row")
     )
-    return accepted, rejects
+    return _in_row_order(new.filter(~is_correction)).merge_sorted(kept, key="_row"), rejects
+
+
+def _in_row_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` sorted by `_row` (without sorting when it already is: the usual case)."""
+    return frame if frame["_row"].is_sorted() else frame.sort("_row")
 
 
 def _no_rejects() -> pl.DataFrame:

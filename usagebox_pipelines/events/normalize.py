@@ -18,7 +18,7 @@ import pandera.polars as pa
 import polars as pl
 from polars.exceptions import PanicException
 
-from usagebox_pipelines.events.quantity import parse_quantities
+from usagebox_pipelines.events.quantity import MAX_INTEGER_DIGITS, SCALE, parse_quantities
 from usagebox_pipelines.events.readers import decode_json_objects, row_json
 from usagebox_pipelines.events.window import event_window
 from usagebox_pipelines.schemas import EVENT_FIELDS, QTY, TS
@@ -91,9 +91,11 @@ class CanonicalEvents(pa.DataFrameModel):
 def normalize_events(
     rows: pl.DataFrame, window: tuple[datetime, datetime] | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Canonical rows (plus `_row`, `_payload`, `payload`) and rejects with a reason.
+    """Canonical rows (plus `_row` and `_payload`) and rejects with a reason.
 
     `window` is the accepted [earliest, latest) event time (default: `event_window()` now).
+    `_payload` is the raw JSON line, or null for CSV/Parquet rows: whoever quarantines such a
+    row later uses its canonical form (`payload_expr`), computed only for the rows that need it.
     """
     if rows.height == 0:
         return _empty_canonical(), pl.DataFrame(
@@ -101,6 +103,7 @@ def normalize_events(
         )
     window = window or event_window()
     rows, shape_reason = _scalar_shapes(rows)
+    exact = _exact_quantity(rows)
     dims, dims_reason, metadata_model = _dimensions(rows)
     raw_text = "_payload" in rows.columns
     frame = rows.select(
@@ -110,7 +113,7 @@ def normalize_events(
             _coalesce_string(rows, ALIASES[f]).alias(f)
             for f in ("event_id", "account_id", "meter_id")
         ],
-        _quantity_text(rows).alias("_qty"),
+        _quantity_text(rows).alias("_qty") if exact is None else exact.alias("quantity"),
         _quantity_absent(rows).alias("_qty_absent"),
         _timestamp(rows),
         pl.coalesce(_coalesce_string(rows, ALIASES["model_id"]), metadata_model).alias("model_id"),
@@ -120,10 +123,16 @@ def normalize_events(
         _billable_text(rows).alias("_billable"),
         _extra(rows).alias("extra"),
     )
-    quantity, qty_reason = parse_quantities(frame["_qty"])
+    if exact is None:
+        quantity, qty_reason = parse_quantities(frame["_qty"])
+        frame = frame.with_columns(
+            quantity.cast(QTY), _qty_reason=qty_reason, _qty_missing=pl.col("_qty").is_null()
+        )
+    else:  # integer or decimal columns that fit Decimal(38, 12): every value is exact
+        frame = frame.with_columns(
+            _qty_reason=pl.lit(None, dtype=pl.String), _qty_missing=pl.col("quantity").is_null()
+        )
     frame = frame.with_columns(
-        quantity.cast(QTY),
-        _qty_reason=qty_reason,
         _min_ts=pl.lit(window[0], dtype=TS),
         _max_ts=pl.lit(window[1], dtype=TS),
         billable=pl.col("_billable").replace_strict(
@@ -131,17 +140,16 @@ def normalize_events(
             default=None,
             return_dtype=pl.Boolean,
         ),
-    ).with_columns(reason=_reason())
-    rejected = pl.col("reason").is_not_null()
-    rejects = frame.filter(rejected).select("_row", "_payload", "reason")
+    )
+    # The reason text is built only for the (few) rows with a problem.
+    bad = frame.select(_rejected()).to_series()
+    rejects = frame.filter(bad).select("_row", "_payload", reason=_reason())
     if not raw_text and rejects.height:
-        raw = rows.filter(frame.select(rejected).to_series()).drop("_row")
+        raw = rows.filter(bad).drop("_row")
         rejects = rejects.with_columns(_payload=raw.select(row_json(raw)).to_series())
-    valid = frame.filter(pl.col("reason").is_null())
+    valid = frame.filter(~bad)
     valid = valid.with_columns(billable=pl.col("billable").fill_null(True))
-    valid = valid.select("_row", "_payload", *EVENT_FIELDS).with_columns(payload=payload_expr())
-    # Rows without raw text (CSV/Parquet) are quarantined later with their canonical form.
-    valid = valid.with_columns(_payload=pl.coalesce("_payload", "payload"))
+    valid = valid.select("_row", "_payload", *EVENT_FIELDS)
     valid, schema_rejects = _validate_schema(valid)
     return valid, pl.concat([rejects, schema_rejects])
 
@@ -158,9 +166,27 @@ def payload_expr() -> pl.Expr:
 
 
 def _empty_canonical() -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={"_row": pl.Int64, "_payload": pl.String, **EVENT_FIELDS, "payload": pl.String}
-    )
+    return pl.DataFrame(schema={"_row": pl.Int64, "_payload": pl.String, **EVENT_FIELDS})
+
+
+def _exact_quantity(rows: pl.DataFrame) -> pl.Expr | None:
+    """The quantity as Decimal(38, 12) straight from typed columns, when every quantity column
+    is an integer or a decimal that always fits (no value can need a reason but "missing");
+    None when some column needs the exact text parser (`parse_quantities`)."""
+    present = [n for n in ALIASES["quantity"] if n in rows.columns]
+    if not present:
+        return None
+
+    def fits(dtype: pl.DataType) -> bool:
+        if isinstance(dtype, pl.Decimal):
+            scale = dtype.scale or 0
+            precision = dtype.precision or 38
+            return scale <= SCALE and precision - scale <= MAX_INTEGER_DIGITS
+        return dtype.is_integer()
+
+    if not all(fits(rows.schema[n]) for n in present):
+        return None
+    return pl.coalesce([pl.col(n).cast(QTY) for n in present])
 
 
 def _coalesce_string(rows: pl.DataFrame, names: list[str]) -> pl.Expr:
@@ -459,10 +485,24 @@ def _canonical_json(values: pl.Expr, fields: dict[str, pl.DataType], source: str
 # --- reasons -----------------------------------------------------------------------------------
 
 
+def _rejected() -> pl.Expr:
+    """True for rows with a problem: exactly the rows `_reason()` gives a reason."""
+    checks = [cond.fill_null(False) for cond, _text in _checks()]
+    return pl.any_horizontal(pl.col("_dims_reason").is_not_null(), *checks).alias("_rejected")
+
+
 def _reason() -> pl.Expr:
     """The first problem of each row, worded so the sender knows what to fix."""
-    qty = pl.col("_qty")
-    checks = [
+    expr = pl.when(pl.col("_dims_reason").is_not_null()).then(pl.col("_dims_reason"))
+    for cond, text in _checks():
+        value = pl.lit(text) if isinstance(text, str) else text
+        expr = expr.when(cond.fill_null(False)).then(value)
+    return expr.otherwise(None).alias("reason")
+
+
+def _checks() -> list[tuple[pl.Expr, str | pl.Expr]]:
+    """(condition, reason) per check, in the order a row's first problem is reported."""
+    return [
         (pl.col("event_id").is_null(), "missing event_id (or idempotencyKey/transaction_id)"),
         (pl.col("event_id").str.len_chars() > MAX_ID, f"event_id longer than {MAX_ID} characters"),
         (pl.col("account_id").is_null(), "missing account_id (or customer_id/customerId)"),
@@ -490,7 +530,7 @@ def _reason() -> pl.Expr:
                 _iso(pl.col("_max_ts")),
             ),
         ),
-        (qty.is_null(), MISSING_QUANTITY),
+        (pl.col("_qty_missing"), MISSING_QUANTITY),
         (pl.col("_qty_reason").is_not_null(), pl.col("_qty_reason")),
         (pl.col("quantity").is_null(), "quantity out of range (max 26 integer digits)"),
         (
@@ -507,11 +547,6 @@ def _reason() -> pl.Expr:
         ),
         (pl.col("correction_of") == pl.col("event_id"), "correction_of points to itself"),
     ]
-    expr = pl.when(pl.col("_dims_reason").is_not_null()).then(pl.col("_dims_reason"))
-    for cond, text in checks:
-        value = pl.lit(text) if isinstance(text, str) else text
-        expr = expr.when(cond.fill_null(False)).then(value)
-    return expr.otherwise(None)
 
 
 def _iso(ts: pl.Expr) -> pl.Expr:
@@ -534,5 +569,7 @@ def _validate_schema(valid: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
             sorted({f"{c} {k}" for c, k in zip(cases["column"], cases["check"], strict=True)})
         )
         mask = pl.int_range(valid.height, eager=True).is_in(bad_idx.implode())
-        rejects = valid.filter(mask).select("_row", "_payload", reason=pl.lit(reason))
+        rejects = valid.filter(mask).select(
+            "_row", pl.coalesce("_payload", payload_expr()).alias("_payload"), reason=pl.lit(reason)
+        )
         return valid.filter(~mask), rejects

@@ -1,26 +1,39 @@
-"""Stage `events`: fold committed ingest batches into `events`, one day partition per commit."""
+"""Stage `events`: fold each committed ingest batch into `events` in O(batch), not O(history).
+
+A batch's accepted rows are copied once: originals as they are (`status` ok), its corrections
+resolved against their originals and earlier corrections (found through the `event_keys` index,
+never by reading all history). The only older rows a batch changes are corrections that were
+waiting for an original this batch brings (`pending` -> `ok` / `rejected`, moving to the
+original's hour); only the days holding those few are rewritten.
+
+Commits, each idempotent so a crash anywhere is finished by the next run:
+1. the batch's rows, replacing any rows of that batch (`batch_id` predicate), in groups of
+   whole days of at most `CHUNK_ROWS` rows (memory by chunk; later groups append);
+2. if the batch resolved waiting corrections, the days holding them, rewritten in one commit;
+3. `events_builds` records the batch (last, so a crash redoes the batch).
+Between 1 and 2 a reader sees the batch with its waiting corrections not applied yet, never a
+duplicated key.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 
-from usagebox_pipelines.catalog import (
-    EVENTS,
-    EVENTS_BUILDS,
-    RAW_EVENTS,
-)
-from usagebox_pipelines.events.build import INHERITED, build_events, resolve_corrections
+from usagebox_pipelines.catalog import EVENTS, EVENTS_BUILDS, INGEST_LOG, RAW_EVENTS
+from usagebox_pipelines.events.build import INHERITED, KEY, build_events, resolve_corrections
 from usagebox_pipelines.events.raw import accepted_only
+from usagebox_pipelines.events.readers import CHUNK_ROWS
 from usagebox_pipelines.events.window import min_event_time
-from usagebox_pipelines.stages.ingest import committed_batches
+from usagebox_pipelines.stages.ingest import committed_batches, ensure_key_index, indexed_rows
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 # The first hourly partition = the earliest accepted event time (events/window.py): ingest
 # quarantines anything earlier, so `events_inside_partitions` holds by construction.
 FIRST_HOUR = min_event_time()
+TARGET = ["account_id", "correction_of"]
 
 
 def committed_raw_events(store: DeltaStore) -> pl.LazyFrame:
@@ -38,75 +51,147 @@ class EventsUpdate:
     rows: int
 
 
+@dataclass
+class _Fold:
+    days: set[date] = field(default_factory=set)
+    hours: set[datetime] = field(default_factory=set)
+    rows: int = 0
+
+    def wrote(self, frame: pl.DataFrame) -> None:
+        self.days.update(frame["event_date"].unique().to_list())
+        self.hours.update(frame["hour"].unique().to_list())
+        self.rows += frame.height
+
+
 @writes_tables("events")
 def update_events(store: DeltaStore, run_id: str = "cli") -> EventsUpdate:
-    """Fold newly committed batches into `events`, rewriting only the days they touch."""
-    done = store.scan(EVENTS_BUILDS).select("batch_id")
-    new_batches = committed_batches(store).join(done, on="batch_id", how="anti").collect()
-    if new_batches.height == 0:
-        return EventsUpdate([], [], [], 0)
-    raw = committed_raw_events(store)
-    fresh = raw.join(new_batches.lazy(), on="batch_id", how="semi")
-    corrections = resolve_corrections(*_corrections_and_originals(raw))
-    fresh_ids = fresh.select("account_id", "event_id").collect()
-    touched = corrections.join(
-        fresh_ids.rename({"event_id": "correction_of"}),
-        on=["account_id", "correction_of"],
-        how="semi",
-    )
-    hours = (
-        pl.concat(
-            [
-                fresh.select("hour").collect(),
-                touched.select("hour"),
-                touched.select(pl.col("timestamp").dt.truncate("1h").alias("hour")),
-            ]
+    """Fold newly committed batches into `events`, in ingest order, one batch at a time."""
+    with store.cached():
+        done = store.scan(EVENTS_BUILDS).select("batch_id")
+        new_batches = (
+            store.scan(INGEST_LOG)
+            .select("batch_id", "ingested_at")
+            .join(done, on="batch_id", how="anti")
+            .sort("ingested_at", "batch_id")
+            .collect()
         )
-        .unique()
-        .sort("hour")["hour"]
+        if new_batches.height == 0:
+            return EventsUpdate([], [], [], 0)
+        ensure_key_index(store)
+        total = _Fold()
+        for batch_id in new_batches["batch_id"].to_list():
+            _fold_batch(store, batch_id, run_id, total)
+            built = pl.DataFrame({"batch_id": [batch_id]}).with_columns(
+                built_at=pl.lit(datetime.now(UTC))
+            )
+            store.append(EVENTS_BUILDS, built)
+    return EventsUpdate(
+        new_batches["batch_id"].to_list(), sorted(total.days), sorted(total.hours), total.rows
     )
-    days = hours.dt.date().unique().sort()
-    written = sum(_rewrite_event_day(store, raw, corrections, day, run_id) for day in days)
-    now = datetime.now(UTC)
-    store.append(EVENTS_BUILDS, new_batches.with_columns(built_at=pl.lit(now)))
-    return EventsUpdate(new_batches["batch_id"].to_list(), days.to_list(), hours.to_list(), written)
 
 
-def _rewrite_event_day(
-    store: DeltaStore, raw: pl.LazyFrame, corrections: pl.DataFrame, day: date, run_id: str
-) -> int:
-    """Recompute one `event_date` partition from raw rows: memory is bounded by one day.
+def _fold_batch(store: DeltaStore, batch_id: str, run_id: str, total: _Fold) -> None:
+    """Commits 1 and 2 of the module docstring for one batch."""
+    meta = {"run_id": run_id, "stage": "events", "batch_id": batch_id}
+    raw = committed_raw_events(store)
+    batch = raw.filter(pl.col("batch_id") == batch_id)  # file statistics: only its files
+    fresh = batch.filter(pl.col("correction_of").is_not_null()).collect()
+    waiting = _resolved_by(store, batch)
+    targets = pl.concat([fresh.select(TARGET), waiting.select(TARGET)]).unique()
+    resolved = _resolve(store, raw, targets, fresh)
+    own = resolved.filter(pl.col("batch_id") == batch_id)
+    for n, days in enumerate(_day_groups(batch)):
+        originals = batch.filter(
+            pl.col("event_date").is_in(days.implode()) & pl.col("correction_of").is_null()
+        ).collect()
+        rows = build_events(originals, own if n == 0 else own.clear())
+        if n == 0:
+            store.replace_partition(EVENTS, rows, metadata=meta, batch_id=batch_id)
+        else:
+            store.append(EVENTS, rows, metadata=meta)
+        total.wrote(rows)
+    if waiting.height:
+        _rewrite_waiting(store, waiting, resolved, meta, total)
 
-    Each day is its own commit; the whole update is idempotent (`events_builds` is written
-    last), so a crash between days is finished by the next run.
-    """
-    start, end = day_bounds(day)
-    rows = raw.filter(
-        (pl.col("event_date") == day)  # partition pruning: only this day's files are read
-        & pl.col("correction_of").is_null()
-        & (pl.col("hour") >= start)
-        & (pl.col("hour") < end)
-    ).collect(engine="streaming")
-    in_day = corrections.filter((pl.col("hour") >= start) & (pl.col("hour") < end))
-    events = build_events(rows, in_day)
-    store.replace_partition(
-        EVENTS, events, event_date=day, metadata={"run_id": run_id, "stage": "events"}
+
+def _day_groups(batch: pl.LazyFrame) -> list[pl.Series]:
+    """The batch's `event_date` days, in groups of at most `CHUNK_ROWS` rows (a day whole)."""
+    days = (
+        batch.group_by("event_date")
+        .agg(n=pl.len())
+        .sort("event_date")
+        .with_columns(group=(pl.col("n").cum_sum() - pl.col("n")) // max(CHUNK_ROWS, 1))
+        .collect()
     )
-    return events.height
+    return [part["event_date"] for _, part in days.group_by("group", maintain_order=True)]
 
 
-def _corrections_and_originals(raw: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Every correction in history (a small share of events) and the originals they target."""
-    corrections = raw.filter(pl.col("correction_of").is_not_null()).collect(engine="streaming")
-    targets = corrections.select("account_id", pl.col("correction_of").alias("event_id")).unique()
+def _resolved_by(store: DeltaStore, batch: pl.LazyFrame) -> pl.DataFrame:
+    """Corrections in `events` waiting (`pending`) for an original that this batch brings."""
+    pending = (
+        store.scan(EVENTS)  # file statistics on `status` skip files without pending rows
+        .filter(pl.col("status") == "pending")
+        .select("account_id", "event_id", "correction_of", "event_date", "hour")
+        .collect()
+    )
+    if pending.height == 0:
+        return pending
+    arrived = (
+        batch.filter(
+            pl.col("correction_of").is_null()
+            & pl.col("event_id").is_in(pending["correction_of"].unique().implode())
+        )
+        .select("account_id", pl.col("event_id").alias("correction_of"))
+        .collect()
+    )
+    return pending.join(arrived, on=TARGET, how="semi")
+
+
+def _resolve(
+    store: DeltaStore, raw: pl.LazyFrame, targets: pl.DataFrame, like: pl.DataFrame
+) -> pl.DataFrame:
+    """Every correction of `targets` (account_id, correction_of), resolved in arrival order
+    against its original; `raw` rows are read only where the key index says they can be.
+    `like`: a frame of raw rows (for the columns when there is nothing to resolve)."""
+    rows = None
+    if targets.height:
+        ids = targets["correction_of"].unique()
+        keys = targets.with_columns(event_id=pl.col("correction_of"))
+        rows = indexed_rows(store, raw, keys, ids, ids)
+    found = like.clear() if rows is None else rows.collect(engine="streaming")
+    corrections = found.filter(pl.col("correction_of").is_not_null()).join(
+        targets, on=TARGET, how="semi"
+    )
     originals = (
-        raw.filter(pl.col("event_id").is_in(targets["event_id"].implode()))
-        .filter(pl.col("correction_of").is_null())
+        found.filter(pl.col("correction_of").is_null())
+        .join(targets.rename({"correction_of": "event_id"}), on=KEY, how="semi")
         .select("account_id", "event_id", "quantity", "hour", *INHERITED)
-        .collect(engine="streaming")
-        .join(targets, on=["account_id", "event_id"], how="semi")
     )
-    return corrections, originals
+    return resolve_corrections(corrections, originals)
+
+
+def _rewrite_waiting(
+    store: DeltaStore,
+    waiting: pl.DataFrame,
+    resolved: pl.DataFrame,
+    meta: dict[str, str],
+    total: _Fold,
+) -> None:
+    """Commit 2: move resolved waiting corrections, rewriting only the days they leave and
+    enter (one commit: a reader never sees a correction twice or not at all)."""
+    moved = build_events(resolved.clear(), resolved.join(waiting, on=KEY, how="semi"))
+    days = sorted(set(waiting["event_date"].to_list()) | set(moved["event_date"].to_list()))
+    kept = (
+        store.scan(EVENTS)
+        .filter(pl.col("event_date").is_in(days))
+        .collect()
+        .join(waiting.select(KEY), on=KEY, how="anti")
+    )
+    rows = pl.concat([kept, moved], how="diagonal_relaxed")
+    store.replace_partition(EVENTS, rows, metadata=meta, event_date=days)
+    total.wrote(moved)
+    total.days.update(days)
+    total.hours.update(waiting["hour"].to_list())
 
 
 def events_frame(store: DeltaStore, version: int | None = None) -> pl.LazyFrame:

@@ -19,13 +19,16 @@ from deltalake.schema import Field, PrimitiveType
 
 from usagebox_pipelines.catalog import (
     EVENT_CONFLICTS,
+    EVENT_KEYS,
     HOUR_BUILDS,
     INGEST_LOG,
     QUARANTINE,
     RAW_EVENTS,
+    Table,
 )
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.events.classify import HISTORY_COLUMNS, classify
+from usagebox_pipelines.events.keys import hash_canary, index_rows, probe_keys
 from usagebox_pipelines.events.normalize import normalize_events, payload_expr
 from usagebox_pipelines.events.raw import (
     ACCEPTED,
@@ -38,8 +41,12 @@ from usagebox_pipelines.events.window import event_window
 from usagebox_pipelines.stages.books import closed_periods
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
-BATCH_TABLES = (RAW_EVENTS, QUARANTINE, EVENT_CONFLICTS)
+BATCH_TABLES = (RAW_EVENTS, QUARANTINE, EVENT_CONFLICTS, EVENT_KEYS)
 Progress = Callable[[str], None]
+# Commit metadata key of `event_keys` writes: the hash canary the index was built with.
+KEY_HASH = "key_hash"
+# Rows per commit when the key index is rebuilt from `raw_events` (memory bound).
+REBUILD_ROWS = 2_000_000
 
 
 @dataclass
@@ -78,14 +85,16 @@ def ingest_files(
     sees batches of writers that died, and the same file is never loaded by two processes.
     """
     progress = progress or (lambda _msg: None)
-    remove_uncommitted_batches(store)
-    total = IngestSummary()
-    for path in sorted(Path(p) for p in paths):
-        try:
-            total.add(ingest_file(store, path, source, progress, chunk_rows))
-        except UsageboxError as exc:
-            total.errors.append(str(exc))
-            progress(f"error: {exc}")
+    with store.cached():
+        remove_uncommitted_batches(store)
+        ensure_key_index(store)
+        total = IngestSummary()
+        for path in sorted(Path(p) for p in paths):
+            try:
+                total.add(ingest_file(store, path, source, progress, chunk_rows))
+            except UsageboxError as exc:
+                total.errors.append(str(exc))
+                progress(f"error: {exc}")
     return total
 
 
@@ -175,6 +184,13 @@ def _ingest_chunk(store, chunk, path, batch_id, source, now, context) -> IngestS
         store.append(
             EVENT_CONFLICTS, result.conflicts.with_columns(**stamp, row_number=pl.col("_row"))
         )
+    if new.height:
+        keys = index_rows(new.with_columns(event_date=pl.col("hour").dt.date()))
+        store.append(
+            EVENT_KEYS,
+            keys.with_columns(batch_id=pl.lit(batch_id)),
+            metadata={KEY_HASH: hash_canary()},
+        )
     return IngestSummary(
         rows=chunk.rows.height + chunk.rejects.height,
         accepted=new.height,
@@ -218,20 +234,89 @@ def _history_for(store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
     compares), so `raw_events` does not store every event twice.
     """
     schema = pl.Schema({c: RAW_EVENTS.schema[c] for c in HISTORY_COLUMNS})
+    empty = pl.DataFrame(schema=schema).with_columns(payload=pl.lit(None, dtype=pl.String))
     if valid.height == 0 or not store.exists(RAW_EVENTS):
-        return pl.DataFrame(schema=schema).with_columns(payload=pl.lit(None, dtype=pl.String))
+        return empty
     targets = valid["correction_of"].drop_nulls().unique()
     ids = pl.concat([valid["event_id"], targets]).unique()
+    raw = accepted_only(store.scan(RAW_EVENTS))
+    rows = indexed_rows(store, raw, valid, ids, targets)
+    if rows is None:
+        return empty
     return (
-        accepted_only(store.scan(RAW_EVENTS))
-        .filter(
-            pl.col("event_id").is_in(ids.implode())
-            | pl.col("correction_of").is_in(targets.implode())
-        )
-        .select(HISTORY_COLUMNS)
+        rows.select(HISTORY_COLUMNS)
         .collect(engine="streaming")
         .with_columns(payload=payload_expr())
     )
+
+
+def indexed_rows(
+    store: DeltaStore,
+    raw: pl.LazyFrame,
+    keys: pl.DataFrame,
+    ids: pl.Series,
+    targets: pl.Series,
+) -> pl.LazyFrame | None:
+    """Rows of `raw` (accepted `raw_events`, lazily) with `event_id` in `ids` or
+    `correction_of` in `targets`, read only where the `event_keys` index says rows related to
+    `keys` (account_id, event_id, correction_of) can be; None when the index has none.
+
+    Only 8 bytes per event of history are scanned (the hashes); then only the partitions and
+    batches of the hits are read, and compared by the real ids.
+    """
+    if keys.height == 0 or not store.exists(EVENT_KEYS):
+        return None
+    hits = (
+        store.scan(EVENT_KEYS)
+        .filter(pl.col("key").is_in(probe_keys(keys).implode()))
+        .select("event_date", "batch_id")
+        .unique()
+        .collect()
+    )
+    if hits.height == 0:
+        return None
+    return raw.filter(
+        pl.col("event_date").is_in(hits["event_date"].unique().implode())
+        & pl.col("batch_id").is_in(hits["batch_id"].unique().implode())
+    ).filter(
+        pl.col("event_id").is_in(ids.implode()) | pl.col("correction_of").is_in(targets.implode())
+    )
+
+
+def ensure_key_index(store: DeltaStore) -> None:
+    """(Re)build `event_keys` from accepted `raw_events` if it is missing or was built with a
+    hash that differs from today's (a Polars upgrade may change it): one streamed commit.
+
+    Runs under the lease after the uncommitted-batch cleanup, so every raw row is committed.
+    """
+    canary = hash_canary()
+    if store.last_commit(EVENT_KEYS, KEY_HASH) == canary:
+        return
+    if not store.exists(RAW_EVENTS) and not store.exists(EVENT_KEYS):
+        return
+    store.overwrite(EVENT_KEYS, _index_of_raw(store), metadata={KEY_HASH: canary})
+
+
+def _index_of_raw(store: DeltaStore) -> Iterable[pl.DataFrame]:
+    """`event_keys` rows of every accepted raw row, a group of whole days at a time."""
+    yield pl.DataFrame(schema=EVENT_KEYS.schema)
+    files = store.files(RAW_EVENTS)
+    if files.height == 0:
+        return
+    days = (
+        files.group_by(day=pl.col("partition.event_date"))
+        .agg(pl.col("num_records").sum())
+        .sort("day")
+        .with_columns(group=(pl.col("num_records").cum_sum() // REBUILD_ROWS))
+    )
+    raw = accepted_only(store.scan(RAW_EVENTS))
+    for (_,), group in days.group_by("group", maintain_order=True):
+        rows = (
+            raw.filter(pl.col("event_date").is_in(group["day"].implode()))
+            .select("account_id", "event_id", "correction_of", "event_date", "batch_id")
+            .collect(engine="streaming")
+        )
+        yield index_rows(rows, "batch_id")
 
 
 def _logged_batch(store: DeltaStore, sha: str) -> dict | None:
@@ -249,16 +334,28 @@ def committed_batches(store: DeltaStore) -> pl.LazyFrame:
 def remove_uncommitted_batches(store: DeltaStore) -> list[str]:
     """Delete rows of batches that crashed before their `ingest_log` commit."""
     removed: set[str] = set()
-    done = committed_batches(store).collect()["batch_id"]
+    done = set(committed_batches(store).collect()["batch_id"].to_list())
     for table in BATCH_TABLES:
         if not store.exists(table):
             continue
-        ids = store.scan(table).select("batch_id").unique().collect()["batch_id"]
-        orphans = sorted(set(ids.to_list()) - set(done.to_list()))
+        orphans = sorted(_batch_ids(store, table) - done)
         if orphans:
             store.delete_where(table, batch_id=orphans)
             removed.update(orphans)
     return sorted(removed)
+
+
+def _batch_ids(store: DeltaStore, table: Table) -> set[str]:
+    """The batch ids in a table, from the Delta log's per-file statistics when every file holds
+    a single batch (ingest writes them so); otherwise by reading the column."""
+    files = store.files(table)
+    if files.height == 0:
+        return set()
+    if "min.batch_id" in files.columns and "max.batch_id" in files.columns:
+        low, high = files["min.batch_id"], files["max.batch_id"]
+        if low.null_count() == 0 and (low == high).all():
+            return set(low.to_list())
+    return set(store.scan(table).select("batch_id").unique().collect()["batch_id"].to_list())
 
 
 @dataclass

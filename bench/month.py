@@ -12,6 +12,7 @@ Usage: python bench/month.py [--events 1000000] [--accounts 2000] [--seed 7] [--
      ingest        usagebox ingest events.parquet
      run <prev>    usagebox run --month <previous month>   (the late events)
      run <month>   usagebox run --month <month>
+     close <prev>  usagebox close <previous month> --approve (its late events; closes in order)
      close dry     usagebox close <month>
      close approve usagebox close <month> --approve
      nightly       usagebox ingest nightly.parquet; usagebox run --date <first day of next month>
@@ -301,7 +302,8 @@ def _commands(args: argparse.Namespace, work: Path, manifest: dict) -> list[Meas
         Measured(f"run {args.month}", [*ub, "run", "--month", args.month, *opts], events=n),
     ]
     if not args.skip_close:
-        cmds += [
+        cmds += [  # the earlier month first, as a user must (close refuses out of order)
+            Measured(f"close approve {prev}", [*ub, "close", prev, "--approve", *opts]),
             Measured("close dry", [*ub, "close", args.month, *opts]),
             Measured("close approve", [*ub, "close", args.month, "--approve", *opts]),
         ]

@@ -18,6 +18,7 @@ from tests.test_invoicing_fixtures import (
     rated,
     tier_split,
 )
+from usagebox_pipelines.invoicing import lines as lines_module
 from usagebox_pipelines.invoicing.adjustments import billed_for_period, compute_adjustments
 from usagebox_pipelines.invoicing.lines import build_draft_invoices
 from usagebox_pipelines.schemas import INVOICE_LINES
@@ -204,3 +205,20 @@ def test_all_accounts_at_once_equal_each_account_alone(months, pct):
     ]
     assert invoices.equals(pl.concat([i for i, _ in alone]))
     assert lines.equals(pl.concat([ln for _, ln in alone]))
+
+
+def test_shards_of_accounts_give_the_same_drafts(monkeypatch):
+    """Drafting in shards of whole accounts (memory bound) changes no document or line."""
+    totals = {"acct-001": (D(9e7), D(1e6)), "acct-002": (D(1e6), D(2e8)), "acct-003": (D(5e7),) * 2}
+    ids, rows, adjustments = sorted(totals), [], []
+    for acct, (before, now) in sorted(totals.items()):
+        issued = build_draft_invoices(rated(month(before, D(10), acct)), [account(acct)], PERIOD)
+        adjustments.append(compute_adjustments(rated(month(now, D(10), acct)), issued[1], PERIOD))
+        rows += [{**r, "period": NEXT} for r in rate_output_tokens(D(10_000_000), acct)]
+    accounts = [account(a, discount_pct=D(10)) for a in ids]
+    args = (rated(rows), accounts, NEXT, pl.concat(adjustments))
+    whole = build_draft_invoices(*args)
+    monkeypatch.setattr(lines_module, "SHARD_ROWS", 1)
+    sharded = build_draft_invoices(*args)
+    assert "credit_note" in whole[0]["document_type"].to_list()
+    assert sharded[0].equals(whole[0]) and sharded[1].equals(whole[1])

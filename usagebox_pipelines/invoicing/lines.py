@@ -462,7 +462,8 @@ def build_draft_invoices(
     When an account's negative adjustments exceed its invoice (total < 0), they move to a
     separate `credit_note` document for the period; the invoice keeps this period's charges.
 
-    All accounts at once (Polars over the whole period): the lines of each account are what
+    Accounts are built together in Polars, in shards of whole accounts of at most
+    `SHARD_ROWS` rated rows (memory bounded by a shard): the lines of each account are what
     `build_invoice_lines` gives it alone. Documents come in account order, each account's
     invoice before its credit note.
     """
@@ -478,9 +479,30 @@ def build_draft_invoices(
     found = {i: lookup(i) for i in sorted(ids)}
     stand_ins = _stand_ins([i for i, a in found.items() if not a], in_period)
     terms = _terms([(i, a or stand_ins[i]) for i, a in found.items()])
-    lines = _account_lines(in_period, terms, period, adjustments if has_adj else None)
-    lines = _numbered(_with_documents(lines), [_ACCOUNT_KEY, _DOC_ORDER])
-    return _invoice_rows(lines, terms, period, in_period), conform(lines, INVOICE_LINES)
+    invoices, lines = [], []
+    for shard in _shards(terms, in_period):
+        mine = pl.col(_ACCOUNT_KEY).is_in(shard.get_column(_ACCOUNT_KEY).implode())
+        own = in_period.filter(mine)
+        adj = adjustments.filter(mine) if has_adj and adjustments is not None else None
+        shard_lines = _account_lines(own, shard, period, adj)
+        shard_lines = _numbered(_with_documents(shard_lines), [_ACCOUNT_KEY, _DOC_ORDER])
+        invoices.append(_invoice_rows(shard_lines, shard, period, own))
+        lines.append(conform(shard_lines, INVOICE_LINES))
+    return pl.concat(invoices), pl.concat(lines)
+
+
+#: Rated rows of the accounts drafted together (whole accounts; one bigger account alone).
+SHARD_ROWS = 250_000
+
+
+def _shards(terms: pl.DataFrame, rated: pl.DataFrame) -> list[pl.DataFrame]:
+    """`terms` (sorted by account) cut into consecutive shards of about SHARD_ROWS rows."""
+    weight = rated.group_by(_ACCOUNT_KEY).agg(w=pl.len())
+    ranked = terms.join(weight, on=_ACCOUNT_KEY, how="left", maintain_order="left")
+    ranked = ranked.with_columns(pl.col("w").fill_null(0))
+    shard = (pl.col("w").cum_sum() - pl.col("w")) // max(SHARD_ROWS, 1)
+    ranked = ranked.with_columns(shard.alias("_shard"))
+    return [part.drop("w", "_shard") for _, part in ranked.group_by("_shard", maintain_order=True)]
 
 
 def _lookup(accounts: Any) -> Callable[[str], Any]:

@@ -62,7 +62,7 @@ from usagebox_pipelines.stages.ingest import ingest_files
 from usagebox_pipelines.stages.rating import build_rated_usage, rate_month
 from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
 from usagebox_pipelines.stages.verify import draft_lines_match_rated
-from usagebox_pipelines.storage import DeltaStore
+from usagebox_pipelines.storage import DeltaStore, DocumentStore
 
 D = Decimal
 OCT, NOV = "2026-10", "2026-11"
@@ -404,6 +404,37 @@ def test_crash_before_the_marker_is_cleaned_and_redone_gapless(tmp_path):
     assert every["invoice_number"].drop_nulls().is_duplicated().sum() == 0
     lines = all_lines(store).filter(pl.col("period") == NOV)
     assert lines.select("invoice_number", "line_no").is_duplicated().sum() == 0
+
+
+def test_a_crash_half_way_through_rendering_is_redone_with_the_same_numbers_and_bytes(tmp_path):
+    """The PDFs render in a process pool (stages.pdfs) and are written as they come back: a
+    crash after a few leaves files no issued row names; the rerun removes them and issues the
+    same documents, numbers and hashes as a close that never crashed."""
+    store, settings = scenario().home_at("nov_built", tmp_path / "h")
+    done = issued(scenario().open("nov_closed")[0], NOV).sort("invoice_number")
+    assert done.height >= 4  # enough documents for the process pool
+    real_put = DocumentStore.put
+    written: list[str] = []
+
+    def crash_after_two(self, relpath, data):
+        if len(written) == 2:
+            raise OSError("killed while rendering")
+        written.append(relpath)
+        return real_put(self, relpath, data)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DocumentStore, "put", crash_after_two)
+        with pytest.raises(OSError, match="killed while rendering"):
+            close_month(store, settings, NOV, approve=True, now=NOV_ISSUED)
+    assert issued(store, NOV).is_empty() and closed_periods(store).keys() == {OCT}
+    assert all((settings.documents_dir / rel).exists() for rel in written)
+    result = close_month(store, settings, NOV, approve=True, now=NOV_ISSUED)
+    assert result.status == "closed"
+    again = issued(store, NOV).sort("invoice_number")
+    for column in ("invoice_number", "account_id", "document_type", "total", "pdf_sha256"):
+        assert again[column].to_list() == done[column].to_list()
+    files = sorted(p.name for p in (settings.documents_dir / "invoices" / NOV).glob("*.pdf"))
+    assert files == sorted(f"{n}.pdf" for n in done["invoice_number"].to_list())
 
 
 def test_schemas_of_written_tables():

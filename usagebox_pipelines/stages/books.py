@@ -244,68 +244,58 @@ def restated_months(
     decisions: pl.DataFrame,
 ) -> list[str]:
     """The closed months before `month` a close must re-rate: those whose inputs changed since
-    the last close that restated them. Every other one would restate to nothing.
+    the last close that looked at them. Every other one would restate to nothing.
 
-    Why: the last close R that restated closed month q (its own close, or a later one made
-    after it) issued, per comparable line, `rounded re-rating − billed` for each nonzero
-    difference, so after R what was billed for q equals q re-rated with R's inputs. Re-rated
-    with the same inputs now, every difference is zero and q adds no adjustment line. The
-    inputs are: `events` and `usage_hourly` rows of q's hours (their data files added or
-    removed since the versions R read, from the Delta log; no data is read), q's guardrail
-    decisions, and the pricebooks and accounts (`rating_inputs_key`, recorded in R's commits).
-    A month whose R recorded no key (a close made before this was recorded) is re-rated.
-    So closing month N costs O(months with late data), not O(closed months).
+    Why: the last close R since closed month q's own (q's own included) either re-rated q,
+    issuing per comparable line `rounded re-rating − billed` for each nonzero difference, or
+    found q's inputs unchanged since the close before it did. Either way what is billed for q
+    equals q re-rated with R's inputs, so re-rated with the same inputs now every difference
+    is zero and q adds no adjustment line. The inputs are: the `events` and `usage_hourly`
+    rows of q's hours (data files added or removed since the versions R read, from the Delta
+    log: no data is read), q's guardrail decisions, and the pricebooks and accounts
+    (`rating_inputs_key`). A month whose R recorded no key (closed before it was recorded) is
+    re-rated. So closing month N costs O(months with late data), not O(closed months).
     """
     commits = close_commits(store, PERIOD_CLOSES)
     ordered = sorted(closed.values(), key=lambda r: (r["closed_at"], r["period"]))
+    files: dict[tuple[str, int | None], pl.DataFrame | None] = {}
+
+    def hour_files(table: Table, version: int | None) -> pl.DataFrame | None:
+        """Data files at `version` (None: latest), read once per table and version."""
+        key = (table.name, version)
+        if key not in files:
+            files[key] = _hour_files(store, table, version)
+        return files[key]
+
+    def then(table: Table, version: int | None) -> pl.DataFrame | None:
+        """Data files a close read; None as its version: the table did not exist yet."""
+        return _NO_FILES if version is None else hour_files(table, version)
+
     out = []
     for q in sorted(p for p in closed if p < month):
         own = closed[q]["closed_at"]
-        last = [
-            r for r in ordered if r["period"] == q or (r["period"] > q and r["closed_at"] > own)
-        ]
-        ref = last[-1]
-        if _touched_since(store, q, ref, commits.get(ref["period"]), inputs_key, decisions):
+        ref = [r for r in ordered if r["period"] == q or (r["period"] > q and r["closed_at"] > own)]
+        meta = commits.get(ref[-1]["period"]) or {}
+        if meta.get(INPUTS_KEY) != inputs_key or HOURLY_VERSION_KEY not in meta:
+            out.append(q)
+            continue
+        start, end = month_bounds(q)
+        versions = (
+            (EVENTS, ref[-1]["events_table_version"]),
+            (USAGE_HOURLY, _int_or_none(meta[HOURLY_VERSION_KEY])),
+        )
+        if any(
+            _files_changed(then(t, v), hour_files(t, None), start, end) for t, v in versions
+        ) or not _same_decisions(store, meta.get(DECISIONS_VERSION_KEY), decisions, q):
             out.append(q)
     return out
 
 
-def _touched_since(
-    store: DeltaStore,
-    q: str,
-    ref: dict,
-    commit: dict | None,
-    inputs_key: str,
-    decisions: pl.DataFrame,
+def _files_changed(
+    then: pl.DataFrame | None, now: pl.DataFrame | None, start: datetime, end: datetime
 ) -> bool:
-    """Whether anything that rates closed month `q` changed since close `ref` read it."""
-    meta = commit or {}
-    if meta.get(INPUTS_KEY) != inputs_key or HOURLY_VERSION_KEY not in meta:
-        return True
-    start, end = month_bounds(q)
-    for table, version in (
-        (EVENTS, ref["events_table_version"]),
-        (USAGE_HOURLY, _int_or_none(meta[HOURLY_VERSION_KEY])),
-    ):
-        if files_changed(store, table, version, start, end):
-            return True
-    raw = meta.get(DECISIONS_VERSION_KEY)
-    if raw is None:
-        return True
-    then = decisions_at(store, _int_or_none(raw))
-    return not _same_rows(
-        then.filter(pl.col("period") == q), decisions.filter(pl.col("period") == q)
-    )
-
-
-def files_changed(
-    store: DeltaStore, table: Table, version: int | None, start: datetime, end: datetime
-) -> bool:
-    """Whether a data file of `table` with rows in hours [start, end) was added or removed
-    since `version` (None: the table did not exist then). Reads only the Delta log; a file
-    without `hour` statistics, or a version the log no longer has, counts as a change."""
-    then = _hour_files(store, table, version) if version is not None else _NO_FILES
-    now = _hour_files(store, table, None)
+    """Whether a data file with rows in hours [start, end) was added or removed between two
+    file lists; an unknown list, or a file without `hour` statistics, counts as a change."""
     if then is None or now is None:
         return True
     changed = pl.concat(
@@ -322,8 +312,9 @@ _NO_FILES = pl.DataFrame(
 
 
 def _hour_files(store: DeltaStore, table: Table, version: int | None) -> pl.DataFrame | None:
-    """path, min and max `hour` of every data file of `table` at `version` (None: latest);
-    None when unknown (no statistics, or the version cannot be loaded)."""
+    """path, min and max `hour` of every data file of `table` at `version` (None: latest),
+    from the Delta log; an empty list when the table does not exist yet; None when unknown
+    (no statistics, or a version the log no longer has)."""
     try:
         dt = store.table(table, version=version)
     except Exception:  # noqa: BLE001 - a version vacuumed from the log: unknown
@@ -338,6 +329,14 @@ def _hour_files(store: DeltaStore, table: Table, version: int | None) -> pl.Data
     return actions.select("path", lo=pl.col("min.hour"), hi=pl.col("max.hour")).cast(
         _NO_FILES.schema
     )
+
+
+def _same_decisions(store: DeltaStore, raw: object, decisions: pl.DataFrame, q: str) -> bool:
+    """Whether `q`'s guardrail decisions at the recorded version `raw` are today's."""
+    if raw is None:
+        return False
+    then = decisions_at(store, _int_or_none(raw))
+    return _same_rows(then.filter(pl.col("period") == q), decisions.filter(pl.col("period") == q))
 
 
 def _same_rows(a: pl.DataFrame, b: pl.DataFrame) -> bool:

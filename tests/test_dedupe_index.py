@@ -46,7 +46,7 @@ def _table(store: DeltaStore, table, drop=("ingested_at",)) -> pl.DataFrame:
     return frame.select(sorted(frame.columns)).sort(sorted(frame.columns), nulls_last=True)
 
 
-def _full_scan(self, store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
+def _full_scan(self, store: DeltaStore, valid: pl.DataFrame, _probes=None) -> pl.DataFrame:
     """The former lookup: every accepted `raw_events` row (history and the file's earlier
     chunks, as written) sharing an id with the chunk or correcting its corrections' targets."""
     if valid.height == 0 or not store.exists(RAW_EVENTS):

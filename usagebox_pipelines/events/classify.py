@@ -83,7 +83,11 @@ def classify(valid: pl.DataFrame, history: pl.DataFrame) -> Classified:
     seen = firsts.join(prior, on=KEY, how="inner").with_columns(payload=payload_expr())
     dup_history = seen.filter(pl.col("payload") == pl.col("kept_payload"))
     conflicts_history = seen.filter(pl.col("payload") != pl.col("kept_payload"))
-    new = firsts.join(prior.select(KEY), on=KEY, how="anti") if prior.height else firsts
+    new = (
+        firsts.join(prior.select(KEY), on=KEY, how="anti", maintain_order="left")
+        if prior.height
+        else firsts
+    )
 
     new, rejects = check_corrections(new, history)
     columns = [*firsts.columns, "payload"]

@@ -91,16 +91,27 @@ class FileHistory:
         )
         return cls(hits, last, kept)
 
-    def rows_for(self, store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
-        """The accepted rows chunk `valid` must be compared with (history + earlier chunks)."""
+    def rows_for(
+        self, store: DeltaStore, valid: pl.DataFrame, probes: pl.Series | None = None
+    ) -> pl.DataFrame:
+        """The accepted rows chunk `valid` must be compared with (history + earlier chunks);
+        `probes`: its `probe_keys`, if already computed.
+
+        Kept rows are found by their hashes (a kept row shares a key with the chunk exactly
+        when one of its hashes is a probe; a collision only adds a row classify ignores)."""
         if valid.height == 0 or (self.kept.height == 0 and self.hits.height == 0):
             return empty_history()
-        ids, targets = _ids_and_targets(valid)
-        parts = [_related(self.kept, ids, targets).drop("_own", "_target")]
+        probes = probe_keys(valid) if probes is None else probes
+        parts = [
+            self.kept.filter(
+                pl.col("_own").is_in(probes.implode()) | pl.col("_target").is_in(probes.implode())
+            ).drop("_own", "_target")
+        ]
         hits = self.hits
         if hits.height:
-            hits = hits.join(pl.DataFrame({"key": probe_keys(valid)}), on="key", how="semi")
+            hits = hits.join(pl.DataFrame({"key": probes}), on="key", how="semi")
         if hits.height:
+            ids, targets = _ids_and_targets(valid)
             before = _related(
                 accepted_only(store.scan(RAW_EVENTS)).filter(
                     pl.col("event_date").is_in(hits["event_date"].unique().implode())

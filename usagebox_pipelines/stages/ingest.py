@@ -133,8 +133,9 @@ def ingest_file(
                 raise UsageboxError(f"{path}: file is empty (no rows)")
             history = FileHistory.lookup(store, chunks.probes)
             for n, (valid, rejects) in enumerate(chunks):
+                probes = chunks.probes[n]["key"]
                 part = _ingest_chunk(
-                    store, n, valid, rejects, history, path, batch_id, source, now, context
+                    store, n, valid, rejects, probes, history, path, batch_id, source, now, context
                 )
                 summary.add(part)
                 progress(f"{path.name}: {summary.rows:,} rows in, {summary.accepted:,} accepted")
@@ -204,6 +205,7 @@ def _ingest_chunk(
     number: int,
     valid: pl.DataFrame,
     rejects: pl.DataFrame,
+    probes: pl.Series,
     history: FileHistory,
     path: Path,
     batch_id: str,
@@ -212,7 +214,7 @@ def _ingest_chunk(
     context: _LateContext,
 ) -> IngestSummary:
     rows = valid.height + rejects.height
-    result = classify(valid, history.rows_for(store, valid))
+    result = classify(valid, history.rows_for(store, valid, probes))
     rejects = pl.concat([rejects, result.rejects])
     new = result.new.with_columns(is_late=context.is_late(pl.col("hour")))
     stamp = {

@@ -57,25 +57,37 @@ def classify(valid: pl.DataFrame, history: pl.DataFrame) -> Classified:
     history, the only ones it is compared for.
     """
     ordered = _in_row_order(valid)
+    prior = history.select(KEY + [pl.col("payload").alias("kept_payload")]).unique(KEY)
     # One hash pass marks first occurrences; the kept payload is joined onto the (usually few)
-    # repeated rows only, instead of two window expressions over every row.
+    # repeated rows only, instead of two window expressions over every row. A repeated row is
+    # compared with the version that stands: history's if the key has one (then the chunk's
+    # first occurrence is itself a re-send), else the chunk's first occurrence.
     marked = ordered.with_columns(_first=pl.struct(KEY).is_first_distinct())
     firsts = marked.filter(pl.col("_first")).drop("_first")
     later = marked.filter(~pl.col("_first")).drop("_first").with_columns(payload=payload_expr())
     kept = firsts.join(later.select(KEY).unique(), on=KEY, how="semi").select(
         *KEY, _kept=payload_expr()
     )
-    later = later.join(kept, on=KEY, how="left").sort("_row")
+    later = (
+        later.join(kept, on=KEY, how="left")
+        .join(prior, on=KEY, how="left")
+        .with_columns(_kept=pl.coalesce("kept_payload", "_kept"))
+        .drop("kept_payload")
+        .sort("_row")
+    )
     dup_within = later.filter(pl.col("payload") == pl.col("_kept")).drop("_kept")
     conflicts_within = later.filter(pl.col("payload") != pl.col("_kept")).rename(
         {"_kept": "kept_payload"}
     )
 
-    prior = history.select(KEY + [pl.col("payload").alias("kept_payload")]).unique(KEY)
     seen = firsts.join(prior, on=KEY, how="inner").with_columns(payload=payload_expr())
     dup_history = seen.filter(pl.col("payload") == pl.col("kept_payload"))
     conflicts_history = seen.filter(pl.col("payload") != pl.col("kept_payload"))
-    new = firsts.join(prior.select(KEY), on=KEY, how="anti") if prior.height else firsts
+    new = (
+        firsts.join(prior.select(KEY), on=KEY, how="anti", maintain_order="left")
+        if prior.height
+        else firsts
+    )
 
     new, rejects = check_corrections(new, history)
     columns = [*firsts.columns, "payload"]

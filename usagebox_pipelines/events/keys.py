@@ -25,14 +25,20 @@ TARGET_SEED = 0x5EED_0002
 INDEX_COLUMNS = ["key", "event_date"]
 
 
-def key_hash(account_id: pl.Expr, event_id: pl.Expr, seed: int = OWN_SEED) -> pl.Expr:
-    """Signed 64-bit hash of (account_id, event_id) (Delta has no unsigned integers)."""
+def key_hash(account_id: pl.Expr, event_id: pl.Expr, seed: int | None = None) -> pl.Expr:
+    """Signed 64-bit hash of (account_id, event_id) (Delta has no unsigned integers);
+    `seed` defaults to `OWN_SEED`."""
     return (
         pl.struct(account_id.alias("a"), event_id.alias("e"))
-        .hash(seed=seed)
+        .hash(seed=OWN_SEED if seed is None else seed)
         .reinterpret(signed=True)
         .alias("key")
     )
+
+
+def target_hash(account_id: pl.Expr, correction_of: pl.Expr) -> pl.Expr:
+    """The hash a correction leaves for the event it corrects (another seed than own keys)."""
+    return key_hash(account_id, correction_of, TARGET_SEED)
 
 
 def index_rows(accepted: pl.DataFrame, *extra: str) -> pl.DataFrame:
@@ -46,9 +52,7 @@ def index_rows(accepted: pl.DataFrame, *extra: str) -> pl.DataFrame:
     corrections = accepted.filter(pl.col("correction_of").is_not_null())
     if corrections.height == 0:
         return own
-    target = corrections.select(
-        key_hash(pl.col("account_id"), pl.col("correction_of"), TARGET_SEED), *keep
-    )
+    target = corrections.select(target_hash(pl.col("account_id"), pl.col("correction_of")), *keep)
     return pl.concat([own, target])
 
 
@@ -64,9 +68,7 @@ def probe_keys(valid: pl.DataFrame) -> pl.Series:
     if corrections.height:
         parts += [
             corrections.select(key_hash(pl.col("account_id"), pl.col("correction_of"))),
-            corrections.select(
-                key_hash(pl.col("account_id"), pl.col("correction_of"), TARGET_SEED)
-            ),
+            corrections.select(target_hash(pl.col("account_id"), pl.col("correction_of"))),
         ]
     return pl.concat(parts)["key"].unique()
 
@@ -75,5 +77,5 @@ def hash_canary() -> str:
     """The hashes of two fixed keys: equal across runs exactly when `key_hash` is."""
     sample = pl.DataFrame({"a": ["acct-001", "ü"], "e": ["evt-1", "\x00'\""]})
     own = sample.select(key_hash(pl.col("a"), pl.col("e")))["key"].to_list()
-    target = sample.select(key_hash(pl.col("a"), pl.col("e"), TARGET_SEED))["key"].to_list()
+    target = sample.select(target_hash(pl.col("a"), pl.col("e")))["key"].to_list()
     return ",".join(str(v) for v in own + target)

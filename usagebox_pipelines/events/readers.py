@@ -26,7 +26,6 @@ import csv
 import gzip
 import hashlib
 import io
-import itertools
 import json
 import os
 import zlib
@@ -54,6 +53,9 @@ FORMATS = {
 # JSON numbers for quantity are quoted before decoding so their digits stay exact (no float).
 _QUOTE_NUMBERS = r'"(quantity|value)"\s*:\s*(-?[0-9][0-9.eE+\-]*)'
 QUANTITY_KEYS = ("quantity", "value")
+# Lines whose inferred schema a JSONL chunk is first decoded with (see `_decode_sampled`).
+SAMPLE_LINES = 1000
+_BLOCK_BYTES = 16 << 20
 # Fields that must hold one scalar value (CONTRACT.md §2 and aliases).
 SCALAR_FIELDS = {
     "event_id", "idempotencyKey", "idempotency_key", "transaction_id",
@@ -161,15 +163,35 @@ def _check_bom(first: bytes, path: Path) -> bytes:
 
 def _jsonl_chunks(path: Path, gz: bool, chunk_rows: int) -> Iterator[Chunk]:
     first_line = 1
+    step = max(chunk_rows, 1)
     with _open_binary(path, gz) as raw:
-        while True:
-            lines = list(itertools.islice(raw, chunk_rows))
-            if not lines:
-                return
+        for lines in _line_batches(raw, step):
             if first_line == 1:
                 lines[0] = _check_bom(lines[0], path)
             yield _parse_jsonl(lines, first_line)
             first_line += len(lines)
+
+
+def _line_batches(raw: io.BufferedIOBase, size: int) -> Iterator[list[bytes]]:
+    """The file's lines (without their `\n`), `size` at a time; read in large blocks (far
+    fewer Python calls than iterating over the file line by line)."""
+    pending: list[bytes] = []
+    tail = b""
+    while True:
+        block = raw.read(_BLOCK_BYTES)
+        if block:
+            lines = (tail + block).split(b"\n")
+            tail = lines.pop()
+        else:
+            lines, tail = ([tail] if tail else []), b""
+        pending.extend(lines)
+        start = 0
+        while len(pending) - start >= size or (not block and start < len(pending)):
+            yield pending[start : start + size]
+            start += size
+        pending = pending[start:]
+        if not block:
+            return
 
 
 def _parse_jsonl(lines: list[bytes], first_line: int) -> Chunk:
@@ -219,17 +241,27 @@ def _decode_fast(frame: pl.DataFrame) -> pl.DataFrame | None:
     `"quantity": null` (Polars cannot tell it from an absent key).
     """
     payload = frame["_payload"]
-    keys = payload.str.extract_all(r'"(?:[^"\\]|\\.)*"\s*:').list.eval(
-        pl.element().str.replace(r"\s*:$", "")
-    )
+    # Every key token at any depth, with `null` when that is its value: one regex pass gives
+    # the duplicate check, the number of keys and the number of null-valued keys per line.
+    tokens = payload.str.extract_all(r'"(?:[^"\\]|\\.)*"\s*:(?:\s*(?:null|\[|\{))?')
+    keys = tokens.list.eval(pl.element().str.replace(r"\s*:(\s*(null|\[|\{))?$", ""))
     suspect = (keys.list.len() != keys.list.n_unique()) | payload.str.contains(
         r'"(quantity|value)"\s*:\s*null'
     )
     if suspect.any():
         return None
     quoted = payload.str.replace_all(_QUOTE_NUMBERS, '"$1":"$2"')
+    counts = pl.DataFrame({"t": tokens}).select(
+        keys=pl.col("t").list.len(),
+        nulls=pl.col("t").list.eval(pl.element().str.ends_with("null").sum()).list.first(),
+        nested=pl.col("t")
+        .list.eval((pl.element().str.ends_with("[") | pl.element().str.ends_with("{")).sum())
+        .list.first(),
+    )
     try:
-        decoded = decode_json_objects(quoted)
+        decoded = _decode_sampled(quoted, counts)
+        if decoded is None:
+            decoded = decode_json_objects(quoted)
     except (pl.exceptions.PolarsError, PanicException):
         return None
     rows = pl.DataFrame(decoded).unnest(decoded.name)
@@ -343,6 +375,57 @@ def _decode_exact(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         for n in names
     }
     return pl.from_dicts(good, schema=schema), rejects
+
+
+def _decode_sampled(texts: pl.Series, counts: pl.DataFrame) -> pl.Series | None:
+    """`decode_json_objects(texts)` with the schema inferred from the first lines only and
+    Polars' NDJSON reader (several times faster than decoding a column), or None when that
+    schema may not be the whole chunk's (the caller then infers over every line).
+
+    Decoding with a schema drops keys it does not name, and this reader writes an object or
+    array found where the schema has a scalar as its JSON text. So every line must account for
+    all its keys and nested values, from `counts` (per line: `keys` in its text at any depth,
+    null-valued `nulls`, object- or array-valued `nested`): non-null values decoded + nulls =
+    keys, and struct values decoded = nested. A scalar where the sample had an object fails the
+    read (the caller falls back on the error). Lists are left to full inference.
+    """
+    sample = texts.head(SAMPLE_LINES).str.json_decode(infer_schema_length=None)
+    if not isinstance(sample.dtype, pl.Struct) or _has_list(sample.dtype):
+        return None
+    schema = _stringify_leaves(sample.dtype, top=True)
+    assert isinstance(schema, pl.Struct)
+    lines = io.BytesIO()
+    texts.to_frame().write_csv(lines, include_header=False, quote_style="never")
+    frame = pl.read_ndjson(lines.getvalue(), schema={f.name: f.dtype for f in schema.fields})
+    if frame.height != texts.len():
+        return None
+    decoded = frame.select(pl.struct(pl.all()).alias("_json")).to_series()
+    value = pl.lit(decoded)
+    found = pl.select(values=_present(value, schema), nested=_present(value, schema, structs=True))
+    ok = (found["values"] + counts["nulls"] == counts["keys"]) & (
+        found["nested"] == counts["nested"]
+    )
+    return decoded if ok.all() else None
+
+
+def _present(value: pl.Expr, dtype: pl.Struct, structs: bool = False) -> pl.Expr:
+    """Per row, the non-null fields (`structs`: of struct type only) of a struct value at any
+    depth."""
+    terms = []
+    for f in dtype.fields:
+        child = value.struct.field(f.name)
+        nested = isinstance(f.dtype, pl.Struct)
+        if nested or not structs:
+            terms.append(child.is_not_null().cast(pl.UInt32))
+        if nested and f.dtype.fields:
+            terms.append(_present(child, f.dtype, structs).fill_null(0))
+    return pl.sum_horizontal(terms).cast(pl.UInt32) if terms else pl.lit(0, dtype=pl.UInt32)
+
+
+def _has_list(dtype: pl.DataType) -> bool:
+    if isinstance(dtype, pl.List | pl.Array):
+        return True
+    return isinstance(dtype, pl.Struct) and any(_has_list(f.dtype) for f in dtype.fields)
 
 
 def decode_json_objects(texts: pl.Series) -> pl.Series:

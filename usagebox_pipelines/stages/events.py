@@ -27,7 +27,8 @@ from usagebox_pipelines.events.build import INHERITED, KEY, build_events, resolv
 from usagebox_pipelines.events.raw import accepted_only
 from usagebox_pipelines.events.readers import CHUNK_ROWS
 from usagebox_pipelines.events.window import min_event_time
-from usagebox_pipelines.stages.ingest import committed_batches, ensure_key_index, indexed_rows
+from usagebox_pipelines.stages.dedupe import ensure_key_index, indexed_rows
+from usagebox_pipelines.stages.ingest import committed_batches
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 # The first hourly partition = the earliest accepted event time (events/window.py): ingest

@@ -9,7 +9,8 @@ rows and redoes it, so a rerun ends with the same tables as an uninterrupted run
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,25 +29,21 @@ from usagebox_pipelines.catalog import (
 )
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.events.classify import HISTORY_COLUMNS, classify
-from usagebox_pipelines.events.keys import hash_canary, index_rows, probe_keys
-from usagebox_pipelines.events.normalize import normalize_events, payload_expr
+from usagebox_pipelines.events.keys import probe_keys
+from usagebox_pipelines.events.normalize import normalize_events
 from usagebox_pipelines.events.raw import (
     ACCEPTED,
     CONFLICT,
     DUPLICATE,
-    accepted_only,
 )
 from usagebox_pipelines.events.readers import CHUNK_ROWS, file_sha256, read_chunks
 from usagebox_pipelines.events.window import event_window
 from usagebox_pipelines.stages.books import closed_periods
+from usagebox_pipelines.stages.dedupe import FileHistory, append_keys, ensure_key_index
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 BATCH_TABLES = (RAW_EVENTS, QUARANTINE, EVENT_CONFLICTS, EVENT_KEYS)
 Progress = Callable[[str], None]
-# Commit metadata key of `event_keys` writes: the hash canary the index was built with.
-KEY_HASH = "key_hash"
-# Rows per commit when the key index is rebuilt from `raw_events` (memory bound).
-REBUILD_ROWS = 2_000_000
 
 
 @dataclass
@@ -105,7 +102,12 @@ def ingest_file(
     progress: Progress,
     chunk_rows: int = CHUNK_ROWS,
 ) -> IngestSummary:
-    """One file as one batch; an already ingested file (same bytes) counts as duplicates."""
+    """One file as one batch; an already ingested file (same bytes) counts as duplicates.
+
+    Two passes over bounded chunks: the first reads and normalises every chunk (earlier ones
+    spilled to a local temporary Parquet file) and collects their keys, for one lookup of
+    history for the whole file (`FileHistory`); the second classifies and commits each chunk.
+    """
     if not path.exists():
         raise UsageboxError(f"{path}: no such file")
     if not path.is_file():
@@ -120,18 +122,28 @@ def ingest_file(
     summary = IngestSummary(files=1)
     context = _LateContext.load(store, event_window(now))
     ensure_disposition_column(store)
-    try:
-        for chunk in read_chunks(path, chunk_rows):
-            part = _ingest_chunk(store, chunk, path, batch_id, source, now, context)
-            summary.add(part)
-            progress(f"{path.name}: {summary.rows:,} rows read, {summary.accepted:,} accepted")
-        if summary.rows == 0:
-            raise UsageboxError(f"{path}: file is empty (no rows)")
-    except UsageboxError:
-        # A file that fails part-way leaves no rows behind (later files must not dedupe
-        # against a batch that will never be committed).
-        _remove_batch(store, batch_id)
-        raise
+    with tempfile.TemporaryDirectory(prefix="usagebox-ingest-") as spill:
+        try:
+            chunks = _Normalized(Path(spill))
+            for chunk in read_chunks(path, chunk_rows):
+                valid, rejects = normalize_events(chunk.rows, context.window)
+                chunks.add(valid, pl.concat([chunk.rejects, rejects]))
+                progress(f"{path.name}: {chunks.rows:,} rows read")
+            if chunks.rows == 0:
+                raise UsageboxError(f"{path}: file is empty (no rows)")
+            history = FileHistory.lookup(store, chunks.probes)
+            for n, (valid, rejects) in enumerate(chunks):
+                probes = chunks.probes[n]["key"]
+                part = _ingest_chunk(
+                    store, n, valid, rejects, probes, history, path, batch_id, source, now, context
+                )
+                summary.add(part)
+                progress(f"{path.name}: {summary.rows:,} rows in, {summary.accepted:,} accepted")
+        except UsageboxError:
+            # A file that fails part-way leaves no rows behind (later files must not dedupe
+            # against a batch that will never be committed).
+            _remove_batch(store, batch_id)
+            raise
     store.append(
         INGEST_LOG,
         pl.DataFrame(
@@ -153,10 +165,56 @@ def ingest_file(
     return summary
 
 
-def _ingest_chunk(store, chunk, path, batch_id, source, now, context) -> IngestSummary:
-    valid, rejects = normalize_events(chunk.rows, context.window)
-    rejects = pl.concat([chunk.rejects, rejects])
-    result = classify(valid, _history_for(store, valid))
+class _Normalized:
+    """A file's normalised chunks, in order: the latest in memory, earlier ones spilled to
+    local Parquet files (memory is bounded by a chunk), with every chunk's probe keys."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.spilled: list[tuple[Path, Path]] = []
+        self.latest: tuple[pl.DataFrame, pl.DataFrame] | None = None
+        self.probes: list[pl.DataFrame] = []
+        self.rows = 0
+
+    def add(self, valid: pl.DataFrame, rejects: pl.DataFrame) -> None:
+        # The raw text is needed later only to quarantine a correction (classify's rejects).
+        valid = valid.with_columns(
+            _payload=pl.when(pl.col("correction_of").is_not_null()).then(pl.col("_payload"))
+        )
+        number = len(self.probes)
+        self.probes.append(
+            pl.DataFrame({"key": probe_keys(valid)}).with_columns(chunk=pl.lit(number, pl.Int32))
+        )
+        self.rows += valid.height + rejects.height
+        if self.latest is not None:
+            paths = (self.folder / f"{number - 1}.valid", self.folder / f"{number - 1}.rejects")
+            for frame, target in zip(self.latest, paths, strict=True):
+                frame.write_parquet(target, compression="lz4", statistics=False)
+            self.spilled.append(paths)
+        self.latest = (valid, rejects)
+
+    def __iter__(self) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+        for valid, rejects in self.spilled:
+            yield pl.read_parquet(valid), pl.read_parquet(rejects)
+        if self.latest is not None:
+            yield self.latest
+
+
+def _ingest_chunk(
+    store: DeltaStore,
+    number: int,
+    valid: pl.DataFrame,
+    rejects: pl.DataFrame,
+    probes: pl.Series,
+    history: FileHistory,
+    path: Path,
+    batch_id: str,
+    source: str | None,
+    now: datetime,
+    context: _LateContext,
+) -> IngestSummary:
+    rows = valid.height + rejects.height
+    result = classify(valid, history.rows_for(store, valid, probes))
     rejects = pl.concat([rejects, result.rejects])
     new = result.new.with_columns(is_late=context.is_late(pl.col("hour")))
     stamp = {
@@ -185,14 +243,12 @@ def _ingest_chunk(store, chunk, path, batch_id, source, now, context) -> IngestS
             EVENT_CONFLICTS, result.conflicts.with_columns(**stamp, row_number=pl.col("_row"))
         )
     if new.height:
-        keys = index_rows(new.with_columns(event_date=pl.col("hour").dt.date()))
-        store.append(
-            EVENT_KEYS,
-            keys.with_columns(batch_id=pl.lit(batch_id)),
-            metadata={KEY_HASH: hash_canary()},
+        append_keys(store, new.with_columns(event_date=pl.col("hour").dt.date()), batch_id)
+        history.remember(
+            new.with_columns(**stamp, row_number=pl.col("_row")).select(HISTORY_COLUMNS), number
         )
     return IngestSummary(
-        rows=chunk.rows.height + chunk.rejects.height,
+        rows=rows,
         accepted=new.height,
         duplicates=result.duplicates,
         conflicts=result.conflicts.height,
@@ -225,98 +281,6 @@ def _remove_batch(store: DeltaStore, batch_id: str) -> None:
     for table in BATCH_TABLES:
         if store.exists(table):
             store.delete_where(table, batch_id=batch_id)
-
-
-def _history_for(store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
-    """Accepted rows sharing an event id with this chunk, or correcting its corrections' targets.
-
-    Their `payload` is recomputed from the stored fields (the same canonical form ingest
-    compares), so `raw_events` does not store every event twice.
-    """
-    schema = pl.Schema({c: RAW_EVENTS.schema[c] for c in HISTORY_COLUMNS})
-    empty = pl.DataFrame(schema=schema).with_columns(payload=pl.lit(None, dtype=pl.String))
-    if valid.height == 0 or not store.exists(RAW_EVENTS):
-        return empty
-    targets = valid["correction_of"].drop_nulls().unique()
-    ids = pl.concat([valid["event_id"], targets]).unique()
-    raw = accepted_only(store.scan(RAW_EVENTS))
-    rows = indexed_rows(store, raw, valid, ids, targets)
-    if rows is None:
-        return empty
-    return (
-        rows.select(HISTORY_COLUMNS)
-        .collect(engine="streaming")
-        .with_columns(payload=payload_expr())
-    )
-
-
-def indexed_rows(
-    store: DeltaStore,
-    raw: pl.LazyFrame,
-    keys: pl.DataFrame,
-    ids: pl.Series,
-    targets: pl.Series,
-) -> pl.LazyFrame | None:
-    """Rows of `raw` (accepted `raw_events`, lazily) with `event_id` in `ids` or
-    `correction_of` in `targets`, read only where the `event_keys` index says rows related to
-    `keys` (account_id, event_id, correction_of) can be; None when the index has none.
-
-    Only 8 bytes per event of history are scanned (the hashes); then only the partitions and
-    batches of the hits are read, and compared by the real ids.
-    """
-    if keys.height == 0 or not store.exists(EVENT_KEYS):
-        return None
-    hits = (
-        store.scan(EVENT_KEYS)
-        .filter(pl.col("key").is_in(probe_keys(keys).implode()))
-        .select("event_date", "batch_id")
-        .unique()
-        .collect()
-    )
-    if hits.height == 0:
-        return None
-    return raw.filter(
-        pl.col("event_date").is_in(hits["event_date"].unique().implode())
-        & pl.col("batch_id").is_in(hits["batch_id"].unique().implode())
-    ).filter(
-        pl.col("event_id").is_in(ids.implode()) | pl.col("correction_of").is_in(targets.implode())
-    )
-
-
-def ensure_key_index(store: DeltaStore) -> None:
-    """(Re)build `event_keys` from accepted `raw_events` if it is missing or was built with a
-    hash that differs from today's (a Polars upgrade may change it): one streamed commit.
-
-    Runs under the lease after the uncommitted-batch cleanup, so every raw row is committed.
-    """
-    canary = hash_canary()
-    if store.last_commit(EVENT_KEYS, KEY_HASH) == canary:
-        return
-    if not store.exists(RAW_EVENTS) and not store.exists(EVENT_KEYS):
-        return
-    store.overwrite(EVENT_KEYS, _index_of_raw(store), metadata={KEY_HASH: canary})
-
-
-def _index_of_raw(store: DeltaStore) -> Iterable[pl.DataFrame]:
-    """`event_keys` rows of every accepted raw row, a group of whole days at a time."""
-    yield pl.DataFrame(schema=EVENT_KEYS.schema)
-    files = store.files(RAW_EVENTS)
-    if files.height == 0:
-        return
-    days = (
-        files.group_by(day=pl.col("partition.event_date"))
-        .agg(pl.col("num_records").sum())
-        .sort("day")
-        .with_columns(group=(pl.col("num_records").cum_sum() // REBUILD_ROWS))
-    )
-    raw = accepted_only(store.scan(RAW_EVENTS))
-    for (_,), group in days.group_by("group", maintain_order=True):
-        rows = (
-            raw.filter(pl.col("event_date").is_in(group["day"].implode()))
-            .select("account_id", "event_id", "correction_of", "event_date", "batch_id")
-            .collect(engine="streaming")
-        )
-        yield index_rows(rows, "batch_id")
 
 
 def _logged_batch(store: DeltaStore, sha: str) -> dict | None:

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 
 from usagebox_pipelines.storage import DeltaStore
@@ -45,3 +52,45 @@ def write_jsonl(path: Path, rows: list[dict | str]) -> Path:
     lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def s3_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """`s3://billing/usagebox` on a moto S3 server in its own process (AWS_* variables set).
+
+    Not a server thread in the test process: delta-rs calls such as `DeltaTable.history()`
+    keep the GIL while they wait on the network, so a thread could never answer them."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+            Bucket="billing"
+        )
+        yield "s3://billing/usagebox"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

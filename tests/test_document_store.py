@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
 from tests.test_close_scenario import OCT, OCT_ISSUED, OCTOBER, build_month, ingest
-from tests.test_s3_home import _free_port
 from usagebox_pipelines.config import DEFAULT_PRICEBOOKS, Settings
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.stages.books import issued_invoices
@@ -25,41 +19,6 @@ from usagebox_pipelines.stages.reproduce import verify_invoice
 from usagebox_pipelines.storage import DeltaStore, DocumentStore
 
 REL = "invoices/2026-10/UBX-2026-000001.pdf"
-
-
-@pytest.fixture
-def s3_process_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A moto S3 server in its own process: `DeltaTable.history()` (used by `invoice verify`)
-    keeps the GIL while it waits on the network, so a server thread in this process (the
-    `tests/test_s3_home.py` fixture) could never answer it."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-        }.items():
-            monkeypatch.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-            Bucket="billing"
-        )
-        yield "s3://billing/usagebox"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_put_is_atomic_and_returns_the_sha256(tmp_path: Path) -> None:
@@ -121,9 +80,8 @@ def test_settings_of_an_s3_home_have_no_local_documents_folder() -> None:
 @pytest.mark.slow  # a local moto S3 server
 def test_a_close_on_an_s3_home_stores_its_pdfs_under_the_home_and_verify_reads_them(
     tmp_path: Path,
-    s3_process_home: str,
+    s3_home: str,
 ) -> None:
-    s3_home = s3_process_home
     store = DeltaStore(s3_home)
     settings = Settings(s3_home, DEFAULT_PRICEBOOKS)
     ingest(store, tmp_path / "october.jsonl", OCTOBER)

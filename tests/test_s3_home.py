@@ -1,15 +1,12 @@
-"""`--home s3://...`: the same tables on S3-compatible storage (a local moto server)."""
+"""`--home s3://...`: the same tables on S3-compatible storage (a local moto server, conftest)."""
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.conftest import event, write_jsonl
 from usagebox_pipelines.catalog import USAGE_HOURLY
@@ -21,32 +18,6 @@ from usagebox_pipelines.stages.verify import verify
 from usagebox_pipelines.storage import DeltaStore
 
 pytestmark = pytest.mark.slow  # a local moto S3 server
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def s3_home(monkeypatch: pytest.MonkeyPatch):
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-        Bucket="billing"
-    )
-    yield "s3://billing/usagebox"
-    server.stop()
 
 
 def test_ingest_rollup_and_query_on_s3(tmp_path: Path, s3_home: str) -> None:

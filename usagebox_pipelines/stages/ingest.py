@@ -39,10 +39,17 @@ from usagebox_pipelines.events.raw import (
 from usagebox_pipelines.events.readers import CHUNK_ROWS, file_sha256, read_chunks
 from usagebox_pipelines.events.window import event_window
 from usagebox_pipelines.stages.books import closed_periods
-from usagebox_pipelines.stages.dedupe import FileHistory, append_keys, ensure_key_index
+from usagebox_pipelines.stages.dedupe import (
+    FileHistory,
+    append_keys,
+    ensure_key_index,
+    history_hits_key,
+)
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 BATCH_TABLES = (RAW_EVENTS, QUARANTINE, EVENT_CONFLICTS, EVENT_KEYS)
+# Commit metadata of an `ingest_log` commit: the versions of BATCH_TABLES it committed.
+BATCH_VERSIONS = "batch_table_versions"
 Progress = Callable[[str], None]
 
 
@@ -132,6 +139,7 @@ def ingest_file(
             if chunks.rows == 0:
                 raise UsageboxError(f"{path}: file is empty (no rows)")
             history = FileHistory.lookup(store, chunks.probes)
+            store.memo[history_hits_key(batch_id)] = history.hits
             for n, (valid, rejects) in enumerate(chunks):
                 probes = chunks.probes[n]["key"]
                 part = _ingest_chunk(
@@ -144,6 +152,7 @@ def ingest_file(
             # against a batch that will never be committed).
             _remove_batch(store, batch_id)
             raise
+    versions = {t.name: store.version(t) for t in BATCH_TABLES}
     store.append(
         INGEST_LOG,
         pl.DataFrame(
@@ -161,6 +170,7 @@ def ingest_file(
                 }
             ]
         ),
+        metadata={BATCH_VERSIONS: json.dumps(versions, sort_keys=True)},
     )
     return summary
 
@@ -297,6 +307,10 @@ def committed_batches(store: DeltaStore) -> pl.LazyFrame:
 
 def remove_uncommitted_batches(store: DeltaStore) -> list[str]:
     """Delete rows of batches that crashed before their `ingest_log` commit."""
+    stamp = store.last_commit(INGEST_LOG, BATCH_VERSIONS)
+    now = json.dumps({t.name: store.version(t) for t in BATCH_TABLES}, sort_keys=True)
+    if stamp == now:  # nothing was written to a batch table since the last committed batch
+        return []
     removed: set[str] = set()
     done = set(committed_batches(store).collect()["batch_id"].to_list())
     for table in BATCH_TABLES:

@@ -139,12 +139,11 @@ def ingest_file(
             if chunks.rows == 0:
                 raise UsageboxError(f"{path}: file is empty (no rows)")
             history = FileHistory.lookup(store, chunks.probes)
+            batch = _Batch(path, batch_id, source, now, context)
             store.memo[history_hits_key(batch_id)] = history.hits
             for n, (valid, rejects) in enumerate(chunks):
                 probes = chunks.probes[n]["key"]
-                part = _ingest_chunk(
-                    store, n, valid, rejects, probes, history, path, batch_id, source, now, context
-                )
+                part = _ingest_chunk(store, batch, n, valid, rejects, probes, history)
                 summary.add(part)
                 progress(f"{path.name}: {summary.rows:,} rows in, {summary.accepted:,} accepted")
         except UsageboxError:
@@ -210,26 +209,35 @@ class _Normalized:
             yield self.latest
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """The file being ingested as one batch, and what it was ingested against."""
+
+    path: Path
+    batch_id: str
+    source: str | None
+    now: datetime
+    context: _LateContext
+
+
 def _ingest_chunk(
     store: DeltaStore,
+    batch: _Batch,
     number: int,
     valid: pl.DataFrame,
     rejects: pl.DataFrame,
     probes: pl.Series,
     history: FileHistory,
-    path: Path,
-    batch_id: str,
-    source: str | None,
-    now: datetime,
-    context: _LateContext,
 ) -> IngestSummary:
+    """Classify chunk `number` (normalised; `probes`: its key hashes) and commit its rows."""
     rows = valid.height + rejects.height
     result = classify(valid, history.rows_for(store, valid, probes))
     rejects = pl.concat([rejects, result.rejects])
-    new = result.new.with_columns(is_late=context.is_late(pl.col("hour")))
+    new = result.new.with_columns(is_late=batch.context.is_late(pl.col("hour")))
+    batch_id, source = batch.batch_id, batch.source
     stamp = {
-        "ingested_at": pl.lit(now, dtype=RAW_EVENTS.schema["ingested_at"]),
-        "source_file": pl.lit(str(path)),
+        "ingested_at": pl.lit(batch.now, dtype=RAW_EVENTS.schema["ingested_at"]),
+        "source_file": pl.lit(str(batch.path)),
         "batch_id": pl.lit(batch_id),
     }
     arrivals = _arrivals(new, result)

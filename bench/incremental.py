@@ -36,11 +36,12 @@ from bench.rollups import ROLLUP_STAGES, run_month  # noqa: E402
 TARGET_FRACTION = 1 / 20
 INCREMENTAL_STAGES = [
     ("usagebox_pipelines.stages.ingest:remove_uncommitted_batches", "ingest: remove_uncommitted"),
-    ("usagebox_pipelines.stages.ingest:_history_for", "ingest: _history_for"),
+    ("usagebox_pipelines.stages.dedupe:FileHistory.lookup", "ingest: FileHistory.lookup"),
+    ("usagebox_pipelines.stages.dedupe:FileHistory.rows_for", "ingest: FileHistory.rows_for"),
     ("usagebox_pipelines.stages.ingest:_LateContext.load", "ingest: _LateContext.load"),
     ("usagebox_pipelines.stages.ingest:normalize_events", "ingest: normalize_events"),
     ("usagebox_pipelines.stages.ingest:classify", "ingest: classify"),
-    ("usagebox_pipelines.stages.events:_corrections_and_originals", "events: corrections scan"),
+    ("usagebox_pipelines.stages.events:_resolve", "events: resolve the batch's corrections"),
     ("usagebox_pipelines.stages.events:build_events", "events: build_events"),
     *ROLLUP_STAGES[4:],
 ]

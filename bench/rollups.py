@@ -41,7 +41,7 @@ TARGET_RSS_MB = 4 * 1024
 TARGET_RATING_SHARE = 0.25
 ROLLUP_STAGES = [
     ("usagebox_pipelines.stages.events:committed_raw_events", "committed_raw_events (plan)"),
-    ("usagebox_pipelines.stages.events:_corrections_and_originals", "events: corrections scan"),
+    ("usagebox_pipelines.stages.events:_resolve", "events: resolve the batch's corrections"),
     ("usagebox_pipelines.stages.events:resolve_corrections", "events: resolve_corrections"),
     ("usagebox_pipelines.stages.events:build_events", "events: build_events"),
     ("usagebox_pipelines.stages.rollups:rollup_hourly", "hourly: rollup_hourly (group-by)"),

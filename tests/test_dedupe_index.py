@@ -78,11 +78,16 @@ def _events_from_scratch(store: DeltaStore) -> pl.DataFrame:
 
 
 def _ingest_all(home: Path, files: list[Path], chunk_rows: int, fold: list[bool]) -> DeltaStore:
+    """Ingest each file; fold right after it in the same unit of work (as `usagebox ingest`
+    does: the fold then reuses ingest's index hits) where `fold` says so, else later."""
     store = DeltaStore(str(home))
     for path, then_fold in zip(files, fold, strict=True):
-        ingest_files(store, [path], chunk_rows=chunk_rows)
         if then_fold:
-            update_events(store)
+            with store.writer("test"), store.cached():
+                ingest_files(store, [path], chunk_rows=chunk_rows)
+                update_events(store)
+        else:
+            ingest_files(store, [path], chunk_rows=chunk_rows)
     update_events(store)
     return store
 

@@ -65,12 +65,14 @@ def ingest(
     if missing:  # checked before anything is written
         raise UsageboxError(f"no such file or folder: {', '.join(missing)}")
     _, store = open_home(home, pricebooks, create=True)
-    summary = ingest_files(store, paths, source, progress=_progress())
-    if summary.files == 0:
-        raise UsageboxError("nothing could be read: " + "; ".join(summary.errors))
-    for error in summary.errors:
-        _err(error)
-    update_events(store, run_id="cli-ingest")
+    # One unit of work: the lease and the open tables are shared by both stages.
+    with store.writer("ingest"), store.cached():
+        summary = ingest_files(store, paths, source, progress=_progress())
+        if summary.files == 0:
+            raise UsageboxError("nothing could be read: " + "; ".join(summary.errors))
+        for error in summary.errors:
+            _err(error)
+        update_events(store, run_id="cli-ingest")
     print_json({k: v for k, v in summary.__dict__.items()})
 
 

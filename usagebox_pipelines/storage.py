@@ -187,6 +187,9 @@ class DeltaStore:
         self.storage_options = _storage_options(self.home)
         # Open tables by name while `cached()` is active (None: every call opens the table).
         self._open: dict[str, DeltaTable | None] | None = None
+        # Notes one stage leaves for the next within the same `cached()` block (emptied with
+        # it), e.g. ingest's key-index hits for the fold of `events` right after it.
+        self.memo: dict[str, Any] = {}
 
     def writer(self, purpose: str) -> contextlib.AbstractContextManager[None]:
         """The home's writer lease (see `lease`): hold it around any unit of work that writes."""
@@ -213,6 +216,7 @@ class DeltaStore:
             yield
         finally:
             self._open = None
+            self.memo = {}
 
     def uri(self, table: Table) -> str:
         return f"{self.home}/tables/{table.name}"

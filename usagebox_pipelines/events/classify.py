@@ -170,15 +170,19 @@ def check_corrections(
     hours = resolved.filter(pl.col("status") == "ok").select(
         pl.col("row_number").alias("_row"), pl.col("hour").alias("_orig_hour")
     )
-    kept = (
-        new.filter(is_correction)
-        .join(rejects.select("_row"), on="_row", how="anti")
-        .join(hours, on="_row", how="left")
-        .with_columns(hour=pl.coalesce("_orig_hour", "hour"))
-        .drop("_orig_hour")
-        .sort("_row")
+    # The few corrections that apply take their original's hour in place (no join, sort or
+    # merge of the whole chunk); rejected ones leave.
+    at = (
+        new.with_row_index("_at")
+        .filter(is_correction)
+        .select("_at", "_row")
+        .join(hours, on="_row", how="inner")
     )
-    return _in_row_order(new.filter(~is_correction)).merge_sorted(kept, key="_row"), rejects
+    hour = new["hour"].scatter(at["_at"], at["_orig_hour"]) if at.height else new["hour"]
+    accepted = new.with_columns(hour=hour)
+    if rejects.height:
+        accepted = accepted.filter(~pl.col("_row").is_in(rejects["_row"].implode()))
+    return _in_row_order(accepted), rejects
 
 
 def _in_row_order(frame: pl.DataFrame) -> pl.DataFrame:

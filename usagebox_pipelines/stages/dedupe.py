@@ -41,6 +41,11 @@ REBUILD_ROWS = 2_000_000
 HISTORY_SCHEMA = pl.Schema({c: RAW_EVENTS.schema[c] for c in HISTORY_COLUMNS})
 
 
+def history_hits_key(batch_id: str) -> str:
+    """`DeltaStore.memo` key of a batch's index hits (history before it), left by ingest."""
+    return f"event_keys hits:{batch_id}"
+
+
 def empty_history() -> pl.DataFrame:
     return pl.DataFrame(schema=HISTORY_SCHEMA).with_columns(payload=pl.lit(None, dtype=pl.String))
 

@@ -24,10 +24,11 @@ import polars as pl
 
 from usagebox_pipelines.catalog import EVENTS, EVENTS_BUILDS, INGEST_LOG, RAW_EVENTS
 from usagebox_pipelines.events.build import INHERITED, KEY, build_events, resolve_corrections
+from usagebox_pipelines.events.keys import probe_keys
 from usagebox_pipelines.events.raw import accepted_only
 from usagebox_pipelines.events.readers import CHUNK_ROWS
 from usagebox_pipelines.events.window import min_event_time
-from usagebox_pipelines.stages.dedupe import ensure_key_index, indexed_rows
+from usagebox_pipelines.stages.dedupe import ensure_key_index, history_hits_key, indexed_rows
 from usagebox_pipelines.stages.ingest import committed_batches
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
@@ -99,7 +100,7 @@ def _fold_batch(store: DeltaStore, batch_id: str, run_id: str, total: _Fold) -> 
     fresh = batch.filter(pl.col("correction_of").is_not_null()).collect()
     waiting = _resolved_by(store, batch)
     targets = pl.concat([fresh.select(TARGET), waiting.select(TARGET)]).unique()
-    resolved = _resolve(store, raw, targets, fresh)
+    resolved = _resolve(store, raw, targets, fresh, batch_id)
     own = resolved.filter(pl.col("batch_id") == batch_id)
     for n, days in enumerate(_day_groups(batch)):
         originals = batch.filter(
@@ -149,17 +150,30 @@ def _resolved_by(store: DeltaStore, batch: pl.LazyFrame) -> pl.DataFrame:
 
 
 def _resolve(
-    store: DeltaStore, raw: pl.LazyFrame, targets: pl.DataFrame, like: pl.DataFrame
+    store: DeltaStore,
+    raw: pl.LazyFrame,
+    targets: pl.DataFrame,
+    like: pl.DataFrame,
+    batch_id: str,
 ) -> pl.DataFrame:
     """Every correction of `targets` (account_id, correction_of), resolved in arrival order
     against its original; `raw` rows are read only where the key index says they can be.
-    `like`: a frame of raw rows (for the columns when there is nothing to resolve)."""
-    rows = None
+    `like`: a frame of raw rows (for the columns when there is nothing to resolve).
+
+    Right after its ingest (same `cached()` block) the index hits of the batch are known: the
+    rows are then the batch's own and those of history the hits name, without another scan of
+    the index. Corrections of later batches are not needed: they never change earlier ones.
+    """
+    found = like.clear()
     if targets.height:
         ids = targets["correction_of"].unique()
         keys = targets.with_columns(event_id=pl.col("correction_of"))
-        rows = indexed_rows(store, raw, keys, ids, ids)
-    found = like.clear() if rows is None else rows.collect(engine="streaming")
+        hits = store.memo.get(history_hits_key(batch_id))
+        if hits is None:
+            rows = indexed_rows(store, raw, keys, ids, ids)
+            found = found if rows is None else rows.collect(engine="streaming")
+        else:
+            found = _own_and_hit_rows(raw, batch_id, hits, keys, ids)
     corrections = found.filter(pl.col("correction_of").is_not_null()).join(
         targets, on=TARGET, how="semi"
     )
@@ -169,6 +183,24 @@ def _resolve(
         .select("account_id", "event_id", "quantity", "hour", *INHERITED)
     )
     return resolve_corrections(corrections, originals)
+
+
+def _own_and_hit_rows(
+    raw: pl.LazyFrame, batch_id: str, hits: pl.DataFrame, keys: pl.DataFrame, ids: pl.Series
+) -> pl.DataFrame:
+    """Rows of `raw` related to `ids` in the batch itself and where `hits` (the batch's index
+    hits in earlier history) name partitions and batches for `keys`."""
+    related = pl.col("event_id").is_in(ids.implode()) | pl.col("correction_of").is_in(ids.implode())
+    parts = [raw.filter(pl.col("batch_id") == batch_id).filter(related)]
+    hits = hits.join(pl.DataFrame({"key": probe_keys(keys)}), on="key", how="semi")
+    if hits.height:
+        parts.append(
+            raw.filter(
+                pl.col("event_date").is_in(hits["event_date"].unique().implode())
+                & pl.col("batch_id").is_in(hits["batch_id"].unique().implode())
+            ).filter(related)
+        )
+    return pl.concat([p.collect(engine="streaming") for p in parts], how="vertical_relaxed")
 
 
 def _rewrite_waiting(

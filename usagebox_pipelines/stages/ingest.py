@@ -39,10 +39,17 @@ from usagebox_pipelines.events.raw import (
 from usagebox_pipelines.events.readers import CHUNK_ROWS, file_sha256, read_chunks
 from usagebox_pipelines.events.window import event_window
 from usagebox_pipelines.stages.books import closed_periods
-from usagebox_pipelines.stages.dedupe import FileHistory, append_keys, ensure_key_index
+from usagebox_pipelines.stages.dedupe import (
+    FileHistory,
+    append_keys,
+    ensure_key_index,
+    history_hits_key,
+)
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 BATCH_TABLES = (RAW_EVENTS, QUARANTINE, EVENT_CONFLICTS, EVENT_KEYS)
+# Commit metadata of an `ingest_log` commit: the versions of BATCH_TABLES it committed.
+BATCH_VERSIONS = "batch_table_versions"
 Progress = Callable[[str], None]
 
 
@@ -132,11 +139,11 @@ def ingest_file(
             if chunks.rows == 0:
                 raise UsageboxError(f"{path}: file is empty (no rows)")
             history = FileHistory.lookup(store, chunks.probes)
+            batch = _Batch(path, batch_id, source, now, context)
+            store.memo[history_hits_key(batch_id)] = history.hits
             for n, (valid, rejects) in enumerate(chunks):
                 probes = chunks.probes[n]["key"]
-                part = _ingest_chunk(
-                    store, n, valid, rejects, probes, history, path, batch_id, source, now, context
-                )
+                part = _ingest_chunk(store, batch, n, valid, rejects, probes, history)
                 summary.add(part)
                 progress(f"{path.name}: {summary.rows:,} rows in, {summary.accepted:,} accepted")
         except UsageboxError:
@@ -144,6 +151,7 @@ def ingest_file(
             # against a batch that will never be committed).
             _remove_batch(store, batch_id)
             raise
+    versions = {t.name: store.version(t) for t in BATCH_TABLES}
     store.append(
         INGEST_LOG,
         pl.DataFrame(
@@ -161,6 +169,7 @@ def ingest_file(
                 }
             ]
         ),
+        metadata={BATCH_VERSIONS: json.dumps(versions, sort_keys=True)},
     )
     return summary
 
@@ -200,26 +209,35 @@ class _Normalized:
             yield self.latest
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """The file being ingested as one batch, and what it was ingested against."""
+
+    path: Path
+    batch_id: str
+    source: str | None
+    now: datetime
+    context: _LateContext
+
+
 def _ingest_chunk(
     store: DeltaStore,
+    batch: _Batch,
     number: int,
     valid: pl.DataFrame,
     rejects: pl.DataFrame,
     probes: pl.Series,
     history: FileHistory,
-    path: Path,
-    batch_id: str,
-    source: str | None,
-    now: datetime,
-    context: _LateContext,
 ) -> IngestSummary:
+    """Classify chunk `number` (normalised; `probes`: its key hashes) and commit its rows."""
     rows = valid.height + rejects.height
     result = classify(valid, history.rows_for(store, valid, probes))
     rejects = pl.concat([rejects, result.rejects])
-    new = result.new.with_columns(is_late=context.is_late(pl.col("hour")))
+    new = result.new.with_columns(is_late=batch.context.is_late(pl.col("hour")))
+    batch_id, source = batch.batch_id, batch.source
     stamp = {
-        "ingested_at": pl.lit(now, dtype=RAW_EVENTS.schema["ingested_at"]),
-        "source_file": pl.lit(str(path)),
+        "ingested_at": pl.lit(batch.now, dtype=RAW_EVENTS.schema["ingested_at"]),
+        "source_file": pl.lit(str(batch.path)),
         "batch_id": pl.lit(batch_id),
     }
     arrivals = _arrivals(new, result)
@@ -297,6 +315,10 @@ def committed_batches(store: DeltaStore) -> pl.LazyFrame:
 
 def remove_uncommitted_batches(store: DeltaStore) -> list[str]:
     """Delete rows of batches that crashed before their `ingest_log` commit."""
+    stamp = store.last_commit(INGEST_LOG, BATCH_VERSIONS)
+    now = json.dumps({t.name: store.version(t) for t in BATCH_TABLES}, sort_keys=True)
+    if stamp == now:  # nothing was written to a batch table since the last committed batch
+        return []
     removed: set[str] = set()
     done = set(committed_batches(store).collect()["batch_id"].to_list())
     for table in BATCH_TABLES:

@@ -7,7 +7,7 @@ ingested and run with `usagebox run --month` as a user types it, in its own subp
 small ingest chunks so both files span several chunks. Bounded by a partition (a day, a
 chunk, an account shard), both peaks are about equal; a step that held the month (its events or
 its hourly rows, and the working memory around them) would grow by more than the extra events'
-own size, which is the budget. Peak RSS is the kernel's high-water mark (`os.wait4`).
+own size, which is the budget. Peak RSS is the child's own high-water mark (`VmHWM`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,14 +32,26 @@ pytestmark = pytest.mark.slow
 
 
 def _peak_rss(argv: list[str], logs: Path, env: dict[str, str]) -> int:
-    """Run `argv` to completion (exit 0 required); its peak RSS in bytes, from `wait4`."""
+    """Run `argv` to completion (exit 0 required); its peak RSS in bytes.
+
+    Read from the child's own `VmHWM` (the high-water mark of its address space, monotonic)
+    while it runs, not from `wait4`: Linux carries the parent's high-water mark into a child's
+    `ru_maxrss` across fork and exec, so a big pytest process would hide the child's figure.
+    """
     err = logs.with_suffix(".err")
+    peak = 0
     with logs.open("wb") as out, err.open("wb") as errors:
         proc = subprocess.Popen(argv, stdout=out, stderr=errors, cwd=ROOT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM"))
+                peak = max(peak, int(line.split()[1]) * 1024)
+            except (OSError, StopIteration):  # exiting: the last reading stands
+                pass
+            time.sleep(0.05)
     assert proc.returncode == 0, err.read_text()[-2000:]
-    return usage.ru_maxrss * 1024
+    return peak
 
 
 def _generate(work: Path) -> tuple[Path, Path]:
@@ -68,23 +81,44 @@ def _usagebox(*args: str) -> list[str]:
     return [sys.executable, "-m", "usagebox_pipelines.cli", *args]
 
 
-def test_peak_memory_of_ingest_and_run_does_not_grow_with_the_month(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def peaks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """Peak RSS of `ingest` and `run --month` for the week and the month; plus the budget."""
+    tmp_path = tmp_path_factory.mktemp("memory")
     month, books = _generate(tmp_path)
     files = {"week": _first_week(month, tmp_path / "week.parquet"), "month": month}
     env = os.environ | {"USAGEBOX_CHUNK_ROWS": CHUNK_ROWS}
-    peaks = {}
+    out = {}
     for label, events in files.items():
         opts = ["--home", str(tmp_path / label), "--pricebooks", str(books)]
         for command, args in (("ingest", [str(events)]), ("run", ["--month", MONTH])):
             argv = _usagebox(command, *args, *opts)
-            peaks[f"{command} {label}"] = _peak_rss(argv, tmp_path / f"{command}-{label}.out", env)
+            out[f"{command} {label}"] = _peak_rss(argv, tmp_path / f"{command}-{label}.out", env)
     sizes = {k: pl.read_parquet(v).estimated_size() for k, v in files.items()}
-    budget = sizes["month"] - sizes["week"]
-    for command in ("ingest", "run"):
-        growth = peaks[f"{command} month"] - peaks[f"{command} week"]
-        assert growth < budget, (
-            f"{command}: peak RSS grew by {growth / 2**20:.0f} MiB from a week to a month at the "
-            f"same events per day (budget {budget / 2**20:.0f} MiB, the extra events' size): a "
-            "step holds the month in memory. Peaks: "
-            + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in peaks.items())
-        )
+    out["budget"] = sizes["month"] - sizes["week"]
+    return out
+
+
+def _assert_flat(peaks: dict[str, int], command: str) -> None:
+    growth = peaks[f"{command} month"] - peaks[f"{command} week"]
+    budget = peaks["budget"]
+    assert growth < budget, (
+        f"{command}: peak RSS grew by {growth / 2**20:.0f} MiB from a week to a month at the "
+        f"same events per day (budget {budget / 2**20:.0f} MiB, the extra events' size): a "
+        "step holds the month in memory. Peaks: "
+        + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in peaks.items() if k != "budget")
+    )
+
+
+def test_ingest_peak_memory_does_not_grow_with_the_file(peaks: dict[str, int]) -> None:
+    _assert_flat(peaks, "ingest")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 13, open: rated_usage, guardrails and draft_invoices still hold the month's "
+    "hourly rows of all accounts at once (~180 MiB more for a month than a week at 400 K "
+    "events); sharding them by account is the next step",
+)
+def test_run_month_peak_memory_does_not_grow_with_the_month(peaks: dict[str, int]) -> None:
+    _assert_flat(peaks, "run")

@@ -99,19 +99,23 @@ def peaks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
     return out
 
 
-def _assert_flat(peaks: dict[str, int], command: str) -> None:
+def _assert_flat(peaks: dict[str, int], command: str, factor: int = 1) -> None:
     growth = peaks[f"{command} month"] - peaks[f"{command} week"]
-    budget = peaks["budget"]
+    budget = peaks["budget"] * factor
     assert growth < budget, (
         f"{command}: peak RSS grew by {growth / 2**20:.0f} MiB from a week to a month at the "
-        f"same events per day (budget {budget / 2**20:.0f} MiB, the extra events' size): a "
+        f"same events per day (budget {budget / 2**20:.0f} MiB, {factor}x the extra events' "
+        "size): a "
         "step holds the month in memory. Peaks: "
         + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in peaks.items() if k != "budget")
     )
 
 
 def test_ingest_peak_memory_does_not_grow_with_the_file(peaks: dict[str, int]) -> None:
-    _assert_flat(peaks, "ingest")
+    """Twice the extra events' size: by design (ADR 0010) ingest looks a whole file's keys up
+    once, so it holds 8-16 bytes of hashes per row of the file, plus the rows a later chunk
+    refers to; collecting the file's rows would cost several times their size."""
+    _assert_flat(peaks, "ingest", factor=2)
 
 
 @pytest.mark.xfail(

@@ -138,26 +138,42 @@ def _with_comments(schema: pa.Schema, table: Table) -> pa.Schema:
     return pa.schema(fields)
 
 
+@contextlib.contextmanager
 def _arrow_data(
     data: pl.DataFrame | Iterable[pl.DataFrame], table: Table, new: bool
-) -> pa.Table | pa.RecordBatchReader:
-    """Frames conformed to the table's schema as Arrow; an iterable of frames is streamed (one
-    frame in memory at a time). A new table also gets its column comments."""
+) -> Iterator[pa.Table | pa.RecordBatchReader]:
+    """Frames conformed to the table's schema as Arrow. A new table also gets its column
+    comments.
+
+    An iterable of frames is spooled to local Arrow files first, then streamed from them (one
+    frame in memory at a time). Producing every frame before delta-rs starts means a producer
+    may read tables itself (inside delta-rs's write it could not: a runtime in a runtime), and
+    its errors are raised as themselves before anything is written.
+    """
     if isinstance(data, pl.DataFrame):
         arrow = conform(data, table.schema).to_arrow()
-        if not new:
-            return arrow
-        return pa.Table.from_arrays(arrow.columns, schema=_with_comments(arrow.schema, table))
+        if new:
+            arrow = pa.Table.from_arrays(arrow.columns, schema=_with_comments(arrow.schema, table))
+        yield arrow
+        return
     schema = conform(pl.DataFrame(schema=table.schema), table.schema).to_arrow().schema
     if new:
         schema = _with_comments(schema, table)
+    with tempfile.TemporaryDirectory(prefix="usagebox-spool-") as folder:
+        spooled = []
+        for number, frame in enumerate(data):
+            spooled.append(Path(folder) / f"{number}.arrow")
+            conform(frame, table.schema).write_ipc(spooled[-1])
 
-    def batches() -> Iterator[pa.RecordBatch]:
-        for frame in data:
-            for batch in conform(frame, table.schema).to_arrow().to_batches():
-                yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+        def batches() -> Iterator[pa.RecordBatch]:
+            for path in spooled:
+                with pa.memory_map(str(path)) as source:
+                    spool = pa.ipc.open_file(source)
+                    for number in range(spool.num_record_batches):
+                        batch = spool.get_batch(number)
+                        yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
 
-    return pa.RecordBatchReader.from_batches(schema, batches())
+        yield pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def writes_tables(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -282,19 +298,19 @@ class DeltaStore:
             predicate = None
             mode = "append"
         # name, description, partitioning and column comments are set at creation
-        arrow = _arrow_data(df, table, new)
-        # delta-rs types its overloads by the literal `mode`; ours is a variable of both
-        cast(Any, write_deltalake)(
-            existing if existing is not None else self.uri(table),
-            arrow,
-            mode=mode,
-            predicate=predicate,
-            storage_options=self.storage_options,
-            commit_properties=props,
-            partition_by=(list(table.partition_by) or None) if new else None,
-            name=table.name if new else None,
-            description=table.description if new else None,
-        )
+        with _arrow_data(df, table, new) as arrow:
+            # delta-rs types its overloads by the literal `mode`; ours is a variable of both
+            cast(Any, write_deltalake)(
+                existing if existing is not None else self.uri(table),
+                arrow,
+                mode=mode,
+                predicate=predicate,
+                storage_options=self.storage_options,
+                commit_properties=props,
+                partition_by=(list(table.partition_by) or None) if new else None,
+                name=table.name if new else None,
+                description=table.description if new else None,
+            )
         if existing is not None:  # delta-rs moved it to the new version in place
             return existing.version()
         return self.version(table) or 0
@@ -342,7 +358,7 @@ class DeltaStore:
     def replace_partition(
         self,
         table: Table,
-        df: pl.DataFrame,
+        df: pl.DataFrame | Iterable[pl.DataFrame],
         *,
         metadata: Mapping[str, str] | None = None,
         **key: Key,
@@ -352,7 +368,8 @@ class DeltaStore:
         `key` names the slice by the entry's `replace_by` columns, e.g.
         `replace_partition(USAGE_MONTHLY, rows, month="2026-10")` or, for the half-open hours
         [start, end), `replace_partition(USAGE_HOURLY, rows, hour=slice(start, end))`. Every row
-        of `df` must fall inside the slice (delta-rs refuses the commit otherwise).
+        of `df` must fall inside the slice (delta-rs refuses the commit otherwise). An iterable
+        of frames is spooled, then streamed into the one commit (memory: one frame).
         """
         where = predicate(table, table.replace_by, key)
         return self._write(table, df, "overwrite", predicate=where, metadata=metadata)

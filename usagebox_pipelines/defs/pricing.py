@@ -31,8 +31,8 @@ def rated_usage(
     unrated = rated.unrated
     return dg.MaterializeResult(
         metadata={
-            "rows": rated.rated.height,
-            "price_versions": sorted(set(rated.rated["price_version"].drop_nulls().to_list())),
+            "rows": rated.rows,
+            "price_versions": sorted(rated.price_versions),
             "unrated_rows": unrated.height,
         },
         check_results=[

@@ -178,8 +178,13 @@ def build_budget_tree(accounts: Accounts, active_ids: Iterable[str] = ()) -> Bud
     """
     check_hierarchy(accounts)
     check_allocations(accounts)
-    ids = set(accounts.ids()) | set(active_ids)
-    return BudgetTree(accounts, tuple(sorted(ids)))
+    return budget_tree(accounts, set(accounts.ids()) | set(active_ids))
+
+
+def budget_tree(accounts: Accounts, ids: Iterable[str]) -> BudgetTree:
+    """The tree of exactly `ids` (whole hierarchies: a shard of the month), once the file's
+    hierarchy and allocations were checked (`check_hierarchy`, `check_allocations`)."""
+    return BudgetTree(accounts, tuple(sorted(set(ids))))
 
 
 def _where(accounts: Accounts, account_id: str, key: str) -> str:

@@ -29,7 +29,7 @@ from decimal import Decimal
 
 import polars as pl
 
-from usagebox_pipelines import schemas
+from usagebox_pipelines import schemas, shards
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.contract import INVOICE_LINE_KEYS
@@ -41,10 +41,9 @@ HOUR = timedelta(hours=1)
 # Unit separator: cannot occur in account ids (pricing.accounts._ID_RE) or in canonical units.
 SEP = "\x1f"
 SPEND_KINDS = ("usage", "discount")
-# Rating works on at most this many usage rows at once: accounts are rated independently
-# (positions, discounts and contract lines are per account), so shards of whole accounts give
-# the same lines as one call while memory stays bounded by a shard, not by the month.
-SHARD_ROWS = 250_000
+# Rating works on at most this many usage rows at once (whole accounts, see `shards`); prefix
+# pairs multiply rows, so a guardrail shard is cut again by this bound.
+SHARD_ROWS = shards.SHARD_ROWS
 _EMPTY_TOTALS = pl.Schema(
     {
         "account_id": pl.String(),
@@ -255,17 +254,15 @@ def _prefix_classes(usage: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
 def account_shards(
     weight: pl.DataFrame, wanted: pl.Series, max_rows: int | None = None
 ) -> list[pl.DataFrame]:
-    """`wanted` accounts in shards (frames of account_id) of at most `max_rows` weight each.
-
-    `weight`: account_id, w (rows the account brings); accounts without weight go in the
-    first shard. A single account heavier than `max_rows` is a shard of its own.
-    """
+    """`wanted` accounts in shards (frames of account_id) of at most `max_rows` weight each
+    (`shards.account_shards`; `weight`: account_id, w)."""
     limit = SHARD_ROWS if max_rows is None else max_rows
-    ids = pl.DataFrame({"account_id": wanted.unique().sort()})
-    ranked = ids.join(weight, on="account_id", how="left").with_columns(pl.col("w").fill_null(0))
-    shard = ((pl.col("w").cum_sum() - pl.col("w")) // max(limit, 1)).alias("shard")
-    ranked = ranked.with_columns(shard)
-    return [part.select("account_id") for _, part in ranked.group_by("shard", maintain_order=True)]
+    ids = wanted.unique().to_list()
+    mine = weight.filter(pl.col("account_id").is_in(ids))
+    return [
+        pl.DataFrame({"account_id": shard}, schema={"account_id": pl.String})
+        for shard in shards.account_shards(mine, ids, limit)
+    ]
 
 
 def matched_usage(

@@ -14,7 +14,7 @@ See docs/adr/0007-credit-is-drawn-by-issued-invoices.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from decimal import Decimal
 
 import polars as pl
@@ -85,15 +85,21 @@ def ledger(
 
 
 def with_current_credit(
-    rated: pl.DataFrame, accounts: object, period: str, opening: Mapping[str, Decimal]
+    rated: pl.DataFrame,
+    accounts: object,
+    period: str,
+    opening: Mapping[str, Decimal],
+    scope: Collection[str] | None = None,
 ) -> pl.DataFrame:
     """`rated` (RATED_USAGE of one period) with its contract rows recomputed from `opening`.
 
     Stored `rated_usage` was rated against the balances of its build; a close since then may
     have drawn credit, so a draft recomputes discount/minimum/credit from its usage rows (after
-    its hard-stop waiver rows, which are kept: invoicing.hard_stop).
+    its hard-stop waiver rows, which are kept: invoicing.hard_stop). `scope`: the accounts of
+    this shard of the period (pricing.contract.contract_lines).
     """
     usage = rated.filter(pl.col("line_kind").fill_null("usage") == "usage")
     waivers = rated.filter(pl.col("rate_id").fill_null("") == WAIVER_RATE)
-    contract, _ = contract_lines(usage, period, accounts, opening, waived_amounts(waivers))
+    waived = waived_amounts(waivers)
+    contract, _ = contract_lines(usage, period, accounts, opening, waived, scope=scope)
     return pl.concat([usage, conform(waivers, RATED_USAGE), conform(contract, RATED_USAGE)])

@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from usagebox_pipelines import shards
 from usagebox_pipelines.decimals import grouped_text
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
@@ -492,17 +493,15 @@ def build_draft_invoices(
 
 
 #: Rated rows of the accounts drafted together (whole accounts; one bigger account alone).
-SHARD_ROWS = 250_000
+SHARD_ROWS = shards.SHARD_ROWS
 
 
 def _shards(terms: pl.DataFrame, rated: pl.DataFrame) -> list[pl.DataFrame]:
     """`terms` (sorted by account) cut into consecutive shards of about SHARD_ROWS rows."""
     weight = rated.group_by(_ACCOUNT_KEY).agg(w=pl.len())
-    ranked = terms.join(weight, on=_ACCOUNT_KEY, how="left", maintain_order="left")
-    ranked = ranked.with_columns(pl.col("w").fill_null(0))
-    shard = (pl.col("w").cum_sum() - pl.col("w")) // max(SHARD_ROWS, 1)
-    ranked = ranked.with_columns(shard.alias("_shard"))
-    return [part.drop("w", "_shard") for _, part in ranked.group_by("_shard", maintain_order=True)]
+    ids = terms.get_column(_ACCOUNT_KEY).to_list()
+    cut = shards.account_shards(weight.filter(pl.col(_ACCOUNT_KEY).is_in(ids)), ids, SHARD_ROWS)
+    return [terms.filter(pl.col(_ACCOUNT_KEY).is_in(shard)) for shard in cut]
 
 
 def _lookup(accounts: Any) -> Callable[[str], Any]:

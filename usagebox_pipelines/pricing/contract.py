@@ -13,7 +13,7 @@ stored exact; minimum and credit amounts are whole minor units. Loops here are o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from decimal import ROUND_DOWN, Decimal
 from fractions import Fraction
 
@@ -41,17 +41,22 @@ def contract_lines(
     accounts: Accounts,
     opening_credit: Mapping[str, Decimal] | None = None,
     waived: Mapping[str, Decimal] | None = None,
+    scope: Collection[str] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Decimal]]:
     """Contract rows (schemas.RATED_USAGE) and the prepaid balance of each account after them.
 
     Accounts in `opening_credit` start from that balance; other accounts with a
     `prepaid_credit` start from it (their first rated period). `waived` (account → positive
     rounded amount, the sum of its waiver rows) comes off the usage subtotal before the
-    discount, so discount, minimum and credit apply to the bill after the waiver.
+    discount, so discount, minimum and credit apply to the bill after the waiver. `scope`
+    limits the rows to those accounts (a shard of the month, see `shards`): an account with
+    terms but no usage gets its rows from the one shard it belongs to.
     """
     opening = dict(opening_credit or {})
     subtotals = rounded_usage_subtotals(usage_lines)
     ids = set(subtotals) | set(opening) | {a for a in accounts.ids() if _has_terms(accounts.get(a))}
+    if scope is not None:
+        ids &= set(scope)
     rows: list[dict] = []
     closing: dict[str, Decimal] = {}
     for account_id in sorted(ids):

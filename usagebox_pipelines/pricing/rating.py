@@ -21,7 +21,7 @@ function, kept in order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -78,16 +78,19 @@ def rate_usage(
     pricebooks: PricebookSet,
     accounts: Accounts,
     opening_credit: Mapping[str, Decimal] | None = None,
+    scope: Collection[str] | None = None,
 ) -> RatingResult:
     """Rate one month of `usage_hourly` (schemas.USAGE_HOURLY); nothing is written.
 
     `opening_credit` is the prepaid balance carried from the previous period's
-    `closing_credit`; accounts missing from it start from their `prepaid_credit`.
+    `closing_credit`; accounts missing from it start from their `prepaid_credit`. `scope`: the
+    accounts this call bills when the month is rated in shards (`shards.account_shards`;
+    `usage_hourly` then holds only theirs), so each account's contract lines come once.
     """
     rows = _matched(usage_hourly, period, pricebooks, accounts)
     unrated = _unrated(rows, period)
     usage_lines = _price(rows.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
-    contract, closing = contract_lines(usage_lines, period, accounts, opening_credit)
+    contract, closing = contract_lines(usage_lines, period, accounts, opening_credit, scope=scope)
     rated = pl.concat([usage_lines, schemas.conform(contract, schemas.RATED_USAGE)])
     return RatingResult(_sorted(rated), unrated, closing)
 

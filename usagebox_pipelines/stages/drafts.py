@@ -7,6 +7,9 @@ restated them: books.restated_months); only draft rows are replaced, issued rows
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +19,6 @@ from usagebox_pipelines.catalog import (
     INVOICE_LINES,
     INVOICES,
     RATED_USAGE,
-    USAGE_HOURLY,
 )
 from usagebox_pipelines.invoicing.adjustments import adjustments_for
 from usagebox_pipelines.invoicing.credit import with_current_credit
@@ -25,8 +27,10 @@ from usagebox_pipelines.invoicing.lines import (
     build_draft_invoices,
 )
 from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.pricing import Accounts, PricebookSet
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
+from usagebox_pipelines.shards import account_shards
 from usagebox_pipelines.stages.books import (
     closed_periods,
     decisions_at,
@@ -36,7 +40,7 @@ from usagebox_pipelines.stages.books import (
     rating_inputs_key,
     restated_months,
 )
-from usagebox_pipelines.stages.rating import rate_month
+from usagebox_pipelines.stages.rating import month_hourly, rate_month, rated_shards
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 
@@ -49,32 +53,81 @@ def refresh_drafts(
     Drafts = the month's `rated_usage` + adjustment lines for every earlier closed month whose
     re-rating differs from what was billed for it (its invoice plus adjustments issued since),
     so each restatement is carried exactly once. Only rows with status `draft` (lines without
-    a number) of this period are replaced: issued rows never change.
+    a number) of this period are replaced: issued rows never change. Accounts are drafted in
+    shards (`shards`), each reading only its own rated rows; returns the invoices and lines.
     """
     month_bounds(month)
     closed = closed_periods(store)
     if month in closed:
         return pl.DataFrame(schema=INVOICES.schema), pl.DataFrame(schema=INVOICE_LINES.schema)
     accounts = load_accounts(pricebooks_dir)
-    rated = rated_of_month(store, pricebooks_dir, month)
-    # credit as it stands now: a close since `rated_usage` was built may have drawn some
-    opening = opening_credit(store, accounts, closed)
-    rated = with_current_credit(rated, accounts, month, opening)
-    rated = apply_waivers(  # decisions recorded since `rated_usage` was built count too
-        rated,
-        store.scan(USAGE_HOURLY).filter(
-            pl.col("hour").is_between(*month_bounds(month), closed="left")
-        ),
-        store.read(GUARDRAIL_DECISIONS),
+    inputs = _DraftInputs(
         month,
-        load_pricebooks(pricebooks_dir),
         accounts,
-        opening,
+        load_pricebooks(pricebooks_dir),
+        # credit as it stands now: a close since `rated_usage` was built may have drawn some
+        opening_credit(store, accounts, closed),
+        store.read(GUARDRAIL_DECISIONS),  # decisions recorded since `rated_usage` count too
+        pending_adjustments(store, pricebooks_dir, month, closed),
+        month_hourly(store, month),
     )
-    adjustments = pending_adjustments(store, pricebooks_dir, month, closed)
-    invoices, lines = build_draft_invoices(rated, accounts, month, adjustments)
+    shards = _rated_shards(store, pricebooks_dir, inputs)
+    drafted = [_draft_shard(rated, ids, inputs) for ids, rated in shards]
+    invoices = pl.concat([d[0] for d in drafted])
+    lines = pl.concat([d[1] for d in drafted])
     _write_drafts(store, month, invoices, lines, run_id)
     return invoices, lines
+
+
+@dataclass(frozen=True)
+class _DraftInputs:
+    """What drafting a month reads besides its rated rows (small, loaded once)."""
+
+    month: str
+    accounts: Accounts
+    books: PricebookSet
+    opening: dict[str, Decimal]
+    decisions: pl.DataFrame
+    adjustments: pl.DataFrame
+    hourly: pl.LazyFrame
+
+
+def _rated_shards(
+    store: DeltaStore, pricebooks_dir: Path, inputs: _DraftInputs
+) -> Iterator[tuple[list[str], pl.DataFrame]]:
+    """(account ids, their rated rows) per shard, every account with rows or adjustments once.
+
+    Rows are the stored `rated_usage`, or rated on the fly when the table has nothing for the
+    month (a rated month always has rows once built: contract lines for committed accounts;
+    so no rows means "not built yet", not "no usage").
+    """
+    month = inputs.month
+    owed = set(inputs.adjustments.get_column("account_id").to_list())
+    rows = store.scan(RATED_USAGE).filter(pl.col("period") == month)
+    weight = rows.group_by("account_id").agg(w=pl.len()).collect(engine="streaming")
+    if not weight.is_empty():
+        for ids in account_shards(weight, owed):
+            yield ids, rows.filter(pl.col("account_id").is_in(ids)).collect()
+        return
+    for ids, part in rated_shards(store, pricebooks_dir, month):
+        owed -= set(ids)
+        yield ids, part.rated
+    if owed:
+        yield sorted(owed), pl.DataFrame(schema=RATED_USAGE.schema)
+
+
+def _draft_shard(
+    rated: pl.DataFrame, ids: list[str], inputs: _DraftInputs
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Draft invoices and lines of one shard's accounts (drafting is per account)."""
+    month, accounts, opening = inputs.month, inputs.accounts, inputs.opening
+    mine = pl.col("account_id").is_in(ids)
+    rated = with_current_credit(rated, accounts, month, opening, scope=ids)
+    decisions = inputs.decisions.filter(mine)
+    rated = apply_waivers(
+        rated, inputs.hourly.filter(mine), decisions, month, inputs.books, accounts, opening
+    )
+    return build_draft_invoices(rated, accounts, month, inputs.adjustments.filter(mine))
 
 
 def pending_adjustments(

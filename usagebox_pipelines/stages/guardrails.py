@@ -9,8 +9,10 @@ alert rows, once each.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 
@@ -25,7 +27,7 @@ from usagebox_pipelines.catalog import (
 )
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.guardrails.anomalies import AnomalyConfig, detect_anomalies
-from usagebox_pipelines.guardrails.budgets import build_budget_tree
+from usagebox_pipelines.guardrails.budgets import budget_tree, check_allocations, check_hierarchy
 from usagebox_pipelines.guardrails.decisions import (
     anomaly_decisions,
     budget_decisions,
@@ -41,6 +43,8 @@ from usagebox_pipelines.guardrails.spend import (
 from usagebox_pipelines.guardrails.state import evaluate_spend, with_anomalies
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing import Accounts, PricebookSet, load_accounts, load_pricebooks
+from usagebox_pipelines.shards import account_shards
+from usagebox_pipelines.stages.rating import month_hourly
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 
@@ -59,72 +63,157 @@ def refresh_guardrails(
     run_id: str = "cli",
     config: AnomalyConfig = AnomalyConfig(),
 ) -> dict:
-    """Recompute spend_state and usage_anomalies for `month` at `now`; record new decisions."""
+    """Recompute spend_state and usage_anomalies for `month` at `now`; record new decisions.
+
+    Spend and anomalies are evaluated in shards of whole account hierarchies (a parent's
+    budget covers its subtree), each reading only its accounts' rows: memory is bounded by a
+    shard, not by the month. Decisions are then taken once over every shard's rows.
+    """
     now = now or datetime.now(UTC)
     folder = Path(pricebooks_dir)
     books, accounts = load_pricebooks(folder), load_accounts(folder)
-    start, _ = month_bounds(month)
     at = as_of(month, now)
-    hourly = store.scan(USAGE_HOURLY)
-    builds = store.read(HOUR_BUILDS) if store.exists(HOUR_BUILDS) else None
-    usage = month_usage(
-        hourly,
+    check_hierarchy(accounts)
+    check_allocations(accounts)
+    reading = _Reading(
+        store.scan(USAGE_HOURLY),
         store.scan(EVENTS),
-        None if builds is None else builds.select(HOUR_BUILDS.schema.names()),
-        month,
-        at,
-        split_at=[at - HOUR, at - 24 * HOUR],
+        _builds(store),
+        cast(
+            datetime | None, store.scan(USAGE_HOURLY).select(pl.col("hour").min()).collect().item()
+        ),
     )
-    tree = build_budget_tree(accounts, usage.get_column("account_id").unique().to_list())
-    evaluation = evaluate_spend(usage, tree, month, at, books, accounts)
-    anomalies = _anomalies(hourly, evaluation.hourly, month, at, books, accounts, config)
+    shards = _hierarchy_shards(store, month, accounts)
+    known = [a for ids in shards for a in ids]
+    strays = ~pl.col("account_id").is_in(known)  # usage not rolled up yet, of new accounts
+    parts = [
+        _evaluate_shard(reading, ids, strays if n == len(shards) - 1 else None, month, at,
+                        books, accounts, config)
+        for n, ids in enumerate(shards)
+    ]  # fmt: skip
+    state = pl.concat([p.state for p in parts])
+    anomalies = pl.concat([p.anomalies for p in parts])
+    levels = {a: lvl for p in parts for a, lvl in p.levels.items()}
+    currencies = {a: accounts.get(a).currency for a in levels}
     existing = store.read(GUARDRAIL_DECISIONS)
+    steps = pl.concat([p.steps for p in parts])
     fresh = pl.concat(
         [
-            budget_decisions(evaluation.state, evaluation.steps, existing, now, run_id),
-            anomaly_decisions(
-                anomalies,
-                existing,
-                at,
-                {a: tree.level(a) for a in tree.ids},
-                {a: accounts.get(a).currency for a in tree.ids},
-                now,
-                run_id,
-            ),
+            budget_decisions(state, steps, existing, now, run_id),
+            anomaly_decisions(anomalies, existing, at, levels, currencies, now, run_id),
         ]
     ).join(existing.select("decision_id"), on="decision_id", how="anti")
     meta = {"run_id": run_id, "month": month, "as_of": at.isoformat()}
     if not fresh.is_empty():
         store.append(GUARDRAIL_DECISIONS, fresh, metadata=meta)
-    state = with_anomalies(evaluation.state, anomalies)
+    state = with_anomalies(state, anomalies)
     state = with_decisions(state, pl.concat([existing, fresh]))
     store.replace_partition(SPEND_STATE, state, period=month, metadata=meta)
     store.replace_partition(USAGE_ANOMALIES, anomalies, period=month, metadata=meta)
     return _summary(month, at, state, anomalies, fresh)
 
 
-def _anomalies(
-    hourly: pl.LazyFrame,
-    month_series: pl.DataFrame,
+@dataclass(frozen=True)
+class _Reading:
+    """The lazy inputs every shard filters to its accounts, and the first hour with data."""
+
+    hourly: pl.LazyFrame
+    events: pl.LazyFrame
+    builds: pl.DataFrame | None
+    first_hour: datetime | None
+
+
+@dataclass(frozen=True)
+class _ShardResult:
+    state: pl.DataFrame
+    steps: pl.DataFrame
+    anomalies: pl.DataFrame
+    levels: dict[str, int]
+
+
+def _first_hour(store: DeltaStore) -> datetime | None:
+    """The earliest hour in `usage_hourly`, from the Delta log's file statistics (no data read:
+    a scan of the column would read all history)."""
+    files = store.files(USAGE_HOURLY)
+    if files.is_empty() or "min.hour" not in files.columns:
+        return None
+    return cast(datetime | None, files.get_column("min.hour").min())
+
+
+def _builds(store: DeltaStore) -> pl.DataFrame | None:
+    if not store.exists(HOUR_BUILDS):
+        return None
+    return store.read(HOUR_BUILDS).select(HOUR_BUILDS.schema.names())
+
+
+def _hierarchy_shards(store: DeltaStore, month: str, accounts: Accounts) -> list[list[str]]:
+    """Listed accounts and those with hourly rows this month, in shards of whole hierarchies
+    weighed by their hourly rows (at least one shard; accounts whose only usage is not rolled
+    up yet are found by the last shard, see `refresh_guardrails`)."""
+    rows = month_hourly(store, month).group_by("account_id").agg(w=pl.len())
+    weight = rows.collect(engine="streaming")
+    ids = sorted(set(weight.get_column("account_id").to_list()) | set(accounts.ids()))
+    roots = pl.DataFrame({"account_id": ids, "root": [accounts.root(a) for a in ids]})
+    by_root = (
+        roots.join(weight, on="account_id", how="left")
+        .group_by("root")
+        .agg(pl.col("w").fill_null(0).sum())
+        .rename({"root": "account_id"})
+    )
+    family = roots.group_by("root").agg(pl.col("account_id"))
+    members = dict(family.iter_rows())
+    return [sorted(a for r in shard for a in members[r]) for shard in account_shards(by_root)]
+
+
+def _evaluate_shard(
+    reading: _Reading,
+    ids: list[str],
+    strays: pl.Expr | None,
     month: str,
     at: datetime,
     books: PricebookSet,
     accounts: Accounts,
     config: AnomalyConfig,
+) -> _ShardResult:
+    """spend_state rows, status steps and anomalies of one shard of whole hierarchies (plus,
+    with `strays`, the accounts it selects: unlisted, so each is a hierarchy of its own)."""
+    mine = pl.col("account_id").is_in(ids)
+    if strays is not None:
+        mine = mine | strays
+    hourly = reading.hourly.filter(mine)
+    usage = month_usage(
+        hourly,
+        reading.events.filter(mine),
+        reading.builds,
+        month,
+        at,
+        split_at=[at - HOUR, at - 24 * HOUR],
+    )
+    tree = budget_tree(accounts, [*ids, *usage.get_column("account_id").unique().to_list()])
+    evaluation = evaluate_spend(usage, tree, month, at, books, accounts)
+    history = _history_series(hourly, month, books, accounts, config)
+    series = pl.concat([history, evaluation.hourly])
+    firsts = (reading.first_hour, cast(datetime | None, series.get_column("hour").min()))
+    known = [f for f in firsts if f is not None]
+    anomalies = detect_anomalies(series, month, at, accounts, config, min(known) if known else None)
+    levels = {a: tree.level(a) for a in tree.ids}
+    return _ShardResult(evaluation.state, evaluation.steps, anomalies, levels)
+
+
+def _history_series(
+    hourly: pl.LazyFrame,
+    month: str,
+    books: PricebookSet,
+    accounts: Accounts,
+    config: AnomalyConfig,
 ) -> pl.DataFrame:
-    """Score the month's hours against baselines that may reach into the previous month."""
+    """Hourly amounts of the `baseline_days` before the month (baselines reach into it).
+    History before the first stored hour is unknown (not silence): no baseline there."""
     start, _ = month_bounds(month)
     lookback = start - timedelta(days=config.baseline_days)
     history = history_usage(hourly, lookback, start)
     previous = f"{lookback.year:04d}-{lookback.month:02d}"
-    series = pl.concat([hourly_amounts(history, previous, books, accounts), month_series])
-    # History before the first stored hour is unknown (not silence): no baseline there.
-    firsts = [
-        hourly.select(pl.col("hour").min()).collect(engine="streaming").item(),
-        series.get_column("hour").min(),
-    ]
-    known = [f for f in firsts if f is not None]
-    return detect_anomalies(series, month, at, accounts, config, min(known) if known else None)
+    return hourly_amounts(history, previous, books, accounts)
 
 
 def with_decisions(state: pl.DataFrame, decisions: pl.DataFrame) -> pl.DataFrame:

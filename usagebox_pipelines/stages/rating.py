@@ -1,8 +1,15 @@
-"""Stage `rated_usage`: rate one month of `usage_hourly` with the pricebooks and accounts."""
+"""Stage `rated_usage`: rate one month of `usage_hourly` with the pricebooks and accounts.
+
+The month is rated in shards of whole accounts (`shards`): each shard reads only its accounts'
+hourly rows, so memory is bounded by a shard, not by the month, and the rows equal one call
+over every account (rating is per account). The shards stream into one commit per table.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -15,9 +22,11 @@ from usagebox_pipelines.catalog import (
 )
 from usagebox_pipelines.invoicing.hard_stop import apply_waivers
 from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.pricing import Accounts, PricebookSet
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.pricing.rating import rate_usage
+from usagebox_pipelines.shards import account_shards
 from usagebox_pipelines.stages.books import (
     opening_credit,
 )
@@ -30,34 +39,98 @@ class RatedMonth:
     unrated: pl.DataFrame
 
 
-def rate_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> RatedMonth:
-    """Rate one month of `usage_hourly` (nothing written): usage and contract lines.
+@dataclass
+class RatedSummary:
+    """What `build_rated_usage` wrote (the rows themselves went to the tables shard by shard)."""
+
+    rows: int = 0
+    price_versions: set[str] = field(default_factory=set)
+    unrated: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=UNRATED_USAGE.schema))
+
+
+@dataclass(frozen=True)
+class _MonthInputs:
+    """Everything but the hourly rows that rating a month reads (small; loaded once)."""
+
+    month: str
+    books: PricebookSet
+    accounts: Accounts
+    opening: dict[str, Decimal]
+    decisions: pl.DataFrame
+
+
+def month_hourly(store: DeltaStore, month: str) -> pl.LazyFrame:
+    """The month's `usage_hourly` rows, lazily (filters pushed into the scan)."""
+    start, end = month_bounds(month)
+    return store.scan(USAGE_HOURLY).filter((pl.col("hour") >= start) & (pl.col("hour") < end))
+
+
+def month_shards(store: DeltaStore, month: str, also: set[str]) -> list[list[str]]:
+    """The month's accounts (plus `also`) in shards weighed by their hourly rows."""
+    weight = month_hourly(store, month).group_by("account_id").agg(w=pl.len())
+    return account_shards(weight.collect(engine="streaming"), also)
+
+
+def rated_shards(
+    store: DeltaStore, pricebooks_dir: Path, month: str
+) -> Iterator[tuple[list[str], RatedMonth]]:
+    """The month rated shard by shard (nothing written): each shard's account ids, and their
+    usage and contract lines (every account with usage, terms or credit is in one shard).
 
     Prepaid credit is what the month WOULD apply if issued now: the grant minus what issued
     invoices have drawn (invoicing.credit); a draft or an open month never draws. Usage after
     a hard stop of an `after_hard_stop: waive` account is waived (invoicing.hard_stop), with
     the decisions recorded so far.
     """
-    books = load_pricebooks(pricebooks_dir)
     accounts = load_accounts(pricebooks_dir)
-    start, end = month_bounds(month)
-    in_month = (pl.col("hour") >= start) & (pl.col("hour") < end)
-    hourly = store.scan(USAGE_HOURLY).filter(in_month).collect()
     opening = opening_credit(store, accounts)
-    result = rate_usage(hourly, month, books, accounts, opening)
-    decisions = store.read(GUARDRAIL_DECISIONS)
+    inputs = _MonthInputs(
+        month, load_pricebooks(pricebooks_dir), accounts, opening, store.read(GUARDRAIL_DECISIONS)
+    )
+    billed = set(accounts.ids()) | set(opening)  # terms or credit: rows even without usage
+    shards = month_shards(store, month, billed)
+    # Tables are read before the first shard is taken, not in a generator: a streamed write
+    # takes shards inside delta-rs, where opening a table would start a runtime in its runtime.
+    hourly = month_hourly(store, month)
+    return (
+        (ids, _rate_shard(hourly.filter(pl.col("account_id").is_in(ids)).collect(), ids, inputs))
+        for ids in shards
+    )
+
+
+def _rate_shard(hourly: pl.DataFrame, ids: list[str], inputs: _MonthInputs) -> RatedMonth:
+    month, books, accounts, opening = inputs.month, inputs.books, inputs.accounts, inputs.opening
+    result = rate_usage(hourly, month, books, accounts, opening, scope=ids)
+    decisions = inputs.decisions.filter(pl.col("account_id").is_in(ids))
     rated = apply_waivers(result.rated, hourly, decisions, month, books, accounts, opening)
     return RatedMonth(rated, result.unrated)
+
+
+def rate_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> RatedMonth:
+    """Rate one month of `usage_hourly` (nothing written), all shards together: for callers
+    that compare a whole month (restatements of closed months, verify)."""
+    parts = [part for _, part in rated_shards(store, pricebooks_dir, month)]
+    return RatedMonth(pl.concat([p.rated for p in parts]), pl.concat([p.unrated for p in parts]))
 
 
 @writes_tables("rated_usage")
 def build_rated_usage(
     store: DeltaStore, pricebooks_dir: Path, month: str, run_id: str = "cli"
-) -> RatedMonth:
+) -> RatedSummary:
     """Replace the month's `rated_usage` and `unrated_usage` rows (never `credit_ledger`:
-    only a close draws credit, see invoicing.credit)."""
-    rated = rate_month(store, pricebooks_dir, month)
+    only a close draws credit, see invoicing.credit); rated rows stream in shard by shard."""
+    summary = RatedSummary()
+    unrated: list[pl.DataFrame] = []
+
+    def rated_rows() -> Iterator[pl.DataFrame]:
+        for _, shard in rated_shards(store, pricebooks_dir, month):
+            summary.rows += shard.rated.height
+            summary.price_versions |= set(shard.rated["price_version"].drop_nulls().to_list())
+            unrated.append(shard.unrated)
+            yield shard.rated
+
     meta = {"run_id": run_id, "stage": "rated_usage", "period": month}
-    store.replace_partition(RATED_USAGE, rated.rated, period=month, metadata=meta)
-    store.replace_partition(UNRATED_USAGE, rated.unrated, period=month, metadata=meta)
-    return rated
+    store.replace_partition(RATED_USAGE, rated_rows(), period=month, metadata=meta)
+    summary.unrated = pl.concat([summary.unrated, *unrated])
+    store.replace_partition(UNRATED_USAGE, summary.unrated, period=month, metadata=meta)
+    return summary

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, time, timedelta
 
 import polars as pl
 
@@ -22,21 +23,43 @@ from usagebox_pipelines.storage import DeltaStore, writes_tables
 def build_usage_hourly(
     store: DeltaStore, start: datetime, end: datetime, run_id: str = "cli"
 ) -> int:
-    """Replace exactly the hours [start, end) of `usage_hourly` and record them as built."""
-    rows = rollup_hourly(events_frame(store), start, end)
+    """Replace exactly the hours [start, end) of `usage_hourly` and record them as built.
+
+    The window is rolled up one UTC day at a time (a day's events are one `event_date`
+    partition) and the days stream into one commit: memory is bounded by a day, not by the
+    month a backfill asks for."""
+    events = events_frame(store)
+    built = 0
+
+    def days() -> Iterator[pl.DataFrame]:
+        nonlocal built
+        for day_start, day_end in _days(start, end):
+            rows = rollup_hourly(events, day_start, day_end)
+            built += rows.height
+            yield rows
+
     meta = {
         "run_id": run_id,
         "stage": "usage_hourly",
         "from": start.isoformat(),
         "to": end.isoformat(),
     }
-    store.replace_partition(USAGE_HOURLY, rows, hour=slice(start, end), metadata=meta)
+    store.replace_partition(USAGE_HOURLY, days(), hour=slice(start, end), metadata=meta)
     hours = pl.datetime_range(start, end, "1h", closed="left", time_zone="UTC", eager=True)
     builds = pl.DataFrame({"hour": hours}).with_columns(
         built_at=pl.lit(datetime.now(UTC)), run_id=pl.lit(run_id)
     )
     store.replace_partition(HOUR_BUILDS, builds, hour=slice(start, end))
-    return rows.height
+    return built
+
+
+def _days(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
+    """[start, end) cut at UTC midnights."""
+    cursor = start
+    while cursor < end:
+        midnight = datetime.combine(cursor.date(), time(), UTC) + timedelta(days=1)
+        yield cursor, min(midnight, end)
+        cursor = min(midnight, end)
 
 
 @writes_tables("usage_monthly")

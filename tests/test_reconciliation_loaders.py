@@ -12,12 +12,9 @@ import pytest
 
 from usagebox_pipelines.config import DEFAULT_PRICEBOOKS
 from usagebox_pipelines.errors import UsageboxError
-from usagebox_pipelines.reconciliation.loaders import (
-    load_vendor_exports,
-    merge_review,
-    merge_vendor_costs,
-)
+from usagebox_pipelines.reconciliation.loaders import LoadResult, load_vendor_exports, merge_lines
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
+from usagebox_pipelines.reconciliation.restatement import COSTS, LINES, REVIEW, tag_lines
 from usagebox_pipelines.reconciliation.schemas import VENDOR_COSTS, VENDOR_REVIEW
 from usagebox_pipelines.schemas import empty
 
@@ -51,6 +48,17 @@ def _cost(value, item: str = "gpt-4o-2024-08-06, output") -> dict:
     }
 
 
+def _stored(state: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """The vendor tables as the stage reads them back (tagged lines)."""
+    return pl.concat([tag_lines(frame, table) for table, frame in state.items()])
+
+
+def _merge(state: dict[str, pl.DataFrame] | None, load: LoadResult, at: datetime | None = None):
+    """Merge a load over stored tables (None: empty home) -> (tables, change log)."""
+    existing = _stored(state) if state else empty(LINES).with_columns(_table=pl.lit(""))
+    return merge_lines(existing, load.lines(), at=at)
+
+
 # --------------------------------------------------------------------------- OpenAI
 
 
@@ -64,9 +72,10 @@ def test_openai_costs_pages_in_a_folder_load_exact_dollars(mapping):
     assert row["currency"] == "USD" and row["quantity"] is None
     assert row["vendor_line_item"] == "gpt-4o-2024-08-06, input"
     assert _one(costs, date=date(2026, 10, 2), meter_id="output_tokens")["amount"] == 2
-    # A string amount with 18 decimals is held at 12 (half-up), never via float.
-    tiny = _one(costs, date=date(2026, 10, 2), meter_id="input_tokens")["amount"]
-    assert tiny == Decimal("0.000000123457")
+    # A string amount with 18 decimals is not rounded: it goes to review, value in the reason.
+    tiny = _one(result.review, vendor_line_item="gpt-4o-mini-2024-07-18, input")
+    assert tiny["amount"] is None and "0.000000123456789012" in tiny["reason"]
+    assert "more than 12 decimal places" in tiny["reason"]
     assert costs.schema == VENDOR_COSTS
     assert result.costs["exported_at"].unique().to_list() == [datetime(2026, 11, 2, 6, tzinfo=UTC)]
 
@@ -126,10 +135,12 @@ def test_openai_cached_more_than_input_is_reviewed(tmp_path, mapping):
     assert loaded.review["reason"].str.contains("subset").all()
 
 
-def test_openai_costs_without_line_item_grouping_are_reviewed(tmp_path, mapping):
+def test_openai_default_costs_export_lands_as_a_day_total(tmp_path, mapping):
     (tmp_path / "c.json").write_text(json.dumps(_page([_cost(0.06, item=None)])))
-    review = load_vendor_exports("openai", [tmp_path / "c.json"], mapping).review
-    assert "group_by=line_item" in review["reason"][0]
+    loaded = load_vendor_exports("openai", [tmp_path / "c.json"], mapping)
+    assert loaded.review.is_empty()
+    day = loaded.costs.row(0, named=True)  # no group_by: the day's total, no model or meter
+    assert day["amount"] == Decimal("0.06") and day["model_id"] is None and day["meter_id"] is None
 
 
 # --------------------------------------------------------------------------- Anthropic
@@ -250,23 +261,23 @@ def _write_costs(folder: Path, name: str, output_value: str) -> Path:
 def test_reloading_the_same_export_is_idempotent(mapping):
     folder = FIXTURES / "openai" / "costs"
     first = load_vendor_exports("openai", [folder], mapping, loaded_at=T0)
-    state, changes = merge_vendor_costs(empty(VENDOR_COSTS), first.costs)
+    state, changes = _merge(None, first)
     again = load_vendor_exports("openai", [folder], mapping, loaded_at=T1)
-    state2, changes2 = merge_vendor_costs(state, again.costs)
+    state2, changes2 = _merge(state, again)
     assert changes.is_empty() and changes2.is_empty()
-    assert state2.equals(state)  # loaded_at of the first load kept
-    assert merge_review(first.review, again.review).height == first.review.height
+    for table in state:
+        assert state2[table].equals(state[table])  # loaded_at of the first load kept
+    assert state2[REVIEW].height == first.review.height
 
 
 def test_newer_export_of_a_day_supersedes_and_is_logged(tmp_path, mapping):
     old = _write_costs(tmp_path / "a", "costs_20261102T060000Z.json", "5.00")
     new = _write_costs(tmp_path / "b", "costs_20261109T060000Z.json", "5.25")
-    state, _ = merge_vendor_costs(
-        empty(VENDOR_COSTS), load_vendor_exports("openai", [old], mapping, loaded_at=T0).costs
+    tables, _ = _merge(None, load_vendor_exports("openai", [old], mapping, loaded_at=T0))
+    tables, changes = _merge(
+        tables, load_vendor_exports("openai", [new], mapping, loaded_at=T1), at=T1
     )
-    state, changes = merge_vendor_costs(
-        state, load_vendor_exports("openai", [new], mapping, loaded_at=T1).costs, superseded_at=T1
-    )
+    state = tables[COSTS]
     assert _one(state, meter_id="output_tokens")["amount"] == Decimal("5.25")
     assert state.height == 2 and set(state["source_file"]) == {str(new)}
     assert changes.height == 2  # the whole day's old rows, with what replaced them
@@ -274,18 +285,16 @@ def test_newer_export_of_a_day_supersedes_and_is_logged(tmp_path, mapping):
     assert set(changes["superseded_by_file"]) == {str(new)}
     assert set(changes["superseded_at"]) == {T1}
     # The older export loaded again later changes nothing.
-    again, changes = merge_vendor_costs(state, load_vendor_exports("openai", [old], mapping).costs)
-    assert again.equals(state) and changes.is_empty()
+    again, changes = _merge(tables, load_vendor_exports("openai", [old], mapping))
+    assert again[COSTS].equals(state) and changes.is_empty()
 
 
 def test_newer_export_with_identical_content_changes_nothing(tmp_path, mapping):
     old = _write_costs(tmp_path / "a", "costs_20261102T060000Z.json", "5.00")
     same = _write_costs(tmp_path / "b", "costs_20261109T060000Z.json", "5.00")
-    state, _ = merge_vendor_costs(
-        empty(VENDOR_COSTS), load_vendor_exports("openai", [old], mapping).costs
-    )
-    after, changes = merge_vendor_costs(state, load_vendor_exports("openai", [same], mapping).costs)
-    assert after.equals(state) and changes.is_empty()
+    state, _ = _merge(None, load_vendor_exports("openai", [old], mapping))
+    after, changes = _merge(state, load_vendor_exports("openai", [same], mapping))
+    assert after[COSTS].equals(state[COSTS]) and changes.is_empty()
 
 
 def test_restatement_within_one_load_keeps_the_newest(tmp_path, mapping):

@@ -290,7 +290,9 @@ def _openai_usage_records(path: Path, line: int, result: dict, base: dict) -> li
         quantities, problem = _openai_2026_lines(count)
     else:
         quantities, problem = _openai_2024_lines(count)
-    return [rec | {"problem": problem} for rec in _fan_out(base, common, quantities)]
+    # A subset field the export does not carry (older spec versions) is no line at all.
+    kept = {f: q for f, q in quantities.items() if f in result or f in _OPENAI_TEXT_LINE.values()}
+    return [rec | {"problem": problem} for rec in _fan_out(base, common, kept)]
 
 
 def _openai_2026_lines(count) -> tuple[dict[str, int], str | None]:
@@ -397,7 +399,8 @@ def _anthropic_usage_records(path: Path, line: int, result: dict, base: dict) ->
     for field, spellings in _ANTHROPIC_TOKEN_FIELDS.items():
         found = [_dig(result, s.split(".")) for s in spellings]
         value = next((v for v in found if v is not None), None)
-        quantities[field] = _count(path, line, field, value)
+        if value is not None or field in ("uncached_input_tokens", "output_tokens"):
+            quantities[field] = _count(path, line, field, value)
     return _fan_out(base, {"vendor_model": result.get("model")}, quantities)
 
 

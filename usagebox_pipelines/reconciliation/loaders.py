@@ -124,7 +124,8 @@ def load_vendor_exports(
             cand = focus_candidates(path, text, mapping)
         lines.append(_finish(cand, vendor, meta, loaded_at, mapping))
         cursor = unfinished_page(path, doc) if doc is not None else None
-        unfinished.append((meta.exported_at, path, cursor))
+        endpoint = ",".join(sorted(set(cand["source_kind"].drop_nulls())))
+        unfinished.append(((meta.exported_at, endpoint), path, cursor))
     fresh = pl.concat(lines) if lines else empty(LINES)
     state, superseded = resolve_lines(
         empty(LINES).with_columns(_table=pl.lit("")), fresh, loaded_at
@@ -194,12 +195,13 @@ def _exported_at(path: Path, doc: Any) -> datetime:
     return datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(microsecond=0)
 
 
-def _incomplete(pages: list[tuple[datetime, Path, str | None]]) -> tuple[str, ...]:
-    """One warning per pull (files of one `exported_at`) none of whose files ends its pages.
+def _incomplete(pages: list[tuple[tuple[datetime, str], Path, str | None]]) -> tuple[str, ...]:
+    """One warning per pull (files of one `exported_at` and endpoint: costs or usage) none of
+    whose files ends its pages.
 
     Pages of one pull may sit in several files: the pull is complete when one of them ends
     with `has_more: false`."""
-    pulls: dict[datetime, list[tuple[Path, str | None]]] = {}
+    pulls: dict[tuple[datetime, str], list[tuple[Path, str | None]]] = {}
     for at, path, cursor in pages:
         pulls.setdefault(at, []).append((path, cursor))
     warnings = []

@@ -315,3 +315,84 @@ def test_focus_gzipped_csv_loads_like_the_plain_one(tmp_path, mapping):
     packed = load_vendor_exports("focus", [tmp_path], mapping).costs
     cols = ["date", "model_id", "meter_id", "quantity", "amount", "charge_class"]
     assert packed.select(cols).equals(plain.select(cols))
+
+
+# --------------------------------------------------------------------------- FOCUS details
+
+_FOCUS_HEAD = (
+    "BillingAccountId,SubAccountId,BillingCurrency,BillingPeriodStart,ChargePeriodStart,"
+    "ChargeCategory,ChargeClass,BilledCost,ConsumedQuantity,ConsumedUnit,ProviderName,"
+    "ServiceName,x_UsageType"
+)
+
+
+def _focus(tmp_path: Path, *rows: str, sep: str = ",", name: str = "f.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join([_FOCUS_HEAD.replace(",", sep), *rows]) + "\n")
+    return path
+
+
+_HAIKU = "USE1-Claude3.5Haiku-input-tokens"
+
+
+def test_focus_time_with_an_offset_is_converted_to_the_utc_day(tmp_path, mapping):
+    path = _focus(
+        tmp_path,
+        f"1,2,USD,2024-09-01T00:00:00Z,2024-09-18T23:30:00-02:00,Usage,,0.08,100000,Tokens,AWS,"
+        f"Amazon Bedrock,{_HAIKU}",
+    )
+    row = load_vendor_exports("focus", [path], mapping).costs.row(0, named=True)
+    assert row["date"] == date(2024, 9, 19)  # 23:30 at -02:00 is 01:30 UTC the next day
+
+
+def test_focus_blank_billed_cost_and_too_many_decimals_are_reviewed_not_rounded(tmp_path, mapping):
+    path = _focus(
+        tmp_path,
+        f"1,2,USD,2024-09-01,2024-09-18,Usage,,,100000,Tokens,AWS,Amazon Bedrock,{_HAIKU}",
+        f"1,2,USD,2024-09-01,2024-09-19,Usage,,0.1234567890123,1,Tokens,AWS,Amazon Bedrock,{_HAIKU}",
+    )
+    loaded = load_vendor_exports("focus", [path], mapping)
+    assert loaded.costs.is_empty()
+    blank = _one(loaded.review, date=date(2024, 9, 18))
+    assert blank["amount"] is None and "BilledCost is blank" in blank["reason"]
+    precise = _one(loaded.review, date=date(2024, 9, 19))
+    assert precise["amount"] is None and "0.1234567890123" in precise["reason"]
+    assert "not rounded" in precise["reason"]
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_focus_delimiter_is_sniffed(tmp_path, mapping, sep):
+    row = f"1;2;USD;2024-09-01;2024-09-18;Usage;;0.08;100000;Tokens;AWS;Amazon Bedrock;{_HAIKU}"
+    path = _focus(tmp_path, row.replace(";", sep), sep=sep)
+    assert load_vendor_exports("focus", [path], mapping).costs["amount"].to_list() == [
+        Decimal("0.08")
+    ]
+
+
+def test_focus_header_without_the_columns_names_the_delimiter(tmp_path, mapping):
+    (tmp_path / "f.csv").write_text("Billed Cost;Currency\n1;USD\n")
+    with pytest.raises(UsageboxError, match="semicolon-delimited"):
+        load_vendor_exports("focus", [tmp_path / "f.csv"], mapping)
+
+
+def test_bedrock_through_aws_marketplace_maps_by_service_name(tmp_path, mapping):
+    path = _focus(
+        tmp_path,
+        "1,2,USD,2024-09-01,2024-09-18,Usage,,0.08,100000,Tokens,AWS,"
+        "Claude 3.5 Haiku (Amazon Bedrock Edition),USW2-MP:USW2_InputTokenCount-Units",
+        "1,2,USD,2024-09-01,2024-09-18,Usage,,0.4,100000,Tokens,AWS,"
+        "Claude 3.5 Haiku (Amazon Bedrock Edition),USW2-MP:USW2_OutputTokenCount-Units",
+    )
+    costs = load_vendor_exports("focus", [path], mapping).costs
+    assert set(costs["model_id"]) == {"claude-3-5-haiku"}
+    assert sorted(costs["meter_id"]) == ["input_tokens", "output_tokens"]
+
+
+def test_focus_zero_cost_and_quantity_rows_are_ignored_and_counted(tmp_path, mapping):
+    path = _focus(
+        tmp_path,
+        "1,2,USD,2024-09-01,2024-09-18,Usage,,0.00000000000,0,GB,AWS,Amazon S3,USW2-Requests",
+        "1,2,USD,2024-09-01,2024-09-18,Usage,,NULL,NULL,NULL,AWS,Amazon S3,USW2-Requests",
+    )
+    loaded = load_vendor_exports("focus", [path], mapping)
+    assert loaded.ignored.height == 1 and loaded.review.height == 1  # blank cost is reviewed

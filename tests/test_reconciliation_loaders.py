@@ -349,7 +349,8 @@ def test_focus_blank_billed_cost_and_too_many_decimals_are_reviewed_not_rounded(
     path = _focus(
         tmp_path,
         f"1,2,USD,2024-09-01,2024-09-18,Usage,,,100000,Tokens,AWS,Amazon Bedrock,{_HAIKU}",
-        f"1,2,USD,2024-09-01,2024-09-19,Usage,,0.1234567890123,1,Tokens,AWS,Amazon Bedrock,{_HAIKU}",
+        "1,2,USD,2024-09-01,2024-09-19,Usage,,0.1234567890123,1,Tokens,AWS,Amazon Bedrock,"
+        + _HAIKU,
     )
     loaded = load_vendor_exports("focus", [path], mapping)
     assert loaded.costs.is_empty()

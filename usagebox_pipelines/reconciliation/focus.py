@@ -13,6 +13,7 @@ import csv
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -125,7 +126,7 @@ def _utc(path: Path, df: pl.DataFrame, name: str) -> pl.Series:
         try:
             ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            row = values.index_of(value) + 1
+            row = (values.index_of(value) or 0) + 1
             raise UsageboxError(
                 f"{path}: row {row}: {name}: not a FOCUS DateTime: {value!r}"
             ) from None
@@ -176,14 +177,16 @@ def _first_match(text: pl.Expr, table: tuple[tuple[str, str], ...], literal: boo
     """The value of the first (needle, value) whose needle is in `text` (literal or regex)."""
     if not table:
         return pl.lit(None, dtype=pl.String())
-    chain = None
-    for needle, value in table:
-        hit = (
-            text.str.contains(needle.lower(), literal=True)
-            if literal
-            else text.str.contains(f"(?i){needle}")
-        )
-        chain = (pl.when(hit) if chain is None else chain.when(hit)).then(pl.lit(value))
+
+    def hit(needle: str) -> pl.Expr:
+        if literal:
+            return text.str.contains(needle.lower(), literal=True)
+        return text.str.contains(f"(?i){needle}")
+
+    (first, value), rest = table[0], table[1:]
+    chain: Any = pl.when(hit(first)).then(pl.lit(value))
+    for needle, value in rest:
+        chain = chain.when(hit(needle)).then(pl.lit(value))
     return chain.otherwise(pl.lit(None, dtype=pl.String()))
 
 

@@ -123,7 +123,7 @@ def _bucket_day(path: Path, bucket: dict, at: str) -> date:
     raise UsageboxError(f"{path}: {at}: bucket has neither start_time nor starting_at")
 
 
-def _number(path: Path, line: int, field: str, value: Any, scale: int = 1) -> str | None:
+def _number(path: Path, line: int, field: str, value: Any, scale: int | Decimal = 1) -> str | None:
     """Exact decimal text of a JSON number/Decimal/string times `scale`, or None.
 
     Never rounded: a value with more than 12 decimals is sent to review by `loaders`."""
@@ -253,7 +253,7 @@ def _openai_cost_record(path: Path, line: int, result: dict, base: dict) -> dict
         "amount": _number(path, line, "amount.value", amount.get("value")),
         "currency": str(amount.get("currency") or "").upper() or None,
         "quantity": _number(
-            path, line, "quantity", result.get("quantity"), _QUANTITY_UNITS.get(unit, 1)
+            path, line, "quantity", result.get("quantity"), _QUANTITY_UNITS.get(str(unit), 1)
         ),
         "charge_class": "usage",
         "day_total": item is None,

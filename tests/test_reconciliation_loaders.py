@@ -12,12 +12,9 @@ import pytest
 
 from usagebox_pipelines.config import DEFAULT_PRICEBOOKS
 from usagebox_pipelines.errors import UsageboxError
-from usagebox_pipelines.reconciliation.loaders import (
-    load_vendor_exports,
-    merge_review,
-    merge_vendor_costs,
-)
+from usagebox_pipelines.reconciliation.loaders import LoadResult, load_vendor_exports, merge_lines
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
+from usagebox_pipelines.reconciliation.restatement import COSTS, LINES, REVIEW, tag_lines
 from usagebox_pipelines.reconciliation.schemas import VENDOR_COSTS, VENDOR_REVIEW
 from usagebox_pipelines.schemas import empty
 
@@ -51,6 +48,17 @@ def _cost(value, item: str = "gpt-4o-2024-08-06, output") -> dict:
     }
 
 
+def _stored(state: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """The vendor tables as the stage reads them back (tagged lines)."""
+    return pl.concat([tag_lines(frame, table) for table, frame in state.items()])
+
+
+def _merge(state: dict[str, pl.DataFrame] | None, load: LoadResult, at: datetime | None = None):
+    """Merge a load over stored tables (None: empty home) -> (tables, change log)."""
+    existing = _stored(state) if state else empty(LINES).with_columns(_table=pl.lit(""))
+    return merge_lines(existing, load.lines(), at=at)
+
+
 # --------------------------------------------------------------------------- OpenAI
 
 
@@ -64,9 +72,10 @@ def test_openai_costs_pages_in_a_folder_load_exact_dollars(mapping):
     assert row["currency"] == "USD" and row["quantity"] is None
     assert row["vendor_line_item"] == "gpt-4o-2024-08-06, input"
     assert _one(costs, date=date(2026, 10, 2), meter_id="output_tokens")["amount"] == 2
-    # A string amount with 18 decimals is held at 12 (half-up), never via float.
-    tiny = _one(costs, date=date(2026, 10, 2), meter_id="input_tokens")["amount"]
-    assert tiny == Decimal("0.000000123457")
+    # A string amount with 18 decimals is not rounded: it goes to review, value in the reason.
+    tiny = _one(result.review, vendor_line_item="gpt-4o-mini-2024-07-18, input")
+    assert tiny["amount"] is None and "0.000000123456789012" in tiny["reason"]
+    assert "more than 12 decimal places" in tiny["reason"]
     assert costs.schema == VENDOR_COSTS
     assert result.costs["exported_at"].unique().to_list() == [datetime(2026, 11, 2, 6, tzinfo=UTC)]
 
@@ -126,10 +135,12 @@ def test_openai_cached_more_than_input_is_reviewed(tmp_path, mapping):
     assert loaded.review["reason"].str.contains("subset").all()
 
 
-def test_openai_costs_without_line_item_grouping_are_reviewed(tmp_path, mapping):
+def test_openai_default_costs_export_lands_as_a_day_total(tmp_path, mapping):
     (tmp_path / "c.json").write_text(json.dumps(_page([_cost(0.06, item=None)])))
-    review = load_vendor_exports("openai", [tmp_path / "c.json"], mapping).review
-    assert "group_by=line_item" in review["reason"][0]
+    loaded = load_vendor_exports("openai", [tmp_path / "c.json"], mapping)
+    assert loaded.review.is_empty()
+    day = loaded.costs.row(0, named=True)  # no group_by: the day's total, no model or meter
+    assert day["amount"] == Decimal("0.06") and day["model_id"] is None and day["meter_id"] is None
 
 
 # --------------------------------------------------------------------------- Anthropic
@@ -250,23 +261,23 @@ def _write_costs(folder: Path, name: str, output_value: str) -> Path:
 def test_reloading_the_same_export_is_idempotent(mapping):
     folder = FIXTURES / "openai" / "costs"
     first = load_vendor_exports("openai", [folder], mapping, loaded_at=T0)
-    state, changes = merge_vendor_costs(empty(VENDOR_COSTS), first.costs)
+    state, changes = _merge(None, first)
     again = load_vendor_exports("openai", [folder], mapping, loaded_at=T1)
-    state2, changes2 = merge_vendor_costs(state, again.costs)
+    state2, changes2 = _merge(state, again)
     assert changes.is_empty() and changes2.is_empty()
-    assert state2.equals(state)  # loaded_at of the first load kept
-    assert merge_review(first.review, again.review).height == first.review.height
+    for table in state:
+        assert state2[table].equals(state[table])  # loaded_at of the first load kept
+    assert state2[REVIEW].height == first.review.height
 
 
 def test_newer_export_of_a_day_supersedes_and_is_logged(tmp_path, mapping):
     old = _write_costs(tmp_path / "a", "costs_20261102T060000Z.json", "5.00")
     new = _write_costs(tmp_path / "b", "costs_20261109T060000Z.json", "5.25")
-    state, _ = merge_vendor_costs(
-        empty(VENDOR_COSTS), load_vendor_exports("openai", [old], mapping, loaded_at=T0).costs
+    tables, _ = _merge(None, load_vendor_exports("openai", [old], mapping, loaded_at=T0))
+    tables, changes = _merge(
+        tables, load_vendor_exports("openai", [new], mapping, loaded_at=T1), at=T1
     )
-    state, changes = merge_vendor_costs(
-        state, load_vendor_exports("openai", [new], mapping, loaded_at=T1).costs, superseded_at=T1
-    )
+    state = tables[COSTS]
     assert _one(state, meter_id="output_tokens")["amount"] == Decimal("5.25")
     assert state.height == 2 and set(state["source_file"]) == {str(new)}
     assert changes.height == 2  # the whole day's old rows, with what replaced them
@@ -274,18 +285,16 @@ def test_newer_export_of_a_day_supersedes_and_is_logged(tmp_path, mapping):
     assert set(changes["superseded_by_file"]) == {str(new)}
     assert set(changes["superseded_at"]) == {T1}
     # The older export loaded again later changes nothing.
-    again, changes = merge_vendor_costs(state, load_vendor_exports("openai", [old], mapping).costs)
-    assert again.equals(state) and changes.is_empty()
+    again, changes = _merge(tables, load_vendor_exports("openai", [old], mapping))
+    assert again[COSTS].equals(state) and changes.is_empty()
 
 
 def test_newer_export_with_identical_content_changes_nothing(tmp_path, mapping):
     old = _write_costs(tmp_path / "a", "costs_20261102T060000Z.json", "5.00")
     same = _write_costs(tmp_path / "b", "costs_20261109T060000Z.json", "5.00")
-    state, _ = merge_vendor_costs(
-        empty(VENDOR_COSTS), load_vendor_exports("openai", [old], mapping).costs
-    )
-    after, changes = merge_vendor_costs(state, load_vendor_exports("openai", [same], mapping).costs)
-    assert after.equals(state) and changes.is_empty()
+    state, _ = _merge(None, load_vendor_exports("openai", [old], mapping))
+    after, changes = _merge(state, load_vendor_exports("openai", [same], mapping))
+    assert after[COSTS].equals(state[COSTS]) and changes.is_empty()
 
 
 def test_restatement_within_one_load_keeps_the_newest(tmp_path, mapping):
@@ -306,3 +315,85 @@ def test_focus_gzipped_csv_loads_like_the_plain_one(tmp_path, mapping):
     packed = load_vendor_exports("focus", [tmp_path], mapping).costs
     cols = ["date", "model_id", "meter_id", "quantity", "amount", "charge_class"]
     assert packed.select(cols).equals(plain.select(cols))
+
+
+# --------------------------------------------------------------------------- FOCUS details
+
+_FOCUS_HEAD = (
+    "BillingAccountId,SubAccountId,BillingCurrency,BillingPeriodStart,ChargePeriodStart,"
+    "ChargeCategory,ChargeClass,BilledCost,ConsumedQuantity,ConsumedUnit,ProviderName,"
+    "ServiceName,x_UsageType"
+)
+
+
+def _focus(tmp_path: Path, *rows: str, sep: str = ",", name: str = "f.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join([_FOCUS_HEAD.replace(",", sep), *rows]) + "\n")
+    return path
+
+
+_HAIKU = "USE1-Claude3.5Haiku-input-tokens"
+
+
+def test_focus_time_with_an_offset_is_converted_to_the_utc_day(tmp_path, mapping):
+    path = _focus(
+        tmp_path,
+        f"1,2,USD,2024-09-01T00:00:00Z,2024-09-18T23:30:00-02:00,Usage,,0.08,100000,Tokens,AWS,"
+        f"Amazon Bedrock,{_HAIKU}",
+    )
+    row = load_vendor_exports("focus", [path], mapping).costs.row(0, named=True)
+    assert row["date"] == date(2024, 9, 19)  # 23:30 at -02:00 is 01:30 UTC the next day
+
+
+def test_focus_blank_billed_cost_and_too_many_decimals_are_reviewed_not_rounded(tmp_path, mapping):
+    path = _focus(
+        tmp_path,
+        f"1,2,USD,2024-09-01,2024-09-18,Usage,,,100000,Tokens,AWS,Amazon Bedrock,{_HAIKU}",
+        "1,2,USD,2024-09-01,2024-09-19,Usage,,0.1234567890123,1,Tokens,AWS,Amazon Bedrock,"
+        + _HAIKU,
+    )
+    loaded = load_vendor_exports("focus", [path], mapping)
+    assert loaded.costs.is_empty()
+    blank = _one(loaded.review, date=date(2024, 9, 18))
+    assert blank["amount"] is None and "BilledCost is blank" in blank["reason"]
+    precise = _one(loaded.review, date=date(2024, 9, 19))
+    assert precise["amount"] is None and "0.1234567890123" in precise["reason"]
+    assert "not rounded" in precise["reason"]
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_focus_delimiter_is_sniffed(tmp_path, mapping, sep):
+    row = f"1;2;USD;2024-09-01;2024-09-18;Usage;;0.08;100000;Tokens;AWS;Amazon Bedrock;{_HAIKU}"
+    path = _focus(tmp_path, row.replace(";", sep), sep=sep)
+    assert load_vendor_exports("focus", [path], mapping).costs["amount"].to_list() == [
+        Decimal("0.08")
+    ]
+
+
+def test_focus_header_without_the_columns_names_the_delimiter(tmp_path, mapping):
+    (tmp_path / "f.csv").write_text("Billed Cost;Currency\n1;USD\n")
+    with pytest.raises(UsageboxError, match="semicolon-delimited"):
+        load_vendor_exports("focus", [tmp_path / "f.csv"], mapping)
+
+
+def test_bedrock_through_aws_marketplace_maps_by_service_name(tmp_path, mapping):
+    path = _focus(
+        tmp_path,
+        "1,2,USD,2024-09-01,2024-09-18,Usage,,0.08,100000,Tokens,AWS,"
+        "Claude 3.5 Haiku (Amazon Bedrock Edition),USW2-MP:USW2_InputTokenCount-Units",
+        "1,2,USD,2024-09-01,2024-09-18,Usage,,0.4,100000,Tokens,AWS,"
+        "Claude 3.5 Haiku (Amazon Bedrock Edition),USW2-MP:USW2_OutputTokenCount-Units",
+    )
+    costs = load_vendor_exports("focus", [path], mapping).costs
+    assert set(costs["model_id"]) == {"claude-3-5-haiku"}
+    assert sorted(costs["meter_id"]) == ["input_tokens", "output_tokens"]
+
+
+def test_focus_zero_cost_and_quantity_rows_are_ignored_and_counted(tmp_path, mapping):
+    path = _focus(
+        tmp_path,
+        "1,2,USD,2024-09-01,2024-09-18,Usage,,0.00000000000,0,GB,AWS,Amazon S3,USW2-Requests",
+        "1,2,USD,2024-09-01,2024-09-18,Usage,,NULL,NULL,NULL,AWS,Amazon S3,USW2-Requests",
+    )
+    loaded = load_vendor_exports("focus", [path], mapping)
+    assert loaded.ignored.height == 1 and loaded.review.height == 1  # blank cost is reviewed

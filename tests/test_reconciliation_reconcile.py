@@ -232,3 +232,32 @@ def test_vendor_filter(recon, mapping):
         vendors=["focus"],
     )
     assert set(only["vendor"]) == {"focus"}
+
+
+def test_batch_and_long_context_lines_are_checked_at_their_own_rates(mapping):
+    ours = metered([("anthropic", D1, "claude-sonnet-4-5", "input_tokens", Decimal(2_000_000))])
+    rows = [
+        vc("anthropic", D1, "claude-sonnet-4-5", "input_tokens", qty=1_000_000, kind="usage")
+        | {"service_tier": "batch"},
+        vc("anthropic", D1, "claude-sonnet-4-5", "input_tokens", qty=1_000_000, kind="usage")
+        | {"context_window": "200k-1M"},
+        vc("anthropic", D1, "claude-sonnet-4-5", "input_tokens", amount="7.50", kind="costs"),
+    ]
+    row = reconcile(ours, costs_frame(rows), mapping, "2026-10").row(0, named=True)
+    assert row["vendor_list_amount"] == Decimal("7.5")  # 1M at batch $1.50 + 1M at long $6
+    assert row["status"] == "matched"
+
+
+def test_a_day_billed_only_in_total_is_reconciled_at_day_level_and_says_so(mapping):
+    ours = metered(
+        [
+            ("openai", D1, "gpt-4o", "input_tokens", Decimal(1_000_000)),
+            ("openai", D1, "gpt-4o", "output_tokens", Decimal(100_000)),
+        ]
+    )
+    total = [vc("openai", D1, None, None, amount="3.50", kind="costs")]  # no group_by
+    recon = reconcile(ours, costs_frame(total), mapping, "2026-10")
+    assert recon.height == 1  # the metered rows are compared in the day's row, not meter_only
+    row = recon.row(0, named=True)
+    assert row["status"] == "matched" and row["expected_amount"] == Decimal("3.5")
+    assert row["model_id"] is None and "day total only" in row["note"]

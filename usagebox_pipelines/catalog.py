@@ -57,6 +57,11 @@ _HOUR = "UTC start of the hour; the hour is the half-open window [hour, hour + 1
 _MONTH = "Billing month `YYYY-MM` (UTC), the half-open window [first day, next first day)."
 _MONEY = "Exact amount, decimal(38, 12), in `currency`; not rounded."
 _MONEY2 = "Amount rounded half-up to the currency's minor unit, decimal(18, 2)."
+_SCOPE = (
+    "The vendor's scope columns of the line (project, workspace, billing/sub account) as "
+    "canonical JSON, `{}` when the export is not grouped by any: part of the restatement unit."
+)
+_LINE_ID = "Identity of the vendor line from its content and scope (not the file's bytes)."
 _BATCH = "Ingest batch: `b-` + the first 24 hex digits of the source file's SHA-256."
 _ACCOUNT = "Customer account (pricebooks/accounts.yaml)."
 _DIMENSIONS = 'Event dimensions as canonical JSON with sorted keys ("{}" when none).'
@@ -329,6 +334,8 @@ VENDOR_COSTS = Table(
         "amount": _MONEY,
         "charge_class": "usage | credit | tax | correction | adjustment | purchase.",
         "source_kind": "costs | usage | focus: what the row came from.",
+        "vendor_scope": _SCOPE,
+        "line_id": _LINE_ID,
         "exported_at": _UTC,
         "loaded_at": _UTC,
     },
@@ -344,6 +351,7 @@ VENDOR_COST_CHANGES = Table(
         "amount": _MONEY,
         "superseded_at": _UTC,
         "superseded_by_sha256": "SHA-256 of the export that replaced the row.",
+        "from_table": "vendor_costs | vendor_review | vendor_ignored: where the row stood.",
     },
 )
 
@@ -358,6 +366,22 @@ VENDOR_REVIEW = Table(
         "amount": _MONEY,
         "reason": "Why the line could not be mapped, and what to add to the mapping.",
         "payload": "The vendor line as read (JSON).",
+        "vendor_scope": _SCOPE,
+        "line_id": _LINE_ID,
+    },
+)
+
+VENDOR_IGNORED = Table(
+    "vendor_ignored",
+    r.VENDOR_IGNORED,
+    partition_by=(),
+    description="Unmapped vendor lines with zero cost and zero quantity: counted, not reviewed.",
+    comments={
+        "date": "UTC calendar day of the vendor's bucket.",
+        "reason": r.IGNORED_REASON,
+        "payload": "The vendor line as read (JSON).",
+        "vendor_scope": _SCOPE,
+        "line_id": _LINE_ID,
     },
 )
 
@@ -495,6 +519,7 @@ TABLES: Mapping[str, Table] = MappingProxyType(
             VENDOR_COSTS,
             VENDOR_COST_CHANGES,
             VENDOR_REVIEW,
+            VENDOR_IGNORED,
             RECONCILIATION,
             COST_ATTRIBUTION,
             SPEND_STATE,

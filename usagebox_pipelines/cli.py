@@ -227,8 +227,10 @@ def reconcile(
     period = parse_month(month) if month else None
     settings, store = open_home(home, pricebooks)
     loaded = load_exports(store, settings, vendor, paths)
+    for warning in loaded["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
     months = [period] if period else loaded["months"]
-    results = [reconcile_month(store, settings, m) for m in months]
+    results = [reconcile_month(store, settings, m) | {"status": loaded["status"]} for m in months]
     print_json({"loaded": loaded, "months": results})
 
 

@@ -22,6 +22,8 @@ from usagebox_pipelines.reconciliation.schemas import VENDORS
 from usagebox_pipelines.schemas import MONEY, QTY
 
 MAPPING_FILE = "vendors.yaml"
+# A model snapshot's date suffix: `-20250514` (Anthropic) or `-2024-08-06` (OpenAI).
+_DATE_SUFFIX = r"-(?:\d{8}|\d{4}-\d{2}-\d{2})$"
 ROUTE_KEYS = ("model_id", "account_id", "product_id")
 
 RATES_SCHEMA = pl.Schema(
@@ -29,11 +31,15 @@ RATES_SCHEMA = pl.Schema(
         "vendor": pl.String(),
         "model_id": pl.String(),
         "meter_id": pl.String(),
+        "service_tier": pl.String(),
+        "context_window": pl.String(),
         "rate_effective_from": pl.Date(),
         "rate_per": QTY,
         "unit_price": MONEY,
     }
 )
+# A rate block's optional key beyond vendor × model × meter: "" = every tier / window.
+RATE_KEYS = ("service_tier", "context_window")
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class VendorSpec:
     usage_fields: dict[str, str] = field(default_factory=dict)
     token_types: dict[str, str] = field(default_factory=dict)
     usage_type_columns: tuple[str, ...] = ()
+    model_name_columns: tuple[str, ...] = ()
     model_tokens: tuple[tuple[str, str], ...] = ()
     meter_patterns: tuple[tuple[str, str], ...] = ()
 
@@ -122,6 +129,24 @@ class VendorMapping:
             schema={"vendor_model": pl.String(), "model_id": pl.String()},
         )
 
+    def with_model_ids(self, frame: pl.DataFrame, vendor: str) -> pl.DataFrame:
+        """`frame` with `model_id` for its `vendor_model`: an alias, else the model the id
+        names once its date suffix is cut (`claude-sonnet-4-20250514`, `gpt-4o-2024-08-06`),
+        so a new dated snapshot of a known model needs no YAML change."""
+        aliases = self.alias_frame(vendor)
+        undated = pl.col("vendor_model").str.replace(_DATE_SUFFIX, "")
+        return (
+            frame.with_columns(_undated=undated)
+            .join(aliases, on="vendor_model", how="left")
+            .join(
+                aliases.rename({"vendor_model": "_undated", "model_id": "_undated_model"}),
+                on="_undated",
+                how="left",
+            )
+            .with_columns(model_id=pl.coalesce("model_id", "_undated_model"))
+            .drop("_undated", "_undated_model")
+        )
+
     def lookup_frame(self, names: dict[str, str], key: str) -> pl.DataFrame:
         """(key, meter_id) lookup from a name -> meter dict."""
         return pl.DataFrame(
@@ -150,11 +175,38 @@ class VendorMapping:
         return chain.otherwise(pl.lit(None, dtype=pl.String()))
 
     def with_rates(self, df: pl.DataFrame) -> pl.DataFrame:
-        """Attach the vendor list rate in effect on each row's `date` (as-of join)."""
-        keys = ["vendor", "model_id", "meter_id"]
-        left = df.with_row_index("_ord").sort("date")
+        """Attach the vendor's standard list rate (no tier, no context window) in effect on
+        each row's `date` (as-of join)."""
+        return self._as_of(df, pl.lit(""), pl.lit("")).drop("_tier", "_window")
+
+    def with_line_rates(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Attach the list rate of each vendor line's own `service_tier` and `context_window`
+        (batch, priority, long context), falling back to the tier alone, the window alone,
+        then the standard rate: `unit_price`, `rate_per`."""
+        tier = pl.col("service_tier").fill_null("")
+        window = pl.col("context_window").fill_null("")
+        out = df.with_row_index("_line")
+        tries = [(tier, window), (tier, pl.lit("")), (pl.lit(""), window), (pl.lit(""), pl.lit(""))]
+        found = [self._as_of(out, t, w).select("_line", "unit_price", "rate_per") for t, w in tries]
+        price = pl.coalesce([pl.col(f"unit_price_{i}") for i in range(len(found))])
+        per = pl.coalesce([pl.col(f"rate_per_{i}") for i in range(len(found))])
+        for i, rated in enumerate(found):
+            out = out.join(
+                rated.rename({"unit_price": f"unit_price_{i}", "rate_per": f"rate_per_{i}"}),
+                on="_line",
+            )
+        extra = [f"{c}_{i}" for i in range(len(found)) for c in ("unit_price", "rate_per")]
+        return out.with_columns(unit_price=price, rate_per=per).drop("_line", *extra)
+
+    def _as_of(self, df: pl.DataFrame, tier: pl.Expr, window: pl.Expr) -> pl.DataFrame:
+        keys = ["vendor", "model_id", "meter_id", "_tier", "_window"]
+        rates = self.rates.with_columns(
+            _tier=pl.col("service_tier").fill_null(""),
+            _window=pl.col("context_window").fill_null(""),
+        ).select(*keys, "rate_effective_from", "rate_per", "unit_price")
+        left = df.with_columns(_tier=tier, _window=window).with_row_index("_ord").sort("date")
         joined = left.join_asof(
-            self.rates.sort("rate_effective_from"),
+            rates.sort("rate_effective_from"),
             left_on="date",
             right_on="rate_effective_from",
             by=keys,
@@ -275,6 +327,7 @@ def _parse_vendor(ctx: _Ctx, name: str, raw: Any, models: set[str], meters: set[
         currency=currency,
         model_aliases=aliases,
         usage_type_columns=tuple(str(c) for c in spec.get("usage_type_columns") or ()),
+        model_name_columns=tuple(str(c) for c in spec.get("model_name_columns") or ()),
         model_tokens=tuple(tokens),
         meter_patterns=tuple(patterns),
         **vocab,
@@ -312,12 +365,18 @@ def _parse_rates(ctx: _Ctx, raw: list, vendors: dict, models: set, meters: set) 
         per = ctx.decimal(block.get("per", 1), f"{at}.per")
         if per <= 0:
             ctx.fail(f"{at}.per", "must be positive")
+        unknown = set(block) - {"vendor", "effective_from", "per", "prices", *RATE_KEYS}
+        if unknown:
+            ctx.fail(
+                f"{at}.{sorted(unknown)[0]}", f"unknown key (rate keys: {', '.join(RATE_KEYS)})"
+            )
+        tier, window = (str(block[k]) if block.get(k) is not None else None for k in RATE_KEYS)
         for model, prices in ctx.mapping(block.get("prices"), f"{at}.prices").items():
             ctx.member(model, models, f"{at}.prices.{model}", "models")
             for meter, price in ctx.mapping(prices, f"{at}.prices.{model}").items():
                 ctx.member(meter, meters, f"{at}.prices.{model}.{meter}", "meters")
                 value = ctx.decimal(price, f"{at}.prices.{model}.{meter}")
-                rows.append((vendor, str(model), str(meter), eff, per, value))
+                rows.append((vendor, str(model), str(meter), tier, window, eff, per, value))
     cols = list(zip(*rows, strict=True)) if rows else [[] for _ in RATES_SCHEMA]
     return pl.DataFrame(dict(zip(RATES_SCHEMA.names(), cols, strict=True)), schema=RATES_SCHEMA)
 

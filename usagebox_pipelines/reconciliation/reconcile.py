@@ -17,6 +17,7 @@ import polars as pl
 
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.reconciliation.mapping import VendorMapping
+from usagebox_pipelines.reconciliation.restatement import TABLE_NAMES, money_by_table
 from usagebox_pipelines.reconciliation.schemas import (
     METERED_DAILY,
     RECONCILIATION,
@@ -87,7 +88,22 @@ def reconcile(
         costs = costs.filter(pl.col("vendor").is_in(list(vendors)))
         ours = ours.filter(pl.col("vendor").is_in(list(vendors)))
     in_period = (pl.col("date") >= start) & (pl.col("date") < end)
-    usage = _usage_rows(ours.filter(in_period), costs.filter(in_period), mapping, tq, tp, ta)
+    day_level = _is_day_total()
+    ours, costs_in = ours.filter(in_period), costs.filter(in_period)
+    usage = _usage_rows(ours, costs_in.filter(~day_level), mapping, tq, tp, ta)
+    days = _day_total_rows(ours, costs_in.filter(day_level), mapping, tp, ta)
+    # Metered usage of a day the vendor billed only in total is compared in the day's row.
+    covered = days.select("vendor", "date").unique()
+    usage = pl.concat(
+        [
+            usage.filter(pl.col("status") != "meter_only"),
+            usage.filter(pl.col("status") == "meter_only").join(
+                covered, on=["vendor", "date"], how="anti"
+            ),
+        ],
+        how="diagonal_relaxed",
+    )
+    usage = pl.concat([usage, days], how="diagonal_relaxed") if days.height else usage
     other = _other_rows(costs, period)
     currencies = {name: spec.currency for name, spec in mapping.vendors.items()}
     rows = pl.concat([usage, other], how="diagonal_relaxed") if other.height else usage
@@ -102,20 +118,84 @@ def reconcile(
     return conform(rows, RECONCILIATION).sort([*GRAIN, "charge_class"], nulls_last=True)
 
 
-def _vendor_side(costs: pl.DataFrame) -> pl.DataFrame:
+def _is_day_total() -> pl.Expr:
+    """A vendor usage line billed as a day's total (OpenAI costs without group_by=line_item)."""
+    return (
+        (pl.col("charge_class") == "usage")
+        & (pl.col("source_kind") == "costs")
+        & pl.col("model_id").is_null()
+        & pl.col("meter_id").is_null()
+    )
+
+
+DAY_TOTAL_NOTE = (
+    "day total only (costs export without group_by=line_item): billed vs all metered usage of "
+    "the day at list rates; export with group_by=line_item for model and meter detail"
+)
+
+
+def _day_total_rows(
+    ours: pl.DataFrame, totals: pl.DataFrame, mapping: VendorMapping, tp: Decimal, ta: Decimal
+) -> pl.DataFrame:
+    """One row per vendor × day billed only in total: billed vs metered × list rate, summed
+    over every model and meter of the day (the level the export has, and said so)."""
+    if totals.is_empty():
+        return empty(RECONCILIATION)
+    billed = totals.group_by("vendor", "date").agg(billed_amount=pl.col("amount").sum())
+    priced = mapping.with_rates(ours).with_columns(
+        _expected=pl.col("quantity") * pl.col("unit_price") / pl.col("rate_per")
+    )
+    expected = priced.group_by("vendor", "date").agg(
+        metered_quantity=pl.col("quantity").sum(),
+        expected_amount=pl.when(pl.col("_expected").is_not_null().all()).then(
+            pl.col("_expected").sum()
+        ),
+    )
+    rows = billed.join(expected, on=["vendor", "date"], how="left").with_columns(
+        amount_variance=pl.col("billed_amount") - pl.col("expected_amount").fill_null(0)
+    )
+    allowed = pl.max_horizontal(
+        pl.lit(ta, dtype=MONEY), pl.col("billed_amount").abs() * pl.lit(tp, dtype=QTY) / _HUNDRED
+    )
+    status = (
+        pl.when(pl.col("metered_quantity").is_null())
+        .then(pl.lit("vendor_only"))
+        .when(pl.col("amount_variance").abs() <= allowed)
+        .then(pl.lit("matched"))
+        .when(pl.col("amount_variance") > 0)
+        .then(pl.lit("under_metered"))
+        .otherwise(pl.lit("over_metered"))
+    )
+    return rows.with_columns(
+        charge_class=pl.lit("usage"),
+        status=status,
+        vendor_quantity_source=pl.lit("day_total"),
+        amount_variance_pct=_pct(pl.col("amount_variance"), pl.col("billed_amount")),
+        note=pl.lit(DAY_TOTAL_NOTE),
+    )
+
+
+def _vendor_side(costs: pl.DataFrame, mapping: VendorMapping) -> pl.DataFrame:
     """Vendor quantity (usage exports first, else costs exports) and billed usage per grain."""
     usage = pl.col("charge_class") == "usage"
     from_usage = usage & (pl.col("source_kind") != "costs") & pl.col("quantity").is_not_null()
     from_costs = usage & (pl.col("source_kind") == "costs") & pl.col("quantity").is_not_null()
     billed = usage & (pl.col("source_kind") != "usage") & pl.col("amount").is_not_null()
+    # Each line at its own tier's list rate (batch, priority, long context).
+    listed = pl.col("quantity") * pl.col("unit_price") / pl.col("rate_per")
     return (
-        costs.filter(usage)
+        mapping.with_line_rates(costs.filter(usage))
+        .with_columns(_listed=listed)
         .group_by(GRAIN)
         .agg(
             _q_usage=pl.col("quantity").filter(from_usage).sum(),
             _n_usage=from_usage.sum(),
+            _l_usage=pl.col("_listed").filter(from_usage).sum(),
+            _lok_usage=pl.col("_listed").filter(from_usage).is_not_null().all(),
             _q_costs=pl.col("quantity").filter(from_costs).sum(),
             _n_costs=from_costs.sum(),
+            _l_costs=pl.col("_listed").filter(from_costs).sum(),
+            _lok_costs=pl.col("_listed").filter(from_costs).is_not_null().all(),
             billed_amount=pl.col("amount").filter(billed).sum(),
             _n_billed=billed.sum(),
         )
@@ -129,6 +209,10 @@ def _vendor_side(costs: pl.DataFrame) -> pl.DataFrame:
             .then(pl.lit("usage_export"))
             .when(pl.col("_n_costs") > 0)
             .then(pl.lit("cost_export")),
+            _reported_list=pl.when((pl.col("_n_usage") > 0) & pl.col("_lok_usage"))
+            .then("_l_usage")
+            .when((pl.col("_n_usage") == 0) & (pl.col("_n_costs") > 0) & pl.col("_lok_costs"))
+            .then("_l_costs"),
             billed_amount=pl.when(pl.col("_n_billed") > 0).then("billed_amount"),
         )
     )
@@ -143,7 +227,7 @@ def _usage_rows(
     ta: Decimal,
 ) -> pl.DataFrame:
     """Compare both sides per grain and classify."""
-    theirs = _vendor_side(costs)
+    theirs = _vendor_side(costs, mapping)
     joined = ours.rename({"quantity": "metered_quantity"}).join(
         theirs, on=GRAIN, how="full", coalesce=True, nulls_equal=True
     )
@@ -181,7 +265,7 @@ def _usage_rows(
         expected_amount=pl.col("metered_quantity") * per_unit,
     ).with_columns(
         vendor_list_amount=pl.when(pl.col("_reported").is_not_null()).then(
-            pl.col("vendor_quantity") * per_unit
+            pl.coalesce("_reported_list", pl.col("vendor_quantity") * per_unit)
         ),
         quantity_variance=pl.col("vendor_quantity").fill_null(0)
         - pl.col("metered_quantity").fill_null(0),
@@ -284,15 +368,23 @@ def _other_rows(costs: pl.DataFrame, period: str) -> pl.DataFrame:
     )
 
 
-def reconciliation_summary(recon: pl.DataFrame) -> dict:
-    """Headline numbers per vendor (decimal strings): billed vs expected, counts per status.
+def reconciliation_summary(recon: pl.DataFrame, lines: pl.DataFrame | None = None) -> dict:
+    """Headline numbers per vendor (decimal strings) that add up.
 
-    `billed` and `expected` are usage only; `variance` = billed − expected over all usage rows;
+    `billed` is every vendor line of the month = `mapped` (in `vendor_costs`) + `review` +
+    `ignored` (zero by definition), in the vendor's currency; `currencies` splits them per
+    currency when a vendor bills in several. `lines` are the month's vendor lines tagged with
+    their table (`restatement.tag_lines`); without them only mapped money is known.
+    `usage_billed`, `expected` and `variance` (= usage_billed − expected) are usage rows only;
     `other_charges` are credits, tax, corrections, ... as billed.
     """
     usage = pl.col("charge_class") == "usage"
+    if lines is None:
+        lines = recon.select(
+            "vendor", "currency", amount="billed_amount", _table=pl.lit("vendor_costs")
+        )
     totals = recon.group_by("vendor").agg(
-        billed=pl.col("billed_amount").filter(usage).sum(),
+        usage_billed=pl.col("billed_amount").filter(usage).sum(),
         expected=pl.col("expected_amount").filter(usage).sum(),
         variance=pl.col("amount_variance").filter(usage).sum(),
     )
@@ -303,16 +395,37 @@ def reconciliation_summary(recon: pl.DataFrame) -> dict:
         .sort("vendor", "charge_class")
     )
     counts = recon.group_by("vendor", "status").len().sort("vendor", "status")
+    vendors = sorted(set(recon["vendor"].drop_nulls()) | set(lines["vendor"].drop_nulls()))
     out: dict = {}
-    for row in totals.sort("vendor").iter_rows(named=True):
-        v = row["vendor"]
-        out[v] = {k: str(row[k] or 0) for k in ("billed", "expected", "variance")}
-        out[v]["statuses"] = {
-            r["status"]: r["len"]
-            for r in counts.filter(pl.col("vendor") == v).iter_rows(named=True)
-        }
-        out[v]["other_charges"] = {
-            r["charge_class"]: str(r["amount"])
-            for r in other.filter(pl.col("vendor") == v).iter_rows(named=True)
+    for v in vendors:
+        row = totals.filter(pl.col("vendor") == v).to_dicts()
+        money = money_by_table(lines.filter(pl.col("vendor") == v))
+        currency = _first_currency(recon, lines, v)
+        headline = money.get(currency or "", {k: "0" for k in ("billed", *TABLE_NAMES.values())})
+        out[v] = {
+            "currency": currency,
+            **{k: headline[k] for k in ("billed", "mapped", "review", "ignored")},
+            **{
+                k: str((row[0][k] if row else None) or 0)
+                for k in ("usage_billed", "expected", "variance")
+            },
+            "statuses": {
+                r["status"]: r["len"]
+                for r in counts.filter(pl.col("vendor") == v).iter_rows(named=True)
+            },
+            "other_charges": {
+                r["charge_class"]: str(r["amount"])
+                for r in other.filter(pl.col("vendor") == v).iter_rows(named=True)
+            },
+            "currencies": money,
         }
     return out
+
+
+def _first_currency(recon: pl.DataFrame, lines: pl.DataFrame, vendor: str) -> str | None:
+    """The vendor's currency: the one its reconciliation rows carry, else its lines'."""
+    for frame in (recon, lines):
+        found = frame.filter(pl.col("vendor") == vendor)["currency"].drop_nulls()
+        if found.len():
+            return str(found.mode().sort()[0])
+    return None

@@ -37,6 +37,7 @@ def render_reconciliation_reports(
     changes: pl.DataFrame | None = None,
     pdf: bool = True,
     created: datetime | None = None,
+    period: str | None = None,
 ) -> dict[str, tuple[str, bytes]]:
     """Render the month's reconciliation and margin CSVs (and PDFs): {name: (file name, bytes)}.
 
@@ -44,10 +45,12 @@ def render_reconciliation_reports(
 
     `review` (vendor lines the mapping does not cover) and `changes` (rows restated exports
     superseded) are optional extra sections. `created` stamps the PDF metadata (default fixed).
+    `period` names the files (default: the period of the rows); pass it, so a month with only
+    review lines still gets `reconciliation_<YYYY-MM>.csv`.
     """
     recon = conform(recon, RECONCILIATION)
     attribution = conform(attribution, COST_ATTRIBUTION)
-    period = _period(recon, attribution)
+    period = period or _period(recon, attribution)
     margins = margin_by_customer_model(attribution)
     files = {
         "reconciliation_csv": (f"reconciliation_{period}.csv", safe_csv_bytes(recon)),

@@ -21,8 +21,10 @@ CHARGE_CLASSES = ("usage", "credit", "tax", "correction", "adjustment", "purchas
 SOURCE_KINDS = ("costs", "usage", "focus")
 
 # One row per vendor bill/usage line, normalized to our model_id × meter_id.
-# (vendor, provider, source_kind, billing_period, date) is the restatement unit: a newer export
-# of that day replaces all its rows. (export_sha256, source_row) identifies one input line.
+# RESTATEMENT_KEY is the restatement unit: a newer export of the same day and the same scope
+# (`vendor_scope`: the vendor's project / workspace / account columns) replaces all its rows; an
+# export of another scope adds to them. `line_id` identifies one vendor line by what it says
+# (scope, every descriptive column, its occurrence in the file), never by the file's bytes.
 VENDOR_COSTS = pl.Schema(
     {
         "vendor": pl.String(),
@@ -37,9 +39,11 @@ VENDOR_COSTS = pl.Schema(
         "currency": pl.String(),
         "charge_class": pl.String(),
         "service_tier": pl.String(),
+        "context_window": pl.String(),
         "vendor_model": pl.String(),
         "vendor_line_item": pl.String(),
         "vendor_scope": pl.String(),
+        "line_id": pl.String(),
         "source_file": pl.String(),
         "source_row": pl.Int64(),
         "export_sha256": pl.String(),
@@ -49,12 +53,16 @@ VENDOR_COSTS = pl.Schema(
     }
 )
 
-RESTATEMENT_KEY = ["vendor", "provider", "source_kind", "billing_period", "date"]
+RESTATEMENT_KEY = ["vendor", "provider", "source_kind", "billing_period", "date", "vendor_scope"]
 
 # Rows a newer export replaced: the old row as it was, plus what replaced it and when.
+# `from_table` says where the row stood (vendor_costs, vendor_review or vendor_ignored);
+# `reason` is the review reason of a superseded review line.
 VENDOR_COST_CHANGES = pl.Schema(
     {
         **VENDOR_COSTS,
+        "from_table": pl.String(),
+        "reason": pl.String(),
         "superseded_at": TS,
         "superseded_by_sha256": pl.String(),
         "superseded_by_file": pl.String(),
@@ -62,11 +70,13 @@ VENDOR_COST_CHANGES = pl.Schema(
 )
 
 # Vendor lines the mapping does not cover: kept with the raw line and an actionable reason.
+# Restated like vendor_costs (same unit, same line identity), so a re-pull never doubles them.
 VENDOR_REVIEW = pl.Schema(
     {
         "vendor": pl.String(),
         "provider": pl.String(),
         "source_kind": pl.String(),
+        "billing_period": pl.String(),
         "date": pl.Date(),
         "vendor_model": pl.String(),
         "vendor_line_item": pl.String(),
@@ -74,15 +84,25 @@ VENDOR_REVIEW = pl.Schema(
         "amount": MONEY,
         "currency": pl.String(),
         "charge_class": pl.String(),
+        "service_tier": pl.String(),
+        "context_window": pl.String(),
+        "vendor_scope": pl.String(),
+        "line_id": pl.String(),
         "reason": pl.String(),
         "payload": pl.String(),
         "source_file": pl.String(),
         "source_row": pl.Int64(),
         "export_sha256": pl.String(),
+        "exported_at": TS,
         "loaded_at": TS,
         "mapping_version": pl.String(),
     }
 )
+
+# Vendor lines with zero cost and zero quantity that no meter maps: nothing to bill or
+# review, but counted (and restated) so every input line ends in exactly one table.
+VENDOR_IGNORED = VENDOR_REVIEW
+IGNORED_REASON = "ignored: zero cost and quantity"
 
 # Our metered usage per vendor grain (all usage, billable or not: the vendor served it all).
 METERED_DAILY = pl.Schema(

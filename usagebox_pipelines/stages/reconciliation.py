@@ -18,15 +18,16 @@ from usagebox_pipelines.catalog import (
     USAGE_HOURLY,
     VENDOR_COST_CHANGES,
     VENDOR_COSTS,
+    VENDOR_IGNORED,
     VENDOR_REVIEW,
 )
 from usagebox_pipelines.config import Settings
+from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.reconciliation.attribution import cost_attribution
 from usagebox_pipelines.reconciliation.loaders import (
     load_vendor_exports,
-    merge_review,
-    merge_vendor_costs,
+    merge_lines,
 )
 from usagebox_pipelines.reconciliation.mapping import MAPPING_FILE, load_vendor_mapping
 from usagebox_pipelines.reconciliation.reconcile import (
@@ -35,33 +36,66 @@ from usagebox_pipelines.reconciliation.reconcile import (
     reconciliation_summary,
 )
 from usagebox_pipelines.reconciliation.reports import render_reconciliation_reports
+from usagebox_pipelines.reconciliation.restatement import money_by_table, tag_lines
 from usagebox_pipelines.storage import DeltaStore, DocumentStore, writes_tables
 
 
 @writes_tables("reconcile")
 def load_exports(store: DeltaStore, settings: Settings, vendor: str, paths: list[Path]) -> dict:
-    """Merge one vendor's exports into `vendor_costs`; idempotent, newer exports supersede."""
+    """Merge one vendor's exports into the vendor tables; idempotent, newer exports supersede.
+
+    `vendor_costs`, `vendor_review` and `vendor_ignored` are restated together (one rule, see
+    `reconciliation.restatement`), then each is rewritten in one commit if it changed.
+    """
     mapping = load_vendor_mapping(settings.pricebooks)
     now = datetime.now(UTC)
     result = load_vendor_exports(vendor, paths, mapping, loaded_at=now)
-    existing = store.read(VENDOR_COSTS)
-    state, changes = merge_vendor_costs(existing, result.costs, superseded_at=now)
+    _refuse_legacy_tables(store, settings)
+    stored = {table: store.read(table) for table in (VENDOR_COSTS, VENDOR_REVIEW, VENDOR_IGNORED)}
+    existing = pl.concat([tag_lines(frame, table.name) for table, frame in stored.items()])
+    state, changes = merge_lines(existing, result.lines(), at=now)
     changes = pl.concat([result.superseded, changes], how="diagonal_relaxed")
-    if not state.equals(existing):
-        store.overwrite(VENDOR_COSTS, state, metadata={"stage": "vendor_costs"})
+    for table, frame in stored.items():
+        if not state[table.name].equals(frame) or not store.exists(table):
+            store.overwrite(table, state[table.name], metadata={"stage": table.name})
     if changes.height:
         store.append(VENDOR_COST_CHANGES, changes)
-    review = merge_review(store.read(VENDOR_REVIEW), result.review)
-    store.overwrite(VENDOR_REVIEW, review)
-    months = sorted({d.strftime("%Y-%m") for d in result.costs["date"].drop_nulls().to_list()})
+    fresh = result.lines()
+    months = sorted(
+        set(fresh["billing_period"].drop_nulls())
+        | set(fresh["date"].drop_nulls().dt.strftime("%Y-%m"))
+    )
     return {
         "vendor": vendor,
         "files": len(result.files),
+        "status": "complete" if result.complete else "partial",
+        "warnings": list(result.warnings),
         "lines": result.costs.height,
         "review": result.review.height,
+        "ignored": result.ignored.height,
         "superseded": changes.height,
+        "totals": money_by_table(fresh),
         "months": months,
     }
+
+
+def _refuse_legacy_tables(store: DeltaStore, settings: Settings) -> None:
+    """Vendor tables written before lines had an identity (no `line_id`) cannot be restated
+    safely, nor take the new columns: say what to do instead of mixing them."""
+    for table in (VENDOR_COSTS, VENDOR_REVIEW, VENDOR_COST_CHANGES):
+        if store.exists(table) and set(table.schema.names()) - set(
+            store.scan(table).collect_schema().names()
+        ):
+            raise UsageboxError(
+                f"{table.name} was written by an older usagebox (no vendor line identities): "
+                f"move {settings.home}/tables/vendor_costs, vendor_review and vendor_cost_changes "
+                "aside and load the vendor exports again (README: migration notes)"
+            )
+
+
+def _in_month(month: str) -> pl.Expr:
+    """Vendor lines of a month: billed in it, or (usage without a billing period) dated in it."""
+    return pl.coalesce("billing_period", pl.col("date").dt.strftime("%Y-%m")) == month
 
 
 SKIPPED = f"no {MAPPING_FILE}: reconciliation skipped"
@@ -104,7 +138,12 @@ def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: s
     review = store.read(VENDOR_REVIEW)
     changes = store.read(VENDOR_COST_CHANGES)
     files = render_reconciliation_reports(
-        recon, attribution, review=review, changes=changes, created=end
+        recon,
+        attribution,
+        review=review.filter(_in_month(month)),
+        changes=changes,
+        created=end,
+        period=month,
     )
     documents = DocumentStore(settings.home)
     reports = {}
@@ -112,9 +151,16 @@ def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: s
         rel = f"reconciliation/{month}/{filename}"
         documents.put(rel, data)
         reports[name] = documents.uri(rel)
+    lines = pl.concat(
+        [
+            tag_lines(frame, table.name)
+            for table, frame in ((VENDOR_COSTS, costs), (VENDOR_REVIEW, review))
+        ]
+        + [tag_lines(store.read(VENDOR_IGNORED), VENDOR_IGNORED.name)]
+    ).filter(_in_month(month))
     return {
         "period": month,
-        "summary": reconciliation_summary(recon),
+        "summary": reconciliation_summary(recon, lines),
         "statuses": dict(recon.group_by("status").len().sort("status").iter_rows()),
         "reports": reports,
     }

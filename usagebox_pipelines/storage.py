@@ -31,6 +31,7 @@ from deltalake.exceptions import TableNotFoundError
 from usagebox_pipelines.config import is_object_store
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.lease import holds_lease, writer_lease
+from usagebox_pipelines.object_store import check_conditional_puts, storage_options
 from usagebox_pipelines.schemas import conform
 
 if TYPE_CHECKING:
@@ -38,31 +39,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN": "AWS_SESSION_TOKEN",
-    "AWS_REGION": "AWS_REGION",
-    "AWS_DEFAULT_REGION": "AWS_REGION",
-    "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3": "AWS_ENDPOINT_URL",
-    "AWS_ALLOW_HTTP": "AWS_ALLOW_HTTP",
-}
-
-
-def _storage_options(home: str) -> dict[str, str] | None:
-    """Credentials and endpoint from the standard AWS_* variables for s3:// homes."""
-    if not is_object_store(home):
-        return None
-    opts = {dst: os.environ[src] for src, dst in _AWS_ENV.items() if os.environ.get(src)}
-    endpoint = opts.get("AWS_ENDPOINT_URL", "")
-    if endpoint.startswith("http://"):
-        opts["AWS_ALLOW_HTTP"] = "true"
-    opts.setdefault("AWS_REGION", "us-east-1")
-    # Commits use S3 conditional puts (delta-rs 1.x default): a concurrent commit fails and is
-    # retried instead of silently replacing another writer's (no unsafe-rename default).
-    return opts
 
 
 def _quote(value: str) -> str:
@@ -184,7 +160,7 @@ class DeltaStore:
 
     def __init__(self, home: str) -> None:
         self.home = home.rstrip("/")
-        self.storage_options = _storage_options(self.home)
+        self.storage_options = storage_options(self.home)
         # Open tables by name while `cached()` is active (None: every call opens the table).
         self._open: dict[str, DeltaTable | None] | None = None
         # Notes one stage leaves for the next within the same `cached()` block (emptied with
@@ -192,7 +168,11 @@ class DeltaStore:
         self.memo: dict[str, Any] = {}
 
     def writer(self, purpose: str) -> contextlib.AbstractContextManager[None]:
-        """The home's writer lease (see `lease`): hold it around any unit of work that writes."""
+        """The home's writer lease (see `lease`): hold it around any unit of work that writes.
+
+        The lease on object storage is itself a Delta commit, so the store's conditional puts
+        are probed first (`object_store.check_conditional_puts`, once per process)."""
+        check_conditional_puts(self.home, self.storage_options)
         return writer_lease(self.home, purpose, self.storage_options)
 
     @contextlib.contextmanager
@@ -274,6 +254,7 @@ class DeltaStore:
         predicate: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> int:
+        check_conditional_puts(self.home, self.storage_options)
         props = CommitProperties(custom_metadata=dict(metadata or {}))
         existing = self.table(table)
         new = existing is None
@@ -426,7 +407,7 @@ class DocumentStore:
     def __init__(self, home: str) -> None:
         self.home = home.rstrip("/")
         self.root = f"{self.home}/documents"
-        self._options = _storage_options(self.home)
+        self._options = storage_options(self.home)
         self._fs: Any = None
 
     @property

@@ -38,7 +38,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from usagebox_pipelines.config import is_object_store
 from usagebox_pipelines.errors import UsageboxError, one_line
-from usagebox_pipelines.lease import holds_lease, writer_lease
+from usagebox_pipelines.lease import EXCLUSIVE, SHARED, LeaseMode, holds_lease, writer_lease
 from usagebox_pipelines.object_store import check_conditional_puts, storage_options
 from usagebox_pipelines.schemas import conform
 
@@ -149,15 +149,27 @@ def _arrow_data(
 def writes_tables(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Mark a stage (first argument: the store) as a writer: it runs under the home's lease.
 
-    Every stage that commits to tables carries this, so the unit of work is serialised however
-    it is started (CLI, `usagebox run`, a schedule, a sensor, the UI); nested stages re-enter.
+    Every stage that commits to tables carries this (or `writes_partition`), so the unit of work
+    is serialised however it is started (CLI, `usagebox run`, a schedule, a sensor, the UI);
+    nested stages re-enter.
     """
+    return _under_lease(purpose, EXCLUSIVE)
 
+
+def writes_partition(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Mark a stage that only replaces its own partition of a derived table: it holds the
+    home's lease shared, so such stages run concurrently (on different partitions, their
+    commits retried on conflict) but never beside an exclusive writer such as ingest (ADR 0012).
+    """
+    return _under_lease(purpose, SHARED)
+
+
+def _under_lease(purpose: str, mode: LeaseMode) -> Callable[[Callable[P, R]], Callable[P, R]]:
     def decorate(stage: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(stage)
         def under_lease(*args: P.args, **kwargs: P.kwargs) -> R:
             store = cast(DeltaStore, args[0] if args else kwargs["store"])
-            with store.writer(purpose):
+            with store.writer(purpose, mode):
                 return stage(*args, **kwargs)
 
         return under_lease
@@ -196,13 +208,15 @@ class DeltaStore:
         # it), e.g. ingest's key-index hits for the fold of `events` right after it.
         self.memo: dict[str, Any] = {}
 
-    def writer(self, purpose: str) -> contextlib.AbstractContextManager[None]:
+    def writer(
+        self, purpose: str, mode: LeaseMode = EXCLUSIVE
+    ) -> contextlib.AbstractContextManager[None]:
         """The home's writer lease (see `lease`): hold it around any unit of work that writes.
 
         The lease on object storage is itself a Delta commit, so the store's conditional puts
         are probed first (`object_store.check_conditional_puts`, once per process)."""
         check_conditional_puts(self.home, self.storage_options)
-        return writer_lease(self.home, purpose, self.storage_options)
+        return writer_lease(self.home, purpose, self.storage_options, mode=mode)
 
     @contextlib.contextmanager
     def cached(self) -> Iterator[None]:
@@ -219,7 +233,7 @@ class DeltaStore:
             yield
             return
         if not holds_lease(self.home):
-            raise RuntimeError("DeltaStore.cached() needs the home's writer lease")
+            raise RuntimeError("DeltaStore.cached() needs the home's exclusive writer lease")
         self._open = {}
         try:
             yield

@@ -15,14 +15,18 @@ from usagebox_pipelines.rollups.aggregate import rollup_hourly, rollup_monthly
 from usagebox_pipelines.stages.events import (
     events_frame,
 )
-from usagebox_pipelines.storage import DeltaStore, writes_tables
+from usagebox_pipelines.storage import DeltaStore, writes_partition, writes_tables
 
 
-@writes_tables("usage_hourly")
+@writes_partition("usage_hourly")
 def build_usage_hourly(
     store: DeltaStore, start: datetime, end: datetime, run_id: str = "cli"
 ) -> int:
-    """Replace exactly the hours [start, end) of `usage_hourly` and record them as built."""
+    """Replace exactly the hours [start, end) of `usage_hourly` and record them as built.
+
+    Holds the lease shared (ADR 0012): builds of other days run at the same time, never beside
+    ingest or the events fold, so `events` does not move under the build and `built_at` is
+    later than every event it counted."""
     rows = rollup_hourly(events_frame(store), start, end)
     meta = {
         "run_id": run_id,

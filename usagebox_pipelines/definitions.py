@@ -2,9 +2,10 @@
 
 import dagster as dg
 
+from usagebox_pipelines.defs.executors import step_executor
 from usagebox_pipelines.defs.guardrails import guardrail_assets, guardrail_sensors
 from usagebox_pipelines.defs.invoicing import invoicing_assets, invoicing_schedules
-from usagebox_pipelines.defs.jobs import close_job, daily_job, ingest_job, monthly_job
+from usagebox_pipelines.defs.jobs import close_job, daily_job, hourly_job, ingest_job, monthly_job
 from usagebox_pipelines.defs.metering import metering_assets
 from usagebox_pipelines.defs.pricing import pricing_assets
 from usagebox_pipelines.defs.reconciliation import reconciliation_assets
@@ -20,8 +21,9 @@ defs = dg.Definitions(
         reconciliation_assets,
         *invoicing_assets,
     ],
-    jobs=[ingest_job, daily_job, monthly_job, close_job],
+    jobs=[ingest_job, daily_job, hourly_job, monthly_job, close_job],
     schedules=[*schedules, *invoicing_schedules],
     sensors=[*sensors, *guardrail_sensors],
     resources={"usagebox": UsageboxResource()},
+    executor=step_executor(),
 )

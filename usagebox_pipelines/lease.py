@@ -1,17 +1,24 @@
-"""One writer at a time per home: a lease that dies with its holder.
+"""One writer at a time per home, or many partition rebuilds together: a lease that dies with
+its holder.
 
 Every command and Dagster step that writes tables holds the home's writer lease for its whole
 unit of work (an ingest batch loop, a run, a close), so two writers never interleave: an ingest
 cannot delete another ingest's half-written batch, the same file is never loaded twice, and
 invoice numbers are issued exactly once. Readers never take it (Delta gives them snapshots).
 
-* **Local homes**: an exclusive `flock` on `<home>/.writer.lock`. The kernel releases it the
-  moment the holder dies, so a crashed writer never blocks the next one, and whoever holds the
-  lock knows any uncommitted batch it finds belongs to a dead writer.
-* **Object-store homes** (`s3://`): a one-row Delta table `<home>/_writer_lease`. Taking or
-  renewing the lease is an overwrite of the row read at version N; Delta's conditional-put commit
-  lets exactly one of two concurrent overwrites of version N win. The holder renews it from a
-  heartbeat thread; a holder that dies stops renewing and its lease expires after `ttl`.
+The lease is taken in one of two modes (ADR 0012). `exclusive` (the default) admits one holder.
+`shared` admits any number of holders together, but never beside an exclusive one: it is for
+steps that only replace their own partition of a derived table from tables no shared holder
+writes (`usage_hourly` per day), whose commits are partition-scoped and retried on conflict.
+
+* **Local homes**: a `flock` on `<home>/.writer.lock` (`LOCK_EX` or `LOCK_SH`). The kernel
+  releases it the moment the holder dies, so a crashed writer never blocks the next one, and
+  whoever holds it exclusively knows any uncommitted batch it finds belongs to a dead writer.
+* **Object-store homes** (`s3://`): a Delta table `<home>/_writer_lease`, one row per live
+  holder. Taking, renewing or releasing the lease is an overwrite of the rows read at version N;
+  Delta's conditional-put commit lets exactly one of two concurrent overwrites of version N win
+  (the loser reads again). Holders renew their row from a heartbeat thread; a holder that dies
+  stops renewing and its row expires after `ttl`.
 
 The lease is re-entrant within a process (a CLI command that launches Dagster in-process holds
 it once for everything), and waiting for it is bounded: after `wait` seconds the command fails
@@ -33,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
@@ -46,7 +54,12 @@ DEFAULT_WAIT_SECONDS = 900.0
 DEFAULT_TTL_SECONDS = 60.0
 _POLL_SECONDS = 0.2
 
-_held: dict[str, int] = {}
+LeaseMode = Literal["exclusive", "shared"]
+EXCLUSIVE: LeaseMode = "exclusive"
+SHARED: LeaseMode = "shared"
+
+# home -> (mode held by this process, nesting depth)
+_held: dict[str, tuple[LeaseMode, int]] = {}
 _held_guard = threading.RLock()
 
 
@@ -59,19 +72,22 @@ class Holder:
     host: str
     purpose: str
     since: str
+    mode: str = EXCLUSIVE
 
     @classmethod
-    def me(cls, purpose: str) -> Holder:
+    def me(cls, purpose: str, mode: LeaseMode = EXCLUSIVE) -> Holder:
         return cls(
             holder_id=uuid.uuid4().hex,
             pid=os.getpid(),
             host=socket.gethostname(),
             purpose=purpose,
             since=datetime.now(UTC).isoformat(timespec="seconds"),
+            mode=mode,
         )
 
     def describe(self) -> str:
-        return f"pid {self.pid} on {self.host} ({self.purpose}, since {self.since})"
+        shared = ", shared" if self.mode == SHARED else ""
+        return f"pid {self.pid} on {self.host} ({self.purpose}{shared}, since {self.since})"
 
 
 def wait_seconds() -> float:
@@ -89,35 +105,44 @@ def writer_lease(
     purpose: str,
     storage_options: dict[str, str] | None = None,
     wait: float | None = None,
+    mode: LeaseMode = EXCLUSIVE,
 ) -> Iterator[None]:
-    """Hold the home's writer lease for the duration of the block (re-entrant per process)."""
+    """Hold the home's writer lease in `mode` for the block (re-entrant per process).
+
+    Inside an exclusive hold anything nests; inside a shared hold only shared nests (an
+    exclusive writer inside a shared one would wait for itself, so it is refused)."""
     key = home.rstrip("/")
     with _held_guard:
-        if _held.get(key):
-            _held[key] += 1
+        held = _held.get(key)
+        if held is not None:
+            if held[0] == SHARED and mode == EXCLUSIVE:
+                raise RuntimeError(f"{purpose}: needs the exclusive lease inside a shared one")
+            _held[key] = (held[0], held[1] + 1)
             try:
                 yield
             finally:
-                _held[key] -= 1
+                _held[key] = held
             return
         lease = (
             _DeltaLease(key, storage_options)
             if storage_options is not None
             else _FileLease(Path(key))
         )
-        lease.acquire(Holder.me(purpose), wait_seconds() if wait is None else wait)
-        _held[key] = 1
+        lease.acquire(Holder.me(purpose, mode), wait_seconds() if wait is None else wait)
+        _held[key] = (mode, 1)
         try:
             yield
         finally:
-            _held[key] = 0
+            del _held[key]
             lease.release()
 
 
-def holds_lease(home: str) -> bool:
-    """True while this process holds the home's lease (stages assert it before destructive work)."""
+def holds_lease(home: str, mode: LeaseMode = EXCLUSIVE) -> bool:
+    """True while this process holds the home's lease in `mode` or stronger (stages assert
+    the exclusive lease before destructive work)."""
     with _held_guard:
-        return bool(_held.get(home.rstrip("/")))
+        held = _held.get(home.rstrip("/"))
+        return held is not None and (mode == SHARED or held[0] == EXCLUSIVE)
 
 
 def _busy(home: str, holder: Holder | None, waited: float) -> UsageboxError:
@@ -135,7 +160,8 @@ def _say_waiting(home: str, holder: Holder | None) -> None:
 
 
 class _FileLease:
-    """`flock` on `<home>/.writer.lock`; the holder's details are written into the file."""
+    """`flock` on `<home>/.writer.lock` (exclusive or shared); the latest holder's details are
+    written into the file for whoever waits."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -151,9 +177,10 @@ class _FileLease:
             ) from None
         deadline = time.monotonic() + wait
         announced = False
+        how = fcntl.LOCK_SH if me.mode == SHARED else fcntl.LOCK_EX
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, how | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 holder = self._holder(fd)
@@ -164,8 +191,9 @@ class _FileLease:
                     _say_waiting(str(self.home), holder)
                     announced = True
                 time.sleep(_POLL_SECONDS)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(asdict(me)).encode(), 0)
+        if me.mode == EXCLUSIVE:  # shared holders leave the file alone (they hold it together)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(asdict(me)).encode(), 0)
         self.fd = fd
 
     @staticmethod
@@ -183,7 +211,7 @@ class _FileLease:
 
 
 class _DeltaLease:
-    """A one-row Delta table whose overwrite commits serialise writers on object storage."""
+    """A Delta table of live holders whose overwrite commits serialise takers on object storage."""
 
     def __init__(
         self, home: str, storage_options: dict[str, str], ttl: float = DEFAULT_TTL_SECONDS
@@ -200,15 +228,16 @@ class _DeltaLease:
         deadline = time.monotonic() + wait
         announced = False
         while True:
-            current = self._read()
-            if current is None or current[1] is None or _expired(current[1]):
-                if self._write(current, me):
+            table, live = self._read()
+            blocking = [r for r in live if me.mode == EXCLUSIVE or r.holder.mode == EXCLUSIVE]
+            if not blocking:
+                if self._write(table, [*live, _LeaseRow.fresh(me, self.ttl)]):
                     break
                 continue
             if time.monotonic() >= deadline:
-                raise _busy(self.home, current[1].holder, wait)
+                raise _busy(self.home, blocking[0].holder, wait)
             if not announced:
-                _say_waiting(self.home, current[1].holder)
+                _say_waiting(self.home, blocking[0].holder)
                 announced = True
             time.sleep(_POLL_SECONDS)
         self.me = me
@@ -219,39 +248,44 @@ class _DeltaLease:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        current = self._read()
-        if current and current[1] and self.me and current[1].holder.holder_id == self.me.holder_id:
-            self._write(current, None)
+        self._update(keep_mine=False)
 
     def _renew(self) -> None:
-        me = self.me
-        assert me is not None, "renewing a lease that was never taken"
         while not self._stop.wait(self.ttl / 4):
-            current = self._read()
-            if current and current[1] and current[1].holder.holder_id == me.holder_id:
-                self._write(current, me)
+            self._update(keep_mine=True)
 
-    def _read(self) -> tuple[DeltaTable, _LeaseRow | None] | None:
+    def _update(self, keep_mine: bool) -> None:
+        """Rewrite the live rows with this holder's renewed (or dropped); again after losing a
+        race to another holder's commit. Nothing to do once this holder's row is gone."""
+        me = self.me
+        assert me is not None, "renewing or releasing a lease that was never taken"
+        while True:
+            table, live = self._read()
+            others = [r for r in live if r.holder.holder_id != me.holder_id]
+            if len(others) == len(live):
+                return  # not ours any more (expired and dropped by another taker)
+            rows = [*others, _LeaseRow.fresh(me, self.ttl)] if keep_mine else others
+            if self._write(table, rows):
+                return
+
+    def _read(self) -> tuple[DeltaTable | None, list[_LeaseRow]]:
+        """The table (None before the first holder) and its live rows: no released or
+        expired holder."""
         try:
             table = DeltaTable(self.uri, storage_options=self.options)
         except TableNotFoundError:
-            return None
-        rows = table.to_pyarrow_table().to_pylist()
-        return table, _LeaseRow.parse(rows[0]) if rows else None
+            return None, []
+        rows = [_LeaseRow.parse(r) for r in table.to_pyarrow_table().to_pylist()]
+        return table, [r for r in rows if r is not None and not _expired(r)]
 
-    def _write(
-        self, current: tuple[DeltaTable, _LeaseRow | None] | None, holder: Holder | None
-    ) -> bool:
-        """Overwrite the row read at `current`'s version; False when another writer won."""
-        row = _LeaseRow.row(holder, self.ttl)
-        target = current[0] if current is not None else self.uri
+    def _write(self, table: DeltaTable | None, rows: list[_LeaseRow]) -> bool:
+        """Overwrite the rows read at `table`'s version; False when another writer won."""
+        data = pa.Table.from_pylist([r.row() for r in rows], schema=_LEASE_SCHEMA)
         try:
-            write_deltalake(
-                target,
-                pa.Table.from_pylist([row], schema=_LEASE_SCHEMA),
-                mode="overwrite" if current is not None else "append",
-                storage_options=None if current is not None else self.options,
-            )
+            if table is None:
+                write_deltalake(self.uri, data, mode="append", storage_options=self.options)
+            else:  # schema_mode: a lease table written before the `mode` column gets it now
+                write_deltalake(table, data, mode="overwrite", schema_mode="overwrite")
         except CommitFailedError:
             return False
         except DeltaError as exc:
@@ -268,17 +302,19 @@ class _LeaseRow:
 
     @staticmethod
     def parse(row: dict) -> _LeaseRow | None:
+        """A holder's row; None for the all-null row an earlier release left."""
         if not row.get("holder_id"):
             return None
         fields = {k: row[k] for k in ("holder_id", "pid", "host", "purpose", "since")}
-        return _LeaseRow(Holder(**fields), datetime.fromisoformat(row["expires_at"]))
+        holder = Holder(**fields, mode=row.get("mode") or EXCLUSIVE)
+        return _LeaseRow(holder, datetime.fromisoformat(row["expires_at"]))
 
     @staticmethod
-    def row(holder: Holder | None, ttl: float) -> dict:
-        if holder is None:
-            return {k: None for k in _LEASE_SCHEMA.names}
-        expires = datetime.now(UTC) + timedelta(seconds=ttl)
-        return asdict(holder) | {"expires_at": expires.isoformat()}
+    def fresh(holder: Holder, ttl: float) -> _LeaseRow:
+        return _LeaseRow(holder, datetime.now(UTC) + timedelta(seconds=ttl))
+
+    def row(self) -> dict:
+        return asdict(self.holder) | {"expires_at": self.expires_at.isoformat()}
 
 
 def _expired(row: _LeaseRow) -> bool:
@@ -292,6 +328,7 @@ _LEASE_SCHEMA = pa.schema(
         ("host", pa.string()),
         ("purpose", pa.string()),
         ("since", pa.string()),
+        ("mode", pa.string()),
         ("expires_at", pa.string()),
     ]
 )

@@ -8,6 +8,11 @@ single Delta commit, so readers see a whole write or none of it. Partition repla
 predicate overwrite built here from typed partition keys (`replace_partition`), never from data
 values and never by hand at call sites.
 
+Concurrent writers are expected (ADR 0012): a commit that loses to another writer's is made
+again against the re-read table, with bounded exponential backoff and jitter. A retried
+partition replace is idempotent by construction; an append that must land exactly once carries
+a Delta app transaction (`append(..., txn=(app_id, version))`) and is skipped once committed.
+
 Over 400 lines on purpose: it is the one module for Delta and document I/O (ADR 0009).
 """
 
@@ -16,8 +21,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
+import random
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, datetime
 from pathlib import Path
@@ -25,44 +33,22 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from usagebox_pipelines.config import is_object_store
-from usagebox_pipelines.errors import UsageboxError
-from usagebox_pipelines.lease import holds_lease, writer_lease
+from usagebox_pipelines.errors import UsageboxError, one_line
+from usagebox_pipelines.lease import EXCLUSIVE, SHARED, LeaseMode, holds_lease, writer_lease
+from usagebox_pipelines.object_store import check_conditional_puts, storage_options
 from usagebox_pipelines.schemas import conform
 
 if TYPE_CHECKING:
     from usagebox_pipelines.catalog import Table
 
+_log = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN": "AWS_SESSION_TOKEN",
-    "AWS_REGION": "AWS_REGION",
-    "AWS_DEFAULT_REGION": "AWS_REGION",
-    "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3": "AWS_ENDPOINT_URL",
-    "AWS_ALLOW_HTTP": "AWS_ALLOW_HTTP",
-}
-
-
-def _storage_options(home: str) -> dict[str, str] | None:
-    """Credentials and endpoint from the standard AWS_* variables for s3:// homes."""
-    if not is_object_store(home):
-        return None
-    opts = {dst: os.environ[src] for src, dst in _AWS_ENV.items() if os.environ.get(src)}
-    endpoint = opts.get("AWS_ENDPOINT_URL", "")
-    if endpoint.startswith("http://"):
-        opts["AWS_ALLOW_HTTP"] = "true"
-    opts.setdefault("AWS_REGION", "us-east-1")
-    # Commits use S3 conditional puts (delta-rs 1.x default): a concurrent commit fails and is
-    # retried instead of silently replacing another writer's (no unsafe-rename default).
-    return opts
 
 
 def _quote(value: str) -> str:
@@ -179,15 +165,27 @@ def _arrow_data(
 def writes_tables(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Mark a stage (first argument: the store) as a writer: it runs under the home's lease.
 
-    Every stage that commits to tables carries this, so the unit of work is serialised however
-    it is started (CLI, `usagebox run`, a schedule, a sensor, the UI); nested stages re-enter.
+    Every stage that commits to tables carries this (or `writes_partition`), so the unit of work
+    is serialised however it is started (CLI, `usagebox run`, a schedule, a sensor, the UI);
+    nested stages re-enter.
     """
+    return _under_lease(purpose, EXCLUSIVE)
 
+
+def writes_partition(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Mark a stage that only replaces its own partition of a derived table: it holds the
+    home's lease shared, so such stages run concurrently (on different partitions, their
+    commits retried on conflict) but never beside an exclusive writer such as ingest (ADR 0012).
+    """
+    return _under_lease(purpose, SHARED)
+
+
+def _under_lease(purpose: str, mode: LeaseMode) -> Callable[[Callable[P, R]], Callable[P, R]]:
     def decorate(stage: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(stage)
         def under_lease(*args: P.args, **kwargs: P.kwargs) -> R:
             store = cast(DeltaStore, args[0] if args else kwargs["store"])
-            with store.writer(purpose):
+            with store.writer(purpose, mode):
                 return stage(*args, **kwargs)
 
         return under_lease
@@ -195,21 +193,46 @@ def writes_tables(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return decorate
 
 
+#: Attempts at one commit before a conflict is reported (about 15 s of backoff in all).
+COMMIT_ATTEMPTS = 10
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 3.0
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before attempt `attempt + 1`: exponential, capped, with full jitter, so writers
+    that collided do not collide again in step."""
+    return random.uniform(0, min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt))
+
+
+def _lost_to_concurrent_writers(table: Table, attempts: int, exc: Exception) -> UsageboxError:
+    return UsageboxError(
+        f"{table.name}: commit lost to concurrent writers {attempts} times "
+        f"({one_line(str(exc), 120)}); nothing of it was committed: run the command again"
+    )
+
+
 class DeltaStore:
     """Tables under `<home>/tables/<name>`, addressed by catalog entries."""
 
     def __init__(self, home: str) -> None:
         self.home = home.rstrip("/")
-        self.storage_options = _storage_options(self.home)
+        self.storage_options = storage_options(self.home)
         # Open tables by name while `cached()` is active (None: every call opens the table).
         self._open: dict[str, DeltaTable | None] | None = None
         # Notes one stage leaves for the next within the same `cached()` block (emptied with
         # it), e.g. ingest's key-index hits for the fold of `events` right after it.
         self.memo: dict[str, Any] = {}
 
-    def writer(self, purpose: str) -> contextlib.AbstractContextManager[None]:
-        """The home's writer lease (see `lease`): hold it around any unit of work that writes."""
-        return writer_lease(self.home, purpose, self.storage_options)
+    def writer(
+        self, purpose: str, mode: LeaseMode = EXCLUSIVE
+    ) -> contextlib.AbstractContextManager[None]:
+        """The home's writer lease (see `lease`): hold it around any unit of work that writes.
+
+        The lease on object storage is itself a Delta commit, so the store's conditional puts
+        are probed first (`object_store.check_conditional_puts`, once per process)."""
+        check_conditional_puts(self.home, self.storage_options)
+        return writer_lease(self.home, purpose, self.storage_options, mode=mode)
 
     @contextlib.contextmanager
     def cached(self) -> Iterator[None]:
@@ -226,7 +249,7 @@ class DeltaStore:
             yield
             return
         if not holds_lease(self.home):
-            raise RuntimeError("DeltaStore.cached() needs the home's writer lease")
+            raise RuntimeError("DeltaStore.cached() needs the home's exclusive writer lease")
         self._open = {}
         try:
             yield
@@ -289,10 +312,56 @@ class DeltaStore:
         mode: Literal["append", "overwrite"],
         predicate: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        txn: tuple[str, int] | None = None,
     ) -> int:
-        props = CommitProperties(custom_metadata=dict(metadata or {}))
+        """One commit of `df`, retried on a commit conflict when `df` can be written again.
+
+        A conflict means nothing was committed, so the write is simply made again against the
+        re-opened table: a predicate overwrite replaces its slice whatever landed meanwhile
+        (idempotent by construction), and an append carrying `txn` is skipped once the table
+        records that app transaction. A stream of frames cannot be replayed: its conflict is
+        raised (streamed whole-table overwrites run under the writer lease, alone).
+        """
+        check_conditional_puts(self.home, self.storage_options)
+        return self._retried(
+            table,
+            lambda: self._commit(table, df, mode, predicate, metadata, txn),
+            replayable=isinstance(df, pl.DataFrame),
+        )
+
+    def _retried(self, table: Table, commit: Callable[[], R], replayable: bool = True) -> R:
+        """`commit()`, made again with backoff after each commit conflict (bounded)."""
+        attempt = 1
+        while True:
+            try:
+                return commit()
+            except CommitFailedError as exc:
+                if not replayable or attempt >= COMMIT_ATTEMPTS:
+                    raise _lost_to_concurrent_writers(table, attempt, exc) from exc
+            _log.info("%s: commit conflict, retrying (attempt %d)", table.name, attempt + 1)
+            self._forget(table)
+            time.sleep(_backoff(attempt))
+            attempt += 1
+
+    def _commit(
+        self,
+        table: Table,
+        df: pl.DataFrame | Iterable[pl.DataFrame],
+        mode: Literal["append", "overwrite"],
+        predicate: str | None,
+        metadata: Mapping[str, str] | None,
+        txn: tuple[str, int] | None,
+    ) -> int:
         existing = self.table(table)
         new = existing is None
+        if existing is not None and txn is not None:
+            done = existing.transaction_version(txn[0])
+            if done is not None and done >= txn[1]:
+                return existing.version()  # this app transaction is already committed
+        props = CommitProperties(
+            custom_metadata=dict(metadata or {}),
+            app_transactions=[Transaction(*txn)] if txn is not None else None,
+        )
         if predicate is not None and new:
             # delta-rs#3959: predicate overwrite on a missing table panics; create it first.
             predicate = None
@@ -315,15 +384,25 @@ class DeltaStore:
             return existing.version()
         return self.version(table) or 0
 
+    def _forget(self, table: Table) -> None:
+        """Drop the open table from the cache: after a conflict it is re-read from its log."""
+        if self._open is not None:
+            self._open.pop(table.name, None)
+
     def append(
         self,
         table: Table,
         df: pl.DataFrame,
         *,
         metadata: Mapping[str, str] | None = None,
+        txn: tuple[str, int] | None = None,
     ) -> int:
-        """Append rows in one commit (creates the table on first write)."""
-        return self._write(table, df, "append", metadata=metadata)
+        """Append rows in one commit (creates the table on first write).
+
+        `txn=(app_id, version)` makes the append exactly-once: the commit records that Delta
+        app transaction, and an append whose app id is already at `version` or later is
+        skipped (a retry after an ambiguous failure, or a rerun of the same step)."""
+        return self._write(table, df, "append", metadata=metadata, txn=txn)
 
     def overwrite(
         self,
@@ -377,9 +456,15 @@ class DeltaStore:
     def delete_where(self, table: Table, **key: Key) -> None:
         """Delete the rows matching typed keys on any columns (`batch_id=[...]`, see
         `predicate`)."""
-        dt = self.table(table)
-        if dt is not None:
-            dt.delete(predicate(table, table.schema.names(), key))
+        where = predicate(table, table.schema.names(), key)
+        check_conditional_puts(self.home, self.storage_options)
+
+        def delete() -> None:  # deleting the same rows again is a no-op: safe to retry
+            dt = self.table(table)
+            if dt is not None:
+                dt.delete(where)
+
+        self._retried(table, delete)
 
     def drop(self, table: Table) -> None:
         """Remove a table entirely (used by rebuild tests and `reset`); local homes only."""
@@ -443,7 +528,7 @@ class DocumentStore:
     def __init__(self, home: str) -> None:
         self.home = home.rstrip("/")
         self.root = f"{self.home}/documents"
-        self._options = _storage_options(self.home)
+        self._options = storage_options(self.home)
         self._fs: Any = None
 
     @property

@@ -1,13 +1,25 @@
-"""Jobs the schedules, sensors and `usagebox run` launch (the same ones everywhere)."""
+"""Jobs the schedules, sensors and `usagebox run` launch (the same ones everywhere).
+
+Each job is tagged with the lease its steps take (ADR 0012), so a deployment's run queue can
+hold exclusive runs back instead of starting them only to wait on the lease
+(`deploy/dagster.yaml`: one `usagebox/lease=exclusive` run at a time, one run per
+`dagster/partition`). `hourly_job` is the one that fans out: one run per UTC day, any number at
+once, each replacing only its day of `usage_hourly`.
+"""
 
 import dagster as dg
 
 from usagebox_pipelines.defs.partitions import daily, monthly
 
+LEASE_TAG = "usagebox/lease"
+EXCLUSIVE_RUN = {LEASE_TAG: "exclusive"}
+SHARED_RUN = {LEASE_TAG: "shared"}
+
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=["raw_events", "events"],
     description="Ingest inbox files and fold them into `events`.",
+    tags=EXCLUSIVE_RUN,
 )
 daily_job = dg.define_asset_job(
     "daily_job",
@@ -15,6 +27,15 @@ daily_job = dg.define_asset_job(
     partitions_def=daily,
     description="Bring `events` up to date, then rebuild every hour of the selected UTC days of "
     "`usage_hourly`.",
+    tags=EXCLUSIVE_RUN,
+)
+hourly_job = dg.define_asset_job(
+    "hourly_job",
+    selection=["usage_hourly"],
+    partitions_def=daily,
+    description="Rebuild every hour of one UTC day of `usage_hourly` from `events` as it is; "
+    "runs of different days go together (the shared lease; a backfill fans out by day).",
+    tags=SHARED_RUN,
 )
 monthly_job = dg.define_asset_job(
     "monthly_job",
@@ -23,12 +44,14 @@ monthly_job = dg.define_asset_job(
     - dg.AssetSelection.groups("close"),
     partitions_def=monthly,
     description="Monthly stages: usage_monthly and everything priced or reconciled per month.",
+    tags=EXCLUSIVE_RUN,
 )
 close_job = dg.define_asset_job(
     "close_job",
     selection=dg.AssetSelection.groups("close"),
     partitions_def=monthly,
     description="Month close: issue numbered, frozen invoices (needs approval).",
+    tags=EXCLUSIVE_RUN,
 )
 
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"

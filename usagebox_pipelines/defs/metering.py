@@ -90,6 +90,7 @@ def events(context: dg.AssetExecutionContext, usagebox: UsageboxResource) -> dg.
     partitions_def=daily,
     deps=[events],
     backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="usage_hourly",  # caps the day-by-day fan-out (`dagster instance concurrency set`)
     check_specs=[dg.AssetCheckSpec("3_hourly_equals_events", asset="usage_hourly", blocking=True)],
 )
 def usage_hourly(

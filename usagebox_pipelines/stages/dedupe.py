@@ -179,10 +179,13 @@ def indexed_rows(
     )
 
 
-def append_keys(store: DeltaStore, accepted: pl.DataFrame, batch_id: str) -> None:
-    """Index the accepted rows of a chunk (`event_date` = their `raw_events` partition)."""
+def append_keys(
+    store: DeltaStore, accepted: pl.DataFrame, batch_id: str, txn: tuple[str, int] | None = None
+) -> None:
+    """Index the accepted rows of a chunk (`event_date` = their `raw_events` partition);
+    `txn` makes the append exactly-once (`DeltaStore.append`)."""
     keys = index_rows(accepted).with_columns(batch_id=pl.lit(batch_id))
-    store.append(EVENT_KEYS, keys, metadata={KEY_HASH: hash_canary()})
+    store.append(EVENT_KEYS, keys, metadata={KEY_HASH: hash_canary()}, txn=txn)
 
 
 def ensure_key_index(store: DeltaStore) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -125,6 +126,9 @@ def ingest_file(
         progress(f"{path.name}: already ingested as {logged['batch_id']}, nothing to do")
         return IngestSummary(files=1, rows=logged["rows"], duplicates=logged["rows"])
     batch_id = f"b-{sha[:24]}"
+    # Delta app id of this attempt at the batch: a retried chunk append is skipped, never
+    # doubled; a later attempt (after a crash's leftovers were removed) gets a new one.
+    attempt = f"ingest-{batch_id}-{uuid.uuid4().hex[:12]}"
     now = datetime.now(UTC)
     summary = IngestSummary(files=1)
     context = _LateContext.load(store, event_window(now))
@@ -139,7 +143,7 @@ def ingest_file(
             if chunks.rows == 0:
                 raise UsageboxError(f"{path}: file is empty (no rows)")
             history = FileHistory.lookup(store, chunks.probes)
-            batch = _Batch(path, batch_id, source, now, context)
+            batch = _Batch(path, batch_id, attempt, source, now, context)
             store.memo[history_hits_key(batch_id)] = history.hits
             for n, (valid, rejects) in enumerate(chunks):
                 probes = chunks.probes[n]["key"]
@@ -170,6 +174,7 @@ def ingest_file(
             ]
         ),
         metadata={BATCH_VERSIONS: json.dumps(versions, sort_keys=True)},
+        txn=(attempt, 0),
     )
     return summary
 
@@ -215,6 +220,7 @@ class _Batch:
 
     path: Path
     batch_id: str
+    attempt: str  # Delta app id of this attempt: chunk n's appends carry (attempt, n)
     source: str | None
     now: datetime
     context: _LateContext
@@ -241,6 +247,7 @@ def _ingest_chunk(
         "batch_id": pl.lit(batch_id),
     }
     arrivals = _arrivals(new, result)
+    once = (batch.attempt, number)
     if arrivals.height:
         store.append(
             RAW_EVENTS,
@@ -250,18 +257,23 @@ def _ingest_chunk(
                 row_number=pl.col("_row"),
                 event_date=pl.col("hour").dt.date(),
             ),
+            txn=once,
         )
     if rejects.height:
         store.append(
             QUARANTINE,
             rejects.with_columns(**stamp, row_number=pl.col("_row"), payload=pl.col("_payload")),
+            txn=once,
         )
     if result.conflicts.height:
         store.append(
-            EVENT_CONFLICTS, result.conflicts.with_columns(**stamp, row_number=pl.col("_row"))
+            EVENT_CONFLICTS,
+            result.conflicts.with_columns(**stamp, row_number=pl.col("_row")),
+            txn=once,
         )
     if new.height:
-        append_keys(store, new.with_columns(event_date=pl.col("hour").dt.date()), batch_id)
+        keyed = new.with_columns(event_date=pl.col("hour").dt.date())
+        append_keys(store, keyed, batch_id, txn=once)
         history.remember(
             new.with_columns(**stamp, row_number=pl.col("_row")).select(HISTORY_COLUMNS), number
         )

@@ -16,10 +16,10 @@ from usagebox_pipelines.rollups.aggregate import rollup_hourly, rollup_monthly
 from usagebox_pipelines.stages.events import (
     events_frame,
 )
-from usagebox_pipelines.storage import DeltaStore, writes_tables
+from usagebox_pipelines.storage import DeltaStore, writes_partition, writes_tables
 
 
-@writes_tables("usage_hourly")
+@writes_partition("usage_hourly")
 def build_usage_hourly(
     store: DeltaStore, start: datetime, end: datetime, run_id: str = "cli"
 ) -> int:
@@ -27,7 +27,9 @@ def build_usage_hourly(
 
     The window is rolled up one UTC day at a time (a day's events are one `event_date`
     partition) and the days stream into one commit: memory is bounded by a day, not by the
-    month a backfill asks for."""
+    month a backfill asks for. Holds the lease shared (ADR 0012): builds of other days run at
+    the same time, never beside ingest or the events fold, so `events` does not move under the
+    build and `built_at` is later than every event it counted."""
     events = events_frame(store)
     built = 0
 

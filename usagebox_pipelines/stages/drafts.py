@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -22,12 +21,10 @@ from usagebox_pipelines.catalog import (
 )
 from usagebox_pipelines.invoicing.adjustments import adjustments_for
 from usagebox_pipelines.invoicing.credit import with_current_credit
-from usagebox_pipelines.invoicing.hard_stop import apply_waivers
 from usagebox_pipelines.invoicing.lines import (
     build_draft_invoices,
 )
 from usagebox_pipelines.months import month_bounds
-from usagebox_pipelines.pricing import Accounts, PricebookSet
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.shards import account_shards
@@ -36,11 +33,15 @@ from usagebox_pipelines.stages.books import (
     decisions_at,
     issued_invoices,
     issued_lines,
-    opening_credit,
     rating_inputs_key,
     restated_months,
 )
-from usagebox_pipelines.stages.rating import month_hourly, rate_month, rated_shards
+from usagebox_pipelines.stages.rating import (
+    MonthInputs,
+    month_hourly,
+    rate_month,
+    rated_shards,
+)
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 
@@ -60,14 +61,10 @@ def refresh_drafts(
     closed = closed_periods(store)
     if month in closed:
         return pl.DataFrame(schema=INVOICES.schema), pl.DataFrame(schema=INVOICE_LINES.schema)
-    accounts = load_accounts(pricebooks_dir)
     inputs = _DraftInputs(
-        month,
-        accounts,
-        load_pricebooks(pricebooks_dir),
-        # credit as it stands now: a close since `rated_usage` was built may have drawn some
-        opening_credit(store, accounts, closed),
-        store.read(GUARDRAIL_DECISIONS),  # decisions recorded since `rated_usage` count too
+        # credit and decisions as they stand now: since `rated_usage` was built, a close may
+        # have drawn credit and guardrails may have recorded stops
+        MonthInputs.load(store, pricebooks_dir, month, closed),
         pending_adjustments(store, pricebooks_dir, month, closed),
         month_hourly(store, month),
     )
@@ -83,11 +80,7 @@ def refresh_drafts(
 class _DraftInputs:
     """What drafting a month reads besides its rated rows (small, loaded once)."""
 
-    month: str
-    accounts: Accounts
-    books: PricebookSet
-    opening: dict[str, Decimal]
-    decisions: pl.DataFrame
+    rating: MonthInputs
     adjustments: pl.DataFrame
     hourly: pl.LazyFrame
 
@@ -101,7 +94,7 @@ def _rated_shards(
     month (a rated month always has rows once built: contract lines for committed accounts;
     so no rows means "not built yet", not "no usage").
     """
-    month = inputs.month
+    month = inputs.rating.month
     owed = set(inputs.adjustments.get_column("account_id").to_list())
     rows = store.scan(RATED_USAGE).filter(pl.col("period") == month)
     weight = rows.group_by("account_id").agg(w=pl.len()).collect(engine="streaming")
@@ -120,13 +113,10 @@ def _draft_shard(
     rated: pl.DataFrame, ids: list[str], inputs: _DraftInputs
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Draft invoices and lines of one shard's accounts (drafting is per account)."""
-    month, accounts, opening = inputs.month, inputs.accounts, inputs.opening
+    month, accounts = inputs.rating.month, inputs.rating.accounts
     mine = pl.col("account_id").is_in(ids)
-    rated = with_current_credit(rated, accounts, month, opening, scope=ids)
-    decisions = inputs.decisions.filter(mine)
-    rated = apply_waivers(
-        rated, inputs.hourly.filter(mine), decisions, month, inputs.books, accounts, opening
-    )
+    rated = with_current_credit(rated, accounts, month, inputs.rating.opening, scope=ids)
+    rated = inputs.rating.with_waivers(rated, inputs.hourly.filter(mine), ids)
     return build_draft_invoices(rated, accounts, month, inputs.adjustments.filter(mine))
 
 

@@ -44,7 +44,7 @@ from usagebox_pipelines.guardrails.state import evaluate_spend, with_anomalies
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing import Accounts, PricebookSet, load_accounts, load_pricebooks
 from usagebox_pipelines.shards import account_shards
-from usagebox_pipelines.stages.rating import month_hourly
+from usagebox_pipelines.stages.rating import month_weights
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 
@@ -150,8 +150,7 @@ def _hierarchy_shards(store: DeltaStore, month: str, accounts: Accounts) -> list
     """Listed accounts and those with hourly rows this month, in shards of whole hierarchies
     weighed by their hourly rows (at least one shard; accounts whose only usage is not rolled
     up yet are found by the last shard, see `refresh_guardrails`)."""
-    rows = month_hourly(store, month).group_by("account_id").agg(w=pl.len())
-    weight = rows.collect(engine="streaming")
+    weight = month_weights(store, month)
     ids = sorted(set(weight.get_column("account_id").to_list()) | set(accounts.ids()))
     roots = pl.DataFrame({"account_id": ids, "root": [accounts.root(a) for a in ids]})
     by_root = (

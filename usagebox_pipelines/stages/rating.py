@@ -49,14 +49,39 @@ class RatedSummary:
 
 
 @dataclass(frozen=True)
-class _MonthInputs:
-    """Everything but the hourly rows that rating a month reads (small; loaded once)."""
+class MonthInputs:
+    """Everything but the hourly rows that rating (or drafting) a month reads: small, loaded
+    once per step and shared by its shards."""
 
     month: str
     books: PricebookSet
     accounts: Accounts
     opening: dict[str, Decimal]
     decisions: pl.DataFrame
+
+    @classmethod
+    def load(
+        cls,
+        store: DeltaStore,
+        pricebooks_dir: Path,
+        month: str,
+        closed: dict[str, dict] | None = None,
+    ) -> MonthInputs:
+        """Credit as it stands now (issued invoices of `closed`, read when None) and the
+        guardrail decisions recorded so far."""
+        accounts = load_accounts(pricebooks_dir)
+        opening = opening_credit(store, accounts, closed)
+        books = load_pricebooks(pricebooks_dir)
+        return cls(month, books, accounts, opening, store.read(GUARDRAIL_DECISIONS))
+
+    def with_waivers(
+        self, rated: pl.DataFrame, hourly: pl.DataFrame | pl.LazyFrame, ids: list[str]
+    ) -> pl.DataFrame:
+        """`rated` of the shard `ids` with its hard-stop waivers (invoicing.hard_stop)."""
+        decisions = self.decisions.filter(pl.col("account_id").is_in(ids))
+        return apply_waivers(
+            rated, hourly, decisions, self.month, self.books, self.accounts, self.opening
+        )
 
 
 def month_hourly(store: DeltaStore, month: str) -> pl.LazyFrame:
@@ -65,10 +90,15 @@ def month_hourly(store: DeltaStore, month: str) -> pl.LazyFrame:
     return store.scan(USAGE_HOURLY).filter((pl.col("hour") >= start) & (pl.col("hour") < end))
 
 
+def month_weights(store: DeltaStore, month: str) -> pl.DataFrame:
+    """`account_id`, `w`: each account's hourly rows in the month (what a shard is cut by)."""
+    weight = month_hourly(store, month).group_by("account_id").agg(w=pl.len())
+    return weight.collect(engine="streaming")
+
+
 def month_shards(store: DeltaStore, month: str, also: set[str]) -> list[list[str]]:
     """The month's accounts (plus `also`) in shards weighed by their hourly rows."""
-    weight = month_hourly(store, month).group_by("account_id").agg(w=pl.len())
-    return account_shards(weight.collect(engine="streaming"), also)
+    return account_shards(month_weights(store, month), also)
 
 
 def rated_shards(
@@ -82,12 +112,8 @@ def rated_shards(
     a hard stop of an `after_hard_stop: waive` account is waived (invoicing.hard_stop), with
     the decisions recorded so far.
     """
-    accounts = load_accounts(pricebooks_dir)
-    opening = opening_credit(store, accounts)
-    inputs = _MonthInputs(
-        month, load_pricebooks(pricebooks_dir), accounts, opening, store.read(GUARDRAIL_DECISIONS)
-    )
-    billed = set(accounts.ids()) | set(opening)  # terms or credit: rows even without usage
+    inputs = MonthInputs.load(store, pricebooks_dir, month)
+    billed = set(inputs.accounts.ids()) | set(inputs.opening)  # terms or credit: rows anyway
     shards = month_shards(store, month, billed)
     # Tables are read before the first shard is taken, not in a generator: a streamed write
     # takes shards inside delta-rs, where opening a table would start a runtime in its runtime.
@@ -98,12 +124,11 @@ def rated_shards(
     )
 
 
-def _rate_shard(hourly: pl.DataFrame, ids: list[str], inputs: _MonthInputs) -> RatedMonth:
-    month, books, accounts, opening = inputs.month, inputs.books, inputs.accounts, inputs.opening
-    result = rate_usage(hourly, month, books, accounts, opening, scope=ids)
-    decisions = inputs.decisions.filter(pl.col("account_id").is_in(ids))
-    rated = apply_waivers(result.rated, hourly, decisions, month, books, accounts, opening)
-    return RatedMonth(rated, result.unrated)
+def _rate_shard(hourly: pl.DataFrame, ids: list[str], inputs: MonthInputs) -> RatedMonth:
+    result = rate_usage(
+        hourly, inputs.month, inputs.books, inputs.accounts, inputs.opening, scope=ids
+    )
+    return RatedMonth(inputs.with_waivers(result.rated, hourly, ids), result.unrated)
 
 
 def rate_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> RatedMonth:

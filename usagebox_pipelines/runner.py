@@ -14,6 +14,7 @@ import dagster as dg
 
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.defs.jobs import day_range_tags
+from usagebox_pipelines.defs.reconciliation import NIGHTLY_RECONCILIATION
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.storage import DeltaStore
 
@@ -95,7 +96,7 @@ def _job(job_name: str) -> dg.JobDefinition:
 
 def run_day(settings: Settings, day: date) -> list[RunOutcome]:
     """Yesterday-style run: the day's partition (24 hours), then its month to date (like the
-    schedules)."""
+    schedules: reconciliation without its PDF reports)."""
     instance = dagster_instance(settings)
     hours = execute_job(
         settings, "daily_job", partition_key=day.strftime("%Y-%m-%d"), instance=instance
@@ -103,7 +104,11 @@ def run_day(settings: Settings, day: date) -> list[RunOutcome]:
     if not hours.success:
         return [hours]
     month = execute_job(
-        settings, "monthly_job", partition_key=day.strftime("%Y-%m-01"), instance=instance
+        settings,
+        "monthly_job",
+        partition_key=day.strftime("%Y-%m-01"),
+        ops_config=NIGHTLY_RECONCILIATION,
+        instance=instance,
     )
     return [hours, month]
 

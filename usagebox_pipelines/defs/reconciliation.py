@@ -8,6 +8,17 @@ from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.stages.reconciliation import reconcile_month
 
 
+class ReconciliationConfig(dg.Config):
+    """`pdf_reports: false` is the nightly month-to-date refresh: tables and CSVs only (the
+    month's PDFs are removed rather than left contradicting them)."""
+
+    pdf_reports: bool = True
+
+
+#: Run config of a monthly run that refreshes reconciliation without rendering its PDFs.
+NIGHTLY_RECONCILIATION = {"reconciliation_assets": {"config": {"pdf_reports": False}}}
+
+
 @dg.multi_asset(
     group_name="reconciliation",
     partitions_def=monthly,
@@ -28,10 +39,16 @@ from usagebox_pipelines.stages.reconciliation import reconcile_month
         ),
     ],
 )
-def reconciliation_assets(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
+def reconciliation_assets(
+    context: dg.AssetExecutionContext, usagebox: UsageboxResource, config: ReconciliationConfig
+):
     """Rebuild the month's reconciliation and cost attribution from the loaded vendor bills."""
     result = reconcile_month(
-        usagebox.store, usagebox.settings, month_of(context.partition_key), context.run_id
+        usagebox.store,
+        usagebox.settings,
+        month_of(context.partition_key),
+        context.run_id,
+        pdf_reports=config.pdf_reports,
     )
     if "skipped" in result:
         context.log.info(result["skipped"])

@@ -5,6 +5,7 @@ from datetime import timedelta
 import dagster as dg
 
 from usagebox_pipelines.defs.jobs import daily_job, monthly_job
+from usagebox_pipelines.defs.reconciliation import NIGHTLY_RECONCILIATION
 
 
 @dg.schedule(job=daily_job, cron_schedule="0 2 * * *", execution_timezone="UTC")
@@ -16,10 +17,15 @@ def nightly_usage(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
 
 @dg.schedule(job=monthly_job, cron_schedule="30 2 * * *", execution_timezone="UTC")
 def nightly_monthly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """The month-to-date partition of the month that yesterday belongs to."""
+    """The month-to-date partition of the month that yesterday belongs to (reconciliation
+    tables and CSVs, no PDF reports: those come with `run --month` and the close)."""
     day = context.scheduled_execution_time - timedelta(days=1)
     key = day.strftime("%Y-%m-01")
-    return dg.RunRequest(run_key=f"nightly-month-{day:%Y-%m-%d}", partition_key=key)
+    return dg.RunRequest(
+        run_key=f"nightly-month-{day:%Y-%m-%d}",
+        partition_key=key,
+        run_config={"ops": NIGHTLY_RECONCILIATION},
+    )
 
 
 schedules = [nightly_usage, nightly_monthly]

@@ -163,3 +163,14 @@ def test_after_ingest_only_the_touched_days_are_rebuilt(tmp_path: Path) -> None:
         ("daily_job", "2026-10-03..2026-10-03"),
         ("monthly_job", "2026-10-01"),
     ]
+
+
+def test_events_check_covers_the_days_the_run_covers() -> None:
+    """Invariant 2 on the `events` asset is checked for the run's days (and the days it
+    rewrote), so its memory is bounded by them; the tamper test above still fails the run."""
+    from usagebox_pipelines.defs.metering import _run_days
+
+    span = {RANGE_START: "2026-10-30", RANGE_END: "2026-11-01"}
+    assert _run_days(span) == [date(2026, 10, 30), date(2026, 10, 31), date(2026, 11, 1)]
+    assert _run_days({"dagster/partition": "2026-10-05"}) == [date(2026, 10, 5)]
+    assert _run_days({}) == []  # an ingest run: only the days it rewrote

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import cast
 
@@ -126,25 +126,49 @@ def events_unique(events: pl.LazyFrame) -> InvariantResult:
 
 
 def month_events_unique(events: pl.LazyFrame, start: datetime, end: datetime) -> InvariantResult:
-    """2, for the events counting in [start, end): none of their (account_id, event_id) keys
-    is stored twice, in the window or anywhere else. Memory is bounded by the window's keys
-    (the rest of history is streamed through a semi join), not by all of history."""
+    """2, for the events counting in [start, end): none of their keys is stored twice, in the
+    window or anywhere else (see `selected_events_unique`)."""
+    return selected_events_unique(events, ((pl.col("hour") >= start) & (pl.col("hour") < end)))
+
+
+def selected_events_unique(events: pl.LazyFrame, selected: pl.Expr) -> InvariantResult:
+    """2, for the `selected` rows: none of their (account_id, event_id) keys is stored twice,
+    among them or anywhere else.
+
+    Keys are compared as 64-bit hashes first (8 bytes a row, not two strings), the rest of
+    history streamed through a semi join: memory is bounded by the selection's hashes, not by
+    all of history. Only the keys behind a repeated hash (a duplicate, or a rare collision)
+    are then read and counted exactly, so a collision never fails the check."""
     keys = ["account_id", "event_id"]
-    inside = ((pl.col("hour") >= start) & (pl.col("hour") < end)).fill_null(False)
-    mine = events.filter(inside).group_by(keys).agg(n=pl.len()).collect(engine="streaming")
+    inside = selected.fill_null(False)
+    key_hash = pl.struct(keys).hash().alias("_h")
+    mine = (events.filter(inside).select(key_hash).group_by("_h").agg(n=pl.len())).collect(
+        engine="streaming"
+    )
     elsewhere = (
         events.filter(~inside)
-        .select(keys)
-        .join(mine.lazy().select(keys), on=keys, how="semi", nulls_equal=True)
-        .group_by(keys)
+        .select(key_hash)
+        .join(mine.lazy().select("_h"), on="_h", how="semi")
+        .group_by("_h")
         .agg(m=pl.len())
         .collect(engine="streaming")
     )
+    repeated = (
+        mine.join(elsewhere, on="_h", how="left")
+        .filter(pl.col("n") + pl.col("m").fill_null(0) > 1)
+        .get_column("_h")
+    )
+    if repeated.is_empty():  # the usual case: no second read of history
+        return InvariantResult("2_events_unique", True, "0 duplicated keys", [])
     dups = (
-        mine.join(elsewhere, on=keys, how="left", nulls_equal=True)
-        .with_columns(n=(pl.col("n") + pl.col("m").fill_null(0)).cast(pl.UInt32))
-        .drop("m")
-        .filter(pl.col("n") > 1)
+        events.filter(key_hash.is_in(repeated.implode()))
+        .select(*keys, _in=inside)
+        .group_by(keys)
+        .agg(n=pl.len().cast(pl.UInt32), _in=pl.col("_in").any())
+        .filter((pl.col("n") > 1) & pl.col("_in"))
+        .drop("_in")
+        .sort(keys)
+        .collect(engine="streaming")
     )
     return InvariantResult(
         "2_events_unique", dups.height == 0, f"{dups.height} duplicated keys", _examples(dups)
@@ -154,12 +178,14 @@ def month_events_unique(events: pl.LazyFrame, start: datetime, end: datetime) ->
 def hourly_matches_events(
     events: pl.LazyFrame, hourly: pl.LazyFrame, start: datetime | None, end: datetime | None
 ) -> InvariantResult:
-    """3a. Per account × meter × hour, the sum of counted events equals `usage_hourly`."""
-    keys = ["account_id", "meter_id", "hour"]
-    ev = _window(events.filter(pl.col("status") == "ok"), "hour", start, end)
-    ev = ev.group_by(keys).agg(events_sum=pl.col("quantity").sum())
-    hr = _window(hourly, "hour", start, end).group_by(keys).agg(hourly_sum=pl.col("sum").sum())
-    diff = _mismatch(ev, hr, keys, "events_sum", "hourly_sum")
+    """3a. Per account × meter × hour, the sum of counted events equals `usage_hourly`.
+
+    A bounded window is compared one UTC day at a time (the groups of an hour never cross a
+    day): memory is bounded by a day's groups, not by the month a backfill checks."""
+    if start is None or end is None:
+        diff = _hourly_diff(events, hourly, start, end)
+    else:
+        diff = pl.concat([_hourly_diff(events, hourly, a, b) for a, b in _utc_days(start, end)])
     return InvariantResult(
         "3_hourly_equals_events",
         diff.height == 0,
@@ -167,6 +193,25 @@ def hourly_matches_events(
         + ("; rebuild those hours with `usagebox run`" if diff.height else ""),
         _examples(diff),
     )
+
+
+def _hourly_diff(
+    events: pl.LazyFrame, hourly: pl.LazyFrame, start: datetime | None, end: datetime | None
+) -> pl.DataFrame:
+    keys = ["account_id", "meter_id", "hour"]
+    ev = _window(events.filter(pl.col("status") == "ok"), "hour", start, end)
+    ev = ev.group_by(keys).agg(events_sum=pl.col("quantity").sum())
+    hr = _window(hourly, "hour", start, end).group_by(keys).agg(hourly_sum=pl.col("sum").sum())
+    return _mismatch(ev, hr, keys, "events_sum", "hourly_sum")
+
+
+def _utc_days(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """[start, end) cut at UTC midnights."""
+    cuts = [start]
+    midnight = datetime.combine(start.astimezone(UTC).date(), time(), UTC)
+    while (midnight := midnight + timedelta(days=1)) < end:
+        cuts.append(midnight)
+    return list(zip(cuts, [*cuts[1:], end], strict=True))
 
 
 def monthly_matches_hourly(

@@ -43,3 +43,13 @@ def account_shards(
         for _, part in ranked.group_by("shard", maintain_order=True)
     ]
     return shards or [[]]
+
+
+def in_shard(ids: list[str]) -> pl.Expr:
+    """Rows of the shard's accounts, as a filter a scan can prune with: the id range first
+    (row-group min/max statistics skip groups outside it; tables are written sorted by
+    account), then the exact membership."""
+    if not ids:
+        return pl.lit(False)
+    col = pl.col("account_id")
+    return (col >= min(ids)) & (col <= max(ids)) & col.is_in(ids)

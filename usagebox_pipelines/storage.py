@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from usagebox_pipelines.config import is_object_store
@@ -194,6 +194,13 @@ def _under_lease(purpose: str, mode: LeaseMode) -> Callable[[Callable[P, R]], Ca
 
 
 #: Attempts at one commit before a conflict is reported (about 15 s of backoff in all).
+#: Rows per Parquet row group of every table. A reader holds at most one row group at a time
+#: before its filter applies, and prunes by each group's min/max statistics: with month-sized
+#: groups (delta-rs writes up to 1 M rows in one) every account shard would read the whole
+#: month. Rows are written sorted by account, so a group also spans a narrow account range.
+ROW_GROUP_ROWS = 65_536
+_WRITER = WriterProperties(max_row_group_size=ROW_GROUP_ROWS)
+
 COMMIT_ATTEMPTS = 10
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 3.0
@@ -376,6 +383,7 @@ class DeltaStore:
                 predicate=predicate,
                 storage_options=self.storage_options,
                 commit_properties=props,
+                writer_properties=_WRITER,
                 partition_by=(list(table.partition_by) or None) if new else None,
                 name=table.name if new else None,
                 description=table.description if new else None,

@@ -1,11 +1,15 @@
 """Metering assets: raw_events (ingest), events (exactly once), usage_hourly, usage_monthly."""
 
+from collections.abc import Mapping
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.catalog import USAGE_HOURLY, USAGE_MONTHLY
+from usagebox_pipelines.defs.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START
 from usagebox_pipelines.defs.partitions import daily, month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.stages.events import FIRST_HOUR, events_frame, update_events
@@ -71,6 +75,7 @@ def events(context: dg.AssetExecutionContext, usagebox: UsageboxResource) -> dg.
     store = usagebox.store
     update = update_events(store, context.run_id)
     frame = events_frame(store)
+    days = sorted(set(update.days) | set(_run_days(context.run.tags)))
     return dg.MaterializeResult(
         metadata={
             "new_batches": len(update.batches),
@@ -78,10 +83,30 @@ def events(context: dg.AssetExecutionContext, usagebox: UsageboxResource) -> dg.
             "affected_hours": dg.MetadataValue.json([h.isoformat() for h in update.hours]),
         },
         check_results=[
-            _check(inv.events_unique(frame)),
+            _check(_days_events_unique(frame, days)),
             _check(inv.events_inside_partitions(frame, FIRST_HOUR)),
         ],
     )
+
+
+def _run_days(tags: Mapping[str, str]) -> list[date]:
+    """The UTC days a `daily_job` run covers (its partition or partition range); none for
+    an ingest run."""
+    first = tags.get(PARTITION_RANGE_START) or tags.get("dagster/partition")
+    last = tags.get(PARTITION_RANGE_END) or first
+    try:
+        start, end = date.fromisoformat(first or ""), date.fromisoformat(last or "")
+    except ValueError:
+        return []
+    return [start + timedelta(days=n) for n in range((end - start).days + 1)]
+
+
+def _days_events_unique(frame: pl.LazyFrame, days: list[date]) -> inv.InvariantResult:
+    """Invariant 2 for the days this run wrote or covers, against all history: memory is
+    bounded by those days' keys (`usagebox verify` checks all of history at once)."""
+    if not days:
+        return inv.InvariantResult("2_events_unique", True, "no day of events changed", [])
+    return inv.selected_events_unique(frame, pl.col("event_date").is_in(days))
 
 
 @dg.asset(

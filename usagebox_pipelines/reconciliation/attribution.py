@@ -10,6 +10,7 @@ physical values keeps it exact and vectorised.
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 import polars as pl
@@ -122,12 +123,15 @@ def cost_allocations(
     vendor_costs: pl.DataFrame,
     mapping: VendorMapping,
     period: str,
+    *,
+    days: tuple[date, date] | None = None,
 ) -> pl.DataFrame:
     """COST_ALLOCATIONS of a month: billed usage cost per vendor × day × model × meter, split
     over accounts × feature × agent_id by their metered quantity of the meter's driver
     (`allocate_by` in vendors.yaml: cache writes follow input_tokens). Null account = no
-    customer metered that usage."""
-    start, end = period_days(period)
+    customer metered that usage. `days` = [first, end) narrows it to part of the month
+    (allocation never crosses a day)."""
+    start, end = days or period_days(period)
     costs = (
         conform(vendor_costs, VENDOR_COSTS)
         .filter(
@@ -189,8 +193,10 @@ def _drivers(usage_hourly, mapping: VendorMapping, start, end) -> pl.DataFrame:
     cols = set(lf.collect_schema().names())
     dims = pl.col("dimensions") if "dimensions" in cols else pl.lit(None, dtype=pl.String)
     keys = ["vendor", "date", "model_id", "meter_id", "account_id"]
+    since, until = (datetime.combine(d, time(), UTC) for d in (start, end))
     summed = (
-        lf.with_columns(date=pl.col("hour").dt.date())
+        lf.filter((pl.col("hour") >= since) & (pl.col("hour") < until))  # prunes by file stats
+        .with_columns(date=pl.col("hour").dt.date())
         .filter(
             (pl.col("date") >= start)
             & (pl.col("date") < end)
@@ -201,7 +207,7 @@ def _drivers(usage_hourly, mapping: VendorMapping, start, end) -> pl.DataFrame:
         .filter(pl.col("vendor").is_not_null())
         .group_by(*keys, "_dims")
         .agg(weight=pl.col("sum").sum())
-        .collect()
+        .collect(engine="streaming")  # a month of hourly rows is aggregated, never held
     )
     return (
         _with_feature_agent(summed, "_dims")
@@ -234,13 +240,11 @@ def cost_attribution(
     (× feature × agent_id where both revenue and usage carry them), plus an `unattributed` row
     per model for vendor usage no customer metered and `vendor_adjustments` rows for credits,
     tax and corrections. Total allocated_cost = everything the vendors billed in the month."""
-    alloc = cost_allocations(usage_hourly, vendor_costs, mapping, period)
-    currencies = alloc["currency"].drop_nulls().unique().to_list()
+    revenue = _revenue(rated_usage, period)
+    cost, currencies = _allocated_by_day(usage_hourly, vendor_costs, mapping, period, revenue)
     if len(currencies) > 1:
         raise UsageboxError(f"vendor costs of {period} mix currencies {currencies}: no FX")
     cost_ccy = currencies[0] if currencies else None
-    revenue = _revenue(rated_usage, period)
-    cost = _account_costs(alloc, revenue)
     rows = revenue.join(cost, on=ACCOUNT_GRAIN, how="full", coalesce=True, nulls_equal=True)
     rows = rows.with_columns(
         row_kind=pl.when(pl.col("account_id") == UNATTRIBUTED)
@@ -250,6 +254,31 @@ def cost_attribution(
     )
     rows = pl.concat([rows, _adjustments(vendor_costs, period)], how="diagonal_relaxed")
     return _margins(rows, period, cost_ccy)
+
+
+def _allocated_by_day(
+    usage_hourly: pl.DataFrame | pl.LazyFrame,
+    vendor_costs: pl.DataFrame,
+    mapping: VendorMapping,
+    period: str,
+    revenue: pl.DataFrame,
+) -> tuple[pl.DataFrame, list[str]]:
+    """Allocated cost per account grain, and the cost currencies, allocated one UTC day at a
+    time: the drivers of a day × account × model × meter are a month-sized frame otherwise,
+    and sums of exact daily allocations are the monthly ones."""
+    first, end = period_days(period)
+    parts, currencies = [], set()
+    for n in range((end - first).days):
+        day = first + timedelta(days=n)
+        alloc = cost_allocations(
+            usage_hourly, vendor_costs, mapping, period, days=(day, day + timedelta(days=1))
+        )
+        currencies |= set(alloc["currency"].drop_nulls().to_list())
+        parts.append(_account_costs(alloc, revenue))
+    cost = (
+        pl.concat(parts).group_by(ACCOUNT_GRAIN).agg(allocated_cost=pl.col("allocated_cost").sum())
+    )
+    return cost, sorted(currencies)
 
 
 def _revenue(rated_usage, period: str) -> pl.DataFrame:

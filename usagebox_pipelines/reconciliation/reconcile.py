@@ -54,7 +54,7 @@ def metered_daily(
         .filter(pl.col("vendor").is_not_null())
         .group_by(GRAIN)
         .agg(quantity=pl.col("sum").sum().cast(QTY))
-        .collect()
+        .collect(engine="streaming")  # a month of hourly rows is aggregated, never held
     )
     return conform(rows, METERED_DAILY).sort(GRAIN)
 

@@ -21,13 +21,11 @@ from usagebox_pipelines.catalog import (
 )
 from usagebox_pipelines.invoicing.adjustments import adjustments_for
 from usagebox_pipelines.invoicing.credit import with_current_credit
-from usagebox_pipelines.invoicing.lines import (
-    build_draft_invoices,
-)
+from usagebox_pipelines.invoicing.lines import build_draft_invoices, rated_lines
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
-from usagebox_pipelines.shards import account_shards
+from usagebox_pipelines.shards import account_shards, in_shard
 from usagebox_pipelines.stages.books import (
     closed_periods,
     decisions_at,
@@ -100,7 +98,7 @@ def _rated_shards(
     weight = rows.group_by("account_id").agg(w=pl.len()).collect(engine="streaming")
     if not weight.is_empty():
         for ids in account_shards(weight, owed):
-            yield ids, rows.filter(pl.col("account_id").is_in(ids)).collect()
+            yield ids, rows.filter(in_shard(ids)).collect()
         return
     for ids, part in rated_shards(store, pricebooks_dir, month):
         owed -= set(ids)
@@ -114,7 +112,7 @@ def _draft_shard(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Draft invoices and lines of one shard's accounts (drafting is per account)."""
     month, accounts = inputs.rating.month, inputs.rating.accounts
-    mine = pl.col("account_id").is_in(ids)
+    mine = in_shard(ids)
     rated = with_current_credit(rated, accounts, month, inputs.rating.opening, scope=ids)
     rated = inputs.rating.with_waivers(rated, inputs.hourly.filter(mine), ids)
     return build_draft_invoices(rated, accounts, month, inputs.adjustments.filter(mine))
@@ -139,17 +137,21 @@ def pending_adjustments(
     return adjustments_for(issued, rerated)
 
 
-def rated_of_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> pl.DataFrame:
-    """The month's stored `rated_usage`; rated on the fly when the table has nothing for it.
+def month_rated_lines(store: DeltaStore, pricebooks_dir: Path, month: str) -> pl.DataFrame:
+    """`rated_lines` of the month's stored `rated_usage`, made shard by shard (lines are per
+    account, so memory is bounded by a shard, not the month's rated rows); rated on the fly
+    when the table has nothing for the month.
 
     A rated month always has rows once built (contract lines for committed accounts), so no
     rows means "not built yet", not "no usage".
     """
-    if store.exists(RATED_USAGE):
-        rows = store.scan(RATED_USAGE).filter(pl.col("period") == month).collect()
-        if rows.height:
-            return rows
-    return rate_month(store, pricebooks_dir, month).rated
+    rows = store.scan(RATED_USAGE).filter(pl.col("period") == month)
+    weight = rows.group_by("account_id").agg(w=pl.len()).collect(engine="streaming")
+    if weight.is_empty():
+        return rated_lines(rate_month(store, pricebooks_dir, month).rated)
+    return pl.concat(
+        [rated_lines(rows.filter(in_shard(ids)).collect()) for ids in account_shards(weight)]
+    )
 
 
 def _write_drafts(

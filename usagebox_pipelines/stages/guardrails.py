@@ -43,7 +43,7 @@ from usagebox_pipelines.guardrails.spend import (
 from usagebox_pipelines.guardrails.state import evaluate_spend, with_anomalies
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing import Accounts, PricebookSet, load_accounts, load_pricebooks
-from usagebox_pipelines.shards import account_shards
+from usagebox_pipelines.shards import account_shards, in_shard
 from usagebox_pipelines.stages.rating import month_weights
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
@@ -174,7 +174,7 @@ def _evaluate_shard(
 ) -> _ShardResult:
     """spend_state rows, status steps and anomalies of one shard of whole hierarchies (plus,
     with `strays`, the accounts it selects: unlisted, so each is a hierarchy of its own)."""
-    mine = pl.col("account_id").is_in(ids)
+    mine = in_shard(ids)
     if strays is not None:
         mine = mine | strays
     hourly = reading.hourly.filter(mine)

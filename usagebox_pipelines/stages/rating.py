@@ -26,7 +26,7 @@ from usagebox_pipelines.pricing import Accounts, PricebookSet
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.pricing.rating import rate_usage
-from usagebox_pipelines.shards import account_shards
+from usagebox_pipelines.shards import account_shards, in_shard
 from usagebox_pipelines.stages.books import (
     opening_credit,
 )
@@ -119,8 +119,7 @@ def rated_shards(
     # takes shards inside delta-rs, where opening a table would start a runtime in its runtime.
     hourly = month_hourly(store, month)
     return (
-        (ids, _rate_shard(hourly.filter(pl.col("account_id").is_in(ids)).collect(), ids, inputs))
-        for ids in shards
+        (ids, _rate_shard(hourly.filter(in_shard(ids)).collect(), ids, inputs)) for ids in shards
     )
 
 

@@ -13,6 +13,7 @@ from usagebox_pipelines.catalog import (
     USAGE_MONTHLY,
 )
 from usagebox_pipelines.rollups.aggregate import rollup_hourly, rollup_monthly
+from usagebox_pipelines.shards import SHARD_ROWS
 from usagebox_pipelines.stages.events import (
     events_frame,
 )
@@ -26,33 +27,44 @@ def build_usage_hourly(
     """Replace exactly the hours [start, end) of `usage_hourly` and record them as built.
 
     The window is rolled up one UTC day at a time (a day's events are one `event_date`
-    partition) and the days stream into one commit: memory is bounded by a day, not by the
-    month a backfill asks for. Holds the lease shared (ADR 0012): builds of other days run at
-    the same time, never beside ingest or the events fold, so `events` does not move under the
-    build and `built_at` is later than every event it counted."""
+    partition) and committed in runs of whole days of about `SHARD_ROWS` rows, each commit
+    replacing its days' hours and recording them in `hour_builds`. delta-rs holds a write's
+    rows in memory until it commits, so memory is bounded by that budget, not by the month a
+    backfill asks for, and a month costs a few commits, not one per day. A reader sees each
+    run of days either as before or rebuilt; after a crash the rerun rebuilds what is left.
+    Holds the lease shared (ADR 0012): builds of other days run at the same time, never beside
+    ingest or the events fold, so `events` does not move under the build and `built_at` is
+    later than every event it counted."""
     events = events_frame(store)
     built = 0
-
-    def days() -> Iterator[pl.DataFrame]:
-        nonlocal built
-        for day_start, day_end in _days(start, end):
-            rows = rollup_hourly(events, day_start, day_end)
+    pending: list[pl.DataFrame] = []
+    since = start
+    for day_start, day_end in _days(start, end):
+        pending.append(rollup_hourly(events, day_start, day_end))
+        if day_end == end or sum(f.height for f in pending) >= SHARD_ROWS:
+            rows = pl.concat(pending)
+            _commit_hours(store, rows, since, day_end, run_id)
             built += rows.height
-            yield rows
+            pending, since = [], day_end
+    return built
 
+
+def _commit_hours(
+    store: DeltaStore, rows: pl.DataFrame, start: datetime, end: datetime, run_id: str
+) -> None:
+    """`rows` as the hours [start, end) of `usage_hourly`, then those hours as built."""
     meta = {
         "run_id": run_id,
         "stage": "usage_hourly",
         "from": start.isoformat(),
         "to": end.isoformat(),
     }
-    store.replace_partition(USAGE_HOURLY, days(), hour=slice(start, end), metadata=meta)
+    store.replace_partition(USAGE_HOURLY, rows, hour=slice(start, end), metadata=meta)
     hours = pl.datetime_range(start, end, "1h", closed="left", time_zone="UTC", eager=True)
     builds = pl.DataFrame({"hour": hours}).with_columns(
         built_at=pl.lit(datetime.now(UTC)), run_id=pl.lit(run_id)
     )
     store.replace_partition(HOUR_BUILDS, builds, hour=slice(start, end))
-    return built
 
 
 def _days(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:

@@ -64,7 +64,7 @@ from usagebox_pipelines.stages.books import (
     issued_invoices,
     issued_lines,
 )
-from usagebox_pipelines.stages.drafts import rated_of_month
+from usagebox_pipelines.stages.drafts import month_rated_lines
 from usagebox_pipelines.stages.events import (
     FIRST_HOUR,
     events_frame,
@@ -192,7 +192,7 @@ def draft_lines_match_rated(
         (pl.col("month") == month) & pl.col("billable").fill_null(False)
     )
     unrated = store.scan(UNRATED_USAGE).filter(pl.col("period") == month)
-    rated = rated_lines(rated_of_month(store, pricebooks_dir, month))
+    rated = month_rated_lines(store, pricebooks_dir, month)
     mismatches = [
         inv.usage_quantity_mismatch(monthly.collect(), unrated.collect(), drafts),
         inv.usage_amount_mismatch(rated, drafts),

@@ -29,12 +29,15 @@ from typing import Any
 
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.pricing import _yaml as y
+from usagebox_pipelines.pricing.markup import ListRates, has_markup, load_list_rates, resolve_markups
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 
-PRICE_MODELS = ("per_unit", "graduated", "volume", "package", "flat")
+PRICE_MODELS = ("per_unit", "markup", "graduated", "volume", "package", "flat")
 _TOP_KEYS = {"pricebook", "version", "effective_from", "currency", "rates", "description"}
-_RATE_KEYS = {"id", "description", "meter_id", "model_id", "dimensions", "per"}
-_PRICE_KEYS = ("unit_price", "tiers", "package", "flat")
+_RATE_KEYS = {"id", "description", "meter_id", "model_id", "dimensions", "per", "free_units"}
+_PRICE_KEYS = ("unit_price", "markup", "tiers", "package", "flat")
+#: Price models that may start with free (included) units; volume and flat may not.
+FREE_UNIT_MODELS = ("per_unit", "markup", "graduated", "package")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DIM_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _RATE_ID_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._:=*/@-]{0,127}$")
@@ -53,11 +56,30 @@ class Tier:
 
 
 @dataclass(frozen=True)
+class Markup:
+    """Cost-plus: the vendor's list rate for the usage's model and meter × (1 + pct / 100).
+
+    `list_price` per `list_per` units (from `vendors.yaml`, in effect on `list_from`) is filled
+    in when the pricebook set resolves the rate (`pricing.markup`); a parsed, unresolved rate
+    has None there.
+    """
+
+    vendor: str
+    pct: Decimal
+    list_price: Decimal | None = None
+    list_per: Decimal | None = None
+    list_from: str | None = None
+
+
+@dataclass(frozen=True)
 class Rate:
-    """One price rule. `price_model` is per_unit, graduated, volume, package or flat.
+    """One price rule. `price_model` is per_unit, markup, graduated, volume, package or flat.
 
     `rate_id` (the `id` key, else derived from the selector, e.g. `gpu_seconds:*:gpu=h100`) is
     also the key that carries tier and package positions across versions of a month.
+    `free_units`: the first units of the month per account × meter × model × rate id are
+    included (priced 0) before the price model applies. `wildcard`: a `model_id: "*"` markup
+    rate resolved to one concrete model keeps the specificity of `*`.
     """
 
     index: int
@@ -73,11 +95,15 @@ class Rate:
     package_price: Decimal | None = None
     flat: Decimal | None = None
     description: str | None = None
+    free_units: Decimal = Decimal(0)
+    markup: Markup | None = None
+    wildcard: bool = False
 
     @property
     def specificity(self) -> tuple[int, int]:
         """Exact model beats `*`; then more dimension keys beat fewer."""
-        return (0 if self.model_id == "*" else 1, len(self.dimensions))
+        generic = self.model_id == "*" or self.wildcard
+        return (0 if generic else 1, len(self.dimensions))
 
     @property
     def selector(self) -> str:
@@ -115,11 +141,16 @@ class PricebookSet:
     """All versions of all pricebooks in a folder, validated together."""
 
     versions: tuple[PricebookVersion, ...]
+    list_rates: ListRates = field(default_factory=ListRates)
     _by_name: dict[str, tuple[PricebookVersion, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.versions, key=lambda v: (v.pricebook, v.effective_from)))
         _validate_set(ordered)
+        ordered = tuple(
+            resolve_markups(v, _next_start(ordered, i), self.list_rates, PricebookError)
+            for i, v in enumerate(ordered)
+        )
         by_name: dict[str, list[PricebookVersion]] = {}
         for version in ordered:
             by_name.setdefault(version.pricebook, []).append(version)
@@ -197,7 +228,15 @@ class PricebookSet:
                 and (v.version == proposed.version or v.effective_from == proposed.effective_from)
             )
         ]
-        return PricebookSet(tuple([*kept, proposed]))
+        return PricebookSet(tuple([*kept, proposed]), self.list_rates)
+
+
+def _next_start(ordered: tuple[PricebookVersion, ...], i: int) -> datetime | None:
+    """`effective_from` of the version after `ordered[i]` in its pricebook (None: the last)."""
+    after = ordered[i + 1] if i + 1 < len(ordered) else None
+    if after is None or after.pricebook != ordered[i].pricebook:
+        return None
+    return after.effective_from
 
 
 def load_pricebooks(folder: Path) -> PricebookSet:
@@ -212,7 +251,8 @@ def load_pricebooks(folder: Path) -> PricebookSet:
     versions = [v for v in (load_pricebook_file(f, required=False) for f in files) if v]
     if not versions:
         raise PricebookError(f"{y.display(folder)}: no pricebook files (YAML with `pricebook:`)")
-    return PricebookSet(tuple(versions))
+    needs_list = any(has_markup(v) for v in versions)
+    return PricebookSet(tuple(versions), load_list_rates(folder) if needs_list else ListRates())
 
 
 def load_pricebook_file(path: Path, *, required: bool = True) -> PricebookVersion | None:
@@ -289,8 +329,18 @@ def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
     dimensions = _parse_dimensions(rate.get("dimensions"), where.key("dimensions"))
     if "per" in rate and kind in ("package", "flat"):
         where.key("per").fail(f"not used with {kind} (a {kind} price is per package/month)")
+    if "per" in rate and kind == "markup":
+        where.key("per").fail("not used with markup (the vendor list rate has its own per)")
     per = y.decimal(rate.get("per", 1), where.key("per"), positive=True)
     price = _parse_price(kind, rate[kind], where.key(kind))
+    free_units = Decimal(0)
+    if rate.get("free_units") is not None:
+        if price["price_model"] not in FREE_UNIT_MODELS:
+            where.key("free_units").fail(
+                f"not used with {price['price_model']} (allowed with "
+                f"{', '.join(FREE_UNIT_MODELS)})"
+            )
+        free_units = y.decimal(rate["free_units"], where.key("free_units"), positive=True)
     selector_id = Rate(index, "", meter_id, model_id, dimensions, "per_unit").selector
     rate_id = selector_id
     if rate.get("id") is not None:
@@ -304,6 +354,7 @@ def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
         dimensions=dimensions,
         per=per,
         description=None if description is None else str(description),
+        free_units=free_units,
         **price,
     )
 
@@ -328,6 +379,11 @@ def _parse_price(kind: str, raw: Any, where: y.Where) -> dict[str, Any]:
         return {"price_model": "per_unit", "unit_price": y.decimal(raw, where, minimum=Decimal(0))}
     if kind == "flat":
         return {"price_model": "flat", "flat": y.decimal(raw, where, minimum=Decimal(0))}
+    if kind == "markup":
+        body = y.mapping(raw, where, {"vendor", "pct"}, required={"vendor", "pct"})
+        vendor = y.text(body["vendor"], where.key("vendor"), pattern=_ID_RE)
+        pct = y.decimal(body["pct"], where.key("pct"), minimum=Decimal(-100))
+        return {"price_model": "markup", "markup": Markup(vendor, pct)}
     if kind == "package":
         pkg = y.mapping(raw, where, {"size", "price"}, required={"size", "price"})
         return {
@@ -390,6 +446,8 @@ def _check_rates(rates: tuple[Rate, ...], where: y.Where) -> None:
 def _may_tie(a: Rate, b: Rate) -> bool:
     """Could one usage key match both rates with the same specificity?"""
     if a.meter_id != b.meter_id or a.model_id != b.model_id:
+        return False
+    if a.specificity[0] != b.specificity[0]:  # a resolved `*` markup vs an exact model
         return False
     if len(a.dimensions) != len(b.dimensions):
         return False

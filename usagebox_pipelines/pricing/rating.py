@@ -56,6 +56,8 @@ _POSITION_KEYS = ["account_id", "meter_id", "model_id", "rate_id"]
 _ORDER = ["hour", "dimensions", "product_id", "unit"]
 _LINE_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "credit": 3}
 _COUNTED = ("package", "flat")
+#: Tier number of the free-units step (rated rows show it as tier null, price model `included`).
+INCLUDED_TIER = -1
 
 
 @dataclass(frozen=True)
@@ -236,9 +238,9 @@ def _with_rates(rows: pl.DataFrame, books: PricebookSet) -> pl.DataFrame:
     """Attach `rate_idx` of the most specific matching rate (null when none matches)."""
     keys = rows.filter(pl.col("price_version").is_not_null()).select(_MATCH_KEYS).unique()
     candidates = [
-        _candidates(keys, version, rate)
+        _candidates(keys, version, position, rate)
         for version in _used_versions(keys, books)
-        for rate in version.rates
+        for position, rate in enumerate(version.rates)
     ]
     schema = {**keys.schema, "rate_idx": pl.Int32, "spec_model": pl.Int8, "spec_dims": pl.Int8}
     if candidates:
@@ -259,8 +261,11 @@ def _used_versions(keys: pl.DataFrame, books: PricebookSet) -> list[PricebookVer
     return [books.get(f"{pricebook}@{version}") for pricebook, version in sorted(used)]
 
 
-def _candidates(keys: pl.DataFrame, version: PricebookVersion, rate: Rate) -> pl.DataFrame:
-    """Keys of `version` that `rate` matches, with its specificity."""
+def _candidates(
+    keys: pl.DataFrame, version: PricebookVersion, position: int, rate: Rate
+) -> pl.DataFrame:
+    """Keys of `version` that `rate` (at `position` in its rates: the `rate_idx`) matches,
+    with its specificity."""
     cond = (
         (pl.col("pricebook") == version.pricebook)
         & (pl.col("price_version") == version.version)
@@ -272,7 +277,7 @@ def _candidates(keys: pl.DataFrame, version: PricebookVersion, rate: Rate) -> pl
         cond &= pl.col("dimensions").str.json_path_match(f"$['{key}']") == value
     spec_model, spec_dims = rate.specificity
     return keys.filter(cond).with_columns(
-        rate_idx=pl.lit(rate.index, dtype=pl.Int32),
+        rate_idx=pl.lit(position, dtype=pl.Int32),
         spec_model=pl.lit(spec_model, dtype=pl.Int8),
         spec_dims=pl.lit(spec_dims, dtype=pl.Int8),
     )
@@ -319,7 +324,7 @@ def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFr
     meta, tiers = _rate_tables(books)
     magnitude = int(matched.select(to_scaled(pl.col("sum")).abs().sum()).item() or 0)
     _guard(2 * magnitude * int(meta["pkg_den"].max() or 1))
-    positioned = meta.filter(pl.col("price_model") != "per_unit").get_column("rate_id")
+    positioned = meta.filter(pl.col("path") != "per_unit").get_column("rate_id")
     rows = (
         matched.lazy()
         .join(meta.lazy(), on=_RATE_KEYS, how="left")
@@ -346,9 +351,9 @@ def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFr
     )
     parts = pl.concat(
         [
-            _graduated(rows.filter(pl.col("price_model") == "graduated"), tiers),
-            _volume(rows.filter(pl.col("price_model") == "volume"), tiers),
-            _untiered(rows.filter(~pl.col("price_model").is_in(["graduated", "volume"]))),
+            _graduated(rows.filter(pl.col("path") == "graduated"), tiers),
+            _volume(rows.filter(pl.col("path") == "volume"), tiers),
+            _untiered(rows.filter(~pl.col("path").is_in(["graduated", "volume"]))),
             per_unit,
         ]
     )
@@ -395,11 +400,18 @@ def _volume(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
 
 
 def _untiered(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """Per-unit rows as they are; packages started and flat fees counted on positions."""
+    """Per-unit rows as they are; packages started and flat fees counted on positions.
+
+    A package rate's `free_units` come off the position first: packages start only once the
+    month's quantity passes them (Lago's package `free_units`).
+    """
     size = pl.col("pkg_num") * lit_int(ONE)
-    started = scaled_ceil_div(pl.col("cum") * pl.col("pkg_den"), size) - scaled_ceil_div(
-        pl.col("prev") * pl.col("pkg_den"), size
-    )
+    zero = lit_int(0)
+
+    def billed(col: str) -> pl.Expr:
+        return pl.max_horizontal(pl.col(col) - pl.col("free"), zero) * pl.col("pkg_den")
+
+    started = scaled_ceil_div(billed("cum"), size) - scaled_ceil_div(billed("prev"), size)
     first_used = (pl.col("rank") == 0) & (pl.col("total") > lit_int(0))
     count = (
         pl.when(pl.col("price_model") == "package")
@@ -431,6 +443,9 @@ def _amounts(lines: pl.DataFrame, tiers: pl.DataFrame, period: str) -> pl.DataFr
             quantity=from_scaled(pl.col("part")),
             amount=from_scaled(scaled_half_up_div(pl.col("base") * pl.col("num"), pl.col("den"))),
             tier=pl.when(pl.col("tier") > 0).then(pl.col("tier")),
+            price_model=pl.when(pl.col("tier") == INCLUDED_TIER)
+            .then(pl.lit("included"))
+            .otherwise(pl.col("price_model")),
         ),
         schemas.RATED_USAGE,
     )
@@ -440,10 +455,21 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Small frames of every rate (meta) and every priced step (tiers; tier 0 = untiered)."""
     meta, tiers = [], []
     for version in books.versions:
-        for rate in version.rates:
+        for position, rate in enumerate(version.rates):
             size = fraction_of(rate.package_size or Decimal(1))
-            head = (version.pricebook, version.version, rate.index)
-            meta.append((*head, rate.rate_id, rate.price_model, size.numerator, size.denominator))
+            head = (version.pricebook, version.version, position)
+            free = int(rate.free_units * ONE)
+            meta.append(
+                (
+                    *head,
+                    rate.rate_id,
+                    rate.price_model,
+                    _path(rate),
+                    free,
+                    size.numerator,
+                    size.denominator,
+                )
+            )
             tiers.extend((*head, *step) for step in _steps(rate))
     meta_schema = {
         "pricebook": pl.String,
@@ -451,6 +477,8 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
         "rate_idx": pl.Int32,
         "rate_id": pl.String,
         "price_model": pl.String,
+        "path": pl.String,
+        "free": _I128,
         "pkg_num": _I128,
         "pkg_den": _I128,
     }
@@ -472,19 +500,40 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
     )
 
 
+def _path(rate: Rate) -> str:
+    """How `_price` positions a rate: per_unit (no positions), graduated, volume or untiered.
+
+    Free units turn a per-unit (or markup) price into two graduated steps, included then
+    priced, and put an included step in front of graduated tiers.
+    """
+    if rate.price_model in ("per_unit", "markup"):
+        return "graduated" if rate.free_units else "per_unit"
+    if rate.price_model in ("graduated", "volume"):
+        return rate.price_model
+    return "untiered"
+
+
 def _steps(rate: Rate) -> list[tuple]:
-    """(tier, lo, hi, num, den, per, unit_price) with lo/hi as scaled positions."""
-    if rate.price_model == "per_unit":
+    """(tier, lo, hi, num, den, per, unit_price) with lo/hi as scaled positions.
+
+    Free units are the step `INCLUDED_TIER` (price 0, shown as `included` and tier null), in
+    front of the rate's own steps, which move up by the free units.
+    """
+    free = int(rate.free_units * ONE)
+    included = [(INCLUDED_TIER, None, free, 0, 1, rate.per, Decimal(0))] if free else []
+    if rate.price_model in ("per_unit", "markup"):
         price = fraction_of(rate.unit_price) / fraction_of(rate.per)
-        return [(0, None, None, price.numerator, price.denominator, rate.per, rate.unit_price)]
+        lo = free if free else None
+        step = (0, lo, None, price.numerator, price.denominator, rate.per, rate.unit_price)
+        return [*included, step]
     if rate.price_model in _COUNTED:
         amount = rate.package_price if rate.price_model == "package" else rate.flat
         per = rate.package_size if rate.price_model == "package" else Decimal(1)
         price = fraction_of(amount)
         return [(0, None, None, price.numerator, price.denominator, per, amount)]
-    steps, lo = [], None
+    steps, lo = included, (free if free else None)
     for number, tier in enumerate(rate.tiers, start=1):
-        hi = None if tier.up_to is None else int(tier.up_to * ONE)
+        hi = None if tier.up_to is None else int(tier.up_to * ONE) + free
         price = fraction_of(tier.unit_price) / fraction_of(rate.per)
         steps.append(
             (number, lo, hi, price.numerator, price.denominator, rate.per, tier.unit_price)

@@ -50,6 +50,9 @@ METER_LABELS = {
 }
 METER_RANK = {meter: i for i, meter in enumerate(METER_LABELS)}
 DETAIL_SEP = " — "
+#: Line details of the free-units slice of a rate and of a cost-plus (markup) rate.
+INCLUDED_TEXT = "included usage"
+MARKUP_TEXT = "vendor list price + markup"
 
 #: Columns that identify "the same line" across an issue and a later re-rating (adjustments).
 #: Contract lines have no meter; their kind is kept in `unit` so they stay distinguishable.
@@ -232,6 +235,8 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
             pl.lit("prices from ") + version
         ),
         pl.when(pl.col("price_model") == "flat").then(pl.lit("flat fee")),
+        pl.when(pl.col("price_model") == "included").then(pl.lit(INCLUDED_TEXT)),
+        pl.when(pl.col("price_model") == "markup").then(pl.lit(MARKUP_TEXT)),
         pl.col("_package"),
         separator=", ",
         ignore_nulls=True,

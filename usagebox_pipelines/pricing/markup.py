@@ -78,9 +78,10 @@ class ListRates:
 def load_list_rates(pricebooks_dir: Path) -> ListRates:
     """The standard list rates (no service tier, no context window) of `vendors.yaml`."""
     mapping = load_vendor_mapping(pricebooks_dir)
-    frame = mapping.rates.filter(
-        (pl.col("service_tier").fill_null("") == "") & (pl.col("context_window").fill_null("") == "")
-    ).sort("rate_effective_from")
+    standard = (pl.col("service_tier").fill_null("") == "") & (
+        pl.col("context_window").fill_null("") == ""
+    )
+    frame = mapping.rates.filter(standard).sort("rate_effective_from")
     rates: dict[ListKey, list[ListRate]] = {}
     for vendor, model, meter, start, per, price in frame.select(
         "vendor", "model_id", "meter_id", "rate_effective_from", "rate_per", "unit_price"
@@ -123,7 +124,9 @@ def resolve_markups(
                 f"{vendor} lists prices in {list_rates.currencies[vendor]}, the pricebook bills "
                 f"in {version.currency}; a markup never converts currency"
             )
-        models = [rate.model_id] if rate.model_id != "*" else list_rates.models(vendor, rate.meter_id)
+        models = [rate.model_id]
+        if rate.model_id == "*":
+            models = list_rates.models(vendor, rate.meter_id)
         if not models:
             at.fail(f"{vendor} lists no {rate.meter_id} price in {list_rates.source}")
         for model in models:
@@ -169,11 +172,12 @@ def _priced(
         rate.markup, list_price=found.price, list_per=found.per, list_from=str(found.effective_from)
     )
     wildcard = rate.model_id == "*"
+    per = Decimal(int(found.per)) if found.per == found.per.to_integral_value() else found.per
     return replace(
         rate,
         model_id=model,
         rate_id=f"{rate.rate_id}@{model}" if wildcard else rate.rate_id,
-        per=found.per,
+        per=per,
         unit_price=unit_price.normalize() if unit_price else Decimal(0),
         markup=markup,
         wildcard=wildcard,
@@ -188,4 +192,3 @@ def markup_earned(quantity: Decimal, rate: Rate) -> tuple[Decimal, Decimal]:
     cost = Fraction(quantity) * Fraction(rate.markup.list_price) / Fraction(rate.markup.list_per)
     billed = Fraction(quantity) * Fraction(rate.unit_price) / Fraction(rate.per)
     return exact_decimal(cost), exact_decimal(billed - cost)
-

@@ -29,7 +29,12 @@ from typing import Any
 
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.pricing import _yaml as y
-from usagebox_pipelines.pricing.markup import ListRates, has_markup, load_list_rates, resolve_markups
+from usagebox_pipelines.pricing.markup import (
+    ListRates,
+    has_markup,
+    load_list_rates,
+    resolve_markups,
+)
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 
 PRICE_MODELS = ("per_unit", "markup", "graduated", "volume", "package", "flat")
@@ -337,8 +342,7 @@ def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
     if rate.get("free_units") is not None:
         if price["price_model"] not in FREE_UNIT_MODELS:
             where.key("free_units").fail(
-                f"not used with {price['price_model']} (allowed with "
-                f"{', '.join(FREE_UNIT_MODELS)})"
+                f"not used with {price['price_model']} (allowed with {', '.join(FREE_UNIT_MODELS)})"
             )
         free_units = y.decimal(rate["free_units"], where.key("free_units"), positive=True)
     selector_id = Rate(index, "", meter_id, model_id, dimensions, "per_unit").selector

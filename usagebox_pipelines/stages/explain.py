@@ -14,6 +14,7 @@ from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.invoicing.arithmetic import (
     family_arithmetic,
     line_arithmetic,
+    markup_arithmetic,
     rate_rule,
     sum_kind,
 )
@@ -172,6 +173,9 @@ def _explain_usage(
             "note": _rollup_note(rate),
         },
     }
+    markup = markup_arithmetic(rate, line, first["price_model"])
+    if markup is not None:
+        out["markup"] = markup
     if with_events:
         out["events"] = _events_behind(events, doc.invoice["account_id"], line, behind)
     return out

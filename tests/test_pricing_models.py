@@ -1,0 +1,337 @@
+"""Issue 17 price models (fixture pricebook `models`), hand-computed tables with boundaries.
+
+models@v1 from 2026-10-01T00Z, models@v2 from 2026-10-16T00Z (fixture vendors.yaml: openai
+lists m1 input 2.00 / output 8.00 and m2 input 0.40 / output 1.60 per 1 M):
+  input_tokens *   markup 25 % on the openai list rate (m1 2.50, m2 0.50 per 1 M); m3 1.00 exact;
+  output_tokens m1 markup 20 % (9.60 per 1 M), v2 50 % (12.00), first 1 M of the month free;
+  output_tokens m2 2.00 per 1 M, first 500,000 free;
+  web_searches     graduated 0.01 up to 1,000 then 0.005, after 100 free;
+  tool_calls       packages of 100 for 1.00, after 50 free.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from usagebox_pipelines import schemas
+from usagebox_pipelines.invoicing.lines import build_invoice_lines
+from usagebox_pipelines.pricing import PricebookError, load_accounts, load_pricebooks, rate_usage
+from usagebox_pipelines.pricing.markup import markup_earned
+from usagebox_pipelines.pricing.rating import RatingResult
+
+FIXTURES = Path(__file__).parent / "fixtures" / "pricebooks" / "models"
+BOOKS = load_pricebooks(FIXTURES)
+ACCOUNTS = load_accounts(FIXTURES)
+
+
+def hour(day: int, h: int = 0) -> datetime:
+    return datetime(2026, 10, day, h, tzinfo=UTC)
+
+
+def usage(*rows: tuple, account: str = "a") -> pl.DataFrame:
+    """Rows of (meter, model, hour, quantity)."""
+    records = [
+        {
+            "account_id": account,
+            "meter_id": meter,
+            "model_id": model,
+            "billable": True,
+            "dimensions": "{}",
+            "hour": at,
+            "sum": D(quantity),
+            "count": 1,
+        }
+        for meter, model, at, quantity in rows
+    ]
+    return schemas.conform(pl.DataFrame(records, infer_schema_length=None), schemas.USAGE_HOURLY)
+
+
+def rate(frame: pl.DataFrame, **kwargs: Any) -> RatingResult:
+    return rate_usage(frame, "2026-10", BOOKS, ACCOUNTS, **kwargs)
+
+
+def lines(result: RatingResult) -> list[tuple]:
+    """(version, price_model, tier, quantity, amount) of usage lines, sorted."""
+    usage_rows = result.rated.filter(pl.col("line_kind") == "usage")
+    return sorted(
+        (r["price_version"], r["price_model"], r["tier"], r["quantity"], r["amount"])
+        for r in usage_rows.iter_rows(named=True)
+    )
+
+
+def row(version: str, model: str, tier: int | None, quantity: str, amount: str) -> tuple:
+    return (version, model, tier, D(quantity), D(amount))
+
+
+MARKUP_AND_FREE = [
+    (
+        "markup_on_the_list_rate_of_each_listed_model",
+        [("input_tokens", "m1", hour(1), "1000000"), ("input_tokens", "m2", hour(1), "2000000")],
+        [
+            row("v1", "markup", None, "1000000", "2.50"),
+            row("v1", "markup", None, "2000000", "1.00"),
+        ],
+    ),
+    (
+        "an_exact_rate_beats_the_star_markup",
+        [("input_tokens", "m3", hour(1), "1000000")],
+        [row("v1", "per_unit", None, "1000000", "1.00")],
+    ),
+    (
+        "markup_on_a_sub_unit_quantity_stays_exact",
+        [("input_tokens", "m1", hour(1), "1")],
+        [row("v1", "markup", None, "1", "0.0000025")],
+    ),
+    (
+        "zero_usage_bills_nothing",
+        [("input_tokens", "m1", hour(1), "0")],
+        [row("v1", "markup", None, "0", "0")],
+    ),
+    (
+        "free_units_carry_across_a_version_change_mid_month",
+        [
+            ("output_tokens", "m1", hour(5), "600000"),
+            ("output_tokens", "m1", hour(10), "600000"),
+            ("output_tokens", "m1", hour(20), "1000000"),
+        ],
+        [
+            row("v1", "included", None, "1000000", "0"),
+            row("v1", "markup", None, "200000", "1.92"),
+            row("v2", "markup", None, "1000000", "12.00"),
+        ],
+    ),
+    (
+        "usage_exactly_at_the_free_units_edge_is_all_included",
+        [("output_tokens", "m2", hour(3), "500000")],
+        [row("v1", "included", None, "500000", "0")],
+    ),
+    (
+        "one_unit_past_the_free_units_edge_is_billed",
+        [("output_tokens", "m2", hour(3), "500001")],
+        [row("v1", "included", None, "500000", "0"), row("v1", "per_unit", None, "1", "0.000002")],
+    ),
+    (
+        "graduated_tiers_start_after_the_free_units",
+        [("web_searches", None, hour(2), "1200")],
+        [
+            row("v1", "graduated", 1, "1000", "10.00"),
+            row("v1", "graduated", 2, "100", "0.50"),
+            row("v1", "included", None, "100", "0"),
+        ],
+    ),
+    (
+        "exactly_at_the_shifted_tier_edge_stays_in_tier_1",
+        [("web_searches", None, hour(2), "600"), ("web_searches", None, hour(3), "500")],
+        [row("v1", "graduated", 1, "1000", "10.00"), row("v1", "included", None, "100", "0")],
+    ),
+    (
+        "packages_start_after_the_free_units",
+        [("tool_calls", None, hour(2), "50")],
+        [row("v1", "package", None, "50", "0")],
+    ),
+    (
+        "one_call_past_the_free_units_starts_a_package",
+        [("tool_calls", None, hour(2), "51")],
+        [row("v1", "package", None, "51", "1.00")],
+    ),
+    (
+        "a_full_package_after_the_free_units_then_a_new_one",
+        [("tool_calls", None, hour(2), "150"), ("tool_calls", None, hour(4), "1")],
+        [row("v1", "package", None, "151", "2.00")],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"), [c[1:] for c in MARKUP_AND_FREE], ids=[c[0] for c in MARKUP_AND_FREE]
+)
+def test_markup_and_free_units(rows: list[tuple], expected: list[tuple]) -> None:
+    result = rate(usage(*rows))
+    assert lines(result) == sorted(expected)
+    assert result.unrated.is_empty()
+
+
+def test_a_model_the_vendor_does_not_list_is_unrated_never_free() -> None:
+    result = rate(usage(("input_tokens", "m9", hour(1), "5")))
+    assert result.rated.filter(pl.col("line_kind") == "usage").is_empty()
+    assert result.unrated["reason"].to_list() == [
+        "no rate in models@v1 matches meter 'input_tokens', model 'm9', dimensions {}"
+    ]
+
+
+def test_markup_earned_is_the_pct_of_list_cost() -> None:
+    rates = {r.rate_id: r for r in BOOKS.get("models@v2").rates}
+    cost, earned = markup_earned(D("1000000"), rates["m1-output"])
+    assert (cost, earned) == (D("8.000000000000"), D("4.000000000000"))
+
+
+def test_invoice_lines_name_included_usage_and_markup() -> None:
+    result = rate(
+        usage(("output_tokens", "m1", hour(5), "1200000"), ("input_tokens", "m2", hour(5), "1"))
+    )
+    account = ACCOUNTS.get("a")
+    invoice = build_invoice_lines(result.rated, account, "2026-10")
+    described = sorted(zip(invoice["description"], invoice["amount"], strict=True))
+    assert described == [
+        ("m1 · Output tokens — included usage", D("0.00")),
+        ("m1 · Output tokens — vendor list price + markup", D("1.92")),
+        ("m2 · Input tokens — vendor list price + markup", D("0.00")),
+    ]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _folder(tmp_path: Path, rates: str, vendors_edit: tuple[str, str] | None = None) -> Path:
+    """A pricebook folder with the fixture vendors.yaml (optionally edited) and one file."""
+    vendors = (FIXTURES / "vendors.yaml").read_text()
+    if vendors_edit is not None:
+        assert vendors_edit[0] in vendors
+        vendors = vendors.replace(*vendors_edit)
+    (tmp_path / "vendors.yaml").write_text(vendors)
+    (tmp_path / "bad.yaml").write_text(
+        'pricebook: t\nversion: "1"\neffective_from: 2026-10-01T00:00:00Z\ncurrency: USD\n'
+        f"rates:\n{rates}"
+    )
+    return tmp_path
+
+
+INVALID = [
+    (
+        "free_units_on_volume",
+        "  - {meter_id: x, model_id: '*', free_units: 5, tiers: {mode: volume, steps: "
+        "[{up_to: null, unit_price: '1'}]}}\n",
+        r"bad\.yaml: rates\[0\]\.free_units: not used with volume",
+    ),
+    (
+        "negative_free_units",
+        "  - {meter_id: x, model_id: '*', free_units: -1, unit_price: '1'}\n",
+        r"bad\.yaml: rates\[0\]\.free_units: must be greater than 0",
+    ),
+    (
+        "markup_with_per",
+        "  - {meter_id: input_tokens, model_id: m1, per: 1000, markup: {vendor: openai, pct: '5'}}\n",
+        r"bad\.yaml: rates\[0\]\.per: not used with markup",
+    ),
+    (
+        "markup_float_pct",
+        "  - {meter_id: input_tokens, model_id: m1, markup: {vendor: openai, pct: 2.5}}\n",
+        r"bad\.yaml: rates\[0\]\.markup\.pct: write decimals as quoted strings",
+    ),
+    (
+        "markup_unknown_vendor",
+        "  - {meter_id: input_tokens, model_id: m1, markup: {vendor: nobody, pct: '5'}}\n",
+        r"bad\.yaml: rates\[0\]\.markup\.vendor: unknown vendor 'nobody'",
+    ),
+    (
+        "markup_other_currency",
+        "  - {meter_id: input_tokens, model_id: m1, markup: {vendor: anthropic, pct: '5'}}\n",
+        r"bad\.yaml: rates\[0\]\.markup\.vendor: anthropic lists prices in EUR",
+    ),
+    (
+        "markup_model_not_listed",
+        "  - {meter_id: input_tokens, model_id: m3, markup: {vendor: openai, pct: '5'}}\n",
+        r"bad\.yaml: rates\[0\]\.markup: openai has no list rate for m3 input_tokens",
+    ),
+    (
+        "markup_meter_not_listed",
+        "  - {meter_id: tool_calls, model_id: '*', markup: {vendor: openai, pct: '5'}}\n",
+        r"bad\.yaml: rates\[0\]\.markup: openai lists no tool_calls price",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("rates", "pattern"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_invalid_models_name_file_and_field(tmp_path: Path, rates: str, pattern: str) -> None:
+    with pytest.raises(PricebookError, match=pattern):
+        load_pricebooks(_folder(tmp_path, rates))
+
+
+def test_a_list_rate_change_inside_a_markup_version_is_refused(tmp_path: Path) -> None:
+    later = (
+        "rates:\n  - vendor: openai\n    effective_from: 2026-10-20\n    per: 1000000\n"
+        '    prices:\n      m1: {input_tokens: "2.20"}\n'
+    )
+    rates = "  - {meter_id: input_tokens, model_id: m1, markup: {vendor: openai, pct: '5'}}\n"
+    folder = _folder(tmp_path, rates, ("rates:\n", later))
+    with pytest.raises(
+        PricebookError, match=r"bad\.yaml: rates\[0\]\.markup: .*changes on 2026-10-20"
+    ):
+        load_pricebooks(folder)
+    (tmp_path / "bad2.yaml").write_text(
+        (tmp_path / "bad.yaml")
+        .read_text()
+        .replace('"1"', '"2"')
+        .replace("2026-10-01T", "2026-10-20T")
+    )
+    books = load_pricebooks(folder)  # a version from the change date takes the new list rate
+    assert [v.rates[0].unit_price for v in books.versions] == [D("2.1"), D("2.31")]
+
+
+def test_editing_a_list_rate_a_markup_used_changes_the_version_hash(tmp_path: Path) -> None:
+    rates = "  - {meter_id: input_tokens, model_id: m1, markup: {vendor: openai, pct: '5'}}\n"
+    before = load_pricebooks(_folder(tmp_path, rates)).fingerprints()
+    edited = load_pricebooks(
+        _folder(tmp_path, rates, ('input_tokens: "2.00"', 'input_tokens: "2.10"'))
+    )
+    with pytest.raises(PricebookError, match="content_sha256: file was edited"):
+        edited.check_frozen(before)
+
+
+def test_markup_without_vendors_yaml_names_the_file(tmp_path: Path) -> None:
+    folder = _folder(
+        tmp_path, "  - {meter_id: input_tokens, model_id: m1, markup: {vendor: openai, pct: '5'}}\n"
+    )
+    (folder / "vendors.yaml").unlink()
+    with pytest.raises(Exception, match="vendors.yaml: vendor mapping file not found"):
+        load_pricebooks(folder)
+
+
+def test_reprice_keeps_list_rates_for_a_proposed_markup_file(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURES, tmp_path / "books")
+    proposed = tmp_path / "proposed.yaml"
+    proposed.write_text((FIXTURES / "models-v2.yaml").read_text().replace('pct: "25"', 'pct: "10"'))
+    from usagebox_pipelines.pricing import reprice_impact
+
+    impact = reprice_impact(
+        usage(("input_tokens", "m1", hour(20), "10000000")), "2026-10", BOOKS, proposed, ACCOUNTS
+    )
+    first = impact.row(0, named=True)
+    assert (first["current"], first["proposed"]) == (D("25.00"), D("22.00"))
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=400_000), min_size=1, max_size=8))
+def test_included_usage_depends_only_on_the_month_total(parts: list[int]) -> None:
+    """Invariant: however a month's m2 output is split over hours, the bill is
+    max(0, total − 500,000) × 2.00 / 1 M exactly, and no float dtype appears."""
+    rows = [("output_tokens", "m2", hour(1 + i), str(q)) for i, q in enumerate(parts)]
+    rated = rate(usage(*rows)).rated
+    assert all(not dtype.is_float() for dtype in rated.dtypes)
+    billed = max(0, sum(parts) - 500_000)
+    assert rated["amount"].sum() == D(billed) * D("2.00") / D(1_000_000)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=0, max_value=10**12))
+def test_markup_amount_is_list_cost_plus_pct(quantity: int) -> None:
+    """Invariant: a markup line's amount = list cost × (1 + 25 %), and earned = 25 % of cost."""
+    rated = rate(usage(("input_tokens", "m1", hour(1), str(quantity)))).rated
+    rule = next(r for r in BOOKS.get("models@v1").rates if r.rate_id == "input-markup@m1")
+    cost, earned = markup_earned(D(quantity), rule)
+    assert rated["amount"].sum() == cost + earned
+    assert earned == (cost * D("0.25")).quantize(D("1e-12"))

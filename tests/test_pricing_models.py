@@ -219,7 +219,8 @@ INVALID = [
     ),
     (
         "markup_with_per",
-        "  - {meter_id: input_tokens, model_id: m1, per: 1000, markup: {vendor: openai, pct: '5'}}\n",
+        "  - {meter_id: input_tokens, model_id: m1, per: 1000,"
+        " markup: {vendor: openai, pct: '5'}}\n",
         r"bad\.yaml: rates\[0\]\.per: not used with markup",
     ),
     (

@@ -6,7 +6,9 @@ lists m1 input 2.00 / output 8.00 and m2 input 0.40 / output 1.60 per 1 M):
   output_tokens m1 markup 20 % (9.60 per 1 M), v2 50 % (12.00), first 1 M of the month free;
   output_tokens m2 2.00 per 1 M, first 500,000 free;
   web_searches     graduated 0.01 up to 1,000 then 0.005, after 100 free;
-  tool_calls       packages of 100 for 1.00, after 50 free.
+  tool_calls       packages of 100 for 1.00, after 50 free;
+  images           0.04 each, minimum 5.00 and maximum 20.00 a month per account.
+Account a-cap: 10 % discount, maximum_spend 30.00, minimum_commit 5.00.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from hypothesis import strategies as st
 
 from usagebox_pipelines import schemas
 from usagebox_pipelines.invoicing.lines import build_invoice_lines
-from usagebox_pipelines.pricing import PricebookError, load_accounts, load_pricebooks, rate_usage
+from usagebox_pipelines.pricing import (
+    AccountsError,
+    PricebookError,
+    load_accounts,
+    load_pricebooks,
+    rate_usage,
+)
 from usagebox_pipelines.pricing.markup import markup_earned
 from usagebox_pipelines.pricing.rating import RatingResult
 
@@ -56,7 +64,9 @@ def usage(*rows: tuple, account: str = "a") -> pl.DataFrame:
 
 
 def rate(frame: pl.DataFrame, **kwargs: Any) -> RatingResult:
-    return rate_usage(frame, "2026-10", BOOKS, ACCOUNTS, **kwargs)
+    """Rate the month for the accounts in `frame` only (a-cap's terms bill it without usage)."""
+    scope = frame["account_id"].unique().to_list()
+    return rate_usage(frame, "2026-10", BOOKS, ACCOUNTS, scope=scope, **kwargs)
 
 
 def lines(result: RatingResult) -> list[tuple]:
@@ -188,6 +198,64 @@ def test_invoice_lines_name_included_usage_and_markup() -> None:
     ]
 
 
+PRICE_TERMS = [
+    (
+        "zero_usage_is_trued_up_to_the_minimum",
+        [(3, "0")],
+        [("per_unit", "0"), ("price_minimum", "5.00")],
+    ),
+    ("below_the_minimum", [(3, "10")], [("per_unit", "0.40"), ("price_minimum", "4.60")]),
+    ("exactly_at_the_minimum", [(3, "125")], [("per_unit", "5.00")]),
+    ("exactly_at_the_cap", [(3, "500")], [("per_unit", "20.00")]),
+    ("one_unit_over_the_cap", [(3, "501")], [("per_unit", "20.04"), ("price_cap", "-0.04")]),
+    (
+        "cap_hit_mid_month_across_a_version_change",
+        [(3, "300"), (12, "300"), (25, "400")],
+        [("per_unit", "24.00"), ("per_unit", "16.00"), ("price_cap", "-20.00")],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"), [c[1:] for c in PRICE_TERMS], ids=[c[0] for c in PRICE_TERMS]
+)
+def test_per_price_minimum_and_cap(parts: list[tuple], expected: list[tuple]) -> None:
+    rated = rate(usage(*[("images", None, hour(day), q) for day, q in parts])).rated
+    got = sorted((r["price_model"], r["amount"]) for r in rated.iter_rows(named=True))
+    assert got == sorted((m, D(a)) for m, a in expected)
+
+
+def test_a_version_change_mid_month_applies_the_latest_versions_terms_once() -> None:
+    rated = rate(usage(("images", None, hour(3), "400"), ("images", None, hour(20), "400"))).rated
+    terms = rated.filter(pl.col("price_model") == "price_cap")
+    assert terms.select("price_version", "amount").rows() == [("v2", D("-12.00"))]
+
+
+def test_account_spend_cap_comes_after_the_discount_and_before_the_minimum() -> None:
+    # 1,000 images = 40.00, capped per price at 20.00; 20 M m1 input tokens = 50.00 (2.50 / 1 M)
+    rows = [("images", None, hour(3), "1000"), ("input_tokens", "m1", hour(3), "20000000")]
+    result = rate(usage(*rows, account="a-cap"))
+    contract = result.rated.filter(pl.col("line_kind") != "usage")
+    assert contract.select("line_kind", "rate_id", "amount").rows() == [
+        ("discount", "discount_pct", D("-7.000000000000")),  # 10 % of 70.00
+        ("discount", "maximum_spend", D("-33.000000000000")),  # 63.00 → 30.00
+    ]
+    invoice = build_invoice_lines(result.rated, ACCOUNTS.get("a-cap"), "2026-10")
+    assert invoice["amount"].sum() == D("30.00")
+    assert invoice.filter(pl.col("unit") == "maximum_spend")["description"].to_list() == [
+        "Spend cap (maximum 30.00 USD a month)"
+    ]
+    assert "Images — capped at 20.00 a month" in invoice["description"].to_list()
+
+
+def test_spend_cap_below_the_commitment_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "accounts.yaml").write_text(
+        'accounts:\n  x: {minimum_commit: "50.00", maximum_spend: "40.00"}\n'
+    )
+    with pytest.raises(AccountsError, match=r"accounts\.x\.maximum_spend: must be at least"):
+        load_accounts(tmp_path)
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -227,6 +295,16 @@ INVALID = [
         "markup_float_pct",
         "  - {meter_id: input_tokens, model_id: m1, markup: {vendor: openai, pct: 2.5}}\n",
         r"bad\.yaml: rates\[0\]\.markup\.pct: write decimals as quoted strings",
+    ),
+    (
+        "minimum_above_maximum",
+        "  - {meter_id: x, model_id: '*', unit_price: '1', minimum: '9', maximum: '5'}\n",
+        r"bad\.yaml: rates\[0\]\.minimum: must not exceed maximum",
+    ),
+    (
+        "maximum_below_a_cent",
+        "  - {meter_id: x, model_id: '*', unit_price: '1', maximum: '5.001'}\n",
+        r"bad\.yaml: rates\[0\]\.maximum: at most 2 decimal places in USD",
     ),
     (
         "markup_unknown_vendor",
@@ -336,3 +414,12 @@ def test_markup_amount_is_list_cost_plus_pct(quantity: int) -> None:
     cost, earned = markup_earned(D(quantity), rule)
     assert rated["amount"].sum() == cost + earned
     assert earned == (cost * D("0.25")).quantize(D("1e-12"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=10))
+def test_a_capped_price_never_bills_above_its_cap_nor_below_its_minimum(parts: list[int]) -> None:
+    """Invariant: Σ of the images price's amounts is min(max(0.04 × total, 5.00), 20.00),
+    whatever the month's split over hours."""
+    rated = rate(usage(*[("images", None, hour(1 + i), str(q)) for i, q in enumerate(parts)])).rated
+    assert rated["amount"].sum() == min(max(D("0.04") * sum(parts), D("5.00")), D("20.00"))

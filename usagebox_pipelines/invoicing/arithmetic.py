@@ -49,6 +49,10 @@ def rate_rule(version: PricebookVersion, rate: Rate) -> dict:
         rule["flat"] = plain(rate.flat)
     if rate.free_units:
         rule["free_units"] = plain(rate.free_units)
+    if rate.minimum is not None:
+        rule["minimum"] = plain(rate.minimum)
+    if rate.maximum is not None:
+        rule["maximum"] = plain(rate.maximum)
     if rate.markup is not None:
         rule["markup"] = {
             "vendor": rate.markup.vendor,
@@ -102,7 +106,10 @@ def family_arithmetic(family: pl.DataFrame, rate: Rate, line: dict) -> str:
 
 def _step_text(rate: Rate, s: dict, amount: Decimal, first: bool, many_versions: bool) -> str:
     qty = format_quantity(s["quantity"])
-    if s["price_model"] == "included":
+    if s["price_model"] in ("price_minimum", "price_cap"):
+        what = "minimum" if s["price_model"] == "price_minimum" else "maximum"
+        text = f"{what} {price_text(s['unit_price'])} a month for this price"
+    elif s["price_model"] == "included":
         text = f"{qty} included (free_units {format_quantity(rate.free_units)})"
     elif rate.price_model == "package" and s["unit_price"]:
         packages = (s["amount"] / s["unit_price"]).to_integral_value()

@@ -3,8 +3,9 @@
 An account not listed is billed under the `defaults:` block, so new customers are billable
 before anyone edits the file. `parent` builds an org → team → user hierarchy: a child inherits
 the `currency`, `pricebook`, `discount_pct` and `payment_terms_days` it does not set itself.
-Commitments (`minimum_commit`, `prepaid_credit`) and budgets belong to the account that states
-them and are never inherited (each account is invoiced on its own; see ADR 0002).
+Commitments (`minimum_commit`, `prepaid_credit`, `maximum_spend`) and budgets belong to the
+account that states them and are never inherited (each account is invoiced on its own; see
+ADR 0002).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ _ACCOUNT_KEYS = {
     "discount_pct",
     "minimum_commit",
     "prepaid_credit",
+    "maximum_spend",
     "payment_terms_days",
     "budget",
     "after_hard_stop",
@@ -90,6 +92,7 @@ class Account:
     discount_pct: Decimal = Decimal(0)
     minimum_commit: Decimal | None = None
     prepaid_credit: Decimal | None = None
+    maximum_spend: Decimal | None = None
     budget: Budget | None = None
     listed: bool = True
     after_hard_stop: str = "bill"
@@ -253,6 +256,7 @@ def _resolve(
         discount_pct=_pct(body, "discount_pct", inherited["discount_pct"], at),
         minimum_commit=_money(body.get("minimum_commit"), at.key("minimum_commit")),
         prepaid_credit=_money(body.get("prepaid_credit"), at.key("prepaid_credit")),
+        maximum_spend=_maximum_spend(body, at),
         payment_terms_days=y.integer(
             body.get("payment_terms_days", inherited["payment_terms_days"]),
             at.key("payment_terms_days"),
@@ -301,6 +305,18 @@ def _pct(body: Mapping[str, Any], key: str, default: Decimal, where: y.Where) ->
 
 def _money(value: Any, where: y.Where) -> Decimal | None:
     return None if value is None else y.decimal(value, where, minimum=Decimal(0))
+
+
+def _maximum_spend(body: Mapping[str, Any], where: y.Where) -> Decimal | None:
+    """The monthly spend cap: usage after discount never bills above it. Below the account's
+    `minimum_commit` it would contradict the commitment, so that is refused."""
+    if body.get("maximum_spend") is None:
+        return None
+    cap = y.decimal(body["maximum_spend"], where.key("maximum_spend"), positive=True)
+    commit = _money(body.get("minimum_commit"), where.key("minimum_commit"))
+    if commit is not None and commit > cap:
+        where.key("maximum_spend").fail(f"must be at least minimum_commit ({cap} < {commit})")
+    return cap
 
 
 def _after_hard_stop(raw: Any, where: y.Where) -> str:

@@ -1,8 +1,10 @@
-"""Contract lines: [hard-stop waiver →] discount → minimum true-up → prepaid credit, per account.
+"""Contract lines: [hard-stop waiver →] discount → spend cap → minimum true-up → prepaid credit.
 
 The order is fixed: usage waived after a guardrail hard stop (`after_hard_stop: waive`, its
 rows made by invoicing.hard_stop, rate_id `WAIVER_RATE`) comes off the usage first; the
-discount applies to the usage that is billed; the minimum commit tops up the discounted usage;
+discount applies to the usage that is billed; `maximum_spend` cuts the discounted usage to the
+cap (a `discount` row, rate_id `SPEND_CAP_RATE`); the minimum commit tops up what is left
+(validation keeps the commit at or below the cap);
 prepaid credit pays what is left (never more, so a total never goes below zero). All
 are computed on the invoice's usage subtotal: rated rows summed to invoice lines
 (`INVOICE_LINE_KEYS`, the grain invoicing.lines groups by: dimensions summed away), each line
@@ -88,6 +90,10 @@ def rounded_usage_subtotals(rated: pl.DataFrame) -> dict[str, Decimal]:
     return totals
 
 
+#: rate_id of the `discount` row that cuts usage after discount to the account's maximum_spend.
+SPEND_CAP_RATE = "maximum_spend"
+
+
 def _has_terms(account: Account) -> bool:
     return account.minimum_commit is not None or account.prepaid_credit is not None
 
@@ -114,6 +120,11 @@ def _account_lines(
             )
         )
     total = usage + discount
+    if account.maximum_spend is not None:
+        over = total - round_decimal(account.maximum_spend, mu)
+        if over > 0:
+            rows.append(_row(account, "discount", SPEND_CAP_RATE, _ONE, _ONE, -over, -over))
+            total -= over
     if account.minimum_commit is not None:
         true_up = round_decimal(account.minimum_commit, mu) - total
         if true_up > 0:

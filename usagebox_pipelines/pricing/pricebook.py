@@ -39,7 +39,10 @@ from usagebox_pipelines.pricing.money import MINOR_UNITS
 
 PRICE_MODELS = ("per_unit", "markup", "graduated", "volume", "package", "flat")
 _TOP_KEYS = {"pricebook", "version", "effective_from", "currency", "rates", "description"}
-_RATE_KEYS = {"id", "description", "meter_id", "model_id", "dimensions", "per", "free_units"}
+_RATE_KEYS = {
+    "id", "description", "meter_id", "model_id", "dimensions", "per", "free_units",
+    "minimum", "maximum",
+}  # fmt: skip
 _PRICE_KEYS = ("unit_price", "markup", "tiers", "package", "flat")
 #: Price models that may start with free (included) units; volume and flat may not.
 FREE_UNIT_MODELS = ("per_unit", "markup", "graduated", "package")
@@ -101,6 +104,8 @@ class Rate:
     flat: Decimal | None = None
     description: str | None = None
     free_units: Decimal = Decimal(0)
+    minimum: Decimal | None = None
+    maximum: Decimal | None = None
     markup: Markup | None = None
     wildcard: bool = False
 
@@ -305,6 +310,7 @@ def _parse_version(doc: Any, path: Path, sha: str, where: y.Where) -> PricebookV
         where.key("rates").fail("must be a non-empty list of rates")
     rates = tuple(_parse_rate(r, i, where.key("rates").item(i)) for i, r in enumerate(raw_rates))
     _check_rates(rates, where.key("rates"))
+    _check_terms(rates, currency, where.key("rates"))
     description = doc.get("description")
     return PricebookVersion(
         file=path,
@@ -345,6 +351,10 @@ def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
                 f"not used with {price['price_model']} (allowed with {', '.join(FREE_UNIT_MODELS)})"
             )
         free_units = y.decimal(rate["free_units"], where.key("free_units"), positive=True)
+    minimum = _term(rate, "minimum", where)
+    maximum = _term(rate, "maximum", where)
+    if minimum is not None and maximum is not None and minimum > maximum:
+        where.key("minimum").fail(f"must not exceed maximum ({minimum} > {maximum})")
     selector_id = Rate(index, "", meter_id, model_id, dimensions, "per_unit").selector
     rate_id = selector_id
     if rate.get("id") is not None:
@@ -359,8 +369,17 @@ def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
         per=per,
         description=None if description is None else str(description),
         free_units=free_units,
+        minimum=minimum,
+        maximum=maximum,
         **price,
     )
+
+
+def _term(rate: Mapping[str, Any], key: str, where: y.Where) -> Decimal | None:
+    """A per-price monthly `minimum` / `maximum` amount (positive, in the pricebook currency)."""
+    if rate.get(key) is None:
+        return None
+    return y.decimal(rate[key], where.key(key), positive=True)
 
 
 def _parse_dimensions(raw: Any, where: y.Where) -> tuple[tuple[str, str], ...]:
@@ -445,6 +464,18 @@ def _check_rates(rates: tuple[Rate, ...], where: y.Where) -> None:
                 f"duplicate rate id {rate.rate_id!r} (also rates[{seen_ids[rate.rate_id]}])"
             )
         seen_ids[rate.rate_id] = rate.index
+
+
+def _check_terms(rates: tuple[Rate, ...], currency: str, where: y.Where) -> None:
+    """Per-price minimums and maximums are whole minor units of the currency (they land on the
+    invoice exactly, like `minimum_commit`)."""
+    places = MINOR_UNITS[currency]
+    for rate in rates:
+        for key, value in (("minimum", rate.minimum), ("maximum", rate.maximum)):
+            if value is not None and value.as_tuple().exponent < -places:  # type: ignore[operator]
+                where.item(rate.index).key(key).fail(
+                    f"at most {places} decimal places in {currency}, got {value}"
+                )
 
 
 def _may_tie(a: Rate, b: Rate) -> bool:

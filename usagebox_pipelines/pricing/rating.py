@@ -13,7 +13,9 @@ never on events. Steps, all vectorised Polars (Python loops only over versions a
    total, and counts packages started;
 5. sum quantities to the rated grain, then amount = quantity × unit_price / per once per row,
    exact at 12 places (half-up at the 12th place when the division is inexact);
-6. contract lines (pricing.contract): discount → minimum true-up → prepaid credit.
+6. per-price terms (pricing.terms): a rate's monthly minimum true-up or maximum cap per
+   account, as usage rows of the rate;
+7. contract lines (pricing.contract): discount → minimum true-up → prepaid credit.
 
 Over 400 lines on purpose: the steps above are one pipeline over the same frame, each a small
 function, kept in order.
@@ -45,6 +47,7 @@ from usagebox_pipelines.pricing.money import (
     to_scaled,
 )
 from usagebox_pipelines.pricing.pricebook import PricebookSet, PricebookVersion, Rate
+from usagebox_pipelines.pricing.terms import price_term_rows
 
 _I128 = pl.Int128
 _USAGE_KEYS = ["account_id", "meter_id", "model_id", "product_id", "unit", "dimensions"]
@@ -368,7 +371,8 @@ def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFr
         .join(meta.lazy(), on=_RATE_KEYS, how="left")
         .collect()
     )
-    return _amounts(lines, tiers, period)
+    priced = _amounts(lines, tiers, period)
+    return pl.concat([priced, price_term_rows(priced, books)])
 
 
 def _graduated(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:

@@ -7,7 +7,9 @@ lists m1 input 2.00 / output 8.00 and m2 input 0.40 / output 1.60 per 1 M):
   output_tokens m2 2.00 per 1 M, first 500,000 free;
   web_searches     graduated 0.01 up to 1,000 then 0.005, after 100 free;
   tool_calls       packages of 100 for 1.00, after 50 free;
-  images           0.04 each, minimum 5.00 and maximum 20.00 a month per account.
+  images           0.04 each, minimum 5.00 and maximum 20.00 a month per account;
+  storage_gb       graduated 1.00 up to 100 (+ 10.00 tier fee), then 0.50 (+ 5.00 tier fee);
+  seats            volume 4.00 up to 10 (+ 20.00 tier fee), then 3.00 (+ 25.00 tier fee).
 Account a-cap: 10 % discount, maximum_spend 30.00, minimum_commit 5.00.
 """
 
@@ -256,6 +258,55 @@ def test_spend_cap_below_the_commitment_is_refused(tmp_path: Path) -> None:
         load_accounts(tmp_path)
 
 
+TIER_FEES = [
+    ("zero_usage_enters_no_tier", [("storage_gb", 2, "0")], [("graduated", 1, "0", "0")]),
+    (
+        "exactly_at_the_tier_edge_pays_only_tier_1s_fee",
+        [("storage_gb", 2, "100")],
+        [("graduated", 1, "100", "100.00"), ("tier_flat", 1, "0", "10.00")],
+    ),
+    (
+        "crossing_into_tier_2_across_a_version_change_pays_its_fee_once",
+        [("storage_gb", 2, "60"), ("storage_gb", 8, "60"), ("storage_gb", 20, "30")],
+        [
+            ("graduated", 1, "100", "100.00"),
+            ("tier_flat", 1, "0", "10.00"),
+            ("graduated", 2, "20", "10.00"),
+            ("tier_flat", 2, "0", "5.00"),
+            ("graduated", 2, "30", "15.00"),
+        ],
+    ),
+    (
+        "volume_exactly_at_the_edge_takes_tier_1_and_its_fee",
+        [("seats", 2, "10")],
+        [("volume", 1, "10", "40.00"), ("tier_flat", 1, "0", "20.00")],
+    ),
+    (
+        "volume_total_picks_the_fee_once_across_versions",
+        [("seats", 2, "6"), ("seats", 20, "6")],
+        [("volume", 2, "6", "18.00"), ("tier_flat", 2, "0", "25.00"), ("volume", 2, "6", "18.00")],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"), [c[1:] for c in TIER_FEES], ids=[c[0] for c in TIER_FEES]
+)
+def test_per_tier_flat_fees(parts: list[tuple], expected: list[tuple]) -> None:
+    rated = rate(usage(*[(meter, None, hour(day), q) for meter, day, q in parts])).rated
+    got = sorted(
+        (r["price_model"], r["tier"], r["quantity"], r["amount"])
+        for r in rated.iter_rows(named=True)
+    )
+    assert got == sorted((m, t, D(q), D(a)) for m, t, q, a in expected)
+
+
+def test_a_correction_back_below_the_edge_drops_the_tier_fee() -> None:
+    rows = [("storage_gb", None, hour(2), "150"), ("storage_gb", None, hour(3), "-60")]
+    rated = rate(usage(*rows)).rated
+    assert rated.filter(pl.col("price_model") == "tier_flat")["tier"].to_list() == [1]
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -305,6 +356,12 @@ INVALID = [
         "maximum_below_a_cent",
         "  - {meter_id: x, model_id: '*', unit_price: '1', maximum: '5.001'}\n",
         r"bad\.yaml: rates\[0\]\.maximum: at most 2 decimal places in USD",
+    ),
+    (
+        "negative_tier_fee",
+        "  - {meter_id: x, model_id: '*', tiers: {mode: graduated, steps: "
+        "[{up_to: null, unit_price: '1', flat_fee: '-1'}]}}\n",
+        r"bad\.yaml: rates\[0\]\.tiers\.steps\[0\]\.flat_fee: must be at least 0",
     ),
     (
         "markup_unknown_vendor",

@@ -41,7 +41,9 @@ def rate_rule(version: PricebookVersion, rate: Rate) -> dict:
         rule["unit_price"] = plain(rate.unit_price)
     if rate.tiers:
         rule["tiers"] = [
-            {"up_to": plain(s.up_to), "unit_price": plain(s.unit_price)} for s in rate.tiers
+            {"up_to": plain(s.up_to), "unit_price": plain(s.unit_price)}
+            | ({"flat_fee": plain(s.flat_fee)} if s.flat_fee else {})
+            for s in rate.tiers
         ]
     if rate.package_size is not None:
         rule["package"] = {"size": plain(rate.package_size), "price": plain(rate.package_price)}
@@ -109,6 +111,8 @@ def _step_text(rate: Rate, s: dict, amount: Decimal, first: bool, many_versions:
     if s["price_model"] in ("price_minimum", "price_cap"):
         what = "minimum" if s["price_model"] == "price_minimum" else "maximum"
         text = f"{what} {price_text(s['unit_price'])} a month for this price"
+    elif s["price_model"] == "tier_flat":
+        text = f"tier {s['tier']} flat fee {price_text(s['unit_price'])}"
     elif s["price_model"] == "included":
         text = f"{qty} included (free_units {format_quantity(rate.free_units)})"
     elif rate.price_model == "package" and s["unit_price"]:

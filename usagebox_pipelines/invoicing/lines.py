@@ -241,6 +241,7 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
         ),
         pl.when(pl.col("price_model") == "flat").then(pl.lit("flat fee")),
         pl.when(pl.col("price_model") == "included").then(pl.lit(INCLUDED_TEXT)),
+        pl.when(pl.col("price_model") == "tier_flat").then(pl.lit("tier flat fee")),
         pl.when(pl.col("price_model") == "markup").then(pl.lit(MARKUP_TEXT)),
         pl.when(pl.col("price_model") == "price_minimum").then(
             pl.format("minimum {} a month, true-up", pl.col("unit_price").cast(MONEY2))

@@ -57,10 +57,13 @@ class PricebookError(UsageboxError):
 
 @dataclass(frozen=True)
 class Tier:
-    """One tier step: units up to `up_to` (inclusive; None = no upper bound)."""
+    """One tier step: units up to `up_to` (inclusive; None = no upper bound). `flat_fee` is
+    charged once a month when the position enters the tier (graduated, Lago/Orb/Stripe
+    `flat_amount`) or when the month's total lands in it (volume)."""
 
     up_to: Decimal | None
     unit_price: Decimal
+    flat_fee: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -429,7 +432,7 @@ def _parse_tiers(raw: Any, where: y.Where) -> dict[str, Any]:
     steps: list[Tier] = []
     for i, raw_step in enumerate(raw_steps):
         at = where.key("steps").item(i)
-        step = y.mapping(raw_step, at, {"up_to", "unit_price"}, required={"unit_price"})
+        step = y.mapping(raw_step, at, {"up_to", "unit_price", "flat_fee"}, required={"unit_price"})
         if "up_to" not in step:
             at.key("up_to").fail("required (null for the last, open-ended step)")
         up_to = step["up_to"]
@@ -442,7 +445,8 @@ def _parse_tiers(raw: Any, where: y.Where) -> dict[str, Any]:
         if bound is not None and steps and bound <= steps[-1].up_to:  # type: ignore[operator]
             at.key("up_to").fail(f"tiers must be increasing (got {bound} after {steps[-1].up_to})")
         price = y.decimal(step["unit_price"], at.key("unit_price"), minimum=Decimal(0))
-        steps.append(Tier(bound, price))
+        fee = y.decimal(step.get("flat_fee", 0), at.key("flat_fee"), minimum=Decimal(0))
+        steps.append(Tier(bound, price, fee))
     return {"price_model": mode, "tiers": tuple(steps)}
 
 

@@ -53,7 +53,7 @@ _I128 = pl.Int128
 _USAGE_KEYS = ["account_id", "meter_id", "model_id", "product_id", "unit", "dimensions"]
 _MATCH_KEYS = ["pricebook", "price_version", "meter_id", "model_id", "dimensions"]
 _RATE_KEYS = ["pricebook", "price_version", "rate_idx"]
-_LINE_KEYS = [*_USAGE_KEYS, "currency", *_RATE_KEYS, "tier"]
+_LINE_KEYS = [*_USAGE_KEYS, "currency", *_RATE_KEYS, "tier", "fee"]
 # Tier/package positions run per account × meter × model × rate id, across versions.
 _POSITION_KEYS = ["account_id", "meter_id", "model_id", "rate_id"]
 _ORDER = ["hour", "dimensions", "product_id", "unit"]
@@ -335,8 +335,9 @@ def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFr
     )
     needs_position = pl.col("rate_id").is_in(positioned.unique().implode())
     per_unit = rows.filter(~needs_position).select(
-        *_LINE_KEYS[:-1],
+        *_LINE_KEYS[:-2],
         tier=pl.lit(0, dtype=pl.Int32),
+        fee=pl.lit(False),
         hour=pl.col("hour"),
         part=pl.col("q"),
         count=lit_int(0),
@@ -383,11 +384,28 @@ def _graduated(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
         return pl.max_horizontal(lo, pl.min_horizontal(pl.col(col), hi))
 
     at_prev = (lo.is_null() | (pl.col("prev") > lo)) & (hi.is_null() | (pl.col("prev") <= hi))
-    return (
-        rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner")
-        .with_columns(part=clip("cum") - clip("prev"))
+    joined = rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner")
+    units = (
+        joined.with_columns(part=clip("cum") - clip("prev"))
         .filter((pl.col("part") != lit_int(0)) | ((pl.col("q") == lit_int(0)) & at_prev))
-        .with_columns(count=lit_int(0))
+        .with_columns(count=lit_int(0), fee=pl.lit(False))
+        .select(*_LINE_KEYS, "hour", "part", "count")
+    )
+    start = lo.fill_null(lit_int(0))
+    enters = (pl.col("cum") > start) & (pl.col("prev") <= start) & (pl.col("total") > start)
+    return pl.concat([units, _tier_fees(joined, enters)])
+
+
+def _tier_fees(joined: pl.LazyFrame, in_tier: pl.Expr) -> pl.LazyFrame:
+    """One fee row (count 1, part 0) per account × rate id × tier with a `flat_fee`: on the
+    first row in hour order where `in_tier` holds (graduated: the position enters the tier and
+    the month's total stays in or past it; volume: the month's total lands in it)."""
+    keys = [*_POSITION_KEYS, "tier"]
+    first = pl.col("rank") == pl.col("rank").filter(in_tier).min().over(keys)
+    return (
+        joined.filter(pl.col("fee_scaled") > lit_int(0))
+        .filter(in_tier & first)
+        .with_columns(part=lit_int(0), count=lit_int(1), fee=pl.lit(True))
         .select(*_LINE_KEYS, "hour", "part", "count")
     )
 
@@ -395,12 +413,13 @@ def _graduated(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
 def _volume(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
     """All of a month's units at the tier its total reaches (per version's own tier table)."""
     lo, hi, total = pl.col("lo"), pl.col("hi"), pl.col("total")
-    return (
-        rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner")
-        .filter((lo.is_null() | (total > lo)) & (hi.is_null() | (total <= hi)))
-        .with_columns(part=pl.col("q"), count=lit_int(0))
-        .select(*_LINE_KEYS, "hour", "part", "count")
+    joined = rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner").filter(
+        (lo.is_null() | (total > lo)) & (hi.is_null() | (total <= hi))
     )
+    units = joined.with_columns(part=pl.col("q"), count=lit_int(0), fee=pl.lit(False)).select(
+        *_LINE_KEYS, "hour", "part", "count"
+    )
+    return pl.concat([units, _tier_fees(joined, total > lit_int(0))])
 
 
 def _untiered(rows: pl.LazyFrame) -> pl.LazyFrame:
@@ -425,17 +444,25 @@ def _untiered(rows: pl.LazyFrame) -> pl.LazyFrame:
         .otherwise(lit_int(0))
     )
     return rows.with_columns(
-        tier=pl.lit(0, dtype=pl.Int32), part=pl.col("q"), count=count.cast(_I128)
+        tier=pl.lit(0, dtype=pl.Int32), part=pl.col("q"), count=count.cast(_I128), fee=pl.lit(False)
     ).select(*_LINE_KEYS, "hour", "part", "count")
 
 
 def _amounts(lines: pl.DataFrame, tiers: pl.DataFrame, period: str) -> pl.DataFrame:
     """amount = quantity × price fraction, once per line, half-up at the 12th place."""
     lines = lines.join(tiers.drop("lo", "hi"), on=[*_RATE_KEYS, "tier"], how="left")
+    fee = pl.col("fee")
     base = (
-        pl.when(pl.col("price_model").is_in(_COUNTED))
+        pl.when(pl.col("price_model").is_in(_COUNTED) | fee)
         .then(pl.col("count") * lit_int(ONE))
         .otherwise(pl.col("part"))
+    )
+    # a tier's flat fee: count × fee (a fraction fee / 1), shown at unit price = the fee
+    lines = lines.with_columns(
+        num=pl.when(fee).then(pl.col("fee_scaled")).otherwise(pl.col("num")),
+        den=pl.when(fee).then(lit_int(ONE)).otherwise(pl.col("den")),
+        unit_price=pl.when(fee).then(pl.col("fee_amount")).otherwise(pl.col("unit_price")),
+        per=pl.when(fee).then(pl.lit(Decimal(1), dtype=EXACT)).otherwise(pl.col("per")),
     )
     lines = lines.with_columns(base=base)
     widest = int(lines.select(pl.col("base").abs().max()).item() or 0)
@@ -449,6 +476,8 @@ def _amounts(lines: pl.DataFrame, tiers: pl.DataFrame, period: str) -> pl.DataFr
             tier=pl.when(pl.col("tier") > 0).then(pl.col("tier")),
             price_model=pl.when(pl.col("tier") == INCLUDED_TIER)
             .then(pl.lit("included"))
+            .when(fee)
+            .then(pl.lit("tier_flat"))
             .otherwise(pl.col("price_model")),
         ),
         schemas.RATED_USAGE,
@@ -497,6 +526,8 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
         "den": _I128,
         "per": EXACT,
         "unit_price": EXACT,
+        "fee_amount": EXACT,
+        "fee_scaled": _I128,
     }
     return (
         pl.DataFrame(meta, schema=meta_schema, orient="row"),
@@ -524,23 +555,25 @@ def _steps(rate: Rate) -> list[tuple]:
     front of the rate's own steps, which move up by the free units.
     """
     free = int(rate.free_units * ONE)
-    included = [(INCLUDED_TIER, None, free, 0, 1, rate.per, Decimal(0))] if free else []
+    none = (Decimal(0), 0)  # no tier fee
+    included = [(INCLUDED_TIER, None, free, 0, 1, rate.per, Decimal(0), *none)] if free else []
     if rate.price_model in ("per_unit", "markup"):
         price = fraction_of(rate.unit_price) / fraction_of(rate.per)
         lo = free if free else None
-        step = (0, lo, None, price.numerator, price.denominator, rate.per, rate.unit_price)
+        step = (0, lo, None, price.numerator, price.denominator, rate.per, rate.unit_price, *none)
         return [*included, step]
     if rate.price_model in _COUNTED:
         amount = rate.package_price if rate.price_model == "package" else rate.flat
         per = rate.package_size if rate.price_model == "package" else Decimal(1)
         price = fraction_of(amount)
-        return [(0, None, None, price.numerator, price.denominator, per, amount)]
+        return [(0, None, None, price.numerator, price.denominator, per, amount, *none)]
     steps, lo = included, (free if free else None)
     for number, tier in enumerate(rate.tiers, start=1):
         hi = None if tier.up_to is None else int(tier.up_to * ONE) + free
         price = fraction_of(tier.unit_price) / fraction_of(rate.per)
+        fee = (tier.flat_fee, int(tier.flat_fee * ONE))
         steps.append(
-            (number, lo, hi, price.numerator, price.denominator, rate.per, tier.unit_price)
+            (number, lo, hi, price.numerator, price.denominator, rate.per, tier.unit_price, *fee)
         )
         lo = hi
     return steps

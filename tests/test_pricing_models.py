@@ -9,7 +9,8 @@ lists m1 input 2.00 / output 8.00 and m2 input 0.40 / output 1.60 per 1 M):
   tool_calls       packages of 100 for 1.00, after 50 free;
   images           0.04 each, minimum 5.00 and maximum 20.00 a month per account;
   storage_gb       graduated 1.00 up to 100 (+ 10.00 tier fee), then 0.50 (+ 5.00 tier fee);
-  seats            volume 4.00 up to 10 (+ 20.00 tier fee), then 3.00 (+ 25.00 tier fee).
+  seats            volume 4.00 up to 10 (+ 20.00 tier fee), then 3.00 (+ 25.00 tier fee);
+  exports          packages of 1,000 for 2.00, rounded down (only complete packages).
 Account a-cap: 10 % discount, maximum_spend 30.00, minimum_commit 5.00.
 """
 
@@ -154,6 +155,21 @@ MARKUP_AND_FREE = [
         "one_call_past_the_free_units_starts_a_package",
         [("tool_calls", None, hour(2), "51")],
         [row("v1", "package", None, "51", "1.00")],
+    ),
+    (
+        "round_down_bills_no_partial_package",
+        [("exports", None, hour(2), "999")],
+        [row("v1", "package", None, "999", "0")],
+    ),
+    (
+        "round_down_exactly_one_package",
+        [("exports", None, hour(2), "1000")],
+        [row("v1", "package", None, "1000", "2.00")],
+    ),
+    (
+        "round_down_completes_packages_across_hours_and_versions",
+        [("exports", None, hour(2), "1500"), ("exports", None, hour(20), "1600")],
+        [row("v1", "package", None, "1500", "2.00"), row("v2", "package", None, "1600", "4.00")],
     ),
     (
         "a_full_package_after_the_free_units_then_a_new_one",

@@ -46,7 +46,11 @@ def rate_rule(version: PricebookVersion, rate: Rate) -> dict:
             for s in rate.tiers
         ]
     if rate.package_size is not None:
-        rule["package"] = {"size": plain(rate.package_size), "price": plain(rate.package_price)}
+        rule["package"] = {
+            "size": plain(rate.package_size),
+            "price": plain(rate.package_price),
+            "round": rate.package_round,
+        }
     if rate.flat is not None:
         rule["flat"] = plain(rate.flat)
     if rate.free_units:

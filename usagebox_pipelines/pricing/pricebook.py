@@ -104,6 +104,7 @@ class Rate:
     tiers: tuple[Tier, ...] = ()
     package_size: Decimal | None = None
     package_price: Decimal | None = None
+    package_round: str = "up"
     flat: Decimal | None = None
     description: str | None = None
     free_units: Decimal = Decimal(0)
@@ -411,11 +412,15 @@ def _parse_price(kind: str, raw: Any, where: y.Where) -> dict[str, Any]:
         pct = y.decimal(body["pct"], where.key("pct"), minimum=Decimal(-100))
         return {"price_model": "markup", "markup": Markup(vendor, pct)}
     if kind == "package":
-        pkg = y.mapping(raw, where, {"size", "price"}, required={"size", "price"})
+        pkg = y.mapping(raw, where, {"size", "price", "round"}, required={"size", "price"})
+        rounding = pkg.get("round", "up")
+        if rounding not in ("up", "down"):
+            where.key("round").fail(f"must be up or down, got {rounding!r}")
         return {
             "price_model": "package",
             "package_size": y.decimal(pkg["size"], where.key("size"), positive=True),
             "package_price": y.decimal(pkg["price"], where.key("price"), minimum=Decimal(0)),
+            "package_round": rounding,
         }
     return _parse_tiers(raw, where)
 

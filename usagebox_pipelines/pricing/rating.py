@@ -425,7 +425,8 @@ def _volume(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
 def _untiered(rows: pl.LazyFrame) -> pl.LazyFrame:
     """Per-unit rows as they are; packages started and flat fees counted on positions.
 
-    A package rate's `free_units` come off the position first: packages start only once the
+    Packages round up (a package counts from its first unit) unless `round: down`. A package
+    rate's `free_units` come off the position first: packages start only once the
     month's quantity passes them (Lago's package `free_units`).
     """
     size = pl.col("pkg_num") * lit_int(ONE)
@@ -434,7 +435,10 @@ def _untiered(rows: pl.LazyFrame) -> pl.LazyFrame:
     def billed(col: str) -> pl.Expr:
         return pl.max_horizontal(pl.col(col) - pl.col("free"), zero) * pl.col("pkg_den")
 
-    started = scaled_ceil_div(billed("cum"), size) - scaled_ceil_div(billed("prev"), size)
+    up = scaled_ceil_div(billed("cum"), size) - scaled_ceil_div(billed("prev"), size)
+    # `round: down`: only complete packages are billed (floor of the position)
+    down = billed("cum") // size - billed("prev") // size
+    started = pl.when(pl.col("pkg_round") == "down").then(down).otherwise(up)
     first_used = (pl.col("rank") == 0) & (pl.col("total") > lit_int(0))
     count = (
         pl.when(pl.col("price_model") == "package")
@@ -498,6 +502,7 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
                     rate.rate_id,
                     rate.price_model,
                     _path(rate),
+                    rate.package_round,
                     free,
                     size.numerator,
                     size.denominator,
@@ -511,6 +516,7 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
         "rate_id": pl.String,
         "price_model": pl.String,
         "path": pl.String,
+        "pkg_round": pl.String,
         "free": _I128,
         "pkg_num": _I128,
         "pkg_den": _I128,

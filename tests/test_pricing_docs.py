@@ -23,7 +23,7 @@ EXAMPLES = {name: yaml.safe_load(body) for body, name in _BLOCK.findall(DOC.read
 #: Every price model the engine prices has an example (`bills` price models, contract terms).
 MODELS = {
     "per_unit", "markup", "included", "graduated", "volume", "package", "flat",
-    "price_minimum", "price_cap", "maximum_spend",
+    "price_minimum", "price_cap", "maximum_spend", "tier_flat",
 }  # fmt: skip
 
 

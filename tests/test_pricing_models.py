@@ -496,3 +496,17 @@ def test_a_capped_price_never_bills_above_its_cap_nor_below_its_minimum(parts: l
     whatever the month's split over hours."""
     rated = rate(usage(*[("images", None, hour(1 + i), str(q)) for i, q in enumerate(parts)])).rated
     assert rated["amount"].sum() == min(max(D("0.04") * sum(parts), D("5.00")), D("20.00"))
+
+
+def test_two_vendors_star_markups_listing_one_model_are_refused(tmp_path: Path) -> None:
+    shutil.copy(Path(__file__).parent.parent / "pricebooks" / "vendors.yaml", tmp_path)
+    (tmp_path / "bad.yaml").write_text(
+        'pricebook: t\nversion: "1"\neffective_from: 2026-10-01T00:00:00Z\ncurrency: USD\nrates:\n'
+        "  - {id: a, meter_id: input_tokens, model_id: '*', markup: {vendor: openai, pct: '5'}}\n"
+        "  - {id: b, meter_id: input_tokens, model_id: '*', markup: {vendor: focus, pct: '5'}}\n"
+    )
+    with pytest.raises(
+        PricebookError,
+        match=r"rates\[1\]\.markup: focus and rates\[0\] \(openai\) both list gpt-4o ",
+    ):
+        load_pricebooks(tmp_path)

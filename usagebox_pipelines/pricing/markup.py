@@ -131,9 +131,25 @@ def resolve_markups(
             at.fail(f"{vendor} lists no {rate.meter_id} price in {list_rates.source}")
         for model in models:
             resolved.append(_priced(rate, model, day, until, list_rates, at, used))
+    _check_overlap(resolved, where)
     extra = json.dumps(used, sort_keys=True, separators=(",", ":"))
     content = hashlib.sha256(f"{version.content_sha256}:{extra}".encode()).hexdigest()
     return replace(version, rates=tuple(resolved), content_sha256=content)
+
+
+def _check_overlap(rates: list[Rate], where: y.Where) -> None:
+    """Two vendors' `*` markups on one meter must not both list a model (an equal tie)."""
+    seen: dict[tuple, Rate] = {}
+    for rate in rates:
+        if not rate.wildcard or rate.markup is None:
+            continue
+        key = (rate.meter_id, rate.model_id, rate.dimensions)
+        other = seen.setdefault(key, rate)
+        if other is not rate:
+            where.item(rate.index).key("markup").fail(
+                f"{rate.markup.vendor} and rates[{other.index}] ({other.markup.vendor}) both "
+                f"list {rate.model_id} {rate.meter_id}; give that model an exact rate"
+            )
 
 
 def _priced(

@@ -493,6 +493,8 @@ def _may_tie(a: Rate, b: Rate) -> bool:
         return False
     if a.specificity[0] != b.specificity[0]:  # a resolved `*` markup vs an exact model
         return False
+    if a.markup and b.markup and a.model_id == "*" and a.markup.vendor != b.markup.vendor:
+        return False  # `*` markups of two vendors: their models are checked once resolved
     if len(a.dimensions) != len(b.dimensions):
         return False
     da, db = dict(a.dimensions), dict(b.dimensions)

@@ -37,6 +37,7 @@ from usagebox_pipelines.pricing import (
     rate_usage,
 )
 from usagebox_pipelines.pricing.markup import markup_earned
+from usagebox_pipelines.pricing.money import round_decimal
 from usagebox_pipelines.pricing.rating import RatingResult
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pricebooks" / "models"
@@ -264,6 +265,46 @@ def test_account_spend_cap_comes_after_the_discount_and_before_the_minimum() -> 
         "Spend cap (maximum 30.00 USD a month)"
     ]
     assert "Images — capped at 20.00 a month" in invoice["description"].to_list()
+
+
+COUPONS = [
+    # 20 M m1 input = 50.00; 10 % discount; coupon launch 5.00 in 2026-09 and 2026-10 only
+    ("2026-10", "20000000", [("discount_pct", "-5.00"), ("coupon:launch", "-5.00")]),
+    # 1 M = 2.50 − 0.25 = 2.25 < 5.00: the coupon takes only what is due, the commit trues up
+    (
+        "2026-10",
+        "1000000",
+        [("discount_pct", "-0.25"), ("coupon:launch", "-2.25"), ("minimum_commit", "8.00")],
+    ),
+    # the launch coupon ended after 2026-10; `later` applies in 2026-11 only
+    ("2026-11", "20000000", [("discount_pct", "-5.00"), ("coupon:later", "-3.00")]),
+    ("2026-12", "20000000", [("discount_pct", "-5.00")]),
+]
+
+
+@pytest.mark.parametrize(("period", "tokens", "expected"), COUPONS)
+def test_fixed_coupons_apply_for_their_months_after_the_discount(
+    period: str, tokens: str, expected: list[tuple]
+) -> None:
+    month = int(period[-2:])
+    at = datetime(2026, month, 3, tzinfo=UTC)
+    frame = usage(("input_tokens", "m1", at, tokens), account="a-coupon")
+    result = rate_usage(frame, period, BOOKS, ACCOUNTS, scope=["a-coupon"])
+    contract = result.rated.filter(pl.col("line_kind") != "usage")
+    got = [(r, round_decimal(a, 2)) for r, a in contract.select("rate_id", "amount").rows()]
+    assert got == [(r, D(a)) for r, a in expected]
+    invoice = build_invoice_lines(result.rated, ACCOUNTS.get("a-coupon"), period)
+    assert invoice["amount"].sum() >= 0
+    coupons = invoice.filter(pl.col("unit").str.starts_with("coupon:"))["description"]
+    assert coupons.to_list() == [f"Discount coupon {r[7:]}" for r, _ in expected if "coupon" in r]
+
+
+def test_invalid_coupon_names_file_and_field(tmp_path: Path) -> None:
+    (tmp_path / "accounts.yaml").write_text(
+        'accounts:\n  x: {coupons: [{id: c, amount: "5", from: 2026-13, months: 1}]}\n'
+    )
+    with pytest.raises(AccountsError, match=r"accounts\.x\.coupons\[0\]\.from: invalid value"):
+        load_accounts(tmp_path)
 
 
 def test_spend_cap_below_the_commitment_is_refused(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from usagebox_pipelines.decimals import grouped_text
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.hard_stop import waiver_description
-from usagebox_pipelines.pricing.contract import SPEND_CAP_RATE, WAIVER_RATE
+from usagebox_pipelines.pricing.contract import COUPON_RATE, SPEND_CAP_RATE, WAIVER_RATE
 from usagebox_pipelines.pricing.money import minor_units, round_money
 from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES, MONEY, MONEY2, QTY, conform
 
@@ -160,7 +160,8 @@ def _contract_lines(rated: pl.DataFrame) -> pl.DataFrame:
     """One line per account × contract kind (discount, minimum, credit), amount only; a
     hard-stop waiver (rate_id WAIVER_RATE, a `discount`) is a line of its own per stop, its
     `unit` naming the limit (`after_hard_stop:budget`) so restatements compare it alone; the
-    spend cap (rate_id SPEND_CAP_RATE, a `discount`) is a line of its own too."""
+    spend cap (rate_id SPEND_CAP_RATE, a `discount`) and each coupon (`coupon:<id>`, its rate id
+    kept as the unit) are lines of their own too."""
     if rated.is_empty():
         return pl.DataFrame()
     waiver = pl.col("rate_id").fill_null("") == WAIVER_RATE
@@ -170,6 +171,8 @@ def _contract_lines(rated: pl.DataFrame) -> pl.DataFrame:
             .then(pl.col("unit"))
             .when(pl.col("rate_id") == SPEND_CAP_RATE)
             .then(pl.lit(SPEND_CAP_RATE))
+            .when(pl.col("rate_id").fill_null("").str.starts_with(COUPON_RATE + ":"))
+            .then(pl.col("rate_id"))
             .otherwise(pl.col("line_kind")),
             stop_at=pl.when(waiver).then(pl.col("first_hour")),
         )
@@ -392,9 +395,13 @@ def _account_wording() -> pl.Expr:
     )
     contract = kind.is_in(list(CONTRACT_KINDS)) & ~waiver
     spend_cap = pl.col("unit").fill_null("") == SPEND_CAP_RATE
+    coupon = pl.col("unit").fill_null("").str.starts_with(COUPON_RATE + ":")
+    coupon_words = pl.lit("Discount coupon ") + pl.col("unit").str.strip_prefix(COUPON_RATE + ":")
     return (
         pl.when(spend_cap)
         .then(pl.col("_cap_words"))
+        .when(coupon)
+        .then(coupon_words)
         .when(contract)
         .then(wording)
         .otherwise(pl.col("description"))

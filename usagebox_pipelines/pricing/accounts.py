@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.months import shift_month
 from usagebox_pipelines.pricing import _yaml as y
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 
@@ -38,6 +39,7 @@ _ACCOUNT_KEYS = {
     "minimum_commit",
     "prepaid_credit",
     "maximum_spend",
+    "coupons",
     "payment_terms_days",
     "budget",
     "after_hard_stop",
@@ -50,6 +52,8 @@ _CAP_KEYS = {"meter_id", "model_id", "monthly"}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _HUNDRED = Decimal(100)
+_COUPON_KEYS = {"id", "amount", "from", "months"}
+_MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 class AccountsError(UsageboxError):
@@ -63,6 +67,25 @@ class BudgetCap:
     monthly: Decimal
     meter_id: str | None = None
     model_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Coupon:
+    """A fixed amount off each monthly invoice for `months` periods from `start` (YYYY-MM)."""
+
+    coupon_id: str
+    amount: Decimal
+    start: str
+    months: int
+
+    def applies_to(self, period: str) -> bool:
+        """True for the `months` periods from `start` (half-open: start ≤ period < end)."""
+        return self.start <= period < shift_month(self.start, self.months)
+
+    @property
+    def last(self) -> str:
+        """The last period the coupon applies to."""
+        return shift_month(self.start, self.months - 1)
 
 
 @dataclass(frozen=True)
@@ -93,6 +116,7 @@ class Account:
     minimum_commit: Decimal | None = None
     prepaid_credit: Decimal | None = None
     maximum_spend: Decimal | None = None
+    coupons: tuple[Coupon, ...] = ()
     budget: Budget | None = None
     listed: bool = True
     after_hard_stop: str = "bill"
@@ -257,6 +281,7 @@ def _resolve(
         minimum_commit=_money(body.get("minimum_commit"), at.key("minimum_commit")),
         prepaid_credit=_money(body.get("prepaid_credit"), at.key("prepaid_credit")),
         maximum_spend=_maximum_spend(body, at),
+        coupons=_coupons(body.get("coupons"), at.key("coupons")),
         payment_terms_days=y.integer(
             body.get("payment_terms_days", inherited["payment_terms_days"]),
             at.key("payment_terms_days"),
@@ -317,6 +342,32 @@ def _maximum_spend(body: Mapping[str, Any], where: y.Where) -> Decimal | None:
     if commit is not None and commit > cap:
         where.key("maximum_spend").fail(f"must be at least minimum_commit ({cap} < {commit})")
     return cap
+
+
+def _coupons(raw: Any, where: y.Where) -> tuple[Coupon, ...]:
+    """`[{id, amount, from: YYYY-MM, months}]`: fixed-amount coupons with a duration."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        where.fail("must be a list of {id, amount, from, months}")
+    out, seen = [], set()
+    for i, item in enumerate(raw):
+        at = where.item(i)
+        body = y.mapping(item, at, _COUPON_KEYS, required=_COUPON_KEYS)
+        coupon_id = y.text(body["id"], at.key("id"), pattern=_ID_RE)
+        if coupon_id in seen:
+            at.key("id").fail(f"duplicate coupon id {coupon_id!r}")
+        seen.add(coupon_id)
+        start = y.text(body["from"], at.key("from"), pattern=_MONTH_RE)
+        out.append(
+            Coupon(
+                coupon_id=coupon_id,
+                amount=y.decimal(body["amount"], at.key("amount"), positive=True),
+                start=start,
+                months=y.integer(body["months"], at.key("months"), minimum=1),
+            )
+        )
+    return tuple(out)
 
 
 def _after_hard_stop(raw: Any, where: y.Where) -> str:

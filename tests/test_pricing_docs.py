@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from datetime import datetime
@@ -49,12 +50,14 @@ def _rate(example: dict[str, Any], tmp_path: Path) -> pl.DataFrame:
             "meter_id": meter,
             "model_id": model,
             "billable": True,
-            "dimensions": "{}",
+            "dimensions": json.dumps(
+                dims[0] if dims else {}, sort_keys=True, separators=(",", ":")
+            ),
             "hour": datetime.fromisoformat(str(at).replace("Z", "+00:00")),
             "sum": D(quantity),
             "count": 1,
         }
-        for at, meter, model, quantity in example["usage"]
+        for at, meter, model, quantity, *dims in example["usage"]
     ]
     usage = schemas.conform(pl.DataFrame(records, infer_schema_length=None), schemas.USAGE_HOURLY)
     books, accounts = load_pricebooks(tmp_path), load_accounts(tmp_path)
@@ -70,7 +73,7 @@ def test_doc_example_prices_as_stated(name: str, tmp_path: Path) -> None:
         (r["price_model"], r["tier"], r["quantity"], r["amount"])
         for r in usage.iter_rows(named=True)
     )
-    stated = sorted((m, t, D(q), D(a)) for m, t, q, a in example["bills"])
+    stated = sorted((m, t, D(q), D(a)) for m, t, q, a, *_ in example["bills"])
     assert got == stated
     contract = rated.filter(pl.col("line_kind") != "usage").select("line_kind", "rate_id", "amount")
     assert sorted(contract.rows()) == sorted(

@@ -16,6 +16,7 @@ Account a-cap: 10 % discount, maximum_spend 30.00, minimum_commit 5.00.
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, datetime
 from decimal import Decimal as D
@@ -356,6 +357,32 @@ def test_per_tier_flat_fees(parts: list[tuple], expected: list[tuple]) -> None:
         for r in rated.iter_rows(named=True)
     )
     assert got == sorted((m, t, D(q), D(a)) for m, t, q, a in expected)
+
+
+FILTERS = [
+    ({"region": "eu"}, "egress-eu", "0.50"),
+    ({"country": "de"}, "egress-de", "0.80"),
+    ({"region": "eu", "country": "de"}, "egress-de", "0.80"),  # both match: priority 1 wins
+    ({"region": "eu", "country": "de", "tier": "sovereign"}, "egress-eu-de-sovereign", "2.00"),
+]
+
+
+@pytest.mark.parametrize(("dims", "rate_id", "amount"), FILTERS)
+def test_filters_on_several_dimension_keys(dims: dict, rate_id: str, amount: str) -> None:
+    frame = usage(("egress_gb", None, hour(2), "10")).with_columns(
+        dimensions=pl.lit(json.dumps(dims, sort_keys=True, separators=(",", ":")))
+    )
+    rated = rate(frame).rated
+    assert rated.select("rate_id", "amount").rows() == [(rate_id, D(amount))]
+
+
+def test_overlapping_filters_without_a_priority_are_refused(tmp_path: Path) -> None:
+    rates = (
+        "  - {meter_id: x, model_id: '*', dimensions: {region: eu}, unit_price: '1'}\n"
+        "  - {meter_id: x, model_id: '*', dimensions: {country: de}, unit_price: '2'}\n"
+    )
+    with pytest.raises(PricebookError, match=r"rates\[1\]: is ambiguous .*higher `priority`"):
+        load_pricebooks(_folder(tmp_path, rates))
 
 
 def test_a_correction_back_below_the_edge_drops_the_tier_fee() -> None:

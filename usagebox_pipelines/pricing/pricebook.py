@@ -41,7 +41,7 @@ PRICE_MODELS = ("per_unit", "markup", "graduated", "volume", "package", "flat")
 _TOP_KEYS = {"pricebook", "version", "effective_from", "currency", "rates", "description"}
 _RATE_KEYS = {
     "id", "description", "meter_id", "model_id", "dimensions", "per", "free_units",
-    "minimum", "maximum",
+    "minimum", "maximum", "priority",
 }  # fmt: skip
 _PRICE_KEYS = ("unit_price", "markup", "tiers", "package", "flat")
 #: Price models that may start with free (included) units; volume and flat may not.
@@ -110,14 +110,17 @@ class Rate:
     free_units: Decimal = Decimal(0)
     minimum: Decimal | None = None
     maximum: Decimal | None = None
+    priority: int = 0
     markup: Markup | None = None
     wildcard: bool = False
 
     @property
-    def specificity(self) -> tuple[int, int]:
-        """Exact model beats `*`; then more dimension keys beat fewer."""
+    def specificity(self) -> tuple[int, int, int]:
+        """Exact model beats `*`; then more dimension keys beat fewer; then a higher
+        `priority` (how two filters on different dimension keys, Lago's charge filters
+        `{region: eu}` and `{country: de}`, say which wins for usage matching both)."""
         generic = self.model_id == "*" or self.wildcard
-        return (0 if generic else 1, len(self.dimensions))
+        return (0 if generic else 1, len(self.dimensions), self.priority)
 
     @property
     def selector(self) -> str:
@@ -375,6 +378,7 @@ def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
         free_units=free_units,
         minimum=minimum,
         maximum=maximum,
+        priority=y.integer(rate.get("priority", 0), where.key("priority")),
         **price,
     )
 
@@ -465,6 +469,7 @@ def _check_rates(rates: tuple[Rate, ...], where: y.Where) -> None:
                 where.item(b.index).fail(
                     f"{what} rates[{a.index}] ({a.selector} vs {b.selector}): usage could match "
                     "both with equal specificity"
+                    + ("" if same else "; give one a higher `priority` to say which wins")
                 )
     seen_ids: dict[str, int] = {}
     for rate in rates:
@@ -497,6 +502,8 @@ def _may_tie(a: Rate, b: Rate) -> bool:
         return False  # `*` markups of two vendors: their models are checked once resolved
     if len(a.dimensions) != len(b.dimensions):
         return False
+    if a.priority != b.priority and a.dimensions != b.dimensions:
+        return False  # overlapping filters on different keys: the higher priority wins
     da, db = dict(a.dimensions), dict(b.dimensions)
     return all(da[k] == db[k] for k in da.keys() & db.keys())
 

@@ -245,11 +245,17 @@ def _with_rates(rows: pl.DataFrame, books: PricebookSet) -> pl.DataFrame:
         for version in _used_versions(keys, books)
         for position, rate in enumerate(version.rates)
     ]
-    schema = {**keys.schema, "rate_idx": pl.Int32, "spec_model": pl.Int8, "spec_dims": pl.Int8}
+    schema = {
+        **keys.schema,
+        "rate_idx": pl.Int32,
+        "spec_model": pl.Int8,
+        "spec_dims": pl.Int8,
+        "spec_priority": pl.Int64,
+    }
     if candidates:
         best = (
             pl.concat(candidates)
-            .sort(["spec_model", "spec_dims"], descending=True)
+            .sort(["spec_model", "spec_dims", "spec_priority"], descending=True)
             .unique(subset=_MATCH_KEYS, keep="first", maintain_order=True)
         )
     else:
@@ -278,11 +284,12 @@ def _candidates(
         cond &= pl.col("model_id") == rate.model_id
     for key, value in rate.dimensions:
         cond &= pl.col("dimensions").str.json_path_match(f"$['{key}']") == value
-    spec_model, spec_dims = rate.specificity
+    spec_model, spec_dims, spec_priority = rate.specificity
     return keys.filter(cond).with_columns(
         rate_idx=pl.lit(position, dtype=pl.Int32),
         spec_model=pl.lit(spec_model, dtype=pl.Int8),
         spec_dims=pl.lit(spec_dims, dtype=pl.Int8),
+        spec_priority=pl.lit(spec_priority, dtype=pl.Int64),
     )
 
 

@@ -385,6 +385,24 @@ def test_overlapping_filters_without_a_priority_are_refused(tmp_path: Path) -> N
         load_pricebooks(_folder(tmp_path, rates))
 
 
+TIER_GROUPS = [
+    # 80 eu + 80 us: each region stays in tier 1 (pooled, 160 would cross into tier 2)
+    (["eu", "us"], [(1, "80", "8.00"), (1, "80", "8.00")]),
+    (["eu", "eu"], [(1, "100", "10.00"), (2, "60", "3.00")]),
+    # usage without the key is its own group (value "")
+    (["eu", None], [(1, "80", "8.00"), (1, "80", "8.00")]),
+]
+
+
+@pytest.mark.parametrize(("regions", "expected"), TIER_GROUPS)
+def test_tiers_per_group_value(regions: list[str | None], expected: list[tuple]) -> None:
+    rows = [("transcode_minutes", None, hour(2 + i), "80") for i in range(len(regions))]
+    dims = [json.dumps({"region": r} if r else {}) for r in regions]
+    rated = rate(usage(*rows).with_columns(dimensions=pl.Series(dims))).rated
+    got = sorted((r["tier"], r["quantity"], r["amount"]) for r in rated.iter_rows(named=True))
+    assert got == sorted((t, D(q), D(a)) for t, q, a in expected)
+
+
 def test_a_correction_back_below_the_edge_drops_the_tier_fee() -> None:
     rows = [("storage_gb", None, hour(2), "150"), ("storage_gb", None, hour(3), "-60")]
     rated = rate(usage(*rows)).rated
@@ -446,6 +464,16 @@ INVALID = [
         "  - {meter_id: x, model_id: '*', tiers: {mode: graduated, steps: "
         "[{up_to: null, unit_price: '1', flat_fee: '-1'}]}}\n",
         r"bad\.yaml: rates\[0\]\.tiers\.steps\[0\]\.flat_fee: must be at least 0",
+    ),
+    (
+        "tier_by_on_per_unit",
+        "  - {meter_id: x, model_id: '*', tier_by: [region], unit_price: '1'}\n",
+        r"bad\.yaml: rates\[0\]\.tier_by: not used with per_unit",
+    ),
+    (
+        "tier_by_bad_key",
+        "  - {meter_id: x, model_id: '*', tier_by: ['a b'], package: {size: 1, price: '1'}}\n",
+        r"bad\.yaml: rates\[0\]\.tier_by\[0\]: invalid dimension key",
     ),
     (
         "markup_unknown_vendor",

@@ -55,6 +55,8 @@ def rate_rule(version: PricebookVersion, rate: Rate) -> dict:
         rule["flat"] = plain(rate.flat)
     if rate.free_units:
         rule["free_units"] = plain(rate.free_units)
+    if rate.tier_by:
+        rule["tier_by"] = list(rate.tier_by)
     if rate.minimum is not None:
         rule["minimum"] = plain(rate.minimum)
     if rate.maximum is not None:

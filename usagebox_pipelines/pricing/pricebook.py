@@ -41,7 +41,7 @@ PRICE_MODELS = ("per_unit", "markup", "graduated", "volume", "package", "flat")
 _TOP_KEYS = {"pricebook", "version", "effective_from", "currency", "rates", "description"}
 _RATE_KEYS = {
     "id", "description", "meter_id", "model_id", "dimensions", "per", "free_units",
-    "minimum", "maximum", "priority",
+    "minimum", "maximum", "priority", "tier_by",
 }  # fmt: skip
 _PRICE_KEYS = ("unit_price", "markup", "tiers", "package", "flat")
 #: Price models that may start with free (included) units; volume and flat may not.
@@ -111,6 +111,7 @@ class Rate:
     minimum: Decimal | None = None
     maximum: Decimal | None = None
     priority: int = 0
+    tier_by: tuple[str, ...] = ()
     markup: Markup | None = None
     wildcard: bool = False
 
@@ -379,8 +380,24 @@ def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
         minimum=minimum,
         maximum=maximum,
         priority=y.integer(rate.get("priority", 0), where.key("priority")),
+        tier_by=_tier_by(rate.get("tier_by"), price["price_model"], where.key("tier_by")),
         **price,
     )
+
+
+def _tier_by(raw: Any, model: str, where: y.Where) -> tuple[str, ...]:
+    """Dimension keys whose values each run their own tier / package position (flexprice
+    prices each group separately); only for models that read positions."""
+    if raw is None:
+        return ()
+    if model not in ("graduated", "volume", "package"):
+        where.fail(f"not used with {model} (allowed with graduated, volume, package)")
+    if not isinstance(raw, list) or not raw:
+        where.fail("must be a non-empty list of dimension keys")
+    for i, key in enumerate(raw):
+        if not isinstance(key, str) or not _DIM_KEY_RE.match(key):
+            where.item(i).fail(f"invalid dimension key {key!r}")
+    return tuple(raw)
 
 
 def _term(rate: Mapping[str, Any], key: str, where: y.Where) -> Decimal | None:

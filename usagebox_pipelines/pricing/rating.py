@@ -54,8 +54,9 @@ _USAGE_KEYS = ["account_id", "meter_id", "model_id", "product_id", "unit", "dime
 _MATCH_KEYS = ["pricebook", "price_version", "meter_id", "model_id", "dimensions"]
 _RATE_KEYS = ["pricebook", "price_version", "rate_idx"]
 _LINE_KEYS = [*_USAGE_KEYS, "currency", *_RATE_KEYS, "tier", "fee"]
-# Tier/package positions run per account × meter × model × rate id, across versions.
-_POSITION_KEYS = ["account_id", "meter_id", "model_id", "rate_id"]
+# Tier/package positions run per account × meter × model × rate id (× the values of the rate's
+# `tier_by` dimension keys), across versions.
+_POSITION_KEYS = ["account_id", "meter_id", "model_id", "rate_id", "tier_group"]
 _ORDER = ["hour", "dimensions", "product_id", "unit"]
 _LINE_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "credit": 3}
 _COUNTED = ("package", "flat")
@@ -351,6 +352,7 @@ def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFr
     )
     rows = (
         rows.filter(needs_position)
+        .with_columns(tier_group=_tier_group(meta))
         .with_columns(
             cum=pl.col("q").cum_sum().over(_POSITION_KEYS, order_by=_ORDER),
             total=pl.col("q").sum().over(_POSITION_KEYS),
@@ -381,6 +383,23 @@ def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFr
     )
     priced = _amounts(lines, tiers, period)
     return pl.concat([priced, price_term_rows(priced, books)])
+
+
+def _tier_group(meta: pl.DataFrame) -> pl.Expr:
+    """Each row's values of its rate's `tier_by` keys (`h100|eu`), "" for rates without: one
+    expression per distinct key list (a few), never per row."""
+    group = pl.lit("")
+    for keys in sorted(set(meta["tier_by"].to_list()) - {""}):
+        values = [
+            pl.col("dimensions").str.json_path_match(f"$['{key}']").fill_null("")
+            for key in keys.split(",")
+        ]
+        group = (
+            pl.when(pl.col("tier_by") == keys)
+            .then(pl.concat_str(values, separator="|"))
+            .otherwise(group)
+        )
+    return group
 
 
 def _graduated(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
@@ -510,6 +529,7 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
                     rate.price_model,
                     _path(rate),
                     rate.package_round,
+                    ",".join(rate.tier_by),
                     free,
                     size.numerator,
                     size.denominator,
@@ -524,6 +544,7 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
         "price_model": pl.String,
         "path": pl.String,
         "pkg_round": pl.String,
+        "tier_by": pl.String,
         "free": _I128,
         "pkg_num": _I128,
         "pkg_den": _I128,

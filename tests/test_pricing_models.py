@@ -403,6 +403,35 @@ def test_tiers_per_group_value(regions: list[str | None], expected: list[tuple])
     assert got == sorted((t, D(q), D(a)) for t, q, a in expected)
 
 
+BLOCKS = [
+    ("zero_usage_starts_no_block", ["0"], [("v1", 1, "0", "0")]),
+    ("one_unit_bills_a_whole_block", ["1"], [("v1", 1, "1", "10.00")]),
+    ("exactly_one_block", ["10"], [("v1", 1, "10", "10.00")]),
+    ("one_past_the_block_edge_starts_the_next", ["11"], [("v1", 1, "11", "20.00")]),
+    ("a_block_is_billed_once_across_hours", ["5", "5"], [("v1", 1, "10", "10.00")]),
+]
+
+
+@pytest.mark.parametrize(("parts", "expected"), [c[1:] for c in BLOCKS], ids=[c[0] for c in BLOCKS])
+def test_blocks_inside_tiers_round_up(parts: list[str], expected: list[tuple]) -> None:
+    rated = rate(usage(*[("renders", None, hour(2, i), q) for i, q in enumerate(parts)])).rated
+    got = sorted(
+        (r["price_version"], r["tier"], r["quantity"], r["amount"])
+        for r in rated.iter_rows(named=True)
+    )
+    assert got == sorted((v, t, D(q), D(a)) for v, t, q, a in expected)
+
+
+def test_a_started_block_spans_a_version_change_and_the_next_tier_has_its_own() -> None:
+    rows = [("renders", None, hour(2), "95"), ("renders", None, hour(20), "10")]
+    rated = rate(usage(*rows)).rated
+    assert sorted(rated.select("price_version", "tier", "amount").rows()) == [
+        ("v1", 1, D("100")),  # 95 units = 10 started blocks of 10
+        ("v2", 1, D("0")),  # units 96-100 are in the block already billed
+        ("v2", 2, D("25")),  # 5 units start one block of 50 at 0.50
+    ]
+
+
 def test_a_correction_back_below_the_edge_drops_the_tier_fee() -> None:
     rows = [("storage_gb", None, hour(2), "150"), ("storage_gb", None, hour(3), "-60")]
     rated = rate(usage(*rows)).rated
@@ -474,6 +503,12 @@ INVALID = [
         "tier_by_bad_key",
         "  - {meter_id: x, model_id: '*', tier_by: ['a b'], package: {size: 1, price: '1'}}\n",
         r"bad\.yaml: rates\[0\]\.tier_by\[0\]: invalid dimension key",
+    ),
+    (
+        "block_on_volume",
+        "  - {meter_id: x, model_id: '*', tiers: {mode: volume, steps: "
+        "[{up_to: null, unit_price: '1', block: 10}]}}\n",
+        r"bad\.yaml: rates\[0\]\.tiers\.steps\[0\]\.block: only graduated tiers",
     ),
     (
         "markup_unknown_vendor",

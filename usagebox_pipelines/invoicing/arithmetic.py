@@ -43,6 +43,7 @@ def rate_rule(version: PricebookVersion, rate: Rate) -> dict:
         rule["tiers"] = [
             {"up_to": plain(s.up_to), "unit_price": plain(s.unit_price)}
             | ({"flat_fee": plain(s.flat_fee)} if s.flat_fee else {})
+            | ({"block": plain(s.block)} if s.block else {})
             for s in rate.tiers
         ]
     if rate.package_size is not None:
@@ -131,6 +132,9 @@ def _step_text(rate: Rate, s: dict, amount: Decimal, first: bool, many_versions:
         if s["price_model"] != "included" and rate.free_units:
             word = "next "
         text = f"{word}{qty} × {price_text(s['unit_price'])}/{_per(s['per'])}"
+        tier = rate.tiers[s["tier"] - 1] if rate.tiers and s["tier"] else None
+        if tier is not None and tier.block:
+            text += f" in started blocks of {format_quantity(tier.block)}"
     if many_versions:
         tier = f"tier {s['tier']}, " if s["tier"] is not None else ""
         text += f" ({tier}prices from {s['price_version']})"

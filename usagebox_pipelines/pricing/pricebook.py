@@ -59,11 +59,13 @@ class PricebookError(UsageboxError):
 class Tier:
     """One tier step: units up to `up_to` (inclusive; None = no upper bound). `flat_fee` is
     charged once a month when the position enters the tier (graduated, Lago/Orb/Stripe
-    `flat_amount`) or when the month's total lands in it (volume)."""
+    `flat_amount`) or when the month's total lands in it (volume). `block` (graduated only):
+    the tier's units are billed in whole blocks of that size, a started block rounded up."""
 
     up_to: Decimal | None
     unit_price: Decimal
     flat_fee: Decimal = Decimal(0)
+    block: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -458,7 +460,8 @@ def _parse_tiers(raw: Any, where: y.Where) -> dict[str, Any]:
     steps: list[Tier] = []
     for i, raw_step in enumerate(raw_steps):
         at = where.key("steps").item(i)
-        step = y.mapping(raw_step, at, {"up_to", "unit_price", "flat_fee"}, required={"unit_price"})
+        allowed = {"up_to", "unit_price", "flat_fee", "block"}
+        step = y.mapping(raw_step, at, allowed, required={"unit_price"})
         if "up_to" not in step:
             at.key("up_to").fail("required (null for the last, open-ended step)")
         up_to = step["up_to"]
@@ -472,7 +475,12 @@ def _parse_tiers(raw: Any, where: y.Where) -> dict[str, Any]:
             at.key("up_to").fail(f"tiers must be increasing (got {bound} after {steps[-1].up_to})")
         price = y.decimal(step["unit_price"], at.key("unit_price"), minimum=Decimal(0))
         fee = y.decimal(step.get("flat_fee", 0), at.key("flat_fee"), minimum=Decimal(0))
-        steps.append(Tier(bound, price, fee))
+        block = None
+        if step.get("block") is not None:
+            if mode != "graduated":
+                at.key("block").fail("only graduated tiers bill in blocks")
+            block = y.decimal(step["block"], at.key("block"), positive=True)
+        steps.append(Tier(bound, price, fee, block))
     return {"price_model": mode, "tiers": tuple(steps)}
 
 

@@ -411,13 +411,20 @@ def _graduated(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
 
     at_prev = (lo.is_null() | (pl.col("prev") > lo)) & (hi.is_null() | (pl.col("prev") <= hi))
     joined = rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner")
+    start = lo.fill_null(lit_int(0))
+    block = pl.col("block")
+
+    def blocks(col: str) -> pl.Expr:
+        return scaled_ceil_div(pl.max_horizontal(clip(col) - start, lit_int(0)), block)
+
+    # a tier with `block`: blocks started in this slice (a started block is billed whole)
+    started = pl.when(block > lit_int(0)).then(blocks("cum") - blocks("prev")).otherwise(lit_int(0))
     units = (
         joined.with_columns(part=clip("cum") - clip("prev"))
         .filter((pl.col("part") != lit_int(0)) | ((pl.col("q") == lit_int(0)) & at_prev))
-        .with_columns(count=lit_int(0), fee=pl.lit(False))
+        .with_columns(count=started.cast(_I128), fee=pl.lit(False))
         .select(*_LINE_KEYS, "hour", "part", "count")
     )
-    start = lo.fill_null(lit_int(0))
     enters = (pl.col("cum") > start) & (pl.col("prev") <= start) & (pl.col("total") > start)
     return pl.concat([units, _tier_fees(joined, enters)])
 
@@ -485,6 +492,8 @@ def _amounts(lines: pl.DataFrame, tiers: pl.DataFrame, period: str) -> pl.DataFr
     base = (
         pl.when(pl.col("price_model").is_in(_COUNTED) | fee)
         .then(pl.col("count") * lit_int(ONE))
+        .when(pl.col("block") > lit_int(0))
+        .then(pl.col("count") * pl.col("block"))
         .otherwise(pl.col("part"))
     )
     # a tier's flat fee: count × fee (a fraction fee / 1), shown at unit price = the fee
@@ -562,6 +571,7 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
         "unit_price": EXACT,
         "fee_amount": EXACT,
         "fee_scaled": _I128,
+        "block": _I128,
     }
     return (
         pl.DataFrame(meta, schema=meta_schema, orient="row"),
@@ -589,7 +599,7 @@ def _steps(rate: Rate) -> list[tuple]:
     front of the rate's own steps, which move up by the free units.
     """
     free = int(rate.free_units * ONE)
-    none = (Decimal(0), 0)  # no tier fee
+    none = (Decimal(0), 0, 0)  # no tier fee, no block
     included = [(INCLUDED_TIER, None, free, 0, 1, rate.per, Decimal(0), *none)] if free else []
     if rate.price_model in ("per_unit", "markup"):
         price = fraction_of(rate.unit_price) / fraction_of(rate.per)
@@ -605,7 +615,7 @@ def _steps(rate: Rate) -> list[tuple]:
     for number, tier in enumerate(rate.tiers, start=1):
         hi = None if tier.up_to is None else int(tier.up_to * ONE) + free
         price = fraction_of(tier.unit_price) / fraction_of(rate.per)
-        fee = (tier.flat_fee, int(tier.flat_fee * ONE))
+        fee = (tier.flat_fee, int(tier.flat_fee * ONE), int((tier.block or 0) * ONE))
         steps.append(
             (number, lo, hi, price.numerator, price.denominator, rate.per, tier.unit_price, *fee)
         )

@@ -69,6 +69,7 @@ def test_every_model_prices_the_demo_month(folder: Path, hourly: pl.DataFrame) -
         "tier flat fee",
         "capped at 10.00 a month",
         "Spend cap (maximum",
+        "Discount coupon welcome",
     ):
         assert text in details
     # the visible lines add up to each invoice total, and no price or account cap is exceeded

@@ -146,8 +146,9 @@ def _check_overlap(rates: list[Rate], where: y.Where) -> None:
         key = (rate.meter_id, rate.model_id, rate.dimensions)
         other = seen.setdefault(key, rate)
         if other is not rate:
+            theirs = other.markup.vendor if other.markup else "?"
             where.item(rate.index).key("markup").fail(
-                f"{rate.markup.vendor} and rates[{other.index}] ({other.markup.vendor}) both "
+                f"{rate.markup.vendor} and rates[{other.index}] ({theirs}) both "
                 f"list {rate.model_id} {rate.meter_id}; give that model an exact rate"
             )
 

@@ -593,14 +593,17 @@ def _path(rate: Rate) -> str:
 
 
 def _steps(rate: Rate) -> list[tuple]:
-    """(tier, lo, hi, num, den, per, unit_price) with lo/hi as scaled positions.
+    """(tier, lo, hi, num, den, per, unit_price, fee, fee scaled, block scaled) with lo/hi as
+    scaled positions.
 
     Free units are the step `INCLUDED_TIER` (price 0, shown as `included` and tier null), in
     front of the rate's own steps, which move up by the free units.
     """
     free = int(rate.free_units * ONE)
     none = (Decimal(0), 0, 0)  # no tier fee, no block
-    included = [(INCLUDED_TIER, None, free, 0, 1, rate.per, Decimal(0), *none)] if free else []
+    included: list[tuple] = []
+    if free:
+        included.append((INCLUDED_TIER, None, free, 0, 1, rate.per, Decimal(0), *none))
     if rate.price_model in ("per_unit", "markup"):
         price = fraction_of(rate.unit_price) / fraction_of(rate.per)
         lo = free if free else None

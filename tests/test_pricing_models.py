@@ -641,3 +641,25 @@ def test_two_vendors_star_markups_listing_one_model_are_refused(tmp_path: Path) 
         match=r"rates\[1\]\.markup: focus and rates\[0\] \(openai\) both list gpt-4o ",
     ):
         load_pricebooks(tmp_path)
+
+
+def test_reprice_loads_list_rates_for_the_first_markup_proposal(tmp_path: Path) -> None:
+    """A folder without markup rates yet: the proposed markup version still finds vendors.yaml."""
+    from usagebox_pipelines.pricing import reprice_impact
+
+    books = tmp_path / "books"
+    books.mkdir()
+    shutil.copy(FIXTURES / "vendors.yaml", books)
+    (books / "plain.yaml").write_text(
+        'pricebook: models\nversion: "v1"\neffective_from: 2026-10-01T00:00:00Z\ncurrency: USD\n'
+        "rates:\n  - {meter_id: input_tokens, model_id: m1, per: 1000000, unit_price: '2.00'}\n"
+    )
+    proposed = tmp_path / "proposed.yaml"
+    proposed.write_text(
+        'pricebook: models\nversion: "v2"\neffective_from: 2026-10-16T00:00:00Z\ncurrency: USD\n'
+        "rates:\n  - {meter_id: input_tokens, model_id: m1, markup: {vendor: openai, pct: '50'}}\n"
+    )
+    frame = usage(("input_tokens", "m1", hour(20), "10000000"))
+    impact = reprice_impact(frame, "2026-10", load_pricebooks(books), proposed, ACCOUNTS)
+    first = impact.row(0, named=True)
+    assert (first["current"], first["proposed"]) == (D("20.00"), D("30.00"))

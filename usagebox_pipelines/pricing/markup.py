@@ -55,6 +55,15 @@ class ListRates:
     rates: Mapping[ListKey, tuple[ListRate, ...]] = field(default_factory=dict)
     currencies: Mapping[str, str] = field(default_factory=dict)
     source: str = "vendors.yaml"
+    #: The pricebook folder, when the rates were not needed at load: a proposed markup version
+    #: (`usagebox reprice`) loads them from there then.
+    folder: Path | None = None
+
+    def for_version(self, version: PricebookVersion) -> ListRates:
+        """These rates, or the folder's once `version` needs them and none were loaded."""
+        if self.rates or self.folder is None or not has_markup(version):
+            return self
+        return load_list_rates(self.folder)
 
     def models(self, vendor: str, meter_id: str) -> list[str]:
         """Models the vendor lists a price for on this meter, sorted."""

@@ -248,7 +248,7 @@ class PricebookSet:
                 and (v.version == proposed.version or v.effective_from == proposed.effective_from)
             )
         ]
-        return PricebookSet(tuple([*kept, proposed]), self.list_rates)
+        return PricebookSet(tuple([*kept, proposed]), self.list_rates.for_version(proposed))
 
 
 def _next_start(ordered: tuple[PricebookVersion, ...], i: int) -> datetime | None:
@@ -272,7 +272,8 @@ def load_pricebooks(folder: Path) -> PricebookSet:
     if not versions:
         raise PricebookError(f"{y.display(folder)}: no pricebook files (YAML with `pricebook:`)")
     needs_list = any(has_markup(v) for v in versions)
-    return PricebookSet(tuple(versions), load_list_rates(folder) if needs_list else ListRates())
+    list_rates = load_list_rates(folder) if needs_list else ListRates(folder=folder)
+    return PricebookSet(tuple(versions), list_rates)
 
 
 def load_pricebook_file(path: Path, *, required: bool = True) -> PricebookVersion | None:

@@ -134,7 +134,7 @@ INVALID = [
     (
         "no price",
         HEAD + "rates:\n  - {meter_id: x, model_id: a}\n",
-        r"rates\[0\]: needs exactly one of unit_price, tiers, package, flat \(got none\)",
+        r"rates\[0\]: needs exactly one of unit_price, markup, tiers, package, flat \(got none\)",
     ),
     (
         "two prices",
@@ -304,8 +304,8 @@ def test_rates_parse_all_price_models() -> None:
     assert by_id["out-m2"].price_model == "volume"
     assert (by_id["web"].package_size, by_id["web"].package_price) == (D(1000), D("10.00"))
     assert by_id["platform"].flat == D("49.00")
-    assert by_id["gpu_seconds:*:gpu=h100:region=eu"].specificity == (0, 2)
-    assert by_id["input_tokens:m1"].specificity == (1, 0)
+    assert by_id["gpu_seconds:*:gpu=h100:region=eu"].specificity == (0, 2, 0)
+    assert by_id["input_tokens:m1"].specificity == (1, 0, 0)
 
 
 # ---- frozen once invoiced --------------------------------------------------------------------

@@ -9,6 +9,7 @@ import polars as pl
 
 from usagebox_pipelines.decimals import plain, price_text
 from usagebox_pipelines.documents import format_quantity
+from usagebox_pipelines.pricing.markup import markup_earned
 from usagebox_pipelines.pricing.money import minor_units, round_decimal
 from usagebox_pipelines.pricing.pricebook import (
     PricebookVersion,
@@ -40,22 +41,64 @@ def rate_rule(version: PricebookVersion, rate: Rate) -> dict:
         rule["unit_price"] = plain(rate.unit_price)
     if rate.tiers:
         rule["tiers"] = [
-            {"up_to": plain(s.up_to), "unit_price": plain(s.unit_price)} for s in rate.tiers
+            {"up_to": plain(s.up_to), "unit_price": plain(s.unit_price)}
+            | ({"flat_fee": plain(s.flat_fee)} if s.flat_fee else {})
+            | ({"block": plain(s.block)} if s.block else {})
+            for s in rate.tiers
         ]
     if rate.package_size is not None:
-        rule["package"] = {"size": plain(rate.package_size), "price": plain(rate.package_price)}
+        rule["package"] = {
+            "size": plain(rate.package_size),
+            "price": plain(rate.package_price),
+            "round": rate.package_round,
+        }
     if rate.flat is not None:
         rule["flat"] = plain(rate.flat)
+    if rate.free_units:
+        rule["free_units"] = plain(rate.free_units)
+    if rate.tier_by:
+        rule["tier_by"] = list(rate.tier_by)
+    if rate.minimum is not None:
+        rule["minimum"] = plain(rate.minimum)
+    if rate.maximum is not None:
+        rule["maximum"] = plain(rate.maximum)
+    if rate.markup is not None:
+        rule["markup"] = {
+            "vendor": rate.markup.vendor,
+            "pct": plain(rate.markup.pct),
+            "list_price": plain(rate.markup.list_price),
+            "list_per": plain(rate.markup.list_per),
+            "list_effective_from": rate.markup.list_from,
+            "source": "vendors.yaml",
+        }
     return rule
+
+
+def markup_arithmetic(rate: Rate, line: dict, price_model: str) -> dict | None:
+    """What a cost-plus line earned over the vendor's list price (None for other rates):
+    list cost = quantity × list price / per, earned = the line's exact amount − list cost."""
+    if rate.markup is None or price_model != "markup":
+        return None
+    cost, _ = markup_earned(line["quantity"], rate)
+    earned = line["exact_amount"] - cost
+    return {
+        "list_cost": plain(cost),
+        "markup_earned": plain(earned),
+        "text": (
+            f"{format_quantity(line['quantity'])} × list {price_text(rate.markup.list_price)}"
+            f"/{_per(rate.markup.list_per)} = {plain(cost)}; + {plain(rate.markup.pct)}% "
+            f"markup = {plain(line['exact_amount'])} (earned {plain(earned)})"
+        ),
+    }
 
 
 def family_arithmetic(family: pl.DataFrame, rate: Rate, line: dict) -> str:
     """All steps of this meter × model × rate in the month, one per invoice line:
     `first 100,000,000 × 8.00/1M = 800.00; next 23,456 × 6.00/1M = 0.14`."""
     steps = (
-        family.group_by("price_version", "tier", "unit_price", "per", "currency")
+        family.group_by("price_version", "tier", "price_model", "unit_price", "per", "currency")
         .agg(pl.col("quantity").sum(), pl.col("amount").sum())
-        .sort("tier", "price_version", nulls_last=True)
+        .sort(pl.col("price_model") != "included", "tier", "price_version", nulls_last=True)
     )
     versions = steps["price_version"].n_unique()
     texts = []
@@ -72,14 +115,26 @@ def family_arithmetic(family: pl.DataFrame, rate: Rate, line: dict) -> str:
 
 def _step_text(rate: Rate, s: dict, amount: Decimal, first: bool, many_versions: bool) -> str:
     qty = format_quantity(s["quantity"])
-    if rate.price_model == "package" and s["unit_price"]:
+    if s["price_model"] in ("price_minimum", "price_cap"):
+        what = "minimum" if s["price_model"] == "price_minimum" else "maximum"
+        text = f"{what} {price_text(s['unit_price'])} a month for this price"
+    elif s["price_model"] == "tier_flat":
+        text = f"tier {s['tier']} flat fee {price_text(s['unit_price'])}"
+    elif s["price_model"] == "included":
+        text = f"{qty} included (free_units {format_quantity(rate.free_units)})"
+    elif rate.price_model == "package" and s["unit_price"]:
         packages = (s["amount"] / s["unit_price"]).to_integral_value()
         text = f"{packages:,} package(s) of {plain(s['per'])} × {price_text(s['unit_price'])}"
     elif rate.price_model == "flat":
         text = f"flat fee {price_text(s['unit_price'])}"
     else:
         word = ("first " if first else "next ") if rate.price_model == "graduated" else ""
+        if s["price_model"] != "included" and rate.free_units:
+            word = "next "
         text = f"{word}{qty} × {price_text(s['unit_price'])}/{_per(s['per'])}"
+        tier = rate.tiers[s["tier"] - 1] if rate.tiers and s["tier"] else None
+        if tier is not None and tier.block:
+            text += f" in started blocks of {format_quantity(tier.block)}"
     if many_versions:
         tier = f"tier {s['tier']}, " if s["tier"] is not None else ""
         text += f" ({tier}prices from {s['price_version']})"

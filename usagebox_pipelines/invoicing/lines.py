@@ -29,7 +29,7 @@ from usagebox_pipelines.decimals import grouped_text
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.hard_stop import waiver_description
-from usagebox_pipelines.pricing.contract import WAIVER_RATE
+from usagebox_pipelines.pricing.contract import COUPON_RATE, SPEND_CAP_RATE, WAIVER_RATE
 from usagebox_pipelines.pricing.money import minor_units, round_money
 from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES, MONEY, MONEY2, QTY, conform
 
@@ -50,6 +50,9 @@ METER_LABELS = {
 }
 METER_RANK = {meter: i for i, meter in enumerate(METER_LABELS)}
 DETAIL_SEP = " — "
+#: Line details of the free-units slice of a rate and of a cost-plus (markup) rate.
+INCLUDED_TEXT = "included usage"
+MARKUP_TEXT = "vendor list price + markup"
 
 #: Columns that identify "the same line" across an issue and a later re-rating (adjustments).
 #: Contract lines have no meter; their kind is kept in `unit` so they stay distinguishable.
@@ -156,13 +159,21 @@ def _unit_expr() -> pl.Expr:
 def _contract_lines(rated: pl.DataFrame) -> pl.DataFrame:
     """One line per account × contract kind (discount, minimum, credit), amount only; a
     hard-stop waiver (rate_id WAIVER_RATE, a `discount`) is a line of its own per stop, its
-    `unit` naming the limit (`after_hard_stop:budget`) so restatements compare it alone."""
+    `unit` naming the limit (`after_hard_stop:budget`) so restatements compare it alone; the
+    spend cap (rate_id SPEND_CAP_RATE, a `discount`) and each coupon (`coupon:<id>`, its rate id
+    kept as the unit) are lines of their own too."""
     if rated.is_empty():
         return pl.DataFrame()
     waiver = pl.col("rate_id").fill_null("") == WAIVER_RATE
     grouped = (
         rated.with_columns(
-            unit=pl.when(waiver).then(pl.col("unit")).otherwise(pl.col("line_kind")),
+            unit=pl.when(waiver)
+            .then(pl.col("unit"))
+            .when(pl.col("rate_id") == SPEND_CAP_RATE)
+            .then(pl.lit(SPEND_CAP_RATE))
+            .when(pl.col("rate_id").fill_null("").str.starts_with(COUPON_RATE + ":"))
+            .then(pl.col("rate_id"))
+            .otherwise(pl.col("line_kind")),
             stop_at=pl.when(waiver).then(pl.col("first_hour")),
         )
         .group_by(["account_id", "period", "line_kind", "unit", "currency"], maintain_order=True)
@@ -232,6 +243,15 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
             pl.lit("prices from ") + version
         ),
         pl.when(pl.col("price_model") == "flat").then(pl.lit("flat fee")),
+        pl.when(pl.col("price_model") == "included").then(pl.lit(INCLUDED_TEXT)),
+        pl.when(pl.col("price_model") == "tier_flat").then(pl.lit("tier flat fee")),
+        pl.when(pl.col("price_model") == "markup").then(pl.lit(MARKUP_TEXT)),
+        pl.when(pl.col("price_model") == "price_minimum").then(
+            pl.format("minimum {} a month, true-up", pl.col("unit_price").cast(MONEY2))
+        ),
+        pl.when(pl.col("price_model") == "price_cap").then(
+            pl.format("capped at {} a month", pl.col("unit_price").cast(MONEY2))
+        ),
         pl.col("_package"),
         separator=", ",
         ignore_nulls=True,
@@ -342,8 +362,9 @@ def _drop_empty(lines: pl.DataFrame) -> pl.DataFrame:
     return lines.filter(keep)
 
 
-def _account_words(account: Any) -> tuple[str, str]:
-    """(discount, minimum) descriptions with the account's terms: `Discount (10% of usage)`."""
+def _account_words(account: Any) -> tuple[str, str, str]:
+    """(discount, minimum, spend cap) descriptions with the account's terms:
+    `Discount (10% of usage)`, `Spend cap (maximum 1,000.00 USD a month)`."""
     currency = field(account, "currency") or ""
     discount, minimum = CONTRACT_LABELS["discount"], CONTRACT_LABELS["minimum"]
     pct = field(account, "discount_pct")
@@ -353,7 +374,11 @@ def _account_words(account: Any) -> tuple[str, str]:
     if commit:
         commit_text = f"{Decimal(str(commit)):,.2f} {currency}".strip()
         minimum = f"Minimum commitment true-up (commitment {commit_text})"
-    return discount, minimum
+    cap = field(account, "maximum_spend")
+    cap_words = "Spend cap"
+    if cap:
+        cap_words = f"Spend cap (maximum {Decimal(str(cap)):,.2f} {currency} a month)"
+    return discount, minimum, cap_words
 
 
 def _account_wording() -> pl.Expr:
@@ -369,7 +394,18 @@ def _account_wording() -> pl.Expr:
         .then(pl.lit(CONTRACT_LABELS["credit"]))
     )
     contract = kind.is_in(list(CONTRACT_KINDS)) & ~waiver
-    return pl.when(contract).then(wording).otherwise(pl.col("description"))
+    spend_cap = pl.col("unit").fill_null("") == SPEND_CAP_RATE
+    coupon = pl.col("unit").fill_null("").str.starts_with(COUPON_RATE + ":")
+    coupon_words = pl.lit("Discount coupon ") + pl.col("unit").str.strip_prefix(COUPON_RATE + ":")
+    return (
+        pl.when(spend_cap)
+        .then(pl.col("_cap_words"))
+        .when(coupon)
+        .then(coupon_words)
+        .when(contract)
+        .then(wording)
+        .otherwise(pl.col("description"))
+    )
 
 
 _ACCOUNT_KEY = "account_id"
@@ -379,6 +415,7 @@ _TERMS = pl.Schema(
         "account_id": pl.String(),
         "_discount_words": pl.String(),
         "_minimum_words": pl.String(),
+        "_cap_words": pl.String(),
         "_account_currency": pl.String(),
     }
 )

@@ -3,8 +3,9 @@
 An account not listed is billed under the `defaults:` block, so new customers are billable
 before anyone edits the file. `parent` builds an org → team → user hierarchy: a child inherits
 the `currency`, `pricebook`, `discount_pct` and `payment_terms_days` it does not set itself.
-Commitments (`minimum_commit`, `prepaid_credit`) and budgets belong to the account that states
-them and are never inherited (each account is invoiced on its own; see ADR 0002).
+Commitments (`minimum_commit`, `prepaid_credit`, `maximum_spend`) and budgets belong to the
+account that states them and are never inherited (each account is invoiced on its own; see
+ADR 0002).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.months import shift_month
 from usagebox_pipelines.pricing import _yaml as y
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 
@@ -36,6 +38,8 @@ _ACCOUNT_KEYS = {
     "discount_pct",
     "minimum_commit",
     "prepaid_credit",
+    "maximum_spend",
+    "coupons",
     "payment_terms_days",
     "budget",
     "after_hard_stop",
@@ -48,6 +52,8 @@ _CAP_KEYS = {"meter_id", "model_id", "monthly"}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _HUNDRED = Decimal(100)
+_COUPON_KEYS = {"id", "amount", "from", "months"}
+_MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 class AccountsError(UsageboxError):
@@ -61,6 +67,25 @@ class BudgetCap:
     monthly: Decimal
     meter_id: str | None = None
     model_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Coupon:
+    """A fixed amount off each monthly invoice for `months` periods from `start` (YYYY-MM)."""
+
+    coupon_id: str
+    amount: Decimal
+    start: str
+    months: int
+
+    def applies_to(self, period: str) -> bool:
+        """True for the `months` periods from `start` (half-open: start ≤ period < end)."""
+        return self.start <= period < shift_month(self.start, self.months)
+
+    @property
+    def last(self) -> str:
+        """The last period the coupon applies to."""
+        return shift_month(self.start, self.months - 1)
 
 
 @dataclass(frozen=True)
@@ -90,6 +115,8 @@ class Account:
     discount_pct: Decimal = Decimal(0)
     minimum_commit: Decimal | None = None
     prepaid_credit: Decimal | None = None
+    maximum_spend: Decimal | None = None
+    coupons: tuple[Coupon, ...] = ()
     budget: Budget | None = None
     listed: bool = True
     after_hard_stop: str = "bill"
@@ -253,6 +280,8 @@ def _resolve(
         discount_pct=_pct(body, "discount_pct", inherited["discount_pct"], at),
         minimum_commit=_money(body.get("minimum_commit"), at.key("minimum_commit")),
         prepaid_credit=_money(body.get("prepaid_credit"), at.key("prepaid_credit")),
+        maximum_spend=_maximum_spend(body, at),
+        coupons=_coupons(body.get("coupons"), at.key("coupons")),
         payment_terms_days=y.integer(
             body.get("payment_terms_days", inherited["payment_terms_days"]),
             at.key("payment_terms_days"),
@@ -301,6 +330,44 @@ def _pct(body: Mapping[str, Any], key: str, default: Decimal, where: y.Where) ->
 
 def _money(value: Any, where: y.Where) -> Decimal | None:
     return None if value is None else y.decimal(value, where, minimum=Decimal(0))
+
+
+def _maximum_spend(body: Mapping[str, Any], where: y.Where) -> Decimal | None:
+    """The monthly spend cap: usage after discount never bills above it. Below the account's
+    `minimum_commit` it would contradict the commitment, so that is refused."""
+    if body.get("maximum_spend") is None:
+        return None
+    cap = y.decimal(body["maximum_spend"], where.key("maximum_spend"), positive=True)
+    commit = _money(body.get("minimum_commit"), where.key("minimum_commit"))
+    if commit is not None and commit > cap:
+        where.key("maximum_spend").fail(f"must be at least minimum_commit ({cap} < {commit})")
+    return cap
+
+
+def _coupons(raw: Any, where: y.Where) -> tuple[Coupon, ...]:
+    """`[{id, amount, from: YYYY-MM, months}]`: fixed-amount coupons with a duration."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        where.fail("must be a list of {id, amount, from, months}")
+    out, seen = [], set()
+    for i, item in enumerate(raw):
+        at = where.item(i)
+        body = y.mapping(item, at, _COUPON_KEYS, required=_COUPON_KEYS)
+        coupon_id = y.text(body["id"], at.key("id"), pattern=_ID_RE)
+        if coupon_id in seen:
+            at.key("id").fail(f"duplicate coupon id {coupon_id!r}")
+        seen.add(coupon_id)
+        start = y.text(body["from"], at.key("from"), pattern=_MONTH_RE)
+        out.append(
+            Coupon(
+                coupon_id=coupon_id,
+                amount=y.decimal(body["amount"], at.key("amount"), positive=True),
+                start=start,
+                months=y.integer(body["months"], at.key("months"), minimum=1),
+            )
+        )
+    return tuple(out)
 
 
 def _after_hard_stop(raw: Any, where: y.Where) -> str:

@@ -1,8 +1,12 @@
-"""Contract lines: [hard-stop waiver →] discount → minimum true-up → prepaid credit, per account.
+"""Contract lines: [waiver →] discount → coupons → spend cap → minimum true-up → prepaid credit.
 
 The order is fixed: usage waived after a guardrail hard stop (`after_hard_stop: waive`, its
 rows made by invoicing.hard_stop, rate_id `WAIVER_RATE`) comes off the usage first; the
-discount applies to the usage that is billed; the minimum commit tops up the discounted usage;
+discount applies to the usage that is billed; fixed-amount coupons in effect for the period
+come off next, in listed order, never below zero (`discount` rows, rate_id `coupon:<id>`);
+`maximum_spend` cuts the discounted usage to the
+cap (a `discount` row, rate_id `SPEND_CAP_RATE`); the minimum commit tops up what is left
+(validation keeps the commit at or below the cap);
 prepaid credit pays what is left (never more, so a total never goes below zero). All
 are computed on the invoice's usage subtotal: rated rows summed to invoice lines
 (`INVOICE_LINE_KEYS`, the grain invoicing.lines groups by: dimensions summed away), each line
@@ -63,7 +67,7 @@ def contract_lines(
         account = accounts.get(account_id)
         balance = opening.get(account_id, account.prepaid_credit)
         usage = subtotals.get(account_id, _ZERO) - (waived or {}).get(account_id, _ZERO)
-        account_rows, left = _account_lines(account, usage, balance)
+        account_rows, left = _account_lines(account, usage, balance, period)
         rows.extend({"period": period, "account_id": account_id, **r} for r in account_rows)
         if left is not None:
             closing[account_id] = left
@@ -88,12 +92,18 @@ def rounded_usage_subtotals(rated: pl.DataFrame) -> dict[str, Decimal]:
     return totals
 
 
+#: rate_id prefix of a fixed-amount coupon's `discount` row (`coupon:<id>`).
+COUPON_RATE = "coupon"
+#: rate_id of the `discount` row that cuts usage after discount to the account's maximum_spend.
+SPEND_CAP_RATE = "maximum_spend"
+
+
 def _has_terms(account: Account) -> bool:
     return account.minimum_commit is not None or account.prepaid_credit is not None
 
 
 def _account_lines(
-    account: Account, usage: Decimal, balance: Decimal | None
+    account: Account, usage: Decimal, balance: Decimal | None, period: str
 ) -> tuple[list[dict], Decimal | None]:
     """The discount, minimum and credit rows of one account, and its closing balance."""
     mu = minor_units(account.currency)
@@ -114,6 +124,19 @@ def _account_lines(
             )
         )
     total = usage + discount
+    for coupon in account.coupons:
+        if not coupon.applies_to(period):
+            continue
+        off = min(round_decimal(coupon.amount, mu), max(_ZERO, total))
+        if off > 0:
+            rate = f"{COUPON_RATE}:{coupon.coupon_id}"
+            rows.append(_row(account, "discount", rate, _ONE, _ONE, -off, -off))
+            total -= off
+    if account.maximum_spend is not None:
+        over = total - round_decimal(account.maximum_spend, mu)
+        if over > 0:
+            rows.append(_row(account, "discount", SPEND_CAP_RATE, _ONE, _ONE, -over, -over))
+            total -= over
     if account.minimum_commit is not None:
         true_up = round_decimal(account.minimum_commit, mu) - total
         if true_up > 0:

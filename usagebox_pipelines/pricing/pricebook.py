@@ -29,12 +29,23 @@ from typing import Any
 
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.pricing import _yaml as y
+from usagebox_pipelines.pricing.markup import (
+    ListRates,
+    has_markup,
+    load_list_rates,
+    resolve_markups,
+)
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 
-PRICE_MODELS = ("per_unit", "graduated", "volume", "package", "flat")
+PRICE_MODELS = ("per_unit", "markup", "graduated", "volume", "package", "flat")
 _TOP_KEYS = {"pricebook", "version", "effective_from", "currency", "rates", "description"}
-_RATE_KEYS = {"id", "description", "meter_id", "model_id", "dimensions", "per"}
-_PRICE_KEYS = ("unit_price", "tiers", "package", "flat")
+_RATE_KEYS = {
+    "id", "description", "meter_id", "model_id", "dimensions", "per", "free_units",
+    "minimum", "maximum", "priority", "tier_by",
+}  # fmt: skip
+_PRICE_KEYS = ("unit_price", "markup", "tiers", "package", "flat")
+#: Price models that may start with free (included) units; volume and flat may not.
+FREE_UNIT_MODELS = ("per_unit", "markup", "graduated", "package")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DIM_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _RATE_ID_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._:=*/@-]{0,127}$")
@@ -46,18 +57,42 @@ class PricebookError(UsageboxError):
 
 @dataclass(frozen=True)
 class Tier:
-    """One tier step: units up to `up_to` (inclusive; None = no upper bound)."""
+    """One tier step: units up to `up_to` (inclusive; None = no upper bound). `flat_fee` is
+    charged once a month when the position enters the tier (graduated, Lago/Orb/Stripe
+    `flat_amount`) or when the month's total lands in it (volume). `block` (graduated only):
+    the tier's units are billed in whole blocks of that size, a started block rounded up."""
 
     up_to: Decimal | None
     unit_price: Decimal
+    flat_fee: Decimal = Decimal(0)
+    block: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Markup:
+    """Cost-plus: the vendor's list rate for the usage's model and meter × (1 + pct / 100).
+
+    `list_price` per `list_per` units (from `vendors.yaml`, in effect on `list_from`) is filled
+    in when the pricebook set resolves the rate (`pricing.markup`); a parsed, unresolved rate
+    has None there.
+    """
+
+    vendor: str
+    pct: Decimal
+    list_price: Decimal | None = None
+    list_per: Decimal | None = None
+    list_from: str | None = None
 
 
 @dataclass(frozen=True)
 class Rate:
-    """One price rule. `price_model` is per_unit, graduated, volume, package or flat.
+    """One price rule. `price_model` is per_unit, markup, graduated, volume, package or flat.
 
     `rate_id` (the `id` key, else derived from the selector, e.g. `gpu_seconds:*:gpu=h100`) is
     also the key that carries tier and package positions across versions of a month.
+    `free_units`: the first units of the month per account × meter × model × rate id are
+    included (priced 0) before the price model applies. `wildcard`: a `model_id: "*"` markup
+    rate resolved to one concrete model keeps the specificity of `*`.
     """
 
     index: int
@@ -71,13 +106,24 @@ class Rate:
     tiers: tuple[Tier, ...] = ()
     package_size: Decimal | None = None
     package_price: Decimal | None = None
+    package_round: str = "up"
     flat: Decimal | None = None
     description: str | None = None
+    free_units: Decimal = Decimal(0)
+    minimum: Decimal | None = None
+    maximum: Decimal | None = None
+    priority: int = 0
+    tier_by: tuple[str, ...] = ()
+    markup: Markup | None = None
+    wildcard: bool = False
 
     @property
-    def specificity(self) -> tuple[int, int]:
-        """Exact model beats `*`; then more dimension keys beat fewer."""
-        return (0 if self.model_id == "*" else 1, len(self.dimensions))
+    def specificity(self) -> tuple[int, int, int]:
+        """Exact model beats `*`; then more dimension keys beat fewer; then a higher
+        `priority` (how two filters on different dimension keys, Lago's charge filters
+        `{region: eu}` and `{country: de}`, say which wins for usage matching both)."""
+        generic = self.model_id == "*" or self.wildcard
+        return (0 if generic else 1, len(self.dimensions), self.priority)
 
     @property
     def selector(self) -> str:
@@ -115,11 +161,16 @@ class PricebookSet:
     """All versions of all pricebooks in a folder, validated together."""
 
     versions: tuple[PricebookVersion, ...]
+    list_rates: ListRates = field(default_factory=ListRates)
     _by_name: dict[str, tuple[PricebookVersion, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.versions, key=lambda v: (v.pricebook, v.effective_from)))
         _validate_set(ordered)
+        ordered = tuple(
+            resolve_markups(v, _next_start(ordered, i), self.list_rates, PricebookError)
+            for i, v in enumerate(ordered)
+        )
         by_name: dict[str, list[PricebookVersion]] = {}
         for version in ordered:
             by_name.setdefault(version.pricebook, []).append(version)
@@ -197,7 +248,15 @@ class PricebookSet:
                 and (v.version == proposed.version or v.effective_from == proposed.effective_from)
             )
         ]
-        return PricebookSet(tuple([*kept, proposed]))
+        return PricebookSet(tuple([*kept, proposed]), self.list_rates.for_version(proposed))
+
+
+def _next_start(ordered: tuple[PricebookVersion, ...], i: int) -> datetime | None:
+    """`effective_from` of the version after `ordered[i]` in its pricebook (None: the last)."""
+    after = ordered[i + 1] if i + 1 < len(ordered) else None
+    if after is None or after.pricebook != ordered[i].pricebook:
+        return None
+    return after.effective_from
 
 
 def load_pricebooks(folder: Path) -> PricebookSet:
@@ -212,7 +271,9 @@ def load_pricebooks(folder: Path) -> PricebookSet:
     versions = [v for v in (load_pricebook_file(f, required=False) for f in files) if v]
     if not versions:
         raise PricebookError(f"{y.display(folder)}: no pricebook files (YAML with `pricebook:`)")
-    return PricebookSet(tuple(versions))
+    needs_list = any(has_markup(v) for v in versions)
+    list_rates = load_list_rates(folder) if needs_list else ListRates(folder=folder)
+    return PricebookSet(tuple(versions), list_rates)
 
 
 def load_pricebook_file(path: Path, *, required: bool = True) -> PricebookVersion | None:
@@ -260,6 +321,7 @@ def _parse_version(doc: Any, path: Path, sha: str, where: y.Where) -> PricebookV
         where.key("rates").fail("must be a non-empty list of rates")
     rates = tuple(_parse_rate(r, i, where.key("rates").item(i)) for i, r in enumerate(raw_rates))
     _check_rates(rates, where.key("rates"))
+    _check_terms(rates, currency, where.key("rates"))
     description = doc.get("description")
     return PricebookVersion(
         file=path,
@@ -289,8 +351,21 @@ def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
     dimensions = _parse_dimensions(rate.get("dimensions"), where.key("dimensions"))
     if "per" in rate and kind in ("package", "flat"):
         where.key("per").fail(f"not used with {kind} (a {kind} price is per package/month)")
+    if "per" in rate and kind == "markup":
+        where.key("per").fail("not used with markup (the vendor list rate has its own per)")
     per = y.decimal(rate.get("per", 1), where.key("per"), positive=True)
     price = _parse_price(kind, rate[kind], where.key(kind))
+    free_units = Decimal(0)
+    if rate.get("free_units") is not None:
+        if price["price_model"] not in FREE_UNIT_MODELS:
+            where.key("free_units").fail(
+                f"not used with {price['price_model']} (allowed with {', '.join(FREE_UNIT_MODELS)})"
+            )
+        free_units = y.decimal(rate["free_units"], where.key("free_units"), positive=True)
+    minimum = _term(rate, "minimum", where)
+    maximum = _term(rate, "maximum", where)
+    if minimum is not None and maximum is not None and minimum > maximum:
+        where.key("minimum").fail(f"must not exceed maximum ({minimum} > {maximum})")
     selector_id = Rate(index, "", meter_id, model_id, dimensions, "per_unit").selector
     rate_id = selector_id
     if rate.get("id") is not None:
@@ -304,8 +379,35 @@ def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
         dimensions=dimensions,
         per=per,
         description=None if description is None else str(description),
+        free_units=free_units,
+        minimum=minimum,
+        maximum=maximum,
+        priority=y.integer(rate.get("priority", 0), where.key("priority")),
+        tier_by=_tier_by(rate.get("tier_by"), price["price_model"], where.key("tier_by")),
         **price,
     )
+
+
+def _tier_by(raw: Any, model: str, where: y.Where) -> tuple[str, ...]:
+    """Dimension keys whose values each run their own tier / package position (flexprice
+    prices each group separately); only for models that read positions."""
+    if raw is None:
+        return ()
+    if model not in ("graduated", "volume", "package"):
+        where.fail(f"not used with {model} (allowed with graduated, volume, package)")
+    if not isinstance(raw, list) or not raw:
+        where.fail("must be a non-empty list of dimension keys")
+    for i, key in enumerate(raw):
+        if not isinstance(key, str) or not _DIM_KEY_RE.match(key):
+            where.item(i).fail(f"invalid dimension key {key!r}")
+    return tuple(raw)
+
+
+def _term(rate: Mapping[str, Any], key: str, where: y.Where) -> Decimal | None:
+    """A per-price monthly `minimum` / `maximum` amount (positive, in the pricebook currency)."""
+    if rate.get(key) is None:
+        return None
+    return y.decimal(rate[key], where.key(key), positive=True)
 
 
 def _parse_dimensions(raw: Any, where: y.Where) -> tuple[tuple[str, str], ...]:
@@ -328,12 +430,21 @@ def _parse_price(kind: str, raw: Any, where: y.Where) -> dict[str, Any]:
         return {"price_model": "per_unit", "unit_price": y.decimal(raw, where, minimum=Decimal(0))}
     if kind == "flat":
         return {"price_model": "flat", "flat": y.decimal(raw, where, minimum=Decimal(0))}
+    if kind == "markup":
+        body = y.mapping(raw, where, {"vendor", "pct"}, required={"vendor", "pct"})
+        vendor = y.text(body["vendor"], where.key("vendor"), pattern=_ID_RE)
+        pct = y.decimal(body["pct"], where.key("pct"), minimum=Decimal(-100))
+        return {"price_model": "markup", "markup": Markup(vendor, pct)}
     if kind == "package":
-        pkg = y.mapping(raw, where, {"size", "price"}, required={"size", "price"})
+        pkg = y.mapping(raw, where, {"size", "price", "round"}, required={"size", "price"})
+        rounding = pkg.get("round", "up")
+        if rounding not in ("up", "down"):
+            where.key("round").fail(f"must be up or down, got {rounding!r}")
         return {
             "price_model": "package",
             "package_size": y.decimal(pkg["size"], where.key("size"), positive=True),
             "package_price": y.decimal(pkg["price"], where.key("price"), minimum=Decimal(0)),
+            "package_round": rounding,
         }
     return _parse_tiers(raw, where)
 
@@ -350,7 +461,8 @@ def _parse_tiers(raw: Any, where: y.Where) -> dict[str, Any]:
     steps: list[Tier] = []
     for i, raw_step in enumerate(raw_steps):
         at = where.key("steps").item(i)
-        step = y.mapping(raw_step, at, {"up_to", "unit_price"}, required={"unit_price"})
+        allowed = {"up_to", "unit_price", "flat_fee", "block"}
+        step = y.mapping(raw_step, at, allowed, required={"unit_price"})
         if "up_to" not in step:
             at.key("up_to").fail("required (null for the last, open-ended step)")
         up_to = step["up_to"]
@@ -363,7 +475,13 @@ def _parse_tiers(raw: Any, where: y.Where) -> dict[str, Any]:
         if bound is not None and steps and bound <= steps[-1].up_to:  # type: ignore[operator]
             at.key("up_to").fail(f"tiers must be increasing (got {bound} after {steps[-1].up_to})")
         price = y.decimal(step["unit_price"], at.key("unit_price"), minimum=Decimal(0))
-        steps.append(Tier(bound, price))
+        fee = y.decimal(step.get("flat_fee", 0), at.key("flat_fee"), minimum=Decimal(0))
+        block = None
+        if step.get("block") is not None:
+            if mode != "graduated":
+                at.key("block").fail("only graduated tiers bill in blocks")
+            block = y.decimal(step["block"], at.key("block"), positive=True)
+        steps.append(Tier(bound, price, fee, block))
     return {"price_model": mode, "tiers": tuple(steps)}
 
 
@@ -377,6 +495,7 @@ def _check_rates(rates: tuple[Rate, ...], where: y.Where) -> None:
                 where.item(b.index).fail(
                     f"{what} rates[{a.index}] ({a.selector} vs {b.selector}): usage could match "
                     "both with equal specificity"
+                    + ("" if same else "; give one a higher `priority` to say which wins")
                 )
     seen_ids: dict[str, int] = {}
     for rate in rates:
@@ -387,12 +506,30 @@ def _check_rates(rates: tuple[Rate, ...], where: y.Where) -> None:
         seen_ids[rate.rate_id] = rate.index
 
 
+def _check_terms(rates: tuple[Rate, ...], currency: str, where: y.Where) -> None:
+    """Per-price minimums and maximums are whole minor units of the currency (they land on the
+    invoice exactly, like `minimum_commit`)."""
+    places = MINOR_UNITS[currency]
+    for rate in rates:
+        for key, value in (("minimum", rate.minimum), ("maximum", rate.maximum)):
+            if value is not None and value.as_tuple().exponent < -places:  # type: ignore[operator]
+                where.item(rate.index).key(key).fail(
+                    f"at most {places} decimal places in {currency}, got {value}"
+                )
+
+
 def _may_tie(a: Rate, b: Rate) -> bool:
     """Could one usage key match both rates with the same specificity?"""
     if a.meter_id != b.meter_id or a.model_id != b.model_id:
         return False
+    if a.specificity[0] != b.specificity[0]:  # a resolved `*` markup vs an exact model
+        return False
+    if a.markup and b.markup and a.model_id == "*" and a.markup.vendor != b.markup.vendor:
+        return False  # `*` markups of two vendors: their models are checked once resolved
     if len(a.dimensions) != len(b.dimensions):
         return False
+    if a.priority != b.priority and a.dimensions != b.dimensions:
+        return False  # overlapping filters on different keys: the higher priority wins
     da, db = dict(a.dimensions), dict(b.dimensions)
     return all(da[k] == db[k] for k in da.keys() & db.keys())
 

@@ -13,7 +13,9 @@ never on events. Steps, all vectorised Polars (Python loops only over versions a
    total, and counts packages started;
 5. sum quantities to the rated grain, then amount = quantity × unit_price / per once per row,
    exact at 12 places (half-up at the 12th place when the division is inexact);
-6. contract lines (pricing.contract): discount → minimum true-up → prepaid credit.
+6. per-price terms (pricing.terms): a rate's monthly minimum true-up or maximum cap per
+   account, as usage rows of the rate;
+7. contract lines (pricing.contract): discount → minimum true-up → prepaid credit.
 
 Over 400 lines on purpose: the steps above are one pipeline over the same frame, each a small
 function, kept in order.
@@ -45,17 +47,21 @@ from usagebox_pipelines.pricing.money import (
     to_scaled,
 )
 from usagebox_pipelines.pricing.pricebook import PricebookSet, PricebookVersion, Rate
+from usagebox_pipelines.pricing.terms import price_term_rows
 
 _I128 = pl.Int128
 _USAGE_KEYS = ["account_id", "meter_id", "model_id", "product_id", "unit", "dimensions"]
 _MATCH_KEYS = ["pricebook", "price_version", "meter_id", "model_id", "dimensions"]
 _RATE_KEYS = ["pricebook", "price_version", "rate_idx"]
-_LINE_KEYS = [*_USAGE_KEYS, "currency", *_RATE_KEYS, "tier"]
-# Tier/package positions run per account × meter × model × rate id, across versions.
-_POSITION_KEYS = ["account_id", "meter_id", "model_id", "rate_id"]
+_LINE_KEYS = [*_USAGE_KEYS, "currency", *_RATE_KEYS, "tier", "fee"]
+# Tier/package positions run per account × meter × model × rate id (× the values of the rate's
+# `tier_by` dimension keys), across versions.
+_POSITION_KEYS = ["account_id", "meter_id", "model_id", "rate_id", "tier_group"]
 _ORDER = ["hour", "dimensions", "product_id", "unit"]
 _LINE_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "credit": 3}
 _COUNTED = ("package", "flat")
+#: Tier number of the free-units step (rated rows show it as tier null, price model `included`).
+INCLUDED_TIER = -1
 
 
 @dataclass(frozen=True)
@@ -236,15 +242,21 @@ def _with_rates(rows: pl.DataFrame, books: PricebookSet) -> pl.DataFrame:
     """Attach `rate_idx` of the most specific matching rate (null when none matches)."""
     keys = rows.filter(pl.col("price_version").is_not_null()).select(_MATCH_KEYS).unique()
     candidates = [
-        _candidates(keys, version, rate)
+        _candidates(keys, version, position, rate)
         for version in _used_versions(keys, books)
-        for rate in version.rates
+        for position, rate in enumerate(version.rates)
     ]
-    schema = {**keys.schema, "rate_idx": pl.Int32, "spec_model": pl.Int8, "spec_dims": pl.Int8}
+    schema = {
+        **keys.schema,
+        "rate_idx": pl.Int32,
+        "spec_model": pl.Int8,
+        "spec_dims": pl.Int8,
+        "spec_priority": pl.Int64,
+    }
     if candidates:
         best = (
             pl.concat(candidates)
-            .sort(["spec_model", "spec_dims"], descending=True)
+            .sort(["spec_model", "spec_dims", "spec_priority"], descending=True)
             .unique(subset=_MATCH_KEYS, keep="first", maintain_order=True)
         )
     else:
@@ -259,8 +271,11 @@ def _used_versions(keys: pl.DataFrame, books: PricebookSet) -> list[PricebookVer
     return [books.get(f"{pricebook}@{version}") for pricebook, version in sorted(used)]
 
 
-def _candidates(keys: pl.DataFrame, version: PricebookVersion, rate: Rate) -> pl.DataFrame:
-    """Keys of `version` that `rate` matches, with its specificity."""
+def _candidates(
+    keys: pl.DataFrame, version: PricebookVersion, position: int, rate: Rate
+) -> pl.DataFrame:
+    """Keys of `version` that `rate` (at `position` in its rates: the `rate_idx`) matches,
+    with its specificity."""
     cond = (
         (pl.col("pricebook") == version.pricebook)
         & (pl.col("price_version") == version.version)
@@ -270,11 +285,12 @@ def _candidates(keys: pl.DataFrame, version: PricebookVersion, rate: Rate) -> pl
         cond &= pl.col("model_id") == rate.model_id
     for key, value in rate.dimensions:
         cond &= pl.col("dimensions").str.json_path_match(f"$['{key}']") == value
-    spec_model, spec_dims = rate.specificity
+    spec_model, spec_dims, spec_priority = rate.specificity
     return keys.filter(cond).with_columns(
-        rate_idx=pl.lit(rate.index, dtype=pl.Int32),
+        rate_idx=pl.lit(position, dtype=pl.Int32),
         spec_model=pl.lit(spec_model, dtype=pl.Int8),
         spec_dims=pl.lit(spec_dims, dtype=pl.Int8),
+        spec_priority=pl.lit(spec_priority, dtype=pl.Int64),
     )
 
 
@@ -319,7 +335,7 @@ def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFr
     meta, tiers = _rate_tables(books)
     magnitude = int(matched.select(to_scaled(pl.col("sum")).abs().sum()).item() or 0)
     _guard(2 * magnitude * int(meta["pkg_den"].max() or 1))
-    positioned = meta.filter(pl.col("price_model") != "per_unit").get_column("rate_id")
+    positioned = meta.filter(pl.col("path") != "per_unit").get_column("rate_id")
     rows = (
         matched.lazy()
         .join(meta.lazy(), on=_RATE_KEYS, how="left")
@@ -327,14 +343,16 @@ def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFr
     )
     needs_position = pl.col("rate_id").is_in(positioned.unique().implode())
     per_unit = rows.filter(~needs_position).select(
-        *_LINE_KEYS[:-1],
+        *_LINE_KEYS[:-2],
         tier=pl.lit(0, dtype=pl.Int32),
+        fee=pl.lit(False),
         hour=pl.col("hour"),
         part=pl.col("q"),
         count=lit_int(0),
     )
     rows = (
         rows.filter(needs_position)
+        .with_columns(tier_group=_tier_group(meta))
         .with_columns(
             cum=pl.col("q").cum_sum().over(_POSITION_KEYS, order_by=_ORDER),
             total=pl.col("q").sum().over(_POSITION_KEYS),
@@ -346,9 +364,9 @@ def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFr
     )
     parts = pl.concat(
         [
-            _graduated(rows.filter(pl.col("price_model") == "graduated"), tiers),
-            _volume(rows.filter(pl.col("price_model") == "volume"), tiers),
-            _untiered(rows.filter(~pl.col("price_model").is_in(["graduated", "volume"]))),
+            _graduated(rows.filter(pl.col("path") == "graduated"), tiers),
+            _volume(rows.filter(pl.col("path") == "volume"), tiers),
+            _untiered(rows.filter(~pl.col("path").is_in(["graduated", "volume"]))),
             per_unit,
         ]
     )
@@ -363,7 +381,25 @@ def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFr
         .join(meta.lazy(), on=_RATE_KEYS, how="left")
         .collect()
     )
-    return _amounts(lines, tiers, period)
+    priced = _amounts(lines, tiers, period)
+    return pl.concat([priced, price_term_rows(priced, books)])
+
+
+def _tier_group(meta: pl.DataFrame) -> pl.Expr:
+    """Each row's values of its rate's `tier_by` keys (`h100|eu`), "" for rates without: one
+    expression per distinct key list (a few), never per row."""
+    group = pl.lit("")
+    for keys in sorted(set(meta["tier_by"].to_list()) - {""}):
+        values = [
+            pl.col("dimensions").str.json_path_match(f"$['{key}']").fill_null("")
+            for key in keys.split(",")
+        ]
+        group = (
+            pl.when(pl.col("tier_by") == keys)
+            .then(pl.concat_str(values, separator="|"))
+            .otherwise(group)
+        )
+    return group
 
 
 def _graduated(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
@@ -374,11 +410,35 @@ def _graduated(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
         return pl.max_horizontal(lo, pl.min_horizontal(pl.col(col), hi))
 
     at_prev = (lo.is_null() | (pl.col("prev") > lo)) & (hi.is_null() | (pl.col("prev") <= hi))
-    return (
-        rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner")
-        .with_columns(part=clip("cum") - clip("prev"))
+    joined = rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner")
+    start = lo.fill_null(lit_int(0))
+    block = pl.col("block")
+
+    def blocks(col: str) -> pl.Expr:
+        return scaled_ceil_div(pl.max_horizontal(clip(col) - start, lit_int(0)), block)
+
+    # a tier with `block`: blocks started in this slice (a started block is billed whole)
+    started = pl.when(block > lit_int(0)).then(blocks("cum") - blocks("prev")).otherwise(lit_int(0))
+    units = (
+        joined.with_columns(part=clip("cum") - clip("prev"))
         .filter((pl.col("part") != lit_int(0)) | ((pl.col("q") == lit_int(0)) & at_prev))
-        .with_columns(count=lit_int(0))
+        .with_columns(count=started.cast(_I128), fee=pl.lit(False))
+        .select(*_LINE_KEYS, "hour", "part", "count")
+    )
+    enters = (pl.col("cum") > start) & (pl.col("prev") <= start) & (pl.col("total") > start)
+    return pl.concat([units, _tier_fees(joined, enters)])
+
+
+def _tier_fees(joined: pl.LazyFrame, in_tier: pl.Expr) -> pl.LazyFrame:
+    """One fee row (count 1, part 0) per account × rate id × tier with a `flat_fee`: on the
+    first row in hour order where `in_tier` holds (graduated: the position enters the tier and
+    the month's total stays in or past it; volume: the month's total lands in it)."""
+    keys = [*_POSITION_KEYS, "tier"]
+    first = pl.col("rank") == pl.col("rank").filter(in_tier).min().over(keys)
+    return (
+        joined.filter(pl.col("fee_scaled") > lit_int(0))
+        .filter(in_tier & first)
+        .with_columns(part=lit_int(0), count=lit_int(1), fee=pl.lit(True))
         .select(*_LINE_KEYS, "hour", "part", "count")
     )
 
@@ -386,20 +446,32 @@ def _graduated(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
 def _volume(rows: pl.LazyFrame, tiers: pl.DataFrame) -> pl.LazyFrame:
     """All of a month's units at the tier its total reaches (per version's own tier table)."""
     lo, hi, total = pl.col("lo"), pl.col("hi"), pl.col("total")
-    return (
-        rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner")
-        .filter((lo.is_null() | (total > lo)) & (hi.is_null() | (total <= hi)))
-        .with_columns(part=pl.col("q"), count=lit_int(0))
-        .select(*_LINE_KEYS, "hour", "part", "count")
+    joined = rows.join(tiers.lazy(), on=_RATE_KEYS, how="inner").filter(
+        (lo.is_null() | (total > lo)) & (hi.is_null() | (total <= hi))
     )
+    units = joined.with_columns(part=pl.col("q"), count=lit_int(0), fee=pl.lit(False)).select(
+        *_LINE_KEYS, "hour", "part", "count"
+    )
+    return pl.concat([units, _tier_fees(joined, total > lit_int(0))])
 
 
 def _untiered(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """Per-unit rows as they are; packages started and flat fees counted on positions."""
+    """Per-unit rows as they are; packages started and flat fees counted on positions.
+
+    Packages round up (a package counts from its first unit) unless `round: down`. A package
+    rate's `free_units` come off the position first: packages start only once the
+    month's quantity passes them (Lago's package `free_units`).
+    """
     size = pl.col("pkg_num") * lit_int(ONE)
-    started = scaled_ceil_div(pl.col("cum") * pl.col("pkg_den"), size) - scaled_ceil_div(
-        pl.col("prev") * pl.col("pkg_den"), size
-    )
+    zero = lit_int(0)
+
+    def billed(col: str) -> pl.Expr:
+        return pl.max_horizontal(pl.col(col) - pl.col("free"), zero) * pl.col("pkg_den")
+
+    up = scaled_ceil_div(billed("cum"), size) - scaled_ceil_div(billed("prev"), size)
+    # `round: down`: only complete packages are billed (floor of the position)
+    down = billed("cum") // size - billed("prev") // size
+    started = pl.when(pl.col("pkg_round") == "down").then(down).otherwise(up)
     first_used = (pl.col("rank") == 0) & (pl.col("total") > lit_int(0))
     count = (
         pl.when(pl.col("price_model") == "package")
@@ -409,17 +481,27 @@ def _untiered(rows: pl.LazyFrame) -> pl.LazyFrame:
         .otherwise(lit_int(0))
     )
     return rows.with_columns(
-        tier=pl.lit(0, dtype=pl.Int32), part=pl.col("q"), count=count.cast(_I128)
+        tier=pl.lit(0, dtype=pl.Int32), part=pl.col("q"), count=count.cast(_I128), fee=pl.lit(False)
     ).select(*_LINE_KEYS, "hour", "part", "count")
 
 
 def _amounts(lines: pl.DataFrame, tiers: pl.DataFrame, period: str) -> pl.DataFrame:
     """amount = quantity × price fraction, once per line, half-up at the 12th place."""
     lines = lines.join(tiers.drop("lo", "hi"), on=[*_RATE_KEYS, "tier"], how="left")
+    fee = pl.col("fee")
     base = (
-        pl.when(pl.col("price_model").is_in(_COUNTED))
+        pl.when(pl.col("price_model").is_in(_COUNTED) | fee)
         .then(pl.col("count") * lit_int(ONE))
+        .when(pl.col("block") > lit_int(0))
+        .then(pl.col("count") * pl.col("block"))
         .otherwise(pl.col("part"))
+    )
+    # a tier's flat fee: count × fee (a fraction fee / 1), shown at unit price = the fee
+    lines = lines.with_columns(
+        num=pl.when(fee).then(pl.col("fee_scaled")).otherwise(pl.col("num")),
+        den=pl.when(fee).then(lit_int(ONE)).otherwise(pl.col("den")),
+        unit_price=pl.when(fee).then(pl.col("fee_amount")).otherwise(pl.col("unit_price")),
+        per=pl.when(fee).then(pl.lit(Decimal(1), dtype=EXACT)).otherwise(pl.col("per")),
     )
     lines = lines.with_columns(base=base)
     widest = int(lines.select(pl.col("base").abs().max()).item() or 0)
@@ -431,6 +513,11 @@ def _amounts(lines: pl.DataFrame, tiers: pl.DataFrame, period: str) -> pl.DataFr
             quantity=from_scaled(pl.col("part")),
             amount=from_scaled(scaled_half_up_div(pl.col("base") * pl.col("num"), pl.col("den"))),
             tier=pl.when(pl.col("tier") > 0).then(pl.col("tier")),
+            price_model=pl.when(pl.col("tier") == INCLUDED_TIER)
+            .then(pl.lit("included"))
+            .when(fee)
+            .then(pl.lit("tier_flat"))
+            .otherwise(pl.col("price_model")),
         ),
         schemas.RATED_USAGE,
     )
@@ -440,10 +527,23 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Small frames of every rate (meta) and every priced step (tiers; tier 0 = untiered)."""
     meta, tiers = [], []
     for version in books.versions:
-        for rate in version.rates:
+        for position, rate in enumerate(version.rates):
             size = fraction_of(rate.package_size or Decimal(1))
-            head = (version.pricebook, version.version, rate.index)
-            meta.append((*head, rate.rate_id, rate.price_model, size.numerator, size.denominator))
+            head = (version.pricebook, version.version, position)
+            free = int(rate.free_units * ONE)
+            meta.append(
+                (
+                    *head,
+                    rate.rate_id,
+                    rate.price_model,
+                    _path(rate),
+                    rate.package_round,
+                    ",".join(rate.tier_by),
+                    free,
+                    size.numerator,
+                    size.denominator,
+                )
+            )
             tiers.extend((*head, *step) for step in _steps(rate))
     meta_schema = {
         "pricebook": pl.String,
@@ -451,6 +551,10 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
         "rate_idx": pl.Int32,
         "rate_id": pl.String,
         "price_model": pl.String,
+        "path": pl.String,
+        "pkg_round": pl.String,
+        "tier_by": pl.String,
+        "free": _I128,
         "pkg_num": _I128,
         "pkg_den": _I128,
     }
@@ -465,6 +569,9 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
         "den": _I128,
         "per": EXACT,
         "unit_price": EXACT,
+        "fee_amount": EXACT,
+        "fee_scaled": _I128,
+        "block": _I128,
     }
     return (
         pl.DataFrame(meta, schema=meta_schema, orient="row"),
@@ -472,22 +579,48 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
     )
 
 
+def _path(rate: Rate) -> str:
+    """How `_price` positions a rate: per_unit (no positions), graduated, volume or untiered.
+
+    Free units turn a per-unit (or markup) price into two graduated steps, included then
+    priced, and put an included step in front of graduated tiers.
+    """
+    if rate.price_model in ("per_unit", "markup"):
+        return "graduated" if rate.free_units else "per_unit"
+    if rate.price_model in ("graduated", "volume"):
+        return rate.price_model
+    return "untiered"
+
+
 def _steps(rate: Rate) -> list[tuple]:
-    """(tier, lo, hi, num, den, per, unit_price) with lo/hi as scaled positions."""
-    if rate.price_model == "per_unit":
+    """(tier, lo, hi, num, den, per, unit_price, fee, fee scaled, block scaled) with lo/hi as
+    scaled positions.
+
+    Free units are the step `INCLUDED_TIER` (price 0, shown as `included` and tier null), in
+    front of the rate's own steps, which move up by the free units.
+    """
+    free = int(rate.free_units * ONE)
+    none = (Decimal(0), 0, 0)  # no tier fee, no block
+    included: list[tuple] = []
+    if free:
+        included.append((INCLUDED_TIER, None, free, 0, 1, rate.per, Decimal(0), *none))
+    if rate.price_model in ("per_unit", "markup"):
         price = fraction_of(rate.unit_price) / fraction_of(rate.per)
-        return [(0, None, None, price.numerator, price.denominator, rate.per, rate.unit_price)]
+        lo = free if free else None
+        step = (0, lo, None, price.numerator, price.denominator, rate.per, rate.unit_price, *none)
+        return [*included, step]
     if rate.price_model in _COUNTED:
         amount = rate.package_price if rate.price_model == "package" else rate.flat
         per = rate.package_size if rate.price_model == "package" else Decimal(1)
         price = fraction_of(amount)
-        return [(0, None, None, price.numerator, price.denominator, per, amount)]
-    steps, lo = [], None
+        return [(0, None, None, price.numerator, price.denominator, per, amount, *none)]
+    steps, lo = included, (free if free else None)
     for number, tier in enumerate(rate.tiers, start=1):
-        hi = None if tier.up_to is None else int(tier.up_to * ONE)
+        hi = None if tier.up_to is None else int(tier.up_to * ONE) + free
         price = fraction_of(tier.unit_price) / fraction_of(rate.per)
+        fee = (tier.flat_fee, int(tier.flat_fee * ONE), int((tier.block or 0) * ONE))
         steps.append(
-            (number, lo, hi, price.numerator, price.denominator, rate.per, tier.unit_price)
+            (number, lo, hi, price.numerator, price.denominator, rate.per, tier.unit_price, *fee)
         )
         lo = hi
     return steps

@@ -14,6 +14,7 @@ from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.invoicing.arithmetic import (
     family_arithmetic,
     line_arithmetic,
+    markup_arithmetic,
     rate_rule,
     sum_kind,
 )
@@ -27,7 +28,7 @@ from usagebox_pipelines.invoicing.stamps import (
     plain_row,
 )
 from usagebox_pipelines.months import month_bounds
-from usagebox_pipelines.pricing.contract import WAIVER_RATE
+from usagebox_pipelines.pricing.contract import COUPON_RATE, SPEND_CAP_RATE, WAIVER_RATE
 from usagebox_pipelines.pricing.pricebook import Rate
 from usagebox_pipelines.stages.reproduce import (
     IssuedDocument,
@@ -172,6 +173,9 @@ def _explain_usage(
             "note": _rollup_note(rate),
         },
     }
+    markup = markup_arithmetic(rate, line, first["price_model"])
+    if markup is not None:
+        out["markup"] = markup
     if with_events:
         out["events"] = _events_behind(events, doc.invoice["account_id"], line, behind)
     return out
@@ -271,6 +275,19 @@ def _explain_contract(doc: IssuedDocument, line: dict) -> dict:
     if is_waiver(line["unit"]):
         text = f"usage billed after the hard stop ({line['description']}) waived"
         term: dict[str, object] = {"after_hard_stop": account.after_hard_stop}
+    elif (line["unit"] or "").startswith(COUPON_RATE + ":"):
+        coupon_id = line["unit"].removeprefix(COUPON_RATE + ":")
+        coupon = next(c for c in account.coupons if c.coupon_id == coupon_id)
+        text = (
+            f"coupon {coupon_id}: {plain(coupon.amount)} off each month {coupon.start} to "
+            f"{coupon.last}, at most what is due after the percentage discount"
+        )
+        term = {"coupon": coupon_id, "amount": plain(coupon.amount), "from": coupon.start}
+        term["months"] = str(coupon.months)
+    elif line["unit"] == SPEND_CAP_RATE:
+        after = usage + sum_kind(doc.lines.filter(pl.col("unit") == "discount"), "discount")
+        text = f"usage after discount {after} − maximum_spend {plain(account.maximum_spend)}"
+        term = {"maximum_spend": plain(account.maximum_spend)}
     elif kind == "discount":
         text = f"{plain(account.discount_pct)}% of usage {usage} = {plain(line['exact_amount'])}"
         if waivers.height:

@@ -7,8 +7,11 @@ change the price (feature, agent) are summed away; ones that do (GPU type) name 
 
 Rounding (CONTRACT §4): `exact_amount` is the exact sum of the group; `amount` is that rounded
 half-up once (pricing.money.round_money); invoice totals are sums of rounded lines.
-Totals: `subtotal` = this period's charges (usage + discount + minimum true-up);
-`total` = subtotal + adjustments for earlier periods + prepaid credit = sum of every line.
+Totals: `subtotal` = this period's net charges (usage + discount + minimum true-up), before
+tax; `total` = subtotal + tax + adjustments for earlier periods + prepaid credit = sum of every
+line. The tax line (kind `tax`) keeps its base in `quantity` and its rate (percent) in
+`unit_price` with `per` 100, and is kept at 0.00 too: a reverse-charge or out-of-scope invoice
+must still state its treatment.
 
 Over 400 lines on purpose: grouping, rounding and totals must agree line for line, so they sit
 side by side.
@@ -33,12 +36,13 @@ from usagebox_pipelines.pricing.contract import WAIVER_RATE
 from usagebox_pipelines.pricing.money import minor_units, round_money
 from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES, MONEY, MONEY2, QTY, conform
 
-KIND_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "adjustment": 3, "credit": 4}
+KIND_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "tax": 3, "adjustment": 4, "credit": 5}
 PERIOD_KINDS = ("usage", "discount", "minimum")
-CONTRACT_KINDS = ("discount", "minimum", "credit")
+CONTRACT_KINDS = ("discount", "minimum", "tax", "credit")
 CONTRACT_LABELS = {
     "discount": "Discount",
     "minimum": "Minimum commitment true-up",
+    "tax": "Tax",
     "credit": "Prepaid credit applied",
 }
 METER_LABELS = {
@@ -160,13 +164,21 @@ def _contract_lines(rated: pl.DataFrame) -> pl.DataFrame:
     if rated.is_empty():
         return pl.DataFrame()
     waiver = pl.col("rate_id").fill_null("") == WAIVER_RATE
+    tax = pl.col("line_kind") == "tax"
     grouped = (
         rated.with_columns(
             unit=pl.when(waiver).then(pl.col("unit")).otherwise(pl.col("line_kind")),
             stop_at=pl.when(waiver).then(pl.col("first_hour")),
         )
         .group_by(["account_id", "period", "line_kind", "unit", "currency"], maintain_order=True)
-        .agg(pl.col("amount").sum().cast(MONEY).alias("exact_amount"), pl.col("stop_at").min())
+        .agg(
+            pl.col("amount").sum().cast(MONEY).alias("exact_amount"),
+            pl.col("stop_at").min(),
+            # the tax line is one row per account: its base, rate and per stay on the line
+            pl.col("quantity").filter(tax).first().cast(QTY),
+            pl.col("unit_price").filter(tax).first().cast(MONEY),
+            pl.col("per").filter(tax).first().cast(QTY),
+        )
         .rename({"line_kind": "kind"})
     )
     waivers = [
@@ -334,11 +346,12 @@ def build_invoice_lines(
 
 
 def _drop_empty(lines: pl.DataFrame) -> pl.DataFrame:
-    """Usage lines with no quantity and no money (netted corrections), contract lines of 0.00."""
+    """Usage lines with no quantity and no money (netted corrections), contract lines of 0.00
+    (but the tax line, which states the treatment even at 0 %)."""
     is_usage = pl.col("kind") == "usage"
     keep = pl.when(is_usage).then(
         (pl.col("quantity") != 0) | (pl.col("exact_amount") != 0)
-    ).otherwise(pl.col("amount") != 0)  # fmt: skip
+    ).otherwise((pl.col("amount") != 0) | (pl.col("kind") == "tax"))  # fmt: skip
     return lines.filter(keep)
 
 
@@ -356,6 +369,12 @@ def _account_words(account: Any) -> tuple[str, str]:
     return discount, minimum
 
 
+def _tax_words(account: Any) -> str:
+    """`VAT 20%`, `VAT 0% (reverse charge)`: the account's treatment (pricing.tax)."""
+    tax = field(account, "tax")
+    return tax.label if tax is not None else CONTRACT_LABELS["tax"]
+
+
 def _account_wording() -> pl.Expr:
     """Contract descriptions with each row's account terms (columns of `_terms`)."""
     waiver = pl.col("unit").fill_null("").str.starts_with(WAIVER_RATE)
@@ -365,6 +384,8 @@ def _account_wording() -> pl.Expr:
         .then(pl.col("_discount_words"))
         .when(kind == "minimum")
         .then(pl.col("_minimum_words"))
+        .when(kind == "tax")
+        .then(pl.col("_tax_words"))
         .when(kind == "credit")
         .then(pl.lit(CONTRACT_LABELS["credit"]))
     )
@@ -379,6 +400,7 @@ _TERMS = pl.Schema(
         "account_id": pl.String(),
         "_discount_words": pl.String(),
         "_minimum_words": pl.String(),
+        "_tax_words": pl.String(),
         "_account_currency": pl.String(),
     }
 )
@@ -386,7 +408,7 @@ _TERMS = pl.Schema(
 
 def _terms(accounts: list[tuple[str, Any]]) -> pl.DataFrame:
     """Per account (id, account object): contract wording and the fallback currency."""
-    rows = [(i, *_account_words(a), field(a, "currency")) for i, a in accounts]
+    rows = [(i, *_account_words(a), _tax_words(a), field(a, "currency")) for i, a in accounts]
     return pl.DataFrame(rows, schema=_TERMS, orient="row")
 
 

@@ -215,7 +215,7 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
     family = ["account_id", "period", "meter_id", "model_id"]
     rivals = [*family, "price_version", "tier"]
     frame = grouped.with_row_index("_row").with_columns(
-        _dims_label=_dims_label_column(grouped, rivals),
+        _dims_label=_dims_label_column(grouped, rivals, family),
         _package=_package_column(grouped),
     )
     model = pl.col("model_id")
@@ -252,23 +252,47 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
     return frame.select(described.otherwise(head).alias("description")).to_series()
 
 
-def _dims_label_column(grouped: pl.DataFrame, rivals: list[str]) -> pl.Series:
-    """Per line: `_dimension_labels` within its rivals (empty where a line has no rival)."""
+def _dims_label_column(grouped: pl.DataFrame, rivals: list[str], family: list[str]) -> pl.Series:
+    """Per line: the dimensions that name it among its family (meter × model) when the family
+    is priced by several rates (GPU types, tools): every line of the rate keeps its label, so
+    a tiered `h100` line is never just "GPU time". Otherwise `_dimension_labels` within its
+    rivals (empty where a line has no rival)."""
     indexed = grouped.with_row_index("_row")
-    contested = indexed.filter(pl.len().over(rivals) > 1)
+    by_rate = pl.col("rate_id").n_unique().over(family) > 1
     labels = [""] * grouped.height
-    if contested.is_empty():
-        return pl.Series(labels, dtype=pl.String)
     parsed: dict[str, dict] = {}
-    for rows, dims in (
-        contested.group_by(rivals, maintain_order=True)
-        .agg("_row", "dims")
-        .select("_row", "dims")
-        .iter_rows()
+    for keys, contested, label_of in (
+        (family, indexed.filter(by_rate), _rate_labels),
+        (rivals, indexed.filter(~by_rate & (pl.len().over(rivals) > 1)), _dimension_labels),
     ):
-        for row, label in zip(rows, _dimension_labels(dims, parsed), strict=True):
-            labels[row] = label
+        if contested.is_empty():
+            continue
+        groups = contested.group_by(keys, maintain_order=True).agg("_row", "dims")
+        for rows, dims in groups.select("_row", "dims").iter_rows():
+            for row, label in zip(rows, label_of(dims, parsed), strict=True):
+                labels[row] = label
     return pl.Series(labels, dtype=pl.String)
+
+
+def _rate_labels(dims_lists: list[list[str]], parsed: dict[str, dict]) -> list[str]:
+    """Per line of a family priced by several rates: the dimensions that tell its lines apart
+    (`h100`, `h100, eu`, `web_search`), leaving out any that varies inside a line (features
+    and agents are summed away by the grouping, so they never name a price)."""
+    commons = [_common_items(d, parsed) for d in dims_lists]
+    seen = [set().union(*(_parsed(text, parsed) for text in d)) for d in dims_lists]
+    varying = set().union(*(keys - set(c) for keys, c in zip(seen, commons, strict=True)))
+    stable = [{k: v for k, v in c.items() if k not in varying} for c in commons]
+    keys = sorted(set().union(*stable))
+    telling = [k for k in keys if len({c.get(k) for c in stable}) > 1]
+    shown = [k for k in keys if k in telling or all(k in c for c in stable)]
+    return [", ".join(str(c[k]) for k in shown if k in c) if telling else "" for c in stable]
+
+
+def _parsed(text: str | None, cache: dict[str, dict]) -> dict:
+    key = text or "{}"
+    if key not in cache:
+        cache[key] = json.loads(key)
+    return cache[key]
 
 
 def _package_column(grouped: pl.DataFrame) -> pl.Series:
@@ -305,12 +329,7 @@ def _dimension_labels(
 
 
 def _common_items(dims: list[str], parsed: dict[str, dict]) -> dict:
-    docs = []
-    for d in dims:
-        text = d or "{}"
-        if text not in parsed:
-            parsed[text] = json.loads(text)
-        docs.append(parsed[text])
+    docs = [_parsed(d, parsed) for d in dims]
     first = docs[0] if docs else {}
     return {k: v for k, v in first.items() if all(p.get(k) == v for p in docs[1:])}
 

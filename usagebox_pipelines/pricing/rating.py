@@ -54,7 +54,7 @@ _LINE_KEYS = [*_USAGE_KEYS, "currency", *_RATE_KEYS, "tier"]
 # Tier/package positions run per account × meter × model × rate id, across versions.
 _POSITION_KEYS = ["account_id", "meter_id", "model_id", "rate_id"]
 _ORDER = ["hour", "dimensions", "product_id", "unit"]
-_LINE_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "credit": 3}
+_LINE_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "tax": 3, "credit": 4}
 _COUNTED = ("package", "flat")
 
 

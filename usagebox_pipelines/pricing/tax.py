@@ -95,7 +95,8 @@ def treatment(
         return TaxTreatment(policy.name, rate_override, code, note_override)
     listed = policy.countries.get(country or "")
     if listed is not None and listed.reverse_charge and tax_id:
-        return TaxTreatment(policy.name, _ZERO, REVERSE_CHARGE, note_override or REVERSE_CHARGE_NOTE)
+        note = note_override or REVERSE_CHARGE_NOTE
+        return TaxTreatment(policy.name, _ZERO, REVERSE_CHARGE, note)
     chosen = listed or policy.elsewhere
     if chosen.rate:
         code = STANDARD
@@ -129,9 +130,11 @@ def parse_policy(raw: Any, where: y.Where) -> TaxPolicy | None:
         for code, value in countries_raw.items()
     }
     seller = body.get("seller_country")
+    if seller is not None:
+        seller = country_code(seller, where.key("seller_country"))
     return TaxPolicy(
         name=y.text(body.get("name", "VAT"), where.key("name")),
-        seller_country=None if seller is None else country_code(seller, where.key("seller_country")),
+        seller_country=seller,
         countries=countries,
         elsewhere=_country_rate(body.get("elsewhere") or {"rate": "0"}, where.key("elsewhere")),
     )

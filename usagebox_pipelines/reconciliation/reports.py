@@ -30,8 +30,8 @@ DETAIL_LIMIT = 50
 #: The margin chart's axis ends at ±100 %: a customer far below (cost on almost no revenue)
 #: is drawn to the edge and labelled with its real margin instead of dwarfing every other bar.
 MARGIN_CLIP = Decimal(100)
-#: A variance chart's axis is at least this share of the vendor's busiest day wide, so a
-#: variance of a cent looks like a cent.
+#: A variance chart's axis is at least this share of the vendor's busiest day wide (and at
+#: least the money tolerance), so a variance of a cent looks like a cent.
 VARIANCE_SPAN = Decimal("0.1")
 _ZERO = Decimal(0)
 
@@ -261,13 +261,17 @@ def _vendor_summary(recon: pl.DataFrame, usage: pl.DataFrame, vendor: str) -> di
         "statuses": counts,
         "chart_billed": _daily_chart(daily, "billed", "Billed by UTC day", currency),
         "chart_variance": _daily_chart(
-            daily,
-            "variance",
-            "Billed − expected by UTC day",
-            currency,
-            span=_sum(daily, "billed") and Decimal(daily["billed"].max()) * VARIANCE_SPAN,
+            daily, "variance", "Billed − expected by UTC day", currency, span=_span(rows, daily)
         ),
     }
+
+
+def _span(rows: pl.DataFrame, daily: pl.DataFrame) -> Decimal:
+    """Half-width the variance axis needs at least: a tenth of the busiest day's bill, or
+    the money tolerance when that is larger."""
+    busiest = Decimal(daily["billed"].max() or 0) if daily.height else _ZERO
+    tolerance = Decimal(_first(rows["amount_tolerance"]) or 0) if rows.height else _ZERO
+    return max(busiest * VARIANCE_SPAN, tolerance)
 
 
 def _daily_chart(

@@ -113,7 +113,9 @@ def _draw(
     ax.invert_yaxis()
     # room on each side for the value labels (a fifth of the axis)
     ax.set_xlim(-edge * 1.45 if signed else 0, edge * 1.45)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, symmetric=signed))
+    # ticks only over the data's range, not over the room left for the value labels
+    ticks = MaxNLocator(nbins=6, symmetric=signed).tick_values(-edge if signed else 0, edge)
+    ax.set_xticks([t for t in ticks if abs(t) <= edge * 1.0001])
     ax.xaxis.set_major_formatter(
         FuncFormatter(lambda x, _: value_format(Decimal(str(round(float(x), 6)))))
     )
@@ -140,7 +142,7 @@ def _draw(
 
 def _svg(fig: Figure) -> Markup:
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buffer.getvalue()
     return Markup(text[text.index("<svg") :])
 

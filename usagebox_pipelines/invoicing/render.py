@@ -146,7 +146,7 @@ def invoice_context(
         "tax": tax,
         "credit": credit,
         "summary": summary_rows(kinds, adjustments, tax, doc, totals),
-        "adjustment_sections": adjustments,
+        "adjustment_sections": [_shown_adjustments(g) for g in adjustments],
     }
 
 
@@ -316,6 +316,7 @@ def _breakdown_rows(usage: list[dict], frame: pl.DataFrame | None) -> list[dict]
             {
                 "model": model,
                 "meter": meter_label(r.get("meter_id")),
+                "meter_id": r.get("meter_id"),
                 "unit": r.get("unit") or "",
                 "quantity": ZERO,
                 "amount": ZERO,
@@ -324,6 +325,10 @@ def _breakdown_rows(usage: list[dict], frame: pl.DataFrame | None) -> list[dict]
         row["quantity"] += Decimal(r.get("quantity") or 0)
         row["amount"] += Decimal(r.get("amount") or 0)
     rows = list(acc.values())
+    for row in rows:
+        row["shown_quantity"], row["shown_unit"] = _in_human_units(
+            row["meter_id"], row["quantity"], row["unit"]
+        )
     per_model: dict[str, Decimal] = {}
     for row in rows:
         per_model[row["model"]] = per_model.get(row["model"], ZERO) + row["amount"]
@@ -569,6 +574,35 @@ def _display_units(row: dict) -> dict:
         "price_label": price_label,
         "metered": None,
     }
+
+
+def _shown_adjustments(group: dict) -> dict:
+    """An adjustment section for invoice_v2: usage rows in the units of the usage table, and
+    restated discount, minimum or tax rows by amount only (their rate is in the wording)."""
+    amount_only = {
+        "shown_quantity": None,
+        "shown_unit": "",
+        "unit_price": None,
+        "price_label": "",
+        "metered": None,
+    }
+    rows = [
+        {
+            **row,
+            "line_label": str(row.get("line_no") or ""),
+            **(_display_units(row) if row.get("meter_id") else amount_only),
+        }
+        for row in group["rows"]
+    ]
+    return {**group, "rows": rows}
+
+
+def _in_human_units(meter_id: str | None, quantity: Decimal, unit: str) -> tuple[Decimal, str]:
+    """A total quantity in the unit it is priced in (GPU seconds → GPU-hours, 4 places)."""
+    for (meter, per), (_, units) in HUMAN_UNITS.items():
+        if meter == meter_id:
+            return (quantity / per).quantize(Decimal("0.0001"), ROUND_HALF_UP), units
+    return quantity, unit
 
 
 def _line_numbers(numbers: list[int | None]) -> str:

@@ -142,7 +142,8 @@ def _draw(
 
 def _svg(fig: Figure) -> Markup:
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    no_metadata = dict.fromkeys(("Date", "Creator", "Format", "Type"))  # no RDF block, no date
+    fig.savefig(buffer, format="svg", metadata=no_metadata)
     text = buffer.getvalue()
     return Markup(text[text.index("<svg") :])
 

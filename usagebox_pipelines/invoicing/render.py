@@ -8,6 +8,7 @@ template version gives the same bytes (CONTRACT §5.5: the lead compares `pdf_sh
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
@@ -18,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import yaml
 
+from usagebox_pipelines.charts import bar_chart
 from usagebox_pipelines.config import ASSETS_DIR
 from usagebox_pipelines.decimals import grouped_text
 from usagebox_pipelines.documents import format_money, render_pdf, svg_bar_chart
 from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
-from usagebox_pipelines.invoicing.lines import DETAIL_SEP, field, meter_label
+from usagebox_pipelines.invoicing.lines import CONTRACT_LABELS, DETAIL_SEP, field, meter_label
 
 if TYPE_CHECKING:
     from usagebox_pipelines.pricing.accounts import Account
@@ -127,7 +129,10 @@ def invoice_context(
     totals = _totals(invoice, rows)
     doc = _document(invoice, account, issuer, totals, notes, corrects)
     usage = kinds.get("usage", [])
-    breakdown = None if doc["is_credit_note"] else _breakdown(usage, usage_breakdown, currency)
+    plot = doc["template_version"] != "invoice_v1"  # v1 keeps its hand-drawn chart, byte for byte
+    breakdown = (
+        None if doc["is_credit_note"] else _breakdown(usage, usage_breakdown, currency, plot)
+    )
     adjustments = _adjustment_groups(kinds.get("adjustment", []), originals or {})
     tax = _tax(kinds.get("tax", []), account, issuer)
     credit = _credit(kinds.get("credit", []), account, credit_opening)
@@ -146,7 +151,7 @@ def invoice_context(
         "tax": tax,
         "credit": credit,
         "summary": summary_rows(kinds, adjustments, tax, doc, totals),
-        "adjustment_sections": [_shown_adjustments(g) for g in adjustments],
+        "adjustment_sections": [_shown_adjustments(g, account) for g in adjustments],
     }
 
 
@@ -276,9 +281,10 @@ def _adjustment_groups(
 
 
 def _breakdown(
-    usage: list[dict], usage_breakdown: pl.DataFrame | None, currency: str
+    usage: list[dict], usage_breakdown: pl.DataFrame | None, currency: str, plot: bool = False
 ) -> dict | None:
-    """Page 2: usage per model and meter with a bar chart of amount per model."""
+    """Page 2: usage per model and meter with a bar chart of amount per model (`plot`: drawn
+    by matplotlib, with an axis, for invoice_v2)."""
     table = _breakdown_rows(usage, usage_breakdown)
     if not table:
         return None
@@ -297,7 +303,12 @@ def _breakdown(
         }
         for m, a in chart_items
     ]
-    chart = svg_bar_chart(chart_items, width=500, value_format=lambda v: format_money(v, currency))
+    money = functools.partial(format_money, currency=currency)
+    chart = (
+        bar_chart(chart_items, title="Usage by model", value_format=money, axis_label=currency)
+        if plot
+        else svg_bar_chart(chart_items, width=500, value_format=money)
+    )
     return {"rows": table, "models": models, "chart": chart, "total": total}
 
 
@@ -576,9 +587,9 @@ def _display_units(row: dict) -> dict:
     }
 
 
-def _shown_adjustments(group: dict) -> dict:
+def _shown_adjustments(group: dict, account: Any) -> dict:
     """An adjustment section for invoice_v2: usage rows in the units of the usage table, and
-    restated discount, minimum or tax rows by amount only (their rate is in the wording)."""
+    restated discount, minimum or tax rows by amount only, tax named with its rate."""
     amount_only = {
         "shown_quantity": None,
         "shown_unit": "",
@@ -586,14 +597,15 @@ def _shown_adjustments(group: dict) -> dict:
         "price_label": "",
         "metered": None,
     }
-    rows = [
-        {
-            **row,
-            "line_label": str(row.get("line_no") or ""),
-            **(_display_units(row) if row.get("meter_id") else amount_only),
-        }
-        for row in group["rows"]
-    ]
+    treatment = field(account, "tax")
+    name = treatment.name if treatment is not None else CONTRACT_LABELS["tax"]
+    rows = []
+    for row in group["rows"]:
+        shown = {**row, "line_label": str(row.get("line_no") or "")}
+        shown |= _display_units(row) if row.get("meter_id") else amount_only
+        if row.get("unit") == "tax" and row.get("unit_price") is not None:
+            shown["description"] = f"{name} {grouped_text(Decimal(row['unit_price']))}%"
+        rows.append(shown)
     return {**group, "rows": rows}
 
 

@@ -122,7 +122,7 @@ def _account_lines(
             rows.append(_row(account, "minimum", "minimum_commit", _ONE, _ONE, true_up, true_up))
             total += true_up
     tax = account.tax
-    if tax is not None and total:
+    if tax is not None and tax.has_line and total:
         amount = tax_of(total, tax.rate, mu)
         rows.append(_row(account, "tax", tax.code, total, Decimal(100), tax.rate, amount))
         total += amount

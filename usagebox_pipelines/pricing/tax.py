@@ -74,6 +74,13 @@ class TaxTreatment:
     note: str | None = None
 
     @property
+    def has_line(self) -> bool:
+        """Whether invoices carry a tax line: a supply outside the scope of the seller's tax
+        has none (its wording is printed); reverse-charge and zero-rated supplies keep a
+        0.00 line, since the seller reports them."""
+        return self.code != OUTSIDE_SCOPE
+
+    @property
     def label(self) -> str:
         """`VAT 20%`, `VAT 0% (reverse charge)`: the tax line's description."""
         text = f"{self.name} {_plain(self.rate)}%"

@@ -240,3 +240,27 @@ def test_cli_close_explain_verify(tmp_path):
     assert bad.exit_code == 1 and "stored PDF file is missing" in bad.output
     wrong = runner.invoke(app, ["close", "2026-13", *opts])
     assert isinstance(wrong.exception, UsageboxError)
+
+
+def test_cli_close_review_is_tables_for_the_approver_and_json_on_request(tmp_path):
+    store, settings = scenario().home_at("oct_closed", tmp_path / "h")
+    opts = ["--home", settings.home, "--pricebooks", str(settings.pricebooks), "--force"]
+    runner = CliRunner()
+    review = runner.invoke(cli_app(), ["close", NOV, *opts])
+    assert review.exit_code == 0, review.output
+    lines = review.output.splitlines()
+    assert lines[0].startswith(f"Close {NOV} · review")
+    for title in ("Control totals", "Usage by meter", "Invoices", "Documents ("):
+        assert any(line.startswith(title) for line in lines), title
+    header = next(line for line in lines if line.lstrip().startswith("currency"))
+    assert header.split() == [
+        "currency", "documents", "credit", "notes", "net", "tax", "adjustments", "credit", "total"
+    ]  # fmt: skip
+    assert "rerun with --approve" in lines[-1]
+    assert max(len(line) for line in lines[:-1]) <= 110  # a terminal, not one JSON line
+    scripted = runner.invoke(cli_app(), ["close", NOV, "--json", *opts])
+    data = json.loads(scripted.output)
+    assert data["status"] == "needs_approval"
+    totals = data["control_totals"]["invoices"]["USD"]
+    row = next(line for line in lines if line.lstrip().startswith("USD")).split()
+    assert row[-1] == totals["total"] and row[3] == totals["subtotal"]

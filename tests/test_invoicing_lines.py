@@ -92,7 +92,7 @@ def test_invoice_total_is_the_sum_of_its_visible_lines():
     assert inv["subtotal"] == sum(period_kinds["amount"].to_list())
     assert inv["total"] == inv["subtotal"] - D(100)
     assert inv["pricebook_versions"] == "standard@2025-01-01,standard@2026-10-16"
-    assert inv["template_version"] == "invoice_v1"
+    assert inv["template_version"] == "invoice_v2"
 
 
 def test_unlisted_accounts_get_the_accounts_defaults_and_other_periods_are_ignored():

@@ -32,7 +32,7 @@ ISSUED_AT = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 HOSTILE = '<img src="file:///etc/passwd">'
 ALLOWED = {
     (TEMPLATES_DIR / "base.css").as_uri(),
-    (TEMPLATES_DIR / "invoice.css").as_uri(),
+    (TEMPLATES_DIR / "invoice_v2.css").as_uri(),
     (ASSETS_DIR / "logo.svg").as_uri(),
 }
 
@@ -118,13 +118,16 @@ def test_hostile_text_prints_literally_and_nothing_is_fetched(issued, monkeypatc
 def test_every_visible_line_adds_up_to_the_printed_total(issued, rendered):
     invoice, lines, acct = issued
     ctx = invoice_context(invoice, lines, acct, load_issuer())
-    shown = [row for s in ctx["sections"] for item in s["items"] for row in item["rows"]]
-    shown += ctx["contract_rows"] + ctx["credit_rows"]
-    shown += [row for group in ctx["adjustments"] for row in group["rows"]]
-    assert sorted(r["line_no"] for r in shown) == list(range(1, lines.height + 1))
+    usage = [row for s in ctx["items"] for item in s["items"] for row in item["rows"]]
+    others = ctx["contract_rows"] + ctx["credit_rows"]
+    others += [row for group in ctx["adjustment_sections"] for row in group["rows"]]
+    numbers = [n for r in usage for n in r["line_nos"]] + [r["line_no"] for r in others]
+    assert sorted(numbers) == list(range(1, lines.height + 1))
+    shown = usage + others
     assert sum(r["amount"] for r in shown) == ctx["totals"]["total"] == invoice["total"]
+    assert ctx["summary"][-1]["amount"] == invoice["total"]
     text = squash(text_of(rendered))
-    assert f"Total due (USD) ${invoice['total']:,}" in text
+    assert f"Amount due (USD) ${invoice['total']:,}" in text
     assert "Adjustments to September 2026" in text and "2026-09 · gpt-4.1" in text
     for row in shown:
         assert documents.format_money(row["amount"], "USD") in text
@@ -160,5 +163,5 @@ def test_credit_note_and_draft_documents():
     pdf = render_credit_note_pdf(note, lines, acct, load_issuer(), corrects=["UBX-2026-000007"])
     text = squash(text_of(pdf))
     assert "Credit note" in text and "UBX-2026-000008" in text
-    assert "Corrects UBX-2026-000007" in text and "$360.00" in text
+    assert "Credit note for invoice UBX-2026-000007" in text and "$360.00" in text
     assert "Usage breakdown" not in text

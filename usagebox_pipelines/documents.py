@@ -362,6 +362,9 @@ def svg_bar_chart(
 ) -> Markup:
     """A horizontal bar chart as inline SVG markup (no scripts, no external refs, no network).
 
+    Kept for invoice_v1 only, so an issued v1 invoice re-renders to the same bytes; every
+    other document draws its charts with `usagebox_pipelines.charts` (matplotlib, real axes).
+
     Labels and title are escaped; bars scale to the largest absolute value; negative values
     draw in a muted red. Geometry is computed in Decimal so the markup is deterministic.
     """

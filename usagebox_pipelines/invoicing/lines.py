@@ -7,8 +7,11 @@ change the price (feature, agent) are summed away; ones that do (GPU type) name 
 
 Rounding (CONTRACT §4): `exact_amount` is the exact sum of the group; `amount` is that rounded
 half-up once (pricing.money.round_money); invoice totals are sums of rounded lines.
-Totals: `subtotal` = this period's charges (usage + discount + minimum true-up);
-`total` = subtotal + adjustments for earlier periods + prepaid credit = sum of every line.
+Totals: `subtotal` = this period's net charges (usage + discount + minimum true-up), before
+tax; `total` = subtotal + tax + adjustments for earlier periods + prepaid credit = sum of every
+line. The tax line (kind `tax`) keeps its base in `quantity` and its rate (percent) in
+`unit_price` with `per` 100, and is kept at 0.00 too: a reverse-charge or out-of-scope invoice
+must still state its treatment.
 
 Over 400 lines on purpose: grouping, rounding and totals must agree line for line, so they sit
 side by side.
@@ -33,12 +36,13 @@ from usagebox_pipelines.pricing.contract import COUPON_RATE, SPEND_CAP_RATE, WAI
 from usagebox_pipelines.pricing.money import minor_units, round_money
 from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES, MONEY, MONEY2, QTY, conform
 
-KIND_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "adjustment": 3, "credit": 4}
+KIND_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "tax": 3, "adjustment": 4, "credit": 5}
 PERIOD_KINDS = ("usage", "discount", "minimum")
-CONTRACT_KINDS = ("discount", "minimum", "credit")
+CONTRACT_KINDS = ("discount", "minimum", "tax", "credit")
 CONTRACT_LABELS = {
     "discount": "Discount",
     "minimum": "Minimum commitment true-up",
+    "tax": "Tax",
     "credit": "Prepaid credit applied",
 }
 METER_LABELS = {
@@ -165,6 +169,7 @@ def _contract_lines(rated: pl.DataFrame) -> pl.DataFrame:
     if rated.is_empty():
         return pl.DataFrame()
     waiver = pl.col("rate_id").fill_null("") == WAIVER_RATE
+    tax = pl.col("line_kind") == "tax"
     grouped = (
         rated.with_columns(
             unit=pl.when(waiver)
@@ -177,7 +182,14 @@ def _contract_lines(rated: pl.DataFrame) -> pl.DataFrame:
             stop_at=pl.when(waiver).then(pl.col("first_hour")),
         )
         .group_by(["account_id", "period", "line_kind", "unit", "currency"], maintain_order=True)
-        .agg(pl.col("amount").sum().cast(MONEY).alias("exact_amount"), pl.col("stop_at").min())
+        .agg(
+            pl.col("amount").sum().cast(MONEY).alias("exact_amount"),
+            pl.col("stop_at").min(),
+            # the tax line is one row per account: its base, rate and per stay on the line
+            pl.col("quantity").filter(tax).first().cast(QTY),
+            pl.col("unit_price").filter(tax).first().cast(MONEY),
+            pl.col("per").filter(tax).first().cast(QTY),
+        )
         .rename({"line_kind": "kind"})
     )
     waivers = [
@@ -214,7 +226,7 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
     family = ["account_id", "period", "meter_id", "model_id"]
     rivals = [*family, "price_version", "tier"]
     frame = grouped.with_row_index("_row").with_columns(
-        _dims_label=_dims_label_column(grouped, rivals),
+        _dims_label=_dims_label_column(grouped, rivals, family),
         _package=_package_column(grouped),
     )
     model = pl.col("model_id")
@@ -260,23 +272,47 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
     return frame.select(described.otherwise(head).alias("description")).to_series()
 
 
-def _dims_label_column(grouped: pl.DataFrame, rivals: list[str]) -> pl.Series:
-    """Per line: `_dimension_labels` within its rivals (empty where a line has no rival)."""
+def _dims_label_column(grouped: pl.DataFrame, rivals: list[str], family: list[str]) -> pl.Series:
+    """Per line: the dimensions that name it among its family (meter × model) when the family
+    is priced by several rates (GPU types, tools): every line of the rate keeps its label, so
+    a tiered `h100` line is never just "GPU time". Otherwise `_dimension_labels` within its
+    rivals (empty where a line has no rival)."""
     indexed = grouped.with_row_index("_row")
-    contested = indexed.filter(pl.len().over(rivals) > 1)
+    by_rate = pl.col("rate_id").n_unique().over(family) > 1
     labels = [""] * grouped.height
-    if contested.is_empty():
-        return pl.Series(labels, dtype=pl.String)
     parsed: dict[str, dict] = {}
-    for rows, dims in (
-        contested.group_by(rivals, maintain_order=True)
-        .agg("_row", "dims")
-        .select("_row", "dims")
-        .iter_rows()
+    for keys, contested, label_of in (
+        (family, indexed.filter(by_rate), _rate_labels),
+        (rivals, indexed.filter(~by_rate & (pl.len().over(rivals) > 1)), _dimension_labels),
     ):
-        for row, label in zip(rows, _dimension_labels(dims, parsed), strict=True):
-            labels[row] = label
+        if contested.is_empty():
+            continue
+        groups = contested.group_by(keys, maintain_order=True).agg("_row", "dims")
+        for rows, dims in groups.select("_row", "dims").iter_rows():
+            for row, label in zip(rows, label_of(dims, parsed), strict=True):
+                labels[row] = label
     return pl.Series(labels, dtype=pl.String)
+
+
+def _rate_labels(dims_lists: list[list[str]], parsed: dict[str, dict]) -> list[str]:
+    """Per line of a family priced by several rates: the dimensions that tell its lines apart
+    (`h100`, `h100, eu`, `web_search`), leaving out any that varies inside a line (features
+    and agents are summed away by the grouping, so they never name a price)."""
+    commons = [_common_items(d, parsed) for d in dims_lists]
+    seen = [set().union(*(_parsed(text, parsed) for text in d)) for d in dims_lists]
+    varying = set().union(*(keys - set(c) for keys, c in zip(seen, commons, strict=True)))
+    stable = [{k: v for k, v in c.items() if k not in varying} for c in commons]
+    keys = sorted(set().union(*stable))
+    telling = [k for k in keys if len({c.get(k) for c in stable}) > 1]
+    shown = [k for k in keys if k in telling or all(k in c for c in stable)]
+    return [", ".join(str(c[k]) for k in shown if k in c) if telling else "" for c in stable]
+
+
+def _parsed(text: str | None, cache: dict[str, dict]) -> dict:
+    key = text or "{}"
+    if key not in cache:
+        cache[key] = json.loads(key)
+    return cache[key]
 
 
 def _package_column(grouped: pl.DataFrame) -> pl.Series:
@@ -313,12 +349,7 @@ def _dimension_labels(
 
 
 def _common_items(dims: list[str], parsed: dict[str, dict]) -> dict:
-    docs = []
-    for d in dims:
-        text = d or "{}"
-        if text not in parsed:
-            parsed[text] = json.loads(text)
-        docs.append(parsed[text])
+    docs = [_parsed(d, parsed) for d in dims]
     first = docs[0] if docs else {}
     return {k: v for k, v in first.items() if all(p.get(k) == v for p in docs[1:])}
 
@@ -354,11 +385,12 @@ def build_invoice_lines(
 
 
 def _drop_empty(lines: pl.DataFrame) -> pl.DataFrame:
-    """Usage lines with no quantity and no money (netted corrections), contract lines of 0.00."""
+    """Usage lines with no quantity and no money (netted corrections), contract lines of 0.00
+    (but the tax line, which states the treatment even at 0 %)."""
     is_usage = pl.col("kind") == "usage"
     keep = pl.when(is_usage).then(
         (pl.col("quantity") != 0) | (pl.col("exact_amount") != 0)
-    ).otherwise(pl.col("amount") != 0)  # fmt: skip
+    ).otherwise((pl.col("amount") != 0) | (pl.col("kind") == "tax"))  # fmt: skip
     return lines.filter(keep)
 
 
@@ -381,6 +413,12 @@ def _account_words(account: Any) -> tuple[str, str, str]:
     return discount, minimum, cap_words
 
 
+def _tax_words(account: Any) -> str:
+    """`VAT 20%`, `VAT 0% (reverse charge)`: the account's treatment (pricing.tax)."""
+    tax = field(account, "tax")
+    return tax.label if tax is not None else CONTRACT_LABELS["tax"]
+
+
 def _account_wording() -> pl.Expr:
     """Contract descriptions with each row's account terms (columns of `_terms`)."""
     waiver = pl.col("unit").fill_null("").str.starts_with(WAIVER_RATE)
@@ -390,6 +428,8 @@ def _account_wording() -> pl.Expr:
         .then(pl.col("_discount_words"))
         .when(kind == "minimum")
         .then(pl.col("_minimum_words"))
+        .when(kind == "tax")
+        .then(pl.col("_tax_words"))
         .when(kind == "credit")
         .then(pl.lit(CONTRACT_LABELS["credit"]))
     )
@@ -416,6 +456,7 @@ _TERMS = pl.Schema(
         "_discount_words": pl.String(),
         "_minimum_words": pl.String(),
         "_cap_words": pl.String(),
+        "_tax_words": pl.String(),
         "_account_currency": pl.String(),
     }
 )
@@ -423,7 +464,7 @@ _TERMS = pl.Schema(
 
 def _terms(accounts: list[tuple[str, Any]]) -> pl.DataFrame:
     """Per account (id, account object): contract wording and the fallback currency."""
-    rows = [(i, *_account_words(a), field(a, "currency")) for i, a in accounts]
+    rows = [(i, *_account_words(a), _tax_words(a), field(a, "currency")) for i, a in accounts]
     return pl.DataFrame(rows, schema=_TERMS, orient="row")
 
 

@@ -8,20 +8,24 @@ template version gives the same bytes (CONTRACT §5.5: the lead compares `pdf_sh
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import yaml
 
+from usagebox_pipelines.charts import bar_chart
 from usagebox_pipelines.config import ASSETS_DIR
+from usagebox_pipelines.decimals import grouped_text
 from usagebox_pipelines.documents import format_money, render_pdf, svg_bar_chart
 from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
-from usagebox_pipelines.invoicing.lines import DETAIL_SEP, field, meter_label
+from usagebox_pipelines.invoicing.lines import CONTRACT_LABELS, DETAIL_SEP, field, meter_label
 
 if TYPE_CHECKING:
     from usagebox_pipelines.pricing.accounts import Account
@@ -48,6 +52,9 @@ def render_invoice_pdf(
     issuer: dict,
     usage_breakdown: pl.DataFrame | None = None,
     notes: list[str] | None = None,
+    *,
+    originals: Mapping[str, list[str]] | None = None,
+    credit_opening: Decimal | None = None,
 ) -> bytes:
     """PDF bytes of one invoice (or credit note, by `document_type`); deterministic.
 
@@ -55,9 +62,20 @@ def render_invoice_pdf(
     pricing.accounts.Account (or dict); `issuer`: `load_issuer()`. `usage_breakdown`
     (optional; columns model_id, meter_id, unit, quantity, amount) replaces the page-2 table
     built from the usage lines, e.g. to show usage by feature. Raises InvariantError when
-    the stored total is not the sum of the lines.
+    the stored total is not the sum of the lines. `originals` (adjusted period → the numbers
+    of the invoices that billed it) and `credit_opening` (the prepaid balance before this
+    invoice, credit.balances) are printed by invoice_v2.
     """
-    context = invoice_context(invoice, lines, account, issuer, usage_breakdown, notes)
+    context = invoice_context(
+        invoice,
+        lines,
+        account,
+        issuer,
+        usage_breakdown,
+        notes,
+        originals=originals,
+        credit_opening=credit_opening,
+    )
     return _render(invoice, context)
 
 
@@ -68,10 +86,14 @@ def render_credit_note_pdf(
     issuer: dict,
     corrects: list[str] | None = None,
     notes: list[str] | None = None,
+    *,
+    originals: Mapping[str, list[str]] | None = None,
 ) -> bytes:
     """PDF bytes of a credit note; `corrects` = numbers of the invoices it corrects."""
     doc = {**credit_note, "document_type": "credit_note"}
-    context = invoice_context(doc, lines, account, issuer, None, notes, corrects=corrects)
+    context = invoice_context(
+        doc, lines, account, issuer, None, notes, corrects=corrects, originals=originals
+    )
     return _render(doc, context)
 
 
@@ -92,15 +114,28 @@ def invoice_context(
     notes: list[str] | None = None,
     *,
     corrects: list[str] | None = None,
+    originals: Mapping[str, list[str]] | None = None,
+    credit_opening: Decimal | None = None,
 ) -> dict:
-    """Everything the template prints, as plain values (testable without a PDF)."""
+    """Everything the template prints, as plain values (testable without a PDF).
+
+    invoice_v1 reads the first keys; invoice_v2 adds `items` (usage lines merged where the
+    price is the same), `summary` (the totals block: usage → discounts → minimum → net → tax
+    → adjustments → total → credit → amount due), `tax` and `credit`.
+    """
     rows = _line_dicts(lines)
     currency = invoice.get("currency") or field(account, "currency") or ""
     kinds = _by_kind(rows)
     totals = _totals(invoice, rows)
     doc = _document(invoice, account, issuer, totals, notes, corrects)
     usage = kinds.get("usage", [])
-    breakdown = None if doc["is_credit_note"] else _breakdown(usage, usage_breakdown, currency)
+    plot = doc["template_version"] != "invoice_v1"  # v1 keeps its hand-drawn chart, byte for byte
+    breakdown = (
+        None if doc["is_credit_note"] else _breakdown(usage, usage_breakdown, currency, plot)
+    )
+    adjustments = _adjustment_groups(kinds.get("adjustment", []), originals or {})
+    tax = _tax(kinds.get("tax", []), account, issuer)
+    credit = _credit(kinds.get("credit", []), account, credit_opening)
     return {
         "doc": doc,
         "currency": currency,
@@ -112,6 +147,11 @@ def invoice_context(
         "credit_rows": kinds.get("credit", []),
         "totals": totals,
         "breakdown": breakdown,
+        "items": merged_sections(usage),
+        "tax": tax,
+        "credit": credit,
+        "summary": summary_rows(kinds, adjustments, tax, doc, totals),
+        "adjustment_sections": [_shown_adjustments(g, account) for g in adjustments],
     }
 
 
@@ -218,12 +258,22 @@ def _usage_sections(rows: list[dict]) -> list[dict]:
     return ordered
 
 
-def _adjustment_groups(rows: list[dict]) -> list[dict]:
+def _adjustment_groups(
+    rows: list[dict], originals: Mapping[str, list[str]] | None = None
+) -> list[dict]:
+    """Adjustment lines per period they correct, naming the invoices that billed it."""
     groups: dict[str, dict] = {}
     for row in rows:
         period = row.get("adjusts_period") or ""
         group = groups.setdefault(
-            period, {"period": period, "label": _month_label(period), "rows": [], "total": ZERO}
+            period,
+            {
+                "period": period,
+                "label": _month_label(period),
+                "rows": [],
+                "total": ZERO,
+                "originals": list((originals or {}).get(period, [])),
+            },
         )
         group["rows"].append(row)
         group["total"] += row["amount"]
@@ -231,9 +281,10 @@ def _adjustment_groups(rows: list[dict]) -> list[dict]:
 
 
 def _breakdown(
-    usage: list[dict], usage_breakdown: pl.DataFrame | None, currency: str
+    usage: list[dict], usage_breakdown: pl.DataFrame | None, currency: str, plot: bool = False
 ) -> dict | None:
-    """Page 2: usage per model and meter with a bar chart of amount per model."""
+    """Page 2: usage per model and meter with a bar chart of amount per model (`plot`: drawn
+    by matplotlib, with an axis, for invoice_v2)."""
     table = _breakdown_rows(usage, usage_breakdown)
     if not table:
         return None
@@ -252,7 +303,12 @@ def _breakdown(
         }
         for m, a in chart_items
     ]
-    chart = svg_bar_chart(chart_items, width=500, value_format=lambda v: format_money(v, currency))
+    money = functools.partial(format_money, currency=currency)
+    chart = (
+        bar_chart(chart_items, title="Usage by model", value_format=money, axis_label=currency)
+        if plot
+        else svg_bar_chart(chart_items, width=500, value_format=money)
+    )
     return {"rows": table, "models": models, "chart": chart, "total": total}
 
 
@@ -271,6 +327,7 @@ def _breakdown_rows(usage: list[dict], frame: pl.DataFrame | None) -> list[dict]
             {
                 "model": model,
                 "meter": meter_label(r.get("meter_id")),
+                "meter_id": r.get("meter_id"),
                 "unit": r.get("unit") or "",
                 "quantity": ZERO,
                 "amount": ZERO,
@@ -279,6 +336,10 @@ def _breakdown_rows(usage: list[dict], frame: pl.DataFrame | None) -> list[dict]
         row["quantity"] += Decimal(r.get("quantity") or 0)
         row["amount"] += Decimal(r.get("amount") or 0)
     rows = list(acc.values())
+    for row in rows:
+        row["shown_quantity"], row["shown_unit"] = _in_human_units(
+            row["meter_id"], row["quantity"], row["unit"]
+        )
     per_model: dict[str, Decimal] = {}
     for row in rows:
         per_model[row["model"]] = per_model.get(row["model"], ZERO) + row["amount"]
@@ -339,17 +400,28 @@ NOTE_SEP = "\n"
 
 
 def render_document(
-    invoice: dict, lines: pl.DataFrame, account: Account, issuer: dict, corrects: list[str]
+    invoice: dict,
+    lines: pl.DataFrame,
+    account: Account,
+    issuer: dict,
+    corrects: list[str],
+    originals: Mapping[str, list[str]] | None = None,
+    credit_opening: Decimal | None = None,
 ) -> bytes:
-    """The one way a stored document is rendered (at issue and by verify_invoice).
+    """The one way a stored document is rendered (at issue and by verify_invoice); build the
+    arguments with `render_args`, so issue and verify print the same references and balance.
 
     Stored `notes` hold one note per line; they are passed as a list so each prints apart.
     """
     notes = [n for n in (invoice.get("notes") or "").split(NOTE_SEP) if n]
     doc = {**invoice, "notes": None}
     if invoice.get("document_type") == "credit_note":
-        return render_credit_note_pdf(doc, lines, account, issuer, corrects=corrects, notes=notes)
-    return render_invoice_pdf(doc, lines, account, issuer, notes=notes)
+        return render_credit_note_pdf(
+            doc, lines, account, issuer, corrects=corrects, notes=notes, originals=originals
+        )
+    return render_invoice_pdf(
+        doc, lines, account, issuer, notes=notes, originals=originals, credit_opening=credit_opening
+    )
 
 
 def corrected_numbers(issued: pl.DataFrame, row: dict, lines: pl.DataFrame) -> list[str]:
@@ -363,3 +435,265 @@ def corrected_numbers(issued: pl.DataFrame, row: dict, lines: pl.DataFrame) -> l
         & (pl.col("document_type") == "invoice")
     )
     return sorted(hits["invoice_number"].to_list())
+
+
+# --------------------------------------------------------------------------- invoice_v2
+
+
+def render_args(
+    issued: pl.DataFrame,
+    row: dict,
+    lines: pl.DataFrame,
+    account: Account,
+    issuer: dict,
+    opening: Mapping[str, Decimal] | None,
+) -> tuple:
+    """`render_document`'s arguments for one stored document: what it corrects, the invoices
+    its adjustments restate, and its prepaid balance before it (`opening`: the close's
+    `opening_credit`, {account: balance}; an account missing there starts from its grant)."""
+    credit_opening = (opening or {}).get(row["account_id"], account.prepaid_credit)
+    return (
+        row,
+        lines,
+        account,
+        issuer,
+        corrected_numbers(issued, row, lines),
+        originals(issued, row, lines),
+        credit_opening,
+    )
+
+
+def originals(issued: pl.DataFrame, row: dict, lines: pl.DataFrame) -> dict[str, list[str]]:
+    """{adjusted period: numbers of the account's issued invoices of that period}."""
+    periods = lines.filter(pl.col("kind") == "adjustment")["adjusts_period"].drop_nulls()
+    if periods.is_empty():
+        return {}
+    hits = issued.filter(
+        (pl.col("account_id") == row["account_id"])
+        & pl.col("period").is_in(periods.unique().implode())
+        & (pl.col("document_type") == "invoice")
+    )
+    out: dict[str, list[str]] = {}
+    for period, number in hits.select("period", "invoice_number").sort(pl.all()).iter_rows():
+        out.setdefault(period, []).append(number)
+    return out
+
+
+#: Meters shown in a larger unit than they are metered in: (meter, per) → (unit, units).
+HUMAN_UNITS = {("gpu_seconds", Decimal(3600)): ("GPU-hour", "GPU-hours")}
+_PACKAGE = " × package of "
+
+
+def merged_sections(usage: list[dict]) -> list[dict]:
+    """Usage lines per model, then per item (meter, GPU type, tool), with lines of the same
+    price merged: a price version that did not change the price, and usage already covered
+    by a package bought earlier in the month (an amount of 0.00), add to the line they share
+    a price with. Amounts are sums of stored rounded lines, so the invoice still adds up."""
+    sections = _usage_sections(usage)
+    for section in sections:
+        for item in section["items"]:
+            item["rows"] = _describe_merged(_merge_same_price(item["rows"]))
+    return sections
+
+
+def _merge_same_price(rows: list[dict]) -> list[dict]:
+    merged: list[dict] = []
+    for row in rows:
+        twin = next((m for m in merged if _same_price(m, row)), None)
+        if twin is None:
+            merged.append({**row, "line_nos": [row.get("line_no")], "versions": [_version(row)]})
+            continue
+        twin["quantity"] = Decimal(twin.get("quantity") or 0) + Decimal(row.get("quantity") or 0)
+        twin["amount"] += row["amount"]
+        twin["line_nos"].append(row.get("line_no"))
+        twin["versions"].append(_version(row))
+    covered = [m for m in merged if _covered(m)]
+    for row in covered:
+        payer = next((m for m in merged if not _covered(m) and _same_package(m, row)), None)
+        if payer is not None:
+            payer["quantity"] = Decimal(payer["quantity"] or 0) + Decimal(row["quantity"] or 0)
+            payer["line_nos"] += row["line_nos"]
+            merged.remove(row)
+    return merged
+
+
+def _same_price(a: dict, b: dict) -> bool:
+    keys = ("tier", "unit_price", "per", "unit")
+    return all(a.get(k) == b.get(k) for k in keys) and _is_package(a) == _is_package(b)
+
+
+def _same_package(payer: dict, row: dict) -> bool:
+    return _is_package(payer) and _is_package(row) and payer.get("per") == row.get("per")
+
+
+def _covered(row: dict) -> bool:
+    """A package line of 0.00: its calls fit in a package bought earlier in the month."""
+    return _is_package(row) and row["amount"] == 0 and bool(row.get("quantity"))
+
+
+def _is_package(row: dict) -> bool:
+    return _PACKAGE in (row.get("description") or "")
+
+
+def _version(row: dict) -> str:
+    return row.get("price_version") or ""
+
+
+def _describe_merged(rows: list[dict]) -> list[dict]:
+    """Detail, display quantity and price unit of each merged line (`GPU-hours`, `tier 2`,
+    `prices from 2026-10-16`, `1 × package of 1,000 calls`)."""
+    tiers = {r.get("tier") for r in rows}
+    prices = len({(r.get("unit_price"), r.get("per")) for r in rows})
+    for row in rows:
+        detail = []
+        if len(tiers) > 1 and row.get("tier") is not None:
+            detail.append(f"tier {row['tier']}")
+        if prices > 1 and any(row["versions"]):
+            detail.append(f"prices from {min(v for v in row['versions'] if v)}")
+        if "flat fee" in (row.get("description") or ""):
+            detail.append("flat fee")
+        if _is_package(row) and row.get("unit_price"):
+            count = (row["amount"] / Decimal(row["unit_price"])).to_integral_value()
+            detail.append(f"{count:,}{_PACKAGE}{grouped_text(Decimal(row['per']))} {row['unit']}")
+        row["detail"] = ", ".join(detail)
+        row["line_label"] = _line_numbers(row["line_nos"])
+        row.update(_display_units(row))
+    return rows
+
+
+def _display_units(row: dict) -> dict:
+    """Quantity, unit and price label as a person reads them: GPU time in GPU-hours (the
+    metered seconds below it), tokens per 1M, packages per package."""
+    per = row.get("per")
+    per = None if per is None else Decimal(per)
+    quantity = None if row.get("quantity") is None else Decimal(row["quantity"])
+    human = HUMAN_UNITS.get((row.get("meter_id"), per)) if per is not None else None
+    if human is not None and quantity is not None and per is not None:
+        return {
+            "shown_quantity": (quantity / per).quantize(Decimal("0.0001"), ROUND_HALF_UP),
+            "shown_unit": human[1],
+            "price_label": f"per {human[0]}",
+            "metered": f"{grouped_text(quantity)} {row.get('unit') or ''}".strip(),
+        }
+    if _is_package(row) and per is not None:
+        price_label = f"per package of {grouped_text(per)}"
+    else:
+        price_label = _per_label(per, row.get("unit"))
+    return {
+        "shown_quantity": quantity,
+        "shown_unit": row.get("unit") or "",
+        "price_label": price_label,
+        "metered": None,
+    }
+
+
+def _shown_adjustments(group: dict, account: Any) -> dict:
+    """An adjustment section for invoice_v2: usage rows in the units of the usage table, and
+    restated discount, minimum or tax rows by amount only, tax named with its rate."""
+    amount_only = {
+        "shown_quantity": None,
+        "shown_unit": "",
+        "unit_price": None,
+        "price_label": "",
+        "metered": None,
+    }
+    treatment = field(account, "tax")
+    name = treatment.name if treatment is not None else CONTRACT_LABELS["tax"]
+    rows = []
+    for row in group["rows"]:
+        shown = {**row, "line_label": str(row.get("line_no") or "")}
+        shown |= _display_units(row) if row.get("meter_id") else amount_only
+        if row.get("unit") == "tax" and row.get("unit_price") is not None:
+            shown["description"] = f"{name} {grouped_text(Decimal(row['unit_price']))}%"
+        rows.append(shown)
+    return {**group, "rows": rows}
+
+
+def _in_human_units(meter_id: str | None, quantity: Decimal, unit: str) -> tuple[Decimal, str]:
+    """A total quantity in the unit it is priced in (GPU seconds → GPU-hours, 4 places)."""
+    for (meter, per), (_, units) in HUMAN_UNITS.items():
+        if meter == meter_id:
+            return (quantity / per).quantize(Decimal("0.0001"), ROUND_HALF_UP), units
+    return quantity, unit
+
+
+def _line_numbers(numbers: list[int | None]) -> str:
+    """`3`, `3, 4`, `3–5`: the stored line numbers a merged line stands for."""
+    known = sorted(n for n in numbers if n is not None)
+    if len(known) > 2 and known == list(range(known[0], known[-1] + 1)):
+        return f"{known[0]}–{known[-1]}"
+    return ", ".join(str(n) for n in known)
+
+
+def _tax(rows: list[dict], account: Any, issuer: dict) -> dict | None:
+    """The tax block: rate and base from the stored tax line, wording from the account's
+    treatment (pricing.tax), both parties' tax ids. None when the invoice carries no tax."""
+    treatment = field(account, "tax")
+    if not rows and treatment is None:
+        return None
+    line = rows[0] if rows else {}
+    rate = line.get("unit_price")
+    return {
+        "label": line.get("description") or (treatment.label if treatment else "Tax"),
+        "rate": None if rate is None else Decimal(rate),
+        "base": None if line.get("quantity") is None else Decimal(line["quantity"]),
+        "amount": _sum(rows),
+        "code": getattr(treatment, "code", None),
+        "note": getattr(treatment, "note", None),
+        "seller_tax_id": issuer.get("tax_id"),
+        "customer_tax_id": field(account, "tax_id"),
+        "line_nos": [r.get("line_no") for r in rows],
+    }
+
+
+def _credit(rows: list[dict], account: Any, opening: Decimal | None) -> dict | None:
+    """Prepaid credit: opening balance, applied here, closing balance (credit.balances gives
+    the opening; the credit lines are the draw). None for an account without a grant."""
+    if opening is None and not rows:
+        return None
+    applied = -_sum(rows)
+    return {
+        "opening": opening,
+        "applied": applied,
+        "closing": None if opening is None else opening - applied,
+        "line_nos": [r.get("line_no") for r in rows],
+    }
+
+
+def summary_rows(
+    kinds: dict[str, list[dict]],
+    adjustments: list[dict],
+    tax: dict | None,
+    doc: dict,
+    totals: dict,
+) -> list[dict]:
+    """The totals block of invoice_v2, top to bottom; every amount is a sum of stored lines,
+    and the last row is the total of all of them (`_totals` checked it against the row)."""
+    rows: list[dict] = []
+    if not doc["is_credit_note"]:
+        rows.append(_summary("Usage", _sum(kinds.get("usage", []))))
+        for line in kinds.get("discount", []) + kinds.get("minimum", []):
+            rows.append(_summary(line["description"], line["amount"], no=line.get("line_no")))
+        rows.append(_summary(f"Net amount {doc['period_month']}", totals["period"], "sub"))
+        if tax is not None and kinds.get("tax"):
+            base = tax["base"] if tax["base"] is not None else totals["period"]
+            rows.append(_summary(tax["label"], tax["amount"], no=tax["line_nos"][0], base=base))
+    for group in adjustments:
+        cites = f" ({', '.join(group['originals'])})" if group["originals"] else ""
+        rows.append(_summary(f"Adjustments to {group['label']}{cites}", group["total"]))
+    credit = kinds.get("credit", [])
+    if doc["is_credit_note"]:
+        rows.append(_summary("Total credited", totals["total"], "grand"))
+        return rows
+    if credit:
+        rows.append(_summary("Total", totals["total"] - totals["credit"], "sub"))
+        for line in credit:
+            rows.append(_summary(line["description"], line["amount"], no=line.get("line_no")))
+    rows.append(_summary("Amount due", totals["total"], "grand"))
+    return rows
+
+
+def _summary(
+    label: str, amount: Decimal, cls: str = "", no: int | None = None, base: Decimal | None = None
+) -> dict:
+    return {"label": label, "amount": amount, "cls": cls, "no": no, "base": base}

@@ -40,6 +40,7 @@ def invoice_totals(invoices: pl.DataFrame, lines: pl.DataFrame) -> dict:
             "documents": part.height,
             "credit_notes": part.filter(pl.col("document_type") == "credit_note").height,
             "subtotal": str(part["subtotal"].sum()),
+            "tax": str(own.filter(pl.col("kind") == "tax")["amount"].sum()),
             "adjustments": str(own.filter(pl.col("kind") == "adjustment")["amount"].sum()),
             "credit": str(own.filter(pl.col("kind") == "credit")["amount"].sum()),
             "total": str(part["total"].sum()),

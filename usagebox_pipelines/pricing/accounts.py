@@ -22,16 +22,27 @@ from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.months import shift_month
 from usagebox_pipelines.pricing import _yaml as y
 from usagebox_pipelines.pricing.money import MINOR_UNITS
+from usagebox_pipelines.pricing.tax import (
+    TaxPolicy,
+    TaxTreatment,
+    country_code,
+    parse_policy,
+    tax_rate,
+    treatment,
+)
 
 ACCOUNTS_FILE = "accounts.yaml"
-_TOP_KEYS = {"defaults", "accounts"}
-_DEFAULT_KEYS = {"pricebook", "currency", "payment_terms_days"}
-_INHERITED = ("currency", "pricebook", "discount_pct", "payment_terms_days")
+_TOP_KEYS = {"defaults", "accounts", "tax"}
+_DEFAULT_KEYS = {"pricebook", "currency", "payment_terms_days", "country"}
+_INHERITED = ("currency", "pricebook", "discount_pct", "payment_terms_days", "country")
 _ACCOUNT_KEYS = {
     "name",
     "email",
     "address",
     "tax_id",
+    "country",
+    "tax_rate",
+    "tax_note",
     "currency",
     "pricebook",
     "parent",
@@ -120,6 +131,10 @@ class Account:
     budget: Budget | None = None
     listed: bool = True
     after_hard_stop: str = "bill"
+    #: ISO country of the billing address; with `tax_id` it decides the tax treatment.
+    country: str | None = None
+    #: The resolved tax treatment (pricing.tax); None when accounts.yaml has no `tax:` block.
+    tax: TaxTreatment | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,7 @@ class AccountDefaults:
     pricebook: str = "standard"
     currency: str = "USD"
     payment_terms_days: int = 30
+    country: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +154,7 @@ class Accounts:
     defaults: AccountDefaults = AccountDefaults()
     listed: Mapping[str, Account] = field(default_factory=dict)
     file: Path | None = None
+    tax_policy: TaxPolicy | None = None
 
     def get(self, account_id: str) -> Account:
         """The account, or a default account for an id the file does not list."""
@@ -152,6 +169,8 @@ class Accounts:
             pricebook=d.pricebook,
             payment_terms_days=d.payment_terms_days,
             listed=False,
+            country=d.country,
+            tax=treatment(self.tax_policy, d.country, None),
         )
 
     def ids(self) -> list[str]:
@@ -195,6 +214,7 @@ def _parse_accounts(path: Path, data: bytes) -> Accounts:
     doc = y.parse_yaml(data, path, AccountsError)
     doc = y.mapping(doc if doc is not None else {}, where, _TOP_KEYS)
     defaults = _parse_defaults(doc.get("defaults") or {}, where.key("defaults"))
+    policy = parse_policy(doc.get("tax"), where.key("tax"))
     raw_accounts = doc.get("accounts") or {}
     if not isinstance(raw_accounts, Mapping):
         where.key("accounts").fail("must be a mapping of account id to account")
@@ -206,8 +226,8 @@ def _parse_accounts(path: Path, data: bytes) -> Accounts:
     _check_parents(raw, where.key("accounts"))
     resolved: dict[str, Account] = {}
     for account_id in raw:
-        _resolve(account_id, raw, defaults, resolved, where.key("accounts"))
-    return Accounts(defaults=defaults, listed=resolved, file=path)
+        _resolve(account_id, raw, defaults, resolved, where.key("accounts"), policy)
+    return Accounts(defaults=defaults, listed=resolved, file=path, tax_policy=policy)
 
 
 def _parse_defaults(raw: Any, where: y.Where) -> AccountDefaults:
@@ -220,6 +240,7 @@ def _parse_defaults(raw: Any, where: y.Where) -> AccountDefaults:
             body.get("payment_terms_days", base.payment_terms_days),
             where.key("payment_terms_days"),
         ),
+        country=_country(body.get("country"), where.key("country")),
     )
 
 
@@ -246,6 +267,7 @@ def _resolve(
     defaults: AccountDefaults,
     done: dict[str, Account],
     where: y.Where,
+    policy: TaxPolicy | None = None,
 ) -> Account:
     """Parse one account after its parent, inheriting what it leaves unset."""
     if account_id in done:
@@ -253,12 +275,13 @@ def _resolve(
     body = raw[account_id]
     at = where.key(account_id)
     parent_id = body.get("parent")
-    parent = _resolve(parent_id, raw, defaults, done, where) if parent_id else None
+    parent = _resolve(parent_id, raw, defaults, done, where, policy) if parent_id else None
     inherited: dict[str, Any] = {
         "currency": defaults.currency,
         "pricebook": defaults.pricebook,
         "discount_pct": Decimal(0),
         "payment_terms_days": defaults.payment_terms_days,
+        "country": defaults.country,
     }
     if parent is not None:
         inherited = {k: getattr(parent, k) for k in _INHERITED}
@@ -268,12 +291,15 @@ def _resolve(
             f"{currency} differs from parent {parent.account_id} ({parent.currency}); "
             "a hierarchy bills in one currency"
         )
+    tax_id = None if body.get("tax_id") is None else y.text(body["tax_id"], at.key("tax_id"))
+    country = _country(body.get("country"), at.key("country")) or inherited["country"]
+    note = body.get("tax_note")
     account = Account(
         account_id=account_id,
         name=y.text(body.get("name", account_id), at.key("name")),
         email=_email(body.get("email"), at.key("email")),
         address=_address(body.get("address"), at.key("address")),
-        tax_id=None if body.get("tax_id") is None else y.text(body["tax_id"], at.key("tax_id")),
+        tax_id=tax_id,
         currency=currency,
         pricebook=y.text(body.get("pricebook", inherited["pricebook"]), at.key("pricebook")),
         parent=parent_id,
@@ -288,9 +314,21 @@ def _resolve(
         ),
         budget=_budget(body.get("budget"), at.key("budget")),
         after_hard_stop=_after_hard_stop(body.get("after_hard_stop"), at.key("after_hard_stop")),
+        country=country,
+        tax=treatment(
+            policy,
+            country,
+            tax_id,
+            tax_rate(body.get("tax_rate"), at.key("tax_rate")),
+            None if note is None else y.text(note, at.key("tax_note")),
+        ),
     )
     done[account_id] = account
     return account
+
+
+def _country(value: Any, where: y.Where) -> str | None:
+    return None if value is None else country_code(value, where)
 
 
 def _currency(value: Any, where: y.Where) -> str:

@@ -1,13 +1,14 @@
-"""Contract lines: [waiver →] discount → coupons → spend cap → minimum true-up → prepaid credit.
+"""Contract lines: [waiver →] discount → coupons → spend cap → minimum true-up → tax → prepaid
+credit.
 
 The order is fixed: usage waived after a guardrail hard stop (`after_hard_stop: waive`, its
 rows made by invoicing.hard_stop, rate_id `WAIVER_RATE`) comes off the usage first; the
 discount applies to the usage that is billed; fixed-amount coupons in effect for the period
 come off next, in listed order, never below zero (`discount` rows, rate_id `coupon:<id>`);
-`maximum_spend` cuts the discounted usage to the
-cap (a `discount` row, rate_id `SPEND_CAP_RATE`); the minimum commit tops up what is left
-(validation keeps the commit at or below the cap);
-prepaid credit pays what is left (never more, so a total never goes below zero). All
+`maximum_spend` cuts the discounted usage to the cap (a `discount` row, rate_id
+`SPEND_CAP_RATE`); the minimum commit tops up what is left (validation keeps the commit at or
+below the cap); tax (pricing.tax) is charged on that net amount; prepaid credit pays what is
+left, tax included (never more, so a total never goes below zero). All
 are computed on the invoice's usage subtotal: rated rows summed to invoice lines
 (`INVOICE_LINE_KEYS`, the grain invoicing.lines groups by: dimensions summed away), each line
 rounded once with `round_money`. So a customer can check them on the invoice, a true-up lands
@@ -26,6 +27,7 @@ import polars as pl
 from usagebox_pipelines import schemas
 from usagebox_pipelines.pricing.accounts import Account, Accounts
 from usagebox_pipelines.pricing.money import exact_decimal, minor_units, round_decimal, round_money
+from usagebox_pipelines.pricing.tax import tax_of
 
 _ZERO = Decimal(0)
 _ONE = Decimal(1)
@@ -142,6 +144,11 @@ def _account_lines(
         if true_up > 0:
             rows.append(_row(account, "minimum", "minimum_commit", _ONE, _ONE, true_up, true_up))
             total += true_up
+    tax = account.tax
+    if tax is not None and tax.has_line and total:
+        amount = tax_of(total, tax.rate, mu)
+        rows.append(_row(account, "tax", tax.code, total, Decimal(100), tax.rate, amount))
+        total += amount
     if balance is None:
         return rows, None
     spendable = max(_ZERO, balance).quantize(Decimal(1).scaleb(-mu), rounding=ROUND_DOWN)

@@ -58,7 +58,7 @@ _LINE_KEYS = [*_USAGE_KEYS, "currency", *_RATE_KEYS, "tier", "fee"]
 # `tier_by` dimension keys), across versions.
 _POSITION_KEYS = ["account_id", "meter_id", "model_id", "rate_id", "tier_group"]
 _ORDER = ["hour", "dimensions", "product_id", "unit"]
-_LINE_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "credit": 3}
+_LINE_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "tax": 3, "credit": 4}
 _COUNTED = ("package", "flat")
 #: Tier number of the free-units step (rated rows show it as tier null, price model `included`).
 INCLUDED_TIER = -1

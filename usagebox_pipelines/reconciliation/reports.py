@@ -11,7 +11,8 @@ from decimal import Decimal
 
 import polars as pl
 
-from usagebox_pipelines.documents import format_money, render_pdf, safe_csv_bytes, svg_bar_chart
+from usagebox_pipelines.charts import bar_chart
+from usagebox_pipelines.documents import format_money, format_pct, render_pdf, safe_csv_bytes
 from usagebox_pipelines.reconciliation.schemas import (
     COST_ATTRIBUTION,
     RECONCILIATION,
@@ -26,6 +27,12 @@ TOP_VARIANCES = 15
 #: Rows of each detail table in the PDFs (the CSVs hold every row): a PDF's size, and its
 #: render time (about 0.25 s a page), stay the same however many accounts and lines there are.
 DETAIL_LIMIT = 50
+#: The margin chart's axis ends at ±100 %: a customer far below (cost on almost no revenue)
+#: is drawn to the edge and labelled with its real margin instead of dwarfing every other bar.
+MARGIN_CLIP = Decimal(100)
+#: A variance chart's axis is at least this share of the vendor's busiest day wide (and at
+#: least the money tolerance), so a variance of a cent looks like a cent.
+VARIANCE_SPAN = Decimal("0.1")
 _ZERO = Decimal(0)
 
 
@@ -103,7 +110,8 @@ def margin_by_customer_model(attribution: pl.DataFrame) -> pl.DataFrame:
         month=pl.col("month").first(),
     )
     grouped = grouped.with_columns(
-        margin_pct=pl.when(pl.col("revenue") != 0).then(
+        # a margin % of negative revenue (a refund) would read as 100 %: it is not defined
+        margin_pct=pl.when(pl.col("revenue") > 0).then(
             pl.col("margin") * pl.lit(Decimal(100), dtype=QTY) / pl.col("revenue")
         ),
         _kind=pl.col("row_kind").replace_strict(
@@ -149,8 +157,9 @@ def margin_context(attribution: pl.DataFrame, margins: pl.DataFrame, period: str
     other = margins.filter(pl.col("row_kind") != "account")
     chart_items = [
         (r["account_id"], _q2(r["margin_pct"]))
-        for r in per_customer.head(25).iter_rows(named=True)
-        if r["margin_pct"] is not None
+        for r in per_customer.filter(pl.col("margin_pct").is_not_null())
+        .head(25)
+        .iter_rows(named=True)
     ]
     return {
         "period": period,
@@ -162,16 +171,14 @@ def margin_context(attribution: pl.DataFrame, margins: pl.DataFrame, period: str
         ),
         "customers": per_customer.head(DETAIL_LIMIT).to_dicts(),
         "customers_total": per_customer.height,
-        "chart": svg_bar_chart(
+        "chart": bar_chart(
             chart_items,
-            width=500,
-            bar_height=9,
-            gap=3,
-            value_format=lambda v: f"{v}%",
-            title="Margin % by customer (worst first)",
-        )
-        if chart_items
-        else "",
+            title="Gross margin % by customer (worst 25 first; axis ends at ±100 %)",
+            value_format=format_pct,
+            axis_label="margin % of revenue",
+            span=Decimal(100),
+            clip=MARGIN_CLIP,
+        ),
         "rows": accounts.head(DETAIL_LIMIT).to_dicts(),
         "rows_total": accounts.height,
         "other_rows": other.to_dicts(),
@@ -257,25 +264,34 @@ def _vendor_summary(recon: pl.DataFrame, usage: pl.DataFrame, vendor: str) -> di
         "currency": currency,
         **sums,
         "statuses": counts,
-        "chart_billed": _daily_chart(daily, "billed", "billed by UTC day", currency),
-        "chart_variance": _daily_chart(daily, "variance", "billed − expected by UTC day", currency),
+        "chart_billed": _daily_chart(daily, "billed", "Billed by UTC day", currency),
+        "chart_variance": _daily_chart(
+            daily, "variance", "Billed − expected by UTC day", currency, span=_span(rows, daily)
+        ),
     }
 
 
-def _daily_chart(daily: pl.DataFrame, col: str, title: str, currency: str):
-    """One bar per UTC day (negative variance draws red), or "" when there are no days."""
+def _span(rows: pl.DataFrame, daily: pl.DataFrame) -> Decimal:
+    """Half-width the variance axis needs at least: a tenth of the busiest day's bill, or
+    the money tolerance when that is larger."""
+    busiest = Decimal(daily["billed"].max() or 0) if daily.height else _ZERO
+    tolerance = Decimal(_first(rows["amount_tolerance"]) or 0) if rows.height else _ZERO
+    return max(busiest * VARIANCE_SPAN, tolerance)
+
+
+def _daily_chart(
+    daily: pl.DataFrame, col: str, title: str, currency: str, span: Decimal | None = None
+):
+    """One bar per UTC day on a real axis (negative to the left), or "" when there are none."""
     items = [(r["date"].strftime("%m-%d"), _q2(r[col])) for r in daily.iter_rows(named=True)]
-    if not items:
-        return ""
-    return svg_bar_chart(
+    return bar_chart(
         items,
-        width=330,
-        bar_height=11,
-        gap=3,
-        label_width=42,
-        value_width=70,
-        value_format=lambda v: format_money(v, currency),
         title=title,
+        value_format=lambda v: format_money(v, currency),
+        axis_label=currency,
+        width_mm=88,
+        row_mm=3.4,
+        span=span,
     )
 
 

@@ -297,6 +297,13 @@ def _explain_contract(doc: IssuedDocument, line: dict) -> dict:
         after = sum_kind(doc.lines, "usage") + sum_kind(doc.lines, "discount")
         text = f"commitment {plain(account.minimum_commit)} − usage after discount {after}"
         term = {"minimum_commit": plain(account.minimum_commit)}
+    elif kind == "tax":
+        rate, base = plain(line["unit_price"]), plain(line["quantity"])
+        text = f"{rate}% of net charges {base}, rounded half-up"
+        tax = account.tax
+        term = {"country": account.country, "tax_id": account.tax_id, "tax_rate": rate}
+        if tax is not None:
+            term |= {"treatment": tax.code, "note": tax.note}
     else:
         opening = (decimal_map(doc.closed[doc.period]["opening_credit"]) or {}).get(
             account.account_id, account.prepaid_credit

@@ -15,6 +15,7 @@ from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.stages.books import (
     closed_periods,
     issued_invoices,
+    issued_lines,
 )
 from usagebox_pipelines.stages.results import InvoiceExport
 from usagebox_pipelines.storage import DeltaStore, DocumentStore
@@ -43,7 +44,8 @@ def export_invoices(
         target.write_bytes(pdf)
         files.append(str(target))
     register = out_dir / "register.csv"
-    register.write_bytes(register_csv(docs, load_accounts(settings.pricebooks)))
+    lines = issued_lines(store, docs)
+    register.write_bytes(register_csv(docs, load_accounts(settings.pricebooks), lines))
     return InvoiceExport(
         period=month,
         out=str(out_dir),

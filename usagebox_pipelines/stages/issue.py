@@ -10,8 +10,9 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -30,8 +31,8 @@ from usagebox_pipelines.invoicing.hard_stop import hard_stop_notes
 from usagebox_pipelines.invoicing.numbering import issue_documents, last_sequence
 from usagebox_pipelines.invoicing.render import (
     NOTE_SEP,
-    corrected_numbers,
     load_issuer,
+    render_args,
     render_document,
 )
 from usagebox_pipelines.invoicing.stamps import (
@@ -188,7 +189,7 @@ def _render_all(
     rerun deletes them (`_clear_documents`) before rendering again.
     """
     paths, hashes = [], []
-    jobs = render_jobs(invoices, lines, plan.accounts, issuer, plan.issued)
+    jobs = render_jobs(invoices, lines, plan.accounts, issuer, plan.issued, plan.opening)
     for row, pdf in zip(
         invoices.iter_rows(named=True), render_each(render_job, jobs, invoices.height), strict=True
     ):
@@ -206,15 +207,16 @@ def render_jobs(
     accounts: Accounts,
     issuer: dict,
     issued: pl.DataFrame,
+    opening: Mapping[str, Decimal] | None = None,
 ) -> Iterator[tuple]:
     """`render_document`'s arguments per document, in the invoices' order: its own lines only
-    (the lines are split once, not filtered per document)."""
+    (the lines are split once, not filtered per document); `opening` the prepaid balances
+    the close drew from (stamped as `period_closes.opening_credit`)."""
     own = lines.partition_by("invoice_number", as_dict=True, maintain_order=True)
     empty = lines.clear()
     for row in invoices.iter_rows(named=True):
         mine = own.get((row["invoice_number"],), empty)
-        corrects = corrected_numbers(issued, row, mine)
-        yield row, mine, accounts.get(row["account_id"]), issuer, corrects
+        yield render_args(issued, row, mine, accounts.get(row["account_id"]), issuer, opening)
 
 
 def render_job(job: tuple) -> bytes:

@@ -31,9 +31,9 @@ from usagebox_pipelines.invoicing.lines import (
 )
 from usagebox_pipelines.invoicing.numbering import NUMBER_RE
 from usagebox_pipelines.invoicing.render import (
-    corrected_numbers,
     load_issuer,
     pdf_sha256,
+    render_args,
     render_document,
 )
 from usagebox_pipelines.invoicing.stamps import (
@@ -216,8 +216,10 @@ def verify_invoice(
     else:
         differences += line_differences(doc.lines, lines)
         differences += total_differences(doc.invoice, doc.lines, rebuilt)
-        corrects = corrected_numbers(issued_invoices(store, doc.closed), rebuilt, lines)
-        pdf = render_document(rebuilt, lines, doc.account, load_issuer(), corrects)
+        opening = decimal_map(doc.closed[doc.period]["opening_credit"])
+        issued = issued_invoices(store, doc.closed)
+        args = render_args(issued, rebuilt, lines, doc.account, load_issuer(), opening)
+        pdf = render_document(*args)
         rerendered = pdf_sha256(pdf)
     rel = doc.invoice["pdf_path"]
     stored_file = DocumentStore(settings.home).sha256(rel) if rel else None

@@ -47,12 +47,12 @@ from usagebox_pipelines.invoicing.lines import (
     rated_lines,
 )
 from usagebox_pipelines.invoicing.render import (
-    corrected_numbers,
     load_issuer,
     pdf_sha256,
+    render_args,
     render_document,
 )
-from usagebox_pipelines.invoicing.stamps import frozen_problems
+from usagebox_pipelines.invoicing.stamps import decimal_map, frozen_problems
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts, load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
@@ -297,9 +297,16 @@ def render_problems(
     issued = issued_invoices(store, closed)
     issuer = load_issuer()
     jobs = (
-        (doc, lines, accounts.get(doc["account_id"]), issuer, corrected_numbers(issued, doc, lines))
+        render_args(
+            issued,
+            doc,
+            lines,
+            accounts.get(doc["account_id"]),
+            issuer,
+            decimal_map(closed[doc["period"]]["opening_credit"]),
+        )
         for doc, lines, _ in docs
-    )  # fmt: skip
+    )
     hashes = list(render_each(_render_sha, jobs, len(docs)))
     return [
         {

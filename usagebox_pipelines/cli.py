@@ -50,59 +50,84 @@ def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Dagster's log and progress lines on stderr.")
+]
+Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout (for scripts).")]
+
+
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Event files: JSONL, CSV, Parquet, .gz.")],
     source: Annotated[str | None, typer.Option(help="Label stored with the rows.")] = None,
+    verbose: Verbose = False,
     home: Home = None,
     pricebooks: Pricebooks = None,
 ) -> None:
-    """Load event files; print {"files","accepted","duplicates","conflicts","rejected","late"}."""
+    """Load event files; print {"files","accepted","duplicates","conflicts","rejected","late"}.
+
+    The output stays the contract's one JSON object (CONTRACT §1); a progress bar with the
+    rows' total and ETA shows on a terminal's stderr. The ingest is recorded in the Dagster
+    instance as materialisations of `raw_events` and `events`."""
+    from usagebox_pipelines.cli_progress import IngestProgress, estimated_rows, progress
+    from usagebox_pipelines.runner import report_ingest
     from usagebox_pipelines.stages.events import update_events
     from usagebox_pipelines.stages.ingest import ingest_files
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:  # checked before anything is written
         raise UsageboxError(f"no such file or folder: {', '.join(missing)}")
-    _, store = open_home(home, pricebooks, create=True)
+    settings, store = open_home(home, pricebooks, create=True)
+    rows = estimated_rows(paths) if sys.stderr.isatty() else None
     # One unit of work: the lease and the open tables are shared by both stages.
     with store.writer("ingest"), store.cached():
-        summary = ingest_files(store, paths, source, progress=_progress())
+        with progress("ingest", 2 * rows if rows else None, "rows × 2 passes", verbose) as bar:
+            summary = ingest_files(store, paths, source, progress=IngestProgress(bar))
         if summary.files == 0:
             raise UsageboxError("nothing could be read: " + "; ".join(summary.errors))
         for error in summary.errors:
             _err(error)
-        update_events(store, run_id="cli-ingest")
+        update = update_events(store, run_id="cli-ingest")
+    report_ingest(settings, summary, update)
     print_json({k: v for k, v in summary.__dict__.items()})
-
-
-def _progress():
-    """Progress lines on stderr when a person is watching; silent in pipes and tests."""
-    if sys.stderr.isatty():
-        return lambda msg: typer.echo(f"  {msg}", err=True)
-    return None
 
 
 @app.command()
 def run(
     day: Annotated[str | None, typer.Option("--date", help="UTC day YYYY-MM-DD.")] = None,
     month: Annotated[str | None, typer.Option("--month", help="Month YYYY-MM.")] = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
     home: Home = None,
     pricebooks: Pricebooks = None,
 ) -> None:
-    """Materialise every stage for a UTC day (default: yesterday) or a month, through Dagster."""
-    from usagebox_pipelines.runner import run_day, run_month
+    """Materialise every stage for a UTC day (default: yesterday) or a month, through Dagster.
+
+    Prints one line per run (job, partitions, ok/FAILED, failures); `--json` prints
+    `{"runs": [...]}` instead. Dagster's log stays off stdout (`--verbose`: on stderr)."""
+    from usagebox_pipelines.cli_progress import progress
+    from usagebox_pipelines.runner import RUN_JOBS, job_steps, run_day, run_month
 
     if day and month:
         raise UsageboxError("give --date or --month, not both")
     period = parse_month(month) if month else None
     when = parse_day(day) if day else _yesterday()
     settings, _ = open_home(home, pricebooks)
-    if period:
-        outcomes = run_month(settings, period)
+    total = sum(job_steps(j) for j in RUN_JOBS)
+    with progress(f"run {period or when}", total, "steps", verbose) as bar:
+        step = lambda name: bar.advance(1, name)  # noqa: E731
+        if period:
+            outcomes = run_month(settings, period, verbose, step)
+        else:
+            outcomes = run_day(settings, when, verbose, step)
+    if as_json:
+        print_json({"runs": [o.as_dict() for o in outcomes]})
     else:
-        outcomes = run_day(settings, when)
-    print_json({"runs": [o.as_dict() for o in outcomes]})
+        for o in outcomes:
+            state = "ok" if o.success else "FAILED"
+            typer.echo(f"{o.job} {o.partitions}: {state} (run {o.run_id})")
+            for failure in o.failures:
+                typer.echo(f"  - {failure}")
     if not all(o.success for o in outcomes):
         raise typer.Exit(1)
 

@@ -57,11 +57,16 @@ def close(
 ) -> None:
     """Month close: numbered, rendered, frozen invoices for the period."""
     from usagebox_pipelines.stages.close import close_month
+    from usagebox_pipelines.stages.results import Closed
 
     period = parse_month(month)
     store, settings = _open(home, pricebooks)
     require_events(store)
     result = close_month(store, settings, period, approve=approve, run_id="cli-close", force=force)
+    if isinstance(result, Closed):  # the month's issued_invoices partition, in the Dagster UI
+        from usagebox_pipelines.runner import report_close
+
+        report_close(settings, result)
     print_json(result.to_dict())
 
 

@@ -24,6 +24,9 @@ defs = dg.Definitions(
     jobs=[ingest_job, daily_job, hourly_job, monthly_job, close_job],
     schedules=[*schedules, *invoicing_schedules],
     sensors=[*sensors, *guardrail_sensors],
-    resources={"usagebox": UsageboxResource()},
+    # The home comes from $USAGEBOX_HOME when a run launches (the UI, schedules, sensors): a
+    # missing variable fails the run naming it instead of writing to `./data`. `usagebox run`
+    # passes its --home in the run config.
+    resources={"usagebox": UsageboxResource(home=dg.EnvVar("USAGEBOX_HOME"))},
     executor=step_executor(),
 )

@@ -1,7 +1,10 @@
 """Reconciliation assets: vendor bills vs metered usage, and cost attribution with margin."""
 
 import dagster as dg
+import polars as pl
 
+from usagebox_pipelines.catalog import COST_ATTRIBUTION, RECONCILIATION
+from usagebox_pipelines.defs.metadata import materialized, spec
 from usagebox_pipelines.defs.partitions import month_of, monthly
 from usagebox_pipelines.defs.pricing import rated_usage
 from usagebox_pipelines.defs.resources import UsageboxResource
@@ -9,30 +12,31 @@ from usagebox_pipelines.stages.reconciliation import reconcile_month
 
 
 @dg.multi_asset(
-    group_name="reconciliation",
     partitions_def=monthly,
     specs=[
         # after rated_usage (and so after the month's usage_hourly): the metered side and the
         # revenue of cost attribution read them, and must not be the previous run's
-        dg.AssetSpec(
+        spec(
             "reconciliation",
-            deps=[rated_usage],
-            kinds={"deltalake", "polars"},
-            description="Vendor × UTC day × model × meter: metered vs billed, status.",
+            RECONCILIATION,
+            "Vendor × UTC day × model × meter: metered vs billed, status.",
+            [rated_usage],
+            "reconciliation",
         ),
-        dg.AssetSpec(
+        spec(
             "cost_attribution",
-            deps=[rated_usage],
-            kinds={"deltalake", "polars"},
-            description="Account × model × month: revenue, allocated cost, margin.",
+            COST_ATTRIBUTION,
+            "Account × model × month: revenue, allocated cost, margin.",
+            [rated_usage],
+            "reconciliation",
         ),
     ],
 )
 def reconciliation_assets(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
     """Rebuild the month's reconciliation and cost attribution from the loaded vendor bills."""
-    result = reconcile_month(
-        usagebox.store, usagebox.settings, month_of(context.partition_key), context.run_id
-    )
+    month = month_of(context.partition_key)
+    store = usagebox.store
+    result = reconcile_month(store, usagebox.settings, month, context.run_id)
     if "skipped" in result:
         context.log.info(result["skipped"])
         meta = {"skipped": result["skipped"]}
@@ -43,7 +47,12 @@ def reconciliation_assets(context: dg.AssetExecutionContext, usagebox: UsageboxR
         "statuses": dg.MetadataValue.json(result["statuses"]),
         "reports": dg.MetadataValue.json(result["reports"]),
     }
-    yield dg.MaterializeResult(asset_key="reconciliation", metadata=meta)
     yield dg.MaterializeResult(
-        asset_key="cost_attribution", metadata={"summary": dg.MetadataValue.json(result["summary"])}
+        asset_key="reconciliation",
+        metadata=meta | materialized(store, RECONCILIATION, pl.col("period") == month),
+    )
+    yield dg.MaterializeResult(
+        asset_key="cost_attribution",
+        metadata={"summary": dg.MetadataValue.json(result["summary"])}
+        | materialized(store, COST_ATTRIBUTION, pl.col("month") == month),
     )

@@ -214,16 +214,26 @@ def verify(
 def sql(
     query: Annotated[str, typer.Argument(help="A SELECT over the tables of CONTRACT.md §3.")],
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Time travel: read every table at this Delta version (12) or as it was at "
+            "this UTC time (2026-10-15T00:00:00Z).",
+        ),
+    ] = None,
     home: Home = None,
     pricebooks: Pricebooks = None,
 ) -> None:
     """Read-only SQL (DuckDB, confined to this home's tables) over <home>/tables."""
-    from usagebox_pipelines.sql import run_sql, to_csv
+    from usagebox_pipelines.sql import parse_as_of, run_sql, to_csv
 
     if fmt not in ("table", "csv", "json"):
         raise UsageboxError(f"--format {fmt!r}: choose table, csv or json")
+    if as_of is not None:
+        parse_as_of(as_of)  # a bad value is refused before the home is opened
     _, store = open_home(home, pricebooks)
-    frame = run_sql(store, query)
+    frame = run_sql(store, query, as_of)
     if fmt == "csv":
         typer.echo(to_csv(frame), nl=False)
     elif fmt == "json":

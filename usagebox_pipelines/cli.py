@@ -244,6 +244,39 @@ def sql(
 
 
 @app.command()
+def maintain(
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            "--vacuum",
+            help="Also delete data files older versions no longer need (keeps every version "
+            "an issued invoice was rated from).",
+        ),
+    ] = False,
+    retention_hours: Annotated[
+        int, typer.Option("--retention-hours", help="Vacuum: keep files younger than this.")
+    ] = 168,
+    as_json: Json = False,
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Table upkeep: catalog names, descriptions and column comments onto older tables,
+    compaction of small files, and with --vacuum removal of unreferenced files."""
+    from usagebox_pipelines.stages.maintenance import maintain as maintain_tables
+
+    if retention_hours < 0:
+        raise UsageboxError(f"--retention-hours {retention_hours}: must not be negative")
+    _, store = open_home(home, pricebooks)
+    report = maintain_tables(store, vacuum, retention_hours)
+    if as_json:
+        print_json(report)
+        return
+    for name, entry in report.items():
+        done = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in entry.items())
+        typer.echo(f"{name}: {done}")
+
+
+@app.command()
 def reconcile(
     vendor: Annotated[str, typer.Option(help="openai | anthropic | focus.")],
     paths: Annotated[list[Path], typer.Argument(help="Export files or folders.")],

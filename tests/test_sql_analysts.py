@@ -78,3 +78,21 @@ def test_json_functions_reach_into_dimensions(history) -> None:
 def test_as_of_before_a_table_existed_is_refused(history, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="no version as of 2000-01-01"):
         run_sql(history["store"], "SELECT * FROM events", "2000-01-01")
+
+
+def test_duckdb_connection_sees_every_table_offline(history) -> None:
+    from usagebox_pipelines.sql import duckdb_connection
+
+    con = duckdb_connection(history["home"])
+    rows = con.sql(
+        "SELECT r.disposition, count(*) FROM events e JOIN raw_events r USING (event_id) "
+        "GROUP BY ALL"
+    ).fetchall()
+    assert rows == [("accepted", 5)]
+    extensions = con.sql(
+        "SELECT extension_name FROM duckdb_extensions() "
+        "WHERE installed AND extension_name = 'delta'"
+    ).fetchall()
+    assert extensions == []  # no delta extension was needed (or downloaded)
+    old = duckdb_connection(history["home"], as_of=str(history["version"]))
+    assert old.sql("SELECT count(*) FROM events").fetchall() == [(2,)]

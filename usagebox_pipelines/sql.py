@@ -120,6 +120,26 @@ def _dataset(store: DeltaStore, name: str, point: int | datetime | None, as_of: 
     return dt.to_pyarrow_dataset()
 
 
+def duckdb_connection(home: str, as_of: str | None = None):
+    """A DuckDB connection of your own with every table of `home` registered by name (Arrow
+    datasets read through deltalake, at `as_of` when given): DuckDB access that needs no
+    `delta` extension download, with any DuckDB version the project installs.
+
+    Unlike `run_sql` it is not confined: it is for a notebook or script, where the analyst can
+    read files anyway. `import usagebox_pipelines.sql as s; con = s.duckdb_connection("data/demo")`
+    then `con.sql("SELECT ... FROM usage_hourly")`.
+    """
+    import duckdb
+
+    store = DeltaStore(home)
+    point = parse_as_of(as_of) if as_of is not None else None
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    for name in table_names(store):
+        con.register(name, _dataset(store, name, point, as_of))
+    return con
+
+
 def confined_connection():
     """An in-memory DuckDB that cannot touch files, URLs or extensions, settings locked."""
     import duckdb

@@ -20,6 +20,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -33,12 +34,12 @@ _ROWS = re.compile(r"^(?P<file>.+?): (?P<rows>[\d,]+) rows (?P<phase>read|in)\b"
 class Reporter:
     """One progress bar: `advance` by units done, `say` a status line."""
 
-    def __init__(self, bar: Progress | None, task: int | None, verbose: bool) -> None:
+    def __init__(self, bar: Progress | None, task: TaskID | None, verbose: bool) -> None:
         self._bar, self._task, self._verbose = bar, task, verbose
 
     def advance(self, units: float, status: str) -> None:
         if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, advance=units, description=status)
+            self._bar.update(self._task, advance=units, description=status[:48])
         elif self._verbose:
             print(status, file=sys.stderr, flush=True)
 
@@ -58,7 +59,7 @@ def progress(label: str, total: float | None, unit: str, verbose: bool) -> Itera
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with Progress(*columns, console=Console(stderr=True)) as bar:
         yield Reporter(bar, bar.add_task(label, total=total), verbose)
 
 
@@ -78,7 +79,8 @@ class IngestProgress:
         key = (match["file"], match["phase"])
         rows = int(match["rows"].replace(",", ""))
         done, self._seen[key] = self._seen.get(key, 0), rows
-        self._reporter.advance(rows - done, message)
+        phase = "reading" if match["phase"] == "read" else "writing"
+        self._reporter.advance(rows - done, f"{phase} {match['file'][-32:]}")
 
 
 def estimated_rows(paths: list[Path]) -> int | None:

@@ -50,3 +50,19 @@ def test_vacuum_keeps_the_stamped_events_version_and_drops_the_rest(tmp_path: Pa
     assert store.read(EVENTS, version=stamped).height == 1  # the stamped version still reads
     with pytest.raises(Exception, match="(?i)not found|no such file"):
         store.read(EVENTS, version=1)  # an unstamped old version: its files are gone
+
+
+@pytest.mark.slow  # a real Dagster run
+def test_the_weekly_maintenance_job_runs_in_dagster(tmp_path: Path) -> None:
+    from usagebox_pipelines.config import Settings
+    from usagebox_pipelines.definitions import defs
+    from usagebox_pipelines.runner import execute_job
+
+    assert defs.resolve_schedule_def("weekly_maintenance").job_name == "maintenance_job"
+    home = tmp_path / "home"
+    path = write_jsonl(tmp_path / "a.jsonl", [event("e1")])
+    assert cli_main(["ingest", str(path), "--home", str(home)]) == 0
+    ops = {"maintain_tables": {"config": {"retention_hours": 0}}}
+    outcome = execute_job(Settings.resolve(str(home)), "maintenance_job", ops_config=ops)
+    assert outcome.success, outcome.failures
+    assert DeltaStore(str(home)).read(EVENTS).height == 1

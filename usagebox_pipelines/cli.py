@@ -88,7 +88,9 @@ def ingest(
         for error in summary.errors:
             _err(error)
         update = update_events(store, run_id="cli-ingest")
-    report_ingest(settings, summary, update)
+    warning = report_ingest(settings, summary, update)
+    if warning:
+        _err(warning)
     print_json({k: v for k, v in summary.__dict__.items()})
 
 

@@ -66,7 +66,9 @@ def close(
     if isinstance(result, Closed):  # the month's issued_invoices partition, in the Dagster UI
         from usagebox_pipelines.runner import report_close
 
-        report_close(settings, result)
+        warning = report_close(settings, result)
+        if warning:
+            typer.echo(warning, err=True)
     print_json(result.to_dict())
 
 

@@ -197,26 +197,34 @@ def run_ingest(settings: Settings, files: list[str], source: str | None = None) 
     return execute_job(settings, "ingest_job", ops_config=config)
 
 
-def report_ingest(settings: Settings, summary: IngestSummary, update: EventsUpdate) -> None:
+def report_ingest(settings: Settings, summary: IngestSummary, update: EventsUpdate) -> str | None:
     """Record an ingest made outside Dagster (`usagebox ingest`) as materialisations of
-    `raw_events` and `events`, with the metadata the assets record."""
+    `raw_events` and `events`, with the metadata the assets record. A warning (None if
+    recorded): the tables are committed either way."""
     store = DeltaStore(settings.home)
-    instance = dagster_instance(settings)
-    for key, metadata in (
-        ("raw_events", raw_events_metadata(store, summary)),
-        ("events", events_metadata(store, update)),
-    ):
-        instance.report_runless_asset_event(dg.AssetMaterialization(key, metadata=metadata))
+    events = [
+        dg.AssetMaterialization("raw_events", metadata=raw_events_metadata(store, summary)),
+        dg.AssetMaterialization("events", metadata=events_metadata(store, update)),
+    ]
+    return _report(settings, events)
 
 
-def report_close(settings: Settings, result: Closed | AlreadyClosed) -> None:
+def report_close(settings: Settings, result: Closed | AlreadyClosed) -> str | None:
     """Record a close made outside Dagster (`usagebox close --approve`) as the month's
-    `issued_invoices` materialisation."""
+    `issued_invoices` materialisation; a warning as `report_ingest`."""
     store = DeltaStore(settings.home)
-    dagster_instance(settings).report_runless_asset_event(
-        dg.AssetMaterialization(
-            "issued_invoices",
-            partition=f"{result.period}-01",
-            metadata=issued_metadata(store, result),
-        )
+    event = dg.AssetMaterialization(
+        "issued_invoices", partition=f"{result.period}-01", metadata=issued_metadata(store, result)
     )
+    return _report(settings, [event])
+
+
+def _report(settings: Settings, events: list[dg.AssetMaterialization]) -> str | None:
+    try:
+        instance = dagster_instance(settings)
+        for event in events:
+            instance.report_runless_asset_event(event)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a committed write
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"warning: not recorded in the Dagster instance ({first})"
+    return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -19,8 +19,8 @@ from usagebox_pipelines.defs.jobs import PARTITION_RANGE_START as RANGE_START
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.defs.schedules import nightly_monthly, nightly_usage
 from usagebox_pipelines.defs.sensors import affected_day_spans, inbox_sensor
-from usagebox_pipelines.runner import execute_job, run_ingest, run_month
-from usagebox_pipelines.storage import DeltaStore
+from usagebox_pipelines.runner import execute_job, run_day, run_ingest, run_month
+from usagebox_pipelines.storage import DeltaStore, DocumentStore
 
 pytestmark = pytest.mark.slow  # real Dagster runs
 
@@ -54,6 +54,8 @@ def test_nightly_schedules_target_yesterday() -> None:
     ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 3, 2, tzinfo=UTC))
     assert nightly_usage(ctx).partition_key == "2026-11-02"
     assert nightly_monthly(ctx).partition_key == "2026-11-01"
+    ops = nightly_monthly(ctx).run_config["ops"]
+    assert ops["reconciliation_assets"]["config"] == {"pdf_reports": False}
 
 
 def test_month_materialises_through_dagster(tmp_path: Path) -> None:
@@ -72,6 +74,16 @@ def test_month_materialises_through_dagster(tmp_path: Path) -> None:
     assert store.read(RATED_USAGE).filter(pl.col("line_kind") == "usage").height > 0
     # the run history is in the persistent instance `dagster dev` reads
     assert (Path(settings.local_home) / "dagster" / "dagster.yaml").exists()
+    # `run --month` renders the reconciliation PDFs; the nightly refresh rewrites the CSVs and
+    # removes the PDFs its new numbers would contradict
+    reports = DocumentStore(settings.home)
+    pdf, csv = "reconciliation/2026-10/reconciliation_2026-10.pdf", "reconciliation_2026-10.csv"
+    assert reports.exists(pdf)
+    before = reports.get(f"reconciliation/2026-10/{csv}")
+    assert all(o.success for o in run_day(settings, date(2026, 10, 2)))
+    assert not reports.exists(pdf)
+    assert not reports.exists("reconciliation/2026-10/margin_2026-10.pdf")
+    assert reports.get(f"reconciliation/2026-10/{csv}") == before  # same usage, same numbers
 
 
 def test_blocking_check_fails_the_run_when_a_table_is_tampered(tmp_path: Path) -> None:

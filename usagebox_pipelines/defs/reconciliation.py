@@ -11,6 +11,17 @@ from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.stages.reconciliation import reconcile_month
 
 
+class ReconciliationConfig(dg.Config):
+    """`pdf_reports: false` is the nightly month-to-date refresh: tables and CSVs only (the
+    month's PDFs are removed rather than left contradicting them)."""
+
+    pdf_reports: bool = True
+
+
+#: Run config of a monthly run that refreshes reconciliation without rendering its PDFs.
+NIGHTLY_RECONCILIATION = {"reconciliation_assets": {"config": {"pdf_reports": False}}}
+
+
 @dg.multi_asset(
     partitions_def=monthly,
     specs=[
@@ -32,11 +43,15 @@ from usagebox_pipelines.stages.reconciliation import reconcile_month
         ),
     ],
 )
-def reconciliation_assets(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
+def reconciliation_assets(
+    context: dg.AssetExecutionContext, usagebox: UsageboxResource, config: ReconciliationConfig
+):
     """Rebuild the month's reconciliation and cost attribution from the loaded vendor bills."""
     month = month_of(context.partition_key)
     store = usagebox.store
-    result = reconcile_month(store, usagebox.settings, month, context.run_id)
+    result = reconcile_month(
+        store, usagebox.settings, month, context.run_id, pdf_reports=config.pdf_reports
+    )
     if "skipped" in result:
         context.log.info(result["skipped"])
         meta = {"skipped": result["skipped"]}

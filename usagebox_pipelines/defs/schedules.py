@@ -9,6 +9,7 @@ from datetime import timedelta
 import dagster as dg
 
 from usagebox_pipelines.defs.jobs import daily_job, monthly_job
+from usagebox_pipelines.defs.reconciliation import NIGHTLY_RECONCILIATION
 
 
 @dg.schedule(
@@ -30,10 +31,15 @@ def nightly_usage(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def nightly_monthly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """The month-to-date partition of the month that yesterday belongs to."""
+    """The month-to-date partition of the month that yesterday belongs to (reconciliation
+    tables and CSVs, no PDF reports: those come with `run --month` and the close)."""
     day = context.scheduled_execution_time - timedelta(days=1)
     key = day.strftime("%Y-%m-01")
-    return dg.RunRequest(run_key=f"nightly-month-{day:%Y-%m-%d}", partition_key=key)
+    return dg.RunRequest(
+        run_key=f"nightly-month-{day:%Y-%m-%d}",
+        partition_key=key,
+        run_config={"ops": NIGHTLY_RECONCILIATION},
+    )
 
 
 schedules = [nightly_usage, nightly_monthly]

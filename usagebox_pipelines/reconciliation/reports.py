@@ -63,15 +63,20 @@ def render_reconciliation_reports(
     if pdf:
         ctx = reconciliation_context(recon, review=review, changes=changes, period=period)
         files["reconciliation_pdf"] = (
-            f"reconciliation_{period}.pdf",
+            report_pdf_names(period)[0],
             render_pdf(RECONCILIATION_TEMPLATE, ctx, created=created),
         )
         ctx = margin_context(attribution, margins, period=period)
         files["margin_pdf"] = (
-            f"margin_{period}.pdf",
+            report_pdf_names(period)[1],
             render_pdf(MARGIN_TEMPLATE, ctx, created=created),
         )
     return files
+
+
+def report_pdf_names(period: str) -> tuple[str, ...]:
+    """The PDF file names `render_reconciliation_reports` gives a period's reports."""
+    return (f"reconciliation_{period}.pdf", f"margin_{period}.pdf")
 
 
 def _period(recon: pl.DataFrame, attribution: pl.DataFrame) -> str:

@@ -79,9 +79,7 @@ def refresh_guardrails(
         store.scan(USAGE_HOURLY),
         store.scan(EVENTS),
         _builds(store),
-        cast(
-            datetime | None, store.scan(USAGE_HOURLY).select(pl.col("hour").min()).collect().item()
-        ),
+        _first_hour(store),
     )
     shards = _hierarchy_shards(store, month, accounts)
     known = [a for ids in shards for a in ids]

@@ -35,7 +35,10 @@ from usagebox_pipelines.reconciliation.reconcile import (
     reconcile,
     reconciliation_summary,
 )
-from usagebox_pipelines.reconciliation.reports import render_reconciliation_reports
+from usagebox_pipelines.reconciliation.reports import (
+    render_reconciliation_reports,
+    report_pdf_names,
+)
 from usagebox_pipelines.reconciliation.restatement import money_by_table, tag_lines
 from usagebox_pipelines.storage import DeltaStore, DocumentStore, writes_tables
 
@@ -107,11 +110,23 @@ def reconciliation_configured(settings: Settings) -> bool:
 
 
 @writes_tables("reconcile")
-def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: str = "cli") -> dict:
+def reconcile_month(
+    store: DeltaStore,
+    settings: Settings,
+    month: str,
+    run_id: str = "cli",
+    *,
+    pdf_reports: bool = True,
+) -> dict:
     """Rebuild `reconciliation` and `cost_attribution` for a month and write the reports.
 
     Without `vendors.yaml` in the pricebooks folder (pricing only) nothing is written and the
     result says `skipped` (SKIPPED); the monthly job does not fail on it.
+
+    `pdf_reports=False` (the nightly month-to-date refresh) writes the CSVs only and removes
+    the month's PDFs, which the new CSVs would contradict: rendering them is most of this
+    step's time, and they are made again by `run --month`, `reconcile` and the close.
+    The month's hourly rows are scanned lazily by each consumer, never held whole.
     """
     if not reconciliation_configured(settings):
         return {
@@ -123,13 +138,9 @@ def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: s
         }
     mapping = load_vendor_mapping(settings.pricebooks)
     start, end = month_bounds(month)
-    hourly = (
-        store.scan(USAGE_HOURLY)
-        .filter((pl.col("hour") >= start) & (pl.col("hour") < end))
-        .collect()
-    )
+    hourly = store.scan(USAGE_HOURLY).filter((pl.col("hour") >= start) & (pl.col("hour") < end))
     costs = store.read(VENDOR_COSTS)
-    rated = store.read(RATED_USAGE).filter(pl.col("period") == month)
+    rated = store.scan(RATED_USAGE).filter(pl.col("period") == month).collect()
     recon = reconcile(metered_daily(hourly, mapping), costs, mapping, month)
     attribution = cost_attribution(hourly, costs, rated, mapping, month)
     meta = {"run_id": run_id, "period": month}
@@ -142,6 +153,7 @@ def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: s
         attribution,
         review=review.filter(_in_month(month)),
         changes=changes,
+        pdf=pdf_reports,
         created=end,
         period=month,
     )
@@ -151,6 +163,9 @@ def reconcile_month(store: DeltaStore, settings: Settings, month: str, run_id: s
         rel = f"reconciliation/{month}/{filename}"
         documents.put(rel, data)
         reports[name] = documents.uri(rel)
+    if not pdf_reports:
+        for stale in report_pdf_names(month):
+            documents.delete(f"reconciliation/{month}/{stale}")
     lines = pl.concat(
         [
             tag_lines(frame, table.name)

@@ -55,8 +55,14 @@ def reconciliation_assets(
     if "skipped" in result:
         context.log.info(result["skipped"])
         meta = {"skipped": result["skipped"]}
-        yield dg.MaterializeResult(asset_key="reconciliation", metadata=meta)
-        yield dg.MaterializeResult(asset_key="cost_attribution", metadata=meta)
+        for key, table in (
+            ("reconciliation", RECONCILIATION),
+            ("cost_attribution", COST_ATTRIBUTION),
+        ):
+            where = pl.col("period" if table is RECONCILIATION else "month") == month
+            yield dg.MaterializeResult(
+                asset_key=key, metadata=meta | materialized(store, table, where)
+            )
         return
     meta = {
         "statuses": dg.MetadataValue.json(result["statuses"]),

@@ -105,8 +105,9 @@ def run(
 ) -> None:
     """Materialise every stage for a UTC day (default: yesterday) or a month, through Dagster.
 
-    Prints one line per run (job, partitions, ok/FAILED, failures); `--json` prints
-    `{"runs": [...]}` instead. Dagster's log stays off stdout (`--verbose`: on stderr)."""
+    Prints one line per run (job, partitions, ok/FAILED); `--json` prints `{"runs": [...]}`
+    instead. Each failure is one line on stderr; Dagster's own log stays off stdout
+    (`--verbose`: on stderr)."""
     from usagebox_pipelines.cli_progress import progress
     from usagebox_pipelines.runner import RUN_JOBS, job_steps, run_day, run_month
 
@@ -126,10 +127,11 @@ def run(
         print_json({"runs": [o.as_dict() for o in outcomes]})
     else:
         for o in outcomes:
-            state = "ok" if o.success else "FAILED"
+            state = "ok" if o.success else f"FAILED ({len(o.failures)} failure(s))"
             typer.echo(f"{o.job} {o.partitions}: {state} (run {o.run_id})")
-            for failure in o.failures:
-                typer.echo(f"  - {failure}")
+    for o in outcomes:  # one line on stderr per failure (CONTRACT §1)
+        for failure in o.failures:
+            _err(f"usagebox: {o.job} {o.partitions}: {failure}")
     if not all(o.success for o in outcomes):
         raise typer.Exit(1)
 

@@ -397,6 +397,7 @@ _PLACEHOLDERS = {
     "FILE": "{events}",
     "F": "{events}",
     "H": "{file}",
+    "data/demo": "{file}",  # the analyst examples name the demo home
     "DIR": "{root}/readme-out",
     "ACCOUNT": "acct-001",
     "INV": "UBX-2026-000001",

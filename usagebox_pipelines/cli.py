@@ -230,12 +230,10 @@ def sql(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Read-only SQL (DuckDB, confined to this home's tables) over <home>/tables."""
-    from usagebox_pipelines.sql import parse_as_of, run_sql, to_csv
+    from usagebox_pipelines.sql import run_sql, to_csv
 
     if fmt not in ("table", "csv", "json"):
         raise UsageboxError(f"--format {fmt!r}: choose table, csv or json")
-    if as_of is not None:
-        parse_as_of(as_of)  # a bad value is refused before the home is opened
     _, store = open_home(home, pricebooks)
     frame = run_sql(store, query, as_of)
     if fmt == "csv":

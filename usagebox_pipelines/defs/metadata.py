@@ -63,9 +63,7 @@ def check_spec(
     return dg.AssetCheckSpec(name, asset=asset, description=description, blocking=blocking)
 
 
-def spec(
-    key: str, table: Table, description: str, deps: list, group: str, **extra: object
-) -> dg.AssetSpec:
+def spec(key: str, table: Table, description: str, deps: list, group: str) -> dg.AssetSpec:
     """An AssetSpec for a multi-asset output: owners, kinds and the table's schema set."""
     return dg.AssetSpec(
         key,
@@ -74,7 +72,7 @@ def spec(
         kinds=KINDS,
         owners=OWNERS,
         description=description,
-        metadata=table_metadata(table) | dict(extra),
+        metadata=table_metadata(table),
     )
 
 

@@ -44,8 +44,14 @@ bench-stages: install
 	$(BIN)/python bench/ingest.py --events 1000000
 	$(BIN)/python bench/rollups.py --events 1000000
 
-dev: install
-	DAGSTER_HOME=$(abspath $(HOME_DIR))/dagster $(BIN)/dagster dev -w workspace.yaml
+# The UI on the demo home (built first when missing): the resource reads USAGEBOX_HOME, the
+# instance is the one `usagebox run/ingest/close` record into.
+$(HOME_DIR)/dagster/dagster.yaml:
+	$(MAKE) demo
+
+dev: install $(HOME_DIR)/dagster/dagster.yaml
+	USAGEBOX_HOME=$(abspath $(HOME_DIR)) DAGSTER_HOME=$(abspath $(HOME_DIR))/dagster \
+		$(BIN)/dagster dev -w workspace.yaml
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

@@ -7,6 +7,7 @@ console script; the rest call `cli_main` in-process (the same code path, faster)
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -276,26 +277,28 @@ def test_verify_fails_with_exit_1_on_a_home_without_rollups(capsys, world) -> No
 def test_run_with_a_failed_step_exits_1(capsys, world, monkeypatch) -> None:
     from usagebox_pipelines import runner
 
-    def failing(settings, day):
-        return [runner.RunOutcome("daily_job", str(day), False, "r1", ["usage_hourly"])]
+    def failing(settings, day, *_progress):
+        return [runner.RunOutcome("daily_job", str(day), False, "r1", ["usage_hourly: boom"])]
 
     monkeypatch.setattr(runner, "run_day", failing)
     code, out, err = run_in_process(
         capsys, ["run", "--date", "2026-10-01", "--home", world["home"]]
     )
     assert code == 1, err
-    assert '"success": false' in out and "Traceback" not in err
+    assert "daily_job 2026-10-01: FAILED" in out
+    assert err.splitlines() == ["usagebox: daily_job 2026-10-01: usage_hourly: boom"]
 
 
 def test_run_that_succeeds_exits_0(capsys, world, monkeypatch) -> None:
     from usagebox_pipelines import runner
 
     monkeypatch.setattr(
-        runner, "run_month", lambda s, m: [runner.RunOutcome("monthly_job", m, True, "r2")]
+        runner, "run_month", lambda s, m, *_: [runner.RunOutcome("monthly_job", m, True, "r2")]
     )
-    code, out, err = run_in_process(capsys, ["--home", world["home"], "run", "--month", "2026-10"])
+    argv = ["--home", world["home"], "run", "--month", "2026-10", "--json"]
+    code, out, err = run_in_process(capsys, argv)
     assert code == 0, err
-    assert '"success": true' in out
+    assert json.loads(out)["runs"][0]["success"] is True
 
 
 def test_close_without_events_refuses_to_issue(capsys, world, tmp_path) -> None:
@@ -394,6 +397,7 @@ _PLACEHOLDERS = {
     "FILE": "{events}",
     "F": "{events}",
     "H": "{file}",
+    "data/demo": "{file}",  # the analyst examples name the demo home
     "DIR": "{root}/readme-out",
     "ACCOUNT": "acct-001",
     "INV": "UBX-2026-000001",

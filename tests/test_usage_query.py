@@ -160,3 +160,14 @@ def test_parse_time_accepts_offsets_and_dates() -> None:
     assert parse_time("2026-10-01", "--from") == T0
     with pytest.raises(UsageboxError):
         parse_time("2026-13-01T00:00:00Z", "--from")
+
+
+def test_a_sum_never_adds_different_meters() -> None:
+    events = _events([("a", "m1", 10, 5, "chat"), ("a", "m2", 20, 7, "chat")])
+    hourly = rollup_hourly(events, T0, T0 + timedelta(hours=1)).lazy()
+    cols = parse_group_by("hour", "rollup")
+    assert cols == ["hour", "meter_id"]
+    answer = usage_query(
+        events, hourly, _builds(1), "a", T0, T0 + timedelta(hours=1), cols, "rollup"
+    )
+    assert [(g["meter_id"], g["sum"]) for g in answer["groups"]] == [("m1", "5"), ("m2", "7")]

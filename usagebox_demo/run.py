@@ -20,12 +20,12 @@ from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.months import month_bounds, shift_month
 from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
-from usagebox_pipelines.runner import RunOutcome, run_month
+from usagebox_pipelines.runner import RunOutcome, report_close, report_ingest, run_month
 from usagebox_pipelines.stages.events import update_events
 from usagebox_pipelines.stages.guardrails import raise_alerts
 from usagebox_pipelines.stages.ingest import ingest_files
 from usagebox_pipelines.stages.reconciliation import load_exports, reconcile_month
-from usagebox_pipelines.stages.results import CloseResult
+from usagebox_pipelines.stages.results import Closed, CloseResult
 from usagebox_pipelines.storage import DeltaStore, DocumentStore
 
 Say = Callable[[str], None]
@@ -43,7 +43,7 @@ def run_demo(settings: Settings, month: str, seed: int, events: int, say: Say) -
     ]
     say(f"[2/7] ingesting {len(main_files)} files")
     ingest = ingest_files(store, main_files, source="demo", progress=lambda m: say(f"      {m}"))
-    update_events(store, run_id="demo")
+    _recorded(say, report_ingest(settings, ingest, update_events(store, run_id="demo")))
     previous = shift_month(month, -1)
     say(f"[3/7] materialising {previous} (its late events) and {month} through Dagster")
     _check_runs(run_month(settings, previous) + run_month(settings, month))
@@ -52,13 +52,21 @@ def run_demo(settings: Settings, month: str, seed: int, events: int, say: Say) -
     raise_alerts(store)
     say(f"[5/7] closing {month} (approved)")
     closed = _close(store, settings, month)
+    if isinstance(closed, Closed):
+        _recorded(say, report_close(settings, closed))
     nxt = shift_month(month, 1)
     say(f"[6/7] late events arrive after the close; re-running {month} and {nxt}")
     late = ingest_files(store, list(manifest.late_files), source="demo-late")
-    update_events(store, run_id="demo-late")
+    _recorded(say, report_ingest(settings, late, update_events(store, run_id="demo-late")))
     _check_runs(run_month(settings, month) + run_month(settings, nxt))
     say(f"[7/7] next month's draft carries adjustments for {month}")
     return _report(settings, store, month, nxt, ingest, late, recon, closed)
+
+
+def _recorded(say: Callable[[str], None], warning: str | None) -> None:
+    """Ingests and the close show in the Dagster UI like the CLI's (runner.report_*)."""
+    if warning:
+        say(warning)
 
 
 def _check_runs(outcomes: list[RunOutcome]) -> None:

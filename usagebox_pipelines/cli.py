@@ -50,59 +50,88 @@ def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Dagster's log and progress lines on stderr.")
+]
+Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout (for scripts).")]
+
+
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Event files: JSONL, CSV, Parquet, .gz.")],
     source: Annotated[str | None, typer.Option(help="Label stored with the rows.")] = None,
+    verbose: Verbose = False,
     home: Home = None,
     pricebooks: Pricebooks = None,
 ) -> None:
-    """Load event files; print {"files","accepted","duplicates","conflicts","rejected","late"}."""
+    """Load event files; print {"files","accepted","duplicates","conflicts","rejected","late"}.
+
+    The output stays the contract's one JSON object (CONTRACT §1); a progress bar with the
+    rows' total and ETA shows on a terminal's stderr. The ingest is recorded in the Dagster
+    instance as materialisations of `raw_events` and `events`."""
+    from usagebox_pipelines.cli_progress import IngestProgress, estimated_rows, progress
+    from usagebox_pipelines.runner import report_ingest
     from usagebox_pipelines.stages.events import update_events
     from usagebox_pipelines.stages.ingest import ingest_files
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:  # checked before anything is written
         raise UsageboxError(f"no such file or folder: {', '.join(missing)}")
-    _, store = open_home(home, pricebooks, create=True)
+    settings, store = open_home(home, pricebooks, create=True)
+    rows = estimated_rows(paths) if sys.stderr.isatty() else None
     # One unit of work: the lease and the open tables are shared by both stages.
     with store.writer("ingest"), store.cached():
-        summary = ingest_files(store, paths, source, progress=_progress())
+        with progress("ingest", 2 * rows if rows else None, "rows × 2 passes", verbose) as bar:
+            summary = ingest_files(store, paths, source, progress=IngestProgress(bar))
         if summary.files == 0:
             raise UsageboxError("nothing could be read: " + "; ".join(summary.errors))
         for error in summary.errors:
             _err(error)
-        update_events(store, run_id="cli-ingest")
+        update = update_events(store, run_id="cli-ingest")
+    warning = report_ingest(settings, summary, update)
+    if warning:
+        _err(warning)
     print_json({k: v for k, v in summary.__dict__.items()})
-
-
-def _progress():
-    """Progress lines on stderr when a person is watching; silent in pipes and tests."""
-    if sys.stderr.isatty():
-        return lambda msg: typer.echo(f"  {msg}", err=True)
-    return None
 
 
 @app.command()
 def run(
     day: Annotated[str | None, typer.Option("--date", help="UTC day YYYY-MM-DD.")] = None,
     month: Annotated[str | None, typer.Option("--month", help="Month YYYY-MM.")] = None,
+    as_json: Json = False,
+    verbose: Verbose = False,
     home: Home = None,
     pricebooks: Pricebooks = None,
 ) -> None:
-    """Materialise every stage for a UTC day (default: yesterday) or a month, through Dagster."""
-    from usagebox_pipelines.runner import run_day, run_month
+    """Materialise every stage for a UTC day (default: yesterday) or a month, through Dagster.
+
+    Prints one line per run (job, partitions, ok/FAILED); `--json` prints `{"runs": [...]}`
+    instead. Each failure is one line on stderr; Dagster's own log stays off stdout
+    (`--verbose`: on stderr)."""
+    from usagebox_pipelines.cli_progress import progress
+    from usagebox_pipelines.runner import RUN_JOBS, job_steps, run_day, run_month
 
     if day and month:
         raise UsageboxError("give --date or --month, not both")
     period = parse_month(month) if month else None
     when = parse_day(day) if day else _yesterday()
     settings, _ = open_home(home, pricebooks)
-    if period:
-        outcomes = run_month(settings, period)
+    total = sum(job_steps(j) for j in RUN_JOBS)
+    with progress(f"run {period or when}", total, "steps", verbose) as bar:
+        step = lambda name: bar.advance(1, name)  # noqa: E731
+        if period:
+            outcomes = run_month(settings, period, verbose, step)
+        else:
+            outcomes = run_day(settings, when, verbose, step)
+    if as_json:
+        print_json({"runs": [o.as_dict() for o in outcomes]})
     else:
-        outcomes = run_day(settings, when)
-    print_json({"runs": [o.as_dict() for o in outcomes]})
+        for o in outcomes:
+            state = "ok" if o.success else f"FAILED ({len(o.failures)} failure(s))"
+            typer.echo(f"{o.job} {o.partitions}: {state} (run {o.run_id})")
+    for o in outcomes:  # one line on stderr per failure (CONTRACT §1)
+        for failure in o.failures:
+            _err(f"usagebox: {o.job} {o.partitions}: {failure}")
     if not all(o.success for o in outcomes):
         raise typer.Exit(1)
 
@@ -189,6 +218,14 @@ def verify(
 def sql(
     query: Annotated[str, typer.Argument(help="A SELECT over the tables of CONTRACT.md §3.")],
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Time travel: read every table at this Delta version (12) or as it was at "
+            "this UTC time (2026-10-15T00:00:00Z).",
+        ),
+    ] = None,
     home: Home = None,
     pricebooks: Pricebooks = None,
 ) -> None:
@@ -198,7 +235,7 @@ def sql(
     if fmt not in ("table", "csv", "json"):
         raise UsageboxError(f"--format {fmt!r}: choose table, csv or json")
     _, store = open_home(home, pricebooks)
-    frame = run_sql(store, query)
+    frame = run_sql(store, query, as_of)
     if fmt == "csv":
         typer.echo(to_csv(frame), nl=False)
     elif fmt == "json":
@@ -206,6 +243,39 @@ def sql(
     else:
         with pl.Config(tbl_rows=200, tbl_cols=50, fmt_str_lengths=80, tbl_width_chars=200):
             typer.echo(str(frame))
+
+
+@app.command()
+def maintain(
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            "--vacuum",
+            help="Also delete data files older versions no longer need (keeps every version "
+            "an issued invoice was rated from).",
+        ),
+    ] = False,
+    retention_hours: Annotated[
+        int, typer.Option("--retention-hours", help="Vacuum: keep files younger than this.")
+    ] = 168,
+    as_json: Json = False,
+    home: Home = None,
+    pricebooks: Pricebooks = None,
+) -> None:
+    """Table upkeep: catalog names, descriptions and column comments onto older tables,
+    compaction of small files, and with --vacuum removal of unreferenced files."""
+    from usagebox_pipelines.stages.maintenance import maintain as maintain_tables
+
+    if retention_hours < 0:
+        raise UsageboxError(f"--retention-hours {retention_hours}: must not be negative")
+    _, store = open_home(home, pricebooks)
+    report = maintain_tables(store, vacuum, retention_hours)
+    if as_json:
+        print_json(report)
+        return
+    for name, entry in report.items():
+        done = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in entry.items())
+        typer.echo(f"{name}: {done}")
 
 
 @app.command()

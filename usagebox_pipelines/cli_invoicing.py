@@ -72,12 +72,18 @@ def close(
     Without --approve it prints the control totals for the approver as tables (--json: the
     JSON object); an approved close prints one JSON object listing the invoices."""
     from usagebox_pipelines.stages.close import close_month
-    from usagebox_pipelines.stages.results import NeedsApproval
+    from usagebox_pipelines.stages.results import Closed, NeedsApproval
 
     period = parse_month(month)
     store, settings = _open(home, pricebooks)
     require_events(store)
     result = close_month(store, settings, period, approve=approve, run_id="cli-close", force=force)
+    if isinstance(result, Closed):  # the month's issued_invoices partition, in the Dagster UI
+        from usagebox_pipelines.runner import report_close
+
+        warning = report_close(settings, result)
+        if warning:
+            typer.echo(warning, err=True)
     if isinstance(result, NeedsApproval) and not json_out:
         typer.echo(review_text(result.to_dict()), nl=False)
     else:

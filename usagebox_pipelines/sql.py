@@ -6,11 +6,17 @@ datasets of this home's tables registered as views. Before anything runs, the st
 parsed and refused unless it is exactly one SELECT whose FROM items are those tables (or its
 own CTEs): no table functions (`read_csv`, `glob`, `query`, ...) and no setting readers.
 Decimals stay exact (Arrow decimal in, Arrow decimal out).
+
+`as_of` time-travels: every table the query names is read at that Delta version, or as it was
+at that time (`--as-of 12` / `--as-of 2026-10-15T00:00:00Z`). DuckDB's JSON functions work on
+the JSON text columns (`dimensions->>'$.feature'`, `json_extract_string(inputs, '$.spend')`).
+A result column is named as written, except `count(*)`, which is called `count`.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -51,17 +57,21 @@ def table_names(store: DeltaStore, first_only: bool = False) -> list[str]:
     return sorted(found)
 
 
-def run_sql(store: DeltaStore, query: str) -> pl.DataFrame:
-    """Run one read-only SELECT over the home's tables; anything else is refused unexecuted."""
+def run_sql(store: DeltaStore, query: str, as_of: str | None = None) -> pl.DataFrame:
+    """Run one read-only SELECT over the home's tables; anything else is refused unexecuted.
+
+    `as_of`: a Delta version number, or an RFC 3339 time / `YYYY-MM-DD` (UTC), at which every
+    table the query names is read."""
     import duckdb
 
     names = table_names(store)
     known = ", ".join(names) or "none yet"
+    point = parse_as_of(as_of) if as_of is not None else None
     con = confined_connection()
     try:
-        _check_statement(con, query, set(names), known)
-        for name in names:
-            con.register(name, store.table(TABLES[name]).to_pyarrow_dataset())
+        used = _check_statement(con, query, set(names), known)
+        for name in sorted(used):
+            con.register(name, _dataset(store, name, point, as_of))
         result = con.sql(query)
         table = result.to_arrow_table() if result is not None else None
     except duckdb.Error as exc:
@@ -74,6 +84,62 @@ def run_sql(store: DeltaStore, query: str) -> pl.DataFrame:
     return _tidy_names(pl.from_arrow(table))
 
 
+def parse_as_of(value: str) -> int | datetime:
+    """`--as-of`: a version (`12`) or a time (`2026-10-15T00:00:00Z`, `2026-10-15`; UTC)."""
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageboxError(
+            f"--as-of {value!r}: expected a Delta version (e.g. 12) or an RFC 3339 time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _dataset(store: DeltaStore, name: str, point: int | datetime | None, as_of: str | None):
+    """The table's Arrow dataset, now or at `point` (UsageboxError when it did not exist)."""
+    from deltalake.exceptions import DeltaError
+
+    table = TABLES[name]
+    if point is None:
+        return store.table(table).to_pyarrow_dataset()
+    try:
+        if isinstance(point, int):
+            dt = store.table(table, version=point)
+        else:
+            dt = store.table(table)
+            created = min(c["timestamp"] for c in dt.history()) / 1000
+            if created > point.timestamp():  # delta-rs would load version 0 silently
+                raise ValueError(f"created {datetime.fromtimestamp(created, UTC):%Y-%m-%d %H:%M}")
+            dt.load_as_version(point)
+    except (DeltaError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageboxError(f"sql: {name} has no version as of {as_of} ({first})") from None
+    return dt.to_pyarrow_dataset()
+
+
+def duckdb_connection(home: str, as_of: str | None = None):
+    """A DuckDB connection of your own with every table of `home` registered by name (Arrow
+    datasets read through deltalake, at `as_of` when given): DuckDB access that needs no
+    `delta` extension download, with any DuckDB version the project installs.
+
+    Unlike `run_sql` it is not confined: it is for a notebook or script, where the analyst can
+    read files anyway. `import usagebox_pipelines.sql as s; con = s.duckdb_connection("data/demo")`
+    then `con.sql("SELECT ... FROM usage_hourly")`.
+    """
+    import duckdb
+
+    store = DeltaStore(home)
+    point = parse_as_of(as_of) if as_of is not None else None
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    for name in table_names(store):
+        con.register(name, _dataset(store, name, point, as_of))
+    return con
+
+
 def confined_connection():
     """An in-memory DuckDB that cannot touch files, URLs or extensions, settings locked."""
     import duckdb
@@ -84,7 +150,8 @@ def confined_connection():
     return con
 
 
-def _check_statement(con, query: str, tables: set[str], known: str) -> None:
+def _check_statement(con, query: str, tables: set[str], known: str) -> set[str]:
+    """Refuse anything but one SELECT over the home's tables; the tables it names."""
     import duckdb
 
     try:
@@ -100,6 +167,7 @@ def _check_statement(con, query: str, tables: set[str], known: str) -> None:
         raise UsageboxError(f"sql: {ast.get('error_message')} (tables: {known})")
     ctes: set[str] = set()
     _collect_ctes(ast, ctes)
+    used: set[str] = set()
     for node in _walk(ast):
         kind = node.get("type")
         if kind == "TABLE_FUNCTION":
@@ -113,12 +181,19 @@ def _check_statement(con, query: str, tables: set[str], known: str) -> None:
             catalog = node.get("catalog_name") or "memory"
             if (schema, catalog) != ("main", "memory") or (name not in tables and name not in ctes):
                 raise UsageboxError(f"sql: no table {name!r} (tables: {known})")
-        if kind == "SHOW_REF" and node.get("show_type") != "SHOW_SPECIAL":
+            if name in tables:
+                used.add(name)
+        if kind == "SHOW_REF" and node.get("show_type") == "SHOW_SPECIAL":
+            used |= tables  # SHOW TABLES lists every table
+        elif kind == "SHOW_REF":
             name = node.get("table_name") or ""
             if name and name not in tables and name not in ctes:
                 raise UsageboxError(f"sql: no table {name!r} (tables: {known})")
+            if name in tables:
+                used.add(name)
         if node.get("class") == "FUNCTION" and node.get("function_name") in _REFUSED_FUNCTIONS:
             raise UsageboxError(f"sql: {node['function_name']}() is not allowed (tables: {known})")
+    return used
 
 
 def _walk(node: object):

@@ -474,6 +474,50 @@ class DeltaStore:
 
         self._retried(table, delete)
 
+    def describe(self, table: Table) -> int:
+        """Write the catalog's name, description and column comments into an existing table's
+        Delta metadata where they differ (tables created before the catalog carried them); the
+        number of metadata commits made."""
+        dt = self.table(table)
+        if dt is None:
+            return 0
+        commits = 0
+        meta = dt.metadata()
+        if meta.name != table.name:
+            dt.alter.set_table_name(table.name)
+            commits += 1
+        if meta.description != table.description:
+            dt.alter.set_table_description(table.description)
+            commits += 1
+        for column in dt.schema().fields:
+            comment = table.comments.get(column.name)
+            if comment is not None and column.metadata.get("comment") != comment:
+                dt.alter.set_column_metadata(column.name, {"comment": comment})
+                commits += 1
+        return commits
+
+    def compact(self, table: Table) -> dict[str, Any]:
+        """Rewrite small data files into large ones (one commit; old versions stay readable
+        until `vacuum`): delta-rs's optimize metrics."""
+        dt = self.table(table)
+        if dt is None:
+            return {}
+        return dict(dt.optimize.compact(commit_properties=CommitProperties({"stage": "compact"})))
+
+    def vacuum(self, table: Table, retention_hours: int, keep_versions: list[int]) -> int:
+        """Delete data files no version younger than `retention_hours` reads, except those of
+        `keep_versions` (versions stamped on issued invoices): the files removed."""
+        dt = self.table(table)
+        if dt is None:
+            return 0
+        removed = dt.vacuum(
+            retention_hours=retention_hours,
+            dry_run=False,
+            enforce_retention_duration=False,
+            keep_versions=sorted(set(keep_versions)) or None,
+        )
+        return len(removed)
+
     def drop(self, table: Table) -> None:
         """Remove a table entirely (used by rebuild tests and `reset`); local homes only."""
         import shutil

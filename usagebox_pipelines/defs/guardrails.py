@@ -13,13 +13,13 @@ import dagster as dg
 import polars as pl
 
 from usagebox_pipelines.catalog import GUARDRAIL_DECISIONS, SPEND_STATE, USAGE_ANOMALIES
+from usagebox_pipelines.defs.metadata import materialized, spec
 from usagebox_pipelines.defs.metering import usage_monthly
 from usagebox_pipelines.defs.partitions import month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.stages.guardrails import raise_alerts, refresh_guardrails
 
 GROUP = "guardrails"
-KINDS = {"deltalake", "polars"}
 _PREVIEW_ROWS = 25
 
 
@@ -27,28 +27,28 @@ _PREVIEW_ROWS = 25
     name="guardrails",
     partitions_def=monthly,
     specs=[
-        dg.AssetSpec(
+        spec(
             "usage_anomalies",
-            deps=[usage_monthly],
-            group_name=GROUP,
-            kinds=KINDS,
-            description="Token surges and spend spikes per account × model × meter × hour, "
+            USAGE_ANOMALIES,
+            "Token surges and spend spikes per account × model × meter × hour, "
             "scored against the series' own trailing baseline (median/MAD).",
+            [usage_monthly],
+            GROUP,
         ),
-        dg.AssetSpec(
+        spec(
             "spend_state",
-            deps=[usage_monthly],
-            group_name=GROUP,
-            kinds=KINDS,
-            description="Month-to-date spend per account and limit (budget over the subtree, "
+            SPEND_STATE,
+            "Month-to-date spend per account and limit (budget over the subtree, "
             "caps): headroom, thresholds crossed, burn rate, projected hard-cap time.",
+            [usage_monthly],
+            GROUP,
         ),
-        dg.AssetSpec(
+        spec(
             "guardrail_decisions",
-            deps=["spend_state", "usage_anomalies"],
-            group_name=GROUP,
-            kinds=KINDS,
-            description="Append-only trace of every guardrail state change, with its inputs.",
+            GUARDRAIL_DECISIONS,
+            "Append-only trace of every guardrail state change, with its inputs.",
+            ["spend_state", "usage_anomalies"],
+            GROUP,
         ),
     ],
 )
@@ -71,7 +71,8 @@ def guardrails(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
         metadata={
             "flagged_hours": anomalies.height,
             "anomalies": dg.MetadataValue.md(_md(anomalies, _ANOMALY_COLUMNS)),
-        },
+        }
+        | materialized(store, USAGE_ANOMALIES, where),
     )
     yield dg.MaterializeResult(
         asset_key="spend_state",
@@ -82,7 +83,8 @@ def guardrails(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
             "not_ok": dg.MetadataValue.md(
                 _md(state.filter(pl.col("status") != "ok"), _STATE_COLUMNS)
             ),
-        },
+        }
+        | materialized(store, SPEND_STATE, where),
     )
     yield dg.MaterializeResult(
         asset_key="guardrail_decisions",
@@ -92,7 +94,8 @@ def guardrails(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
             "latest": dg.MetadataValue.md(
                 _md(decisions.sort("effective_at", "seq").tail(_PREVIEW_ROWS), _DECISION_COLUMNS)
             ),
-        },
+        }
+        | materialized(store, GUARDRAIL_DECISIONS, where),
     )
 
 

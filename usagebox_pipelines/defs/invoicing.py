@@ -13,30 +13,43 @@ from datetime import datetime, timedelta
 import dagster as dg
 import polars as pl
 
+from usagebox_pipelines.catalog import INVOICES
 from usagebox_pipelines.defs.jobs import close_job
+from usagebox_pipelines.defs.metadata import (
+    KINDS,
+    OWNERS,
+    check_spec,
+    materialized,
+    table_metadata,
+)
 from usagebox_pipelines.defs.partitions import month_of, monthly
 from usagebox_pipelines.defs.pricing import rated_usage
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.stages.close import close_month
 from usagebox_pipelines.stages.drafts import refresh_drafts
-from usagebox_pipelines.stages.results import NeedsApproval
+from usagebox_pipelines.stages.results import AlreadyClosed, Closed, NeedsApproval
 from usagebox_pipelines.stages.verify import draft_lines_match_rated
+from usagebox_pipelines.storage import DeltaStore
 
 GRACE_ENV = "USAGEBOX_CLOSE_GRACE_DAYS"
 AUTO_APPROVE_ENV = "USAGEBOX_AUTO_APPROVE_CLOSE"
 DEFAULT_GRACE_DAYS = 3
-KINDS = {"deltalake", "polars"}
 
 
 @dg.asset(
     group_name="invoicing",
     kinds=KINDS,
+    owners=OWNERS,
+    metadata=table_metadata(INVOICES),
     partitions_def=monthly,
     deps=[rated_usage, dg.AssetDep("guardrail_decisions")],
     check_specs=[
-        dg.AssetCheckSpec(
-            "4_invoice_lines_equal_rated_usage", asset="draft_invoices", blocking=True
+        check_spec(
+            "4_invoice_lines_equal_rated_usage",
+            "draft_invoices",
+            "Invariant 4: the month's draft usage lines equal its rated usage, plus "
+            "adjustment lines for months closed earlier.",
         )
     ],
 )
@@ -55,7 +68,8 @@ def draft_invoices(
             "lines": lines.height,
             "adjustment_lines": adjustments.height,
             "totals": dg.MetadataValue.json(_totals(invoices)),
-        },
+        }
+        | materialized(store, INVOICES, _of(month, "draft")),
         check_results=[
             dg.AssetCheckResult(
                 check_name=check.name,
@@ -68,6 +82,10 @@ def draft_invoices(
             )
         ],
     )
+
+
+def _of(month: str, status: str) -> pl.Expr:
+    return (pl.col("period") == month) & (pl.col("status") == status)
 
 
 def _totals(invoices: pl.DataFrame) -> dict[str, str]:
@@ -88,7 +106,14 @@ def auto_approve() -> bool:
     return os.environ.get(AUTO_APPROVE_ENV, "") == "1"
 
 
-@dg.asset(group_name="close", kinds=KINDS, partitions_def=monthly, deps=[draft_invoices])
+@dg.asset(
+    group_name="close",
+    kinds=KINDS,
+    owners=OWNERS,
+    metadata=table_metadata(INVOICES),
+    partitions_def=monthly,
+    deps=[draft_invoices],
+)
 def issued_invoices(
     context: dg.AssetExecutionContext, config: CloseConfig, usagebox: UsageboxResource
 ) -> dg.MaterializeResult:
@@ -113,14 +138,18 @@ def issued_invoices(
             metadata={"control_totals": dg.MetadataValue.json(result.control_totals)},
         )
     context.log.info(f"{month}: {result.status} with {len(result.invoices)} document(s)")
-    return dg.MaterializeResult(
-        metadata={
-            "status": result.status,
-            "documents": len(result.invoices),
-            "numbers": dg.MetadataValue.json([i["invoice_number"] for i in result.invoices]),
-            "events_table_version": result.events_table_version,
-        }
-    )
+    return dg.MaterializeResult(metadata=issued_metadata(usagebox.store, result))
+
+
+def issued_metadata(store: DeltaStore, result: Closed | AlreadyClosed) -> dict[str, object]:
+    """What an `issued_invoices` materialisation records, whether the close job ran it or
+    `usagebox close --approve` reported it (runner.report_close)."""
+    return {
+        "status": result.status,
+        "documents": len(result.invoices),
+        "numbers": dg.MetadataValue.json([i["invoice_number"] for i in result.invoices]),
+        "events_table_version": result.events_table_version,
+    } | materialized(store, INVOICES, _of(result.period, "issued"))
 
 
 def grace_days() -> int:
@@ -140,7 +169,13 @@ def month_to_close(now: datetime, grace: int) -> str | None:
     return (first_of_month - timedelta(days=1)).strftime("%Y-%m")
 
 
-@dg.schedule(job=close_job, cron_schedule="0 6 * * *", execution_timezone="UTC")
+# Off until someone turns it on: it issues numbered invoices (with approval from config or env).
+@dg.schedule(
+    job=close_job,
+    cron_schedule="0 6 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+)
 def month_close(context: dg.ScheduleEvaluationContext):
     """Daily: request the previous month's close once the grace days are over; the run key is
     per month, so each month is requested once (approval still comes from config or env)."""

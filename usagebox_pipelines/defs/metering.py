@@ -8,14 +8,28 @@ import dagster as dg
 import polars as pl
 
 from usagebox_pipelines import invariants as inv
-from usagebox_pipelines.catalog import USAGE_HOURLY, USAGE_MONTHLY
+from usagebox_pipelines.catalog import EVENTS, RAW_EVENTS, USAGE_HOURLY, USAGE_MONTHLY
 from usagebox_pipelines.defs.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START
+from usagebox_pipelines.defs.metadata import (
+    KINDS,
+    OWNERS,
+    check_spec,
+    materialized,
+    per_partition,
+    table_metadata,
+)
 from usagebox_pipelines.defs.partitions import daily, month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
-from usagebox_pipelines.stages.events import FIRST_HOUR, events_frame, update_events
-from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.events import (
+    FIRST_HOUR,
+    EventsUpdate,
+    events_frame,
+    update_events,
+)
+from usagebox_pipelines.stages.ingest import IngestSummary, ingest_files
 from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
 from usagebox_pipelines.stages.verify import verify_ingest
+from usagebox_pipelines.storage import DeltaStore
 
 
 class IngestConfig(dg.Config):
@@ -41,8 +55,17 @@ def _check(result: inv.InvariantResult) -> dg.AssetCheckResult:
 
 @dg.asset(
     group_name="metering",
-    kinds={"deltalake", "polars"},
-    check_specs=[dg.AssetCheckSpec("1_ingest_rows_reconcile", asset="raw_events", blocking=True)],
+    kinds=KINDS,
+    owners=OWNERS,
+    metadata=table_metadata(RAW_EVENTS),
+    check_specs=[
+        check_spec(
+            "1_ingest_rows_reconcile",
+            "raw_events",
+            "Invariant 1: per ingest batch, input rows = accepted + duplicates + conflicts + "
+            "quarantined (nothing is lost).",
+        )
+    ],
 )
 def raw_events(
     context: dg.AssetExecutionContext, config: IngestConfig, usagebox: UsageboxResource
@@ -55,19 +78,47 @@ def raw_events(
     store = usagebox.store
     check = verify_ingest(store)
     return dg.MaterializeResult(
-        metadata={k: v for k, v in summary.__dict__.items() if k != "errors"}
-        | {"errors": dg.MetadataValue.json(summary.errors)},
-        check_results=[_check(check)],
+        metadata=raw_events_metadata(store, summary), check_results=[_check(check)]
     )
+
+
+def raw_events_metadata(store: DeltaStore, summary: IngestSummary) -> dict[str, object]:
+    """What a `raw_events` materialisation records: the ingest summary and the table's size;
+    the same whether the asset ran or `usagebox ingest` reported it (runner.report_ingest)."""
+    counts = {k: v for k, v in summary.__dict__.items() if k != "errors"}
+    return (
+        counts | {"errors": dg.MetadataValue.json(summary.errors)} | materialized(store, RAW_EVENTS)
+    )
+
+
+def events_metadata(store: DeltaStore, update: EventsUpdate) -> dict[str, object]:
+    """What an `events` materialisation records (asset run or `usagebox ingest`)."""
+    return {
+        "new_batches": len(update.batches),
+        "days_rewritten": [d.isoformat() for d in update.days],
+        "affected_hours": dg.MetadataValue.json([h.isoformat() for h in update.hours]),
+    } | materialized(store, EVENTS)
 
 
 @dg.asset(
     group_name="metering",
-    kinds={"deltalake", "polars"},
+    kinds=KINDS,
+    owners=OWNERS,
+    metadata=table_metadata(EVENTS),
     deps=[raw_events],
     check_specs=[
-        dg.AssetCheckSpec("2_events_unique", asset="events", blocking=True),
-        dg.AssetCheckSpec("events_inside_partitions", asset="events", blocking=True),
+        check_spec(
+            "2_events_unique",
+            "events",
+            "Invariant 2: no (account_id, event_id) of the days this run wrote or covers "
+            "appears twice in `events` (`usagebox verify` checks all of history).",
+        ),
+        check_spec(
+            "events_inside_partitions",
+            "events",
+            "Every event counts in an hour at or after the first accepted hour "
+            "(USAGEBOX_MIN_EVENT_TIME), so no usage falls outside the partitions.",
+        ),
     ],
 )
 def events(context: dg.AssetExecutionContext, usagebox: UsageboxResource) -> dg.MaterializeResult:
@@ -77,11 +128,7 @@ def events(context: dg.AssetExecutionContext, usagebox: UsageboxResource) -> dg.
     frame = events_frame(store)
     days = sorted(set(update.days) | set(_run_days(context.run.tags)))
     return dg.MaterializeResult(
-        metadata={
-            "new_batches": len(update.batches),
-            "days_rewritten": [d.isoformat() for d in update.days],
-            "affected_hours": dg.MetadataValue.json([h.isoformat() for h in update.hours]),
-        },
+        metadata=events_metadata(store, update),
         check_results=[
             _check(_days_events_unique(frame, days)),
             _check(inv.events_inside_partitions(frame, FIRST_HOUR)),
@@ -111,12 +158,21 @@ def _days_events_unique(frame: pl.LazyFrame, days: list[date]) -> inv.InvariantR
 
 @dg.asset(
     group_name="metering",
-    kinds={"deltalake", "polars"},
+    kinds=KINDS,
+    owners=OWNERS,
+    metadata=table_metadata(USAGE_HOURLY),
     partitions_def=daily,
     deps=[events],
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="usage_hourly",  # caps the day-by-day fan-out (`dagster instance concurrency set`)
-    check_specs=[dg.AssetCheckSpec("3_hourly_equals_events", asset="usage_hourly", blocking=True)],
+    check_specs=[
+        check_spec(
+            "3_hourly_equals_events",
+            "usage_hourly",
+            "Invariant 3: for every account, meter and hour of the run's days, the sum of "
+            "`events` equals `usage_hourly`.",
+        )
+    ],
 )
 def usage_hourly(
     context: dg.AssetExecutionContext, usagebox: UsageboxResource
@@ -132,19 +188,31 @@ def usage_hourly(
         window.start,
         window.end,
     )
+    days = {}
+    for key in context.partition_keys:  # each day's own rows and window, not the run's
+        start = daily.time_window_for_partition_key(key).start
+        hours = pl.col("hour").is_between(start, start + timedelta(days=1), closed="left")
+        days[key] = materialized(store, USAGE_HOURLY, hours) | {"from": start.isoformat()}
+    per_partition(context, days, "usage_hourly")
     return dg.MaterializeResult(
-        metadata={"rows": rows, "from": window.start.isoformat(), "to": window.end.isoformat()},
+        metadata={"rows_written_by_run": rows, "run_to": window.end.isoformat()},
         check_results=[_check(result)],
     )
 
 
 @dg.asset(
     group_name="metering",
-    kinds={"deltalake", "polars"},
+    kinds=KINDS,
+    owners=OWNERS,
+    metadata=table_metadata(USAGE_MONTHLY),
     partitions_def=monthly,
     deps=[dg.AssetDep(usage_hourly, partition_mapping=dg.TimeWindowPartitionMapping())],
     check_specs=[
-        dg.AssetCheckSpec("3_monthly_equals_hourly", asset="usage_monthly", blocking=True)
+        check_spec(
+            "3_monthly_equals_hourly",
+            "usage_monthly",
+            "Invariant 3 for months: the month's `usage_monthly` equals the sum of its hours.",
+        )
     ],
 )
 def usage_monthly(
@@ -153,14 +221,15 @@ def usage_monthly(
     """Account × meter × model × product × unit × month, summed from the month's hours."""
     month = month_of(context.partition_key)
     store = usagebox.store
-    rows = build_usage_monthly(store, month, context.run_id)
+    build_usage_monthly(store, month, context.run_id)
     result = inv.monthly_matches_hourly(
         store.scan(USAGE_HOURLY),
         store.scan(USAGE_MONTHLY),
         [month],
     )
     return dg.MaterializeResult(
-        metadata={"rows": rows, "month": month}, check_results=[_check(result)]
+        metadata={"month": month} | materialized(store, USAGE_MONTHLY, pl.col("month") == month),
+        check_results=[_check(result)],
     )
 
 

@@ -1,21 +1,64 @@
-"""UTC daily and monthly partitions, starting at the first hour the pipeline accepts.
+"""UTC daily and monthly partitions, starting at the first month this home has usage for.
 
-That hour is `USAGEBOX_MIN_EVENT_TIME` (events/window.py): ingest quarantines earlier events, so
-no accepted event falls outside the partitions. `usage_hourly` keeps its hourly grain in the
-table but is partitioned by UTC day in Dagster: a month is 31 partitions, not 744, so planning
-and materialization events stay a handful per run (issue 13). The monthly definition starts on
-the first day of that hour's month.
+The start is decided once, when the code location loads (`partition_start`):
+`USAGEBOX_PARTITION_START` (`YYYY-MM` or `YYYY-MM-DD`, truncated to its month) if set; else the
+month of the earliest `events` partition of `$USAGEBOX_HOME`; else, for an empty or unset home,
+the month of the first accepted event hour (`USAGEBOX_MIN_EVENT_TIME`, events/window.py), so
+every event ingest can accept has a partition. A home therefore shows its own months, not every
+month since 2024. Events older than the start that arrive later get their partitions when the
+code location is reloaded (every `dagster dev` start, or "Reload" in the UI).
+
+`usage_hourly` keeps its hourly grain in the table but is partitioned by UTC day in Dagster: a
+month is 31 partitions, not 744 (issue 13).
 """
+
+import os
+from datetime import UTC, datetime
 
 import dagster as dg
 
+from usagebox_pipelines.catalog import EVENTS
+from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.stages.events import FIRST_HOUR
+from usagebox_pipelines.storage import DeltaStore
 
+START_ENV = "USAGEBOX_PARTITION_START"
+HOME_ENV = "USAGEBOX_HOME"
+
+
+def partition_start() -> datetime:
+    """First day (UTC) of the first daily and monthly partition (see the module docstring)."""
+    text = os.environ.get(START_ENV, "").strip()
+    if text:
+        try:
+            day = datetime.strptime(text[:7], "%Y-%m")
+        except ValueError:
+            raise UsageboxError(f"{START_ENV}={text!r}: expected YYYY-MM or YYYY-MM-DD") from None
+        return day.replace(tzinfo=UTC)
+    home = os.environ.get(HOME_ENV, "").strip()
+    first = _first_event_day(home) if home else None
+    start = first or FIRST_HOUR
+    return start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _first_event_day(home: str) -> datetime | None:
+    """The earliest `event_date` partition of the home's `events` (Delta log only, no data)."""
+    files = DeltaStore(home).files(EVENTS)
+    column = "partition.event_date"
+    if files.is_empty() or column not in files.columns:
+        return None
+    first = files[column].min()
+    if first is None:
+        return None
+    return datetime.fromisoformat(str(first)[:10]).replace(tzinfo=UTC)
+
+
+START = partition_start()
 daily = dg.DailyPartitionsDefinition(
-    start_date=FIRST_HOUR.strftime("%Y-%m-%d"), timezone="UTC", end_offset=1
+    start_date=START.strftime("%Y-%m-%d"), timezone="UTC", end_offset=1
 )
 monthly = dg.MonthlyPartitionsDefinition(
-    start_date=FIRST_HOUR.strftime("%Y-%m-01"), timezone="UTC", end_offset=1
+    start_date=START.strftime("%Y-%m-01"), timezone="UTC", end_offset=1
 )
 
 

@@ -1,7 +1,16 @@
 """Pricing asset: `rated_usage` (with `unrated_usage` and the credit ledger) per month."""
 
 import dagster as dg
+import polars as pl
 
+from usagebox_pipelines.catalog import RATED_USAGE
+from usagebox_pipelines.defs.metadata import (
+    KINDS,
+    OWNERS,
+    check_spec,
+    materialized,
+    table_metadata,
+)
 from usagebox_pipelines.defs.metering import usage_hourly, usage_monthly
 from usagebox_pipelines.defs.partitions import month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
@@ -10,7 +19,9 @@ from usagebox_pipelines.stages.rating import build_rated_usage
 
 @dg.asset(
     group_name="pricing",
-    kinds={"deltalake", "polars"},
+    kinds=KINDS,
+    owners=OWNERS,
+    metadata=table_metadata(RATED_USAGE),
     partitions_def=monthly,
     deps=[
         usage_monthly,
@@ -18,7 +29,13 @@ from usagebox_pipelines.stages.rating import build_rated_usage
     ],
     check_specs=[
         # Not blocking: drafts still refresh; `usagebox close` refuses while any exists.
-        dg.AssetCheckSpec("no_unrated_usage", asset="rated_usage", blocking=False)
+        check_spec(
+            "no_unrated_usage",
+            "rated_usage",
+            "Every unit of the month's usage matched a rate; unmatched usage is listed in "
+            "`unrated_usage` and blocks `usagebox close` (never billed as free).",
+            blocking=False,
+        )
     ],
 )
 def rated_usage(
@@ -31,10 +48,10 @@ def rated_usage(
     unrated = rated.unrated
     return dg.MaterializeResult(
         metadata={
-            "rows": rated.rows,
             "price_versions": sorted(rated.price_versions),
             "unrated_rows": unrated.height,
-        },
+        }
+        | materialized(usagebox.store, RATED_USAGE, pl.col("period") == month),
         check_results=[
             dg.AssetCheckResult(
                 check_name="no_unrated_usage",

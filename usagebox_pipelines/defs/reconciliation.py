@@ -1,7 +1,10 @@
 """Reconciliation assets: vendor bills vs metered usage, and cost attribution with margin."""
 
 import dagster as dg
+import polars as pl
 
+from usagebox_pipelines.catalog import COST_ATTRIBUTION, RECONCILIATION
+from usagebox_pipelines.defs.metadata import materialized, spec
 from usagebox_pipelines.defs.partitions import month_of, monthly
 from usagebox_pipelines.defs.pricing import rated_usage
 from usagebox_pipelines.defs.resources import UsageboxResource
@@ -20,22 +23,23 @@ NIGHTLY_RECONCILIATION = {"reconciliation_assets": {"config": {"pdf_reports": Fa
 
 
 @dg.multi_asset(
-    group_name="reconciliation",
     partitions_def=monthly,
     specs=[
         # after rated_usage (and so after the month's usage_hourly): the metered side and the
         # revenue of cost attribution read them, and must not be the previous run's
-        dg.AssetSpec(
+        spec(
             "reconciliation",
-            deps=[rated_usage],
-            kinds={"deltalake", "polars"},
-            description="Vendor × UTC day × model × meter: metered vs billed, status.",
+            RECONCILIATION,
+            "Vendor × UTC day × model × meter: metered vs billed, status.",
+            [rated_usage],
+            "reconciliation",
         ),
-        dg.AssetSpec(
+        spec(
             "cost_attribution",
-            deps=[rated_usage],
-            kinds={"deltalake", "polars"},
-            description="Account × model × month: revenue, allocated cost, margin.",
+            COST_ATTRIBUTION,
+            "Account × model × month: revenue, allocated cost, margin.",
+            [rated_usage],
+            "reconciliation",
         ),
     ],
 )
@@ -43,24 +47,33 @@ def reconciliation_assets(
     context: dg.AssetExecutionContext, usagebox: UsageboxResource, config: ReconciliationConfig
 ):
     """Rebuild the month's reconciliation and cost attribution from the loaded vendor bills."""
+    month = month_of(context.partition_key)
+    store = usagebox.store
     result = reconcile_month(
-        usagebox.store,
-        usagebox.settings,
-        month_of(context.partition_key),
-        context.run_id,
-        pdf_reports=config.pdf_reports,
+        store, usagebox.settings, month, context.run_id, pdf_reports=config.pdf_reports
     )
     if "skipped" in result:
         context.log.info(result["skipped"])
         meta = {"skipped": result["skipped"]}
-        yield dg.MaterializeResult(asset_key="reconciliation", metadata=meta)
-        yield dg.MaterializeResult(asset_key="cost_attribution", metadata=meta)
+        for key, table in (
+            ("reconciliation", RECONCILIATION),
+            ("cost_attribution", COST_ATTRIBUTION),
+        ):
+            where = pl.col("period" if table is RECONCILIATION else "month") == month
+            yield dg.MaterializeResult(
+                asset_key=key, metadata=meta | materialized(store, table, where)
+            )
         return
     meta = {
         "statuses": dg.MetadataValue.json(result["statuses"]),
         "reports": dg.MetadataValue.json(result["reports"]),
     }
-    yield dg.MaterializeResult(asset_key="reconciliation", metadata=meta)
     yield dg.MaterializeResult(
-        asset_key="cost_attribution", metadata={"summary": dg.MetadataValue.json(result["summary"])}
+        asset_key="reconciliation",
+        metadata=meta | materialized(store, RECONCILIATION, pl.col("period") == month),
+    )
+    yield dg.MaterializeResult(
+        asset_key="cost_attribution",
+        metadata={"summary": dg.MetadataValue.json(result["summary"])}
+        | materialized(store, COST_ATTRIBUTION, pl.col("month") == month),
     )

@@ -9,7 +9,8 @@ from usagebox_pipelines.storage import DeltaStore
 
 
 class UsageboxResource(dg.ConfigurableResource):
-    """`home` (local path or s3:// URI) and `pricebooks` folder; empty means env/defaults."""
+    """`home` (local path or s3:// URI; `EnvVar("USAGEBOX_HOME")` in the code location) and
+    `pricebooks` folder; empty means env/defaults."""
 
     home: str = ""
     pricebooks: str = ""

@@ -10,7 +10,10 @@ from usagebox_pipelines.defs.metering import inbox_files
 from usagebox_pipelines.defs.resources import UsageboxResource
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=30)
+# On by default: a file dropped in the inbox is the ingest interface of a deployment.
+@dg.sensor(
+    job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING
+)
 def inbox_sensor(context: dg.SensorEvaluationContext, usagebox: UsageboxResource):
     """Ingest files that appeared (or changed) in `<home>/inbox` since the last tick."""
     seen = json.loads(context.cursor) if context.cursor else {}
@@ -50,6 +53,8 @@ def affected_day_spans(hours: list[str]) -> list[tuple[str, str]]:
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitored_jobs=[ingest_job],
     request_jobs=[daily_job, monthly_job],
+    # on with the inbox sensor: without it ingested events would wait for the nightly runs
+    default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def rebuild_touched_days(context: dg.RunStatusSensorContext):
     """After an ingest run, rebuild exactly the days (and their months) the new events touch."""

@@ -41,8 +41,13 @@ def parse_time(value: str, option: str) -> datetime:
 
 
 def parse_group_by(value: str | None, source: str) -> list[str]:
-    """Validate group-by columns: rollup columns, hour/day/month, `dimensions.<key>`."""
+    """Validate group-by columns: rollup columns, hour/day/month, `dimensions.<key>`.
+
+    `meter_id` is always one of them (added last when not named): a meter has one unit, so a
+    group's `sum` never adds tokens to GPU seconds or tool calls."""
     cols = [c.strip() for c in (value or "meter_id").split(",") if c.strip()]
+    if "meter_id" not in cols:
+        cols.append("meter_id")
     allowed = ROLLUP_COLUMNS + list(TIME_COLUMNS) + (RAW_ONLY_COLUMNS if source == "raw" else [])
     for col in cols:
         if col.startswith("dimensions.") and len(col) > len("dimensions."):

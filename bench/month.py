@@ -298,8 +298,10 @@ def _commands(args: argparse.Namespace, work: Path, manifest: dict) -> list[Meas
     n = manifest["events"]["rows"]
     cmds = [
         Measured("ingest", [*ub, "ingest", str(work / "input/events.parquet"), *opts], events=n),
-        Measured(f"run {prev}", [*ub, "run", "--month", prev, *opts]),
-        Measured(f"run {args.month}", [*ub, "run", "--month", args.month, *opts], events=n),
+        Measured(f"run {prev}", [*ub, "run", "--month", prev, "--json", *opts]),
+        Measured(
+            f"run {args.month}", [*ub, "run", "--month", args.month, "--json", *opts], events=n
+        ),
     ]
     if not args.skip_close:
         cmds += [  # the earlier month first, as a user must (close refuses out of order)
@@ -318,7 +320,7 @@ def _commands(args: argparse.Namespace, work: Path, manifest: dict) -> list[Meas
             ),  # fmt: skip
             Measured(
                 f"nightly run {night['date']}",
-                [*ub, "run", "--date", night["date"], *opts],
+                [*ub, "run", "--date", night["date"], "--json", *opts],
                 events=k,
             ),  # fmt: skip
         ]

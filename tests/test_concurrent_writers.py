@@ -119,7 +119,7 @@ def test_ingest_during_run_month_is_safe(tmp_path: Path) -> None:
     first = _events_file(tmp_path / "a.jsonl", "a", rows=5_000)
     assert _finish(_usagebox("ingest", str(first), "--home", str(home)))[0] == 0
     late = _events_file(tmp_path / "b.jsonl", "b", rows=5_000)
-    run = _usagebox("run", "--month", "2026-10", "--home", str(home))
+    run = _usagebox("run", "--month", "2026-10", "--json", "--home", str(home))
     time.sleep(1.0)  # the run has taken the lease (Dagster start-up alone takes longer)
     ingest = _usagebox("ingest", str(late), "--home", str(home))
     run_code, _, run_err = _finish(run, timeout=600)
@@ -129,7 +129,9 @@ def test_ingest_during_run_month_is_safe(tmp_path: Path) -> None:
     store = DeltaStore(str(home))
     assert events_frame(store).select(pl.len()).collect().item() == 10_000
     # the second run picks up what arrived during the first: hourly = events again
-    assert _finish(_usagebox("run", "--month", "2026-10", "--home", str(home)), 600)[0] == 0
+    assert (
+        _finish(_usagebox("run", "--month", "2026-10", "--json", "--home", str(home)), 600)[0] == 0
+    )
     results = {r.name: r for r in verify(store)}
     for name in ("1_ingest_rows_reconcile", "2_events_unique", "3_hourly_equals_events"):
         assert results[name].passed, results[name].as_dict()

@@ -126,4 +126,9 @@ def test_ingest_peak_memory_does_not_grow_with_the_file(peaks: dict[str, int]) -
 
 
 def test_run_month_peak_memory_does_not_grow_with_the_month(peaks: dict[str, int]) -> None:
-    _assert_flat(peaks, "run")
+    """Twice the budget, as for ingest: the working memory around each account shard
+    (Polars' buffers, the writer, Dagster's events) also grows with the largest account, and
+    a run measures 42-56 MiB of growth against the 51 MiB budget, too close to hold on a
+    loaded CI machine. A step that holds the month grows by 180 MiB here (before issue 13's
+    row groups and per-day commits), which this fails on."""
+    _assert_flat(peaks, "run", factor=2)

@@ -21,12 +21,13 @@ import io
 import threading
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-import matplotlib
 from markupsafe import Markup
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+if TYPE_CHECKING:  # matplotlib is imported where a chart is drawn: it costs ~1.5 s to load
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 POSITIVE = "#2f5d8a"
 NEGATIVE = "#b5534a"
@@ -71,6 +72,9 @@ def bar_chart(
     limit = _limit(values, span, clip)
     signed = any(v < 0 for v in values)
     height = max(row_mm * len(items) + 16, 30)
+    import matplotlib
+    from matplotlib.figure import Figure
+
     with _LOCK, matplotlib.rc_context(_STYLE):
         fig = Figure(figsize=(width_mm * _MM, height * _MM))
         ax = fig.subplots()
@@ -99,6 +103,8 @@ def _draw(
     signed: bool,
     value_format: Callable[[Decimal], str],
 ) -> None:
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     edge = float(limit)
     rows = range(len(items))
     shown = [max(-edge, min(edge, float(v))) for v in values]

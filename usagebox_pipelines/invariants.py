@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import cast
 
@@ -21,6 +21,7 @@ from usagebox_pipelines.decimals import decimal_text, to_decimal
 from usagebox_pipelines.invoicing.adjustments import billed_for_period
 from usagebox_pipelines.invoicing.numbering import parse_number
 from usagebox_pipelines.invoicing.stamps import json_or_none
+from usagebox_pipelines.months import utc_days
 from usagebox_pipelines.schemas import conform
 
 SAMPLE = 5
@@ -185,7 +186,8 @@ def hourly_matches_events(
     if start is None or end is None:
         diff = _hourly_diff(events, hourly, start, end)
     else:
-        diff = pl.concat([_hourly_diff(events, hourly, a, b) for a, b in _utc_days(start, end)])
+        days = list(utc_days(start, end)) or [(start, end)]
+        diff = pl.concat([_hourly_diff(events, hourly, a, b) for a, b in days])
     return InvariantResult(
         "3_hourly_equals_events",
         diff.height == 0,
@@ -203,15 +205,6 @@ def _hourly_diff(
     ev = ev.group_by(keys).agg(events_sum=pl.col("quantity").sum())
     hr = _window(hourly, "hour", start, end).group_by(keys).agg(hourly_sum=pl.col("sum").sum())
     return _mismatch(ev, hr, keys, "events_sum", "hourly_sum")
-
-
-def _utc_days(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
-    """[start, end) cut at UTC midnights."""
-    cuts = [start]
-    midnight = datetime.combine(start.astimezone(UTC).date(), time(), UTC)
-    while (midnight := midnight + timedelta(days=1)) < end:
-        cuts.append(midnight)
-    return list(zip(cuts, [*cuts[1:], end], strict=True))
 
 
 def monthly_matches_hourly(

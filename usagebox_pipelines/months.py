@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, time, timedelta
 
 from usagebox_pipelines.errors import UsageboxError
 
@@ -30,3 +31,12 @@ def shift_month(month: str, delta: int) -> str:
     start, _ = month_bounds(month)
     index = start.year * 12 + start.month - 1 + delta
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+def utc_days(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
+    """[start, end) cut at UTC midnights (nothing when the window is empty)."""
+    cursor = start
+    while cursor < end:
+        midnight = datetime.combine(cursor.astimezone(UTC).date(), time(), UTC) + timedelta(days=1)
+        yield cursor, min(midnight, end)
+        cursor = min(midnight, end)

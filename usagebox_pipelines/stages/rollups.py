@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -12,6 +11,7 @@ from usagebox_pipelines.catalog import (
     USAGE_HOURLY,
     USAGE_MONTHLY,
 )
+from usagebox_pipelines.months import utc_days
 from usagebox_pipelines.rollups.aggregate import rollup_hourly, rollup_monthly
 from usagebox_pipelines.shards import SHARD_ROWS
 from usagebox_pipelines.stages.events import (
@@ -39,7 +39,7 @@ def build_usage_hourly(
     built = 0
     pending: list[pl.DataFrame] = []
     since = start
-    for day_start, day_end in _days(start, end):
+    for day_start, day_end in utc_days(start, end):
         pending.append(rollup_hourly(events, day_start, day_end))
         if day_end == end or sum(f.height for f in pending) >= SHARD_ROWS:
             rows = pl.concat(pending)
@@ -65,15 +65,6 @@ def _commit_hours(
         built_at=pl.lit(datetime.now(UTC)), run_id=pl.lit(run_id)
     )
     store.replace_partition(HOUR_BUILDS, builds, hour=slice(start, end))
-
-
-def _days(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
-    """[start, end) cut at UTC midnights."""
-    cursor = start
-    while cursor < end:
-        midnight = datetime.combine(cursor.date(), time(), UTC) + timedelta(days=1)
-        yield cursor, min(midnight, end)
-        cursor = min(midnight, end)
 
 
 @writes_tables("usage_monthly")

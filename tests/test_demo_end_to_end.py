@@ -30,3 +30,9 @@ def test_small_demo_runs_every_stage_and_verifies(tmp_path: Path) -> None:
     )
     assert verify_invoice(store, settings, first["invoice_number"]).reproduced
     assert (settings.documents_dir / first["pdf_path"]).exists()
+    # the close renders the month's reconciliation PDFs with its invoices; the next month,
+    # open, has its CSVs only
+    reports = settings.documents_dir / "reconciliation"
+    assert (reports / "2026-10" / "reconciliation_2026-10.pdf").exists()
+    assert (reports / "2026-10" / "margin_2026-10.pdf").exists()
+    assert not list((reports / "2026-11").glob("*.pdf"))

@@ -300,7 +300,10 @@ def reconcile(
     for warning in loaded["warnings"]:
         typer.echo(f"warning: {warning}", err=True)
     months = [period] if period else loaded["months"]
-    results = [reconcile_month(store, settings, m) | {"status": loaded["status"]} for m in months]
+    results = [
+        reconcile_month(store, settings, m, pdf_reports=True) | {"status": loaded["status"]}
+        for m in months
+    ]
     print_json({"loaded": loaded, "months": results})
 
 

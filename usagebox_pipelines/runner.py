@@ -22,10 +22,8 @@ from functools import cache
 import dagster as dg
 
 from usagebox_pipelines.config import Settings
-from usagebox_pipelines.defs.invoicing import issued_metadata
 from usagebox_pipelines.defs.jobs import day_range_tags
-from usagebox_pipelines.defs.metering import events_metadata, raw_events_metadata
-from usagebox_pipelines.defs.reconciliation import NIGHTLY_RECONCILIATION
+from usagebox_pipelines.defs.metadata import events_metadata, issued_metadata, raw_events_metadata
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.stages.events import EventsUpdate
 from usagebox_pipelines.stages.ingest import IngestSummary
@@ -164,18 +162,12 @@ def run_day(
     settings: Settings, day: date, verbose: bool = False, on_step: StepCallback | None = None
 ) -> list[RunOutcome]:
     """Yesterday-style run: the day's partition (24 hours), then its month to date (like the
-    schedules: reconciliation without its PDF reports)."""
+    schedules)."""
     opts = {"instance": dagster_instance(settings), "verbose": verbose, "on_step": on_step}
     hours = execute_job(settings, "daily_job", partition_key=day.strftime("%Y-%m-%d"), **opts)
     if not hours.success:
         return [hours]
-    month = execute_job(
-        settings,
-        "monthly_job",
-        partition_key=day.strftime("%Y-%m-01"),
-        ops_config=NIGHTLY_RECONCILIATION,
-        **opts,
-    )
+    month = execute_job(settings, "monthly_job", partition_key=day.strftime("%Y-%m-01"), **opts)
     return [hours, month]
 
 

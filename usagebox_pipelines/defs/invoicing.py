@@ -19,6 +19,7 @@ from usagebox_pipelines.defs.metadata import (
     KINDS,
     OWNERS,
     check_spec,
+    issued_metadata,
     materialized,
     table_metadata,
 )
@@ -28,9 +29,8 @@ from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.stages.close import close_month
 from usagebox_pipelines.stages.drafts import refresh_drafts
-from usagebox_pipelines.stages.results import AlreadyClosed, Closed, NeedsApproval
+from usagebox_pipelines.stages.results import NeedsApproval
 from usagebox_pipelines.stages.verify import draft_lines_match_rated
-from usagebox_pipelines.storage import DeltaStore
 
 GRACE_ENV = "USAGEBOX_CLOSE_GRACE_DAYS"
 AUTO_APPROVE_ENV = "USAGEBOX_AUTO_APPROVE_CLOSE"
@@ -139,17 +139,6 @@ def issued_invoices(
         )
     context.log.info(f"{month}: {result.status} with {len(result.invoices)} document(s)")
     return dg.MaterializeResult(metadata=issued_metadata(usagebox.store, result))
-
-
-def issued_metadata(store: DeltaStore, result: Closed | AlreadyClosed) -> dict[str, object]:
-    """What an `issued_invoices` materialisation records, whether the close job ran it or
-    `usagebox close --approve` reported it (runner.report_close)."""
-    return {
-        "status": result.status,
-        "documents": len(result.invoices),
-        "numbers": dg.MetadataValue.json([i["invoice_number"] for i in result.invoices]),
-        "events_table_version": result.events_table_version,
-    } | materialized(store, INVOICES, _of(result.period, "issued"))
 
 
 def grace_days() -> int:

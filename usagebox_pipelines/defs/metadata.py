@@ -10,12 +10,18 @@ on an asset page are the ones an analyst's query returns.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import polars as pl
 
-from usagebox_pipelines.catalog import Table
+from usagebox_pipelines.catalog import EVENTS, INVOICES, RAW_EVENTS, Table
 from usagebox_pipelines.storage import DeltaStore
+
+if TYPE_CHECKING:  # types only: `usagebox ingest` and `close` report without loading the stages
+    from usagebox_pipelines.stages.events import EventsUpdate
+    from usagebox_pipelines.stages.ingest import IngestSummary
+    from usagebox_pipelines.stages.results import AlreadyClosed, Closed
 
 #: Owner of every asset and check (the billing data team runs the pipeline end to end).
 OWNERS = ["team:billing-data"]
@@ -83,3 +89,34 @@ def per_partition(
     materialisation, when one run materialises a range of partitions."""
     for key, meta in counts.items():
         context.add_asset_metadata(meta, asset_key=asset, partition_key=key)
+
+
+def raw_events_metadata(store: DeltaStore, summary: IngestSummary) -> dict[str, object]:
+    """What a `raw_events` materialisation records: the ingest summary and the table's size;
+    the same whether the asset ran or `usagebox ingest` reported it (runner.report_ingest)."""
+    counts = {k: v for k, v in summary.__dict__.items() if k != "errors"}
+    return (
+        counts | {"errors": dg.MetadataValue.json(summary.errors)} | materialized(store, RAW_EVENTS)
+    )
+
+
+def events_metadata(store: DeltaStore, update: EventsUpdate) -> dict[str, object]:
+    """What an `events` materialisation records (asset run or `usagebox ingest`)."""
+    return {
+        "new_batches": len(update.batches),
+        "days_rewritten": [d.isoformat() for d in update.days],
+        "affected_hours": dg.MetadataValue.json([h.isoformat() for h in update.hours]),
+    } | materialized(store, EVENTS)
+
+
+def issued_metadata(store: DeltaStore, result: Closed | AlreadyClosed) -> dict[str, object]:
+    """What an `issued_invoices` materialisation records, whether the close job ran it or
+    `usagebox close --approve` reported it (runner.report_close)."""
+    return {
+        "status": result.status,
+        "documents": len(result.invoices),
+        "numbers": dg.MetadataValue.json([i["invoice_number"] for i in result.invoices]),
+        "events_table_version": result.events_table_version,
+    } | materialized(
+        store, INVOICES, (pl.col("period") == result.period) & (pl.col("status") == "issued")
+    )

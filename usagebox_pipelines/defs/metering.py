@@ -14,22 +14,22 @@ from usagebox_pipelines.defs.metadata import (
     KINDS,
     OWNERS,
     check_spec,
+    events_metadata,
     materialized,
     per_partition,
+    raw_events_metadata,
     table_metadata,
 )
 from usagebox_pipelines.defs.partitions import daily, month_of, monthly
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.stages.events import (
     FIRST_HOUR,
-    EventsUpdate,
     events_frame,
     update_events,
 )
-from usagebox_pipelines.stages.ingest import IngestSummary, ingest_files
+from usagebox_pipelines.stages.ingest import ingest_files
 from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
 from usagebox_pipelines.stages.verify import verify_ingest
-from usagebox_pipelines.storage import DeltaStore
 
 
 class IngestConfig(dg.Config):
@@ -80,24 +80,6 @@ def raw_events(
     return dg.MaterializeResult(
         metadata=raw_events_metadata(store, summary), check_results=[_check(check)]
     )
-
-
-def raw_events_metadata(store: DeltaStore, summary: IngestSummary) -> dict[str, object]:
-    """What a `raw_events` materialisation records: the ingest summary and the table's size;
-    the same whether the asset ran or `usagebox ingest` reported it (runner.report_ingest)."""
-    counts = {k: v for k, v in summary.__dict__.items() if k != "errors"}
-    return (
-        counts | {"errors": dg.MetadataValue.json(summary.errors)} | materialized(store, RAW_EVENTS)
-    )
-
-
-def events_metadata(store: DeltaStore, update: EventsUpdate) -> dict[str, object]:
-    """What an `events` materialisation records (asset run or `usagebox ingest`)."""
-    return {
-        "new_batches": len(update.batches),
-        "days_rewritten": [d.isoformat() for d in update.days],
-        "affected_hours": dg.MetadataValue.json([h.isoformat() for h in update.hours]),
-    } | materialized(store, EVENTS)
 
 
 @dg.asset(

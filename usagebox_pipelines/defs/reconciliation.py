@@ -12,14 +12,11 @@ from usagebox_pipelines.stages.reconciliation import reconcile_month
 
 
 class ReconciliationConfig(dg.Config):
-    """`pdf_reports: false` is the nightly month-to-date refresh: tables and CSVs only (the
-    month's PDFs are removed rather than left contradicting them)."""
+    """`pdf_reports`: render the PDF reports in this run (true) or not (false); by default
+    only for a closed month. The close renders an open month's PDFs with its invoices; a run
+    writes the tables and CSVs (stages.reconciliation.reconcile_month)."""
 
-    pdf_reports: bool = True
-
-
-#: Run config of a monthly run that refreshes reconciliation without rendering its PDFs.
-NIGHTLY_RECONCILIATION = {"reconciliation_assets": {"config": {"pdf_reports": False}}}
+    pdf_reports: bool | None = None
 
 
 @dg.multi_asset(

@@ -9,7 +9,6 @@ from datetime import timedelta
 import dagster as dg
 
 from usagebox_pipelines.defs.jobs import daily_job, monthly_job
-from usagebox_pipelines.defs.reconciliation import NIGHTLY_RECONCILIATION
 
 
 @dg.schedule(
@@ -32,14 +31,9 @@ def nightly_usage(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
 )
 def nightly_monthly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     """The month-to-date partition of the month that yesterday belongs to (reconciliation
-    tables and CSVs, no PDF reports: those come with `run --month` and the close)."""
+    tables and CSVs; the PDF reports come with the close)."""
     day = context.scheduled_execution_time - timedelta(days=1)
-    key = day.strftime("%Y-%m-01")
-    return dg.RunRequest(
-        run_key=f"nightly-month-{day:%Y-%m-%d}",
-        partition_key=key,
-        run_config={"ops": NIGHTLY_RECONCILIATION},
-    )
+    return dg.RunRequest(run_key=f"nightly-month-{day:%Y-%m-%d}", partition_key=f"{day:%Y-%m-01}")
 
 
 schedules = [nightly_usage, nightly_monthly]

@@ -9,6 +9,7 @@ renders and commits. See docs/adr/0003-invoices-*.md and CONTRACT §3–§5.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,6 +64,7 @@ from usagebox_pipelines.stages.events import (
     events_frame,
 )
 from usagebox_pipelines.stages.issue import issue_close
+from usagebox_pipelines.stages.reconciliation import render_month_reports
 from usagebox_pipelines.stages.results import AlreadyClosed, CloseResult, NeedsApproval
 from usagebox_pipelines.stages.verify import verify_month
 from usagebox_pipelines.storage import DeltaStore, DocumentStore, writes_tables
@@ -100,7 +102,8 @@ def close_month(
     force: bool = False,
 ) -> CloseResult:
     """Close `month`: without `approve`, control totals and drafts (nothing written); with it,
-    numbered, stamped, rendered invoices and the `period_closes` marker.
+    numbered, stamped, rendered invoices and the `period_closes` marker, then the month's
+    reconciliation reports (PDFs included) from the stored reconciliation tables.
 
     Returns NeedsApproval, Closed or AlreadyClosed (stages.results). Raises InvariantError
     naming every reason the month cannot be closed. Closing a closed month changes nothing
@@ -134,7 +137,9 @@ def close_month(
     plan = plan_close(store, settings.pricebooks, month, closed)
     if not approve:
         return _needs_approval(store, plan)
-    return issue_close(store, settings, plan, now, approved_by, run_id)
+    result = issue_close(store, settings, plan, now, approved_by, run_id)
+    # finance's reconciliation PDFs of the month go with its invoices (`run` skips them)
+    return dataclasses.replace(result, reports=render_month_reports(store, settings, month))
 
 
 def plan_close(

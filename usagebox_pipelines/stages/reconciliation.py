@@ -40,6 +40,7 @@ from usagebox_pipelines.reconciliation.reports import (
     report_pdf_names,
 )
 from usagebox_pipelines.reconciliation.restatement import money_by_table, tag_lines
+from usagebox_pipelines.stages.books import closed_periods
 from usagebox_pipelines.storage import DeltaStore, DocumentStore, writes_tables
 
 
@@ -116,16 +117,18 @@ def reconcile_month(
     month: str,
     run_id: str = "cli",
     *,
-    pdf_reports: bool = True,
+    pdf_reports: bool | None = None,
 ) -> dict:
     """Rebuild `reconciliation` and `cost_attribution` for a month and write the reports.
 
     Without `vendors.yaml` in the pricebooks folder (pricing only) nothing is written and the
     result says `skipped` (SKIPPED); the monthly job does not fail on it.
 
-    `pdf_reports=False` (the nightly month-to-date refresh) writes the CSVs only and removes
-    the month's PDFs, which the new CSVs would contradict: rendering them is most of this
-    step's time, and they are made again by `run --month`, `reconcile` and the close.
+    The CSV reports are always written. The PDF reports are finance's documents of a month:
+    rendered when `pdf_reports` is True (`usagebox reconcile`), by the close
+    (`render_month_reports`), and by default (None) only for a month that is already closed,
+    so every `run` of an open month skips their rendering, most of this step's time. A run
+    that does not render them removes the month's PDFs, which its new CSVs would contradict.
     The month's hourly rows are scanned lazily by each consumer, never held whole.
     """
     if not reconciliation_configured(settings):
@@ -146,26 +149,10 @@ def reconcile_month(
     meta = {"run_id": run_id, "period": month}
     store.replace_partition(RECONCILIATION, recon, period=month, metadata=meta)
     store.replace_partition(COST_ATTRIBUTION, attribution, month=month, metadata=meta)
+    if pdf_reports is None:
+        pdf_reports = month in closed_periods(store)
     review = store.read(VENDOR_REVIEW)
-    changes = store.read(VENDOR_COST_CHANGES)
-    files = render_reconciliation_reports(
-        recon,
-        attribution,
-        review=review.filter(_in_month(month)),
-        changes=changes,
-        pdf=pdf_reports,
-        created=end,
-        period=month,
-    )
-    documents = DocumentStore(settings.home)
-    reports = {}
-    for name, (filename, data) in files.items():
-        rel = f"reconciliation/{month}/{filename}"
-        documents.put(rel, data)
-        reports[name] = documents.uri(rel)
-    if not pdf_reports:
-        for stale in report_pdf_names(month):
-            documents.delete(f"reconciliation/{month}/{stale}")
+    reports = _write_reports(store, settings, month, recon, attribution, review, pdf_reports)
     lines = pl.concat(
         [
             tag_lines(frame, table.name)
@@ -179,3 +166,47 @@ def reconcile_month(
         "statuses": dict(recon.group_by("status").len().sort("status").iter_rows()),
         "reports": reports,
     }
+
+
+def render_month_reports(store: DeltaStore, settings: Settings, month: str) -> dict[str, str]:
+    """The month's reconciliation reports, PDFs included, from the stored tables (the close
+    renders them with the invoices); {} when reconciliation is not configured."""
+    if not reconciliation_configured(settings):
+        return {}
+    recon = store.scan(RECONCILIATION).filter(pl.col("period") == month).collect()
+    attribution = store.scan(COST_ATTRIBUTION).filter(pl.col("month") == month).collect()
+    review = store.read(VENDOR_REVIEW)
+    return _write_reports(store, settings, month, recon, attribution, review, pdf=True)
+
+
+def _write_reports(
+    store: DeltaStore,
+    settings: Settings,
+    month: str,
+    recon: pl.DataFrame,
+    attribution: pl.DataFrame,
+    review: pl.DataFrame,
+    pdf: bool,
+) -> dict[str, str]:
+    """Render the reports into the document store: {report name: URI}; without `pdf` the
+    month's PDFs are removed rather than left contradicting the new CSVs."""
+    _, end = month_bounds(month)
+    files = render_reconciliation_reports(
+        recon,
+        attribution,
+        review=review.filter(_in_month(month)),
+        changes=store.read(VENDOR_COST_CHANGES),
+        pdf=pdf,
+        created=end,
+        period=month,
+    )
+    documents = DocumentStore(settings.home)
+    reports = {}
+    for name, (filename, data) in files.items():
+        rel = f"reconciliation/{month}/{filename}"
+        documents.put(rel, data)
+        reports[name] = documents.uri(rel)
+    if not pdf:
+        for stale in report_pdf_names(month):
+            documents.delete(f"reconciliation/{month}/{stale}")
+    return reports

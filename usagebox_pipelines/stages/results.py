@@ -45,6 +45,8 @@ class Closed(_Result):
     issued_at: str
     events_table_version: int | None
     invoices: list[dict]
+    #: report name -> URI of the month's reconciliation reports, rendered with the invoices
+    reports: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ Usage: python bench/month.py [--events 1000000] [--accounts 2000] [--seed 7] [--
    "outside any step" = command wall - sum of step seconds (interpreter start, imports, loading
    Definitions, run launch and event-log writes).
 
-ratio = (ingest + run <month>) / reference. Prints the tables, then ONE JSON line.
+ratio = (ingest + run <month>) / reference. Prints the tables, then the targets of issue 13
+that this run measures (each with its figure and met / MISSED), then ONE JSON line.
 """
 
 from __future__ import annotations
@@ -379,6 +380,49 @@ def _print_tables(cmds: list[Measured], ratio: float | None, reference: Measured
         print(f"    {'outside any step (start, imports)':<44} {reference.seconds - reference.stdout['seconds']:>9.3f}")  # fmt: skip
 
 
+#: Issue 13's targets that one month run measures: (name, limit, unit, lower is better).
+TARGETS = (
+    ("(ingest + run month) / reference", 1.5, "x", True),
+    ("peak RSS of every command", 4.0, "GiB", True),
+    ("Parquet ingest", 1_000_000, "ev/s", False),
+    ("JSONL ingest", 250_000, "ev/s", False),
+    ("nightly (ingest + run --date) / (ingest + run month)", 1 / 20, "", True),
+    ("close --approve", 300.0, "s", True),
+)
+
+
+def target_figures(by: dict[str, Measured], month: str, ratio: float | None) -> dict:
+    """Each measured target's figure (None when this run did not measure it)."""
+    ingest, run = by["ingest"], by[f"run {month}"]
+    nightly = [m for label, m in by.items() if label.startswith("nightly")]
+    jsonl = by.get("ingest jsonl")
+    close = by.get("close approve")
+    main_path = ingest.seconds + run.seconds
+    return {
+        TARGETS[0][0]: ratio,
+        TARGETS[1][0]: max(m.peak_rss for m in by.values()) / GiB,
+        TARGETS[2][0]: ingest.events / ingest.seconds if ingest.events else None,
+        TARGETS[3][0]: jsonl.events / jsonl.seconds if jsonl and jsonl.events else None,
+        TARGETS[4][0]: sum(m.seconds for m in nightly) / main_path if nightly else None,
+        TARGETS[5][0]: close.seconds if close else None,
+    }
+
+
+def _print_targets(figures: dict) -> dict:
+    """The targets table; returns {target: {"figure", "limit", "met"}} for the JSON line."""
+    print("\n  targets (issue 13)")
+    out = {}
+    for name, limit, unit, lower in TARGETS:
+        figure = figures[name]
+        met = None if figure is None else (figure <= limit if lower else figure >= limit)
+        shown = "not measured" if figure is None else f"{figure:,.3f} {unit}".strip()
+        bound = f"{'<=' if lower else '>='} {limit:,.3g} {unit}".strip()
+        verdict = "" if met is None else ("met" if met else "MISSED")
+        print(f"    {name:<56} {shown:>18}  target {bound:<14} {verdict}")
+        out[name] = {"figure": figure, "limit": limit, "met": met}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -420,6 +464,7 @@ def main() -> None:
         if reference and reference.ok and all(m.ok for m in main_path):
             ratio = sum(m.seconds for m in main_path) / reference.seconds
         _print_tables(cmds, ratio, reference)
+        targets = _print_targets(target_figures(by, args.month, ratio))
         ingest = by["ingest"].stdout if isinstance(by["ingest"].stdout, dict) else {}
         expected = manifest["expected_ingest"]
         matches = {k: ingest.get(k) == v for k, v in expected.items()}
@@ -442,6 +487,7 @@ def main() -> None:
             "reference_steps": reference.stdout if reference else None,
             "hourly_vs_reference": check,
             "ratio": round(ratio, 3) if ratio is not None else None,
+            "targets": targets,
             "all_ok": all(m.ok for m in cmds),
             "max_rss_gib": args.max_rss_gib,
             "env": environment(),

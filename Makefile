@@ -23,7 +23,7 @@ test: install
 	$(BIN)/ruff format --check usagebox_pipelines usagebox_demo tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile  # one worker per CPU; a file's tests share a worker (module fixtures)
 
 test-fast: install  ## the inner loop: everything but the slow tests (Dagster runs, subprocesses, demo, wheel)
 	$(BIN)/pytest -m "not slow"

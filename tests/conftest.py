@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -94,3 +96,31 @@ def s3_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class DemoHome:
+    """A home `usagebox demo` built, and the report it printed."""
+
+    home: Path
+    report: dict
+
+
+def usagebox_cli(argv: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    """The installed `usagebox` script as a user runs it (no USAGEBOX_* from the test env)."""
+    script = Path(sys.executable).parent / "usagebox"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("USAGEBOX_")}
+    return subprocess.run(
+        [str(script), *argv], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> DemoHome:
+    """One small demo month (1,500 events, seed 3) built through the CLI, shared by the tests
+    that only read a demo home (the end-to-end checks, the README's examples): it is the
+    slowest setup of the suite, made once per test process."""
+    home = tmp_path_factory.mktemp("demo") / "demo"
+    done = usagebox_cli(["demo", "--events", "1500", "--seed", "3", "--home", str(home)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return DemoHome(home, json.loads(done.stdout))

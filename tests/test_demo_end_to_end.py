@@ -1,12 +1,11 @@
-"""`usagebox demo` end to end on a small month: every stage runs and every invariant holds."""
+"""`usagebox demo` end to end on a small month (the shared `demo_home`, built through the CLI):
+every stage runs and every invariant holds."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from usagebox_demo.run import run_demo
+from tests.conftest import DemoHome
 from usagebox_pipelines.catalog import INVOICES
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.stages.reproduce import verify_invoice
@@ -16,9 +15,9 @@ from usagebox_pipelines.storage import DeltaStore
 pytestmark = pytest.mark.slow  # the whole demo month
 
 
-def test_small_demo_runs_every_stage_and_verifies(tmp_path: Path) -> None:
-    settings = Settings.resolve(str(tmp_path / "home"))
-    report = run_demo(settings, "2026-10", seed=3, events=1500, say=lambda _m: None)
+def test_small_demo_runs_every_stage_and_verifies(demo_home: DemoHome) -> None:
+    settings = Settings.resolve(str(demo_home.home))
+    report = demo_home.report
     store = DeltaStore(settings.home)
     assert report["invoices_issued"] > 0
     assert report["late_ingest"]["late"] > 0

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import DemoHome, usagebox_cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKED_BLOCK = re.compile(r"<!-- readme-test -->\s*```bash\n(.*?)```", re.S)
@@ -32,26 +31,11 @@ def test_the_readme_has_marked_examples_that_name_the_demo_home() -> None:
         assert argv[0] == "usagebox" and DEMO_HOME in argv, command
 
 
-@pytest.fixture(scope="module")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("readme") / "demo"
-    done = usagebox(["demo", "--events", "1500", "--seed", "3", "--home", str(home)])
-    assert done.returncode == 0, done.stderr[-2000:]
-    return home
-
-
-def usagebox(argv: list[str]) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / "usagebox"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("USAGEBOX_")}
-    return subprocess.run(
-        [str(script), *argv], capture_output=True, text=True, timeout=900, env=env
-    )
-
-
 @pytest.mark.slow  # builds a demo home
 @pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_runs_as_written(command: str, demo_home: Path) -> None:
-    argv = [str(demo_home) if a == DEMO_HOME else a for a in shlex.split(command)[1:]]
-    done = usagebox(argv)
+def test_readme_command_runs_as_written(command: str, demo_home: DemoHome) -> None:
+    home = str(demo_home.home)
+    argv = [home if a == DEMO_HOME else a for a in shlex.split(command)[1:]]
+    done = usagebox_cli(argv)
     assert done.returncode == 0, f"{command}\n{done.stderr}"
     assert done.stdout.strip(), f"{command} printed nothing"

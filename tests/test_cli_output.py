@@ -45,3 +45,57 @@ def test_run_json_is_one_document_and_dagster_logs_stay_off_stdout(tmp_path: Pat
     assert human.stdout.splitlines()[0].startswith("daily_job 2026-10-01..2026-10-31: ok")
     assert DAGSTER_LINE not in human.stdout
     assert DAGSTER_LINE in human.stderr  # --verbose: Dagster's log, on stderr
+
+
+@pytest.mark.slow  # a close through the CLI
+def test_close_approve_shows_a_bar_over_the_pdfs_on_a_terminal_and_json_on_stdout(
+    tmp_path: Path,
+) -> None:
+    """A person closing at a terminal sees the PDFs counted (stderr is a pty); the JSON a
+    script reads from stdout is unchanged, and a review (no --approve) draws no bar."""
+    import pty
+    import threading
+
+    from tests.test_close_scenario import OCT, scenario
+
+    _, settings = scenario().home_at("oct_built", tmp_path / "h")
+    args = ["close", OCT, "--home", settings.home, "--pricebooks", str(settings.pricebooks)]
+
+    def run(argv: list[str]) -> tuple[subprocess.CompletedProcess, str]:
+        """`usagebox argv` with stderr on a pty, drained while it runs (a full pty blocks)."""
+        master, slave = pty.openpty()
+        chunks: list[bytes] = []
+
+        def drain() -> None:
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer has closed the pty
+                    return
+                if not chunk:
+                    return
+                chunks.append(chunk)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        env = {**os.environ, "COLUMNS": "120"}
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "usagebox"), *argv],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=env,
+            timeout=600,
+        )
+        os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+        return done, b"".join(chunks).decode("utf-8", "replace")
+
+    review, review_err = run([*args, "--json"])
+    assert review.returncode == 0 and "PDFs" not in review_err
+    done, err = run([*args, "--approve"])
+    assert done.returncode == 0, err
+    issued = json.loads(done.stdout)
+    assert issued["status"] == "closed" and issued["invoices"]
+    count = len(issued["invoices"])
+    assert f"{count}/{count}" in err and "PDFs" in err

@@ -29,6 +29,7 @@ from usagebox_pipelines.cli_options import (
     print_json,
     require_events,
 )
+from usagebox_pipelines.cli_progress import progress
 from usagebox_pipelines.config import Settings
 from usagebox_pipelines.decimals import grouped_text, to_decimal
 from usagebox_pipelines.errors import UsageboxError
@@ -77,7 +78,22 @@ def close(
     period = parse_month(month)
     store, settings = _open(home, pricebooks)
     require_events(store)
-    result = close_month(store, settings, period, approve=approve, run_id="cli-close", force=force)
+    # a bar over the PDFs on a terminal (2,000 documents take minutes); nothing for a review
+    with progress(f"close {period}", None, "PDFs", verbose=False, shown=approve) as bar:
+
+        def rendered(done: int, total: int) -> None:
+            bar.set_total(total)
+            bar.advance(1, f"close {period}: rendering")
+
+        result = close_month(
+            store,
+            settings,
+            period,
+            approve=approve,
+            run_id="cli-close",
+            force=force,
+            on_document=rendered,
+        )
     if isinstance(result, Closed):  # the month's issued_invoices partition, in the Dagster UI
         from usagebox_pipelines.runner import report_close
 

@@ -1,5 +1,5 @@
-"""Progress of the long commands (`ingest`, `run`) on stderr, where it never mixes with the
-summary a script reads from stdout.
+"""Progress of the long commands (`ingest`, `run`, `close --approve`) on stderr, where it never
+mixes with the summary a script reads from stdout.
 
 A person at a terminal gets a rich progress bar with a total and an ETA; anything else (a pipe,
 a CI log, a test) gets nothing, or one plain line per update with `--verbose`, so
@@ -37,6 +37,11 @@ class Reporter:
     def __init__(self, bar: Progress | None, task: TaskID | None, verbose: bool) -> None:
         self._bar, self._task, self._verbose = bar, task, verbose
 
+    def set_total(self, total: float) -> None:
+        """The total, once known (a close knows its documents after planning)."""
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, total=total)
+
     def advance(self, units: float, status: str) -> None:
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, advance=units, description=status[:48])
@@ -45,10 +50,12 @@ class Reporter:
 
 
 @contextmanager
-def progress(label: str, total: float | None, unit: str, verbose: bool) -> Iterator[Reporter]:
+def progress(
+    label: str, total: float | None, unit: str, verbose: bool, shown: bool = True
+) -> Iterator[Reporter]:
     """A bar on a terminal's stderr (total and ETA when `total` is known), else plain lines
-    with `verbose`, else silence."""
-    if not sys.stderr.isatty():
+    with `verbose`, else (or when not `shown`) silence."""
+    if not shown or not sys.stderr.isatty():
         yield Reporter(None, None, verbose)
         return
     columns = [

@@ -63,7 +63,7 @@ from usagebox_pipelines.stages.books import (
 from usagebox_pipelines.stages.events import (
     events_frame,
 )
-from usagebox_pipelines.stages.issue import issue_close
+from usagebox_pipelines.stages.issue import DocumentProgress, issue_close
 from usagebox_pipelines.stages.reconciliation import render_month_reports
 from usagebox_pipelines.stages.results import AlreadyClosed, CloseResult, NeedsApproval
 from usagebox_pipelines.stages.verify import verify_month
@@ -100,6 +100,7 @@ def close_month(
     approved_by: str | None = None,
     run_id: str = "cli",
     force: bool = False,
+    on_document: DocumentProgress | None = None,
 ) -> CloseResult:
     """Close `month`: without `approve`, control totals and drafts (nothing written); with it,
     numbered, stamped, rendered invoices and the `period_closes` marker, then the month's
@@ -112,7 +113,7 @@ def close_month(
     recorded. An earlier month with billable usage that is still open refuses the close
     (UsageboxError: prepaid credit is drawn in issue order) unless `force`. Holds the home's
     writer lease, so two approvals of one month issue each number once: the second finds the
-    month closed.
+    month closed. `on_document(done, total)` follows the rendering (a progress bar).
     """
     month_bounds(month)
     closed = closed_periods(store)
@@ -137,7 +138,7 @@ def close_month(
     plan = plan_close(store, settings.pricebooks, month, closed)
     if not approve:
         return _needs_approval(store, plan)
-    result = issue_close(store, settings, plan, now, approved_by, run_id)
+    result = issue_close(store, settings, plan, now, approved_by, run_id, on_document)
     # finance's reconciliation PDFs of the month go with its invoices (`run` skips them)
     return dataclasses.replace(result, reports=render_month_reports(store, settings, month))
 

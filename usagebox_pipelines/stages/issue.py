@@ -10,7 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -53,6 +53,9 @@ from usagebox_pipelines.stages.pdfs import render_each
 from usagebox_pipelines.stages.results import Closed
 from usagebox_pipelines.storage import NOT_NULL, DeltaStore, DocumentStore
 
+#: Called with (documents written, documents to write) as a close renders.
+DocumentProgress = Callable[[int, int], None]
+
 if TYPE_CHECKING:
     from usagebox_pipelines.pricing.accounts import Accounts
     from usagebox_pipelines.stages.close import ClosePlan
@@ -65,8 +68,10 @@ def issue_close(
     now: datetime | None,
     approved_by: str | None,
     run_id: str,
+    on_document: DocumentProgress | None = None,
 ) -> Closed:
-    """Number, stamp, render and write; the `period_closes` row goes last (commit marker)."""
+    """Number, stamp, render and write; the `period_closes` row goes last (commit marker).
+    `on_document(done, total)` is called as each PDF is written (a progress bar)."""
     issued_at = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     documents = DocumentStore(settings.home)
     remove_unfinished_closes(store, documents)
@@ -81,7 +86,7 @@ def issue_close(
         payment_terms_days=_terms(plan),
     )
     invoices = _stamp(store, plan, invoices, lines)
-    invoices = _render_all(documents, plan, invoices, lines, issuer)
+    invoices = _render_all(documents, plan, invoices, lines, issuer, on_document)
     close_row = _close_row(plan, invoices, approved_by, run_id)
     _commit(store, plan.period, invoices, lines, close_row, run_id, plan.decisions_version, plan)
     write_ledger(store, plan.accounts, run_id)  # derived from issued draws; after the marker
@@ -180,6 +185,7 @@ def _render_all(
     invoices: pl.DataFrame,
     lines: pl.DataFrame,
     issuer: dict,
+    on_document: DocumentProgress | None = None,
 ) -> pl.DataFrame:
     """Render every document to `<documents>/invoices/<period>/<number>.pdf`, record its hash.
 
@@ -196,6 +202,8 @@ def _render_all(
         rel = document_relpath(row["period"], row["invoice_number"])
         paths.append(rel)
         hashes.append(documents.put(rel, pdf))
+        if on_document is not None:
+            on_document(len(paths), invoices.height)
     return invoices.with_columns(
         pdf_path=pl.Series(paths, dtype=pl.String), pdf_sha256=pl.Series(hashes, dtype=pl.String)
     )

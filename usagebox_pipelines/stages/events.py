@@ -100,7 +100,7 @@ def _fold_batch(store: DeltaStore, batch_id: str, run_id: str, total: _Fold) -> 
     fresh = batch.filter(pl.col("correction_of").is_not_null()).collect()
     waiting = _resolved_by(store, batch)
     targets = pl.concat([fresh.select(TARGET), waiting.select(TARGET)]).unique()
-    resolved = _resolve(store, raw, targets, fresh, batch_id)
+    resolved = _resolve(store, raw, targets, fresh, batch_id, waiting)
     own = resolved.filter(pl.col("batch_id") == batch_id)
     for n, days in enumerate(_day_groups(batch)):
         originals = batch.filter(
@@ -133,7 +133,7 @@ def _resolved_by(store: DeltaStore, batch: pl.LazyFrame) -> pl.DataFrame:
     pending = (
         store.scan(EVENTS)  # file statistics on `status` skip files without pending rows
         .filter(pl.col("status") == "pending")
-        .select("account_id", "event_id", "correction_of", "event_date", "hour")
+        .select("account_id", "event_id", "correction_of", "event_date", "hour", "batch_id")
         .collect()
     )
     if pending.height == 0:
@@ -155,6 +155,7 @@ def _resolve(
     targets: pl.DataFrame,
     like: pl.DataFrame,
     batch_id: str,
+    waiting: pl.DataFrame,
 ) -> pl.DataFrame:
     """Every correction of `targets` (account_id, correction_of), resolved in arrival order
     against its original; `raw` rows are read only where the key index says they can be.
@@ -162,7 +163,10 @@ def _resolve(
 
     Right after its ingest (same `cached()` block) the index hits of the batch are known: the
     rows are then the batch's own and those of history the hits name, without another scan of
-    the index. Corrections of later batches are not needed: they never change earlier ones.
+    the index. Those hits are the batch's own keys met in history, so the `waiting`
+    corrections (pending in `events`, their original in this batch) are read by where
+    `events` says they are: missing them dropped them from `events` (a lost correction).
+    Corrections of later batches are not needed: they never change earlier ones.
     """
     found = like.clear()
     if targets.height:
@@ -174,6 +178,9 @@ def _resolve(
             found = found if rows is None else rows.collect(engine="streaming")
         else:
             found = _own_and_hit_rows(raw, batch_id, hits, keys, ids)
+    if waiting.height:
+        found = pl.concat([found, _waiting_rows(raw, waiting)], how="vertical_relaxed")
+        found = found.unique(subset=KEY, keep="first", maintain_order=True)
     corrections = found.filter(pl.col("correction_of").is_not_null()).join(
         targets, on=TARGET, how="semi"
     )
@@ -183,6 +190,18 @@ def _resolve(
         .select("account_id", "event_id", "quantity", "hour", *INHERITED)
     )
     return resolve_corrections(corrections, originals)
+
+
+def _waiting_rows(raw: pl.LazyFrame, waiting: pl.DataFrame) -> pl.DataFrame:
+    """The raw rows of the waiting corrections (their days and batches, as `events` says)."""
+    return (
+        raw.filter(
+            pl.col("event_date").is_in(waiting["event_date"].unique().implode())
+            & pl.col("batch_id").is_in(waiting["batch_id"].unique().implode())
+        )
+        .join(waiting.select(KEY).lazy(), on=KEY, how="semi")
+        .collect(engine="streaming")
+    )
 
 
 def _own_and_hit_rows(

@@ -10,6 +10,7 @@ on an asset page are the ones an analyst's query returns.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -51,6 +52,30 @@ def materialized(
         "dagster/row_count": row_count(store, table, where),
         "dagster/uri": store.uri(table),
         "delta_version": store.version(table) or 0,
+    }
+
+
+def materialized_by_day(
+    store: DeltaStore, table: Table, column: str, days: Mapping[str, datetime]
+) -> dict[str, dict[str, object]]:
+    """`materialized` of each UTC day (partition key -> its start) of `table`'s `column`, in
+    one scan: a month run records 31 partitions, and a scan plus a Delta log read apiece was
+    a second or two of every `run --month`."""
+    if not days:
+        return {}
+    first, last = min(days.values()), max(days.values()) + timedelta(days=1)
+    counts = dict(
+        store.scan(table)
+        .filter(pl.col(column).is_between(first, last, closed="left"))
+        .group_by(pl.col(column).dt.truncate("1d").alias("day"))
+        .len()
+        .collect()
+        .iter_rows()
+    )
+    shared = {"dagster/uri": store.uri(table), "delta_version": store.version(table) or 0}
+    return {
+        key: {"dagster/row_count": int(counts.get(start, 0))} | shared | {"from": start.isoformat()}
+        for key, start in days.items()
     }
 
 

@@ -16,6 +16,7 @@ from usagebox_pipelines.defs.metadata import (
     check_spec,
     events_metadata,
     materialized,
+    materialized_by_day,
     per_partition,
     raw_events_metadata,
     table_metadata,
@@ -170,12 +171,10 @@ def usage_hourly(
         window.start,
         window.end,
     )
-    days = {}
-    for key in context.partition_keys:  # each day's own rows and window, not the run's
-        start = daily.time_window_for_partition_key(key).start
-        hours = pl.col("hour").is_between(start, start + timedelta(days=1), closed="left")
-        days[key] = materialized(store, USAGE_HOURLY, hours) | {"from": start.isoformat()}
-    per_partition(context, days, "usage_hourly")
+    starts = {  # each day's own rows and window, not the run's
+        key: daily.time_window_for_partition_key(key).start for key in context.partition_keys
+    }
+    per_partition(context, materialized_by_day(store, USAGE_HOURLY, "hour", starts), "usage_hourly")
     return dg.MaterializeResult(
         metadata={"rows_written_by_run": rows, "run_to": window.end.isoformat()},
         check_results=[_check(result)],

@@ -143,6 +143,13 @@ def test_a_waiting_correction_is_applied_when_its_original_arrives_with_duplicat
     assert events.equals(_events_from_scratch(store))
     c5 = events.filter(pl.col("event_id") == "c5").row(0, named=True)
     assert (c5["status"], c5["quantity"]) == ("ok", -3)
+    held = "1_events_hold_every_accepted_row"
+    assert {r.name: r.passed for r in verify(store)}[held]
+    # `usagebox verify` names such a loss: the same home with the correction taken out
+    kept = store.read(EVENTS).filter(pl.col("event_id") != "c5")
+    store.replace_partition(EVENTS, kept, event_date=kept["event_date"].unique().to_list())
+    (lost,) = [r for r in verify(store) if r.name == held]
+    assert not lost.passed and lost.examples == [{"account_id": "b", "event_id": "c5"}]
 
 
 def _two_files(tmp_path: Path) -> tuple[Path, Path]:

@@ -113,6 +113,23 @@ def ingest_counts_add_up(ingest_log: pl.DataFrame, actual: pl.DataFrame) -> Inva
     )
 
 
+def events_hold_accepted(accepted: pl.LazyFrame, events: pl.LazyFrame) -> InvariantResult:
+    """1. Every accepted arrival of a folded batch is in `events`, and nothing else is: the
+    (account_id, event_id) keys of the two are the same set (a correction dropped while it
+    waited for its original is a row lost between the landing log and the billed events)."""
+    keys = ["account_id", "event_id"]
+    accepted, events = accepted.select(keys), events.select(keys)
+    lost = accepted.join(events, on=keys, how="anti").collect(engine="streaming")
+    extra = events.join(accepted, on=keys, how="anti").collect(engine="streaming")
+    detail = f"{lost.height} accepted rows missing from events, {extra.height} not accepted"
+    return InvariantResult(
+        "1_events_hold_every_accepted_row",
+        lost.height == 0 and extra.height == 0,
+        detail,
+        _examples(pl.concat([lost, extra])),
+    )
+
+
 def events_unique(events: pl.LazyFrame) -> InvariantResult:
     """2. `events` has no duplicate (account_id, event_id)."""
     dups = (

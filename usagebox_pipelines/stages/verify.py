@@ -30,6 +30,7 @@ import polars as pl
 from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.catalog import (
     EVENT_CONFLICTS,
+    EVENTS_BUILDS,
     INGEST_LOG,
     INVOICE_LINES,
     INVOICES,
@@ -67,6 +68,7 @@ from usagebox_pipelines.stages.books import (
 from usagebox_pipelines.stages.drafts import month_rated_lines
 from usagebox_pipelines.stages.events import (
     FIRST_HOUR,
+    committed_raw_events,
     events_frame,
 )
 from usagebox_pipelines.stages.pdfs import render_each
@@ -85,8 +87,11 @@ def verify(store: DeltaStore, month: str | None = None) -> list[inv.InvariantRes
         months = [month]
     else:
         months = store.scan(USAGE_MONTHLY).select("month").unique().collect()["month"].to_list()
+    folded = store.scan(EVENTS_BUILDS).select("batch_id")
+    accepted = committed_raw_events(store).join(folded, on="batch_id", how="semi")
     return [
         verify_ingest(store),
+        inv.events_hold_accepted(accepted, events),
         inv.events_unique(events),
         inv.hourly_matches_events(events, hourly, start, end),
         inv.monthly_matches_hourly(hourly, store.scan(USAGE_MONTHLY), months),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import polars as pl
 import yaml
@@ -169,7 +169,7 @@ class VendorMapping:
         rules = sorted(self.routing, key=lambda r: (-r.specificity, r.order))
         if not rules:
             return pl.lit(None, dtype=pl.String())
-        chain = pl.when(rules[0].condition(columns)).then(pl.lit(rules[0].vendor))
+        chain: Any = pl.when(rules[0].condition(columns)).then(pl.lit(rules[0].vendor))
         for rule in rules[1:]:
             chain = chain.when(rule.condition(columns)).then(pl.lit(rule.vendor))
         return chain.otherwise(pl.lit(None, dtype=pl.String()))
@@ -377,7 +377,7 @@ def _parse_rates(ctx: _Ctx, raw: list, vendors: dict, models: set, meters: set) 
                 ctx.member(meter, meters, f"{at}.prices.{model}.{meter}", "meters")
                 value = ctx.decimal(price, f"{at}.prices.{model}.{meter}")
                 rows.append((vendor, str(model), str(meter), tier, window, eff, per, value))
-    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in RATES_SCHEMA]
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in RATES_SCHEMA]
     return pl.DataFrame(dict(zip(RATES_SCHEMA.names(), cols, strict=True)), schema=RATES_SCHEMA)
 
 
@@ -387,7 +387,7 @@ class _Ctx:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def fail(self, at: str, problem: str) -> None:
+    def fail(self, at: str, problem: str) -> NoReturn:
         raise UsageboxError(f"{self.path}: {at or '(top level)'}: {problem}")
 
     def mapping(self, value: Any, at: str) -> dict:

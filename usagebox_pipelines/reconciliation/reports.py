@@ -151,9 +151,9 @@ def margin_context(attribution: pl.DataFrame, margins: pl.DataFrame, period: str
         .with_columns(margin_pct=_pct_expr("margin", "revenue"))
         .sort(["margin_pct", "margin", "account_id"], nulls_last=True)
     )
-    totals = _sums(accounts, ["revenue", "allocated_cost"])
-    totals["margin"] = totals["revenue"] - totals["allocated_cost"]
-    totals["margin_pct"] = _ratio(totals["margin"], totals["revenue"])
+    sums = _sums(accounts, ["revenue", "allocated_cost"])
+    margin = sums["revenue"] - sums["allocated_cost"]
+    totals = {**sums, "margin": margin, "margin_pct": _ratio(margin, sums["revenue"])}
     other = margins.filter(pl.col("row_kind") != "account")
     chart_items = [
         (r["account_id"], _q2(r["margin_pct"]))
@@ -274,7 +274,7 @@ def _vendor_summary(recon: pl.DataFrame, usage: pl.DataFrame, vendor: str) -> di
 def _span(rows: pl.DataFrame, daily: pl.DataFrame) -> Decimal:
     """Half-width the variance axis needs at least: a tenth of the busiest day's bill, or
     the money tolerance when that is larger."""
-    busiest = Decimal(daily["billed"].max() or 0) if daily.height else _ZERO
+    busiest = Decimal(str(daily["billed"].max() or 0)) if daily.height else _ZERO
     tolerance = Decimal(_first(rows["amount_tolerance"]) or 0) if rows.height else _ZERO
     return max(busiest * VARIANCE_SPAN, tolerance)
 

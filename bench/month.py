@@ -383,7 +383,7 @@ def _print_tables(cmds: list[Measured], ratio: float | None, reference: Measured
 #: Issue 13's targets that one month run measures: (name, limit, unit, lower is better).
 TARGETS = (
     ("(ingest + run month) / reference", 1.5, "x", True),
-    ("peak RSS of every command", 4.0, "GiB", True),
+    ("peak RSS of every usagebox command", 4.0, "GiB", True),
     ("Parquet ingest", 1_000_000, "ev/s", False),
     ("JSONL ingest", 250_000, "ev/s", False),
     ("nightly (ingest + run --date) / (ingest + run month)", 1 / 20, "", True),
@@ -400,7 +400,7 @@ def target_figures(by: dict[str, Measured], month: str, ratio: float | None) -> 
     main_path = ingest.seconds + run.seconds
     return {
         TARGETS[0][0]: ratio,
-        TARGETS[1][0]: max(m.peak_rss for m in by.values()) / GiB,
+        TARGETS[1][0]: max(m.peak_rss for k, m in by.items() if k != "reference") / GiB,
         TARGETS[2][0]: ingest.events / ingest.seconds if ingest.events else None,
         TARGETS[3][0]: jsonl.events / jsonl.seconds if jsonl and jsonl.events else None,
         TARGETS[4][0]: sum(m.seconds for m in nightly) / main_path if nightly else None,

@@ -23,7 +23,7 @@ function, kept in order.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -34,7 +34,7 @@ from usagebox_pipelines import schemas
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts
-from usagebox_pipelines.pricing.contract import contract_lines
+from usagebox_pipelines.pricing.contract import CreditBalances, contract_lines
 from usagebox_pipelines.pricing.money import (
     EXACT,
     ONE,
@@ -66,11 +66,17 @@ INCLUDED_TIER = -1
 
 @dataclass(frozen=True)
 class RatingResult:
-    """Rated lines (usage + contract), unrated usage, and prepaid balances after the period."""
+    """Rated lines (usage + contract), unrated usage, and prepaid balances after the period:
+    `closing_grants` per account and grant, `closing_credit` their sum per account."""
 
     rated: pl.DataFrame
     unrated: pl.DataFrame
-    closing_credit: dict[str, Decimal]
+    closing_grants: dict[str, dict[str, Decimal]]
+
+    @property
+    def closing_credit(self) -> dict[str, Decimal]:
+        """Per account: the sum of its grant balances after the period."""
+        return {a: sum(g.values(), Decimal(0)) for a, g in self.closing_grants.items()}
 
     @property
     def blocks_close(self) -> bool:
@@ -83,13 +89,13 @@ def rate_usage(
     period: str,
     pricebooks: PricebookSet,
     accounts: Accounts,
-    opening_credit: Mapping[str, Decimal] | None = None,
+    opening_credit: CreditBalances | None = None,
     scope: Collection[str] | None = None,
 ) -> RatingResult:
     """Rate one month of `usage_hourly` (schemas.USAGE_HOURLY); nothing is written.
 
-    `opening_credit` is the prepaid balance carried from the previous period's
-    `closing_credit`; accounts missing from it start from their `prepaid_credit`. `scope`: the
+    `opening_credit` holds the grant balances carried from the issued periods
+    (invoicing.credit.balances); accounts missing from it start from their full grants. `scope`: the
     accounts this call bills when the month is rated in shards (`shards.account_shards`;
     `usage_hourly` then holds only theirs), so each account's contract lines come once.
     """

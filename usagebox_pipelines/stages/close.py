@@ -77,7 +77,7 @@ class ClosePlan:
     books: PricebookSet
     accounts: Accounts
     hourly: pl.DataFrame
-    opening: dict[str, Decimal] | None
+    opening: dict[str, dict[str, Decimal]] | None
     invoices: pl.DataFrame
     lines: pl.DataFrame
     issued: pl.DataFrame

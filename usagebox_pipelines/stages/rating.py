@@ -56,7 +56,7 @@ class MonthInputs:
     month: str
     books: PricebookSet
     accounts: Accounts
-    opening: dict[str, Decimal]
+    opening: dict[str, dict[str, Decimal]]
     decisions: pl.DataFrame
 
     @classmethod

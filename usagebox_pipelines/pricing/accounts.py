@@ -72,6 +72,7 @@ _APPLIES_KEYS = {"meters", "models"}
 #: The grant id `prepaid_credit: X` stands for (its credit line keeps the old wording).
 PREPAID_GRANT = "prepaid_credit"
 _MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class AccountsError(UsageboxError):
@@ -535,13 +536,14 @@ def _instant(value: Any, where: y.Where) -> datetime | None:
         return None
     if isinstance(value, date) and not isinstance(value, datetime):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, str) and _DATE_RE.match(value.strip()):
+        value = date.fromisoformat(value.strip())  # a date written as text: its UTC midnight
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.strip())
         except ValueError:
             where.fail(f"not a date or RFC 3339 timestamp: {value!r}")
-        if value.tzinfo is None and (value.hour, value.minute, value.second) == (0, 0, 0):
-            value = value.replace(tzinfo=UTC)  # a date written as text: its UTC midnight
     if not isinstance(value, datetime):
         where.fail("must be a date (2026-07-01) or a timestamp with offset")
     if value.tzinfo is None or value.utcoffset() is None:

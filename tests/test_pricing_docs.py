@@ -25,7 +25,7 @@ EXAMPLES = {name: yaml.safe_load(body) for body, name in _BLOCK.findall(DOC.read
 MODELS = {
     "per_unit", "markup", "included", "graduated", "volume", "package", "flat",
     "price_minimum", "price_cap", "maximum_spend", "tier_flat",
-    "coupon:launch",
+    "coupon:launch", "credit_grant:promo",
 }  # fmt: skip
 
 

@@ -289,6 +289,9 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
         pl.when(pl.col("price_model") == "included").then(pl.lit(INCLUDED_TEXT)),
         pl.when(pl.col("price_model") == "tier_flat").then(pl.lit("tier flat fee")),
         pl.when(pl.col("price_model") == "markup").then(pl.lit(MARKUP_TEXT)),
+        pl.when(pl.col("price_model") == "percentage").then(
+            pl.format("{}% of the amount", _percent_text(pl.col("unit_price")))
+        ),
         pl.when(pl.col("price_model") == "price_minimum").then(
             pl.format("minimum {} a month, true-up", pl.col("unit_price").cast(MONEY2))
         ),
@@ -301,6 +304,13 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
     )
     described = pl.when(details != "").then(head + pl.lit(DETAIL_SEP) + details)
     return frame.select(described.otherwise(head).alias("description")).to_series()
+
+
+def _percent_text(unit_price: pl.Expr) -> pl.Expr:
+    """A percentage rate's unit price (rate / 100, Decimal(38, 12)) as its percent, exact and
+    without trailing zeros: 0.029 → `2.9`, 0.01 → `1`."""
+    text = (unit_price * 100).cast(pl.String)
+    return text.str.strip_chars_end("0").str.strip_chars_end(".")
 
 
 def _dims_label_column(grouped: pl.DataFrame, rivals: list[str], family: list[str]) -> pl.Series:

@@ -60,6 +60,8 @@ _POSITION_KEYS = ["account_id", "meter_id", "model_id", "rate_id", "tier_group"]
 _ORDER = ["hour", "dimensions", "product_id", "unit"]
 _LINE_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "tax": 3, "credit": 4}
 _COUNTED = ("package", "flat")
+#: Price models priced per unit (a markup's and a percentage's unit price resolved at load).
+_PER_UNIT = ("per_unit", "markup", "percentage")
 #: Tier number of the free-units step (rated rows show it as tier null, price model `included`).
 INCLUDED_TIER = -1
 
@@ -588,10 +590,10 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
 def _path(rate: Rate) -> str:
     """How `_price` positions a rate: per_unit (no positions), graduated, volume or untiered.
 
-    Free units turn a per-unit (or markup) price into two graduated steps, included then
+    Free units turn a per-unit (markup, percentage) price into two graduated steps, included then
     priced, and put an included step in front of graduated tiers.
     """
-    if rate.price_model in ("per_unit", "markup"):
+    if rate.price_model in _PER_UNIT:
         return "graduated" if rate.free_units else "per_unit"
     if rate.price_model in ("graduated", "volume"):
         return rate.price_model
@@ -610,7 +612,7 @@ def _steps(rate: Rate) -> list[tuple]:
     included: list[tuple] = []
     if free:
         included.append((INCLUDED_TIER, None, free, 0, 1, rate.per, Decimal(0), *none))
-    if rate.price_model in ("per_unit", "markup"):
+    if rate.price_model in _PER_UNIT:
         price = fraction_of(rate.unit_price) / fraction_of(rate.per)
         lo = free if free else None
         step = (0, lo, None, price.numerator, price.denominator, rate.per, rate.unit_price, *none)

@@ -319,3 +319,21 @@ def test_balances_are_per_grant_and_old_credit_lines_are_the_grant_prepaid_credi
     lines = issued([("UBX-1", "2026-06", "credit", "-12.00"),
                     ("UBX-2", "2026-07", "credit_grant:promo", "-4.00")])  # fmt: skip
     assert credit.balances(grants, lines) == {"acct-g": {PREPAID_GRANT: D(18), "promo": D(6)}}
+
+
+def test_applies_to_a_meter_or_model_no_rate_prices_is_refused_naming_the_field(tmp_path):
+    """A grant for a meter (or model) its pricebook never prices could pay nothing: a typo."""
+    from usagebox_pipelines.config import DEFAULT_PRICEBOOKS
+    from usagebox_pipelines.pricing.accounts import check_grant_scopes
+    from usagebox_pipelines.pricing.pricebook import load_pricebooks
+
+    books = load_pricebooks(DEFAULT_PRICEBOOKS)
+    ok = 'accounts:\n  a:\n    credit_grants: [{id: g, amount: "1", applies_to: {meters: [output_tokens], models: [gpt-4.1]}}]\n'  # noqa: E501
+    check_grant_scopes(accounts_from(tmp_path, ok), books)
+    for typo, field in (("meters: [output_tokenz]", "meters[0]: unknown meter 'output_tokenz'"),
+                        ("meters: [output_tokens], models: [gpt-4.2]",
+                         "models[0]: unknown model 'gpt-4.2'")):  # fmt: skip
+        body = f'accounts:\n  a:\n    credit_grants: [{{id: g, amount: "1", applies_to: {{{typo}}}}}]\n'  # noqa: E501
+        with pytest.raises(AccountsError) as err:
+            check_grant_scopes(accounts_from(tmp_path, body), books)
+        assert f"accounts.yaml: accounts.a.credit_grants[0].applies_to.{field}" in str(err.value)

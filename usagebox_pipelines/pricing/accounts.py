@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.months import shift_month
@@ -32,6 +32,9 @@ from usagebox_pipelines.pricing.tax import (
     tax_rate,
     treatment,
 )
+
+if TYPE_CHECKING:
+    from usagebox_pipelines.pricing.pricebook import PricebookSet
 
 ACCOUNTS_FILE = "accounts.yaml"
 _TOP_KEYS = {"defaults", "accounts", "tax"}
@@ -568,6 +571,32 @@ def _applies_to(raw: Any, where: y.Where) -> tuple[tuple[str, ...], tuple[str, .
     if not any(lists):
         where.fail("needs meters and/or models")
     return lists[0], lists[1]
+
+
+def check_grant_scopes(accounts: Accounts, books: PricebookSet) -> None:
+    """Refuse an `applies_to` meter or model no rate of the account's pricebook prices (such a
+    grant could never pay anything: a typo). Models count among the rates of the grant's
+    meters (all rates without `meters`) and are not checked when one of those is a `*` rate;
+    an unknown pricebook is reported by rating itself."""
+    where = y.Where(y.display(accounts.file or Path(ACCOUNTS_FILE)), AccountsError)
+    for account_id in accounts.ids():
+        account = accounts.get(account_id)
+        rates = [r for v in books.versions_of(account.pricebook) for r in v.rates]
+        if not rates:
+            continue
+        at = where.key("accounts").key(account_id).key("credit_grants")
+        for i, grant in enumerate(account.credit_grants):
+            mine = [r for r in rates if not grant.meters or r.meter_id in grant.meters]
+            known = {"meters": {r.meter_id for r in rates}, "models": {r.model_id for r in mine}}
+            for key, ids in (("meters", grant.meters), ("models", grant.models)):
+                if key == "models" and "*" in known["models"]:
+                    continue
+                for j, value in enumerate(ids):
+                    if value not in known[key]:
+                        at.item(i).key("applies_to").key(key).item(j).fail(
+                            f"unknown {key[:-1]} {value!r}: no rate of pricebook "
+                            f"{account.pricebook!r} prices it"
+                        )
 
 
 def _after_hard_stop(raw: Any, where: y.Where) -> str:

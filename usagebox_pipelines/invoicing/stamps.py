@@ -33,13 +33,6 @@ def recorded_fingerprints(invoices: pl.DataFrame) -> dict[str, str]:
     return out
 
 
-def decimal_map(text: str | None) -> dict[str, Decimal] | None:
-    """Parse a JSON {key: decimal string} stamp (None stays None)."""
-    if text is None:
-        return None
-    return {k: Decimal(v) for k, v in json.loads(text).items()}
-
-
 def credit_map(text: str | None) -> dict[str, dict[str, Decimal]] | None:
     """Parse a `period_closes.opening_credit` stamp: {account: {grant id: decimal string}}.
     Closes before credit grants stamped {account: decimal string}: that is the one grant

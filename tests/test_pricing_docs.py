@@ -23,9 +23,9 @@ _BLOCK = re.compile(r"```yaml\n(# example: ([\w-]+)\n.*?)```", re.S)
 EXAMPLES = {name: yaml.safe_load(body) for body, name in _BLOCK.findall(DOC.read_text())}
 #: Every price model the engine prices has an example (`bills` price models, contract terms).
 MODELS = {
-    "per_unit", "markup", "included", "graduated", "volume", "package", "flat",
+    "per_unit", "markup", "percentage", "included", "graduated", "volume", "package", "flat",
     "price_minimum", "price_cap", "maximum_spend", "tier_flat",
-    "coupon:launch",
+    "coupon:launch", "credit_grant:promo",
 }  # fmt: skip
 
 

@@ -134,7 +134,8 @@ INVALID = [
     (
         "no price",
         HEAD + "rates:\n  - {meter_id: x, model_id: a}\n",
-        r"rates\[0\]: needs exactly one of unit_price, markup, tiers, package, flat \(got none\)",
+        r"rates\[0\]: needs exactly one of unit_price, markup, percentage, tiers, package, "
+        r"flat \(got none\)",
     ),
     (
         "two prices",

@@ -266,6 +266,24 @@ CREDIT_LEDGER = Table(
     },
 )
 
+CREDIT_GRANT_LEDGER = Table(
+    "credit_grant_ledger",
+    s.CREDIT_GRANT_LEDGER,
+    partition_by=(),
+    description="Credit grants, append-only: each grant, draw by an issued invoice and expiry.",
+    comments={
+        "account_id": _ACCOUNT,
+        "grant_id": "Grant id in accounts.yaml (`prepaid_credit` for the prepaid_credit key).",
+        "period": "Month of the drawing invoice; for grant/expiry rows the close that saw it.",
+        "invoice_number": "The issued invoice that drew (draw rows only).",
+        "kind": "grant | draw | expiry.",
+        "amount": "Signed change of the grant's balance; " + _MONEY,
+        "balance_after": "The grant's balance once this row applied; " + _MONEY,
+        "recorded_at": "When the close appended the row; " + _UTC,
+        "run_id": _RUN,
+    },
+)
+
 INVOICES = Table(
     "invoices",
     s.INVOICES,
@@ -318,7 +336,8 @@ PERIOD_CLOSES = Table(
         "period": _MONTH,
         "closed_at": _UTC,
         "events_table_version": "Delta version of `events` the month was rated from.",
-        "opening_credit": "Prepaid balances the month drew from, JSON {account: decimal}.",
+        "opening_credit": "Grant balances the month drew from, JSON {account: {grant: decimal}} "
+        "(closes before ADR 0016: {account: decimal}, the grant prepaid_credit).",
         "totals": "Invoice totals, JSON {currency: total}.",
     },
 )
@@ -513,6 +532,7 @@ TABLES: Mapping[str, Table] = MappingProxyType(
             RATED_USAGE,
             UNRATED_USAGE,
             CREDIT_LEDGER,
+            CREDIT_GRANT_LEDGER,
             INVOICES,
             INVOICE_LINES,
             PERIOD_CLOSES,

@@ -257,6 +257,23 @@ CREDIT_LEDGER = pl.Schema(
     }
 )
 
+# Credit grants, append-only: one row per grant recorded, per draw by an issued invoice and per
+# expiry (ADR 0016). `amount` is the signed change of the grant's balance; `balance_after` the
+# balance once it applied.
+CREDIT_GRANT_LEDGER = pl.Schema(
+    {
+        "account_id": pl.String(),
+        "grant_id": pl.String(),
+        "period": pl.String(),
+        "invoice_number": pl.String(),
+        "kind": pl.String(),
+        "amount": MONEY,
+        "balance_after": MONEY,
+        "recorded_at": TS,
+        "run_id": pl.String(),
+    }
+)
+
 # Which hours have a built rollup and when: `is_late` and `--source auto` read it.
 HOUR_BUILDS = pl.Schema({"hour": TS, "built_at": TS, "run_id": pl.String()})
 

@@ -318,14 +318,20 @@ def _pseudo_key() -> pl.Expr:
 def _pseudo_accounts(accounts: Accounts, pairs: pl.DataFrame) -> Accounts:
     """One stand-alone account per pair with the real account's pricebook, currency and discount.
 
-    Minimum commit and prepaid credit are dropped: they are not spend (budgets measure what
-    usage costs, not how it is paid), and the parent link is cut (each prefix stands alone).
+    Minimum commit, prepaid credit and credit grants are dropped: they are not spend (budgets
+    measure what usage costs, not how it is paid), and the parent link is cut (each prefix
+    stands alone).
     """
     listed = {}
     for key, account_id in pairs.select("key", "account_id").iter_rows():
         base = accounts.get(account_id)
         listed[key] = dataclasses.replace(
-            base, account_id=key, parent=None, minimum_commit=None, prepaid_credit=None
+            base,
+            account_id=key,
+            parent=None,
+            minimum_commit=None,
+            prepaid_credit=None,
+            credit_grants=(),
         )
     return Accounts(defaults=accounts.defaults, listed=listed, file=accounts.file)
 

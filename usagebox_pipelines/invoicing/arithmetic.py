@@ -127,6 +127,9 @@ def _step_text(rate: Rate, s: dict, amount: Decimal, first: bool, many_versions:
         text = f"{packages:,} package(s) of {plain(s['per'])} × {price_text(s['unit_price'])}"
     elif rate.price_model == "flat":
         text = f"flat fee {price_text(s['unit_price'])}"
+    elif rate.price_model == "percentage":
+        word = "next " if rate.free_units else ""
+        text = f"{(s['unit_price'] * 100).normalize():f}% of {word}{qty}"
     else:
         word = ("first " if first else "next ") if rate.price_model == "graduated" else ""
         if s["price_model"] != "included" and rate.free_units:

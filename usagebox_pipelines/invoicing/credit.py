@@ -1,39 +1,77 @@
-"""Prepaid credit: a grant drawn only by ISSUED invoices, in issue order, never beyond it.
+"""Credit grants: drawn only by ISSUED invoices, in issue order, never beyond a grant.
 
-A draft shows the credit it *would* apply: the account's balance is the grant minus what the
-issued invoices of closed periods have drawn so far (`balances`). A draft never draws, so
-rebuilding a draft (or leaving a month open forever) changes no balance. A close applies that
-balance, stamps it on `period_closes.opening_credit` (so verify re-rates exactly) and, once its
-marker is written, rewrites `credit_ledger` from the issued invoices (`ledger`): one row per
-account and closed period, in close order, each opening = the previous closing.
+An account's grants are its `credit_grants` plus `prepaid_credit` (the grant
+`prepaid_credit`). A draft shows the credit it *would* apply: each grant's balance is its
+amount minus what the issued invoices of closed periods have drawn from it (`balances`). A
+draft never draws, so rebuilding a draft (or leaving a month open forever) changes no balance.
+A close applies those balances, stamps them on `period_closes.opening_credit` (so verify
+re-rates exactly) and, once its marker is written, writes the books:
 
-`credit_ledger` is derived, never read to rate: the issued credit lines are the truth, so a
-crash between the marker and the ledger write changes nothing (the next close rewrites it).
-See docs/adr/0007-credit-is-drawn-by-issued-invoices.md.
+- `credit_grant_ledger` is append-only: a close appends the rows the issued history implies
+  and the table lacks (`grant_ledger_rows`): one `grant` row per grant the first time a close
+  sees it, one `draw` row per grant and issued invoice that drew it (its balance after), one
+  `expiry` row when a grant's expiry passes (the balance that lapsed). A rerun appends
+  nothing; a crash before the append is caught up by the next close (its rows keep their own
+  period), so no row is lost and none is written twice.
+- `credit_ledger` stays the per-account summary it was (derived, rewritten: `ledger`).
+
+Neither is read to rate: the issued credit lines are the truth. See ADR 0007 and ADR 0016.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from decimal import Decimal
 
 import polars as pl
 
 from usagebox_pipelines.invoicing.hard_stop import waived_amounts
-from usagebox_pipelines.pricing.contract import WAIVER_RATE, contract_lines
-from usagebox_pipelines.schemas import CREDIT_LEDGER, RATED_USAGE, conform
+from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.pricing.accounts import PREPAID_GRANT, CreditGrant
+from usagebox_pipelines.pricing.contract import (
+    GRANT_RATE,
+    WAIVER_RATE,
+    CreditBalances,
+    contract_lines,
+)
+from usagebox_pipelines.schemas import (
+    CREDIT_GRANT_LEDGER,
+    CREDIT_LEDGER,
+    MONEY,
+    RATED_USAGE,
+    conform,
+)
 
 _ZERO = Decimal(0)
+#: Grants per account: {account: {grant id: grant}}.
+Grants = Mapping[str, Mapping[str, CreditGrant]]
 
 
-def grants(accounts: object) -> dict[str, Decimal]:
-    """{account: prepaid_credit} of every configured account with a grant."""
+def grants(accounts: object) -> dict[str, dict[str, CreditGrant]]:
+    """{account: {grant id: grant}} of every configured account with a grant."""
     out = {}
     for account_id in accounts.ids():
-        grant = accounts.get(account_id).prepaid_credit
-        if grant is not None:
-            out[account_id] = grant
+        own = accounts.get(account_id).grants
+        if own:
+            out[account_id] = {g.grant_id: g for g in own}
     return out
+
+
+def grant_totals(grant: Grants) -> dict[str, Decimal]:
+    """{account: Σ grant amounts}: what `credit_ledger` (per account) opens with."""
+    return {a: sum((g.amount for g in own.values()), _ZERO) for a, own in grant.items()}
+
+
+def grant_id() -> pl.Expr:
+    """The grant a credit line drew (from its unit): `credit_grant:<id>` → `<id>`; the old
+    `credit` unit is the grant `prepaid_credit`."""
+    unit = pl.col("unit").fill_null("credit")
+    prefix = GRANT_RATE + ":"
+    return (
+        pl.when(unit.str.starts_with(prefix))
+        .then(unit.str.strip_prefix(prefix))
+        .otherwise(pl.lit(PREPAID_GRANT))
+    )
 
 
 def drawn(issued_lines: pl.DataFrame) -> dict[str, Decimal]:
@@ -45,21 +83,39 @@ def drawn(issued_lines: pl.DataFrame) -> dict[str, Decimal]:
     return {a: -Decimal(v) for a, v in sums.iter_rows() if v}
 
 
-def balances(grant: Mapping[str, Decimal], issued_lines: pl.DataFrame) -> dict[str, Decimal]:
-    """Opening balance of the next close (and of every draft): grant − drawn by issued lines.
+def drawn_by_grant(issued_lines: pl.DataFrame) -> dict[str, dict[str, Decimal]]:
+    """{account: {grant id: credit drawn}} by the given issued lines."""
+    credit = issued_lines.filter(pl.col("kind") == "credit")
+    out: dict[str, dict[str, Decimal]] = {}
+    if credit.is_empty():
+        return out
+    sums = credit.group_by("account_id", grant_id().alias("grant_id")).agg(pl.col("amount").sum())
+    for account_id, grant, amount in sums.iter_rows():
+        if amount:
+            out.setdefault(account_id, {})[grant] = -Decimal(amount)
+    return out
 
-    Every account with a grant is listed, so rating never falls back to the full grant for an
-    account that already drew some of it.
+
+def balances(grant: Grants, issued_lines: pl.DataFrame) -> dict[str, dict[str, Decimal]]:
+    """Opening balances of the next close (and of every draft): per account and grant,
+    amount − drawn by issued lines.
+
+    Every grant of every account is listed, so rating never falls back to the full amount
+    of a grant that already paid some invoices.
     """
-    used = drawn(issued_lines)
-    return {a: g - used.get(a, _ZERO) for a, g in sorted(grant.items())}
+    used = drawn_by_grant(issued_lines)
+    return {
+        a: {g: own[g].amount - used.get(a, {}).get(g, _ZERO) for g in sorted(own)}
+        for a, own in sorted(grant.items())
+    }
 
 
 def ledger(
     grant: Mapping[str, Decimal], closes: Iterable[str], issued_lines: pl.DataFrame
 ) -> pl.DataFrame:
     """CREDIT_LEDGER rows from the issued lines: per closed period (in close order, `closes`)
-    and account with a grant (or a draw), opening − drawn = closing, chained."""
+    and account with a grant (or a draw), opening − drawn = closing, chained. `grant`: the
+    account totals (`grant_totals`)."""
     by_period = {
         p: drawn(part)
         for (p,), part in issued_lines.filter(pl.col("kind") == "credit").group_by("period")
@@ -84,11 +140,96 @@ def ledger(
     return pl.DataFrame(rows, schema=CREDIT_LEDGER) if rows else pl.DataFrame(schema=CREDIT_LEDGER)
 
 
+# --------------------------------------------------------------------------- grant ledger
+
+_ONCE = ["account_id", "grant_id", "kind"]
+_DRAW_KEY = ["account_id", "grant_id", "kind", "period", "invoice_number"]
+
+
+def grant_ledger_rows(
+    grant: Grants,
+    closes: Sequence[str],
+    issued_lines: pl.DataFrame,
+    stored: pl.DataFrame,
+    period: str,
+) -> pl.DataFrame:
+    """The CREDIT_GRANT_LEDGER rows the close of `period` appends: the rows the issued history
+    implies (`closes` in close order, `issued_lines` their lines) that `stored` lacks.
+
+    `grant` rows (amount = the grant) and `expiry` rows (amount = minus what lapsed; a grant
+    expires at the first close of a period starting at or after its `expires`) happen once per
+    grant and carry the period of the close that wrote them; a `draw` row per grant and issued
+    invoice carries the invoice's period and the grant's balance after it, in close order.
+    `recorded_at` and `run_id` are left null for the writer.
+    """
+    start, _ = month_bounds(period)
+    draws = _draw_rows(grant, closes, issued_lines)
+    used = drawn_by_grant(issued_lines)
+    once = []
+    for account_id, own in sorted(grant.items()):
+        for g in sorted(own.values(), key=lambda g: g.burn_key):
+            once.append(_once_row(account_id, g.grant_id, period, "grant", g.amount, g.amount))
+            if g.expired_by(start):
+                lapsed = g.amount - used.get(account_id, {}).get(g.grant_id, _ZERO)
+                once.append(_once_row(account_id, g.grant_id, period, "expiry", -lapsed, _ZERO))
+    once_frame = pl.DataFrame(once, schema=CREDIT_GRANT_LEDGER) if once else draws.clear()
+    new_once = once_frame.join(stored.select(_ONCE), on=_ONCE, how="anti", maintain_order="left")
+    new_draws = draws.join(
+        stored.select(_DRAW_KEY), on=_DRAW_KEY, how="anti", nulls_equal=True, maintain_order="left"
+    )
+    kind_order = pl.col("kind").replace_strict({"grant": 0, "draw": 1, "expiry": 2})
+    return conform(
+        pl.concat([new_once, new_draws]).sort(kind_order, maintain_order=True), CREDIT_GRANT_LEDGER
+    )
+
+
+def _once_row(
+    account_id: str, grant: str, period: str, kind: str, amount: Decimal, after: Decimal
+) -> dict:
+    return {
+        "account_id": account_id,
+        "grant_id": grant,
+        "period": period,
+        "invoice_number": None,
+        "kind": kind,
+        "amount": amount,
+        "balance_after": after,
+    }
+
+
+def _draw_rows(grant: Grants, closes: Sequence[str], issued_lines: pl.DataFrame) -> pl.DataFrame:
+    """One `draw` row per account × grant × issued invoice, balance chained in close order."""
+    credit = issued_lines.filter(pl.col("kind") == "credit")
+    if credit.is_empty():
+        return pl.DataFrame(schema=CREDIT_GRANT_LEDGER)
+    amounts = pl.DataFrame(
+        [(a, g.grant_id, g.amount) for a, own in grant.items() for g in own.values()],
+        schema={"account_id": pl.String, "grant_id": pl.String, "granted": MONEY},
+        orient="row",
+    )
+    order = {p: i for i, p in enumerate(closes)}
+    rows = (
+        credit.group_by("account_id", grant_id().alias("grant_id"), "period", "invoice_number")
+        .agg(pl.col("amount").sum().cast(MONEY))
+        .filter(pl.col("amount") != 0)
+        .with_columns(pos=pl.col("period").replace_strict(order, default=len(order)))
+        .sort("account_id", "grant_id", "pos", "invoice_number")
+        .join(amounts, on=["account_id", "grant_id"], how="left", maintain_order="left")
+    )
+    after = pl.col("granted").fill_null(_ZERO) + pl.col("amount").cum_sum().over(
+        "account_id", "grant_id"
+    )
+    return conform(
+        rows.with_columns(kind=pl.lit("draw"), balance_after=after).sort("pos", "account_id"),
+        CREDIT_GRANT_LEDGER,
+    )
+
+
 def with_current_credit(
     rated: pl.DataFrame,
     accounts: object,
     period: str,
-    opening: Mapping[str, Decimal],
+    opening: CreditBalances,
     scope: Collection[str] | None = None,
 ) -> pl.DataFrame:
     """`rated` (RATED_USAGE of one period) with its contract rows recomputed from `opening`.

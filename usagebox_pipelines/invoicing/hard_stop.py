@@ -20,7 +20,6 @@ same rows) and `usage_hourly` rebuilt at the stamped `events` version.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -29,6 +28,7 @@ import polars as pl
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.contract import (
     WAIVER_RATE,
+    CreditBalances,
     contract_lines,
     rounded_usage_subtotals,
 )
@@ -116,7 +116,7 @@ def apply_waivers(
     period: str,
     books: PricebookSet,
     accounts: Accounts,
-    opening: Mapping[str, Decimal] | None = None,
+    opening: CreditBalances | None = None,
 ) -> pl.DataFrame:
     """`rated` (RATED_USAGE of `period`) with the hard-stop waivers of `waive` accounts.
 

@@ -32,7 +32,12 @@ from usagebox_pipelines.decimals import grouped_text
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.hard_stop import waiver_description
-from usagebox_pipelines.pricing.contract import COUPON_RATE, SPEND_CAP_RATE, WAIVER_RATE
+from usagebox_pipelines.pricing.contract import (
+    COUPON_RATE,
+    GRANT_RATE,
+    SPEND_CAP_RATE,
+    WAIVER_RATE,
+)
 from usagebox_pipelines.pricing.money import minor_units, round_money
 from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES, MONEY, MONEY2, QTY, conform
 
@@ -169,10 +174,11 @@ def _contract_lines(rated: pl.DataFrame) -> pl.DataFrame:
     if rated.is_empty():
         return pl.DataFrame()
     waiver = pl.col("rate_id").fill_null("") == WAIVER_RATE
+    grant = pl.col("rate_id").fill_null("").str.starts_with(GRANT_RATE + ":")
     tax = pl.col("line_kind") == "tax"
     grouped = (
         rated.with_columns(
-            unit=pl.when(waiver)
+            unit=pl.when(waiver | grant)
             .then(pl.col("unit"))
             .when(pl.col("rate_id") == SPEND_CAP_RATE)
             .then(pl.lit(SPEND_CAP_RATE))
@@ -180,11 +186,15 @@ def _contract_lines(rated: pl.DataFrame) -> pl.DataFrame:
             .then(pl.col("rate_id"))
             .otherwise(pl.col("line_kind")),
             stop_at=pl.when(waiver).then(pl.col("first_hour")),
+            balance_after=pl.when(grant).then(
+                pl.col("dimensions").str.json_path_match("$.balance_after")
+            ),
         )
         .group_by(["account_id", "period", "line_kind", "unit", "currency"], maintain_order=True)
         .agg(
             pl.col("amount").sum().cast(MONEY).alias("exact_amount"),
             pl.col("stop_at").min(),
+            pl.col("balance_after").drop_nulls().first(),
             # the tax line is one row per account: its base, rate and per stay on the line
             pl.col("quantity").filter(tax).first().cast(QTY),
             pl.col("unit_price").filter(tax).first().cast(MONEY),
@@ -205,9 +215,30 @@ def _contract_lines(rated: pl.DataFrame) -> pl.DataFrame:
             amount=round_line(pl.col("exact_amount"), rated["currency"]),
             waiver_text=pl.Series(waivers, dtype=pl.String),
         )
-        .with_columns(description=pl.coalesce("waiver_text", labels))
-        .drop("waiver_text")
+        .with_columns(description=pl.coalesce("waiver_text", _grant_words(), labels))
+        .drop("waiver_text", "balance_after")
     )
+
+
+def _grant_words() -> pl.Expr:
+    """`Credit grant promo-q3 (balance left 70.00 USD)`: which grant paid, and what is left of
+    it after this invoice (null on other lines)."""
+    return pl.when(is_grant(pl.col("unit"))).then(
+        pl.concat_str(
+            pl.lit("Credit grant "),
+            pl.col("unit").str.strip_prefix(GRANT_RATE + ":"),
+            pl.lit(" (balance left "),
+            pl.col("balance_after"),
+            pl.lit(" "),
+            pl.col("currency"),
+            pl.lit(")"),
+        )
+    )
+
+
+def is_grant(unit: pl.Expr) -> pl.Expr:
+    """A credit line of a credit grant other than `prepaid_credit` (told apart by its unit)."""
+    return unit.fill_null("").str.starts_with(GRANT_RATE + ":")
 
 
 def is_waiver(unit: object) -> bool:
@@ -258,6 +289,9 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
         pl.when(pl.col("price_model") == "included").then(pl.lit(INCLUDED_TEXT)),
         pl.when(pl.col("price_model") == "tier_flat").then(pl.lit("tier flat fee")),
         pl.when(pl.col("price_model") == "markup").then(pl.lit(MARKUP_TEXT)),
+        pl.when(pl.col("price_model") == "percentage").then(
+            pl.format("{}% of the amount", _percent_text(pl.col("unit_price")))
+        ),
         pl.when(pl.col("price_model") == "price_minimum").then(
             pl.format("minimum {} a month, true-up", pl.col("unit_price").cast(MONEY2))
         ),
@@ -270,6 +304,13 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
     )
     described = pl.when(details != "").then(head + pl.lit(DETAIL_SEP) + details)
     return frame.select(described.otherwise(head).alias("description")).to_series()
+
+
+def _percent_text(unit_price: pl.Expr) -> pl.Expr:
+    """A percentage rate's unit price (rate / 100, Decimal(38, 12)) as its percent, exact and
+    without trailing zeros: 0.029 → `2.9`, 0.01 → `1`."""
+    text = (unit_price * 100).cast(pl.String)
+    return text.str.strip_chars_end("0").str.strip_chars_end(".")
 
 
 def _dims_label_column(grouped: pl.DataFrame, rivals: list[str], family: list[str]) -> pl.Series:
@@ -433,7 +474,7 @@ def _account_wording() -> pl.Expr:
         .when(kind == "credit")
         .then(pl.lit(CONTRACT_LABELS["credit"]))
     )
-    contract = kind.is_in(list(CONTRACT_KINDS)) & ~waiver
+    contract = kind.is_in(list(CONTRACT_KINDS)) & ~waiver & ~is_grant(pl.col("unit"))
     spend_cap = pl.col("unit").fill_null("") == SPEND_CAP_RATE
     coupon = pl.col("unit").fill_null("").str.starts_with(COUPON_RATE + ":")
     coupon_words = pl.lit("Discount coupon ") + pl.col("unit").str.strip_prefix(COUPON_RATE + ":")

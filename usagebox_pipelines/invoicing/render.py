@@ -26,9 +26,12 @@ from usagebox_pipelines.documents import format_money, render_pdf, svg_bar_chart
 from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.lines import CONTRACT_LABELS, DETAIL_SEP, field, meter_label
+from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.pricing.contract import grant_balances, stamped_grants
 
 if TYPE_CHECKING:
     from usagebox_pipelines.pricing.accounts import Account
+    from usagebox_pipelines.pricing.contract import CreditBalances
 
 ZERO = Decimal(0)
 PER_LABELS = {1_000_000: "1M", 1_000: "1K", 1_000_000_000: "1B"}
@@ -446,12 +449,13 @@ def render_args(
     lines: pl.DataFrame,
     account: Account,
     issuer: dict,
-    opening: Mapping[str, Decimal] | None,
+    opening: CreditBalances | None,
 ) -> tuple:
     """`render_document`'s arguments for one stored document: what it corrects, the invoices
-    its adjustments restate, and its prepaid balance before it (`opening`: the close's
-    `opening_credit`, {account: balance}; an account missing there starts from its grant)."""
-    credit_opening = (opening or {}).get(row["account_id"], account.prepaid_credit)
+    its adjustments restate, and its credit balance before it (`opening`: the close's
+    `opening_credit`, {account: {grant: balance}}; an account missing there starts from its
+    grants: `credit_before`)."""
+    credit_opening = credit_before(opening, account, row["period"])
     return (
         row,
         lines,
@@ -461,6 +465,17 @@ def render_args(
         originals(issued, row, lines),
         credit_opening,
     )
+
+
+def credit_before(opening: CreditBalances | None, account: Account, period: str) -> Decimal | None:
+    """The credit balance the invoice box opens with: Σ of the balances of the grants usable
+    in `period` (one grant: its balance as stamped); None when no grant is usable."""
+    own = grant_balances((opening or {}).get(account.account_id), account)
+    start, end = month_bounds(period)
+    usable = [own[g.grant_id] for g in stamped_grants(account, own) if g.usable_in(start, end)]
+    if not usable:
+        return None
+    return usable[0] if len(usable) == 1 else sum(usable, Decimal(0))
 
 
 def originals(issued: pl.DataFrame, row: dict, lines: pl.DataFrame) -> dict[str, list[str]]:

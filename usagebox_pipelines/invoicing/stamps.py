@@ -4,11 +4,13 @@ reports: pure, no I/O."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from decimal import Decimal
 
 import polars as pl
 
 from usagebox_pipelines.decimals import plain, plain_row, plain_text  # noqa: F401 (re-exported)
+from usagebox_pipelines.pricing.accounts import PREPAID_GRANT
 from usagebox_pipelines.pricing.pricebook import (
     PricebookError,
     PricebookSet,
@@ -31,11 +33,24 @@ def recorded_fingerprints(invoices: pl.DataFrame) -> dict[str, str]:
     return out
 
 
-def decimal_map(text: str | None) -> dict[str, Decimal] | None:
-    """Parse a JSON {key: decimal string} stamp (None stays None)."""
+def credit_map(text: str | None) -> dict[str, dict[str, Decimal]] | None:
+    """Parse a `period_closes.opening_credit` stamp: {account: {grant id: decimal string}}.
+    Closes before credit grants stamped {account: decimal string}: that is the one grant
+    `prepaid_credit` (ADR 0016), so their invoices rebuild exactly."""
     if text is None:
         return None
-    return {k: Decimal(v) for k, v in json.loads(text).items()}
+    out: dict[str, dict[str, Decimal]] = {}
+    for account_id, value in json.loads(text).items():
+        if isinstance(value, dict):
+            out[account_id] = {g: Decimal(v) for g, v in value.items()}
+        else:
+            out[account_id] = {PREPAID_GRANT: Decimal(value)}
+    return out
+
+
+def credit_stamp(opening: Mapping[str, Mapping[str, Decimal]]) -> str:
+    """The `opening_credit` stamp of per-grant balances (`credit_map` reads it back)."""
+    return dump_json({a: {g: str(v) for g, v in own.items()} for a, own in opening.items()})
 
 
 def dump_json(value: object) -> str:

@@ -3,9 +3,10 @@
 An account not listed is billed under the `defaults:` block, so new customers are billable
 before anyone edits the file. `parent` builds an org → team → user hierarchy: a child inherits
 the `currency`, `pricebook`, `discount_pct` and `payment_terms_days` it does not set itself.
-Commitments (`minimum_commit`, `prepaid_credit`, `maximum_spend`) and budgets belong to the
-account that states them and are never inherited (each account is invoiced on its own; see
-ADR 0002).
+Commitments (`minimum_commit`, `prepaid_credit`, `credit_grants`, `maximum_spend`) and budgets
+belong to the account that states them and are never inherited (each account is invoiced on its
+own; see ADR 0002). `prepaid_credit: X` is the grant `prepaid_credit` of X (no dates, priority 0,
+for everything): `Account.grants` lists it before the `credit_grants` (ADR 0016).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.months import shift_month
@@ -30,6 +32,9 @@ from usagebox_pipelines.pricing.tax import (
     tax_rate,
     treatment,
 )
+
+if TYPE_CHECKING:
+    from usagebox_pipelines.pricing.pricebook import PricebookSet
 
 ACCOUNTS_FILE = "accounts.yaml"
 _TOP_KEYS = {"defaults", "accounts", "tax"}
@@ -49,6 +54,7 @@ _ACCOUNT_KEYS = {
     "discount_pct",
     "minimum_commit",
     "prepaid_credit",
+    "credit_grants",
     "maximum_spend",
     "coupons",
     "payment_terms_days",
@@ -64,7 +70,12 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _HUNDRED = Decimal(100)
 _COUPON_KEYS = {"id", "amount", "from", "months"}
+_GRANT_KEYS = {"id", "amount", "effective", "expires", "priority", "applies_to"}
+_APPLIES_KEYS = {"meters", "models"}
+#: The grant id `prepaid_credit: X` stands for (its credit line keeps the old wording).
+PREPAID_GRANT = "prepaid_credit"
 _MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class AccountsError(UsageboxError):
@@ -100,6 +111,55 @@ class Coupon:
 
 
 @dataclass(frozen=True)
+class CreditGrant:
+    """Prepaid credit that pays invoices of the periods overlapping [effective, expires).
+
+    `None` dates are open ends (always usable). Lower `priority` burns first. With `meters`
+    and/or `models` the grant pays only usage lines of those meters/models (both: of both).
+    """
+
+    grant_id: str
+    amount: Decimal
+    effective: datetime | None = None
+    expires: datetime | None = None
+    priority: int = 0
+    meters: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+
+    def usable_in(self, start: datetime, end: datetime) -> bool:
+        """True when the half-open period [start, end) overlaps [effective, expires)."""
+        begun = self.effective is None or self.effective < end
+        return begun and (self.expires is None or self.expires > start)
+
+    def expired_by(self, start: datetime) -> bool:
+        """True when no period starting at or after `start` can use the grant any more."""
+        return self.expires is not None and self.expires <= start
+
+    @property
+    def restricted(self) -> bool:
+        """Whether the grant pays only some usage lines (`applies_to`)."""
+        return bool(self.meters or self.models)
+
+    def pays_for(self, meter_id: str | None, model_id: str | None) -> bool:
+        """Whether usage of this meter × model is a line the grant may pay."""
+        meter_ok = not self.meters or meter_id in self.meters
+        return meter_ok and (not self.models or model_id in self.models)
+
+    @property
+    def burn_key(self) -> tuple:
+        """The fixed burn order: priority, earliest expiry (none last), earliest effective
+        (always-effective first), then id."""
+        never = datetime.max.replace(tzinfo=UTC)
+        always = datetime.min.replace(tzinfo=UTC)
+        return (
+            self.priority,
+            self.expires or never,
+            self.effective or always,
+            self.grant_id,
+        )
+
+
+@dataclass(frozen=True)
 class Budget:
     """Monthly spend budget: notify at `soft_pct`, act at `hard_pct` per `enforcement`."""
 
@@ -126,6 +186,8 @@ class Account:
     discount_pct: Decimal = Decimal(0)
     minimum_commit: Decimal | None = None
     prepaid_credit: Decimal | None = None
+    #: The `credit_grants` list (`grants` adds `prepaid_credit`).
+    credit_grants: tuple[CreditGrant, ...] = ()
     maximum_spend: Decimal | None = None
     coupons: tuple[Coupon, ...] = ()
     budget: Budget | None = None
@@ -135,6 +197,14 @@ class Account:
     country: str | None = None
     #: The resolved tax treatment (pricing.tax); None when accounts.yaml has no `tax:` block.
     tax: TaxTreatment | None = None
+
+    @property
+    def grants(self) -> tuple[CreditGrant, ...]:
+        """Every credit grant: `prepaid_credit` (as the grant PREPAID_GRANT) first, then the
+        `credit_grants`."""
+        if self.prepaid_credit is None:
+            return self.credit_grants
+        return (CreditGrant(PREPAID_GRANT, self.prepaid_credit), *self.credit_grants)
 
 
 @dataclass(frozen=True)
@@ -294,6 +364,7 @@ def _resolve(
     tax_id = None if body.get("tax_id") is None else y.text(body["tax_id"], at.key("tax_id"))
     country = _country(body.get("country"), at.key("country")) or inherited["country"]
     note = body.get("tax_note")
+    prepaid = _money(body.get("prepaid_credit"), at.key("prepaid_credit"))
     account = Account(
         account_id=account_id,
         name=y.text(body.get("name", account_id), at.key("name")),
@@ -305,7 +376,8 @@ def _resolve(
         parent=parent_id,
         discount_pct=_pct(body, "discount_pct", inherited["discount_pct"], at),
         minimum_commit=_money(body.get("minimum_commit"), at.key("minimum_commit")),
-        prepaid_credit=_money(body.get("prepaid_credit"), at.key("prepaid_credit")),
+        prepaid_credit=prepaid,
+        credit_grants=_credit_grants(body.get("credit_grants"), prepaid, currency, at),
         maximum_spend=_maximum_spend(body, at),
         coupons=_coupons(body.get("coupons"), at.key("coupons")),
         payment_terms_days=y.integer(
@@ -406,6 +478,125 @@ def _coupons(raw: Any, where: y.Where) -> tuple[Coupon, ...]:
             )
         )
     return tuple(out)
+
+
+def _credit_grants(
+    raw: Any, prepaid: Decimal | None, currency: str, where: y.Where
+) -> tuple[CreditGrant, ...]:
+    """Each `credit_grants` item; ids are unique, and `prepaid_credit` is taken when the
+    account sets `prepaid_credit` (that is the grant of that id)."""
+    if raw is None:
+        return ()
+    at = where.key("credit_grants")
+    if not isinstance(raw, list):
+        at.fail("must be a list of {id, amount, effective, expires, priority, applies_to}")
+    out: list[CreditGrant] = []
+    seen = set() if prepaid is None else {PREPAID_GRANT}
+    for i, item in enumerate(raw):
+        grant = _credit_grant(item, currency, at.item(i))
+        if grant.grant_id in seen:
+            why = "also set by prepaid_credit" if grant.grant_id == PREPAID_GRANT else "duplicate"
+            at.item(i).key("id").fail(f"{why} grant id {grant.grant_id!r}")
+        seen.add(grant.grant_id)
+        out.append(grant)
+    return tuple(out)
+
+
+def _credit_grant(raw: Any, currency: str, where: y.Where) -> CreditGrant:
+    """One grant: whole minor units of the account's currency (a draw is), dates UTC."""
+    body = y.mapping(raw, where, _GRANT_KEYS, required={"id", "amount"})
+    amount = y.decimal(body["amount"], where.key("amount"), minimum=Decimal(0))
+    places = MINOR_UNITS[currency]
+    if amount.as_tuple().exponent < -places:  # type: ignore[operator]
+        where.key("amount").fail(f"at most {places} decimal places in {currency}, got {amount}")
+    effective = _instant(body.get("effective"), where.key("effective"))
+    expires = _instant(body.get("expires"), where.key("expires"))
+    if effective is not None and expires is not None and expires <= effective:
+        where.key("expires").fail(
+            f"must be after effective ({expires.isoformat()} <= {effective.isoformat()})"
+        )
+    meters, models = _applies_to(body.get("applies_to"), where.key("applies_to"))
+    return CreditGrant(
+        grant_id=y.text(body["id"], where.key("id"), pattern=_ID_RE),
+        amount=amount,
+        effective=effective,
+        expires=expires,
+        priority=_priority(body.get("priority", 0), where.key("priority")),
+        meters=meters,
+        models=models,
+    )
+
+
+def _priority(value: Any, where: y.Where) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        where.fail(f"must be an integer, got {value!r}")
+    return value
+
+
+def _instant(value: Any, where: y.Where) -> datetime | None:
+    """A UTC instant from a YAML date (its UTC midnight) or a timestamp with an offset."""
+    if value is None:
+        return None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, str) and _DATE_RE.match(value.strip()):
+        value = date.fromisoformat(value.strip())  # a date written as text: its UTC midnight
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            where.fail(f"not a date or RFC 3339 timestamp: {value!r}")
+    if not isinstance(value, datetime):
+        where.fail("must be a date (2026-07-01) or a timestamp with offset")
+    if value.tzinfo is None or value.utcoffset() is None:
+        where.fail("needs a UTC offset or Z, e.g. 2026-07-01T00:00:00Z")
+    return value.astimezone(UTC)
+
+
+def _applies_to(raw: Any, where: y.Where) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(meters, models) a restricted grant pays for; ((), ()) = everything."""
+    if raw is None:
+        return (), ()
+    body = y.mapping(raw, where, _APPLIES_KEYS)
+    lists = []
+    for key in ("meters", "models"):
+        items = body.get(key)
+        if items is None:
+            lists.append(())
+            continue
+        if not isinstance(items, list) or not items:
+            where.key(key).fail("must be a non-empty list of ids")
+        lists.append(tuple(y.text(v, where.key(key).item(i)) for i, v in enumerate(items)))
+    if not any(lists):
+        where.fail("needs meters and/or models")
+    return lists[0], lists[1]
+
+
+def check_grant_scopes(accounts: Accounts, books: PricebookSet) -> None:
+    """Refuse an `applies_to` meter or model no rate of the account's pricebook prices (such a
+    grant could never pay anything: a typo). Models count among the rates of the grant's
+    meters (all rates without `meters`) and are not checked when one of those is a `*` rate;
+    an unknown pricebook is reported by rating itself."""
+    where = y.Where(y.display(accounts.file or Path(ACCOUNTS_FILE)), AccountsError)
+    for account_id in accounts.ids():
+        account = accounts.get(account_id)
+        rates = [r for v in books.versions_of(account.pricebook) for r in v.rates]
+        if not rates:
+            continue
+        at = where.key("accounts").key(account_id).key("credit_grants")
+        for i, grant in enumerate(account.credit_grants):
+            mine = [r for r in rates if not grant.meters or r.meter_id in grant.meters]
+            known = {"meters": {r.meter_id for r in rates}, "models": {r.model_id for r in mine}}
+            for key, ids in (("meters", grant.meters), ("models", grant.models)):
+                if key == "models" and "*" in known["models"]:
+                    continue
+                for j, value in enumerate(ids):
+                    if value not in known[key]:
+                        at.item(i).key("applies_to").key(key).item(j).fail(
+                            f"unknown {key[:-1]} {value!r}: no rate of pricebook "
+                            f"{account.pricebook!r} prices it"
+                        )
 
 
 def _after_hard_stop(raw: Any, where: y.Where) -> str:

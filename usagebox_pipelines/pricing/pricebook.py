@@ -37,15 +37,25 @@ from usagebox_pipelines.pricing.markup import (
 )
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 
-PRICE_MODELS = ("per_unit", "markup", "graduated", "volume", "package", "flat")
+PRICE_MODELS = ("per_unit", "markup", "percentage", "graduated", "volume", "package", "flat")
 _TOP_KEYS = {"pricebook", "version", "effective_from", "currency", "rates", "description"}
 _RATE_KEYS = {
     "id", "description", "meter_id", "model_id", "dimensions", "per", "free_units",
     "minimum", "maximum", "priority", "tier_by",
 }  # fmt: skip
-_PRICE_KEYS = ("unit_price", "markup", "tiers", "package", "flat")
+_PRICE_KEYS = ("unit_price", "markup", "percentage", "tiers", "package", "flat")
 #: Price models that may start with free (included) units; volume and flat may not.
-FREE_UNIT_MODELS = ("per_unit", "markup", "graduated", "package")
+FREE_UNIT_MODELS = ("per_unit", "markup", "percentage", "graduated", "package")
+#: Lago's percentage options we cannot price, and why (refused with the reason, never ignored).
+_PERCENTAGE_UNSUPPORTED = {
+    "fixed_amount": "a fee per event needs the count of original events, and usage_hourly "
+    "counts corrections as events too; add a per-event meter with its own unit_price instead",
+    "free_units_per_events": "needs each event's amount; usage is rated from hourly sums",
+    "per_transaction_min": "needs each event's amount; usage is rated from hourly sums",
+    "per_transaction_max": "needs each event's amount; usage is rated from hourly sums",
+    "free_units_per_total_aggregation": "write the rate's free_units (the first amount of the "
+    "month that is not charged)",
+}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DIM_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _RATE_ID_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._:=*/@-]{0,127}$")
@@ -86,7 +96,8 @@ class Markup:
 
 @dataclass(frozen=True)
 class Rate:
-    """One price rule. `price_model` is per_unit, markup, graduated, volume, package or flat.
+    """One price rule. `price_model` is per_unit, markup, percentage, graduated, volume, package
+    or flat (`percentage` is priced per unit: `unit_price` is its rate / 100).
 
     `rate_id` (the `id` key, else derived from the selector, e.g. `gpu_seconds:*:gpu=h100`) is
     also the key that carries tier and package positions across versions of a month.
@@ -353,6 +364,8 @@ def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
         where.key("per").fail(f"not used with {kind} (a {kind} price is per package/month)")
     if "per" in rate and kind == "markup":
         where.key("per").fail("not used with markup (the vendor list rate has its own per)")
+    if "per" in rate and kind == "percentage":
+        where.key("per").fail("not used with percentage (the rate is a percent of the amount)")
     per = y.decimal(rate.get("per", 1), where.key("per"), positive=True)
     price = _parse_price(kind, rate[kind], where.key(kind))
     free_units = Decimal(0)
@@ -430,6 +443,8 @@ def _parse_price(kind: str, raw: Any, where: y.Where) -> dict[str, Any]:
         return {"price_model": "per_unit", "unit_price": y.decimal(raw, where, minimum=Decimal(0))}
     if kind == "flat":
         return {"price_model": "flat", "flat": y.decimal(raw, where, minimum=Decimal(0))}
+    if kind == "percentage":
+        return _parse_percentage(raw, where)
     if kind == "markup":
         body = y.mapping(raw, where, {"vendor", "pct"}, required={"vendor", "pct"})
         vendor = y.text(body["vendor"], where.key("vendor"), pattern=_ID_RE)
@@ -447,6 +462,18 @@ def _parse_price(kind: str, raw: Any, where: y.Where) -> dict[str, Any]:
             "package_round": rounding,
         }
     return _parse_tiers(raw, where)
+
+
+def _parse_percentage(raw: Any, where: y.Where) -> dict[str, Any]:
+    """Lago's percentage charge: the usage quantity is a transaction amount (in the pricebook's
+    currency) and is charged `rate` percent of it: a per-unit price of rate / 100, exact."""
+    body = y.mapping(raw, where, {"rate", *_PERCENTAGE_UNSUPPORTED}, required={"rate"})
+    for key in sorted(set(body) & set(_PERCENTAGE_UNSUPPORTED)):
+        where.key(key).fail(f"not supported: {_PERCENTAGE_UNSUPPORTED[key]}")
+    rate = y.decimal(body["rate"], where.key("rate"), minimum=Decimal(0))
+    if rate > 100:
+        where.key("rate").fail(f"must be at most 100 (percent), got {rate}")
+    return {"price_model": "percentage", "unit_price": rate.scaleb(-2)}
 
 
 def _parse_tiers(raw: Any, where: y.Where) -> dict[str, Any]:

@@ -23,7 +23,7 @@ function, kept in order.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -34,7 +34,7 @@ from usagebox_pipelines import schemas
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts
-from usagebox_pipelines.pricing.contract import contract_lines
+from usagebox_pipelines.pricing.contract import CreditBalances, contract_lines
 from usagebox_pipelines.pricing.money import (
     EXACT,
     ONE,
@@ -60,17 +60,25 @@ _POSITION_KEYS = ["account_id", "meter_id", "model_id", "rate_id", "tier_group"]
 _ORDER = ["hour", "dimensions", "product_id", "unit"]
 _LINE_ORDER = {"usage": 0, "discount": 1, "minimum": 2, "tax": 3, "credit": 4}
 _COUNTED = ("package", "flat")
+#: Price models priced per unit (a markup's and a percentage's unit price resolved at load).
+_PER_UNIT = ("per_unit", "markup", "percentage")
 #: Tier number of the free-units step (rated rows show it as tier null, price model `included`).
 INCLUDED_TIER = -1
 
 
 @dataclass(frozen=True)
 class RatingResult:
-    """Rated lines (usage + contract), unrated usage, and prepaid balances after the period."""
+    """Rated lines (usage + contract), unrated usage, and prepaid balances after the period:
+    `closing_grants` per account and grant, `closing_credit` their sum per account."""
 
     rated: pl.DataFrame
     unrated: pl.DataFrame
-    closing_credit: dict[str, Decimal]
+    closing_grants: dict[str, dict[str, Decimal]]
+
+    @property
+    def closing_credit(self) -> dict[str, Decimal]:
+        """Per account: the sum of its grant balances after the period."""
+        return {a: sum(g.values(), Decimal(0)) for a, g in self.closing_grants.items()}
 
     @property
     def blocks_close(self) -> bool:
@@ -83,13 +91,13 @@ def rate_usage(
     period: str,
     pricebooks: PricebookSet,
     accounts: Accounts,
-    opening_credit: Mapping[str, Decimal] | None = None,
+    opening_credit: CreditBalances | None = None,
     scope: Collection[str] | None = None,
 ) -> RatingResult:
     """Rate one month of `usage_hourly` (schemas.USAGE_HOURLY); nothing is written.
 
-    `opening_credit` is the prepaid balance carried from the previous period's
-    `closing_credit`; accounts missing from it start from their `prepaid_credit`. `scope`: the
+    `opening_credit` holds the grant balances carried from the issued periods
+    (invoicing.credit.balances); accounts missing from it start from their full grants. `scope`: the
     accounts this call bills when the month is rated in shards (`shards.account_shards`;
     `usage_hourly` then holds only theirs), so each account's contract lines come once.
     """
@@ -582,10 +590,10 @@ def _rate_tables(books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
 def _path(rate: Rate) -> str:
     """How `_price` positions a rate: per_unit (no positions), graduated, volume or untiered.
 
-    Free units turn a per-unit (or markup) price into two graduated steps, included then
+    Free units turn a per-unit (markup, percentage) price into two graduated steps, included then
     priced, and put an included step in front of graduated tiers.
     """
-    if rate.price_model in ("per_unit", "markup"):
+    if rate.price_model in _PER_UNIT:
         return "graduated" if rate.free_units else "per_unit"
     if rate.price_model in ("graduated", "volume"):
         return rate.price_model
@@ -604,7 +612,7 @@ def _steps(rate: Rate) -> list[tuple]:
     included: list[tuple] = []
     if free:
         included.append((INCLUDED_TIER, None, free, 0, 1, rate.per, Decimal(0), *none))
-    if rate.price_model in ("per_unit", "markup"):
+    if rate.price_model in _PER_UNIT:
         price = fraction_of(rate.unit_price) / fraction_of(rate.per)
         lo = free if free else None
         step = (0, lo, None, price.numerator, price.denominator, rate.per, rate.unit_price, *none)

@@ -26,6 +26,7 @@ import polars as pl
 
 from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.catalog import (
+    CREDIT_GRANT_LEDGER,
     CREDIT_LEDGER,
     EVENTS,
     GUARDRAIL_DECISIONS,
@@ -35,7 +36,13 @@ from usagebox_pipelines.catalog import (
     USAGE_HOURLY,
     Table,
 )
-from usagebox_pipelines.invoicing.credit import balances, grants, ledger
+from usagebox_pipelines.invoicing.credit import (
+    balances,
+    grant_ledger_rows,
+    grant_totals,
+    grants,
+    ledger,
+)
 from usagebox_pipelines.invoicing.numbering import parse_number
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.rollups.aggregate import rollup_hourly
@@ -354,16 +361,27 @@ def _int_or_none(raw: object) -> int | None:
 
 def opening_credit(
     store: DeltaStore, accounts: object, closed: dict[str, dict] | None = None
-) -> dict[str, Decimal]:
-    """Balances the next close (and every draft) applies: grant − drawn by issued invoices."""
+) -> dict[str, dict[str, Decimal]]:
+    """Balances the next close (and every draft) applies, per account and grant: amount −
+    drawn by issued invoices."""
     return balances(grants(accounts), issued_lines(store, issued_invoices(store, closed), CREDIT))
 
 
 @writes_tables("credit_ledger")
-def write_ledger(store: DeltaStore, accounts: object, run_id: str = "cli") -> pl.DataFrame:
-    """Rewrite `credit_ledger` from the issued invoices of closed periods (after a close)."""
+def write_ledger(
+    store: DeltaStore, accounts: object, period: str, run_id: str = "cli"
+) -> pl.DataFrame:
+    """After the close of `period`: append to `credit_grant_ledger` the rows the issued
+    history implies and it lacks (invoicing.credit.grant_ledger_rows; a rerun appends
+    nothing), and rewrite the per-account `credit_ledger` from the issued invoices."""
     closed = closed_periods(store)  # oldest close first
     lines = issued_lines(store, issued_invoices(store, closed), CREDIT)
-    rows = ledger(grants(accounts), list(closed), lines)
+    grant = grants(accounts)
+    meta = {"run_id": run_id, "stage": "credit_ledger", "period": period}
+    new = grant_ledger_rows(grant, list(closed), lines, store.read(CREDIT_GRANT_LEDGER), period)
+    if new.height:
+        stamp = {"recorded_at": pl.lit(datetime.now(UTC)), "run_id": pl.lit(run_id)}
+        store.append(CREDIT_GRANT_LEDGER, new.with_columns(**stamp), metadata=meta)
+    rows = ledger(grant_totals(grant), list(closed), lines)
     store.overwrite(CREDIT_LEDGER, rows, metadata={"run_id": run_id, "stage": "credit_ledger"})
     return rows

@@ -45,7 +45,7 @@ from usagebox_pipelines.invoicing.summaries import (
     rollup_totals,
 )
 from usagebox_pipelines.months import month_bounds
-from usagebox_pipelines.pricing.accounts import Accounts, load_accounts
+from usagebox_pipelines.pricing.accounts import Accounts, check_grant_scopes, load_accounts
 from usagebox_pipelines.pricing.pricebook import PricebookSet, load_pricebooks
 from usagebox_pipelines.pricing.rating import RatingResult, rate_usage
 from usagebox_pipelines.stages.books import (
@@ -79,7 +79,7 @@ class ClosePlan:
     books: PricebookSet
     accounts: Accounts
     hourly: pl.DataFrame
-    opening: dict[str, Decimal] | None
+    opening: dict[str, dict[str, Decimal]] | None
     invoices: pl.DataFrame
     lines: pl.DataFrame
     issued: pl.DataFrame
@@ -150,6 +150,7 @@ def plan_close(
     were last restated: books.restated_months) at one `events` version, or refuse."""
     books = load_pricebooks(pricebooks_dir)
     accounts = load_accounts(pricebooks_dir)
+    check_grant_scopes(accounts, books)
     issued = issued_invoices(store, closed)
     version = store.version(EVENTS)
     hourly_version = store.version(USAGE_HOURLY)

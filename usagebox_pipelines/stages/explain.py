@@ -22,13 +22,20 @@ from usagebox_pipelines.invoicing.lines import (
     is_waiver,
 )
 from usagebox_pipelines.invoicing.stamps import (
-    decimal_map,
+    credit_map,
     json_or_none,
     plain,
     plain_row,
 )
 from usagebox_pipelines.months import month_bounds
-from usagebox_pipelines.pricing.contract import COUPON_RATE, SPEND_CAP_RATE, WAIVER_RATE
+from usagebox_pipelines.pricing.accounts import PREPAID_GRANT, Account
+from usagebox_pipelines.pricing.contract import (
+    COUPON_RATE,
+    GRANT_RATE,
+    SPEND_CAP_RATE,
+    WAIVER_RATE,
+    grant_balances,
+)
 from usagebox_pipelines.pricing.pricebook import Rate
 from usagebox_pipelines.stages.reproduce import (
     IssuedDocument,
@@ -305,15 +312,41 @@ def _explain_contract(doc: IssuedDocument, line: dict) -> dict:
         if tax is not None:
             term |= {"treatment": tax.code, "note": tax.note}
     else:
-        opening = (decimal_map(doc.closed[doc.period]["opening_credit"]) or {}).get(
-            account.account_id, account.prepaid_credit
-        )
-        text = f"prepaid balance {plain(opening)} applied"
-        term = {
-            "opening_balance": plain(opening),
-            "prepaid_credit": plain(account.prepaid_credit),
-        }
+        text, term = _credit_term(doc, account, line)
     return {
         "rule": {"source": "accounts.yaml", "account_id": account.account_id, **term},
         "arithmetic": f"{text} → {line['amount']}",
     }
+
+
+def _credit_term(doc: IssuedDocument, account: Account, line: dict) -> tuple[str, dict]:
+    """Which grant paid the credit line, from what balance (the close's stamp), and what is
+    left of it; the `prepaid_credit` grant keeps the wording it always had."""
+    unit = line["unit"] or "credit"
+    grant_id = unit.removeprefix(GRANT_RATE + ":") if unit != "credit" else PREPAID_GRANT
+    stamped = (credit_map(doc.closed[doc.period]["opening_credit"]) or {}).get(account.account_id)
+    opening = grant_balances(stamped, account).get(grant_id)
+    if grant_id == PREPAID_GRANT:
+        term = {
+            "opening_balance": plain(opening),
+            "prepaid_credit": plain(account.prepaid_credit),
+            "grant_id": PREPAID_GRANT,
+        }
+        return f"prepaid balance {plain(opening)} applied", term
+    applied = -Decimal(line["amount"])
+    left = None if opening is None else opening - applied
+    grant = next((g for g in account.grants if g.grant_id == grant_id), None)
+    term = {"grant_id": grant_id, "opening_balance": plain(opening), "balance_after": plain(left)}
+    if grant is not None:
+        term |= {
+            "amount": plain(grant.amount),
+            "priority": grant.priority,
+            "effective": None if grant.effective is None else grant.effective.isoformat(),
+            "expires": None if grant.expires is None else grant.expires.isoformat(),
+            "applies_to": {"meters": list(grant.meters), "models": list(grant.models)},
+        }
+    text = (
+        f"grant {grant_id}: balance {plain(opening)} − applied {plain(applied)} = "
+        f"{plain(left)} left (burn order: priority, earliest expiry, earliest effective, id)"
+    )
+    return text, term

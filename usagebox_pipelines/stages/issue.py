@@ -10,9 +10,8 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -35,9 +34,7 @@ from usagebox_pipelines.invoicing.render import (
     render_args,
     render_document,
 )
-from usagebox_pipelines.invoicing.stamps import (
-    dump_json,
-)
+from usagebox_pipelines.invoicing.stamps import credit_stamp, dump_json
 from usagebox_pipelines.invoicing.summaries import (
     issued_summary,
 )
@@ -58,6 +55,7 @@ DocumentProgress = Callable[[int, int], None]
 
 if TYPE_CHECKING:
     from usagebox_pipelines.pricing.accounts import Accounts
+    from usagebox_pipelines.pricing.contract import CreditBalances
     from usagebox_pipelines.stages.close import ClosePlan
 
 
@@ -89,7 +87,7 @@ def issue_close(
     invoices = _render_all(documents, plan, invoices, lines, issuer, on_document)
     close_row = _close_row(plan, invoices, approved_by, run_id)
     _commit(store, plan.period, invoices, lines, close_row, run_id, plan.decisions_version, plan)
-    write_ledger(store, plan.accounts, run_id)  # derived from issued draws; after the marker
+    write_ledger(store, plan.accounts, plan.period, run_id)  # from issued draws; after the marker
     return Closed(
         period=plan.period,
         closed_at=close_row["closed_at"].isoformat(),
@@ -215,7 +213,7 @@ def render_jobs(
     accounts: Accounts,
     issuer: dict,
     issued: pl.DataFrame,
-    opening: Mapping[str, Decimal] | None = None,
+    opening: CreditBalances | None = None,
 ) -> Iterator[tuple]:
     """`render_document`'s arguments per document, in the invoices' order: its own lines only
     (the lines are split once, not filtered per document); `opening` the prepaid balances
@@ -237,7 +235,7 @@ def _close_row(
 ) -> dict:
     numbers = sorted(invoices["invoice_number"].to_list())
     totals = {str(c): str(part["total"].sum()) for (c,), part in invoices.group_by("currency")}
-    opening = None if plan.opening is None else {k: str(v) for k, v in plan.opening.items()}
+    opening = None if plan.opening is None else credit_stamp(plan.opening)
     return {
         "period": plan.period,
         "closed_at": datetime.now(UTC),
@@ -246,7 +244,7 @@ def _close_row(
         "first_number": numbers[0] if numbers else None,
         "last_number": numbers[-1] if numbers else None,
         "totals": dump_json(totals),
-        "opening_credit": None if opening is None else dump_json(opening),
+        "opening_credit": opening,
         "approved_by": approved_by or _whoami(),
         "code_version": code_version(),
         "run_id": run_id,

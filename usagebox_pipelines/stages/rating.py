@@ -23,7 +23,7 @@ from usagebox_pipelines.catalog import (
 from usagebox_pipelines.invoicing.hard_stop import apply_waivers
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing import Accounts, PricebookSet
-from usagebox_pipelines.pricing.accounts import load_accounts
+from usagebox_pipelines.pricing.accounts import check_grant_scopes, load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.pricing.rating import rate_usage
 from usagebox_pipelines.shards import account_shards, in_shard
@@ -56,7 +56,7 @@ class MonthInputs:
     month: str
     books: PricebookSet
     accounts: Accounts
-    opening: dict[str, Decimal]
+    opening: dict[str, dict[str, Decimal]]
     decisions: pl.DataFrame
 
     @classmethod
@@ -72,6 +72,7 @@ class MonthInputs:
         accounts = load_accounts(pricebooks_dir)
         opening = opening_credit(store, accounts, closed)
         books = load_pricebooks(pricebooks_dir)
+        check_grant_scopes(accounts, books)
         return cls(month, books, accounts, opening, store.read(GUARDRAIL_DECISIONS))
 
     def with_waivers(

@@ -37,7 +37,7 @@ from usagebox_pipelines.invoicing.render import (
     render_document,
 )
 from usagebox_pipelines.invoicing.stamps import (
-    decimal_map,
+    credit_map,
     json_or_none,
 )
 from usagebox_pipelines.pricing.accounts import Account, Accounts, load_accounts
@@ -111,7 +111,7 @@ def rate_as_issued(store: DeltaStore, doc: IssuedDocument) -> tuple[pl.DataFrame
     with the hard-stop waivers of the decisions its close read."""
     account_id = doc.invoice["account_id"]
     hourly = hourly_at(store, doc.period, doc.version, account_id)
-    opening = decimal_map(doc.closed[doc.period]["opening_credit"])
+    opening = credit_map(doc.closed[doc.period]["opening_credit"])
     rated = rate_usage(hourly, doc.period, doc.books, doc.accounts, opening).rated
     decisions = decisions_of_close(store, doc.period)
     rated = apply_waivers(rated, hourly, decisions, doc.period, doc.books, doc.accounts, opening)
@@ -150,7 +150,7 @@ def rebuild_period(
     """
     mine = pl.lit(True) if account_id is None else pl.col("account_id") == account_id
     hourly = hourly_at(store, period, version, account_id)
-    opening = decimal_map(closed[period]["opening_credit"])
+    opening = credit_map(closed[period]["opening_credit"])
     rated = rate_usage(hourly, period, books, accounts, opening).rated
     rated = apply_waivers(rated, hourly, decisions, period, books, accounts, opening)
     before = {p: r for p, r in closed.items() if r["closed_at"] < closed[period]["closed_at"]}
@@ -216,7 +216,7 @@ def verify_invoice(
     else:
         differences += line_differences(doc.lines, lines)
         differences += total_differences(doc.invoice, doc.lines, rebuilt)
-        opening = decimal_map(doc.closed[doc.period]["opening_credit"])
+        opening = credit_map(doc.closed[doc.period]["opening_credit"])
         issued = issued_invoices(store, doc.closed)
         args = render_args(issued, rebuilt, lines, doc.account, load_issuer(), opening)
         pdf = render_document(*args)

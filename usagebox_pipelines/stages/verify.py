@@ -53,7 +53,7 @@ from usagebox_pipelines.invoicing.render import (
     render_args,
     render_document,
 )
-from usagebox_pipelines.invoicing.stamps import decimal_map, frozen_problems
+from usagebox_pipelines.invoicing.stamps import credit_map, frozen_problems
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts, load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
@@ -308,7 +308,7 @@ def render_problems(
             lines,
             accounts.get(doc["account_id"]),
             issuer,
-            decimal_map(closed[doc["period"]]["opening_credit"]),
+            credit_map(closed[doc["period"]]["opening_credit"]),
         )
         for doc, lines, _ in docs
     )

@@ -106,12 +106,15 @@ class DemoHome:
     report: dict
 
 
+#: The installed `usagebox` script, as a user runs it.
+USAGEBOX_SCRIPT = Path(sys.executable).parent / "usagebox"
+
+
 def usagebox_cli(argv: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
     """The installed `usagebox` script as a user runs it (no USAGEBOX_* from the test env)."""
-    script = Path(sys.executable).parent / "usagebox"
     env = {k: v for k, v in os.environ.items() if not k.startswith("USAGEBOX_")}
     return subprocess.run(
-        [str(script), *argv], capture_output=True, text=True, timeout=timeout, env=env
+        [str(USAGEBOX_SCRIPT), *argv], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 

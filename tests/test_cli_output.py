@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import event, write_jsonl
+from tests.conftest import USAGEBOX_SCRIPT, event, write_jsonl
 
 pytestmark = pytest.mark.slow  # subprocesses with real Dagster runs
 
@@ -80,7 +80,7 @@ def test_close_approve_shows_a_bar_over_the_pdfs_on_a_terminal_and_json_on_stdou
         reader.start()
         env = {**os.environ, "COLUMNS": "120"}
         done = subprocess.run(
-            [str(Path(sys.executable).parent / "usagebox"), *argv],
+            [str(USAGEBOX_SCRIPT), *argv],
             stdout=subprocess.PIPE,
             stderr=slave,
             env=env,

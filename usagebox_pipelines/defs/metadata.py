@@ -48,11 +48,12 @@ def materialized(
 ) -> dict[str, object]:
     """`dagster/row_count` of the slice `where` selects (the whole table when None), the
     table's `dagster/uri` and the Delta version the materialisation left it at."""
-    return {
-        "dagster/row_count": row_count(store, table, where),
-        "dagster/uri": store.uri(table),
-        "delta_version": store.version(table) or 0,
-    }
+    return {"dagster/row_count": row_count(store, table, where)} | _location(store, table)
+
+
+def _location(store: DeltaStore, table: Table) -> dict[str, object]:
+    """The table's `dagster/uri` and the Delta version a materialisation left it at."""
+    return {"dagster/uri": store.uri(table), "delta_version": store.version(table) or 0}
 
 
 def materialized_by_day(
@@ -72,7 +73,7 @@ def materialized_by_day(
         .collect()
         .iter_rows()
     )
-    shared = {"dagster/uri": store.uri(table), "delta_version": store.version(table) or 0}
+    shared = _location(store, table)
     return {
         key: {"dagster/row_count": int(counts.get(start, 0))} | shared | {"from": start.isoformat()}
         for key, start in days.items()

@@ -41,6 +41,7 @@ from usagebox_pipelines.catalog import (
 )
 from usagebox_pipelines.config import DEFAULT_PRICEBOOKS, Settings
 from usagebox_pipelines.errors import InvariantError
+from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.lines import rated_lines
 from usagebox_pipelines.invoicing.numbering import parse_number
 from usagebox_pipelines.invoicing.render import pdf_sha256
@@ -239,7 +240,7 @@ def test_close_issues_gapless_numbers_and_pdfs_matching_their_hash():
         assert pdf_sha256(pdf.read_bytes()) == row["pdf_sha256"]
         assert row["status"] == "issued" and row["issued_at"] == OCT_ISSUED
         assert row["events_table_version"] == scenario().open("oct_built")[0].version(EVENTS)
-        assert row["template_version"] == "invoice_v2" and row["code_version"]
+        assert row["template_version"] == TEMPLATE_VERSION and row["code_version"]
     stamps = recorded_fingerprints(docs)
     assert set(stamps) == {"standard@2025-01-01", "standard@2026-10-16"}
     lines = all_lines(store).filter(pl.col("period") == OCT)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+from pypdf import PdfReader
 
 from tests.conftest import event
 from tests.test_close_scenario import NOV, OCT, build_month, ingest, issued
@@ -72,6 +73,17 @@ def test_grants_are_drawn_in_order_explained_reproduced_and_ledgered_once(tmp_pa
     ]
     # November: promo expired on 11-01 and gpt-out is used up; pack pays the 3.13
     assert credit_lines(store, nov_no) == [("Credit grant pack (balance left 9.12 USD)", "-3.13")]
+    # the PDF's credit box (invoice_v3) shows each grant in burn order, the total below
+    oct_pdf = (
+        settings.documents_dir
+        / issued(store).filter(pl.col("invoice_number") == oct_no)["pdf_path"].item()
+    )
+    text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(oct_pdf).pages)
+    box = text[text.index("CREDIT GRANT OPENING APPLIED CLOSING") :]
+    assert box.startswith(
+        "CREDIT GRANT OPENING APPLIED CLOSING gpt-out $1.00 -$1.00 $0.00 pack $20.00 -$7.75 $12.25"
+        " promo expires 2026-11-01 $10.00 $0.00 $10.00 Prepaid credit $31.00 -$8.75 $22.25"
+    ), box[:200]  # 31.00 - 8.75 = 22.25: the ledger summary's October closing below
     for number in (oct_no, nov_no):
         assert issued(store).filter(pl.col("invoice_number") == number)["total"][0] == 0
         assert verify_invoice(store, settings, number).reproduced

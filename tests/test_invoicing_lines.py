@@ -17,6 +17,7 @@ from tests.test_invoicing_fixtures import (
     rated,
     sample_rated,
 )
+from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.lines import build_draft_invoices, build_invoice_lines
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.schemas import INVOICE_LINES, INVOICES
@@ -92,7 +93,7 @@ def test_invoice_total_is_the_sum_of_its_visible_lines():
     assert inv["subtotal"] == sum(period_kinds["amount"].to_list())
     assert inv["total"] == inv["subtotal"] - D(100)
     assert inv["pricebook_versions"] == "standard@2025-01-01,standard@2026-10-16"
-    assert inv["template_version"] == "invoice_v2"
+    assert inv["template_version"] == TEMPLATE_VERSION
 
 
 def test_unlisted_accounts_get_the_accounts_defaults_and_other_periods_are_ignored():

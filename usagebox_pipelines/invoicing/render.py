@@ -27,13 +27,17 @@ from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.lines import CONTRACT_LABELS, DETAIL_SEP, field, meter_label
 from usagebox_pipelines.months import month_bounds
-from usagebox_pipelines.pricing.contract import grant_balances, stamped_grants
+from usagebox_pipelines.pricing.accounts import PREPAID_GRANT
+from usagebox_pipelines.pricing.contract import GRANT_RATE, grant_balances, stamped_grants
 
 if TYPE_CHECKING:
     from usagebox_pipelines.pricing.accounts import Account
     from usagebox_pipelines.pricing.contract import CreditBalances
 
 ZERO = Decimal(0)
+#: The credit balances an invoice opens with: {grant id: balance} (`credit_before`); a plain
+#: Decimal is the one balance of an account's prepaid credit (the form before credit grants).
+GrantOpening = Mapping[str, Decimal] | Decimal | None
 PER_LABELS = {1_000_000: "1M", 1_000: "1K", 1_000_000_000: "1B"}
 
 
@@ -57,7 +61,7 @@ def render_invoice_pdf(
     notes: list[str] | None = None,
     *,
     originals: Mapping[str, list[str]] | None = None,
-    credit_opening: Decimal | None = None,
+    credit_opening: GrantOpening = None,
 ) -> bytes:
     """PDF bytes of one invoice (or credit note, by `document_type`); deterministic.
 
@@ -118,7 +122,7 @@ def invoice_context(
     *,
     corrects: list[str] | None = None,
     originals: Mapping[str, list[str]] | None = None,
-    credit_opening: Decimal | None = None,
+    credit_opening: GrantOpening = None,
 ) -> dict:
     """Everything the template prints, as plain values (testable without a PDF).
 
@@ -409,7 +413,7 @@ def render_document(
     issuer: dict,
     corrects: list[str],
     originals: Mapping[str, list[str]] | None = None,
-    credit_opening: Decimal | None = None,
+    credit_opening: GrantOpening = None,
 ) -> bytes:
     """The one way a stored document is rendered (at issue and by verify_invoice); build the
     arguments with `render_args`, so issue and verify print the same references and balance.
@@ -467,15 +471,17 @@ def render_args(
     )
 
 
-def credit_before(opening: CreditBalances | None, account: Account, period: str) -> Decimal | None:
-    """The credit balance the invoice box opens with: Σ of the balances of the grants usable
-    in `period` (one grant: its balance as stamped); None when no grant is usable."""
+def credit_before(
+    opening: CreditBalances | None, account: Account, period: str
+) -> dict[str, Decimal] | None:
+    """The balances the invoice's credit box opens with: {grant id: balance} of the grants
+    usable in `period`, in burn order (`CreditGrant.burn_key`); None when no grant is usable."""
     own = grant_balances((opening or {}).get(account.account_id), account)
     start, end = month_bounds(period)
-    usable = [own[g.grant_id] for g in stamped_grants(account, own) if g.usable_in(start, end)]
+    usable = [g for g in stamped_grants(account, own) if g.usable_in(start, end)]
     if not usable:
         return None
-    return usable[0] if len(usable) == 1 else sum(usable, Decimal(0))
+    return {g.grant_id: own[g.grant_id] for g in sorted(usable, key=lambda g: g.burn_key)}
 
 
 def originals(issued: pl.DataFrame, row: dict, lines: pl.DataFrame) -> dict[str, list[str]]:
@@ -661,18 +667,63 @@ def _tax(rows: list[dict], account: Any, issuer: dict) -> dict | None:
     }
 
 
-def _credit(rows: list[dict], account: Any, opening: Decimal | None) -> dict | None:
+def _credit(rows: list[dict], account: Any, opening: GrantOpening) -> dict | None:
     """Prepaid credit: opening balance, applied here, closing balance (credit.balances gives
-    the opening; the credit lines are the draw). None for an account without a grant."""
+    the opening; the credit lines are the draw), in total and, for invoice_v3, per grant.
+    None for an account without a grant."""
     if opening is None and not rows:
         return None
     applied = -_sum(rows)
+    total = _opening_total(opening)
     return {
-        "opening": opening,
+        "opening": total,
         "applied": applied,
-        "closing": None if opening is None else opening - applied,
+        "closing": None if total is None else total - applied,
         "line_nos": [r.get("line_no") for r in rows],
+        "grants": _grant_rows(rows, account, opening),
     }
+
+
+def _opening_total(opening: GrantOpening) -> Decimal | None:
+    """The box's opening balance: one grant's balance as stamped, or the Σ of several."""
+    if opening is None or isinstance(opening, Decimal):
+        return opening
+    balances = list(opening.values())
+    return balances[0] if len(balances) == 1 else sum(balances, ZERO)
+
+
+def _grant_rows(rows: list[dict], account: Any, opening: GrantOpening) -> list[dict]:
+    """One row per grant (id, expiry, opening, applied, closing) in burn order: the grants
+    usable in the period, then any grant a credit line drew that `opening` does not list."""
+    drawn: dict[str, Decimal] = {}
+    for row in rows:
+        grant_id = _grant_of(row)
+        drawn[grant_id] = drawn.get(grant_id, ZERO) - Decimal(row["amount"])
+    balances = dict(opening) if isinstance(opening, Mapping) else {}
+    if isinstance(opening, Decimal):
+        balances[PREPAID_GRANT] = opening
+    expiry = {g.grant_id: g.expires for g in getattr(account, "grants", ())}
+    out = []
+    for grant_id in [*balances, *(g for g in drawn if g not in balances)]:
+        before, used = balances.get(grant_id), drawn.get(grant_id, ZERO)
+        expires = expiry.get(grant_id)
+        out.append(
+            {
+                "grant_id": grant_id,
+                "expires": None if expires is None else expires.date().isoformat(),
+                "opening": before,
+                "applied": used,
+                "closing": None if before is None else before - used,
+            }
+        )
+    return out
+
+
+def _grant_of(row: dict) -> str:
+    """The grant a `credit` line drew: its unit `credit_grant:<id>`, else prepaid credit."""
+    unit = row.get("unit") or ""
+    prefix = f"{GRANT_RATE}:"
+    return unit[len(prefix) :] if unit.startswith(prefix) else PREPAID_GRANT
 
 
 def summary_rows(

@@ -2,7 +2,7 @@
 
 Usage: python bench/month.py [--events 1000000] [--accounts 2000] [--seed 7] [--month 2026-10]
                              [--workdir DIR] [--keep] [--skip-close] [--no-nightly] [--jsonl]
-                             [--max-rss-gib 20]
+                             [--max-rss-gib 20] [--price-models] [--profile]
 
 1. Setup, in child processes (never measured): `bench/generate.py` writes `events.parquet`
    (N rows: retries, conflicts, corrections, 1 % late events of the previous month; see its
@@ -26,15 +26,23 @@ Usage: python bench/month.py [--events 1000000] [--accounts 2000] [--seed 7] [--
    "outside any step" = command wall - sum of step seconds (interpreter start, imports, loading
    Definitions, run launch and event-log writes).
 
-ratio = (ingest + run <month>) / reference. Prints the tables, then the targets of issue 13
-that this run measures (each with its figure and met / MISSED), then ONE JSON line.
+ratio = (ingest + run <month>) / reference. Prints the tables, then the targets of issues 13
+and 17 that this run measures (each with its figure and met / MISSED), then ONE JSON line.
+
+--price-models prices the month with markup, free units, caps and credit grants on top
+(`bench/pricebooks.py`): issue 17's target is `rated_usage` within 1.25x of `usage_hourly`.
+--profile runs every usagebox command under cProfile (times inflate by about a third; use it
+to see what bounds a MISSED target, not for the figures) and prints each command's top
+functions by own time and by cumulative time; the `.prof` files stay in <workdir>/logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import pstats
 import shutil
 import signal
 import subprocess
@@ -262,6 +270,30 @@ def _usagebox() -> list[str]:
     return [sys.executable, "-c", "from usagebox_pipelines.cli import main; main()"]
 
 
+def profiled(m: Measured, logs: Path) -> Measured:
+    """`m` run under cProfile (only a usagebox console script can be: it is a Python file)."""
+    script = Path(sys.executable).parent / "usagebox"
+    if not m.argv or m.argv[0] != str(script):
+        return m
+    out = logs / f"{m.label.replace(' ', '_')}.prof"
+    m.argv = [sys.executable, "-m", "cProfile", "-o", str(out), *m.argv]
+    return m
+
+
+def print_profile(m: Measured, logs: Path, top: int = 12) -> None:
+    """The command's top functions by own (tottime) and cumulative time."""
+    path = logs / f"{m.label.replace(' ', '_')}.prof"
+    if not path.exists():
+        return
+    for order in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(str(path), stream=buf).strip_dirs().sort_stats(order).print_stats(top)
+        body = buf.getvalue()
+        table = body[body.find("ncalls") :] if "ncalls" in body else body
+        print(f"\n  profile of `{m.label}` by {order} ({path})")
+        print("\n".join("    " + line for line in table.rstrip().splitlines()))
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
@@ -282,6 +314,8 @@ def _setup(args: argparse.Namespace, work: Path, env: dict[str, str], max_rss: i
         gen.append("--jsonl")
     books = [py, str(ROOT / "bench/pricebooks.py"), "--out", str(work / "pricebooks"),
              "--accounts", str(args.accounts), "--month", args.month]  # fmt: skip
+    if args.price_models:
+        books.append("--price-models")
     setup = {}
     for label, argv in (("generate", gen), ("pricebooks", books)):
         m = measure(Measured(label, argv), work / "logs", env, max_rss)
@@ -388,7 +422,18 @@ TARGETS = (
     ("JSONL ingest", 250_000, "ev/s", False),
     ("nightly (ingest + run --date) / (ingest + run month)", 1 / 20, "", True),
     ("close --approve", 300.0, "s", True),
+    ("rated_usage / usage_hourly step (issue 17)", 1.25, "x", True),
 )
+
+
+def step_total(m: Measured, key: str) -> float:
+    """Seconds of the Dagster steps named `key` (or `key[...]`) over the command's runs."""
+    return sum(
+        secs
+        for run in m.runs
+        for step, secs in run["steps"].items()
+        if step == key or step.startswith(f"{key}[")
+    )
 
 
 def target_figures(by: dict[str, Measured], month: str, ratio: float | None) -> dict:
@@ -405,12 +450,17 @@ def target_figures(by: dict[str, Measured], month: str, ratio: float | None) -> 
         TARGETS[3][0]: jsonl.events / jsonl.seconds if jsonl and jsonl.events else None,
         TARGETS[4][0]: sum(m.seconds for m in nightly) / main_path if nightly else None,
         TARGETS[5][0]: close.seconds if close else None,
+        TARGETS[6][0]: (
+            step_total(run, "rated_usage") / step_total(run, "usage_hourly")
+            if step_total(run, "usage_hourly")
+            else None
+        ),
     }
 
 
 def _print_targets(figures: dict) -> dict:
     """The targets table; returns {target: {"figure", "limit", "met"}} for the JSON line."""
-    print("\n  targets (issue 13)")
+    print("\n  targets (issues 13 and 17)")
     out = {}
     for name, limit, unit, lower in TARGETS:
         figure = figures[name]
@@ -437,6 +487,10 @@ def main() -> None:
     parser.add_argument("--no-nightly", dest="nightly", action="store_false")
     parser.add_argument("--jsonl", action="store_true", help="also time a JSONL ingest")
     parser.add_argument("--max-rss-gib", type=float, default=20.0)
+    parser.add_argument("--price-models", action="store_true",
+                        help="markup, free units, caps and credit grants (issue 17)")  # fmt: skip
+    parser.add_argument("--profile", action="store_true",
+                        help="run the usagebox commands under cProfile and print the top")  # fmt: skip
     args = parser.parse_args()
     month_bounds(args.month)
     max_rss = int(args.max_rss_gib * GiB)
@@ -452,6 +506,8 @@ def main() -> None:
         manifest, setup = _setup(args, work, env, max_rss)
         cmds = _commands(args, work, manifest)
         for m in cmds:
+            if args.profile:
+                profiled(m, work / "logs")
             measure(m, work / "logs", env, max_rss)
             if _run_ids(m):
                 m.runs = dagster_steps(work / "home", _run_ids(m))
@@ -465,6 +521,9 @@ def main() -> None:
             ratio = sum(m.seconds for m in main_path) / reference.seconds
         _print_tables(cmds, ratio, reference)
         targets = _print_targets(target_figures(by, args.month, ratio))
+        if args.profile:
+            for m in cmds:
+                print_profile(m, work / "logs")
         ingest = by["ingest"].stdout if isinstance(by["ingest"].stdout, dict) else {}
         expected = manifest["expected_ingest"]
         matches = {k: ingest.get(k) == v for k, v in expected.items()}
@@ -490,6 +549,8 @@ def main() -> None:
             "targets": targets,
             "all_ok": all(m.ok for m in cmds),
             "max_rss_gib": args.max_rss_gib,
+            "price_models": args.price_models,
+            "profiled": args.profile,
             "env": environment(),
         }
         print(json.dumps(result, default=str), flush=True)

@@ -1,0 +1,60 @@
+"""Invariant: an issued invoice's template version keeps printing the same document.
+
+`invoices.template_version` names the template an issued invoice was rendered with, and
+`usagebox verify` re-renders it and compares `pdf_sha256` (CONTRACT §5.5). Editing an issued
+version's template (even a Jinja block tag that eats a newline) silently breaks that for every
+invoice already sent. This pins the HTML each issued version produces for one fixed invoice; the
+charts are cut out (matplotlib draws them: a library upgrade, not our edit, would change them).
+A new look is a new version (`invoice_v3` extends v2 through blocks that print nothing in v2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from tests.test_invoicing_fixtures import PERIOD, account, rated, sample_rated
+from usagebox_pipelines.documents import render_html
+from usagebox_pipelines.invoicing.lines import build_draft_invoices
+from usagebox_pipelines.invoicing.numbering import issue_documents
+from usagebox_pipelines.invoicing.render import invoice_context, load_issuer
+
+#: sha256 of the HTML (charts cut out) of `fixed_invoice` per issued template version.
+#: v1 and v2 were computed on main before invoice_v3 was added (3164d3a) and after: equal.
+PINNED = {
+    "invoice_v1": "7118b84d6052836d669d8c088babc724f51148cda232699f0e89a49cc91086b6",
+    "invoice_v2": "6d29166e32a35dc1013505996bf7d2f49d1b0bf4fb9970b8e7ed1551aaf4ed8d",
+    "invoice_v3": "261a27b4afd9019fa5b167cc4097f60cd99737f88a836f7dc51485fc130d51a7",
+}
+#: Two grants open the period: v1/v2 print their total (400.00), v3 one row each.
+OPENING = {"prepaid_credit": Decimal("300"), "promo": Decimal("100")}
+_SVG = re.compile(r"<svg.*?</svg>", re.S)
+_CHECKOUT = re.compile(r"file://[^\"]*?/package_data/")  # where this checkout happens to be
+
+
+def fixed_invoice() -> tuple[dict, object, object]:
+    acct = account(name="Acme", discount_pct=Decimal(5))
+    rows = sample_rated() + [{"line_kind": "credit", "amount": "-250"}]
+    invoices, lines = build_draft_invoices(rated(rows), [acct], PERIOD)
+    issued_at = datetime(2026, 11, 2, tzinfo=UTC)
+    invoices, lines = issue_documents(
+        invoices, lines, last_seq=1, prefix="UBX", issued_at=issued_at
+    )
+    return invoices.row(0, named=True), lines, acct
+
+
+@pytest.mark.parametrize("version", sorted(PINNED))
+def test_an_issued_template_version_prints_what_it_printed(version: str) -> None:
+    invoice, lines, acct = fixed_invoice()
+    doc = {**invoice, "template_version": version}
+    context = invoice_context(doc, lines, acct, load_issuer(), credit_opening=OPENING)
+    html = _CHECKOUT.sub(
+        "package_data/", _SVG.sub("<svg/>", render_html(f"{version}.html.j2", context))
+    )
+    assert hashlib.sha256(html.encode()).hexdigest() == PINNED[version], version
+    if version == "invoice_v3":
+        assert "promo" in html and "Credit grant" in html

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import polars as pl
 import typer
@@ -28,7 +29,11 @@ from usagebox_pipelines.cli_options import (
     print_json,
     remember_root_options,
 )
+from usagebox_pipelines.config import Settings
 from usagebox_pipelines.errors import InvariantError, UsageboxError, environment_error
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 app = typer.Typer(
     add_completion=False,
@@ -56,6 +61,19 @@ Verbose = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout (for scripts).")]
 
 
+def _instance_meanwhile(settings: Settings) -> Future[dg.DagsterInstance]:
+    """The Dagster instance, opened on a thread while the command does its work: importing
+    Dagster and opening the instance's SQLite storage take ~1.5 s, and ingest's Polars and
+    Delta work releases the GIL, so on two cores most of it is hidden."""
+
+    def open_instance() -> dg.DagsterInstance:
+        from usagebox_pipelines.runner import dagster_instance
+
+        return dagster_instance(settings)
+
+    return ThreadPoolExecutor(1, thread_name_prefix="dagster-instance").submit(open_instance)
+
+
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Event files: JSONL, CSV, Parquet, .gz.")],
@@ -70,7 +88,6 @@ def ingest(
     rows' total and ETA shows on a terminal's stderr. The ingest is recorded in the Dagster
     instance as materialisations of `raw_events` and `events`."""
     from usagebox_pipelines.cli_progress import IngestProgress, estimated_rows, progress
-    from usagebox_pipelines.runner import report_ingest
     from usagebox_pipelines.stages.events import update_events
     from usagebox_pipelines.stages.ingest import ingest_files
 
@@ -78,6 +95,7 @@ def ingest(
     if missing:  # checked before anything is written
         raise UsageboxError(f"no such file or folder: {', '.join(missing)}")
     settings, store = open_home(home, pricebooks, create=True)
+    instance = _instance_meanwhile(settings)
     rows = estimated_rows(paths) if sys.stderr.isatty() else None
     # One unit of work: the lease and the open tables are shared by both stages.
     with store.writer("ingest"), store.cached():
@@ -88,7 +106,9 @@ def ingest(
         for error in summary.errors:
             _err(error)
         update = update_events(store, run_id="cli-ingest")
-    warning = report_ingest(settings, summary, update)
+    from usagebox_pipelines.runner import report_ingest
+
+    warning = report_ingest(settings, summary, update, instance)
     if warning:
         _err(warning)
     print_json({k: v for k, v in summary.__dict__.items()})

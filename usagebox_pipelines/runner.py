@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import cache
@@ -196,16 +197,22 @@ def run_ingest(settings: Settings, files: list[str], source: str | None = None) 
     return execute_job(settings, "ingest_job", ops_config=config)
 
 
-def report_ingest(settings: Settings, summary: IngestSummary, update: EventsUpdate) -> str | None:
+def report_ingest(
+    settings: Settings,
+    summary: IngestSummary,
+    update: EventsUpdate,
+    instance: Future[dg.DagsterInstance] | None = None,
+) -> str | None:
     """Record an ingest made outside Dagster (`usagebox ingest`) as materialisations of
     `raw_events` and `events`, with the metadata the assets record. A warning (None if
-    recorded): the tables are committed either way."""
+    recorded): the tables are committed either way. `instance`: one being opened meanwhile
+    (`open_instance_meanwhile`)."""
     store = DeltaStore(settings.home)
     events = [
         dg.AssetMaterialization("raw_events", metadata=raw_events_metadata(store, summary)),
         dg.AssetMaterialization("events", metadata=events_metadata(store, update)),
     ]
-    return _report(settings, events)
+    return _report(settings, events, instance)
 
 
 def report_close(settings: Settings, result: Closed | AlreadyClosed) -> str | None:
@@ -218,9 +225,13 @@ def report_close(settings: Settings, result: Closed | AlreadyClosed) -> str | No
     return _report(settings, [event])
 
 
-def _report(settings: Settings, events: list[dg.AssetMaterialization]) -> str | None:
+def _report(
+    settings: Settings,
+    events: list[dg.AssetMaterialization],
+    pending: Future[dg.DagsterInstance] | None = None,
+) -> str | None:
     try:
-        instance = dagster_instance(settings)
+        instance = pending.result() if pending is not None else dagster_instance(settings)
         for event in events:
             instance.report_runless_asset_event(event)
     except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a committed write

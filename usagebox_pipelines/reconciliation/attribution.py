@@ -41,17 +41,19 @@ def allocate_costs(
     *,
     amount: str = "amount",
     weight: str = "weight",
+    weight_digits: int = _WEIGHT_DIGITS,
 ) -> pl.DataFrame:
     """Split each cost row over the driver rows sharing its `on` keys, exactly.
 
     Returns one row per (cost row, driver row with positive weight) with `allocated_cost`, plus
     one row per cost row no driver matches (driver columns null, the whole amount). For every
     cost row the allocations sum to its `amount` exactly (largest remainder at 10^-12; ties go to
-    the driver rows in their sort order, so results are deterministic).
+    the driver rows in their sort order, so results are deterministic). Weights are taken at
+    `weight_digits` decimals: 6 (micro-units) is exact for token counts, 12 for money weights.
     """
     cells = costs.with_row_index("_cell").with_columns(_U=pl.col(amount).cast(MONEY).to_physical())
     drv = drivers.filter(pl.col(weight) > 0).with_columns(
-        _w=pl.col(weight).cast(QTY).to_physical() // pl.lit(10 ** (12 - _WEIGHT_DIGITS), _I128)
+        _w=pl.col(weight).cast(QTY).to_physical() // pl.lit(10 ** (12 - weight_digits), _I128)
     )
     driver_cols = [c for c in drv.columns if c not in on]
     joined = cells.join(drv, on=on, how="inner", nulls_equal=True)
@@ -132,15 +134,15 @@ def cost_allocations(
     customer metered that usage. `days` = [first, end) narrows it to part of the month
     (allocation never crosses a day)."""
     start, end = days or period_days(period)
+    billed = conform(vendor_costs, VENDOR_COSTS).filter(
+        (pl.col("charge_class") == "usage")
+        & (pl.col("source_kind") != "usage")
+        & pl.col("amount").is_not_null()
+        & (pl.col("date") >= start)
+        & (pl.col("date") < end)
+    )
     costs = (
-        conform(vendor_costs, VENDOR_COSTS)
-        .filter(
-            (pl.col("charge_class") == "usage")
-            & (pl.col("source_kind") != "usage")
-            & pl.col("amount").is_not_null()
-            & (pl.col("date") >= start)
-            & (pl.col("date") < end)
-        )
+        billed.filter(pl.col("model_id").is_not_null())
         .group_by("vendor", "date", "model_id", "meter_id", "currency")
         .agg(amount=pl.col("amount").sum())
         .join(mapping.driver_frame(), on="meter_id", how="left")
@@ -150,7 +152,39 @@ def cost_allocations(
     drivers = _drivers(usage_hourly, mapping, start, end)
     drivers = pl.concat([drivers, _unmetered(vendor_costs, drivers, start, end)])
     out = allocate_costs(costs, drivers, DRIVER_KEYS, amount="amount", weight="weight")
+    day_lines = billed.filter(pl.col("model_id").is_null())
+    if day_lines.height:
+        day_level = _day_level_allocations(day_lines, drivers, mapping)
+        out = pl.concat([out, day_level], how="diagonal_relaxed")
     return conform(out, COST_ALLOCATIONS)
+
+
+def _day_level_allocations(
+    billed: pl.DataFrame, drivers: pl.DataFrame, mapping: VendorMapping
+) -> pl.DataFrame:
+    """Vendor lines with no model (an OpenAI day total, or a day's total of one meter) split
+    over accounts × model × feature × agent in proportion to their metered cost at the
+    vendor's list rates that day (all meters of the day, or the line's meter), exactly (largest
+    remainder at 10^-12). `weight` is that list cost; cost nobody metered is unattributed."""
+    metered = drivers.filter(pl.col("account_id").is_not_null())
+    priced = mapping.with_rates(
+        metered.rename({"driver_meter": "meter_id"}).with_columns(pl.col("weight").cast(QTY))
+    ).with_columns(weight=pl.col("weight") * pl.col("unit_price") / pl.col("rate_per"))
+    grain = ["account_id", "model_id", "feature", "agent_id"]
+    by_day = priced.group_by("vendor", "date", *grain).agg(weight=pl.col("weight").sum())
+    by_meter = priced.group_by("vendor", "date", "meter_id", *grain).agg(
+        weight=pl.col("weight").sum()
+    )
+    cells = billed.group_by("vendor", "date", "meter_id", "currency").agg(
+        amount=pl.col("amount").sum()
+    )
+    whole = cells.filter(pl.col("meter_id").is_null())
+    per_meter = cells.filter(pl.col("meter_id").is_not_null())
+    parts = [
+        allocate_costs(whole.drop("meter_id"), by_day, ["vendor", "date"], weight_digits=12),
+        allocate_costs(per_meter, by_meter, ["vendor", "date", "meter_id"], weight_digits=12),
+    ]
+    return pl.concat(parts, how="diagonal_relaxed")
 
 
 def _unmetered(vendor_costs: pl.DataFrame, drivers: pl.DataFrame, start, end) -> pl.DataFrame:

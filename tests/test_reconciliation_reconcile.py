@@ -16,6 +16,7 @@ from usagebox_pipelines.reconciliation.reconcile import (
     reconcile,
     reconciliation_summary,
 )
+from usagebox_pipelines.reconciliation.reports import reconciliation_context
 from usagebox_pipelines.reconciliation.schemas import METERED_DAILY, RECONCILIATION, VENDOR_COSTS
 from usagebox_pipelines.schemas import conform
 
@@ -294,3 +295,11 @@ def test_the_summary_says_a_day_total_is_reconciled_per_day(mapping):
     summary = reconciliation_summary(reconcile(ours, costs_frame(total), mapping, "2026-10"))
     assert summary["openai"]["levels"] == {"day total: reconciled per day, not per model": 1}
     assert Decimal(summary["openai"]["variance"]) == 0
+
+
+def test_the_report_names_the_day_total_level(mapping):
+    ours = metered([("openai", D1, "gpt-4o", "output_tokens", Decimal(100_000))])
+    total = [vc("openai", D1, None, None, amount="1.00", kind="costs")]
+    ctx = reconciliation_context(reconcile(ours, costs_frame(total), mapping, "2026-10"))
+    [vendor] = ctx["vendors"]
+    assert vendor["levels"] == [{"level": "day total: reconciled per day, not per model", "len": 1}]

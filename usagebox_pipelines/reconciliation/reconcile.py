@@ -416,7 +416,7 @@ def reconciliation_summary(recon: pl.DataFrame, lines: pl.DataFrame | None = Non
     counts = recon.group_by("vendor", "status").len().sort("vendor", "status")
     levels = (
         recon.filter(usage)
-        .with_columns(_level=_level())
+        .with_columns(_level=reconciled_level())
         .group_by("vendor", "_level")
         .len()
         .sort("vendor", "_level")
@@ -458,7 +458,8 @@ LEVEL_DAY = "day total: reconciled per day, not per model"
 LEVEL_DAY_METER = "day × line item: reconciled per day and meter, not per model"
 
 
-def _level() -> pl.Expr:
+def reconciled_level() -> pl.Expr:
+    """The level each usage row was reconciled at (`LEVEL_*`)."""
     day = pl.col("vendor_quantity_source") == "day_total"
     return (
         pl.when(day & pl.col("meter_id").is_null())

@@ -5,7 +5,8 @@ quantity (split further by feature / agent_id where events carry them), by large
 the storage precision (10^-12 currency units): allocations sum exactly to the bill, and nobody is
 shifted more than 10^-12 from their exact share. (At cents, the rounding of ~30 meters × 31 days
 per account would move whole dollars between small accounts.) Integer arithmetic on the Decimal
-physical values keeps it exact and vectorised.
+physical values keeps it exact and vectorised. A vendor line without a model (an OpenAI day
+total) is split the same way over the vendor's day, weighted by metered cost at list rates.
 """
 
 from __future__ import annotations
@@ -131,8 +132,10 @@ def cost_allocations(
     """COST_ALLOCATIONS of a month: billed usage cost per vendor × day × model × meter, split
     over accounts × feature × agent_id by their metered quantity of the meter's driver
     (`allocate_by` in vendors.yaml: cache writes follow input_tokens). Null account = no
-    customer metered that usage. `days` = [first, end) narrows it to part of the month
-    (allocation never crosses a day)."""
+    customer metered that usage. A costs line with no model (an OpenAI export without
+    `group_by`: the day's total, or one meter's) is split by metered cost at list rates over
+    the vendor's whole day instead (`_day_level_allocations`). `days` = [first, end) narrows it
+    to part of the month (allocation never crosses a day)."""
     start, end = days or period_days(period)
     billed = conform(vendor_costs, VENDOR_COSTS).filter(
         (pl.col("charge_class") == "usage")
@@ -141,8 +144,10 @@ def cost_allocations(
         & (pl.col("date") >= start)
         & (pl.col("date") < end)
     )
+    # A costs line with no model is a day total (reconcile._is_day_total): split by list cost.
+    day_level = pl.col("model_id").is_null() & (pl.col("source_kind") == "costs")
     costs = (
-        billed.filter(pl.col("model_id").is_not_null())
+        billed.filter(~day_level)
         .group_by("vendor", "date", "model_id", "meter_id", "currency")
         .agg(amount=pl.col("amount").sum())
         .join(mapping.driver_frame(), on="meter_id", how="left")
@@ -152,10 +157,10 @@ def cost_allocations(
     drivers = _drivers(usage_hourly, mapping, start, end)
     drivers = pl.concat([drivers, _unmetered(vendor_costs, drivers, start, end)])
     out = allocate_costs(costs, drivers, DRIVER_KEYS, amount="amount", weight="weight")
-    day_lines = billed.filter(pl.col("model_id").is_null())
+    day_lines = billed.filter(day_level)
     if day_lines.height:
-        day_level = _day_level_allocations(day_lines, drivers, mapping)
-        out = pl.concat([out, day_level], how="diagonal_relaxed")
+        by_cost = _day_level_allocations(day_lines, drivers, mapping)
+        out = pl.concat([out, by_cost], how="diagonal_relaxed")
     return conform(out, COST_ALLOCATIONS)
 
 

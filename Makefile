@@ -49,9 +49,11 @@ bench-stages: install
 $(HOME_DIR)/dagster/dagster.yaml:
 	$(MAKE) demo
 
+# `dg dev` ([tool.dg] in pyproject.toml) when dagster-dg-cli is installed, else `dagster dev`.
+DG ?= $(firstword $(wildcard $(BIN)/dg) $(shell command -v dg 2>/dev/null))
 dev: install $(HOME_DIR)/dagster/dagster.yaml
 	USAGEBOX_HOME=$(abspath $(HOME_DIR)) DAGSTER_HOME=$(abspath $(HOME_DIR))/dagster \
-		$(BIN)/dagster dev -w workspace.yaml
+		$(if $(DG),$(DG) dev,$(BIN)/dagster dev -w workspace.yaml)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

@@ -224,3 +224,98 @@ def test_huge_weights_are_coarsened_but_still_sum_exactly():
     )
     assert out["allocated_cost"].to_list()[2:] == [Decimal("0.125"), Decimal("0.375")]
     assert out["allocated_cost"][0] == Decimal("89999999999999.999999999999")
+
+
+# ----------------------------------------------------- day totals (no model): issue 15
+
+
+def _day_total(amount: str, meter: str | None = None) -> tuple:
+    """An OpenAI Costs line without a model: a default export's day total (no meter), or a
+    line item naming only a kind (`input`, `output`)."""
+    return ("openai", "costs", D1, None, meter, None, Decimal(amount), "usage", "2026-10")
+
+
+def _day_usage() -> pl.DataFrame:
+    # list rates per 1M: gpt-4o input 2.50, output 10.00; gpt-4o-mini output 0.60
+    return usage_frame(
+        [
+            usage_row("acct-001", "input_tokens", "gpt-4o", H, 1_000_000),  # $2.50
+            usage_row("acct-001", "output_tokens", "gpt-4o", H, 100_000),  # $1.00
+            usage_row("acct-002", "input_tokens", "gpt-4o", H, 400_000),  # $1.00
+            usage_row("acct-002", "output_tokens", "gpt-4o-mini", H, 1_000_000),  # $0.60
+        ]
+    )
+
+
+def test_a_day_total_is_allocated_by_metered_cost_at_list_rates(mapping):
+    # metered list cost 3.50 + 1.00 + 0.60 = 5.10; the bill 10.20 is exactly twice that
+    alloc = cost_allocations(_day_usage(), _costs([_day_total("10.20")]), mapping, "2026-10")
+    got = {(r["account_id"], r["model_id"]): r["allocated_cost"] for r in alloc.to_dicts()}
+    assert got == {
+        ("acct-001", "gpt-4o"): Decimal("7.00"),
+        ("acct-002", "gpt-4o"): Decimal("2.00"),
+        ("acct-002", "gpt-4o-mini"): Decimal("1.20"),
+    }
+    assert alloc["meter_id"].is_null().all()  # allocated at the level the bill has
+
+
+def test_a_day_total_remainder_goes_to_the_largest_remainder_and_sums_exactly(mapping):
+    # 10 × 3.5/5.1 = 6.862745098039|2…, 10 × 1/5.1 = 1.960784313725|49…, 10 × 0.6/5.1 =
+    # 1.176470588235|29…: the floors sum to 9.999999999999, the last 10^-12 goes to the row
+    # with the largest remainder (acct-002 gpt-4o).
+    alloc = cost_allocations(_day_usage(), _costs([_day_total("10")]), mapping, "2026-10")
+    got = {(r["account_id"], r["model_id"]): r["allocated_cost"] for r in alloc.to_dicts()}
+    assert got == {
+        ("acct-001", "gpt-4o"): Decimal("6.862745098039"),
+        ("acct-002", "gpt-4o"): Decimal("1.960784313726"),
+        ("acct-002", "gpt-4o-mini"): Decimal("1.176470588235"),
+    }
+    assert alloc["allocated_cost"].sum() == Decimal(10)
+
+
+def test_a_day_line_item_of_one_meter_is_allocated_by_that_meter_only(mapping):
+    # "output" $2.00: acct-001 gpt-4o output $1.00, acct-002 gpt-4o-mini output $0.60
+    alloc = cost_allocations(
+        _day_usage(), _costs([_day_total("2.00", "output_tokens")]), mapping, "2026-10"
+    )
+    got = {(r["account_id"], r["model_id"]): r["allocated_cost"] for r in alloc.to_dicts()}
+    assert got == {
+        ("acct-001", "gpt-4o"): Decimal("1.25"),
+        ("acct-002", "gpt-4o-mini"): Decimal("0.75"),
+    }
+    assert set(alloc["meter_id"]) == {"output_tokens"}
+
+
+def test_a_day_total_nobody_metered_is_unattributed(mapping):
+    usage = usage_frame([usage_row("acct-001", "input_tokens", "gpt-4o", H, 0)])
+    costs = _costs([_day_total("4.00")])
+    att = cost_attribution(usage, costs, rated_usage(usage, "2026-10"), mapping, "2026-10")
+    una = att.filter(pl.col("row_kind") == "unattributed")
+    assert una["allocated_cost"].to_list() == [Decimal(4)] and una["model_id"].to_list() == [None]
+
+
+def test_a_day_total_lands_in_cost_attribution_per_account(mapping):
+    usage = _day_usage()
+    costs = _costs([_day_total("10.20"), _day_total("-1", None)[:7] + ("credit", "2026-10")])
+    att = cost_attribution(usage, costs, rated_usage(usage, "2026-10"), mapping, "2026-10")
+    assert att["allocated_cost"].sum() == Decimal("9.20")  # every vendor dollar lands somewhere
+    acct1 = att.filter((pl.col("account_id") == "acct-001") & (pl.col("model_id") == "gpt-4o"))
+    assert acct1["allocated_cost"].to_list() == [Decimal("7.00")]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bill=st.decimals(min_value=Decimal("-1e6"), max_value=Decimal("1e9"), places=12),
+    qtys=st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=6),
+)
+def test_day_total_allocations_sum_exactly_to_the_days_cost(mapping, bill, qtys):
+    models = ["gpt-4o", "gpt-4o-mini", "gpt-5"]
+    meters = ["input_tokens", "output_tokens", "cached_input_tokens"]
+    usage = usage_frame(
+        [
+            usage_row(f"acct-{i % 3}", meters[i % 3], models[(i // 3) % 3], H, q)
+            for i, q in enumerate(qtys)
+        ]
+    )
+    alloc = cost_allocations(usage, _costs([_day_total(str(bill))]), mapping, "2026-10")
+    assert alloc["allocated_cost"].sum() == bill

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import polars as pl
 from deltalake import write_deltalake
 
 from tests.conftest import event, write_jsonl
-from usagebox_pipelines.catalog import VENDOR_COSTS, VENDOR_IGNORED, VENDOR_REVIEW
+from tests.fixtures.vendors.synth import usage_frame, usage_row
+from usagebox_pipelines.catalog import (
+    COST_ATTRIBUTION,
+    RECONCILIATION,
+    USAGE_HOURLY,
+    VENDOR_COSTS,
+    VENDOR_IGNORED,
+    VENDOR_REVIEW,
+)
 from usagebox_pipelines.cli import cli_main
 from usagebox_pipelines.storage import DeltaStore
 
@@ -95,3 +104,47 @@ def test_tables_from_before_line_identities_are_refused_with_what_to_do(tmp_path
     assert code == 2 and out is None
     assert len(err.strip().splitlines()) == 1
     assert "older usagebox" in err and "load the vendor exports again" in err
+
+
+def test_a_default_openai_costs_export_is_reconciled_and_allocated_per_day(tmp_path, capsys):
+    # gpt-4o list: input $2.50/1M, output $10/1M -> acct-001 $2.50, acct-002 $1.00 metered
+    home = _home(tmp_path)
+    h = datetime(2026, 10, 1, 10, tzinfo=UTC)
+    hourly = usage_frame(
+        [
+            usage_row("acct-001", "input_tokens", "gpt-4o", h, 1_000_000),
+            usage_row("acct-002", "output_tokens", "gpt-4o", h, 100_000),
+        ]
+    )
+    DeltaStore(str(home)).replace_partition(
+        USAGE_HOURLY, hourly, hour=slice(h, h + timedelta(hours=1))
+    )
+    day = {
+        "object": "bucket",
+        "start_time": 1790812800,  # 2026-10-01T00:00:00Z
+        "end_time": 1790899200,
+        "results": [
+            {
+                "object": "organization.costs.result",
+                "amount": {"value": 7.00, "currency": "usd"},
+                "line_item": None,
+                "project_id": None,
+            }
+        ],
+    }
+    export = tmp_path / "openai_costs.json"
+    export.write_text(json.dumps({"object": "page", "data": [day], "has_more": False}))
+    code, out, err = _reconcile(capsys, home, "openai", export, month="2026-10")
+    assert code == 0 and err == ""
+    summary = out["months"][0]["summary"]["openai"]
+    parts = sum(Decimal(summary[k]) for k in ("mapped", "review", "ignored"))
+    assert Decimal(summary["billed"]) == parts == Decimal(7) == Decimal(summary["mapped"])
+    assert summary["levels"] == {"day total: reconciled per day, not per model": 1}
+    assert Decimal(summary["expected"]) == Decimal("3.5")
+    assert Decimal(summary["variance"]) == Decimal("3.5")
+    store = DeltaStore(str(home))
+    recon = store.read(RECONCILIATION).filter(pl.col("vendor") == "openai")
+    assert recon.select("model_id", "meter_id", "status").rows() == [(None, None, "under_metered")]
+    att = store.read(COST_ATTRIBUTION).filter(pl.col("row_kind") == "account")
+    got = {r["account_id"]: r["allocated_cost"] for r in att.iter_rows(named=True)}
+    assert got == {"acct-001": Decimal(5), "acct-002": Decimal(2)}  # 7 × 2.5/3.5, 7 × 1/3.5

@@ -143,6 +143,17 @@ def test_openai_default_costs_export_lands_as_a_day_total(tmp_path, mapping):
     assert day["amount"] == Decimal("0.06") and day["model_id"] is None and day["meter_id"] is None
 
 
+def test_openai_line_item_naming_only_a_kind_lands_as_a_day_line_of_that_meter(tmp_path, mapping):
+    page = _page([_cost(0.5, item="input"), _cost(0.25, item="web search")])
+    (tmp_path / "c.json").write_text(json.dumps(page))
+    loaded = load_vendor_exports("openai", [tmp_path / "c.json"], mapping)
+    day = loaded.costs.row(0, named=True)
+    assert loaded.costs.height == 1 and day["model_id"] is None
+    assert day["meter_id"] == "input_tokens" and day["amount"] == Decimal("0.5")
+    review = loaded.review.row(0, named=True)
+    assert review["amount"] == Decimal("0.25") and "neither" in review["reason"]
+
+
 # --------------------------------------------------------------------------- Anthropic
 
 

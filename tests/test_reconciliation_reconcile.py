@@ -16,6 +16,7 @@ from usagebox_pipelines.reconciliation.reconcile import (
     reconcile,
     reconciliation_summary,
 )
+from usagebox_pipelines.reconciliation.reports import reconciliation_context
 from usagebox_pipelines.reconciliation.schemas import METERED_DAILY, RECONCILIATION, VENDOR_COSTS
 from usagebox_pipelines.schemas import conform
 
@@ -260,4 +261,45 @@ def test_a_day_billed_only_in_total_is_reconciled_at_day_level_and_says_so(mappi
     assert recon.height == 1  # the metered rows are compared in the day's row, not meter_only
     row = recon.row(0, named=True)
     assert row["status"] == "matched" and row["expected_amount"] == Decimal("3.5")
-    assert row["model_id"] is None and "day total only" in row["note"]
+    assert row["model_id"] is None and "reconciled per day, not per model" in row["note"]
+
+
+def test_a_day_line_item_naming_only_a_meter_is_reconciled_per_day_and_meter(mapping):
+    ours = metered(
+        [
+            ("openai", D1, "gpt-4o", "input_tokens", Decimal(1_000_000)),  # $2.50 at list
+            ("openai", D1, "gpt-4o", "output_tokens", Decimal(100_000)),  # $1.00
+            ("openai", D1, "gpt-4o-mini", "output_tokens", Decimal(1_000_000)),  # $0.60
+        ]
+    )
+    line = [vc("openai", D1, None, "output_tokens", amount="2.00", kind="costs")]  # "output"
+    recon = reconcile(ours, costs_frame(line), mapping, "2026-10")
+    day = recon.filter(pl.col("vendor_quantity_source") == "day_total").row(0, named=True)
+    assert day["meter_id"] == "output_tokens" and day["model_id"] is None
+    assert day["expected_amount"] == Decimal("1.6") and day["amount_variance"] == Decimal("0.4")
+    assert day["status"] == "under_metered"
+    assert "per day and meter, not per model" in day["note"]
+    # input was not billed at all: it stays meter_only; output is compared in the day row
+    rest = recon.filter(pl.col("vendor_quantity_source").ne_missing("day_total"))
+    assert rest.select("meter_id", "status").rows() == [("input_tokens", "meter_only")]
+    levels = reconciliation_summary(recon)["openai"]["levels"]
+    assert levels == {
+        "day × line item: reconciled per day and meter, not per model": 1,
+        "day × model × meter": 1,
+    }
+
+
+def test_the_summary_says_a_day_total_is_reconciled_per_day(mapping):
+    ours = metered([("openai", D1, "gpt-4o", "output_tokens", Decimal(100_000))])
+    total = [vc("openai", D1, None, None, amount="1.00", kind="costs")]
+    summary = reconciliation_summary(reconcile(ours, costs_frame(total), mapping, "2026-10"))
+    assert summary["openai"]["levels"] == {"day total: reconciled per day, not per model": 1}
+    assert Decimal(summary["openai"]["variance"]) == 0
+
+
+def test_the_report_names_the_day_total_level(mapping):
+    ours = metered([("openai", D1, "gpt-4o", "output_tokens", Decimal(100_000))])
+    total = [vc("openai", D1, None, None, amount="1.00", kind="costs")]
+    ctx = reconciliation_context(reconcile(ours, costs_frame(total), mapping, "2026-10"))
+    [vendor] = ctx["vendors"]
+    assert vendor["levels"] == [{"level": "day total: reconciled per day, not per model", "len": 1}]

@@ -5,7 +5,8 @@ quantity (split further by feature / agent_id where events carry them), by large
 the storage precision (10^-12 currency units): allocations sum exactly to the bill, and nobody is
 shifted more than 10^-12 from their exact share. (At cents, the rounding of ~30 meters × 31 days
 per account would move whole dollars between small accounts.) Integer arithmetic on the Decimal
-physical values keeps it exact and vectorised.
+physical values keeps it exact and vectorised. A vendor line without a model (an OpenAI day
+total) is split the same way over the vendor's day, weighted by metered cost at list rates.
 """
 
 from __future__ import annotations
@@ -41,17 +42,19 @@ def allocate_costs(
     *,
     amount: str = "amount",
     weight: str = "weight",
+    weight_digits: int = _WEIGHT_DIGITS,
 ) -> pl.DataFrame:
     """Split each cost row over the driver rows sharing its `on` keys, exactly.
 
     Returns one row per (cost row, driver row with positive weight) with `allocated_cost`, plus
     one row per cost row no driver matches (driver columns null, the whole amount). For every
     cost row the allocations sum to its `amount` exactly (largest remainder at 10^-12; ties go to
-    the driver rows in their sort order, so results are deterministic).
+    the driver rows in their sort order, so results are deterministic). Weights are taken at
+    `weight_digits` decimals: 6 (micro-units) is exact for token counts, 12 for money weights.
     """
     cells = costs.with_row_index("_cell").with_columns(_U=pl.col(amount).cast(MONEY).to_physical())
     drv = drivers.filter(pl.col(weight) > 0).with_columns(
-        _w=pl.col(weight).cast(QTY).to_physical() // pl.lit(10 ** (12 - _WEIGHT_DIGITS), _I128)
+        _w=pl.col(weight).cast(QTY).to_physical() // pl.lit(10 ** (12 - weight_digits), _I128)
     )
     driver_cols = [c for c in drv.columns if c not in on]
     joined = cells.join(drv, on=on, how="inner", nulls_equal=True)
@@ -129,18 +132,22 @@ def cost_allocations(
     """COST_ALLOCATIONS of a month: billed usage cost per vendor × day × model × meter, split
     over accounts × feature × agent_id by their metered quantity of the meter's driver
     (`allocate_by` in vendors.yaml: cache writes follow input_tokens). Null account = no
-    customer metered that usage. `days` = [first, end) narrows it to part of the month
-    (allocation never crosses a day)."""
+    customer metered that usage. A costs line with no model (an OpenAI export without
+    `group_by`: the day's total, or one meter's) is split by metered cost at list rates over
+    the vendor's whole day instead (`_day_level_allocations`). `days` = [first, end) narrows it
+    to part of the month (allocation never crosses a day)."""
     start, end = days or period_days(period)
+    billed = conform(vendor_costs, VENDOR_COSTS).filter(
+        (pl.col("charge_class") == "usage")
+        & (pl.col("source_kind") != "usage")
+        & pl.col("amount").is_not_null()
+        & (pl.col("date") >= start)
+        & (pl.col("date") < end)
+    )
+    # A costs line with no model is a day total (reconcile._is_day_total): split by list cost.
+    day_level = pl.col("model_id").is_null() & (pl.col("source_kind") == "costs")
     costs = (
-        conform(vendor_costs, VENDOR_COSTS)
-        .filter(
-            (pl.col("charge_class") == "usage")
-            & (pl.col("source_kind") != "usage")
-            & pl.col("amount").is_not_null()
-            & (pl.col("date") >= start)
-            & (pl.col("date") < end)
-        )
+        billed.filter(~day_level)
         .group_by("vendor", "date", "model_id", "meter_id", "currency")
         .agg(amount=pl.col("amount").sum())
         .join(mapping.driver_frame(), on="meter_id", how="left")
@@ -150,7 +157,39 @@ def cost_allocations(
     drivers = _drivers(usage_hourly, mapping, start, end)
     drivers = pl.concat([drivers, _unmetered(vendor_costs, drivers, start, end)])
     out = allocate_costs(costs, drivers, DRIVER_KEYS, amount="amount", weight="weight")
+    day_lines = billed.filter(day_level)
+    if day_lines.height:
+        by_cost = _day_level_allocations(day_lines, drivers, mapping)
+        out = pl.concat([out, by_cost], how="diagonal_relaxed")
     return conform(out, COST_ALLOCATIONS)
+
+
+def _day_level_allocations(
+    billed: pl.DataFrame, drivers: pl.DataFrame, mapping: VendorMapping
+) -> pl.DataFrame:
+    """Vendor lines with no model (an OpenAI day total, or a day's total of one meter) split
+    over accounts × model × feature × agent in proportion to their metered cost at the
+    vendor's list rates that day (all meters of the day, or the line's meter), exactly (largest
+    remainder at 10^-12). `weight` is that list cost; cost nobody metered is unattributed."""
+    metered = drivers.filter(pl.col("account_id").is_not_null())
+    priced = mapping.with_rates(
+        metered.rename({"driver_meter": "meter_id"}).with_columns(pl.col("weight").cast(QTY))
+    ).with_columns(weight=pl.col("weight") * pl.col("unit_price") / pl.col("rate_per"))
+    grain = ["account_id", "model_id", "feature", "agent_id"]
+    by_day = priced.group_by("vendor", "date", *grain).agg(weight=pl.col("weight").sum())
+    by_meter = priced.group_by("vendor", "date", "meter_id", *grain).agg(
+        weight=pl.col("weight").sum()
+    )
+    cells = billed.group_by("vendor", "date", "meter_id", "currency").agg(
+        amount=pl.col("amount").sum()
+    )
+    whole = cells.filter(pl.col("meter_id").is_null())
+    per_meter = cells.filter(pl.col("meter_id").is_not_null())
+    parts = [
+        allocate_costs(whole.drop("meter_id"), by_day, ["vendor", "date"], weight_digits=12),
+        allocate_costs(per_meter, by_meter, ["vendor", "date", "meter_id"], weight_digits=12),
+    ]
+    return pl.concat(parts, how="diagonal_relaxed")
 
 
 def _unmetered(vendor_costs: pl.DataFrame, drivers: pl.DataFrame, start, end) -> pl.DataFrame:

@@ -4,7 +4,8 @@ Formats (/work/shared/vendor-formats.md, README "Supported vendor exports"):
 
 - OpenAI `/v1/organization/costs`: dollars as JSON numbers, lowercase currency; `quantity` in
   `quantity_unit` (`tokens`, `1000_tokens`, ...). Without `group_by=line_item` a result is the
-  day's total of a scope: it lands as a day-level line (no model, no meter).
+  day's total of a scope: it lands as a day-level line (no model, no meter); a line item that
+  names only a kind (`input`, `output`) lands as a day-level line of that meter (no model).
 - OpenAI `/v1/organization/usage/completions`, 2024 format: `input_tokens` are text input
   INCLUDING cached; audio tokens are separate fields. 2026 format (`input_uncached_tokens`
   present): `input_tokens` = uncached + cached + cache writes, each counted over text, audio
@@ -244,6 +245,8 @@ def _openai_cost_record(path: Path, line: int, result: dict, base: dict) -> dict
     amount = result.get("amount") or {}
     item = result.get("line_item")
     model, kind = (item.rsplit(", ", 1) + [None])[:2] if item else (None, None)
+    if item is not None and kind is None:  # a kind with no model ("input"): a day-level line
+        model, kind = None, item
     unit = result.get("quantity_unit")
     rec = base | {
         "source_kind": "costs",
@@ -256,11 +259,9 @@ def _openai_cost_record(path: Path, line: int, result: dict, base: dict) -> dict
             path, line, "quantity", result.get("quantity"), _QUANTITY_UNITS.get(str(unit), 1)
         ),
         "charge_class": "usage",
-        "day_total": item is None,
+        "day_total": model is None,
     }
-    if item is not None and kind is None:
-        rec["problem"] = f"line_item {item!r} is not '<model>, <kind>'"
-    elif item is not None and unit is not None and unit not in _QUANTITY_UNITS:
+    if item is not None and unit is not None and unit not in _QUANTITY_UNITS:
         rec["problem"] = f"quantity_unit {unit!r} is not a token unit"
     return rec
 
@@ -435,6 +436,8 @@ def map_by_vocab(
     reason = (
         pl.when(pl.col("problem").is_not_null())
         .then(pl.col("problem"))
+        .when(day_total & pl.col("vocab_key").is_not_null() & pl.col("meter_id").is_null())
+        .then(pl.format("line_item '{}' is neither '<model>, <kind>' nor a kind", "vocab_key"))
         .when(day_total)
         .then(None)
         .when(pl.col("vendor_model").is_null())

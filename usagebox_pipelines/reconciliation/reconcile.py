@@ -92,14 +92,16 @@ def reconcile(
     ours, costs_in = ours.filter(in_period), costs.filter(in_period)
     usage = _usage_rows(ours, costs_in.filter(~day_level), mapping, tq, tp, ta)
     days = _day_total_rows(ours, costs_in.filter(day_level), mapping, tp, ta)
-    # Metered usage of a day the vendor billed only in total is compared in the day's row.
-    covered = days.select("vendor", "date").unique()
+    # Metered usage of a day the vendor billed only in total (or per meter, no model) is
+    # compared in that day-level row, not listed again as meter_only.
+    whole_day = days.filter(pl.col("meter_id").is_null()).select("vendor", "date").unique()
+    per_meter = days.filter(pl.col("meter_id").is_not_null()).select(DAY_LEVEL).unique()
     usage = pl.concat(
         [
             usage.filter(pl.col("status") != "meter_only"),
-            usage.filter(pl.col("status") == "meter_only").join(
-                covered, on=["vendor", "date"], how="anti"
-            ),
+            usage.filter(pl.col("status") == "meter_only")
+            .join(whole_day, on=["vendor", "date"], how="anti")
+            .join(per_meter, on=DAY_LEVEL, how="anti"),
         ],
         how="diagonal_relaxed",
     )
@@ -119,41 +121,56 @@ def reconcile(
 
 
 def _is_day_total() -> pl.Expr:
-    """A vendor usage line billed as a day's total (OpenAI costs without group_by=line_item)."""
+    """A vendor usage line billed without a model: a day's total (OpenAI costs without
+    `group_by`), or a day's total of one meter (a line item naming only a kind, `input`)."""
     return (
         (pl.col("charge_class") == "usage")
         & (pl.col("source_kind") == "costs")
         & pl.col("model_id").is_null()
-        & pl.col("meter_id").is_null()
     )
 
 
+#: The level a model-less vendor line is reconciled at (keys of `_day_total_rows`).
+DAY_LEVEL = ["vendor", "date", "meter_id"]
 DAY_TOTAL_NOTE = (
-    "day total only (costs export without group_by=line_item): billed vs all metered usage of "
-    "the day at list rates; export with group_by=line_item for model and meter detail"
+    "day total: reconciled per day, not per model (costs export without group_by=line_item): "
+    "billed vs all metered usage of the day at list rates; export with group_by=line_item for "
+    "model and meter detail"
+)
+DAY_METER_NOTE = (
+    "day total per line item: reconciled per day and meter, not per model (line item without a "
+    "model): billed vs all metered usage of the meter that day at list rates"
 )
 
 
 def _day_total_rows(
     ours: pl.DataFrame, totals: pl.DataFrame, mapping: VendorMapping, tp: Decimal, ta: Decimal
 ) -> pl.DataFrame:
-    """One row per vendor × day billed only in total: billed vs metered × list rate, summed
-    over every model and meter of the day (the level the export has, and said so)."""
+    """One row per vendor × day (× meter, when the line item names one) billed without a
+    model: billed vs metered × list rate, summed over every model (and meter) of the day —
+    the level the export has, and said so in `note` and `vendor_quantity_source`."""
     if totals.is_empty():
         return empty(RECONCILIATION)
-    billed = totals.group_by("vendor", "date").agg(billed_amount=pl.col("amount").sum())
+    billed = totals.group_by(DAY_LEVEL).agg(billed_amount=pl.col("amount").sum())
     priced = mapping.with_rates(ours).with_columns(
         _expected=pl.col("quantity") * pl.col("unit_price") / pl.col("rate_per")
     )
-    expected = priced.group_by("vendor", "date").agg(
-        metered_quantity=pl.col("quantity").sum(),
-        expected_amount=pl.when(pl.col("_expected").is_not_null().all()).then(
+    agg = {
+        "metered_quantity": pl.col("quantity").sum(),
+        "expected_amount": pl.when(pl.col("_expected").is_not_null().all()).then(
             pl.col("_expected").sum()
         ),
-    )
-    rows = billed.join(expected, on=["vendor", "date"], how="left").with_columns(
-        amount_variance=pl.col("billed_amount") - pl.col("expected_amount").fill_null(0)
-    )
+    }
+    whole_day = priced.group_by("vendor", "date").agg(**agg)
+    per_meter = priced.group_by(DAY_LEVEL).agg(**agg)
+    is_total = pl.col("meter_id").is_null()
+    rows = pl.concat(
+        [
+            billed.filter(is_total).join(whole_day, on=["vendor", "date"], how="left"),
+            billed.filter(~is_total).join(per_meter, on=DAY_LEVEL, how="left"),
+        ],
+        how="diagonal_relaxed",
+    ).with_columns(amount_variance=pl.col("billed_amount") - pl.col("expected_amount").fill_null(0))
     allowed = pl.max_horizontal(
         pl.lit(ta, dtype=MONEY), pl.col("billed_amount").abs() * pl.lit(tp, dtype=QTY) / _HUNDRED
     )
@@ -171,7 +188,7 @@ def _day_total_rows(
         status=status,
         vendor_quantity_source=pl.lit("day_total"),
         amount_variance_pct=_pct(pl.col("amount_variance"), pl.col("billed_amount")),
-        note=pl.lit(DAY_TOTAL_NOTE),
+        note=pl.when(is_total).then(pl.lit(DAY_TOTAL_NOTE)).otherwise(pl.lit(DAY_METER_NOTE)),
     )
 
 
@@ -376,7 +393,9 @@ def reconciliation_summary(recon: pl.DataFrame, lines: pl.DataFrame | None = Non
     currency when a vendor bills in several. `lines` are the month's vendor lines tagged with
     their table (`restatement.tag_lines`); without them only mapped money is known.
     `usage_billed`, `expected` and `variance` (= usage_billed − expected) are usage rows only;
-    `other_charges` are credits, tax, corrections, ... as billed.
+    `other_charges` are credits, tax, corrections, ... as billed; `levels` counts usage rows
+    by the level they were reconciled at (`day total: reconciled per day, not per model` for a
+    costs export without `group_by`).
     """
     usage = pl.col("charge_class") == "usage"
     if lines is None:
@@ -395,6 +414,13 @@ def reconciliation_summary(recon: pl.DataFrame, lines: pl.DataFrame | None = Non
         .sort("vendor", "charge_class")
     )
     counts = recon.group_by("vendor", "status").len().sort("vendor", "status")
+    levels = (
+        recon.filter(usage)
+        .with_columns(_level=reconciled_level())
+        .group_by("vendor", "_level")
+        .len()
+        .sort("vendor", "_level")
+    )
     vendors = sorted(set(recon["vendor"].drop_nulls()) | set(lines["vendor"].drop_nulls()))
     out: dict = {}
     for v in vendors:
@@ -413,6 +439,10 @@ def reconciliation_summary(recon: pl.DataFrame, lines: pl.DataFrame | None = Non
                 r["status"]: r["len"]
                 for r in counts.filter(pl.col("vendor") == v).iter_rows(named=True)
             },
+            "levels": {
+                r["_level"]: r["len"]
+                for r in levels.filter(pl.col("vendor") == v).iter_rows(named=True)
+            },
             "other_charges": {
                 r["charge_class"]: str(r["amount"])
                 for r in other.filter(pl.col("vendor") == v).iter_rows(named=True)
@@ -420,6 +450,24 @@ def reconciliation_summary(recon: pl.DataFrame, lines: pl.DataFrame | None = Non
             "currencies": money,
         }
     return out
+
+
+#: The level a usage row was reconciled at, as `reconciliation_summary` says it.
+LEVEL_MODEL = "day × model × meter"
+LEVEL_DAY = "day total: reconciled per day, not per model"
+LEVEL_DAY_METER = "day × line item: reconciled per day and meter, not per model"
+
+
+def reconciled_level() -> pl.Expr:
+    """The level each usage row was reconciled at (`LEVEL_*`)."""
+    day = pl.col("vendor_quantity_source") == "day_total"
+    return (
+        pl.when(day & pl.col("meter_id").is_null())
+        .then(pl.lit(LEVEL_DAY))
+        .when(day)
+        .then(pl.lit(LEVEL_DAY_METER))
+        .otherwise(pl.lit(LEVEL_MODEL))
+    )
 
 
 def _first_currency(recon: pl.DataFrame, lines: pl.DataFrame, vendor: str) -> str | None:

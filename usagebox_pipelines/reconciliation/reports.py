@@ -13,6 +13,7 @@ import polars as pl
 
 from usagebox_pipelines.charts import bar_chart
 from usagebox_pipelines.documents import format_money, format_pct, render_pdf, safe_csv_bytes
+from usagebox_pipelines.reconciliation.reconcile import LEVEL_MODEL, reconciled_level
 from usagebox_pipelines.reconciliation.schemas import (
     COST_ATTRIBUTION,
     RECONCILIATION,
@@ -259,11 +260,21 @@ def _vendor_summary(recon: pl.DataFrame, usage: pl.DataFrame, vendor: str) -> di
         )
         .sort("date")
     )
+    # Rows reconciled above the model level (a day total), named so the reader knows.
+    levels = (
+        rows.with_columns(level=reconciled_level())
+        .filter(pl.col("level") != LEVEL_MODEL)
+        .group_by("level")
+        .len()
+        .sort("level")
+        .to_dicts()
+    )
     return {
         "vendor": vendor,
         "currency": currency,
         **sums,
         "statuses": counts,
+        "levels": levels,
         "chart_billed": _daily_chart(daily, "billed", "Billed by UTC day", currency),
         "chart_variance": _daily_chart(
             daily, "variance", "Billed − expected by UTC day", currency, span=_span(rows, daily)

@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 HOME_DIR ?= data/demo
 MONTH ?= 2026-10
 
-.PHONY: demo test install lint format bench bench-stages dev clean
+.PHONY: demo test install lint format bench bench-stages bench-workers dev clean
 
 $(BIN)/usagebox: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: install
 bench-stages: install
 	$(BIN)/python bench/ingest.py --events 1000000
 	$(BIN)/python bench/rollups.py --events 1000000
+
+# Partition fan-out: the month's usage_hourly days by 1, 2 and 4 parallel hourly_job runs, on local
+# disk and on a local moto S3 server (wall time, speed-up, commit latency per table). Run it quiet.
+bench-workers: install
+	$(BIN)/python bench/workers.py --events $(BENCH_EVENTS) --accounts $(BENCH_ACCOUNTS) $(BENCH_ARGS)
 
 # The UI on the demo home (built first when missing): the resource reads USAGEBOX_HOME, the
 # instance is the one `usagebox run/ingest/close` record into.

@@ -18,7 +18,12 @@ from usagebox_pipelines.defs.jobs import PARTITION_RANGE_END as RANGE_END
 from usagebox_pipelines.defs.jobs import PARTITION_RANGE_START as RANGE_START
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.defs.schedules import nightly_monthly, nightly_usage
-from usagebox_pipelines.defs.sensors import affected_day_spans, inbox_sensor
+from usagebox_pipelines.defs.sensors import (
+    TOUCHED_DAYS_TAG,
+    affected_day_spans,
+    inbox_sensor,
+    month_after_touched_days,
+)
 from usagebox_pipelines.runner import execute_job, run_day, run_ingest, run_month
 from usagebox_pipelines.storage import DeltaStore, DocumentStore
 
@@ -47,7 +52,11 @@ def test_definitions_load_and_every_job_resolves() -> None:
     checks = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
     assert {"2_events_unique", "3_hourly_equals_events", "3_monthly_equals_hourly"} <= checks
     assert {s.name for s in defs.schedules} >= {"nightly_usage", "nightly_monthly"}
-    assert {s.name for s in defs.sensors} >= {"inbox_sensor", "rebuild_touched_days"}
+    assert {s.name for s in defs.sensors} >= {
+        "inbox_sensor",
+        "rebuild_touched_days",
+        "month_after_touched_days",
+    }
 
 
 def test_nightly_schedules_target_yesterday() -> None:
@@ -153,15 +162,50 @@ def test_after_ingest_only_the_touched_days_are_rebuilt(tmp_path: Path) -> None:
         ).dagster_event,
     )
     requests = list(rebuild_touched_days(ctx))
-    keys = sorted(
-        (r.job_name, r.partition_key or f"{r.tags[RANGE_START]}..{r.tags[RANGE_END]}")
-        for r in requests
-    )
-    assert keys == [
-        ("daily_job", "2026-10-01..2026-10-01"),
-        ("daily_job", "2026-10-03..2026-10-03"),
-        ("monthly_job", "2026-10-01"),
+    # one shared-lease day run per touched day, none exclusive: they may run side by side
+    assert sorted((r.job_name, r.partition_key) for r in requests) == [
+        ("hourly_job", "2026-10-01"),
+        ("hourly_job", "2026-10-03"),
     ]
+    assert defs.resolve_job_def("hourly_job").tags["usagebox/lease"] == "shared"
+    assert all(r.tags[TOUCHED_DAYS_TAG] == "2" for r in requests)
+
+    # real runs of those requests; the month follows only once both days have succeeded
+    runs = []
+    for request in requests:
+        day = execute_job(
+            settings,
+            "hourly_job",
+            partition_key=request.partition_key,
+            tags=request.tags,
+            instance=instance,
+        )
+        assert day.success, day.failures
+        runs.append(instance.get_run_by_id(day.run_id))
+        month = month_after_touched_days(_success_context(instance, runs[-1]))
+        if len(runs) == 1:
+            assert isinstance(month, dg.SkipReason) and "1 of 2" in (month.skip_message or "")
+    assert [(r.partition_key, r.run_key) for r in month] == [
+        ("2026-10-01", f"{outcome.run_id}-2026-10")
+    ]
+    store = DeltaStore(settings.home)
+    assert store.read(USAGE_HOURLY)["hour"].dt.date().unique().sort().to_list() == [
+        date(2026, 10, 1),
+        date(2026, 10, 3),
+    ]
+
+
+def _success_context(instance: dg.DagsterInstance, run: dg.DagsterRun):
+    return dg.build_run_status_sensor_context(
+        sensor_name="month_after_touched_days",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=next(
+            e
+            for e in instance.all_logs(run.run_id)
+            if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_SUCCESS"
+        ).dagster_event,
+    )
 
 
 def test_events_check_covers_the_days_the_run_covers() -> None:

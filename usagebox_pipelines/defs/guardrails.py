@@ -2,7 +2,7 @@
 
 One multi-asset refreshes all three tables for a month partition, because decisions are derived
 from the state and anomalies of the same evaluation (one consistent `as_of`). It runs in the
-monthly job: nightly, and after every inbox ingest (`rebuild_touched_days`). The sensor turns
+monthly job: nightly, and after every inbox ingest (`month_after_touched_days`). The sensor turns
 new escalating decisions into alert rows (once per decision) and shows each alert in the UI as
 an observation of `guardrail_decisions`.
 """

@@ -1,11 +1,18 @@
-"""Inbox sensor (new files → ingest) and the follow-up that rebuilds only the touched days."""
+"""Inbox sensor (new files → ingest) and the follow-ups that rebuild only the touched days.
+
+After an ingest run (exclusive: key index, batches, the `events` fold), `rebuild_touched_days`
+requests one `hourly_job` run per touched UTC day. Those take the *shared* lease (ADR 0012), so
+they run side by side, bounded by `max_concurrent_runs`, the `usage_hourly` pool and one run per
+`dagster/partition`. Once every one of them has succeeded, `month_after_touched_days` requests
+the exclusive `monthly_job` for the months they belong to: it never reads a half-rebuilt month.
+"""
 
 import json
 from datetime import date, timedelta
 
 import dagster as dg
 
-from usagebox_pipelines.defs.jobs import daily_job, day_range_tags, ingest_job, monthly_job
+from usagebox_pipelines.defs.jobs import hourly_job, ingest_job, monthly_job
 from usagebox_pipelines.defs.metering import inbox_files
 from usagebox_pipelines.defs.resources import UsageboxResource
 
@@ -49,15 +56,20 @@ def affected_day_spans(hours: list[str]) -> list[tuple[str, str]]:
     return [(a.isoformat(), b.isoformat()) for a, b in spans]
 
 
+AFTER_INGEST_TAG = "usagebox/after_ingest"  # the ingest run an `hourly_job` run follows
+TOUCHED_DAYS_TAG = "usagebox/touched_days"  # how many day runs that ingest requested
+
+
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitored_jobs=[ingest_job],
-    request_jobs=[daily_job, monthly_job],
+    request_jobs=[hourly_job],
     # on with the inbox sensor: without it ingested events would wait for the nightly runs
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def rebuild_touched_days(context: dg.RunStatusSensorContext):
-    """After an ingest run, rebuild exactly the days (and their months) the new events touch."""
+    """After an ingest run, rebuild exactly the days the new events touch: one shared-lease
+    `hourly_job` run per day, which run concurrently (their months follow, see below)."""
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("events")), limit=5
     ).records
@@ -66,16 +78,49 @@ def rebuild_touched_days(context: dg.RunStatusSensorContext):
         if record.run_id == context.dagster_run.run_id:
             meta = record.asset_materialization.metadata.get("affected_hours")
             hours = list(meta.value) if meta is not None else []
-    spans = affected_day_spans(hours)
+    days = touched_days(hours)
     run = context.dagster_run.run_id
-    for first, last in spans:
+    tags = {AFTER_INGEST_TAG: run, TOUCHED_DAYS_TAG: str(len(days))}
+    for day in days:
         yield dg.RunRequest(
-            run_key=f"{run}-{first}..{last}", job_name="daily_job", tags=day_range_tags(first, last)
-        )
-    for month in sorted({h[:7] for h in hours}):
-        yield dg.RunRequest(
-            run_key=f"{run}-{month}", job_name="monthly_job", partition_key=f"{month}-01"
+            run_key=f"{run}-{day}", job_name="hourly_job", partition_key=day, tags=tags
         )
 
 
-sensors = [inbox_sensor, rebuild_touched_days]
+def touched_days(hours: list[str]) -> list[str]:
+    """ISO hour starts → the daily partition keys they fall in, sorted, once each."""
+    return [a for first, last in affected_day_spans(hours) for a in _days(first, last)]
+
+
+def _days(first: str, last: str) -> list[str]:
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[hourly_job],
+    request_jobs=[monthly_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def month_after_touched_days(context: dg.RunStatusSensorContext):
+    """When the last day run that followed an ingest succeeds, rebuild the months of those days
+    (exclusive `monthly_job`, once per month: the run key is the ingest run and the month)."""
+    ingest = context.dagster_run.tags.get(AFTER_INGEST_TAG)
+    expected = context.dagster_run.tags.get(TOUCHED_DAYS_TAG)
+    if not ingest or not expected:
+        return dg.SkipReason("not a day run that followed an ingest")
+    runs = context.instance.get_runs(filters=dg.RunsFilter(tags={AFTER_INGEST_TAG: ingest}))
+    done = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
+    if len(done) < int(expected):
+        return dg.SkipReason(f"{len(done)} of {expected} day runs of ingest {ingest} done")
+    months = sorted({r.tags["dagster/partition"][:7] for r in done})
+    return [
+        dg.RunRequest(
+            run_key=f"{ingest}-{month}", job_name="monthly_job", partition_key=f"{month}-01"
+        )
+        for month in months
+    ]
+
+
+sensors = [inbox_sensor, rebuild_touched_days, month_after_touched_days]

@@ -151,17 +151,7 @@ def test_after_ingest_only_the_touched_days_are_rebuilt(tmp_path: Path) -> None:
         instance=instance,
     )
     run = instance.get_run_by_id(outcome.run_id)
-    ctx = dg.build_run_status_sensor_context(
-        sensor_name="rebuild_touched_days",
-        dagster_instance=instance,
-        dagster_run=run,
-        dagster_event=next(
-            e
-            for e in instance.all_logs(run.run_id)
-            if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_SUCCESS"
-        ).dagster_event,
-    )
-    requests = list(rebuild_touched_days(ctx))
+    requests = list(rebuild_touched_days(_success_context(instance, run, "rebuild_touched_days")))
     # one shared-lease day run per touched day, none exclusive: they may run side by side
     assert sorted((r.job_name, r.partition_key) for r in requests) == [
         ("hourly_job", "2026-10-01"),
@@ -182,7 +172,9 @@ def test_after_ingest_only_the_touched_days_are_rebuilt(tmp_path: Path) -> None:
         )
         assert day.success, day.failures
         runs.append(instance.get_run_by_id(day.run_id))
-        month = month_after_touched_days(_success_context(instance, runs[-1]))
+        month = month_after_touched_days(
+            _success_context(instance, runs[-1], "month_after_touched_days")
+        )
         if len(runs) == 1:
             assert isinstance(month, dg.SkipReason) and "1 of 2" in (month.skip_message or "")
     assert [(r.partition_key, r.run_key) for r in month] == [
@@ -195,9 +187,10 @@ def test_after_ingest_only_the_touched_days_are_rebuilt(tmp_path: Path) -> None:
     ]
 
 
-def _success_context(instance: dg.DagsterInstance, run: dg.DagsterRun):
+def _success_context(instance: dg.DagsterInstance, run: dg.DagsterRun, sensor: str):
+    """The context a run-status sensor named `sensor` gets for `run`'s success."""
     return dg.build_run_status_sensor_context(
-        sensor_name="month_after_touched_days",
+        sensor_name=sensor,
         dagster_instance=instance,
         dagster_run=run,
         dagster_event=next(

@@ -83,16 +83,37 @@ def test_incomplete_export_warns_on_stderr_and_reports_partial(tmp_path, capsys)
     assert summary["billed"] == summary["mapped"] == "1.237891200000"
 
 
-def test_review_only_month_is_summarised_with_its_money(tmp_path, capsys):
+def test_the_2026_spec_costs_example_is_reconciled_per_day_and_meter(tmp_path, capsys):
+    # The example's only line is `"line_item": "input_tokens"`: a kind with no model.
     home = _home(tmp_path)
     code, out, _ = _reconcile(
         capsys, home, "openai", REAL / "openai" / "costs_object_2026-08.json", month="2024-11"
     )
     assert code == 0
+    summary = out["months"][0]["summary"]["openai"]
+    assert Decimal(summary["billed"]) == Decimal(summary["mapped"]) == Decimal("0.06")
+    assert Decimal(summary["review"]) == 0
+    assert summary["levels"] == {"day × line item: reconciled per day and meter, not per model": 1}
+    recon = DeltaStore(str(home)).read(RECONCILIATION).filter(pl.col("vendor") == "openai")
+    assert recon.select("model_id", "meter_id").rows() == [(None, "input_tokens")]
+
+
+def test_review_only_month_is_summarised_with_its_money(tmp_path, capsys):
+    example = json.loads((REAL / "openai" / "costs_object_2026-08.json").read_text())
+    example["data"][0]["results"][0]["line_item"] = "moderation"  # no meter for it
+    export = tmp_path / "costs_moderation.json"
+    export.write_text(json.dumps(example))
+    home = _home(tmp_path)
+    code, out, _ = _reconcile(capsys, home, "openai", export, month="2024-11")
+    assert code == 0
     month = out["months"][0]
     assert month["summary"]["openai"]["billed"] == month["summary"]["openai"]["review"]
     assert Decimal(month["summary"]["openai"]["billed"]) == Decimal("0.06")
     assert month["reports"]["reconciliation_csv"].endswith("reconciliation_2024-11.csv")
+    review = DeltaStore(str(home)).read(VENDOR_REVIEW)
+    assert review["reason"].to_list() == [
+        "line_item 'moderation' is neither '<model>, <kind>' nor a kind"
+    ]
 
 
 def test_tables_from_before_line_identities_are_refused_with_what_to_do(tmp_path, capsys):

@@ -26,6 +26,7 @@ from usagebox_pipelines.invoicing.adjustments import compute_adjustments
 from usagebox_pipelines.invoicing.lines import build_draft_invoices
 from usagebox_pipelines.invoicing.numbering import issue_documents
 from usagebox_pipelines.invoicing.render import (
+    invoice_context,
     load_issuer,
     originals,
     render_credit_note_pdf,
@@ -145,6 +146,8 @@ def books(tmp_path_factory):
         "invoice_pdf": pdf,
         "note": note,
         "note_pdf": note_pdf,
+        "note_lines": note_lines,
+        "account": account,
         "sep_number": sep_docs["invoice_number"].item(),
     }
 
@@ -240,6 +243,23 @@ def test_credit_note_cites_the_invoice_and_reverses_its_tax(books):
     tax_back = books["note"]["total"]
     assert tax_back < 0 and money("Total credited", body) == tax_back
     assert "VAT 20%" in body  # the tax of the corrected invoice is reversed with it
+
+
+def test_adjustments_merge_lines_whose_price_version_did_not_change_the_price(books):
+    # a100 is $1.79 per GPU-hour in both versions: one line; h100's tier 1 went $3.19 -> $2.99
+    body = text(books["note_pdf"])
+    adjustments = body.split("Adjustments to September 2026", 1)[1]
+    assert adjustments.count("GPU time · a100") == 1
+    assert "-4 GPU-hours" in adjustments
+    assert adjustments.count("GPU time · h100 — prices from") == 2
+    assert "a100 — prices from" not in adjustments
+
+
+def test_an_issued_v3_note_keeps_printing_every_stored_adjustment_line(books):
+    note = {**books["note"], "template_version": "invoice_v3"}
+    context = invoice_context(note, books["note_lines"], books["account"], load_issuer())
+    rows = context["adjustment_sections"][0]["rows"]
+    assert sum("a100" in r["description"] for r in rows) == 2
 
 
 def test_margin_of_negative_or_tiny_revenue_is_not_a_100_percent_margin():

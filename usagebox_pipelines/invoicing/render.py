@@ -158,7 +158,10 @@ def invoice_context(
         "tax": tax,
         "credit": credit,
         "summary": summary_rows(kinds, adjustments, tax, doc, totals),
-        "adjustment_sections": [_shown_adjustments(g, account) for g in adjustments],
+        "adjustment_sections": [
+            _shown_adjustments(g, account, merge=doc["template_version"] in MERGED_ADJUSTMENTS)
+            for g in adjustments
+        ],
     }
 
 
@@ -608,9 +611,10 @@ def _display_units(row: dict) -> dict:
     }
 
 
-def _shown_adjustments(group: dict, account: Any) -> dict:
+def _shown_adjustments(group: dict, account: Any, *, merge: bool = False) -> dict:
     """An adjustment section for invoice_v2: usage rows in the units of the usage table, and
-    restated discount, minimum or tax rows by amount only, tax named with its rate."""
+    restated discount, minimum or tax rows by amount only, tax named with its rate. With
+    `merge` (invoice_v4), usage rows of the same price are merged as on the usage table."""
     amount_only = {
         "shown_quantity": None,
         "shown_unit": "",
@@ -621,13 +625,36 @@ def _shown_adjustments(group: dict, account: Any) -> dict:
     treatment = field(account, "tax")
     name = treatment.name if treatment is not None else CONTRACT_LABELS["tax"]
     rows = []
-    for row in group["rows"]:
-        shown = {**row, "line_label": str(row.get("line_no") or "")}
+    for row in _merged_adjustment_rows(group["rows"]) if merge else group["rows"]:
+        shown = {**row, "line_label": row.get("line_label") or str(row.get("line_no") or "")}
         shown |= _display_units(row) if row.get("meter_id") else amount_only
         if row.get("unit") == "tax" and row.get("unit_price") is not None:
             shown["description"] = f"{name} {grouped_text(Decimal(row['unit_price']))}%"
         rows.append(shown)
     return {**group, "rows": rows}
+
+
+#: Template versions whose adjustment sections merge stored lines of the same price. Earlier
+#: versions print every stored line (a price version that did not change the price included):
+#: issued invoices re-render byte for byte (tests/test_template_versions.py).
+MERGED_ADJUSTMENTS = frozenset({"invoice_v4"})
+
+
+def _merged_adjustment_rows(rows: list[dict]) -> list[dict]:
+    """Adjustment lines as the usage table shows its lines: per item (the description before
+    its detail), lines of the same tier and price merged, detail (`prices from …`) only where
+    the merged lines still differ in price. Restated discount, minimum and tax lines follow."""
+    items: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("meter_id"):
+            head = (row.get("description") or "").partition(DETAIL_SEP)[0]
+            items.setdefault(head, []).append(row)
+    merged = []
+    for head, item_rows in items.items():
+        for row in _describe_merged(_merge_same_price(item_rows)):
+            detail = row["detail"]
+            merged.append({**row, "description": head + (DETAIL_SEP + detail if detail else "")})
+    return merged + [row for row in rows if not row.get("meter_id")]
 
 
 def _in_human_units(meter_id: str | None, quantity: Decimal, unit: str) -> tuple[Decimal, str]:

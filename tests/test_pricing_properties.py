@@ -10,9 +10,10 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_pricing_rating import hour, rate, usage
+from tests.test_pricing_rating import ACCOUNTS, BOOKS, hour, rate, usage
 from usagebox_pipelines import schemas
 from usagebox_pipelines.pricing import round_money
+from usagebox_pipelines.pricing.rating import match_usage, merge_runs, price_matched
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 quantities = st.decimals(min_value=0, max_value=10**9, places=12, allow_nan=False)
@@ -127,3 +128,39 @@ def test_packages_bill_the_month_total_rounded_up_once(rows: list) -> None:
         (amount / price for amount, price in rated.select("amount", "unit_price").rows()), D(0)
     )
     assert packages == math.ceil(sum(q for _, q in rows) / 1000)
+
+
+_LINE = ["account_id", "line_kind", "meter_id", "model_id", "product_id", "unit", "dimensions",
+         "price_version", "tier", "price_model"]  # fmt: skip
+
+
+def _lines_by_key(matched: pl.DataFrame) -> list[tuple]:
+    rated = price_matched(matched, "2026-10", BOOKS, ACCOUNTS)
+    totals = rated.group_by(_LINE).agg(q=pl.col("quantity").sum(), a=pl.col("amount").sum())
+    kept = totals.filter((pl.col("q") != 0) | (pl.col("a") != 0))
+    return kept.sort(_LINE, nulls_last=True).rows()
+
+
+# Lines that share one tier position (out-m1 prices every feature), so their order matters.
+INTERLEAVED = [("output_tokens", "m1", {"feature": f}) for f in ("chat", "search")]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from([*INTERLEAVED, *INTERLEAVED, *ANY_METER[:-1]]),
+            hours,
+            st.integers(-900_000, 3_000_000),
+        ),
+        min_size=2,
+        max_size=14,
+    )
+)
+def test_merged_runs_rate_like_the_rows_they_merge(rows: list) -> None:
+    """Invariant (guardrail spend is priced like the invoice, ADR 0005): the rows
+    `pricing.rating.merge_runs` merges give every line the same quantity and amount, tiers,
+    packages, flat fees and corrections included."""
+    frame = usage(*[(*meter, at, str(q)) for meter, at, q in rows])
+    matched = match_usage(frame, "2026-10", BOOKS, ACCOUNTS)
+    assert _lines_by_key(merge_runs(matched, BOOKS)) == _lines_by_key(matched)

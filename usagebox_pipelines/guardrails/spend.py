@@ -35,7 +35,7 @@ from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.contract import INVOICE_LINE_KEYS
 from usagebox_pipelines.pricing.money import minor_units, round_money
 from usagebox_pipelines.pricing.pricebook import PricebookSet
-from usagebox_pipelines.pricing.rating import match_usage, price_matched
+from usagebox_pipelines.pricing.rating import match_usage, merge_runs, price_matched
 
 HOUR = timedelta(hours=1)
 # Unit separator: cannot occur in account ids (pricing.accounts._ID_RE) or in canonical units.
@@ -284,7 +284,8 @@ def _spend_at(
     """`spend_at` for one shard of accounts (one rating call)."""
     pairs = pairs.with_columns(key=_pseudo_key())
     rows = (
-        matched.join(pairs, on="account_id", how="inner")
+        _shared_prefix_merged(matched, pairs, pricebooks)
+        .join(pairs, on="account_id", how="inner")
         .filter(pl.col("at") < pl.col("cutoff"))
         .with_columns(account_id=pl.col("key"))
         .drop("at", "cutoff", "key")
@@ -308,6 +309,26 @@ def _spend_at(
         .select(_EMPTY_LINES.names())
     )
     return SpendAt(totals, lines)
+
+
+def _shared_prefix_merged(
+    matched: pl.DataFrame, pairs: pl.DataFrame, books: PricebookSet
+) -> pl.DataFrame:
+    """The shard's matched rows, those of whole hours before an account's earliest cutoff
+    merged into runs (`pricing.rating.merge_runs`, exact): every prefix of the account holds
+    them, and each prefix would otherwise rate them again row by row. For a month-end
+    evaluation (cutoffs now, now - 1 h, now - 24 h) that is all but the last day."""
+    shared_end = pairs.group_by("account_id").agg(
+        shared_end=pl.col("cutoff").min().dt.truncate("1h")
+    )
+    mine = matched.join(shared_end, on="account_id", how="inner")
+    shared = pl.col("hour") < pl.col("shared_end")
+    return pl.concat(
+        [
+            merge_runs(mine.filter(shared).drop("shared_end"), books),
+            mine.filter(~shared).drop("shared_end"),
+        ]
+    )
 
 
 def _pseudo_key() -> pl.Expr:

@@ -664,3 +664,51 @@ def _sorted(rated: pl.DataFrame) -> pl.DataFrame:
         )
         .drop("_order")
     )
+
+
+
+#: What tells a matched row's line apart within its account × meter × model (`_LINE_KEYS`
+#: without the tier and fee, which pricing derives).
+_RUN_KEYS = ["product_id", "unit", "dimensions", "pricebook", "currency", "problem",
+             "price_version", "rate_idx"]  # fmt: skip
+_RUN_GROUP = ["account_id", "meter_id", "model_id"]
+
+
+def merge_runs(matched: pl.DataFrame, books: PricebookSet) -> pl.DataFrame:
+    """`match_usage` rows merged where `price_matched` prices the merged row the same:
+    quantities summed, at the first hour (`at`, when present: the latest).
+
+    Why it is exact: a rate priced per unit in every version (most rows) reads no positions,
+    so all its rows of one line merge into one. Tiers, packages and flat fees run positions
+    per account × meter × model (× rate id × tier group) in `_ORDER`, and a row's tier parts,
+    started blocks and packages are differences of one function of its position before and
+    after it: a run of consecutive rows of one line that no other row of its account × meter ×
+    model interleaves telescopes into one row, and a tier's flat fee stays one fee on the
+    first row that enters the tier. Runs end at a negative row (a correction) all the same,
+    so each merged run only ever climbs: the plain case of that argument, at no real cost.
+    Merged hours no longer say when each unit was used: callers merge only rows they need as
+    a total (guardrail prefixes: the hours before every cutoff)."""
+    if matched.is_empty():
+        return matched
+    meta, _ = _rate_tables(books)
+    positioned = meta.filter(pl.col("path") != "per_unit").get_column("rate_id").unique()
+    ids = meta.select(*_RATE_KEYS, "rate_id")
+    tagged = matched.join(ids, on=_RATE_KEYS, how="left").with_columns(
+        _positioned=pl.col("rate_id").is_in(positioned.implode()).fill_null(False)
+    )
+    free = tagged.filter(~pl.col("_positioned")).with_columns(_run=pl.lit(0, pl.UInt32))
+    ordered = tagged.filter(pl.col("_positioned")).sort([*_RUN_GROUP, *_ORDER], nulls_last=True)
+    negative = pl.col("sum") < 0
+    starts = (
+        pl.any_horizontal(
+            *[pl.col(k).ne_missing(pl.col(k).shift(1)) for k in [*_RUN_GROUP, *_RUN_KEYS]]
+        )
+        | negative
+        | negative.shift(1).fill_null(False)
+    )
+    runs = ordered.with_columns(_run=starts.cum_sum().cast(pl.UInt32) + 1)
+    aggs = [pl.col("hour").min(), pl.col("sum").sum()]
+    if "at" in matched.columns:
+        aggs.append(pl.col("at").max())
+    merged = pl.concat([free, runs]).group_by("_run", *_RUN_GROUP, *_RUN_KEYS).agg(aggs)
+    return merged.select(matched.columns)

@@ -666,7 +666,6 @@ def _sorted(rated: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-
 #: What tells a matched row's line apart within its account × meter × model (`_LINE_KEYS`
 #: without the tier and fee, which pricing derives).
 _RUN_KEYS = ["product_id", "unit", "dimensions", "pricebook", "currency", "problem",

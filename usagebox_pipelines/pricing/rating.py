@@ -3,7 +3,8 @@
 Works on rollup rows (one per account × meter × model × product × unit × dimensions × hour),
 never on events. Steps, all vectorised Polars (Python loops only over versions and rates):
 
-1. keep billable rows of the period; attach the account's pricebook and currency;
+1. keep billable rows of the period (each account's own window when accounts bill in their
+   time zone, ADR 0017); attach the account's pricebook and currency;
 2. version: the pricebook version in effect at each row's hour (an as-of join on hours);
 3. rate: match each distinct (version, meter, model, dimensions) key against the version's
    rates and keep the most specific (exact model over `*`, then more dimension keys);
@@ -32,7 +33,6 @@ import polars as pl
 
 from usagebox_pipelines import schemas
 from usagebox_pipelines.errors import UsageboxError
-from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.contract import CreditBalances, contract_lines
 from usagebox_pipelines.pricing.money import (
@@ -48,6 +48,7 @@ from usagebox_pipelines.pricing.money import (
 )
 from usagebox_pipelines.pricing.pricebook import PricebookSet, PricebookVersion, Rate
 from usagebox_pipelines.pricing.terms import price_term_rows
+from usagebox_pipelines.pricing.zones import own_period_rows
 
 _I128 = pl.Int128
 _USAGE_KEYS = ["account_id", "meter_id", "model_id", "product_id", "unit", "dimensions"]
@@ -139,8 +140,10 @@ def match_usage(
     folded into units) match once and relabel `account_id` (to an account with the same
     pricebook and currency) or `unit` before `price_matched`.
     """
-    start, end = month_bounds(period)
-    usage = _billable(usage_hourly, start, end, keep)
+    span = accounts.span(period)
+    usage = _billable(usage_hourly, span.start, span.end, keep)
+    if accounts.zoned:
+        usage = own_period_rows(usage, period, accounts)
     accounts_frame = _account_frame(usage, pricebooks, accounts).lazy()
     joined = usage.lazy().join(accounts_frame, on="account_id", how="left")
     return _with_rates(_with_versions(joined, pricebooks).collect(), pricebooks)

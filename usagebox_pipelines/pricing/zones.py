@@ -1,0 +1,71 @@
+"""Billing months in the customer's time zone as Polars frames and expressions (ADR 0017).
+
+An account with a `time_zone` bills its local month, a UTC window that differs from the UTC
+month by a whole number of hours at each end (`Accounts.period`). Stages read the hours of the
+span of every account's month (`Accounts.span`) and keep, per account, those inside its own
+window: one small frame of windows (a row per account) joined to the hourly rows, never a
+Python loop over rows.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from usagebox_pipelines import schemas
+from usagebox_pipelines.pricing.accounts import Accounts
+
+_UTC = "UTC"
+
+
+def period_windows(ids: pl.Series, period: str, accounts: Accounts) -> pl.DataFrame:
+    """`account_id`, `_start`, `_end`: each account's period as a UTC window (a loop over
+    accounts, never over rows)."""
+    names = ids.to_list()
+    bounds = [accounts.period(a, period) for a in names]
+    return pl.DataFrame(
+        {
+            "account_id": names,
+            "_start": [p.start for p in bounds],
+            "_end": [p.end for p in bounds],
+        },
+        schema={"account_id": pl.String, "_start": schemas.TS, "_end": schemas.TS},
+    )
+
+
+def own_period_rows(rows: pl.DataFrame, period: str, accounts: Accounts) -> pl.DataFrame:
+    """The rows (with `account_id` and `hour`, from the span of every account's `period`)
+    inside their own account's period: an inner join with one window row per account, then a
+    filter, so an hour counts in exactly one month per account however the zones differ."""
+    windows = period_windows(rows.get_column("account_id").unique().sort(), period, accounts)
+    return (
+        rows.join(windows, on="account_id", how="inner", maintain_order="left")
+        .filter((pl.col("hour") >= pl.col("_start")) & (pl.col("hour") < pl.col("_end")))
+        .drop("_start", "_end")
+    )
+
+
+def account_zone(accounts: Accounts) -> pl.Expr:
+    """Each row's account's zone name ("UTC" for none), from `account_id`: a mapping of the
+    listed accounts whose zone differs from the defaults', the defaults' zone for the rest."""
+    default = accounts.defaults.time_zone or _UTC
+    differ = {
+        a.account_id: a.time_zone or _UTC
+        for a in accounts.listed.values()
+        if (a.time_zone or _UTC) != default
+    }
+    if not differ:
+        return pl.lit(default)
+    return pl.col("account_id").replace_strict(differ, default=default, return_dtype=pl.String)
+
+
+def local_month(hour: pl.Expr, accounts: Accounts) -> pl.Expr:
+    """`YYYY-MM` of `hour` in the zone of the row's account: the billing month the hour is
+    billed in (one `when` per zone in use, a few; the UTC month when nobody is zoned)."""
+    month = hour.dt.strftime("%Y-%m")
+    if not accounts.zoned:
+        return month
+    zone = account_zone(accounts)
+    for name in sorted(z for z in accounts.zones() if z is not None):
+        local = hour.dt.convert_time_zone(name).dt.strftime("%Y-%m")
+        month = pl.when(zone == name).then(local).otherwise(month)
+    return month

@@ -444,3 +444,18 @@ def test_every_hourly_row_is_billed_in_exactly_one_month_per_account(
     for month in _MONTHS:
         mine = own_period_rows(hourly, month, accounts).height
         assert labels.filter(pl.col("m") == month).height == mine
+
+
+def test_days_at_a_month_edge_also_rebuild_the_zoned_neighbour_month() -> None:
+    """After an ingest, a touched 1 November (UTC) holds New York's last October hours, and a
+    touched 31 October Tokyo's first November hours; without zones only the UTC months."""
+    from usagebox_pipelines.pricing.zones import months_of_days
+
+    days = ["2026-10-15", "2026-11-01"]
+    assert months_of_days(days, Accounts()) == ["2026-10", "2026-11"]
+    ny = Accounts(defaults=AccountDefaults(time_zone=NY))
+    assert months_of_days(["2026-11-01"], ny) == ["2026-10", "2026-11"]
+    assert months_of_days(["2026-10-31"], ny) == ["2026-10"]
+    tokyo = Accounts(defaults=AccountDefaults(time_zone="Asia/Tokyo"))
+    assert months_of_days(["2026-10-31"], tokyo) == ["2026-10", "2026-11"]
+    assert months_of_days(["2026-11-01"], tokyo) == ["2026-11"]

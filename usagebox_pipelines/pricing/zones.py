@@ -9,9 +9,13 @@ Python loop over rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
 import polars as pl
 
 from usagebox_pipelines import schemas
+from usagebox_pipelines.months import shift_month
 from usagebox_pipelines.pricing.accounts import Accounts
 
 _UTC = "UTC"
@@ -69,3 +73,22 @@ def local_month(hour: pl.Expr, accounts: Accounts) -> pl.Expr:
         local = hour.dt.convert_time_zone(name).dt.strftime("%Y-%m")
         month = pl.when(zone == name).then(local).otherwise(month)
     return month
+
+
+def months_of_days(days: Iterable[str], accounts: Accounts) -> list[str]:
+    """The billing months with hours in the UTC days `YYYY-MM-DD`: each day's UTC month and,
+    with accounts in time zones, the neighbouring month whose span reaches into the day (1
+    November UTC still holds New York's October). Without zones: the days' UTC months."""
+    out: set[str] = set()
+    for day in days:
+        month = day[:7]
+        out.add(month)
+        if not accounts.zoned:
+            continue
+        start = datetime.fromisoformat(day[:10]).replace(tzinfo=UTC)
+        end = start + timedelta(days=1)
+        for neighbour in (shift_month(month, -1), shift_month(month, 1)):
+            span = accounts.span(neighbour)
+            if span.start < end and start < span.end:
+                out.add(neighbour)
+    return sorted(out)

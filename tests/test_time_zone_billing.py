@@ -35,7 +35,7 @@ from usagebox_pipelines.months import Period
 from usagebox_pipelines.pricing import Accounts, AccountsError, load_accounts, load_pricebooks
 from usagebox_pipelines.pricing.accounts import Account, AccountDefaults
 from usagebox_pipelines.pricing.rating import rate_usage
-from usagebox_pipelines.pricing.zones import local_month, own_period_rows
+from usagebox_pipelines.pricing.zones import in_own_period, local_month, own_period_rows
 from usagebox_pipelines.stages.books import all_lines
 from usagebox_pipelines.stages.close import close_month
 from usagebox_pipelines.stages.drafts import refresh_drafts
@@ -367,6 +367,12 @@ def test_close_waits_for_new_york_and_bills_its_local_month(tmp_path: Path) -> N
     )
     assert adjustments.select("account_id", "adjusts_period").rows() == [("acct-ny", "2026-10")]
     assert D(adjustments["amount"][0]) == D("3.13")  # 1 M at 3.125, rounded half-up
+    number = adjustments["invoice_number"][0]
+    line = next(
+        x for x in explain_invoice(store, config, number).lines if x["kind"] == "adjustment"
+    )  # the late event behind it: New York's October, after UTC midnight
+    assert line["late_events"]["count"] == 1
+    assert line["late_events"]["events"][0]["event_id"] == "ny-late"
 
 
 def test_close_without_zones_is_not_held_back(tmp_path: Path) -> None:
@@ -403,6 +409,7 @@ def prop_books(tmp_path_factory: pytest.TempPathFactory):
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
+    default=st.sampled_from(_WHOLE_HOUR_ZONES),
     zones=st.lists(st.sampled_from(_WHOLE_HOUR_ZONES), min_size=1, max_size=4),
     rows=st.lists(
         st.tuples(st.integers(0, 3), st.integers(0, _HOURS - 1), st.integers(1, 1000)),
@@ -411,18 +418,18 @@ def prop_books(tmp_path_factory: pytest.TempPathFactory):
     ),
 )
 def test_every_hourly_row_is_billed_in_exactly_one_month_per_account(
-    prop_books, zones: list[str | None], rows: list[tuple[int, int, int]]
+    prop_books, default: str | None, zones: list[str | None], rows: list[tuple[int, int, int]]
 ) -> None:
-    """Over any rows and whole-hour zones: rated across four consecutive months (one rating
-    run per month over every account), each account's usage is its rows' quantity exactly
-    (nothing lost, nothing billed in two adjacent months), and every row falls in exactly one
-    of its account's periods."""
+    """Over any rows and whole-hour zones (listed accounts' and the defaults'): rated across
+    four consecutive months (one rating run per month over every account), each account's
+    usage is its rows' quantity exactly (nothing lost, nothing billed in two adjacent months),
+    and every row falls in exactly one of its account's periods."""
     listed = {
         f"a{i}": Account(f"a{i}", f"a{i}", "USD", "tz", 30, time_zone=zone)
         for i, zone in enumerate(zones)
     }
-    accounts = Accounts(defaults=AccountDefaults(pricebook="tz"), listed=listed)
-    ids = sorted(listed)
+    accounts = Accounts(defaults=AccountDefaults(pricebook="tz", time_zone=default), listed=listed)
+    ids = [*sorted(listed), "unlisted"]  # the last one bills in the defaults' zone
     hourly = _hourly(
         *((ids[a % len(ids)], (_FIRST + timedelta(hours=h)).isoformat(), q) for a, h, q in rows)
     )
@@ -442,8 +449,10 @@ def test_every_hourly_row_is_billed_in_exactly_one_month_per_account(
     # the vectorised month label agrees with the windows
     labels = hourly.with_columns(m=local_month(pl.col("hour"), accounts))
     for month in _MONTHS:
-        mine = own_period_rows(hourly, month, accounts).height
-        assert labels.filter(pl.col("m") == month).height == mine
+        mine = own_period_rows(hourly, month, accounts).sort(pl.all())
+        assert labels.filter(pl.col("m") == month).height == mine.height
+        lazy = in_own_period(hourly.lazy(), month, accounts).collect()  # control totals' form
+        assert lazy.sort(pl.all()).equals(mine)
 
 
 def test_days_at_a_month_edge_also_rebuild_the_zoned_neighbour_month() -> None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from usagebox_pipelines import schemas
-from usagebox_pipelines.months import shift_month
+from usagebox_pipelines.months import shift_month, zone_period
 from usagebox_pipelines.pricing.accounts import Accounts
 
 _UTC = "UTC"
@@ -44,6 +44,25 @@ def own_period_rows(rows: pl.DataFrame, period: str, accounts: Accounts) -> pl.D
     return (
         rows.join(windows, on="account_id", how="inner", maintain_order="left")
         .filter((pl.col("hour") >= pl.col("_start")) & (pl.col("hour") < pl.col("_end")))
+        .drop("_start", "_end")
+    )
+
+
+def in_own_period(rows: pl.LazyFrame, period: str, accounts: Accounts) -> pl.LazyFrame:
+    """`own_period_rows` for a lazy scan (rows with `account_id` and `hour`): the listed
+    accounts whose zone differs from the defaults' get their own window (a left join with
+    their windows), everyone else the defaults' period. The scan is cut to the span first, so
+    file statistics still prune it."""
+    span, default = accounts.span(period), zone_period(period, accounts.defaults.time_zone)
+    own = [a for a in accounts.listed.values() if a.time_zone != accounts.defaults.time_zone]
+    ids = pl.Series([a.account_id for a in own], dtype=pl.String)
+    hour = pl.col("hour")
+    start = pl.coalesce(pl.col("_start"), pl.lit(default.start, dtype=schemas.TS))
+    end = pl.coalesce(pl.col("_end"), pl.lit(default.end, dtype=schemas.TS))
+    return (
+        rows.filter((hour >= span.start) & (hour < span.end))
+        .join(period_windows(ids, period, accounts).lazy(), on="account_id", how="left")
+        .filter((hour >= start) & (hour < end))
         .drop("_start", "_end")
     )
 

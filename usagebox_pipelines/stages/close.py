@@ -48,7 +48,7 @@ from usagebox_pipelines.months import month_bounds, zone_period
 from usagebox_pipelines.pricing.accounts import Accounts, check_grant_scopes, load_accounts
 from usagebox_pipelines.pricing.pricebook import PricebookSet, load_pricebooks
 from usagebox_pipelines.pricing.rating import RatingResult, rate_usage
-from usagebox_pipelines.pricing.zones import own_period_rows
+from usagebox_pipelines.pricing.zones import in_own_period, own_period_rows
 from usagebox_pipelines.stages.books import (
     closed_periods,
     decisions_at,
@@ -287,9 +287,10 @@ def control_totals(
     hourly = plan.hourly if plan else hourly_at(store, period, events_version)
     if plan is not None and plan.accounts.zoned:  # each account's own month (ADR 0017)
         hourly = own_period_rows(hourly, period, plan.accounts)
-    ingest = _ingest_totals(store, period)
+    accounts = plan.accounts if plan else None
+    ingest = _ingest_totals(store, period, accounts)
     out = {
-        "events": _event_totals(store, period, events_version),
+        "events": _event_totals(store, period, events_version, accounts),
         "duplicates": ingest["duplicates"],
         "conflicts": ingest["conflicts"],
         "quarantined": ingest["quarantined"],
@@ -302,11 +303,19 @@ def control_totals(
     return out
 
 
-def _event_totals(store: DeltaStore, period: str, version: int | None) -> dict:
+def _in_period(rows: pl.LazyFrame, period: str, accounts: Accounts | None) -> pl.LazyFrame:
+    """Rows of the period: each account's own month when accounts bill in time zones
+    (ADR 0017), else the UTC month."""
+    if accounts is not None and accounts.zoned:
+        return in_own_period(rows, period, accounts)
     start, end = month_bounds(period)
-    events = store.scan(EVENTS, version=version).filter(
-        (pl.col("hour") >= start) & (pl.col("hour") < end)
-    )
+    return rows.filter((pl.col("hour") >= start) & (pl.col("hour") < end))
+
+
+def _event_totals(
+    store: DeltaStore, period: str, version: int | None, accounts: Accounts | None = None
+) -> dict:
+    events = _in_period(store.scan(EVENTS, version=version), period, accounts)
     by_status = (  # one scan: counts and late events together
         events.group_by("status")
         .agg(n=pl.len(), late=pl.col("is_late").fill_null(False).sum())
@@ -322,14 +331,9 @@ def _event_totals(store: DeltaStore, period: str, version: int | None) -> dict:
     }
 
 
-def _ingest_totals(store: DeltaStore, period: str) -> dict:
-    start, end = month_bounds(period)
-    batches = (
-        accepted_only(store.scan(RAW_EVENTS))
-        .filter((pl.col("hour") >= start) & (pl.col("hour") < end))
-        .select("batch_id")
-        .unique()
-    )
+def _ingest_totals(store: DeltaStore, period: str, accounts: Accounts | None = None) -> dict:
+    raw = accepted_only(store.scan(RAW_EVENTS))
+    batches = _in_period(raw, period, accounts).select("batch_id").unique()
     log = store.scan(INGEST_LOG).join(batches, on="batch_id", how="semi").collect()
     names = ("rows", "accepted", "duplicates", "conflicts", "rejected", "late")
     sums = {k: int(log[k].sum() or 0) for k in names}

@@ -468,3 +468,23 @@ def test_days_at_a_month_edge_also_rebuild_the_zoned_neighbour_month() -> None:
     tokyo = Accounts(defaults=AccountDefaults(time_zone="Asia/Tokyo"))
     assert months_of_days(["2026-10-31"], tokyo) == ["2026-10", "2026-11"]
     assert months_of_days(["2026-11-01"], tokyo) == ["2026-11"]
+
+
+def test_cli_close_of_an_unfinished_zoned_month_exits_2(tmp_path: Path, capsys) -> None:
+    """`usagebox close` (the clock as now) refuses a month no zone has finished: one line on
+    stderr, exit 2, no traceback."""
+    from tests.conftest import write_jsonl
+    from usagebox_pipelines.cli import cli_main
+
+    books = tmp_path / "pricebooks"
+    shutil.copytree(DEFAULT_PRICEBOOKS, books)
+    (books / "accounts.yaml").write_text((books / "accounts.yaml").read_text() + NY_ACCOUNT)
+    home = tmp_path / "home"
+    events = write_jsonl(tmp_path / "e.jsonl", [event("e1", "acct-ny")])
+    assert cli_main(["ingest", str(events), "--home", str(home)]) == 0
+    capsys.readouterr()
+    code = cli_main(["close", "2099-01", "--home", str(home), "--pricebooks", str(books)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "close 2099-01 refused: the month is not over yet" in err

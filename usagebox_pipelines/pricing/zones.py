@@ -22,18 +22,22 @@ _UTC = "UTC"
 
 
 def period_windows(ids: pl.Series, period: str, accounts: Accounts) -> pl.DataFrame:
-    """`account_id`, `_start`, `_end`: each account's period as a UTC window (a loop over
-    accounts, never over rows)."""
-    names = ids.to_list()
-    bounds = [accounts.period(a, period) for a in names]
-    return pl.DataFrame(
+    """`account_id`, `_start`, `_end`: each account's period as a UTC window. Accounts are
+    mapped to their zone by an expression and the window is computed once per zone in use
+    (through one account of it, so `Accounts.period` checks the zone for that month)."""
+    frame = pl.DataFrame({"account_id": ids}, schema={"account_id": pl.String})
+    frame = frame.with_columns(_zone=account_zone(accounts))
+    first = frame.unique("_zone", keep="first", maintain_order=True).rows()
+    bounds = {zone: accounts.period(account_id, period) for account_id, zone in first}
+    windows = pl.DataFrame(
         {
-            "account_id": names,
-            "_start": [p.start for p in bounds],
-            "_end": [p.end for p in bounds],
+            "_zone": list(bounds),
+            "_start": [p.start for p in bounds.values()],
+            "_end": [p.end for p in bounds.values()],
         },
-        schema={"account_id": pl.String, "_start": schemas.TS, "_end": schemas.TS},
+        schema={"_zone": pl.String, "_start": schemas.TS, "_end": schemas.TS},
     )
+    return frame.join(windows, on="_zone", how="left", maintain_order="left").drop("_zone")
 
 
 def own_period_rows(rows: pl.DataFrame, period: str, accounts: Accounts) -> pl.DataFrame:

@@ -465,8 +465,8 @@ def _country(value: Any, where: y.Where) -> str | None:
     return None if value is None else country_code(value, where)
 
 
-#: Years `_time_zone` checks for offsets that are not whole hours (a zone's rules change
-#: rarely; `Accounts.period` checks the billed month itself again).
+#: The years `_time_zone` probes for offsets that are not whole hours (a zone's rules change
+#: rarely; `Accounts.period` checks each billed month itself, hour by hour).
 _ZONE_CHECK_YEARS = range(datetime.now(UTC).year - 2, datetime.now(UTC).year + 3)
 
 
@@ -482,10 +482,25 @@ def _time_zone(value: Any, where: y.Where) -> str | None:
         where.fail(f"unknown time zone {name!r}: use an IANA name like America/New_York")
     if name in ("UTC", "Etc/UTC"):
         return None
-    for year in _ZONE_CHECK_YEARS:
-        for month in range(1, 13):
-            _check_whole_hours(name, f"{year:04d}-{month:02d}", where)
+    month = _fractional_month(name)
+    if month is not None:
+        _check_whole_hours(name, month, where)
     return name
+
+
+@functools.lru_cache(maxsize=512)
+def _fractional_month(zone: str) -> str | None:
+    """The first month of `_ZONE_CHECK_YEARS` in which `zone` is off whole hours at one of
+    its noons or midnights (UTC), or None: a cheap probe (an offset lasts months, not
+    hours) before the exact hour-by-hour check of that month."""
+    tz = ZoneInfo(zone)
+    cursor = datetime(_ZONE_CHECK_YEARS.start, 1, 1, tzinfo=UTC)
+    end = datetime(_ZONE_CHECK_YEARS.stop, 1, 1, tzinfo=UTC)
+    while cursor < end:
+        if (cursor.astimezone(tz).utcoffset() or timedelta(0)) % timedelta(hours=1):
+            return cursor.strftime("%Y-%m")
+        cursor += timedelta(hours=12)
+    return None
 
 
 @functools.lru_cache(maxsize=4096)

@@ -488,3 +488,22 @@ def test_cli_close_of_an_unfinished_zoned_month_exits_2(tmp_path: Path, capsys) 
     assert code == 2, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "close 2099-01 refused: the month is not over yet" in err
+
+
+def test_an_event_is_late_for_its_accounts_closed_local_month() -> None:
+    """With New York's October closed, 2026-11-01T02:00Z is late for a New York account (its
+    October) and not for a UTC account (its open November), even in an hour never built."""
+    from usagebox_pipelines.stages.ingest import _LateContext
+
+    accounts = Accounts(listed={"ny": Account("ny", "ny", "USD", "standard", 30, time_zone=NY)})
+    closed = pl.Series("period", ["2026-10"], dtype=pl.String)
+    built = pl.Series("hour", [], dtype=schemas.TS)
+    window = (_utc("2020-01-01T00:00:00Z"), _utc("2030-01-01T00:00:00Z"))
+    rows = pl.DataFrame(
+        {"account_id": ["ny", "utc"], "hour": [_utc("2026-11-01T02:00:00Z")] * 2},
+        schema={"account_id": pl.String, "hour": schemas.TS},
+    )
+    zoned = _LateContext(built, closed, window, accounts).is_late(pl.col("hour"))
+    assert rows.select(zoned)["hour"].to_list() == [True, False]
+    utc_only = _LateContext(built, closed, window).is_late(pl.col("hour"))
+    assert rows.select(utc_only)["hour"].to_list() == [False, False]  # as before zones

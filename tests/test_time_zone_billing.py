@@ -58,11 +58,14 @@ def _utc(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def _folder(tmp: Path, accounts: dict, *, v2: bool = False) -> Path:
-    """A pricebook folder: `tz` v1 (1.00) from 2026-09-01, optionally v2 (2.00) from New
-    York's midnight of 16 October, and `accounts.yaml` with `accounts` (defaults: `tz`)."""
+def _folder(tmp: Path, accounts: dict, *, v2: bool = False, rates: list | None = None) -> Path:
+    """A pricebook folder: `tz` v1 (1.00, or `rates`) from 2026-09-01, optionally v2 (2.00)
+    from New York's midnight of 16 October, and `accounts.yaml` with `accounts` (defaults:
+    `tz`)."""
     tmp.mkdir(parents=True, exist_ok=True)
     v1 = {**BOOK, "version": "v1", "effective_from": "2026-09-01T00:00:00Z"}
+    if rates is not None:
+        v1["rates"] = rates
     (tmp / "tz-v1.yaml").write_text(yaml.safe_dump(v1))
     if v2:
         rates = [{**BOOK["rates"][0], "unit_price": "2.00"}]
@@ -177,6 +180,28 @@ def test_price_version_change_at_new_york_midnight(tmp_path: Path) -> None:
         for v, q, a in lines.select("price_version", "quantity", "amount").rows()
     ]
     assert got == [("v1", D(10), D("10.00")), ("v2", D(11), D("22.00"))]
+
+
+def test_graduated_tiers_count_the_local_month(tmp_path: Path) -> None:
+    """The first 10 units of the month at 1.00, the rest at 0.50: New York's October starts
+    at 04:00Z, so the 8 units at 02:00Z on 1 October are September's and do not fill its tier."""
+    tiers = {"mode": "graduated", "steps": [
+        {"up_to": 10, "unit_price": "1.00"}, {"up_to": None, "unit_price": "0.50"},
+    ]}  # fmt: skip
+    rate = {"meter_id": "input_tokens", "model_id": "m1", "tiers": tiers}
+    folder = _folder(tmp_path, {"ny": {"time_zone": NY}, "utc": {}}, rates=[rate])
+    books, accounts = load_pricebooks(folder), load_accounts(folder)
+    hourly = _hourly(
+        *((a, "2026-10-01T02:00:00Z", 8) for a in ("ny", "utc")),
+        *((a, "2026-10-02T12:00:00Z", 8) for a in ("ny", "utc")),
+    )
+    rated = rate_usage(hourly, "2026-10", books, accounts).rated
+    usage = rated.filter(pl.col("line_kind") == "usage")
+    amounts = usage.group_by("account_id").agg(pl.col("amount").sum())
+    assert {a: D(x) for a, x in amounts.iter_rows()} == {
+        "ny": D("8.00"),  # 8 in tier 1
+        "utc": D("13.00"),  # 10 × 1.00 + 6 × 0.50
+    }
 
 
 def test_grant_expiring_at_new_york_midnight_pays_october_not_november(tmp_path: Path) -> None:

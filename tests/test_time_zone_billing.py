@@ -532,3 +532,17 @@ def test_an_event_is_late_for_its_accounts_closed_local_month() -> None:
     assert rows.select(zoned)["hour"].to_list() == [True, False]
     utc_only = _LateContext(built, closed, window).is_late(pl.col("hour"))
     assert rows.select(utc_only)["hour"].to_list() == [False, False]  # as before zones
+
+
+def test_guardrail_spend_matches_the_utc_month_for_zoned_accounts(tmp_path: Path) -> None:
+    """`match_usage` without `own_periods` (guardrail spend) keeps the UTC month: budgets stay
+    on UTC months (ADR 0017); invoices (`rate_usage`) take New York's own month."""
+    from usagebox_pipelines.pricing.rating import match_usage
+
+    folder = _folder(tmp_path, {"ny": {"time_zone": NY}})
+    books, accounts = load_pricebooks(folder), load_accounts(folder)
+    hourly = _hourly(("ny", "2026-10-01T02:00:00Z", 1), ("ny", "2026-11-01T03:00:00Z", 10))
+    budget = match_usage(hourly, "2026-10", books, accounts)
+    assert budget["hour"].to_list() == [_utc("2026-10-01T02:00:00Z")]
+    invoice = match_usage(hourly, "2026-10", books, accounts, own_periods=True)
+    assert invoice["hour"].to_list() == [_utc("2026-11-01T03:00:00Z")]

@@ -33,6 +33,7 @@ import polars as pl
 
 from usagebox_pipelines import schemas
 from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.months import zone_period
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.contract import CreditBalances, contract_lines
 from usagebox_pipelines.pricing.money import (
@@ -121,7 +122,7 @@ def rate_lines(
     """The rated lines of `rate_usage` (no opening credit), in no particular order, for callers
     that aggregate them (guardrail spend): no sort, no unrated report, and with
     `contract=False` usage lines only."""
-    matched = match_usage(usage_hourly, period, pricebooks, accounts)
+    matched = match_usage(usage_hourly, period, pricebooks, accounts, own_periods=True)
     return price_matched(matched, period, pricebooks, accounts, contract=contract)
 
 
@@ -131,18 +132,25 @@ def match_usage(
     pricebooks: PricebookSet,
     accounts: Accounts,
     keep: tuple[str, ...] = (),
+    *,
+    own_periods: bool = False,
 ) -> pl.DataFrame:
     """Steps 1–3: billable rows of the period with account terms, version and `rate_idx`
     (null: unrated), plus the `keep` columns of the input.
+
+    The period is the UTC month, or with `own_periods` (invoices: `rate_usage`) each
+    account's own month in its time zone (ADR 0017). Guardrail spend matches without it: its
+    budget months stay UTC months.
 
     Matching reads only a row's account (its pricebook and currency), hour, meter, model and
     dimensions, so callers that rate many variants of the same rows (guardrail prefixes, hours
     folded into units) match once and relabel `account_id` (to an account with the same
     pricebook and currency) or `unit` before `price_matched`.
     """
-    span = accounts.span(period)
-    usage = _billable(usage_hourly, span.start, span.end, keep)
-    if accounts.zoned:
+    zoned = own_periods and accounts.zoned
+    window = accounts.span(period) if zoned else zone_period(period)
+    usage = _billable(usage_hourly, window.start, window.end, keep)
+    if zoned:
         usage = own_period_rows(usage, period, accounts)
     accounts_frame = _account_frame(usage, pricebooks, accounts).lazy()
     joined = usage.lazy().join(accounts_frame, on="account_id", how="left")
@@ -171,7 +179,7 @@ def _matched(
     pricebooks: PricebookSet,
     accounts: Accounts,
 ) -> pl.DataFrame:
-    return match_usage(usage_hourly, period, pricebooks, accounts)
+    return match_usage(usage_hourly, period, pricebooks, accounts, own_periods=True)
 
 
 def _billable(

@@ -96,3 +96,26 @@ def test_consecutive_local_months_cover_the_span_once(
     assert counted == len(rows)
     for p in periods:  # whole-hour zones: boundaries are on UTC hours
         assert p.start.minute == 0 and p.end.minute == 0
+
+
+def test_local_month_labels_each_row_in_its_accounts_zone() -> None:
+    """The vectorised label (one `when` per zone) agrees with zone_period at both edges."""
+    import polars as pl
+
+    from usagebox_pipelines.pricing.accounts import Account, AccountDefaults, Accounts
+    from usagebox_pipelines.pricing.zones import local_month
+
+    ny = Account("ny", "ny", "USD", "standard", 30, time_zone=NY)
+    accounts = Accounts(defaults=AccountDefaults(time_zone="Asia/Tokyo"), listed={"ny": ny})
+    hours = [_utc(t) for t in ("2026-11-01T03:00:00Z", "2026-11-01T04:00:00Z")]
+    hours += [_utc(t) for t in ("2026-10-31T14:00:00Z", "2026-10-31T15:00:00Z")]
+    frame = pl.DataFrame(
+        {"account_id": ["ny", "ny", "tokyo", "tokyo"], "hour": hours},
+        schema={"account_id": pl.String, "hour": pl.Datetime("us", "UTC")},
+    )
+    labels = frame.select(local_month(pl.col("hour"), accounts))["hour"].to_list()
+    assert labels == ["2026-10", "2026-11", "2026-10", "2026-11"]
+    assert accounts.period("tokyo", "2026-10") == zone_period("2026-10", "Asia/Tokyo")
+    assert accounts.span("2026-10") == Period(
+        _utc("2026-09-30T15:00:00Z"), _utc("2026-11-01T04:00:00Z")
+    )

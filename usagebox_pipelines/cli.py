@@ -89,7 +89,7 @@ def ingest(
     instance as materialisations of `raw_events` and `events`."""
     from usagebox_pipelines.cli_progress import IngestProgress, estimated_rows, progress
     from usagebox_pipelines.stages.events import update_events
-    from usagebox_pipelines.stages.ingest import ingest_files
+    from usagebox_pipelines.stages.ingest import ingest_files, late_accounts
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:  # checked before anything is written
@@ -100,7 +100,10 @@ def ingest(
     # One unit of work: the lease and the open tables are shared by both stages.
     with store.writer("ingest"), store.cached():
         with progress("ingest", 2 * rows if rows else None, "rows × 2 passes", verbose) as bar:
-            summary = ingest_files(store, paths, source, progress=IngestProgress(bar))
+            accounts = late_accounts(settings.pricebooks)
+            summary = ingest_files(
+                store, paths, source, progress=IngestProgress(bar), accounts=accounts
+            )
         if summary.files == 0:
             raise UsageboxError("nothing could be read: " + "; ".join(summary.errors))
         for error in summary.errors:

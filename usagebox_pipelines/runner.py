@@ -26,6 +26,7 @@ from usagebox_pipelines.config import Settings
 from usagebox_pipelines.defs.jobs import day_range_tags
 from usagebox_pipelines.defs.metadata import events_metadata, issued_metadata, raw_events_metadata
 from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.stages.events import EventsUpdate
 from usagebox_pipelines.stages.ingest import IngestSummary
 from usagebox_pipelines.stages.results import AlreadyClosed, Closed
@@ -176,10 +177,17 @@ def run_month(
     settings: Settings, month: str, verbose: bool = False, on_step: StepCallback | None = None
 ) -> list[RunOutcome]:
     """Every day of the month in one run (a single-run backfill of 28-31 daily partitions),
-    then the monthly stages."""
+    then the monthly stages. With accounts in time zones (ADR 0017) the days are those of
+    every account's month (`Accounts.span`): New York's October ends on 1 November UTC."""
     opts = {"instance": dagster_instance(settings), "verbose": verbose, "on_step": on_step}
     start, end = month_bounds(month)
-    last_day = end - timedelta(days=1)
+    accounts = load_accounts(settings.pricebooks)
+    if accounts.zoned:
+        from usagebox_pipelines.defs.partitions import START  # the first daily partition
+
+        span = accounts.span(month)
+        start, end = max(span.start, START), span.end
+    last_day = end - timedelta(microseconds=1)  # the day of the last hour
     days = day_range_tags(start.strftime("%Y-%m-%d"), last_day.strftime("%Y-%m-%d"))
     hours = execute_job(settings, "daily_job", tags=days, **opts)
     if not hours.success:

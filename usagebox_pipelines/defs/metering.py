@@ -28,7 +28,7 @@ from usagebox_pipelines.stages.events import (
     events_frame,
     update_events,
 )
-from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.ingest import ingest_files, late_accounts
 from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
 from usagebox_pipelines.stages.verify import verify_ingest
 
@@ -73,7 +73,10 @@ def raw_events(
 ) -> dg.MaterializeResult:
     """Every accepted input row, append-only; rejected rows go to `quarantine` with a reason."""
     paths = [Path(f) for f in config.files] or inbox_files(usagebox)
-    summary = ingest_files(usagebox.store, paths, config.source, progress=context.log.info)
+    accounts = late_accounts(usagebox.settings.pricebooks)
+    summary = ingest_files(
+        usagebox.store, paths, config.source, progress=context.log.info, accounts=accounts
+    )
     for error in summary.errors:
         context.log.warning(error)
     store = usagebox.store

@@ -5,6 +5,8 @@ requests one `hourly_job` run per touched UTC day. Those take the *shared* lease
 they run side by side, bounded by `max_concurrent_runs`, the `usage_hourly` pool and one run per
 `dagster/partition`. Once every one of them has succeeded, `month_after_touched_days` requests
 the exclusive `monthly_job` for the months they belong to: it never reads a half-rebuilt month.
+With accounts in time zones a day at a month edge also belongs to the neighbouring month
+(ADR 0017: 1 November UTC holds New York's last October hours).
 """
 
 import json
@@ -12,9 +14,13 @@ from datetime import date, timedelta
 
 import dagster as dg
 
+from usagebox_pipelines.config import resolve_pricebooks
 from usagebox_pipelines.defs.jobs import hourly_job, ingest_job, monthly_job
 from usagebox_pipelines.defs.metering import inbox_files
+from usagebox_pipelines.defs.partitions import START
 from usagebox_pipelines.defs.resources import UsageboxResource
+from usagebox_pipelines.pricing.accounts import Accounts, AccountsError, load_accounts
+from usagebox_pipelines.pricing.zones import months_of_days
 
 
 # On by default: a file dropped in the inbox is the ingest interface of a deployment.
@@ -114,13 +120,27 @@ def month_after_touched_days(context: dg.RunStatusSensorContext):
     done = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
     if len(done) < int(expected):
         return dg.SkipReason(f"{len(done)} of {expected} day runs of ingest {ingest} done")
-    months = sorted({r.tags["dagster/partition"][:7] for r in done})
+    months = touched_months([r.tags["dagster/partition"] for r in done])
     return [
         dg.RunRequest(
             run_key=f"{ingest}-{month}", job_name="monthly_job", partition_key=f"{month}-01"
         )
         for month in months
     ]
+
+
+def touched_months(days: list[str]) -> list[str]:
+    """The months to rebuild after day runs of `days`: their UTC months, plus a neighbouring
+    month that an account's time zone reaches into (ADR 0017), from the accounts.yaml the
+    resource reads (its `pricebooks` is env/defaults: `resolve_pricebooks`). A month before the
+    first monthly partition has no partition to run. An invalid accounts.yaml falls back to
+    the UTC months: the monthly run then refuses it, naming the file and field."""
+    try:
+        accounts = load_accounts(resolve_pricebooks(None))
+    except AccountsError:
+        accounts = Accounts()
+    first = START.strftime("%Y-%m")
+    return [m for m in months_of_days(days, accounts) if m >= first]
 
 
 sensors = [inbox_sensor, rebuild_touched_days, month_after_touched_days]

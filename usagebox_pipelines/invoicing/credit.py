@@ -21,6 +21,7 @@ Neither is read to rate: the issued credit lines are the truth. See ADR 0007 and
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 
 import polars as pl
@@ -152,6 +153,7 @@ def grant_ledger_rows(
     issued_lines: pl.DataFrame,
     stored: pl.DataFrame,
     period: str,
+    starts: Mapping[str, datetime] | None = None,
 ) -> pl.DataFrame:
     """The CREDIT_GRANT_LEDGER rows the close of `period` appends: the rows the issued history
     implies (`closes` in close order, `issued_lines` their lines) that `stored` lacks.
@@ -160,16 +162,18 @@ def grant_ledger_rows(
     expires at the first close of a period starting at or after its `expires`) happen once per
     grant and carry the period of the close that wrote them; a `draw` row per grant and issued
     invoice carries the invoice's period and the grant's balance after it, in close order.
-    `recorded_at` and `run_id` are left null for the writer.
+    `recorded_at` and `run_id` are left null for the writer. `starts` (account → the start of
+    its period, ADR 0017) is where an account in a time zone begins `period`; others begin it
+    at the UTC month.
     """
-    start, _ = month_bounds(period)
+    utc_start, _ = month_bounds(period)
     draws = _draw_rows(grant, closes, issued_lines)
     used = drawn_by_grant(issued_lines)
     once = []
     for account_id, own in sorted(grant.items()):
         for g in sorted(own.values(), key=lambda g: g.burn_key):
             once.append(_once_row(account_id, g.grant_id, period, "grant", g.amount, g.amount))
-            if g.expired_by(start):
+            if g.expired_by((starts or {}).get(account_id, utc_start)):
                 lapsed = g.amount - used.get(account_id, {}).get(g.grant_id, _ZERO)
                 once.append(_once_row(account_id, g.grant_id, period, "expiry", -lapsed, _ZERO))
     once_frame = pl.DataFrame(once, schema=CREDIT_GRANT_LEDGER) if once else draws.clear()

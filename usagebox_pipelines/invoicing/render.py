@@ -26,7 +26,6 @@ from usagebox_pipelines.documents import format_money, render_pdf, svg_bar_chart
 from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.lines import CONTRACT_LABELS, DETAIL_SEP, field, meter_label
-from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import PREPAID_GRANT
 from usagebox_pipelines.pricing.contract import GRANT_RATE, grant_balances, stamped_grants
 
@@ -227,7 +226,7 @@ def _document(
         "due_date": _long_date(due) if due else None,
         "terms_days": terms,
         "period": invoice.get("period"),
-        "period_label": _period_label(invoice.get("period")),
+        "period_label": _period_label(invoice.get("period"), field(account, "time_zone")),
         "period_month": _month_label(invoice.get("period")),
         "amount_due": abs(totals["total"]) if is_note else totals["total"],
         "corrects": corrects or [],
@@ -388,13 +387,18 @@ def _long_date(day: date | datetime) -> str:
     return f"{day.day} {calendar.month_abbr[day.month]} {day.year}"
 
 
-def _period_label(period: str | None) -> str:
-    """`1–31 Oct 2026` for `2026-10` (the half-open month, printed inclusively)."""
+def _period_label(period: str | None, zone: str | None = None) -> str:
+    """`1–31 Oct 2026` for `2026-10` (the half-open month, printed inclusively); in an
+    account's time zone `1 Oct 2026 – 31 Oct 2026 (America/New_York)`, so the customer sees
+    whose midnights bound it (a UTC account's label is exactly as before zones, ADR 0017)."""
     if not period:
         return ""
     year, month = (int(p) for p in period.split("-"))
     last = calendar.monthrange(year, month)[1]
-    return f"1–{last} {calendar.month_abbr[month]} {year}"
+    abbr = calendar.month_abbr[month]
+    if zone:
+        return f"1 {abbr} {year} – {last} {abbr} {year} ({zone})"
+    return f"1–{last} {abbr} {year}"
 
 
 def _month_label(period: str | None) -> str:
@@ -480,8 +484,8 @@ def credit_before(
     """The balances the invoice's credit box opens with: {grant id: balance} of the grants
     usable in `period`, in burn order (`CreditGrant.burn_key`); None when no grant is usable."""
     own = grant_balances((opening or {}).get(account.account_id), account)
-    start, end = month_bounds(period)
-    usable = [g for g in stamped_grants(account, own) if g.usable_in(start, end)]
+    window = account.period(period)
+    usable = [g for g in stamped_grants(account, own) if g.usable_in(window.start, window.end)]
     if not usable:
         return None
     return {g.grant_id: own[g.grant_id] for g in sorted(usable, key=lambda g: g.burn_key)}

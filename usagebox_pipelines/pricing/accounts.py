@@ -7,6 +7,11 @@ Commitments (`minimum_commit`, `prepaid_credit`, `credit_grants`, `maximum_spend
 belong to the account that states them and are never inherited (each account is invoiced on its
 own; see ADR 0002). `prepaid_credit: X` is the grant `prepaid_credit` of X (no dates, priority 0,
 for everything): `Account.grants` lists it before the `credit_grants` (ADR 0016).
+
+`time_zone` (an IANA name, inherited like `country`, UTC when nobody sets it) makes the account's
+billing month its local month: `Accounts.period` is the UTC window of it (ADR 0017). Only zones
+whose offset is a whole number of hours are accepted: usage_hourly is rolled up per UTC hour, so
+a month boundary at +05:30 would fall inside an hour.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from usagebox_pipelines.errors import UsageboxError
-from usagebox_pipelines.months import shift_month
+from usagebox_pipelines.months import Period, fractional_offset, shift_month, zone_period
 from usagebox_pipelines.pricing import _yaml as y
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 from usagebox_pipelines.pricing.tax import (
@@ -38,8 +44,10 @@ if TYPE_CHECKING:
 
 ACCOUNTS_FILE = "accounts.yaml"
 _TOP_KEYS = {"defaults", "accounts", "tax"}
-_DEFAULT_KEYS = {"pricebook", "currency", "payment_terms_days", "country"}
-_INHERITED = ("currency", "pricebook", "discount_pct", "payment_terms_days", "country")
+_DEFAULT_KEYS = {"pricebook", "currency", "payment_terms_days", "country", "time_zone"}
+_INHERITED = (
+    "currency", "pricebook", "discount_pct", "payment_terms_days", "country", "time_zone",
+)  # fmt: skip
 _ACCOUNT_KEYS = {
     "name",
     "email",
@@ -60,6 +68,7 @@ _ACCOUNT_KEYS = {
     "payment_terms_days",
     "budget",
     "after_hard_stop",
+    "time_zone",
 }
 #: What the invoice does with usage after a guardrail hard stop: `bill` it (the note says how
 #: much) or `waive` it (a discount line of exactly minus that amount, before the contract terms).
@@ -197,6 +206,13 @@ class Account:
     country: str | None = None
     #: The resolved tax treatment (pricing.tax); None when accounts.yaml has no `tax:` block.
     tax: TaxTreatment | None = None
+    #: IANA zone whose months are the account's billing months; None = UTC (ADR 0017).
+    time_zone: str | None = None
+
+    def period(self, month: str) -> Period:
+        """The UTC window [local midnight of the 1st, local midnight of the next 1st) of
+        `month` in the account's zone (the UTC month when it has none)."""
+        return zone_period(month, self.time_zone)
 
     @property
     def grants(self) -> tuple[CreditGrant, ...]:
@@ -215,6 +231,7 @@ class AccountDefaults:
     currency: str = "USD"
     payment_terms_days: int = 30
     country: str | None = None
+    time_zone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +258,7 @@ class Accounts:
             listed=False,
             country=d.country,
             tax=treatment(self.tax_policy, d.country, None),
+            time_zone=d.time_zone,
         )
 
     def ids(self) -> list[str]:
@@ -264,6 +282,44 @@ class Accounts:
         """The top of the account's hierarchy (itself when it has no parent)."""
         chain = self.ancestors(account_id)
         return chain[-1] if chain else account_id
+
+    def period(self, account_id: str, month: str) -> Period:
+        """The account's billing period `month` as a UTC window (its local month, ADR 0017).
+
+        The zone was checked for whole-hour offsets over the years around today when the file
+        was read; here it is checked again over `month` itself, so no month is ever cut
+        inside a UTC hour."""
+        account = self.get(account_id)
+        zone = account.time_zone
+        if zone is not None:
+            _check_whole_hours(zone, month, self._zone_where(account))
+        return account.period(month)
+
+    @property
+    def zoned(self) -> bool:
+        """Whether any account (or the defaults) bills in a zone other than UTC: when none
+        does, every stage reads and rates exactly the UTC month, as before time zones."""
+        return bool(self.zones() - {None})
+
+    def zones(self) -> set[str | None]:
+        """Every zone an account may bill in (None: UTC), the defaults' included."""
+        return {self.defaults.time_zone} | {a.time_zone for a in self.listed.values()}
+
+    def span(self, month: str) -> Period:
+        """The union of every account's period `month`: [earliest start, latest end). The
+        hourly rows a month reads (each account then keeps its own window)."""
+        periods = [zone_period(month, zone) for zone in self.zones()]
+        return Period(min(p.start for p in periods), max(p.end for p in periods))
+
+    def window(self, month: str, account_id: str | None = None) -> Period:
+        """The account's period, or with no account the span of every account."""
+        return self.span(month) if account_id is None else self.period(account_id, month)
+
+    def _zone_where(self, account: Account) -> y.Where:
+        where = y.Where(y.display(self.file or Path(ACCOUNTS_FILE)), AccountsError)
+        if not account.listed:
+            return where.key("defaults").key("time_zone")
+        return where.key("accounts").key(account.account_id).key("time_zone")
 
 
 def load_accounts(folder: Path) -> Accounts:
@@ -311,6 +367,7 @@ def _parse_defaults(raw: Any, where: y.Where) -> AccountDefaults:
             where.key("payment_terms_days"),
         ),
         country=_country(body.get("country"), where.key("country")),
+        time_zone=_time_zone(body.get("time_zone"), where.key("time_zone")),
     )
 
 
@@ -352,6 +409,7 @@ def _resolve(
         "discount_pct": Decimal(0),
         "payment_terms_days": defaults.payment_terms_days,
         "country": defaults.country,
+        "time_zone": defaults.time_zone,
     }
     if parent is not None:
         inherited = {k: getattr(parent, k) for k in _INHERITED}
@@ -363,6 +421,9 @@ def _resolve(
         )
     tax_id = None if body.get("tax_id") is None else y.text(body["tax_id"], at.key("tax_id"))
     country = _country(body.get("country"), at.key("country")) or inherited["country"]
+    zone = inherited["time_zone"]
+    if body.get("time_zone") is not None:  # an explicit UTC under a zoned parent is UTC
+        zone = _time_zone(body["time_zone"], at.key("time_zone"))
     note = body.get("tax_note")
     prepaid = _money(body.get("prepaid_credit"), at.key("prepaid_credit"))
     account = Account(
@@ -394,6 +455,7 @@ def _resolve(
             tax_rate(body.get("tax_rate"), at.key("tax_rate")),
             None if note is None else y.text(note, at.key("tax_note")),
         ),
+        time_zone=zone,
     )
     done[account_id] = account
     return account
@@ -401,6 +463,61 @@ def _resolve(
 
 def _country(value: Any, where: y.Where) -> str | None:
     return None if value is None else country_code(value, where)
+
+
+#: The years `_time_zone` probes for offsets that are not whole hours (a zone's rules change
+#: rarely; `Accounts.period` checks each billed month itself, hour by hour).
+_ZONE_CHECK_YEARS = range(datetime.now(UTC).year - 2, datetime.now(UTC).year + 3)
+
+
+def _time_zone(value: Any, where: y.Where) -> str | None:
+    """An IANA zone name whose UTC offsets are whole hours (None: UTC). "UTC" itself is None,
+    so an explicit `time_zone: UTC` bills exactly as no zone."""
+    if value is None:
+        return None
+    name = y.text(value, where)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        where.fail(f"unknown time zone {name!r}: use an IANA name like America/New_York")
+    if name in ("UTC", "Etc/UTC"):
+        return None
+    month = _fractional_month(name)
+    if month is not None:
+        _check_whole_hours(name, month, where)
+    return name
+
+
+@functools.lru_cache(maxsize=512)
+def _fractional_month(zone: str) -> str | None:
+    """The first month of `_ZONE_CHECK_YEARS` in which `zone` is off whole hours at one of
+    its noons or midnights (UTC), or None: a cheap probe (an offset lasts months, not
+    hours) before the exact hour-by-hour check of that month."""
+    tz = ZoneInfo(zone)
+    cursor = datetime(_ZONE_CHECK_YEARS.start, 1, 1, tzinfo=UTC)
+    end = datetime(_ZONE_CHECK_YEARS.stop, 1, 1, tzinfo=UTC)
+    while cursor < end:
+        if (cursor.astimezone(tz).utcoffset() or timedelta(0)) % timedelta(hours=1):
+            return cursor.strftime("%Y-%m")
+        cursor += timedelta(hours=12)
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _fractional(zone: str, month: str) -> timedelta | None:
+    return fractional_offset(zone, month)
+
+
+def _check_whole_hours(zone: str, month: str, where: y.Where) -> None:
+    offset = _fractional(zone, month)
+    if offset is not None:
+        sign = "-" if offset < timedelta(0) else "+"
+        minutes = int(abs(offset).total_seconds()) // 60
+        where.fail(
+            f"time zone {zone!r} is at UTC{sign}{minutes // 60:02d}:{minutes % 60:02d} in "
+            f"{month}, not a whole number of hours: usage_hourly is rolled up per UTC hour, "
+            "so a month boundary would fall inside an hour; bill in UTC or a whole-hour zone"
+        )
 
 
 def _currency(value: Any, where: y.Where) -> str:

@@ -27,7 +27,6 @@ from fractions import Fraction
 import polars as pl
 
 from usagebox_pipelines import schemas
-from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import PREPAID_GRANT, Account, Accounts, CreditGrant
 from usagebox_pipelines.pricing.money import exact_decimal, minor_units, round_decimal, round_money
 from usagebox_pipelines.pricing.tax import tax_of
@@ -206,7 +205,8 @@ def draw_grants(
 ) -> tuple[list[dict], dict[str, Decimal]]:
     """The `credit` rows that pay `due` from the account's grants, and every balance after.
 
-    Grants usable in the period (`CreditGrant.usable_in`) with a balance burn in the fixed
+    Grants usable in the account's period (`CreditGrant.usable_in`; its local month when it
+    has a time zone) with a balance burn in the fixed
     order (`CreditGrant.burn_key`), each whole minor units (never more than its balance, the
     total never more than is due). A grant with `applies_to` pays at most the rounded usage
     lines of its meters/models (`by_line`) not yet paid by an earlier restricted grant. A grant
@@ -214,12 +214,12 @@ def draw_grants(
     here (the ledger records its expiry: invoicing.credit).
     """
     mu = minor_units(account.currency)
-    start, end = month_bounds(period)
+    window = account.period(period)  # the account's own month (ADR 0017)
     left = dict(balances)
     unpaid = {k: max(_ZERO, v) for k, v in by_line.items()}
     rest = max(_ZERO, due)
     rows = []
-    usable = [g for g in stamped_grants(account, left) if g.usable_in(start, end)]
+    usable = [g for g in stamped_grants(account, left) if g.usable_in(window.start, window.end)]
     for grant in sorted(usable, key=lambda g: g.burn_key):
         balance = left[grant.grant_id]
         spendable = max(_ZERO, balance).quantize(Decimal(1).scaleb(-mu), rounding=ROUND_DOWN)

@@ -3,7 +3,8 @@
 Works on rollup rows (one per account × meter × model × product × unit × dimensions × hour),
 never on events. Steps, all vectorised Polars (Python loops only over versions and rates):
 
-1. keep billable rows of the period; attach the account's pricebook and currency;
+1. keep billable rows of the period (each account's own window when accounts bill in their
+   time zone, ADR 0017); attach the account's pricebook and currency;
 2. version: the pricebook version in effect at each row's hour (an as-of join on hours);
 3. rate: match each distinct (version, meter, model, dimensions) key against the version's
    rates and keep the most specific (exact model over `*`, then more dimension keys);
@@ -32,7 +33,7 @@ import polars as pl
 
 from usagebox_pipelines import schemas
 from usagebox_pipelines.errors import UsageboxError
-from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.months import zone_period
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.contract import CreditBalances, contract_lines
 from usagebox_pipelines.pricing.money import (
@@ -48,6 +49,7 @@ from usagebox_pipelines.pricing.money import (
 )
 from usagebox_pipelines.pricing.pricebook import PricebookSet, PricebookVersion, Rate
 from usagebox_pipelines.pricing.terms import price_term_rows
+from usagebox_pipelines.pricing.zones import own_period_rows
 
 _I128 = pl.Int128
 _USAGE_KEYS = ["account_id", "meter_id", "model_id", "product_id", "unit", "dimensions"]
@@ -120,7 +122,7 @@ def rate_lines(
     """The rated lines of `rate_usage` (no opening credit), in no particular order, for callers
     that aggregate them (guardrail spend): no sort, no unrated report, and with
     `contract=False` usage lines only."""
-    matched = match_usage(usage_hourly, period, pricebooks, accounts)
+    matched = match_usage(usage_hourly, period, pricebooks, accounts, own_periods=True)
     return price_matched(matched, period, pricebooks, accounts, contract=contract)
 
 
@@ -130,17 +132,26 @@ def match_usage(
     pricebooks: PricebookSet,
     accounts: Accounts,
     keep: tuple[str, ...] = (),
+    *,
+    own_periods: bool = False,
 ) -> pl.DataFrame:
     """Steps 1–3: billable rows of the period with account terms, version and `rate_idx`
     (null: unrated), plus the `keep` columns of the input.
+
+    The period is the UTC month, or with `own_periods` (invoices: `rate_usage`) each
+    account's own month in its time zone (ADR 0017). Guardrail spend matches without it: its
+    budget months stay UTC months.
 
     Matching reads only a row's account (its pricebook and currency), hour, meter, model and
     dimensions, so callers that rate many variants of the same rows (guardrail prefixes, hours
     folded into units) match once and relabel `account_id` (to an account with the same
     pricebook and currency) or `unit` before `price_matched`.
     """
-    start, end = month_bounds(period)
-    usage = _billable(usage_hourly, start, end, keep)
+    zoned = own_periods and accounts.zoned
+    window = accounts.span(period) if zoned else zone_period(period)
+    usage = _billable(usage_hourly, window.start, window.end, keep)
+    if zoned:
+        usage = own_period_rows(usage, period, accounts)
     accounts_frame = _account_frame(usage, pricebooks, accounts).lazy()
     joined = usage.lazy().join(accounts_frame, on="account_id", how="left")
     return _with_rates(_with_versions(joined, pricebooks).collect(), pricebooks)
@@ -168,7 +179,7 @@ def _matched(
     pricebooks: PricebookSet,
     accounts: Accounts,
 ) -> pl.DataFrame:
-    return match_usage(usage_hourly, period, pricebooks, accounts)
+    return match_usage(usage_hourly, period, pricebooks, accounts, own_periods=True)
 
 
 def _billable(

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import polars as pl
 
-from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.money import EXACT, minor_units, round_money
 from usagebox_pipelines.pricing.pricebook import PricebookSet, load_pricebook_file
@@ -38,8 +37,9 @@ def reprice_impact(
     proposed = load_pricebook_file(Path(proposed_file))
     assert proposed is not None  # required=True raises instead
     proposed_books = pricebooks.with_version(proposed)
-    start, end = month_bounds(period)
-    usage = usage_hourly.lazy().filter((pl.col("hour") >= start) & (pl.col("hour") < end)).collect()
+    span = accounts.span(period)  # every account's own month (ADR 0017)
+    hour = pl.col("hour")
+    usage = usage_hourly.lazy().filter((hour >= span.start) & (hour < span.end)).collect()
     now = rate_usage(usage, period, pricebooks, accounts)
     new = rate_usage(usage, period, proposed_books, accounts)
     joined = (

@@ -45,6 +45,8 @@ from usagebox_pipelines.invoicing.credit import (
 )
 from usagebox_pipelines.invoicing.numbering import parse_number
 from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.pricing.accounts import Accounts
+from usagebox_pipelines.pricing.zones import local_month
 from usagebox_pipelines.rollups.aggregate import rollup_hourly
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
@@ -108,22 +110,23 @@ def unfinished_periods(store: DeltaStore) -> list[str]:
     return sorted(p for p in set(found.to_list()) if p is not None and p not in closed)
 
 
-def open_months_before(store: DeltaStore, month: str, closed: dict[str, dict]) -> list[str]:
+def open_months_before(
+    store: DeltaStore, month: str, closed: dict[str, dict], accounts: Accounts | None = None
+) -> list[str]:
     """Months before `month` with billable usage in `usage_hourly` and no `period_closes` row.
 
     Closing past one of them would draw prepaid credit (and take numbers) out of issue order.
+    With `accounts` in time zones an hour counts in its account's local month (ADR 0017).
     """
-    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
     hour = pl.col("hour")
-    not_closed = hour < start
-    for q in closed:  # skip the closed months' hours in the scan (file statistics prune them)
-        q_start, q_end = month_bounds(q)
-        if q_start < start:
-            not_closed &= (hour < q_start) | (hour >= q_end)
+    if accounts is not None and accounts.zoned:
+        not_closed, label = hour < accounts.span(month).end, local_month(hour, accounts)
+    else:
+        not_closed, label = _utc_not_closed(month, closed), hour.dt.strftime("%Y-%m")
     months = (
         store.scan(USAGE_HOURLY)
         .filter(not_closed & pl.col("billable").fill_null(False))
-        .group_by(pl.col("hour").dt.strftime("%Y-%m").alias("month"), "account_id", "meter_id")
+        .group_by(label.alias("month"), "account_id", "meter_id")
         .agg(pl.col("sum").sum())
         .filter(pl.col("sum") != 0)
         .select("month")
@@ -131,14 +134,36 @@ def open_months_before(store: DeltaStore, month: str, closed: dict[str, dict]) -
         .collect()["month"]
         .to_list()
     )
-    return sorted(m for m in months if m not in closed)
+    return sorted(m for m in months if m not in closed and m < month)
+
+
+def _utc_not_closed(month: str, closed: dict[str, dict]) -> pl.Expr:
+    """Hours before the UTC `month`, the closed months' hours skipped (file statistics prune
+    them from the scan)."""
+    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+    hour = pl.col("hour")
+    not_closed = hour < start
+    for q in closed:
+        q_start, q_end = month_bounds(q)
+        if q_start < start:
+            not_closed &= (hour < q_start) | (hour >= q_end)
+    return not_closed
 
 
 def hourly_at(
-    store: DeltaStore, period: str, version: int | None, account_id: str | None = None
+    store: DeltaStore,
+    period: str,
+    version: int | None,
+    account_id: str | None = None,
+    accounts: Accounts | None = None,
 ) -> pl.DataFrame:
-    """`usage_hourly` of `period` rebuilt from `events` as of `version` (the stamped one)."""
+    """`usage_hourly` of `period` rebuilt from `events` as of `version` (the stamped one):
+    the hours of the account's period, or of every account's (`Accounts.window`, ADR 0017:
+    rating keeps each account's own); the UTC month without `accounts`."""
     start, end = month_bounds(period)
+    if accounts is not None:
+        window = accounts.window(period, account_id)
+        start, end = window.start, window.end
     events = store.scan(EVENTS, version=version)
     if account_id is not None:
         events = events.filter(pl.col("account_id") == account_id)
@@ -249,6 +274,7 @@ def restated_months(
     month: str,
     inputs_key: str,
     decisions: pl.DataFrame,
+    accounts: Accounts | None = None,
 ) -> list[str]:
     """The closed months before `month` a close must re-rate: those whose inputs changed since
     the last close that looked at them. Every other one would restate to nothing.
@@ -262,6 +288,8 @@ def restated_months(
     log: no data is read), q's guardrail decisions, and the pricebooks and accounts
     (`rating_inputs_key`). A month whose R recorded no key (closed before it was recorded) is
     re-rated. So closing month N costs O(months with late data), not O(closed months).
+    With `accounts` in time zones, q's hours are those of every account's month q
+    (`Accounts.span`): an hour after UTC midnight of the 1st still touches New York's q.
     """
     commits = close_commits(store, PERIOD_CLOSES)
     ordered = sorted(closed.values(), key=lambda r: (r["closed_at"], r["period"]))
@@ -286,7 +314,7 @@ def restated_months(
         if meta.get(INPUTS_KEY) != inputs_key or HOURLY_VERSION_KEY not in meta:
             out.append(q)
             continue
-        start, end = month_bounds(q)
+        start, end = month_bounds(q) if accounts is None else _span(accounts, q)
         versions = (
             (EVENTS, ref[-1]["events_table_version"]),
             (USAGE_HOURLY, _int_or_none(meta[HOURLY_VERSION_KEY])),
@@ -296,6 +324,11 @@ def restated_months(
         ) or not _same_decisions(store, meta.get(DECISIONS_VERSION_KEY), decisions, q):
             out.append(q)
     return out
+
+
+def _span(accounts: Accounts, month: str) -> tuple[datetime, datetime]:
+    span = accounts.span(month)
+    return span.start, span.end
 
 
 def _files_changed(
@@ -378,7 +411,9 @@ def write_ledger(
     lines = issued_lines(store, issued_invoices(store, closed), CREDIT)
     grant = grants(accounts)
     meta = {"run_id": run_id, "stage": "credit_ledger", "period": period}
-    new = grant_ledger_rows(grant, list(closed), lines, store.read(CREDIT_GRANT_LEDGER), period)
+    starts = {a: accounts.period(a, period).start for a in grant}  # type: ignore[attr-defined]
+    stored = store.read(CREDIT_GRANT_LEDGER)
+    new = grant_ledger_rows(grant, list(closed), lines, stored, period, starts)
     if new.height:
         stamp = {"recorded_at": pl.lit(datetime.now(UTC)), "run_id": pl.lit(run_id)}
         store.append(CREDIT_GRANT_LEDGER, new.with_columns(**stamp), metadata=meta)

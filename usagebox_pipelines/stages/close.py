@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -44,10 +44,11 @@ from usagebox_pipelines.invoicing.summaries import (
     issued_summary,
     rollup_totals,
 )
-from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.months import month_bounds, zone_period
 from usagebox_pipelines.pricing.accounts import Accounts, check_grant_scopes, load_accounts
 from usagebox_pipelines.pricing.pricebook import PricebookSet, load_pricebooks
 from usagebox_pipelines.pricing.rating import RatingResult, rate_usage
+from usagebox_pipelines.pricing.zones import in_own_period, own_period_rows
 from usagebox_pipelines.stages.books import (
     closed_periods,
     decisions_at,
@@ -127,7 +128,9 @@ def close_month(
             + "; issued invoices are never re-issued: restore the period_closes row "
             "(Delta time travel) and run `usagebox verify`"
         )
-    open_before = open_months_before(store, month, closed)
+    accounts = load_accounts(settings.pricebooks)
+    refuse_unfinished_month(accounts, month, now)
+    open_before = open_months_before(store, month, closed, accounts)
     if open_before and not force:
         first = open_before[0]
         raise UsageboxError(
@@ -141,6 +144,24 @@ def close_month(
     result = issue_close(store, settings, plan, now, approved_by, run_id, on_document)
     # finance's reconciliation PDFs of the month go with its invoices (`run` skips them)
     return dataclasses.replace(result, reports=render_month_reports(store, settings, month))
+
+
+def refuse_unfinished_month(accounts: Accounts, month: str, now: datetime | None) -> None:
+    """With accounts in time zones (ADR 0017), refuse to close `month` before the latest
+    account's period has ended at `now` (default: the clock): usage of its last local hours
+    may still arrive. Books without zones close as they always did."""
+    if not accounts.zoned:
+        return
+    clock = (now or datetime.now(UTC)).astimezone(UTC)
+    zone, end = max(
+        ((z or "UTC", zone_period(month, z).end) for z in accounts.zones()),
+        key=lambda pair: (pair[1], pair[0]),
+    )
+    if clock < end:
+        raise UsageboxError(
+            f"close {month} refused: the month is not over yet for accounts billed in {zone} "
+            f"(their period ends {end:%Y-%m-%dT%H:%M:%SZ}); close it after that"
+        )
 
 
 def plan_close(
@@ -158,12 +179,12 @@ def plan_close(
     # the decisions this close reads, at one version (recorded in its commits for verify)
     decisions_version = store.version(GUARDRAIL_DECISIONS)
     decisions = decisions_at(store, decisions_version)
-    earlier = restated_months(store, closed, month, inputs_key, decisions)
-    problems = _table_problems(store, month, earlier) + frozen_problems(books, issued)
+    earlier = restated_months(store, closed, month, inputs_key, decisions, accounts)
+    problems = _table_problems(store, month, earlier, accounts) + frozen_problems(books, issued)
     opening = opening_credit(store, accounts, closed)
-    hourly = hourly_at(store, month, version)
+    hourly = hourly_at(store, month, version, accounts=accounts)
     rating = rate_usage(hourly, month, books, accounts, opening)
-    earlier_hourly = {q: hourly_at(store, q, version) for q in earlier}
+    earlier_hourly = {q: hourly_at(store, q, version, accounts=accounts) for q in earlier}
     rerated = {q: rate_usage(h, q, books, accounts) for q, h in earlier_hourly.items()}
     problems += _unrated_problems(store, month, rating, rerated)
     if problems:
@@ -193,8 +214,11 @@ def plan_close(
     )
 
 
-def _table_problems(store: DeltaStore, month: str, earlier: list[str]) -> list[str]:
-    """Failed invariants 1–3 for the month, and stale rollups of closed months re-rated now."""
+def _table_problems(
+    store: DeltaStore, month: str, earlier: list[str], accounts: Accounts
+) -> list[str]:
+    """Failed invariants 1–3 for the month, and stale rollups of closed months re-rated now
+    (over the hours of every account's month: `Accounts.span`)."""
     problems = [
         f"invariant {r.name} failed ({r.detail})"
         for r in verify_month(store, month)
@@ -203,7 +227,8 @@ def _table_problems(store: DeltaStore, month: str, earlier: list[str]) -> list[s
     events = events_frame(store)
     hourly = store.scan(USAGE_HOURLY)
     for q in earlier:
-        result = inv.hourly_matches_events(events, hourly, *month_bounds(q))
+        span = accounts.span(q)
+        result = inv.hourly_matches_events(events, hourly, span.start, span.end)
         if not result.passed:
             problems.append(
                 f"usage_hourly of closed month {q} does not match events ({result.detail}); "
@@ -260,9 +285,12 @@ def control_totals(
     no trustworthy hour of its own, so it is attributed through its batch (`ingest.scope`).
     """
     hourly = plan.hourly if plan else hourly_at(store, period, events_version)
-    ingest = _ingest_totals(store, period)
+    if plan is not None and plan.accounts.zoned:  # each account's own month (ADR 0017)
+        hourly = own_period_rows(hourly, period, plan.accounts)
+    accounts = plan.accounts if plan else None
+    ingest = _ingest_totals(store, period, accounts)
     out = {
-        "events": _event_totals(store, period, events_version),
+        "events": _event_totals(store, period, events_version, accounts),
         "duplicates": ingest["duplicates"],
         "conflicts": ingest["conflicts"],
         "quarantined": ingest["quarantined"],
@@ -275,11 +303,19 @@ def control_totals(
     return out
 
 
-def _event_totals(store: DeltaStore, period: str, version: int | None) -> dict:
+def _in_period(rows: pl.LazyFrame, period: str, accounts: Accounts | None) -> pl.LazyFrame:
+    """Rows of the period: each account's own month when accounts bill in time zones
+    (ADR 0017), else the UTC month."""
+    if accounts is not None and accounts.zoned:
+        return in_own_period(rows, period, accounts)
     start, end = month_bounds(period)
-    events = store.scan(EVENTS, version=version).filter(
-        (pl.col("hour") >= start) & (pl.col("hour") < end)
-    )
+    return rows.filter((pl.col("hour") >= start) & (pl.col("hour") < end))
+
+
+def _event_totals(
+    store: DeltaStore, period: str, version: int | None, accounts: Accounts | None = None
+) -> dict:
+    events = _in_period(store.scan(EVENTS, version=version), period, accounts)
     by_status = (  # one scan: counts and late events together
         events.group_by("status")
         .agg(n=pl.len(), late=pl.col("is_late").fill_null(False).sum())
@@ -295,14 +331,9 @@ def _event_totals(store: DeltaStore, period: str, version: int | None) -> dict:
     }
 
 
-def _ingest_totals(store: DeltaStore, period: str) -> dict:
-    start, end = month_bounds(period)
-    batches = (
-        accepted_only(store.scan(RAW_EVENTS))
-        .filter((pl.col("hour") >= start) & (pl.col("hour") < end))
-        .select("batch_id")
-        .unique()
-    )
+def _ingest_totals(store: DeltaStore, period: str, accounts: Accounts | None = None) -> dict:
+    raw = accepted_only(store.scan(RAW_EVENTS))
+    batches = _in_period(raw, period, accounts).select("batch_id").unique()
     log = store.scan(INGEST_LOG).join(batches, on="batch_id", how="semi").collect()
     names = ("rows", "accepted", "duplicates", "conflicts", "rejected", "late")
     sums = {k: int(log[k].sum() or 0) for k in names}

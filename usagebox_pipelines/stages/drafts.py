@@ -59,12 +59,13 @@ def refresh_drafts(
     closed = closed_periods(store)
     if month in closed:
         return pl.DataFrame(schema=INVOICES.schema), pl.DataFrame(schema=INVOICE_LINES.schema)
+    # credit and decisions as they stand now: since `rated_usage` was built, a close may
+    # have drawn credit and guardrails may have recorded stops
+    rating = MonthInputs.load(store, pricebooks_dir, month, closed)
     inputs = _DraftInputs(
-        # credit and decisions as they stand now: since `rated_usage` was built, a close may
-        # have drawn credit and guardrails may have recorded stops
-        MonthInputs.load(store, pricebooks_dir, month, closed),
+        rating,
         pending_adjustments(store, pricebooks_dir, month, closed),
-        month_hourly(store, month),
+        month_hourly(store, month, rating.accounts),
     )
     shards = _rated_shards(store, pricebooks_dir, inputs)
     drafted = [_draft_shard(rated, ids, inputs) for ids, rated in shards]
@@ -130,9 +131,10 @@ def pending_adjustments(
     """
     closed = closed_periods(store) if closed is None else closed
     issued = issued_lines(store, issued_invoices(store, closed))
-    key = rating_inputs_key(load_pricebooks(pricebooks_dir), load_accounts(pricebooks_dir))
+    accounts = load_accounts(pricebooks_dir)
+    key = rating_inputs_key(load_pricebooks(pricebooks_dir), accounts)
     decisions = decisions_at(store, store.version(GUARDRAIL_DECISIONS))
-    earlier = restated_months(store, closed, month, key, decisions)
+    earlier = restated_months(store, closed, month, key, decisions, accounts)
     rerated = {q: rate_month(store, pricebooks_dir, q).rated for q in earlier}
     return adjustments_for(issued, rerated)
 

@@ -27,7 +27,6 @@ from usagebox_pipelines.invoicing.stamps import (
     plain,
     plain_row,
 )
-from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import PREPAID_GRANT, Account
 from usagebox_pipelines.pricing.contract import (
     COUPON_RATE,
@@ -94,7 +93,24 @@ def explain_invoice(
         code_version=inv_row["code_version"],
         template_version=inv_row["template_version"],
         lines=explained,
+        period_window=period_window(doc.account, doc.period),
     )
+
+
+def period_window(account: Account, period: str) -> dict | None:
+    """Which UTC hours the account's month covers, when it bills in a time zone (None: the
+    UTC month, as every invoice before zones)."""
+    if account.time_zone is None:
+        return None
+    window = account.period(period)
+    start, end = (t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in (window.start, window.end))
+    return {
+        "time_zone": account.time_zone,
+        "from": start,
+        "to": end,
+        "note": f"{period} in {account.time_zone}: local midnight of the 1st to local "
+        f"midnight of the next 1st, the UTC hours [{start}, {end})",
+    }
 
 
 def _explain_line(
@@ -237,7 +253,8 @@ def _explain_adjustment(
     period = line["adjusts_period"]
     before = doc.closed_before()
     previous = max(before.values(), key=lambda r: r["closed_at"]) if before else None
-    start, end = month_bounds(period)
+    window = doc.account.period(period)  # the account's own month (ADR 0017)
+    start, end = window.start, window.end
     cond = (
         (pl.col("account_id") == doc.invoice["account_id"])
         & (pl.col("hour") >= start)

@@ -39,6 +39,8 @@ from usagebox_pipelines.events.raw import (
 )
 from usagebox_pipelines.events.readers import CHUNK_ROWS, file_sha256, read_chunks
 from usagebox_pipelines.events.window import event_window
+from usagebox_pipelines.pricing.accounts import Accounts, AccountsError, load_accounts
+from usagebox_pipelines.pricing.zones import local_month
 from usagebox_pipelines.stages.books import closed_periods
 from usagebox_pipelines.stages.dedupe import (
     FileHistory,
@@ -83,8 +85,10 @@ def ingest_files(
     source: str | None = None,
     progress: Progress | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    accounts: Accounts | None = None,
 ) -> IngestSummary:
     """Ingest files in sorted path order; unreadable files are reported, the rest still load.
+    `accounts` (late_accounts) maps an event to its account's month for the late flag.
 
     Holds the home's writer lease throughout, so the cleanup of uncommitted batches only ever
     sees batches of writers that died, and the same file is never loaded by two processes.
@@ -96,7 +100,7 @@ def ingest_files(
         total = IngestSummary()
         for path in sorted(Path(p) for p in paths):
             try:
-                total.add(ingest_file(store, path, source, progress, chunk_rows))
+                total.add(ingest_file(store, path, source, progress, chunk_rows, accounts))
             except UsageboxError as exc:
                 total.errors.append(str(exc))
                 progress(f"error: {exc}")
@@ -109,6 +113,7 @@ def ingest_file(
     source: str | None,
     progress: Progress,
     chunk_rows: int = CHUNK_ROWS,
+    accounts: Accounts | None = None,
 ) -> IngestSummary:
     """One file as one batch; an already ingested file (same bytes) counts as duplicates.
 
@@ -131,7 +136,7 @@ def ingest_file(
     attempt = f"ingest-{batch_id}-{uuid.uuid4().hex[:12]}"
     now = datetime.now(UTC)
     summary = IngestSummary(files=1)
-    context = _LateContext.load(store, event_window(now))
+    context = _LateContext.load(store, event_window(now), accounts)
     ensure_disposition_column(store)
     with tempfile.TemporaryDirectory(prefix="usagebox-ingest-") as spill:
         try:
@@ -359,22 +364,40 @@ def _batch_ids(store: DeltaStore, table: Table) -> set[str]:
 @dataclass
 class _LateContext:
     """Hours whose rollup was already built, periods already closed, and the event-time window,
-    at ingest time."""
+    at ingest time; with `accounts` in time zones an event's period is its account's local
+    month (ADR 0017)."""
 
     built_hours: pl.Series
     closed_periods: pl.Series
     window: tuple[datetime, datetime]  # accepted [earliest, latest) event time
+    accounts: Accounts | None = None
 
     @classmethod
-    def load(cls, store: DeltaStore, window: tuple[datetime, datetime]) -> _LateContext:
+    def load(
+        cls,
+        store: DeltaStore,
+        window: tuple[datetime, datetime],
+        accounts: Accounts | None = None,
+    ) -> _LateContext:
         hours = store.scan(HOUR_BUILDS).select("hour").unique().collect()["hour"]
         closed = pl.Series("period", sorted(closed_periods(store)), dtype=pl.String)
-        return cls(hours, closed, window)
+        return cls(hours, closed, window, accounts)
 
     def is_late(self, hour: pl.Expr) -> pl.Expr:
-        return hour.is_in(self.built_hours.implode()) | hour.dt.strftime("%Y-%m").is_in(
-            self.closed_periods.implode()
-        )
+        month = hour.dt.strftime("%Y-%m")
+        if self.accounts is not None:
+            month = local_month(hour, self.accounts)
+        return hour.is_in(self.built_hours.implode()) | month.is_in(self.closed_periods.implode())
+
+
+def late_accounts(pricebooks: Path) -> Accounts | None:
+    """The accounts whose zones decide which month an event is late for; None (UTC months)
+    when accounts.yaml is invalid: ingest never refuses events over billing config, and the
+    rating of the month reports the file and field."""
+    try:
+        return load_accounts(pricebooks)
+    except AccountsError:
+        return None
 
 
 def ensure_disposition_column(store: DeltaStore) -> None:

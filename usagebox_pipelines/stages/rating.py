@@ -85,21 +85,28 @@ class MonthInputs:
         )
 
 
-def month_hourly(store: DeltaStore, month: str) -> pl.LazyFrame:
-    """The month's `usage_hourly` rows, lazily (filters pushed into the scan)."""
+def month_hourly(store: DeltaStore, month: str, accounts: Accounts | None = None) -> pl.LazyFrame:
+    """The month's `usage_hourly` rows, lazily (filters pushed into the scan): with `accounts`
+    the hours of every account's month (`Accounts.span`, ADR 0017; rating keeps each
+    account's own), else the UTC month."""
     start, end = month_bounds(month)
+    if accounts is not None:
+        span = accounts.span(month)
+        start, end = span.start, span.end
     return store.scan(USAGE_HOURLY).filter((pl.col("hour") >= start) & (pl.col("hour") < end))
 
 
-def month_weights(store: DeltaStore, month: str) -> pl.DataFrame:
+def month_weights(store: DeltaStore, month: str, accounts: Accounts | None = None) -> pl.DataFrame:
     """`account_id`, `w`: each account's hourly rows in the month (what a shard is cut by)."""
-    weight = month_hourly(store, month).group_by("account_id").agg(w=pl.len())
+    weight = month_hourly(store, month, accounts).group_by("account_id").agg(w=pl.len())
     return weight.collect(engine="streaming")
 
 
-def month_shards(store: DeltaStore, month: str, also: set[str]) -> list[list[str]]:
+def month_shards(
+    store: DeltaStore, month: str, also: set[str], accounts: Accounts | None = None
+) -> list[list[str]]:
     """The month's accounts (plus `also`) in shards weighed by their hourly rows."""
-    return account_shards(month_weights(store, month), also)
+    return account_shards(month_weights(store, month, accounts), also)
 
 
 def rated_shards(
@@ -115,10 +122,10 @@ def rated_shards(
     """
     inputs = MonthInputs.load(store, pricebooks_dir, month)
     billed = set(inputs.accounts.ids()) | set(inputs.opening)  # terms or credit: rows anyway
-    shards = month_shards(store, month, billed)
+    shards = month_shards(store, month, billed, inputs.accounts)
     # Tables are read before the first shard is taken, not in a generator: a streamed write
     # takes shards inside delta-rs, where opening a table would start a runtime in its runtime.
-    hourly = month_hourly(store, month)
+    hourly = month_hourly(store, month, inputs.accounts)
     return (
         (ids, _rate_shard(hourly.filter(in_shard(ids)).collect(), ids, inputs)) for ids in shards
     )

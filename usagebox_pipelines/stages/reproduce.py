@@ -110,7 +110,7 @@ def rate_as_issued(store: DeltaStore, doc: IssuedDocument) -> tuple[pl.DataFrame
     """(hourly, rated) of the document's account and period at its stamped events version,
     with the hard-stop waivers of the decisions its close read."""
     account_id = doc.invoice["account_id"]
-    hourly = hourly_at(store, doc.period, doc.version, account_id)
+    hourly = hourly_at(store, doc.period, doc.version, account_id, doc.accounts)
     opening = credit_map(doc.closed[doc.period]["opening_credit"])
     rated = rate_usage(hourly, doc.period, doc.books, doc.accounts, opening).rated
     decisions = decisions_of_close(store, doc.period)
@@ -149,7 +149,7 @@ def rebuild_period(
     same events version, compared with what had been issued before this close.
     """
     mine = pl.lit(True) if account_id is None else pl.col("account_id") == account_id
-    hourly = hourly_at(store, period, version, account_id)
+    hourly = hourly_at(store, period, version, account_id, accounts)
     opening = credit_map(closed[period]["opening_credit"])
     rated = rate_usage(hourly, period, books, accounts, opening).rated
     rated = apply_waivers(rated, hourly, decisions, period, books, accounts, opening)
@@ -157,7 +157,7 @@ def rebuild_period(
     issued_before = issued_lines(store, issued_invoices(store, before)).filter(mine)
     rerated = {}
     for q in sorted(p for p in before if p < period):
-        q_hourly = hourly_at(store, q, version, account_id)
+        q_hourly = hourly_at(store, q, version, account_id, accounts)
         q_rated = rate_usage(q_hourly, q, books, accounts).rated
         q_rated = apply_waivers(q_rated, q_hourly, decisions, q, books, accounts)
         rerated[q] = q_rated.filter(mine)

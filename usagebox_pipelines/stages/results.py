@@ -100,6 +100,15 @@ class InvoiceExplanation(_Result):
     code_version: str | None
     template_version: str | None
     lines: list[dict]
+    #: For an account billed in its time zone (ADR 0017): the zone and the UTC window
+    #: [from, to) its month covers. Absent from the JSON for UTC accounts.
+    period_window: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if out["period_window"] is None:
+            del out["period_window"]
+        return out
 
 
 @dataclass(frozen=True)

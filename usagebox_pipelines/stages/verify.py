@@ -57,6 +57,7 @@ from usagebox_pipelines.invoicing.stamps import credit_map, frozen_problems
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts, load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
+from usagebox_pipelines.pricing.zones import own_period_rows
 from usagebox_pipelines.stages.books import (
     all_lines,
     books_problems,
@@ -72,7 +73,7 @@ from usagebox_pipelines.stages.events import (
     events_frame,
 )
 from usagebox_pipelines.stages.pdfs import render_each
-from usagebox_pipelines.stages.rating import rate_month
+from usagebox_pipelines.stages.rating import month_hourly, rate_month
 from usagebox_pipelines.stages.reproduce import decisions_of_close, rebuild_period, rebuilt_document
 from usagebox_pipelines.stages.results import VerifyReport
 from usagebox_pipelines.storage import DeltaStore, DocumentStore
@@ -193,13 +194,11 @@ def draft_lines_match_rated(
     drafts = all_lines(store).filter(
         (pl.col("period") == month) & pl.col("invoice_number").is_null()
     )
-    monthly = store.scan(USAGE_MONTHLY).filter(
-        (pl.col("month") == month) & pl.col("billable").fill_null(False)
-    )
+    monthly = _billable_month(store, month, load_accounts(pricebooks_dir))
     unrated = store.scan(UNRATED_USAGE).filter(pl.col("period") == month)
     rated = month_rated_lines(store, pricebooks_dir, month)
     mismatches = [
-        inv.usage_quantity_mismatch(monthly.collect(), unrated.collect(), drafts),
+        inv.usage_quantity_mismatch(monthly, unrated.collect(), drafts),
         inv.usage_amount_mismatch(rated, drafts),
     ]
     issued = issued_lines(store, issued_invoices(store, closed))
@@ -207,6 +206,17 @@ def draft_lines_match_rated(
         now = rated_lines(rate_month(store, pricebooks_dir, q).rated)
         mismatches.append(inv.restatement_mismatch(q, now, issued, drafts))
     return inv.draft_lines_equal_rated(month, drafts, mismatches)
+
+
+def _billable_month(store: DeltaStore, month: str, accounts: Accounts) -> pl.DataFrame:
+    """Billable usage of the month per account: `usage_monthly` (UTC months), or with
+    accounts in time zones each account's own month summed from `usage_hourly` (ADR 0017:
+    `usage_monthly` stays a table of UTC months)."""
+    billable = pl.col("billable").fill_null(False)
+    if not accounts.zoned:
+        return store.scan(USAGE_MONTHLY).filter((pl.col("month") == month) & billable).collect()
+    hourly = month_hourly(store, month, accounts).filter(billable).collect()
+    return own_period_rows(hourly, month, accounts)
 
 
 def issued_intact(

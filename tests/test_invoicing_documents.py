@@ -1,4 +1,4 @@
-"""documents.py: safe URL fetching, autoescaped strict templates, safe CSV, SVG charts."""
+"""documents.py and pdf_writer.py: safe URL fetching, strict autoescaped templates, safe CSV, SVG"""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 
 from usagebox_pipelines.config import ASSETS_DIR, TEMPLATES_DIR
 from usagebox_pipelines.documents import (
-    SafeURLFetcher,
     format_money,
     format_pct,
     format_quantity,
@@ -22,6 +21,7 @@ from usagebox_pipelines.documents import (
     safe_csv_bytes,
     svg_bar_chart,
 )
+from usagebox_pipelines.pdf_writer import SafeURLFetcher
 
 D = Decimal
 
@@ -76,17 +76,17 @@ def test_font_subsets_are_memoised_and_give_the_bytes_of_an_unmemoised_render(mo
     drops (GSUB, GPOS, kern); either way the document is byte for byte WeasyPrint's own."""
     from weasyprint.pdf import fonts
 
-    from usagebox_pipelines import documents
+    from usagebox_pipelines import pdf_writer
 
     html = "<p>Invoice UBX-2026-000042</p><p><b>Total due $1,234.56</b></p>"
     other = "<p>Credit note — €98.70 in your favour</p>"
-    documents._SUBSETS.clear()
+    pdf_writer._SUBSETS.clear()
     first = html_to_pdf(html)
-    cached = len(documents._SUBSETS)
+    cached = len(pdf_writer._SUBSETS)
     assert cached >= 2  # regular and bold
     second = html_to_pdf(other)
     assert html_to_pdf(html) == first  # replayed from the cache
-    assert len(documents._SUBSETS) > cached
+    assert len(pdf_writer._SUBSETS) > cached
     monkeypatch.setattr(fonts.Font, "subset", fonts.Font.subset.__wrapped__)
     assert html_to_pdf(html) == first
     assert html_to_pdf(other) == second

@@ -13,6 +13,7 @@ import pytest
 from pypdf import PdfReader
 
 import usagebox_pipelines.documents as documents
+import usagebox_pipelines.pdf_writer as pdf_writer
 from tests.test_invoicing_fixtures import PERIOD, account, rate_output_tokens, rated, sample_rated
 from usagebox_pipelines.config import ASSETS_DIR, TEMPLATES_DIR
 from usagebox_pipelines.errors import InvariantError
@@ -96,14 +97,14 @@ def test_dates_come_from_issued_at_not_the_clock(rendered):
 
 
 def test_hostile_text_prints_literally_and_nothing_is_fetched(issued, monkeypatch):
-    fetchers: list[documents.SafeURLFetcher] = []
+    fetchers: list[pdf_writer.SafeURLFetcher] = []
 
-    class Recording(documents.SafeURLFetcher):
+    class Recording(pdf_writer.SafeURLFetcher):
         def __init__(self) -> None:
             super().__init__()
             fetchers.append(self)
 
-    monkeypatch.setattr(documents, "SafeURLFetcher", Recording)
+    monkeypatch.setattr(pdf_writer, "SafeURLFetcher", Recording)
     invoice, lines, acct = issued
     pdf = render_invoice_pdf(invoice, lines, acct, load_issuer())
     (fetcher,) = fetchers

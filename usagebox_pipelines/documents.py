@@ -1,12 +1,13 @@
-"""Shared document output: Jinja2 + WeasyPrint PDFs, formula-safe CSV, inline SVG bar charts.
+"""Shared document output: Jinja2 templates, PDFs, formula-safe CSV, inline SVG bar charts.
 
 Every human-facing document (invoices, credit notes, reconciliation reports) goes through here so
 the security and determinism rules live in one place:
 
 * templates come only from the packaged `templates/` folder, with autoescape ON and
   `StrictUndefined` (a typo in a template is an error, not an empty cell);
-* the PDF renderer may read files under `templates/` and `assets/` only; every other URL
-  (`http:`, `file:///etc/passwd`, `data:`, paths escaping via `..` or symlinks) is refused;
+* the PDF renderer (WeasyPrint, in `pdf_writer`, imported only to make a PDF) may read
+  files under `templates/` and `assets/` only; every other URL (`http:`,
+  `file:///etc/passwd`, `data:`, paths escaping via `..` or symlinks) is refused;
 * PDF metadata dates are fixed (or taken from the caller, e.g. `issued_at`) and the PDF file
   identifier is derived from the rendered HTML, so the same input gives the same bytes
   (with the same WeasyPrint version and installed fonts).
@@ -29,37 +30,27 @@ In a template: `<link rel="stylesheet" href="base.css">` (resolved against `temp
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import re
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
-from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING
 
 import polars as pl
-import weasyprint
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
-from weasyprint import HTML
-from weasyprint.pdf import fonts as pdf_fonts
-from weasyprint.urls import URLFetcher
 
 from usagebox_pipelines.config import ASSETS_DIR, TEMPLATES_DIR
 from usagebox_pipelines.decimals import grouped_text, price_text, to_decimal
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 
+if TYPE_CHECKING:
+    from usagebox_pipelines.pdf_writer import SafeURLFetcher
+
 #: Metadata date used when the caller gives none: constant, so output never depends on the clock.
 FIXED_PDF_DATE = datetime(2000, 1, 1, tzinfo=UTC)
-
-_ENV_LOCK = threading.Lock()
 
 CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CHF": "CHF ", "CAD": "CA$"}
 
@@ -69,41 +60,6 @@ CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CHF": "
 
 class RefusedURL(ValueError):
     """A document tried to load something outside the project's template assets."""
-
-
-class SafeURLFetcher(URLFetcher):
-    """Serves `file:` URLs under the allowed roots only; refuses and records everything else.
-
-    WeasyPrint catches the refusal, logs a warning and renders without the resource, so a
-    hostile `<img src="file:///etc/passwd">` that slipped past escaping still reads nothing.
-    `fetched` / `refused` list the URLs seen, for tests and audit.
-    """
-
-    def __init__(self, roots: Iterable[Path] = (TEMPLATES_DIR, ASSETS_DIR)) -> None:
-        super().__init__(allowed_protocols=("file",), allow_redirects=False)
-        self.roots = tuple(Path(r).resolve() for r in roots)
-        self.fetched: list[str] = []
-        self.refused: list[str] = []
-
-    def fetch(self, url: str, headers: dict | None = None):
-        path = self._allowed_path(url)
-        if path is None:
-            self.refused.append(url)
-            raise RefusedURL(f"refused to fetch {url[:200]!r}: outside templates/ and assets/")
-        self.fetched.append(url)
-        return super().fetch(path.as_uri(), headers)
-
-    def _allowed_path(self, url: str) -> Path | None:
-        """The resolved local file for `url` if it is a plain file under a root, else None."""
-        parts = urlsplit(url)
-        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
-            return None
-        if parts.query or parts.fragment:
-            return None
-        path = Path(unquote(parts.path)).resolve()
-        if not path.is_file():
-            return None
-        return path if any(path.is_relative_to(root) for root in self.roots) else None
 
 
 # --------------------------------------------------------------------------- formatting
@@ -200,133 +156,12 @@ def render_pdf(
 def html_to_pdf(
     html: str, *, created: datetime | None = None, fetcher: SafeURLFetcher | None = None
 ) -> bytes:
-    """HTML string to deterministic PDF bytes; relative URLs resolve against `templates/`."""
-    fetcher = fetcher or SafeURLFetcher()
-    stamp = (created or FIXED_PDF_DATE).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    document = HTML(string=html, base_url=str(TEMPLATES_DIR) + os.sep, url_fetcher=fetcher).render()
-    document.metadata.created = stamp
-    document.metadata.modified = stamp
-    with _reproducible_fonts():
-        return document.write_pdf(pdf_identifier=_pdf_identifier(html))
+    """HTML string to deterministic PDF bytes (`pdf_writer.html_to_pdf`). WeasyPrint is
+    imported here, not with this module: it costs most of a second, and most commands that
+    format money (run, reconcile, sql) never make a PDF."""
+    from usagebox_pipelines import pdf_writer
 
-
-def _pdf_identifier(html: str) -> bytes:
-    """The PDF file id: a hash of the HTML with the install location taken out.
-
-    `asset_url` puts absolute `file:` URLs into the HTML; hashing them as they are would make
-    the bytes depend on where the package is installed (a checkout, a venv, a wheel), and an
-    invoice issued from one install would not reproduce from another.
-    """
-    portable = html.replace(ASSETS_DIR.as_uri(), "assets:").replace(
-        TEMPLATES_DIR.as_uri(), "templates:"
-    )
-    return hashlib.sha256(portable.encode("utf-8")).hexdigest()[:32].encode("ascii")
-
-
-@contextmanager
-def _reproducible_fonts() -> Iterator[None]:
-    """Pin fontTools' subset-font `head.modified` stamp, else every PDF differs by the clock.
-
-    fontTools honours SOURCE_DATE_EPOCH (the reproducible-builds convention); we set it to the
-    fixed date for the duration of the write, under a lock as the environment is process-wide.
-    """
-    with _ENV_LOCK:
-        previous = os.environ.get("SOURCE_DATE_EPOCH")
-        os.environ["SOURCE_DATE_EPOCH"] = str(int(FIXED_PDF_DATE.timestamp()))
-        try:
-            yield
-        finally:
-            if previous is None:
-                del os.environ["SOURCE_DATE_EPOCH"]
-            else:
-                os.environ["SOURCE_DATE_EPOCH"] = previous
-
-
-# --------------------------------------------------------------------------- font subsets
-
-#: Subset fonts kept per process (each some tens of KB): invoices mostly use the same glyphs.
-SUBSET_CACHE_SIZE = 256
-_SUBSETS: OrderedDict[tuple, bytes] = OrderedDict()
-_SUBSETS_LOCK = threading.Lock()
-
-
-def _memoise_font_subsets() -> bool:
-    """Remember WeasyPrint's font subsets: the same font and glyphs give the same bytes.
-
-    Subsetting a font (fontTools decompiles its layout tables every time) is about a third of
-    a document's render time, and most documents use the same few glyph sets (digits, the
-    labels). `Font.subset` is a pure function of the font file, its face index, the glyph ids,
-    `hinting`, whether glyphs are missing, and `SOURCE_DATE_EPOCH` (fontTools stamps `head`
-    with it), so the subset is keyed on exactly those and replayed on a hit: the PDF bytes are
-    the same as without the cache (tests/test_invoicing_documents.py). Only for the WeasyPrint
-    major version this was checked against; any other renders unmemoised.
-    """
-    font: Any = getattr(pdf_fonts, "Font", None)
-    real = getattr(font, "subset", None)
-    if real is None or getattr(real, "memoised", False):
-        return False
-    if weasyprint.__version__.split(".")[0] != "70":
-        return False
-
-    def subset(self: Any, to_unicode: dict, hinting: bool) -> None:
-        if not to_unicode:
-            return real(self, to_unicode, hinting)
-        content: bytes = self.file_content
-        key = (
-            hashlib.sha256(content).digest(),
-            self.index,
-            tuple(sorted(to_unicode)),
-            bool(hinting),
-            bool(self.missing),
-            os.environ.get("SOURCE_DATE_EPOCH"),
-        )
-        with _SUBSETS_LOCK:
-            hit = _SUBSETS.get(key)
-            if hit is not None:
-                _SUBSETS.move_to_end(key)
-        if hit is not None:
-            self.file_content = hit
-            return None
-        if self.index == 0:
-            self.file_content = _without_dropped_tables(content)
-        real(self, to_unicode, hinting)
-        with _SUBSETS_LOCK:
-            _SUBSETS[key] = self.file_content
-            while len(_SUBSETS) > SUBSET_CACHE_SIZE:
-                _SUBSETS.popitem(last=False)
-        return None
-
-    subset.memoised = True  # type: ignore[attr-defined]
-    subset.__wrapped__ = real  # type: ignore[attr-defined]
-    font.subset = subset
-    return True
-
-
-@lru_cache(maxsize=8)
-def _without_dropped_tables(content: bytes) -> bytes:
-    """The font without the tables WeasyPrint's fontTools subset drops (GSUB, GPOS, SVG, and
-    `kern` when GPOS is there).
-
-    fontTools' `Subsetter.subset` decompiles GSUB and GPOS to compact them before it drops
-    them (`_compact_layout_tables`): for DejaVu Sans that is ~0.2 s of every font of every
-    document, for nothing. Removing them up front is what the subsetter does first anyway
-    (`_prune_pre_subset`), so the subset font, and the PDF, are the same bytes
-    (tests/test_invoicing_documents.py). Raw table data is copied, nothing decompiled.
-    """
-    from fontTools.ttLib import TTFont
-
-    font = TTFont(io.BytesIO(content), lazy=True)
-    if "GPOS" in font and "kern" in font:  # fontTools drops legacy kern next to GPOS
-        del font["kern"]
-    for tag in ("GSUB", "GPOS", "SVG "):
-        if tag in font:
-            del font[tag]
-    out = io.BytesIO()
-    font.save(out, reorderTables=False)
-    return out.getvalue()
-
-
-_memoise_font_subsets()
+    return pdf_writer.html_to_pdf(html, created=created, fetcher=fetcher)
 
 
 # --------------------------------------------------------------------------- CSV

@@ -9,13 +9,15 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DG = shutil.which("dg")
+# the venv running the tests first (make test calls .venv/bin/pytest without activating it)
+DG = shutil.which("dg", path=str(Path(sys.executable).parent)) or shutil.which("dg")
 needs_dg = pytest.mark.skipif(DG is None, reason="dg (dagster-dg-cli) is not installed")
 
 

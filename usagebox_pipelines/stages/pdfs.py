@@ -93,7 +93,8 @@ def _worker_init() -> None:
     imports for life); then collect once per document instead of automatically: WeasyPrint
     allocates so much that the automatic collections, each rescanning what is alive, cost
     about a fifth of a render. Memory stays bounded by one document's garbage."""
-    import usagebox_pipelines.invoicing.render  # noqa: F401  (WeasyPrint, templates)
+    import usagebox_pipelines.invoicing.render  # noqa: F401  (templates, charts)
+    import usagebox_pipelines.pdf_writer  # noqa: F401  (WeasyPrint: imported only to make a PDF)
 
     gc.freeze()
     gc.disable()

@@ -198,8 +198,10 @@ def _under_lease(purpose: str, mode: LeaseMode) -> Callable[[Callable[P, R]], Ca
 #: before its filter applies, and prunes by each group's min/max statistics: with month-sized
 #: groups (delta-rs writes up to 1 M rows in one) every account shard would read the whole
 #: month. Rows are written sorted by account, so a group also spans a narrow account range.
+#: Pages are zstd-compressed: delta-rs writes them uncompressed by default, and zstd makes the
+#: tables 2.5x smaller (raw_events of 1 M events: 26 MiB, not 64) at no measurable write cost.
 ROW_GROUP_ROWS = 65_536
-_WRITER = WriterProperties(max_row_group_size=ROW_GROUP_ROWS)
+_WRITER = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="ZSTD")
 
 COMMIT_ATTEMPTS = 10
 _BACKOFF_FIRST = 0.05

@@ -41,6 +41,7 @@ from usagebox_pipelines.reconciliation.mapping import load_vendor_mapping
 from usagebox_pipelines.reconciliation.reconcile import metered_daily, reconcile
 from usagebox_pipelines.reconciliation.reports import (
     margin_by_customer_model,
+    margin_context,
     render_reconciliation_reports,
 )
 
@@ -280,6 +281,34 @@ def test_margin_of_negative_or_tiny_revenue_is_not_a_100_percent_margin():
     pct = dict(margin_by_customer_model(rows).select("account_id", "margin_pct").iter_rows())
     assert pct["refund"] is None  # was 100.0 %
     assert pct["tiny"] == D("-72900") and pct["fine"] == D(60)
+
+
+def test_no_margin_percent_for_revenue_that_prints_as_zero():
+    """Revenue below half a cent prints as $0.00: its margin % (here -106,030 %) is left
+    blank, per row, per customer and in the totals; half a cent itself prints as $0.01."""
+    rows = pl.DataFrame(
+        {
+            "month": ["2026-10"] * 2,
+            "account_id": ["dust", "cent"],
+            "model_id": ["m"] * 2,
+            "row_kind": ["account"] * 2,
+            "charge_class": ["usage"] * 2,
+            "revenue": [D("0.001"), D("0.005")],
+            "revenue_currency": ["USD"] * 2,
+            "allocated_cost": [D("1.0613"), D("0.01")],
+            "cost_currency": ["USD"] * 2,
+            "margin": [D("-1.0603"), D("-0.005")],
+        }
+    )
+    margins = margin_by_customer_model(rows)
+    pct = dict(margins.select("account_id", "margin_pct").iter_rows())
+    assert pct["dust"] is None and pct["cent"] == D(-100)
+    attribution = rows.with_columns(
+        feature=pl.lit(None, dtype=pl.String), agent_id=pl.lit(None, dtype=pl.String)
+    )
+    context = margin_context(attribution, margins.filter(pl.col("account_id") == "dust"), "2026-10")
+    assert context["customers"][0]["margin_pct"] is None
+    assert context["totals"]["margin_pct"] is None
 
 
 def test_reports_use_real_axes_and_label_what_is_off_scale(reports, tmp_path: Path):

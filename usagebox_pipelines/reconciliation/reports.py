@@ -94,6 +94,11 @@ def _period(recon: pl.DataFrame, attribution: pl.DataFrame) -> str:
 
 # --------------------------------------------------------------------------- margin
 
+#: The least revenue a margin % is shown for: half a cent, the least that prints as $0.01. A
+#: margin on revenue that prints as $0.00 (a few tokens at a fraction of a cent) reads as
+#: -106,030 %, which says nothing; a refund (negative revenue) has no margin % either.
+SHOWN_REVENUE = Decimal("0.005")
+
 
 def margin_by_customer_model(attribution: pl.DataFrame) -> pl.DataFrame:
     """Revenue, cost and margin per account × model (features summed), worst margin first.
@@ -112,7 +117,7 @@ def margin_by_customer_model(attribution: pl.DataFrame) -> pl.DataFrame:
     )
     grouped = grouped.with_columns(
         # a margin % of negative revenue (a refund) would read as 100 %: it is not defined
-        margin_pct=pl.when(pl.col("revenue") > 0).then(
+        margin_pct=pl.when(pl.col("revenue") >= SHOWN_REVENUE).then(
             pl.col("margin") * pl.lit(Decimal(100), dtype=QTY) / pl.col("revenue")
         ),
         _kind=pl.col("row_kind").replace_strict(
@@ -369,11 +374,11 @@ def _sums(df: pl.DataFrame, cols: list[str]) -> dict[str, Decimal]:
 
 
 def _ratio(part: Decimal, whole: Decimal) -> Decimal | None:
-    return (part * 100 / whole).quantize(Decimal("0.01")) if whole else None
+    return (part * 100 / whole).quantize(Decimal("0.01")) if whole >= SHOWN_REVENUE else None
 
 
 def _pct_expr(part: str, whole: str) -> pl.Expr:
-    return pl.when(pl.col(whole) != 0).then(
+    return pl.when(pl.col(whole) >= SHOWN_REVENUE).then(
         (pl.col(part) * pl.lit(Decimal(100), dtype=QTY) / pl.col(whole)).cast(MONEY)
     )
 

@@ -32,7 +32,8 @@ from usagebox_pipelines.events.build import INHERITED, build_events, resolve_cor
 from usagebox_pipelines.events.classify import HISTORY_COLUMNS
 from usagebox_pipelines.events.normalize import payload_expr
 from usagebox_pipelines.events.raw import accepted_only
-from usagebox_pipelines.stages.dedupe import FileHistory, empty_history
+from usagebox_pipelines.stages import dedupe
+from usagebox_pipelines.stages.dedupe import FileHistory, empty_history, key_ranges
 from usagebox_pipelines.stages.events import committed_raw_events, update_events
 from usagebox_pipelines.stages.ingest import ingest_files
 from usagebox_pipelines.stages.verify import verify
@@ -111,7 +112,12 @@ def test_the_index_finds_what_a_full_scan_of_history_finds(tmp_path_factory, bas
     chunk_rows = data.draw(st.integers(1, 7))
     folder = tmp_path_factory.mktemp("chunks")
     files = [write_jsonl(folder / f"{i:03d}.jsonl", batch) for i, batch in enumerate(batches)]
-    chunked = _ingest_all(folder / "indexed", files, chunk_rows, fold)
+    # the lookup in ranges of the key space (1 key per range: every key in its own) finds
+    # what one lookup of the whole file finds
+    per_range = data.draw(st.sampled_from([1, 3, dedupe.LOOKUP_KEYS]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dedupe, "LOOKUP_KEYS", per_range)
+        chunked = _ingest_all(folder / "indexed", files, chunk_rows, fold)
     whole = _reference(folder / "scanned", files, chunk_rows, fold)
     for table in (RAW_EVENTS, QUARANTINE, EVENT_CONFLICTS, EVENTS, INGEST_LOG):
         assert _table(chunked, table).equals(_table(whole, table)), table
@@ -262,3 +268,16 @@ def test_a_resend_repeated_in_one_file_is_compared_with_the_version_that_stands(
     assert (summary.accepted, summary.duplicates, summary.conflicts) == (0, 1, 2)
     kept = store.read(EVENT_CONFLICTS)["kept_payload"].to_list()
     assert len(kept) == 2 and all('"quantity":"5.000000000000"' in k for k in kept)
+
+
+def test_key_ranges_cover_the_key_space_once() -> None:
+    """Every Int64 key is in exactly one range, whatever the number of ranges."""
+    edges = [-(2**63), -1, 0, 1, 2**62, 2**63 - 1]
+    for count, per_range in [(0, 4), (10, 4_000_000), (30_000_000, 4_000_000), (7, 1)]:
+        ranges = key_ranges(count, per_range)
+        assert len(ranges) == max(1, -(-count // per_range))
+        frame = pl.DataFrame({"key": edges}, schema={"key": pl.Int64})
+        counts = sum(
+            frame.select(dedupe.in_key_range(a, b).cast(pl.Int32)).to_series() for a, b in ranges
+        )
+        assert counts.to_list() == [1] * len(edges)

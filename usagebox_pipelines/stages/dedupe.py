@@ -39,6 +39,27 @@ KEY_HASH = "key_hash"
 # Rows per group of days when the key index is rebuilt from `raw_events` (memory bound).
 REBUILD_ROWS = 2_000_000
 HISTORY_SCHEMA = pl.Schema({c: RAW_EVENTS.schema[c] for c in HISTORY_COLUMNS})
+#: Keys per range of a file's history lookup (`FileHistory.lookup`): bounds its memory.
+LOOKUP_KEYS = 4_000_000
+_KEY_MIN, _KEY_END = -(2**63), 2**63  # the Int64 key space, half-open
+
+
+def key_ranges(keys: int, per_range: int | None = None) -> list[tuple[int, int]]:
+    """Half-open [low, high) ranges covering the whole Int64 key space, enough of them that
+    each holds about `per_range` (default `LOOKUP_KEYS`) of `keys` uniformly hashed keys (one
+    range for small files).
+    The last `high` is 2**63, past every Int64 (see `in_key_range`)."""
+    count = max(1, -(-keys // max(per_range or LOOKUP_KEYS, 1)))
+    width = (_KEY_END - _KEY_MIN) // count
+    bounds = [_KEY_MIN + i * width for i in range(count)] + [_KEY_END]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def in_key_range(low: int, high: int) -> pl.Expr:
+    """`key` in [low, high), as Int64 comparisons a scan prunes row groups with."""
+    key = pl.col("key")
+    above = key >= pl.lit(low, dtype=pl.Int64)
+    return above if high >= _KEY_END else above & (key < pl.lit(high, dtype=pl.Int64))
 
 
 def history_hits_key(batch_id: str) -> str:
@@ -72,29 +93,44 @@ class FileHistory:
 
     @classmethod
     def lookup(cls, store: DeltaStore, probes: Iterable[pl.DataFrame]) -> FileHistory:
-        """`probes`: per chunk, a frame of its `probe_keys` (`key`) and number (`chunk`)."""
+        """`probes`: per chunk, a frame of its `probe_keys` (`key`) and number (`chunk`).
+
+        The keys are looked up in ranges of the key space of at most `LOOKUP_KEYS` keys each,
+        so the hash tables of one range, not of the whole file, are in memory (a 30 M-event
+        file otherwise peaks at 2 GiB here); what each range yields is small (keys seen twice,
+        index hits)."""
         keyed = pl.concat(
             [pl.DataFrame(schema={"key": pl.Int64, "chunk": pl.Int32}), *probes],
             how="vertical_relaxed",
         )
-        last = (  # each chunk's probe keys are unique: a key's rows count its chunks
-            keyed.group_by("key")
-            .agg(chunks=pl.len(), last=pl.col("chunk").max())
-            .filter(pl.col("chunks") > 1)
-            .select("key", "last")
-        )
-        hits = pl.DataFrame(schema={"key": pl.Int64, "event_date": pl.Date, "batch_id": pl.String})
-        if keyed.height and store.exists(EVENT_KEYS):
-            hits = (
-                store.scan(EVENT_KEYS)
-                .filter(pl.col("key").is_in(keyed["key"].unique().implode()))
-                .select("key", "event_date", "batch_id")
-                .collect()
+        indexed = keyed.height > 0 and store.exists(EVENT_KEYS)
+        lasts, hits = [], []
+        for low, high in key_ranges(keyed.height):
+            part = keyed.filter(in_key_range(low, high))
+            lasts.append(
+                # each chunk's probe keys are unique: a key's rows count its chunks
+                part.group_by("key")
+                .agg(chunks=pl.len(), last=pl.col("chunk").max())
+                .filter(pl.col("chunks") > 1)
+                .select("key", "last")
             )
+            if indexed and part.height:
+                hits.append(
+                    store.scan(EVENT_KEYS)
+                    .filter(
+                        in_key_range(low, high)
+                        & pl.col("key").is_in(part["key"].unique().implode())
+                    )
+                    .select("key", "event_date", "batch_id")
+                    .collect()
+                )
+        no_hits = pl.DataFrame(
+            schema={"key": pl.Int64, "event_date": pl.Date, "batch_id": pl.String}
+        )
         kept = empty_history().with_columns(
             _own=pl.lit(None, dtype=pl.Int64), _target=pl.lit(None, dtype=pl.Int64)
         )
-        return cls(hits, last, kept)
+        return cls(pl.concat([no_hits, *hits]), pl.concat(lasts), kept)
 
     def rows_for(
         self, store: DeltaStore, valid: pl.DataFrame, probes: pl.Series | None = None

@@ -35,7 +35,11 @@ from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.contract import WAIVER_RATE
 from usagebox_pipelines.stages.drafts import refresh_drafts
 from usagebox_pipelines.stages.events import update_events
-from usagebox_pipelines.stages.guardrails import refresh_guardrails
+from usagebox_pipelines.stages.guardrails import (
+    POOL_FROM_SHARDS,
+    guardrail_workers,
+    refresh_guardrails,
+)
 from usagebox_pipelines.stages.ingest import ingest_files
 from usagebox_pipelines.stages.rating import build_rated_usage
 from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
@@ -109,8 +113,12 @@ def test_sharded_month_equals_one_shard(
     shutil.copytree(home, whole_home)
     shutil.copytree(home, sharded_home)
     monkeypatch.setattr(shards, "SHARD_ROWS", 10**9)
+    monkeypatch.setenv("USAGEBOX_GUARDRAIL_WORKERS", "0")
     whole = _run_month(whole_home, books)
     monkeypatch.setattr(shards, "SHARD_ROWS", 3)
+    # and the guardrail shards evaluated by two worker processes, not this one
+    monkeypatch.setenv("USAGEBOX_GUARDRAIL_WORKERS", "2")
+    assert guardrail_workers(POOL_FROM_SHARDS) == 2
     sharded = _run_month(sharded_home, books)
     for name, rows in whole.items():
         assert sharded[name].equals(rows), name

@@ -89,7 +89,12 @@ def peaks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
     tmp_path = tmp_path_factory.mktemp("memory")
     month, books = _generate(tmp_path)
     files = {"week": _first_week(month, tmp_path / "week.parquet"), "month": month}
-    env = os.environ | {"USAGEBOX_CHUNK_ROWS": CHUNK_ROWS, "USAGEBOX_SHARD_ROWS": SHARD_ROWS}
+    env = os.environ | {
+        "USAGEBOX_CHUNK_ROWS": CHUNK_ROWS,
+        "USAGEBOX_SHARD_ROWS": SHARD_ROWS,
+        # guardrail shards in this process: the peak measured is this process's own
+        "USAGEBOX_GUARDRAIL_WORKERS": "0",
+    }
     out = {}
     for label, events in files.items():
         opts = ["--home", str(tmp_path / label), "--pricebooks", str(books)]

@@ -9,6 +9,9 @@ alert rows, once each.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,24 +74,21 @@ def refresh_guardrails(
     """
     now = now or datetime.now(UTC)
     folder = Path(pricebooks_dir)
-    books, accounts = load_pricebooks(folder), load_accounts(folder)
+    load_pricebooks(folder)  # an invalid pricebook fails here, before any shard starts
+    accounts = load_accounts(folder)
     at = as_of(month, now)
     check_hierarchy(accounts)
     check_allocations(accounts)
-    reading = _Reading(
-        store.scan(USAGE_HOURLY),
-        store.scan(EVENTS),
-        _builds(store),
-        _first_hour(store),
-    )
     shards = _hierarchy_shards(store, month, accounts)
     known = [a for ids in shards for a in ids]
-    strays = ~pl.col("account_id").is_in(known)  # usage not rolled up yet, of new accounts
-    parts = [
-        _evaluate_shard(reading, ids, strays if n == len(shards) - 1 else None, month, at,
-                        books, accounts, config)
+    builds, first_hour = _builds(store), _first_hour(store)
+    jobs = [
+        # the last shard also takes usage not rolled up yet of accounts no shard lists
+        _ShardJob(store.home, str(folder), ids, known if n == len(shards) - 1 else None,
+                  month, at, config, builds, first_hour)
         for n, ids in enumerate(shards)
     ]  # fmt: skip
+    parts = _evaluate_shards(jobs)
     state = pl.concat([p.state for p in parts])
     anomalies = pl.concat([p.anomalies for p in parts])
     levels = {a: lvl for p in parts for a, lvl in p.levels.items()}
@@ -109,6 +109,63 @@ def refresh_guardrails(
     store.replace_partition(SPEND_STATE, state, period=month, metadata=meta)
     store.replace_partition(USAGE_ANOMALIES, anomalies, period=month, metadata=meta)
     return _summary(month, at, state, anomalies, fresh)
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    """One shard's evaluation, as plain values a worker process can take (it opens the tables
+    and reads the pricebooks itself)."""
+
+    home: str
+    pricebooks: str
+    ids: list[str]
+    known: list[str] | None  # every shard's accounts: this shard takes the others' strays
+    month: str
+    at: datetime
+    config: AnomalyConfig
+    builds: pl.DataFrame | None
+    first_hour: datetime | None
+
+
+def guardrail_workers(shards: int) -> int:
+    """Processes that evaluate `shards` shards: 0 = this process.
+
+    The evaluation is mostly single-threaded (Python around many small frames: a month run
+    uses about 1.2 of 2 cores), so shards in a process pool use the other cores. Below
+    `POOL_FROM_SHARDS` shards (about a million hourly rows), spawning workers (about a second
+    each) costs more than it saves; `USAGEBOX_GUARDRAIL_WORKERS` caps the pool (0: never)."""
+    cap = os.environ.get("USAGEBOX_GUARDRAIL_WORKERS", "").strip()
+    limit = int(cap) if cap else (os.cpu_count() or 1)
+    if shards < POOL_FROM_SHARDS or limit < 2:
+        return 0
+    return min(limit, shards)
+
+
+#: Shards from which guardrails are evaluated in a process pool (see `guardrail_workers`).
+POOL_FROM_SHARDS = 4
+
+
+def _evaluate_shards(jobs: list[_ShardJob]) -> list[_ShardResult]:
+    """Every shard's result, in shard order (what is written never depends on scheduling)."""
+    workers = guardrail_workers(len(jobs))
+    if workers == 0:
+        return [_evaluate_job(job) for job in jobs]
+    spawn = multiprocessing.get_context("spawn")  # polars' threads do not survive a fork
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
+        return list(pool.map(_evaluate_job, jobs))
+
+
+def _evaluate_job(job: _ShardJob) -> _ShardResult:
+    """`_evaluate_shard` of one job, in this process or a worker (pricebooks and accounts are
+    parsed once per process: their loaders cache by file content)."""
+    store = DeltaStore(job.home)
+    folder = Path(job.pricebooks)
+    reading = _Reading(store.scan(USAGE_HOURLY), store.scan(EVENTS), job.builds, job.first_hour)
+    strays = None if job.known is None else ~pl.col("account_id").is_in(job.known)
+    return _evaluate_shard(
+        reading, job.ids, strays, job.month, job.at,
+        load_pricebooks(folder), load_accounts(folder), job.config,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

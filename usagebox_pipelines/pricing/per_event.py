@@ -16,6 +16,7 @@ Two kinds of rate need each event, not the hourly sums of `usage_hourly`:
   amount in the dimension `amount_key`; the charge is the sum of those amounts. An amount that
   is missing or not a decimal with at most 12 places (negative only on a correction) makes
   its transaction unrated with a reason: it is never priced at 0, and it blocks the close.
+  A transaction whose quantity nets to 0 is void (Lago: no units, no amount).
 
 `price_events` takes the matched event rows (`rating.match_usage` over events, with
 `event_id`, `correction_of`, `timestamp`) and returns `rated_usage` lines (a free part as
@@ -255,7 +256,7 @@ def _charges(txns: pl.DataFrame) -> pl.DataFrame:
     )
     status = (
         pl.when(pl.col("price_model") == "dynamic")
-        .then(pl.lit("charged"))
+        .then(pl.when(pl.col("_q") == zero).then(pl.lit("void")).otherwise(pl.lit("charged")))
         .when(~counted)
         .then(pl.lit("void"))
         .when(pl.col("_free_event"))
@@ -270,7 +271,7 @@ def _charges(txns: pl.DataFrame) -> pl.DataFrame:
     )
     charge = (
         pl.when(pl.col("price_model") == "dynamic")
-        .then(amount)
+        .then(pl.when(pl.col("_q") == zero).then(zero).otherwise(amount))
         .when(charged)
         .then(clamped)
         .otherwise(zero)

@@ -67,8 +67,7 @@ def events_frame(rows: list[dict]) -> pl.DataFrame:
     if not records:
         return pl.DataFrame(schema=schemas.EVENTS)
     frame = pl.DataFrame(records, infer_schema_length=None).with_columns(
-        pl.col("correction_of").cast(pl.String),
-        hour=pl.col("timestamp").dt.truncate("1h")
+        pl.col("correction_of").cast(pl.String), hour=pl.col("timestamp").dt.truncate("1h")
     )
     originals = frame.filter(pl.col("correction_of").is_null()).select(
         pl.col("event_id").alias("_o"), pl.col("hour").alias("_h")
@@ -233,7 +232,8 @@ def test_hourly_rows_of_per_event_rates_are_not_counted_twice(tmp_path):
     """The same meter has a plain rate for another model: it is rated from hours, the
     per-event rate only from events."""
     rules = [
-        {"meter_id": "payments", "model_id": "card", "percentage": {"rate": "1", "fixed_amount": "1"}},
+        {"meter_id": "payments", "model_id": "card",
+         "percentage": {"rate": "1", "fixed_amount": "1"}},
         {"meter_id": "payments", "model_id": "*", "unit_price": "0.01"},
     ]  # fmt: skip
     rows = [{"event_id": "a", "quantity": "100"}, {"event_id": "b", "quantity": "100"}]
@@ -371,8 +371,10 @@ def test_both_free_options_apply_one_after_the_other_unlike_lago(tmp_path):
         ({**CARD, "percentage": {"rate": "1", "per_transaction_max": "-1"}},
          "rates[0].percentage.per_transaction_max: must be at least 0"),
         ({**CARD, "dynamic": {}}, "rates[0].dynamic.amount_key: required"),
-        ({**CARD, "dynamic": {"amount_key": "a b"}}, "rates[0].dynamic.amount_key: must be a dimension key"),
-        ({**CARD, "dynamic": {"amount_key": "t"}, "free_units": "1"}, "rates[0].free_units: not used with dynamic"),
+        ({**CARD, "dynamic": {"amount_key": "a b"}},
+         "rates[0].dynamic.amount_key: must be a dimension key"),
+        ({**CARD, "dynamic": {"amount_key": "t"}, "free_units": "1"},
+         "rates[0].free_units: not used with dynamic"),
         ({**CARD, "dynamic": {"amount_key": "t"}, "per": 2}, "rates[0].per: not used with dynamic"),
     ],
 )  # fmt: skip

@@ -91,8 +91,13 @@ PER_EVENT = [("fixed_amount", "1"), ("per_transaction_min", "1"), ("per_transact
 def test_per_event_options_are_never_priced_from_hourly_sums(tmp_path, option, value):
     """Priced per transaction from `events` (tests/test_per_event_charges.py); rated from
     hours alone, the usage is unrated with the reason, never billed from its sums."""
-    book = {"pricebook": "p", "version": "1", "effective_from": "2026-10-01T00:00:00Z",
-            "currency": "USD", "rates": [{**CARD, "percentage": {"rate": "1.2", option: value}}]}
+    book = {
+        "pricebook": "p",
+        "version": "1",
+        "effective_from": "2026-10-01T00:00:00Z",
+        "currency": "USD",
+        "rates": [{**CARD, "percentage": {"rate": "1.2", option: value}}],
+    }
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(book))
     (tmp_path / "accounts.yaml").write_text(yaml.safe_dump({"defaults": {"pricebook": "p"}}))
     records = [{"account_id": "x", "meter_id": "payments", "model_id": "card", "billable": True,

@@ -241,11 +241,27 @@ def test_hourly_rows_of_per_event_rates_are_not_counted_twice(tmp_path):
         model_id=pl.when(pl.col("event_id") == "a").then(pl.lit("card")).otherwise(pl.lit("wire"))
     )
     result = rate(folder(tmp_path, rules), frame)
-    usage = result.rated.filter(pl.col("line_kind") == "usage").sort("model_id")
-    assert usage.select("model_id", "price_model", "amount").rows() == [
-        ("card", "percentage", D(2)),
-        ("wire", "per_unit", D(1)),
+    usage = result.rated.filter(pl.col("line_kind") == "usage").sort("model_id", "price_model")
+    assert usage.select("model_id", "price_model", "quantity", "amount").rows() == [
+        ("card", "percentage", D(100), D(1)),
+        ("card", "transaction_fee", D(0), D(1)),
+        ("wire", "per_unit", D(100), D(1)),
     ]
+
+
+def test_invoice_lines_describe_each_part_and_add_up(tmp_path):
+    """[1.00, 10.00, 20.00, 500.00] at 2.9% + 0.30, min 0.50, max 5.00: 10.00 and 20.00 are
+    charged as computed (0.87 of rate, 2 × 0.30 fees), 1.00 is raised to the minimum, 500.00
+    capped at the maximum. Quantities add up to the amounts (1 + 10 + 20 + 500 = 531)."""
+    result = rate(folder(tmp_path, pct(**STRIPE)), amounts(["1.00", "10.00", "20.00", "500.00"]))
+    lines = rated_lines(result.rated).filter(pl.col("kind") == "usage").sort("description")
+    assert lines.select("description", "quantity", "amount").rows() == [
+        ("Payments — 1 transaction(s) at the maximum of 5.00 per transaction", D(500), D("5.00")),
+        ("Payments — 1 transaction(s) at the minimum of 0.50 per transaction", D(1), D("0.50")),
+        ("Payments — 2 transaction(s) × fixed fee 0.30", D(0), D("0.60")),
+        ("Payments — 2.9% of the amount", D(30), D("0.87")),
+    ]
+    assert charged(result) == D("6.97")
 
 
 # --- dynamic ------------------------------------------------------------------------------

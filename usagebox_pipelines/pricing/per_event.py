@@ -204,7 +204,10 @@ def _transactions(rows: pl.DataFrame) -> pl.DataFrame:
     ]
     return tagged.group_by("account_id", "_txn", maintain_order=True).agg(
         *first,
-        *[pl.col(c).first() for c in ("num", "den", "fixed", "free_events", "free", "low", "high")],
+        *[
+            pl.col(c).first()
+            for c in ("num", "den", "fixed", "free_events", "free", "low", "high", "unit_price")
+        ],
         _ts=pl.col("timestamp").first(),
         _events=pl.len().cast(pl.UInt32),
         _q=pl.col("_q").sum(),
@@ -245,7 +248,9 @@ def _charges(txns: pl.DataFrame) -> pl.DataFrame:
     )
     txns = txns.with_columns(_base=base.otherwise(zero))
     charged = pl.col("_paid") & (pl.col("_base") > zero)
-    raw = scaled_half_up_div(pl.col("_base") * pl.col("num"), pl.col("den")) + pl.col("fixed")
+    share = scaled_half_up_div(pl.col("_base") * pl.col("num"), pl.col("den"))
+    txns = txns.with_columns(_share=pl.when(charged).then(share).otherwise(zero))
+    raw = pl.col("_share") + pl.col("fixed")
     low, high = pl.col("low"), pl.col("high")
     clamped = (
         pl.when(low.is_not_null() & (raw < low))
@@ -280,48 +285,77 @@ def _charges(txns: pl.DataFrame) -> pl.DataFrame:
 
 
 def _lines(priced: pl.DataFrame, meta: pl.DataFrame, period: str) -> pl.DataFrame:
-    """Rated lines per account × usage keys × version × rate: the charged part (quantity:
-    the amount charged on; dynamic: the events' quantity) and the free part (`included`).
+    """Rated lines per account × usage keys × version × rate, in parts whose amounts add up to
+    the transactions' charges and whose quantities add up to their amounts (invariant 4):
+
+    - `percentage`: transactions charged as computed: quantity the amount charged on, amount
+      the rate's share of it; `transaction_fee`: their fixed fees (quantity 0, unit price the
+      fee, amount fee × transactions);
+    - `transaction_min` / `transaction_max`: transactions clamped to the per-transaction
+      minimum / maximum (quantity their amounts, unit price the bound, amount bound ×
+      transactions: the whole charge, fee included);
+    - `included`: the free part (free events, free units), amount 0;
+    - `dynamic`: quantity the events' quantity, amount the sum of their own amounts.
 
     A dynamic event's dimensions hold its own amount, so its lines take the rate's dimension
     filter instead (one line per rate, not one per distinct amount)."""
     dynamic = pl.col("price_model") == "dynamic"
+    percentage = pl.col("price_model") == "percentage"
+    status = pl.col("_status")
     priced = priced.with_columns(
-        dimensions=pl.when(dynamic).then(pl.col("rate_dims")).otherwise(pl.col("dimensions"))
+        dimensions=pl.when(dynamic).then(pl.col("rate_dims")).otherwise(pl.col("dimensions")),
+        _rate_price=pl.col("unit_price"),
     )
-    free_part = pl.when(dynamic).then(lit_int(0)).otherwise(pl.col("_a") - pl.col("_base"))
-    grouped = priced.group_by(_LINE_KEYS).agg(
-        _charged_q=pl.when(dynamic).then(pl.col("_q")).otherwise(pl.col("_base")).sum(),
-        _free_q=free_part.sum(),
-        _amount=pl.col("_charge").sum(),
-        _free_n=(free_part > lit_int(0)).sum(),
-        first_hour=pl.col("hour").min(),
-        last_hour=pl.col("hour").max(),
+    keys = [*_LINE_KEYS, "hour"]
+    none = pl.lit(None, dtype=EXACT)
+    zero = lit_int(0)
+
+    def part(
+        cond: pl.Expr, model: str, q: pl.Expr, amount: pl.Expr, price: pl.Expr
+    ) -> pl.DataFrame:
+        return priced.filter(cond).select(
+            *keys,
+            _model=pl.lit(model),
+            _q=q,
+            _amount=amount,
+            _price=price.cast(EXACT),
+        )
+
+    normal = percentage & (status == "charged")
+    parts = [
+        part(dynamic & (status == "charged"), "dynamic", pl.col("_q"), pl.col("_charge"), none),
+        part(normal, "percentage", pl.col("_base"), pl.col("_share"), pl.col("_rate_price")),
+        part(normal & (pl.col("fixed") > zero), "transaction_fee", zero, pl.col("fixed"),
+             from_scaled(pl.col("fixed"))),
+        part(status == "minimum", "transaction_min", pl.col("_base"), pl.col("_charge"),
+             from_scaled(pl.col("low"))),
+        part(status == "maximum", "transaction_max", pl.col("_base"), pl.col("_charge"),
+             from_scaled(pl.col("high"))),
+        part(percentage & (pl.col("_a") > pl.col("_base")), "included",
+             pl.col("_a") - pl.col("_base"), zero, pl.lit(Decimal(0))),
+    ]  # fmt: skip
+    grouped = (
+        pl.concat(parts)
+        .group_by(*_LINE_KEYS, "_model", "_price")
+        .agg(
+            _q=pl.col("_q").sum(),
+            _amount=pl.col("_amount").sum(),
+            first_hour=pl.col("hour").min(),
+            last_hour=pl.col("hour").max(),
+        )
+        .join(meta.select(*RATE_KEYS, "rate_id"), on=RATE_KEYS)
     )
-    grouped = grouped.join(
-        meta.select(*RATE_KEYS, "rate_id", "price_model", "unit_price"), on=RATE_KEYS
-    )
-    common = {
-        "period": pl.lit(period),
-        "line_kind": pl.lit("usage"),
-        "tier": pl.lit(None, pl.Int32),
-    }
-    one = pl.lit(Decimal(1), dtype=EXACT)
-    charged = grouped.with_columns(
-        **common,
-        quantity=from_scaled(pl.col("_charged_q")),
+    lines = grouped.with_columns(
+        period=pl.lit(period),
+        line_kind=pl.lit("usage"),
+        tier=pl.lit(None, pl.Int32),
+        price_model=pl.col("_model"),
+        quantity=from_scaled(pl.col("_q")),
         amount=from_scaled(pl.col("_amount")),
-        per=one,
+        unit_price=pl.col("_price"),
+        per=pl.lit(Decimal(1), dtype=EXACT),
     )
-    free = grouped.filter(pl.col("_free_n") > 0).with_columns(
-        **common,
-        quantity=from_scaled(pl.col("_free_q")),
-        amount=pl.lit(Decimal(0), dtype=EXACT),
-        per=one,
-        unit_price=pl.lit(Decimal(0), dtype=EXACT),
-        price_model=pl.lit("included"),
-    )
-    return schemas.conform(pl.concat([charged, free], how="diagonal_relaxed"), schemas.RATED_USAGE)
+    return schemas.conform(lines, schemas.RATED_USAGE)
 
 
 def _unrated(bad: pl.DataFrame, period: str) -> pl.DataFrame:

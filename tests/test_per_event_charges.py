@@ -450,3 +450,108 @@ def test_property_transactions_are_additive_clamped_and_exact(tmp_path, left, ri
         assert charges.max() <= D(options["per_transaction_max"])
     for frame in (total.lines, total.transactions):
         assert not any(dtype.is_float() for dtype in frame.dtypes)
+
+
+# --- through the stages: rated_usage, drafts, close, explain, reproduce -------------------
+
+CLOSE_BOOK = """\
+pricebook: pay
+version: "1"
+effective_from: 2026-10-01T00:00:00Z
+currency: USD
+rates:
+  - id: cards
+    meter_id: payments
+    model_id: "*"
+    percentage: {rate: "2.9", fixed_amount: "0.30", per_transaction_min: "0.50",
+                 per_transaction_max: "5.00", free_units_per_events: 1}
+  - {id: search, meter_id: search_calls, model_id: "*", dynamic: {amount_key: cost}}
+  - {meter_id: input_tokens, model_id: "*", per: 1000000, unit_price: "2.00"}
+"""
+CLOSE_ACCOUNTS = """\
+defaults: {pricebook: pay, currency: USD}
+accounts:
+  acct-001: {name: "Northwind Analytics Inc."}
+  acct-ny: {name: "Hudson Payments LLC", time_zone: America/New_York}
+"""
+
+
+def test_per_event_charges_close_explain_and_reproduce(tmp_path: Path) -> None:
+    """acct-001: p1 10.00 free (first event), p2 1.00 → min 0.50, p3 100.00 refunded by 50.00
+    → 1.45 + 0.30, p4 500.00 → max 5.00; two search calls at their own 0.0132 + 0.5.
+    acct-ny (New York): p5 at 1 Oct 02:00Z is its September, so p6 is its first October
+    transaction (free) and p7 20.00 pays 0.58 + 0.30."""
+    from tests.conftest import event
+    from tests.test_close_scenario import OCT, build_month, ingest, issued
+    from usagebox_pipelines.config import Settings
+    from usagebox_pipelines.stages.books import all_lines
+    from usagebox_pipelines.stages.close import close_month
+    from usagebox_pipelines.stages.drafts import refresh_drafts
+    from usagebox_pipelines.stages.explain import explain_invoice
+    from usagebox_pipelines.stages.reproduce import verify_invoice
+    from usagebox_pipelines.storage import DeltaStore
+
+    books = tmp_path / "pricebooks"
+    books.mkdir()
+    (books / "pay-1.yaml").write_text(CLOSE_BOOK)
+    (books / "accounts.yaml").write_text(CLOSE_ACCOUNTS)
+
+    def pay(event_id: str, account: str, qty: str, ts: str, **extra: object) -> dict:
+        return event(event_id, account, qty, ts, "payments", model_id=None, **extra)
+
+    rows = [
+        pay("p1", "acct-001", "10.00", "2026-10-02T10:00:00Z"),
+        pay("p2", "acct-001", "1.00", "2026-10-03T10:00:00Z"),
+        pay("p3", "acct-001", "100.00", "2026-10-04T10:00:00Z"),
+        pay("r3", "acct-001", "-50.00", "2026-10-06T10:00:00Z", correction_of="p3"),
+        pay("p4", "acct-001", "500.00", "2026-10-05T10:00:00Z"),
+        event("s1", "acct-001", 1, "2026-10-07T10:00:00Z", "search_calls", model_id=None,
+              dimensions={"cost": "0.0132"}),
+        event("s2", "acct-001", 1, "2026-10-08T10:00:00Z", "search_calls", model_id=None,
+              dimensions={"cost": "0.5"}),
+        pay("p5", "acct-ny", "100.00", "2026-10-01T02:00:00Z"),
+        pay("p6", "acct-ny", "100.00", "2026-10-10T10:00:00Z"),
+        pay("p7", "acct-ny", "20.00", "2026-10-11T10:00:00Z"),
+    ]  # fmt: skip
+    store, settings = DeltaStore(str(tmp_path / "home")), Settings(str(tmp_path / "home"), books)
+    ingest(store, tmp_path / "in" / "october.jsonl", rows)
+    build_month(store, books, OCT)
+    refresh_drafts(store, books, OCT)
+    # force: p5 leaves New York's September open with billable usage
+    now = datetime(2026, 11, 3, tzinfo=UTC)
+    close_month(store, settings, OCT, approve=True, now=now, force=True)
+    numbers = dict(issued(store, OCT).select("account_id", "invoice_number").iter_rows())
+
+    def lines_of(account: str) -> set[tuple[str, str]]:
+        lines = all_lines(store).filter(pl.col("invoice_number") == numbers[account])
+        return set(lines.select("description", pl.col("amount").cast(pl.String)).rows())
+
+    assert lines_of("acct-001") == {
+        ("Payments — 1 transaction(s) at the maximum of 5.00 per transaction", "5.00"),
+        ("Payments — 1 transaction(s) at the minimum of 0.50 per transaction", "0.50"),
+        ("Payments — 1 transaction(s) × fixed fee 0.30", "0.30"),
+        ("Payments — 2.9% of the amount", "1.45"),
+        ("Payments — included usage", "0.00"),
+        ("Search calls — each event's own price", "0.51"),
+    }
+    assert lines_of("acct-ny") == {
+        ("Payments — 1 transaction(s) × fixed fee 0.30", "0.30"),
+        ("Payments — 2.9% of the amount", "0.58"),
+        ("Payments — included usage", "0.00"),
+    }
+    report = explain_invoice(store, settings, numbers["acct-001"])
+    by_line = {line["description"]: line for line in report.lines}
+    share = by_line["Payments — 2.9% of the amount"]
+    assert share["rule"]["fixed_amount"] == "0.30"
+    assert share["rule"]["per_transaction_max"] == "5.00"
+    assert share["rule"]["free_units_per_events"] == 1
+    per_event = share["per_event"]
+    assert (per_event["transactions"], per_event["charged"], per_event["free_events"]) == (4, 1, 1)
+    assert (per_event["clamped_to_minimum"], per_event["clamped_to_maximum"]) == (1, 1)
+    assert per_event["total_charge"] == "7.25"  # 0.50 + 1.75 + 5.00
+    search = by_line["Search calls — each event's own price"]
+    assert (
+        search["rule"]["amount_key"] == "cost" and search["per_event"]["total_charge"] == "0.5132"
+    )
+    for number in numbers.values():
+        assert verify_invoice(store, settings, number).reproduced

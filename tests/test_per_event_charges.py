@@ -32,6 +32,7 @@ LAGO_SPEC = "getlago/lago-api spec/services/charges/charge_models/percentage_ser
 def folder(
     tmp: Path, rates: list[dict], accounts: dict | None = None, later: list[dict] | None = None
 ) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
     book = {"pricebook": "p", "version": "1", "effective_from": "2026-09-01T00:00:00Z",
             "currency": "USD", "rates": rates}  # fmt: skip
     (tmp / "p-1.yaml").write_text(yaml.safe_dump(book))
@@ -555,3 +556,31 @@ def test_per_event_charges_close_explain_and_reproduce(tmp_path: Path) -> None:
     )
     for number in numbers.values():
         assert verify_invoice(store, settings, number).reproduced
+
+
+def test_reprice_shows_a_per_event_price_change(tmp_path: Path) -> None:
+    """Proposed from 16 Oct: the fixed fee 0.30 → 0.50. [10.00 on 2 Oct, 10.00 on 20 Oct] at
+    2.9 % + fee: now 0.59 + 0.59 = 1.18, proposed 0.59 + 0.79 = 1.38; without events the
+    usage would be unrated (never priced from hours)."""
+    from usagebox_pipelines.pricing import reprice_impact
+
+    path = folder(tmp_path / "books", pct(rate="2.9", fixed_amount="0.30"))
+    proposed = {"pricebook": "p", "version": "2", "effective_from": "2026-10-16T00:00:00Z",
+                "currency": "USD", "rates": pct(rate="2.9", fixed_amount="0.50")}  # fmt: skip
+    (tmp_path / "proposed.yaml").write_text(yaml.safe_dump(proposed))
+    frame = events_frame(
+        [
+            {"event_id": "a", "quantity": "10.00", "timestamp": datetime(2026, 10, 2, tzinfo=UTC)},
+            {"event_id": "b", "quantity": "10.00", "timestamp": datetime(2026, 10, 20, tzinfo=UTC)},
+        ]
+    )
+    hourly = rollup_hourly(
+        frame.lazy(), datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    )
+    books, accounts = load_pricebooks(path), load_accounts(path)
+    out = reprice_impact(
+        hourly, "2026-10", books, tmp_path / "proposed.yaml", accounts, events=frame.lazy()
+    )
+    row = out.filter(pl.col("account_id") == "x").row(0, named=True)
+    assert (row["current"], row["proposed"], row["delta"]) == (D("1.18"), D("1.38"), D("0.20"))
+    assert (row["unrated_current"], row["unrated_proposed"]) == (0, 0)

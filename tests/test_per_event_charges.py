@@ -299,6 +299,27 @@ def test_lago_dynamic_precise_total_amount(tmp_path):
     assert charged(rate(folder(tmp_path, DYNAMIC), events_frame(zero))) == D(0)
 
 
+def test_a_dynamic_refund_scales_its_originals_amount(tmp_path):
+    """A correction inherits the original's dimensions (events.build), so it refunds pro rata:
+    4 units at 1.00 refunded by 1 → 0.75; refunded by all 4 → void (0)."""
+    dims = '{"total":"1.00"}'
+    rows = [
+        {"event_id": "a", "meter_id": "calls", "quantity": "4", "dimensions": dims},
+        {"event_id": "ra", "meter_id": "calls", "quantity": "-1", "dimensions": dims,
+         "correction_of": "a"},
+        {"event_id": "b", "meter_id": "calls", "quantity": "4", "dimensions": dims},
+        {"event_id": "rb", "meter_id": "calls", "quantity": "-4", "dimensions": dims,
+         "correction_of": "b"},
+    ]  # fmt: skip
+    path = folder(tmp_path, DYNAMIC)
+    assert charged(rate(path, events_frame(rows))) == D("0.75")
+    tx = rate_events(events_frame(rows), "2026-10", load_pricebooks(path), load_accounts(path))
+    assert tx.transactions.select("event_id", "charge", "status").rows() == [
+        ("a", D("0.75"), "charged"),
+        ("b", D(0), "void"),
+    ]
+
+
 @pytest.mark.parametrize(
     "dimensions", ["{}", '{"total":"abc"}', '{"total":"-1"}', '{"total":"0.0000000000001"}']
 )

@@ -14,9 +14,11 @@ Two kinds of rate need each event, not the hourly sums of `usage_hourly`:
   corrections net it to 0 is void: not charged and not counted.
 - `dynamic` (Lago's dynamic charge, `precise_total_amount_cents`): each event carries its own
   amount in the dimension `amount_key`; the charge is the sum of those amounts. An amount that
-  is missing or not a decimal with at most 12 places (negative only on a correction) makes
-  its transaction unrated with a reason: it is never priced at 0, and it blocks the close.
-  A transaction whose quantity nets to 0 is void (Lago: no units, no amount).
+  is missing or not a non-negative decimal with at most 12 places makes its transaction
+  unrated with a reason: it is never priced at 0, and it blocks the close. A correction
+  inherits its original's dimensions (events.build), so a corrected transaction is charged
+  the original's amount × net quantity / original quantity (half-up at the 12th place); one
+  whose quantity nets to 0 is void (Lago: no units, no amount).
 
 `price_events` takes the matched event rows (`rating.match_usage` over events, with
 `event_id`, `correction_of`, `timestamp`) and returns `rated_usage` lines (a free part as
@@ -178,23 +180,24 @@ def _transactions(rows: pl.DataFrame) -> pl.DataFrame:
 
     A correction counts at its original's time and keys (events.build). Percentage amounts
     are the events' quantities; dynamic amounts the `amount_key` dimension, which must be a
-    decimal (at most 12 places; negative only on a correction)."""
+    non-negative decimal (at most 12 places), read from the original event."""
     keys = sorted(set(rows["amount_key"].drop_nulls().to_list()))
     text = _amount_text(keys)
     is_correction = pl.col("correction_of").is_not_null()
-    ok = text.str.contains(_AMOUNT_RE).fill_null(False) & (
-        is_correction | ~text.str.starts_with("-").fill_null(False)
+    ok = text.str.contains(_AMOUNT_RE).fill_null(False) & ~text.str.starts_with("-").fill_null(
+        False
     )
     dynamic = pl.col("price_model") == "dynamic"
     quantity = to_scaled(pl.col("sum"))
-    amount = (
-        pl.when(dynamic).then(to_scaled(pl.when(ok).then(text).cast(EXACT))).otherwise(quantity)
-    )
+    # a correction inherits its original's dimensions (events.build), so a dynamic amount is
+    # read from the original only and scaled by the net quantity below
+    own = to_scaled(pl.when(ok & ~is_correction).then(text).cast(EXACT)).fill_null(lit_int(0))
+    amount = pl.when(dynamic).then(own).otherwise(quantity)
     tagged = rows.with_columns(
         _txn=pl.coalesce("correction_of", "event_id"),
         _q=quantity,
-        _a=amount.fill_null(lit_int(0)),
-        _bad_row=dynamic & ~ok,
+        _a=amount,
+        _bad_row=dynamic & ~ok & ~is_correction,
         _orig=~is_correction,
     ).sort("_orig", "timestamp", descending=[True, False])
     first = [
@@ -202,7 +205,7 @@ def _transactions(rows: pl.DataFrame) -> pl.DataFrame:
         for c in [*_LINE_KEYS[1:], "rate_id", "price_model", "hour", "amount_key", "rate_dims"]
         if c in tagged.columns
     ]
-    return tagged.group_by("account_id", "_txn", maintain_order=True).agg(
+    txns = tagged.group_by("account_id", "_txn", maintain_order=True).agg(
         *first,
         *[
             pl.col(c).first()
@@ -212,9 +215,33 @@ def _transactions(rows: pl.DataFrame) -> pl.DataFrame:
         _events=pl.len().cast(pl.UInt32),
         _q=pl.col("_q").sum(),
         _a=pl.col("_a").sum(),
+        _q_orig=pl.col("_q").filter(pl.col("_orig")).sum(),
         _bad=pl.col("_bad_row").any(),
         _bad_event=pl.col("event_id").filter(pl.col("_bad_row")).first(),
     )
+    return _scaled_by_corrections(txns)
+
+
+def _scaled_by_corrections(txns: pl.DataFrame) -> pl.DataFrame:
+    """A corrected dynamic transaction is charged its original amount × net quantity /
+    original quantity (half-up at the 12th place): a refund of half the units refunds half
+    the price; one of all of them voids it. Other transactions keep their amount."""
+    scaled = (pl.col("price_model") == "dynamic") & (pl.col("_events") > 1)
+    zero = lit_int(0)
+    corrected = txns.filter(scaled)
+    if corrected.height:
+        widest = int(corrected.select(pl.col("_a").abs().max()).item() or 0)
+        most = int(corrected.select(pl.col("_q").abs().max()).item() or 0)
+        if 2 * widest * most >= SAFE_LIMIT:
+            raise UsageboxError("a corrected dynamic amount is too large to scale exactly")
+    share = scaled_half_up_div(pl.col("_a") * pl.col("_q"), pl.col("_q_orig"))
+    return txns.with_columns(
+        _a=pl.when(scaled & (pl.col("_q_orig") > zero))
+        .then(share)
+        .when(scaled)
+        .then(zero)
+        .otherwise(pl.col("_a"))
+    ).drop("_q_orig")
 
 
 def _charges(txns: pl.DataFrame) -> pl.DataFrame:
@@ -364,7 +391,7 @@ def _unrated(bad: pl.DataFrame, period: str) -> pl.DataFrame:
         return pl.DataFrame(schema=schemas.UNRATED_USAGE)
     reason = pl.format(
         "dynamic rate '{}' ({}@{}) needs each event's amount in dimension '{}' (a decimal "
-        "with at most 12 places, negative only on a correction): {} transaction(s) without "
+        "≥ 0 with at most 12 places): {} transaction(s) without "
         "one, first event {}",
         pl.col("rate_id").first(),
         pl.col("pricebook").first(),

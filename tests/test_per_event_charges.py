@@ -534,6 +534,7 @@ def test_per_event_charges_close_explain_and_reproduce(tmp_path: Path) -> None:
         pay("p5", "acct-ny", "100.00", "2026-10-01T02:00:00Z"),
         pay("p6", "acct-ny", "100.00", "2026-10-10T10:00:00Z"),
         pay("p7", "acct-ny", "20.00", "2026-10-11T10:00:00Z"),
+        event("t1", "acct-001", 1_000_000, "2026-10-09T10:00:00Z", model_id="gpt-4.1"),
     ]  # fmt: skip
     store, settings = DeltaStore(str(tmp_path / "home")), Settings(str(tmp_path / "home"), books)
     ingest(store, tmp_path / "in" / "october.jsonl", rows)
@@ -555,6 +556,7 @@ def test_per_event_charges_close_explain_and_reproduce(tmp_path: Path) -> None:
         ("Payments — 2.9% of the amount", "1.45"),
         ("Payments — included usage", "0.00"),
         ("Search calls — each event's own price", "0.51"),
+        ("gpt-4.1 · Input tokens", "2.00"),
     }
     assert lines_of("acct-ny") == {
         ("Payments — 1 transaction(s) × fixed fee 0.30", "0.30"),
@@ -571,6 +573,12 @@ def test_per_event_charges_close_explain_and_reproduce(tmp_path: Path) -> None:
     assert (per_event["transactions"], per_event["charged"], per_event["free_events"]) == (4, 1, 1)
     assert (per_event["clamped_to_minimum"], per_event["clamped_to_maximum"]) == (1, 1)
     assert per_event["total_charge"] == "7.25"  # 0.50 + 1.75 + 5.00
+    # the stage reads only per-event meters, each account in its own month
+    from usagebox_pipelines.pricing import load_accounts as accounts_of
+    from usagebox_pipelines.stages.per_event import month_events
+
+    read = month_events(store, OCT, load_pricebooks(books), accounts_of(books)).collect()
+    assert sorted(read["event_id"]) == ["p1", "p2", "p3", "p4", "p6", "p7", "r3", "s1", "s2"]
     search = by_line["Search calls — each event's own price"]
     assert (
         search["rule"]["amount_key"] == "cost" and search["per_event"]["total_charge"] == "0.5132"

@@ -583,6 +583,7 @@ def test_per_event_charges_close_explain_and_reproduce(tmp_path: Path) -> None:
     assert (
         search["rule"]["amount_key"] == "cost" and search["per_event"]["total_charge"] == "0.5132"
     )
+    assert (search["rollup"]["sum"], search["rollup"]["events"]) == ("2", 2)
     for number in numbers.values():
         assert verify_invoice(store, settings, number).reproduced
 

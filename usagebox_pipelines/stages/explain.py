@@ -189,7 +189,7 @@ def _explain_usage(
         & pl.col("model_id").eq_missing(line["model_id"])
         & (pl.col("rate_id") == rate.rate_id)
     )
-    behind = _rollup_behind(rows, hourly)
+    behind = _rollup_behind(rows, hourly, rate)
     out = {
         "rule": rate_rule(version, rate),
         "arithmetic": family_arithmetic(family, rate, line),
@@ -270,15 +270,23 @@ class _Transactions:
         }
 
 
-def _rollup_behind(rows: pl.DataFrame, hourly: pl.DataFrame) -> pl.DataFrame:
-    """Billable hourly rows of the line's dimensions inside each rated row's hour span."""
+def _rollup_behind(rows: pl.DataFrame, hourly: pl.DataFrame, rate: Rate) -> pl.DataFrame:
+    """Billable hourly rows of the line's dimensions inside each rated row's hour span (a
+    dynamic rate's rows carry its dimension filter, the hourly rows each event's amount too:
+    those match on the filter's keys)."""
     parts = []
     for r in rows.iter_rows(named=True):
+        if rate.price_model == "dynamic":
+            dims = pl.lit(True)
+            for key, value in rate.dimensions:
+                dims &= pl.col("dimensions").str.json_path_match(f"$['{key}']") == value
+        else:
+            dims = pl.col("dimensions").fill_null("{}") == (r["dimensions"] or "{}")
         parts.append(
             hourly.filter(
                 (pl.col("meter_id") == r["meter_id"])
                 & pl.col("model_id").eq_missing(r["model_id"])
-                & (pl.col("dimensions").fill_null("{}") == (r["dimensions"] or "{}"))
+                & dims
                 & pl.col("billable").fill_null(False)
                 & pl.col("hour").is_between(r["first_hour"], r["last_hour"])
             )

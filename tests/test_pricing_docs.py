@@ -26,6 +26,7 @@ MODELS = {
     "per_unit", "markup", "percentage", "included", "graduated", "volume", "package", "flat",
     "price_minimum", "price_cap", "maximum_spend", "tier_flat",
     "coupon:launch", "credit_grant:promo",
+    "dynamic", "transaction_fee", "transaction_min", "transaction_max",
 }  # fmt: skip
 
 
@@ -59,9 +60,20 @@ def _rate(example: dict[str, Any], tmp_path: Path) -> pl.DataFrame:
         }
         for at, meter, model, quantity, *dims in example["usage"]
     ]
-    usage = schemas.conform(pl.DataFrame(records, infer_schema_length=None), schemas.USAGE_HOURLY)
+    frame = pl.DataFrame(records, infer_schema_length=None)
+    usage = schemas.conform(frame, schemas.USAGE_HOURLY)
+    # each usage row is also one event, for the rates priced per event (ADR 0018)
+    events = frame.with_row_index("n").with_columns(
+        event_id=pl.format("e{}", pl.col("n")),
+        quantity=pl.col("sum"),
+        timestamp=pl.col("hour"),
+        status=pl.lit("ok"),
+        event_date=pl.col("hour").dt.date(),
+    )
     books, accounts = load_pricebooks(tmp_path), load_accounts(tmp_path)
-    return rate_usage(usage, "2026-10", books, accounts).rated
+    return rate_usage(
+        usage, "2026-10", books, accounts, events=schemas.conform(events, schemas.EVENTS)
+    ).rated
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -83,15 +83,32 @@ def test_free_units_on_a_percentage_leave_the_first_amount_of_the_month_uncharge
     ]
 
 
-NOT_SUPPORTED = ["fixed_amount", "per_transaction_min", "per_transaction_max",
-                 "free_units_per_events"]  # fmt: skip
+PER_EVENT = [("fixed_amount", "1"), ("per_transaction_min", "1"), ("per_transaction_max", "1"),
+             ("free_units_per_events", 1)]  # fmt: skip
 
 
-@pytest.mark.parametrize("option", NOT_SUPPORTED)
-def test_per_event_percentage_options_are_refused_naming_the_field(tmp_path, option):
-    with pytest.raises(PricebookError) as err:
-        rate(tmp_path, [{**CARD, "percentage": {"rate": "1.2", option: "1"}}], ["1"])
-    assert f"p.yaml: rates[0].percentage.{option}: not supported" in str(err.value)
+@pytest.mark.parametrize(("option", "value"), PER_EVENT)
+def test_per_event_options_are_never_priced_from_hourly_sums(tmp_path, option, value):
+    """Priced per transaction from `events` (tests/test_per_event_charges.py); rated from
+    hours alone, the usage is unrated with the reason, never billed from its sums."""
+    book = {
+        "pricebook": "p",
+        "version": "1",
+        "effective_from": "2026-10-01T00:00:00Z",
+        "currency": "USD",
+        "rates": [{**CARD, "percentage": {"rate": "1.2", option: value}}],
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(book))
+    (tmp_path / "accounts.yaml").write_text(yaml.safe_dump({"defaults": {"pricebook": "p"}}))
+    records = [{"account_id": "x", "meter_id": "payments", "model_id": "card", "billable": True,
+                "dimensions": "{}", "hour": datetime(2026, 10, 2, tzinfo=UTC), "sum": D("5"),
+                "count": 1}]  # fmt: skip
+    usage = schemas.conform(pl.DataFrame(records, infer_schema_length=None), schemas.USAGE_HOURLY)
+    result = rate_usage(usage, "2026-10", load_pricebooks(tmp_path), load_accounts(tmp_path))
+    assert result.rated.filter(pl.col("line_kind") == "usage").is_empty()
+    assert result.unrated["reason"].to_list() == [
+        "rate p@1 #0 is priced per event and this rating was given no events"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -135,7 +135,7 @@ INVALID = [
         "no price",
         HEAD + "rates:\n  - {meter_id: x, model_id: a}\n",
         r"rates\[0\]: needs exactly one of unit_price, markup, percentage, tiers, package, "
-        r"flat \(got none\)",
+        r"flat, dynamic \(got none\)",
     ),
     (
         "two prices",

@@ -339,7 +339,7 @@ def reprice(
     pricebooks: Pricebooks = None,
 ) -> None:
     """Dry run of a price change: the month under the proposed version vs now (writes nothing)."""
-    from usagebox_pipelines.catalog import USAGE_HOURLY
+    from usagebox_pipelines.catalog import EVENTS, USAGE_HOURLY
     from usagebox_pipelines.pricing.accounts import load_accounts
     from usagebox_pipelines.pricing.pricebook import load_pricebooks
     from usagebox_pipelines.pricing.reprice import reprice_impact
@@ -354,6 +354,7 @@ def reprice(
         load_pricebooks(settings.pricebooks),
         pricebook,
         load_accounts(settings.pricebooks),
+        events=store.scan(EVENTS),
     )
     if fmt == "json":
         print_json(impact.to_dicts())

@@ -62,6 +62,19 @@ def rate_rule(version: PricebookVersion, rate: Rate) -> dict:
         rule["minimum"] = plain(rate.minimum)
     if rate.maximum is not None:
         rule["maximum"] = plain(rate.maximum)
+    if rate.per_event:
+        rule["priced"] = "per transaction, from events (ADR 0018)"
+    for key, value in (
+        ("fixed_amount", rate.fixed_amount),
+        ("per_transaction_min", rate.transaction_min),
+        ("per_transaction_max", rate.transaction_max),
+    ):
+        if value is not None:
+            rule[key] = plain(value)
+    if rate.free_events:
+        rule["free_units_per_events"] = rate.free_events
+    if rate.amount_key is not None:
+        rule["amount_key"] = rate.amount_key
     if rate.markup is not None:
         rule["markup"] = {
             "vendor": rate.markup.vendor,
@@ -115,7 +128,13 @@ def family_arithmetic(family: pl.DataFrame, rate: Rate, line: dict) -> str:
 
 def _step_text(rate: Rate, s: dict, amount: Decimal, first: bool, many_versions: bool) -> str:
     qty = format_quantity(s["quantity"])
-    if s["price_model"] in ("price_minimum", "price_cap"):
+    per_event = _PER_EVENT_STEPS.get(s["price_model"])
+    if per_event is not None:
+        count = (s["amount"] / s["unit_price"]).to_integral_value() if s["unit_price"] else 0
+        text = per_event.format(count=f"{count:,}", price=price_text(s["unit_price"]), qty=qty)
+    elif s["price_model"] == "dynamic":
+        text = f"{qty} unit(s) at each event's own {rate.amount_key}"
+    elif s["price_model"] in ("price_minimum", "price_cap"):
         what = "minimum" if s["price_model"] == "price_minimum" else "maximum"
         text = f"{what} {price_text(s['unit_price'])} a month for this price"
     elif s["price_model"] == "tier_flat":
@@ -142,6 +161,14 @@ def _step_text(rate: Rate, s: dict, amount: Decimal, first: bool, many_versions:
         tier = f"tier {s['tier']}, " if s["tier"] is not None else ""
         text += f" ({tier}prices from {s['price_version']})"
     return f"{text} = {amount:,.2f}" if amount == amount.quantize(Decimal("0.01")) else text
+
+
+#: Steps of a per-event percentage (pricing.per_event) beside its rate share.
+_PER_EVENT_STEPS = {
+    "transaction_fee": "{count} transaction(s) × fixed fee {price}",
+    "transaction_min": "{count} transaction(s) of {qty} at the minimum {price}",
+    "transaction_max": "{count} transaction(s) of {qty} at the maximum {price}",
+}
 
 
 def line_arithmetic(line: dict) -> str:

@@ -259,6 +259,7 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
     frame = grouped.with_row_index("_row").with_columns(
         _dims_label=_dims_label_column(grouped, rivals, family),
         _package=_package_column(grouped),
+        _per_event=_per_event_column(grouped),
     )
     model = pl.col("model_id")
     meters = frame.get_column("meter_id").unique().to_list()
@@ -299,6 +300,7 @@ def _usage_descriptions(grouped: pl.DataFrame) -> pl.Series:
             pl.format("capped at {} a month", pl.col("unit_price").cast(MONEY2))
         ),
         pl.col("_package"),
+        pl.col("_per_event"),
         separator=", ",
         ignore_nulls=True,
     )
@@ -369,6 +371,42 @@ def _package_column(grouped: pl.DataFrame) -> pl.Series:
         count = (amount / price).to_integral_value()
         out[row] = f"{count:,} × package of {_plain(per)} {unit}"
     return pl.Series(out, dtype=pl.String)
+
+
+#: Per-event parts (pricing.per_event): the text after the transaction count.
+_PER_EVENT_TEXT = {
+    "transaction_fee": "transaction(s) × fixed fee {}",
+    "transaction_min": "transaction(s) at the minimum of {} per transaction",
+    "transaction_max": "transaction(s) at the maximum of {} per transaction",
+}
+
+
+def _per_event_column(grouped: pl.DataFrame) -> pl.Series:
+    """Per line: `3 transaction(s) × fixed fee 0.30` for the parts of a per-event percentage
+    (the count is amount / unit price: each such part charges its unit price per
+    transaction), `priced per event` for dynamic lines, else null."""
+    out: list[str | None] = [None] * grouped.height
+    models = pl.col("price_model")
+    parts = (
+        grouped.with_row_index("_row")
+        .filter(models.is_in(list(_PER_EVENT_TEXT)) | (models == "dynamic"))
+        .select("_row", "price_model", "exact_amount", "unit_price")
+    )
+    for row, model, amount, price in parts.iter_rows():
+        if model == "dynamic":
+            out[row] = "each event's own price"
+            continue
+        count = f"{(amount / price).to_integral_value():,} " if price else ""
+        out[row] = count + _PER_EVENT_TEXT[model].format(_money_text(price))
+    return pl.Series(out, dtype=pl.String)
+
+
+def _money_text(value: Decimal) -> str:
+    """An exact price with at least two places: 5 → `5.00`, 0.305 → `0.305`."""
+    value = value.normalize()
+    if value.as_tuple().exponent > -2:  # type: ignore[operator]
+        value = value.quantize(Decimal("0.01"))
+    return f"{value:,f}"
 
 
 def _dimension_labels(

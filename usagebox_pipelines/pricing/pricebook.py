@@ -37,22 +37,23 @@ from usagebox_pipelines.pricing.markup import (
 )
 from usagebox_pipelines.pricing.money import MINOR_UNITS
 
-PRICE_MODELS = ("per_unit", "markup", "percentage", "graduated", "volume", "package", "flat")
+PRICE_MODELS = (
+    "per_unit", "markup", "percentage", "graduated", "volume", "package", "flat", "dynamic",
+)  # fmt: skip
 _TOP_KEYS = {"pricebook", "version", "effective_from", "currency", "rates", "description"}
 _RATE_KEYS = {
     "id", "description", "meter_id", "model_id", "dimensions", "per", "free_units",
     "minimum", "maximum", "priority", "tier_by",
 }  # fmt: skip
-_PRICE_KEYS = ("unit_price", "markup", "percentage", "tiers", "package", "flat")
+_PRICE_KEYS = ("unit_price", "markup", "percentage", "tiers", "package", "flat", "dynamic")
 #: Price models that may start with free (included) units; volume and flat may not.
 FREE_UNIT_MODELS = ("per_unit", "markup", "percentage", "graduated", "package")
-#: Lago's percentage options we cannot price, and why (refused with the reason, never ignored).
+#: Lago's percentage options priced per transaction from `events` (pricing.per_event, ADR 0018).
+PER_EVENT_OPTIONS = (
+    "fixed_amount", "free_units_per_events", "per_transaction_min", "per_transaction_max",
+)  # fmt: skip
+#: Lago's percentage options we do not take, and why (refused with the reason, never ignored).
 _PERCENTAGE_UNSUPPORTED = {
-    "fixed_amount": "a fee per event needs the count of original events, and usage_hourly "
-    "counts corrections as events too; add a per-event meter with its own unit_price instead",
-    "free_units_per_events": "needs each event's amount; usage is rated from hourly sums",
-    "per_transaction_min": "needs each event's amount; usage is rated from hourly sums",
-    "per_transaction_max": "needs each event's amount; usage is rated from hourly sums",
     "free_units_per_total_aggregation": "write the rate's free_units (the first amount of the "
     "month that is not charged)",
 }
@@ -127,6 +128,22 @@ class Rate:
     tier_by: tuple[str, ...] = ()
     markup: Markup | None = None
     wildcard: bool = False
+    fixed_amount: Decimal | None = None
+    free_events: int = 0
+    transaction_min: Decimal | None = None
+    transaction_max: Decimal | None = None
+    amount_key: str | None = None
+
+    @property
+    def per_event(self) -> bool:
+        """Priced per transaction from `events`, not from hourly sums (ADR 0018): `dynamic`,
+        and `percentage` with a fixed fee, free events or a per-transaction min / max."""
+        if self.price_model == "dynamic":
+            return True
+        options = (self.fixed_amount, self.transaction_min, self.transaction_max)
+        return self.price_model == "percentage" and (
+            self.free_events > 0 or any(v is not None for v in options)
+        )
 
     @property
     def specificity(self) -> tuple[int, int, int]:
@@ -366,6 +383,8 @@ def _parse_rate(raw: Any, index: int, where: y.Where) -> Rate:
         where.key("per").fail("not used with markup (the vendor list rate has its own per)")
     if "per" in rate and kind == "percentage":
         where.key("per").fail("not used with percentage (the rate is a percent of the amount)")
+    if "per" in rate and kind == "dynamic":
+        where.key("per").fail("not used with dynamic (each event carries its own amount)")
     per = y.decimal(rate.get("per", 1), where.key("per"), positive=True)
     price = _parse_price(kind, rate[kind], where.key(kind))
     free_units = Decimal(0)
@@ -445,6 +464,12 @@ def _parse_price(kind: str, raw: Any, where: y.Where) -> dict[str, Any]:
         return {"price_model": "flat", "flat": y.decimal(raw, where, minimum=Decimal(0))}
     if kind == "percentage":
         return _parse_percentage(raw, where)
+    if kind == "dynamic":
+        body = y.mapping(raw, where, {"amount_key"}, required={"amount_key"})
+        key = body["amount_key"]
+        if not isinstance(key, str) or not _DIM_KEY_RE.match(key):
+            where.key("amount_key").fail(f"must be a dimension key, got {key!r}")
+        return {"price_model": "dynamic", "amount_key": key}
     if kind == "markup":
         body = y.mapping(raw, where, {"vendor", "pct"}, required={"vendor", "pct"})
         vendor = y.text(body["vendor"], where.key("vendor"), pattern=_ID_RE)
@@ -466,14 +491,40 @@ def _parse_price(kind: str, raw: Any, where: y.Where) -> dict[str, Any]:
 
 def _parse_percentage(raw: Any, where: y.Where) -> dict[str, Any]:
     """Lago's percentage charge: the usage quantity is a transaction amount (in the pricebook's
-    currency) and is charged `rate` percent of it: a per-unit price of rate / 100, exact."""
-    body = y.mapping(raw, where, {"rate", *_PERCENTAGE_UNSUPPORTED}, required={"rate"})
+    currency) and is charged `rate` percent of it: a per-unit price of rate / 100, exact.
+
+    With `fixed_amount`, `free_units_per_events`, `per_transaction_min` or
+    `per_transaction_max` each transaction is priced on its own from `events`
+    (pricing.per_event): `rate`% × amount + fixed_amount, clamped to [min, max]."""
+    allowed = {"rate", *PER_EVENT_OPTIONS, *_PERCENTAGE_UNSUPPORTED}
+    body = y.mapping(raw, where, allowed, required={"rate"})
     for key in sorted(set(body) & set(_PERCENTAGE_UNSUPPORTED)):
         where.key(key).fail(f"not supported: {_PERCENTAGE_UNSUPPORTED[key]}")
     rate = y.decimal(body["rate"], where.key("rate"), minimum=Decimal(0))
     if rate > 100:
         where.key("rate").fail(f"must be at most 100 (percent), got {rate}")
-    return {"price_model": "percentage", "unit_price": rate.scaleb(-2)}
+
+    def money(key: str) -> Decimal | None:
+        if body.get(key) is None:
+            return None
+        return y.decimal(body[key], where.key(key), minimum=Decimal(0))
+
+    low, high = money("per_transaction_min"), money("per_transaction_max")
+    if low is not None and high is not None and low > high:
+        where.key("per_transaction_min").fail(
+            f"must not exceed per_transaction_max ({low} > {high})"
+        )
+    free_events = 0
+    if body.get("free_units_per_events") is not None:
+        free_events = y.integer(body["free_units_per_events"], where.key("free_units_per_events"))
+    return {
+        "price_model": "percentage",
+        "unit_price": rate.scaleb(-2),
+        "fixed_amount": money("fixed_amount"),
+        "free_events": free_events,
+        "transaction_min": low,
+        "transaction_max": high,
+    }
 
 
 def _parse_tiers(raw: Any, where: y.Where) -> dict[str, Any]:

@@ -47,6 +47,15 @@ from usagebox_pipelines.pricing.money import (
     scaled_half_up_div,
     to_scaled,
 )
+from usagebox_pipelines.pricing.per_event import (
+    RATE_KEYS as _PER_EVENT_KEYS,
+)
+from usagebox_pipelines.pricing.per_event import (
+    PerEventResult,
+    per_event_meters,
+    per_event_rates,
+    price_events,
+)
 from usagebox_pipelines.pricing.pricebook import PricebookSet, PricebookVersion, Rate
 from usagebox_pipelines.pricing.terms import price_term_rows
 from usagebox_pipelines.pricing.zones import own_period_rows
@@ -95,6 +104,7 @@ def rate_usage(
     accounts: Accounts,
     opening_credit: CreditBalances | None = None,
     scope: Collection[str] | None = None,
+    events: pl.DataFrame | pl.LazyFrame | None = None,
 ) -> RatingResult:
     """Rate one month of `usage_hourly` (schemas.USAGE_HOURLY); nothing is written.
 
@@ -102,13 +112,85 @@ def rate_usage(
     (invoicing.credit.balances); accounts missing from it start from their full grants. `scope`: the
     accounts this call bills when the month is rated in shards (`shards.account_shards`;
     `usage_hourly` then holds only theirs), so each account's contract lines come once.
+
+    `events`: the month's `events` rows (status ok) of the same accounts, for rates priced per
+    event (pricing.per_event, ADR 0018): the hourly rows those rates match are left out and
+    the events priced instead. Without `events`, such hourly rows are unrated (with a reason),
+    never priced from their sums.
     """
     rows = _matched(usage_hourly, period, pricebooks, accounts)
-    unrated = _unrated(rows, period)
-    usage_lines = _price(rows.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
+    hourly_rows, held = split_per_event(rows, pricebooks)
+    unrated = _unrated(hourly_rows, period)
+    if events is None:
+        per_event = None
+        unrated = pl.concat([unrated, _needs_events(held, period)])
+    else:
+        per_event = rate_events(events, period, pricebooks, accounts)
+        unrated = pl.concat([unrated, per_event.unrated])
+    matched = hourly_rows.filter(pl.col("rate_idx").is_not_null())
+    extra = None if per_event is None else per_event.lines
+    usage_lines = _price(matched, pricebooks, period, extra)
     contract, closing = contract_lines(usage_lines, period, accounts, opening_credit, scope=scope)
     rated = pl.concat([usage_lines, schemas.conform(contract, schemas.RATED_USAGE)])
     return RatingResult(_sorted(rated), unrated, closing)
+
+
+def rate_events(
+    events: pl.DataFrame | pl.LazyFrame,
+    period: str,
+    pricebooks: PricebookSet,
+    accounts: Accounts,
+) -> PerEventResult:
+    """The per-event lines of a month (pricing.per_event) from `events` rows: matched like
+    hourly rows (each account's own window, the version in effect at the event's hour, the
+    most specific rate), only rows of per-event rates priced."""
+    meters = per_event_meters(pricebooks)
+    usage = (
+        events.lazy()
+        .filter(
+            (pl.col("status") == "ok")
+            & pl.col("meter_id").is_in(meters)
+            & pl.col("account_id").is_not_null()
+        )
+        .select(
+            *_USAGE_KEYS,
+            "hour",
+            pl.col("quantity").alias("sum"),
+            "billable",
+            "event_id",
+            "correction_of",
+            "timestamp",
+        )  # fmt: skip
+    )
+    keep = ("event_id", "correction_of", "timestamp")
+    matched = match_usage(usage, period, pricebooks, accounts, keep, own_periods=True)
+    return price_events(matched.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
+
+
+def split_per_event(rows: pl.DataFrame, books: PricebookSet) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Matched hourly rows → (rows priced from hours, rows of per-event rates)."""
+    keys = per_event_rates(books).select(_PER_EVENT_KEYS).with_columns(_per_event=pl.lit(True))
+    if keys.is_empty():
+        return rows, rows.clear()
+    tagged = rows.join(keys, on=_PER_EVENT_KEYS, how="left", nulls_equal=False)
+    flag = pl.col("_per_event").fill_null(False)
+    return tagged.filter(~flag).drop("_per_event"), tagged.filter(flag).drop("_per_event")
+
+
+def _needs_events(held: pl.DataFrame, period: str) -> pl.DataFrame:
+    """Hourly rows of per-event rates rated without their events: unrated, with the reason."""
+    reason = pl.format(
+        "rate {}@{} #{} is priced per event and this rating was given no events",
+        pl.col("pricebook"),
+        pl.col("price_version"),
+        pl.col("rate_idx"),
+    )
+    out = (
+        held.with_columns(reason=reason, period=pl.lit(period))
+        .group_by("period", "account_id", "meter_id", "model_id", "dimensions", "reason")
+        .agg(quantity=pl.col("sum").sum(), first_hour=pl.col("hour").min())
+    )
+    return schemas.conform(out, schemas.UNRATED_USAGE)
 
 
 def rate_lines(
@@ -165,8 +247,12 @@ def price_matched(
     *,
     contract: bool = True,
 ) -> pl.DataFrame:
-    """Steps 4–6 over `match_usage` rows: `rate_lines` without the matching."""
-    usage_lines = _price(matched.filter(pl.col("rate_idx").is_not_null()), pricebooks, period)
+    """Steps 4–6 over `match_usage` rows: `rate_lines` without the matching.
+
+    Rows of per-event rates are left out: guardrail spend, which prices hourly prefixes this
+    way, does not count per-event charges (ADR 0018)."""
+    hourly_rows, _ = split_per_event(matched.filter(pl.col("rate_idx").is_not_null()), pricebooks)
+    usage_lines = _price(hourly_rows, pricebooks, period)
     if not contract:
         return usage_lines
     lines, _ = contract_lines(usage_lines, period, accounts)
@@ -344,8 +430,14 @@ def _unrated(rows: pl.DataFrame, period: str) -> pl.DataFrame:
     return schemas.conform(out, schemas.UNRATED_USAGE)
 
 
-def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFrame:
-    """Matched usage rows → rated usage lines (schemas.RATED_USAGE).
+def _price(
+    matched: pl.DataFrame,
+    books: PricebookSet,
+    period: str,
+    extra: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Matched usage rows → rated usage lines (schemas.RATED_USAGE); `extra` lines (per-event
+    charges) join them before the per-price terms, which read a rate's lines of both.
 
     Positions (running quantity, month total, rank) are computed only for rows of rate ids
     that are tiered, packaged or flat in some version: a rate id priced per unit everywhere
@@ -401,6 +493,8 @@ def _price(matched: pl.DataFrame, books: PricebookSet, period: str) -> pl.DataFr
         .collect()
     )
     priced = _amounts(lines, tiers, period)
+    if extra is not None:
+        priced = pl.concat([priced, extra])
     return pl.concat([priced, price_term_rows(priced, books)])
 
 

@@ -15,6 +15,7 @@ import polars as pl
 
 from usagebox_pipelines.pricing.accounts import Accounts
 from usagebox_pipelines.pricing.money import EXACT, minor_units, round_money
+from usagebox_pipelines.pricing.per_event import per_event_meters
 from usagebox_pipelines.pricing.pricebook import PricebookSet, load_pricebook_file
 from usagebox_pipelines.pricing.rating import RatingResult, rate_usage
 
@@ -29,10 +30,12 @@ def reprice_impact(
     pricebooks: PricebookSet,
     proposed_file: Path,
     accounts: Accounts,
+    events: pl.DataFrame | pl.LazyFrame | None = None,
 ) -> pl.DataFrame:
     """Per account and currency: current, proposed, delta, delta_pct; then one TOTAL row per
     currency (account_id "TOTAL"). Also `unrated_current`/`unrated_proposed`: unrated usage
-    groups, since usage a proposal leaves unpriced would look like a saving.
+    groups, since usage a proposal leaves unpriced would look like a saving. `events`: the
+    `events` table (lazily), for rates priced per event in either version (ADR 0018).
     """
     proposed = load_pricebook_file(Path(proposed_file))
     assert proposed is not None  # required=True raises instead
@@ -40,8 +43,16 @@ def reprice_impact(
     span = accounts.span(period)  # every account's own month (ADR 0017)
     hour = pl.col("hour")
     usage = usage_hourly.lazy().filter((hour >= span.start) & (hour < span.end)).collect()
-    now = rate_usage(usage, period, pricebooks, accounts)
-    new = rate_usage(usage, period, proposed_books, accounts)
+    month_events = None
+    if events is not None:
+        meters = sorted({*per_event_meters(pricebooks), *per_event_meters(proposed_books)})
+        month_events = (
+            events.lazy()
+            .filter((hour >= span.start) & (hour < span.end) & pl.col("meter_id").is_in(meters))
+            .collect()
+        )
+    now = rate_usage(usage, period, pricebooks, accounts, events=month_events)
+    new = rate_usage(usage, period, proposed_books, accounts, events=month_events)
     joined = (
         _costs(now, "current")
         .join(_costs(new, "proposed"), on=["account_id", "currency"], how="full", coalesce=True)

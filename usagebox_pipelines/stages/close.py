@@ -65,6 +65,7 @@ from usagebox_pipelines.stages.events import (
     events_frame,
 )
 from usagebox_pipelines.stages.issue import DocumentProgress, issue_close
+from usagebox_pipelines.stages.per_event import month_events
 from usagebox_pipelines.stages.reconciliation import render_month_reports
 from usagebox_pipelines.stages.results import AlreadyClosed, CloseResult, NeedsApproval
 from usagebox_pipelines.stages.verify import verify_month
@@ -183,9 +184,15 @@ def plan_close(
     problems = _table_problems(store, month, earlier, accounts) + frozen_problems(books, issued)
     opening = opening_credit(store, accounts, closed)
     hourly = hourly_at(store, month, version, accounts=accounts)
-    rating = rate_usage(hourly, month, books, accounts, opening)
+    events = month_events(store, month, books, accounts, version=version).collect()
+    rating = rate_usage(hourly, month, books, accounts, opening, events=events)
     earlier_hourly = {q: hourly_at(store, q, version, accounts=accounts) for q in earlier}
-    rerated = {q: rate_usage(h, q, books, accounts) for q, h in earlier_hourly.items()}
+    rerated = {
+        q: rate_usage(
+            h, q, books, accounts, events=month_events(store, q, books, accounts, version=version)
+        )
+        for q, h in earlier_hourly.items()
+    }
     problems += _unrated_problems(store, month, rating, rerated)
     if problems:
         raise InvariantError(f"close {month} refused: " + "; ".join(problems))

@@ -36,6 +36,8 @@ from usagebox_pipelines.pricing.contract import (
     grant_balances,
 )
 from usagebox_pipelines.pricing.pricebook import Rate
+from usagebox_pipelines.pricing.rating import rate_events
+from usagebox_pipelines.stages.per_event import month_events
 from usagebox_pipelines.stages.reproduce import (
     IssuedDocument,
     load_issued,
@@ -74,8 +76,9 @@ def explain_invoice(
             )
     hourly, rated = rate_as_issued(store, doc)
     events = store.scan(EVENTS, version=doc.version)
+    transactions = _Transactions(store, doc)
     explained = [
-        _explain_line(store, doc, line, hourly, rated, events, with_events)
+        _explain_line(store, doc, line, hourly, rated, events, with_events, transactions)
         for line in lines.iter_rows(named=True)
     ]
     inv_row = doc.invoice
@@ -121,6 +124,7 @@ def _explain_line(
     rated: pl.DataFrame,
     events: pl.LazyFrame,
     with_events: bool,
+    transactions: _Transactions,
 ) -> dict:
     base = {
         k: plain(line[k])
@@ -143,7 +147,7 @@ def _explain_line(
     }
     kind = line["kind"]
     if kind == "usage":
-        return base | _explain_usage(doc, line, hourly, rated, events, with_events)
+        return base | _explain_usage(doc, line, hourly, rated, events, with_events, transactions)
     if kind == "adjustment":
         return base | _explain_adjustment(store, doc, line, events)
     return base | _explain_contract(doc, line)
@@ -157,7 +161,7 @@ def _line_rated_rows(line: dict, rated: pl.DataFrame) -> pl.DataFrame:
         & pl.col("model_id").eq_missing(line["model_id"])
         & pl.col("price_version").eq_missing(line["price_version"])
         & pl.col("tier").eq_missing(line["tier"])
-        & (pl.col("unit_price") == line["unit_price"])
+        & pl.col("unit_price").eq_missing(line["unit_price"])
     )
     if line["per"] is not None:
         cond &= pl.col("per") == line["per"]
@@ -171,6 +175,7 @@ def _explain_usage(
     rated: pl.DataFrame,
     events: pl.LazyFrame,
     with_events: bool,
+    transactions: _Transactions,
 ) -> dict:
     rows = _line_rated_rows(line, rated)
     if rows.height == 0:
@@ -184,7 +189,7 @@ def _explain_usage(
         & pl.col("model_id").eq_missing(line["model_id"])
         & (pl.col("rate_id") == rate.rate_id)
     )
-    behind = _rollup_behind(rows, hourly)
+    behind = _rollup_behind(rows, hourly, rate)
     out = {
         "rule": rate_rule(version, rate),
         "arithmetic": family_arithmetic(family, rate, line),
@@ -196,6 +201,12 @@ def _explain_usage(
             "note": _rollup_note(rate),
         },
     }
+    if rate.per_event:
+        out["per_event"] = transactions.summary(line, rate.rate_id)
+        out["line_arithmetic"] = (
+            f"sum of the line's part of each transaction's charge = "
+            f"{plain(line['exact_amount'])} → {line['amount']}"
+        )
     markup = markup_arithmetic(rate, line, first["price_model"])
     if markup is not None:
         out["markup"] = markup
@@ -204,15 +215,78 @@ def _explain_usage(
     return out
 
 
-def _rollup_behind(rows: pl.DataFrame, hourly: pl.DataFrame) -> pl.DataFrame:
-    """Billable hourly rows of the line's dimensions inside each rated row's hour span."""
+class _Transactions:
+    """The document's per-event transactions (pricing.per_event), priced once on first use
+    from its account's `events` at the stamped version."""
+
+    def __init__(self, store: DeltaStore, doc: IssuedDocument) -> None:
+        self._store, self._doc = store, doc
+        self._frame: pl.DataFrame | None = None
+
+    def frame(self) -> pl.DataFrame:
+        if self._frame is None:
+            doc, account_id = self._doc, self._doc.invoice["account_id"]
+            events = month_events(
+                self._store,
+                doc.period,
+                doc.books,
+                doc.accounts,
+                version=doc.version,
+                account_id=account_id,
+            )
+            result = rate_events(events.collect(), doc.period, doc.books, doc.accounts)
+            self._frame = result.transactions.filter(pl.col("account_id") == account_id)
+        return self._frame
+
+    def summary(self, line: dict, rate_id: str) -> dict:
+        """How the line's rate priced its transactions: counts by outcome, the clamped ones
+        named, and the first transactions (id, amount, charge, status)."""
+        rows = self.frame().filter(
+            (pl.col("meter_id") == line["meter_id"])
+            & pl.col("model_id").eq_missing(line["model_id"])
+            & pl.col("price_version").eq_missing(line["price_version"])
+            & (pl.col("rate_id") == rate_id)
+        )
+        counts = dict(rows.group_by("status").len().iter_rows())
+        return {
+            "transactions": rows.height,
+            "charged": counts.get("charged", 0),
+            "clamped_to_minimum": counts.get("minimum", 0),
+            "clamped_to_maximum": counts.get("maximum", 0),
+            "free_events": counts.get("free_event", 0),
+            "free_units": counts.get("free_units", 0),
+            "void": counts.get("void", 0),
+            "total_charge": plain(rows["charge"].sum() if rows.height else _ZERO),
+            "note": "each transaction is an original event with its corrections netted in; "
+            "charge = rate% × amount + fixed_amount, clamped to [min, max]; the first "
+            "free_units_per_events transactions of the month, then free_units of amount, "
+            "are free",
+            "first": [
+                plain_row(r)
+                for r in rows.head(EVENT_LIMIT // 100)
+                .select("event_id", "timestamp", "events", "amount", "charge", "status")
+                .iter_rows(named=True)
+            ],
+        }
+
+
+def _rollup_behind(rows: pl.DataFrame, hourly: pl.DataFrame, rate: Rate) -> pl.DataFrame:
+    """Billable hourly rows of the line's dimensions inside each rated row's hour span (a
+    dynamic rate's rows carry its dimension filter, the hourly rows each event's amount too:
+    those match on the filter's keys)."""
     parts = []
     for r in rows.iter_rows(named=True):
+        if rate.price_model == "dynamic":
+            dims = pl.lit(True)
+            for key, value in rate.dimensions:
+                dims &= pl.col("dimensions").str.json_path_match(f"$['{key}']") == value
+        else:
+            dims = pl.col("dimensions").fill_null("{}") == (r["dimensions"] or "{}")
         parts.append(
             hourly.filter(
                 (pl.col("meter_id") == r["meter_id"])
                 & pl.col("model_id").eq_missing(r["model_id"])
-                & (pl.col("dimensions").fill_null("{}") == (r["dimensions"] or "{}"))
+                & dims
                 & pl.col("billable").fill_null(False)
                 & pl.col("hour").is_between(r["first_hour"], r["last_hour"])
             )
@@ -221,6 +295,11 @@ def _rollup_behind(rows: pl.DataFrame, hourly: pl.DataFrame) -> pl.DataFrame:
 
 
 def _rollup_note(rate: Rate) -> str | None:
+    if rate.per_event:
+        return (
+            "priced per transaction from events, not from these hourly sums (ADR 0018); "
+            "see per_event"
+        )
     if rate.price_model in ("graduated", "volume", "package"):
         return (
             f"{rate.price_model} pricing runs over the month's cumulative quantity in hour "

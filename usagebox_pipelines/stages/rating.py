@@ -30,6 +30,7 @@ from usagebox_pipelines.shards import account_shards, in_shard
 from usagebox_pipelines.stages.books import (
     opening_credit,
 )
+from usagebox_pipelines.stages.per_event import month_events
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
 
@@ -126,15 +127,28 @@ def rated_shards(
     # Tables are read before the first shard is taken, not in a generator: a streamed write
     # takes shards inside delta-rs, where opening a table would start a runtime in its runtime.
     hourly = month_hourly(store, month, inputs.accounts)
+    events = month_events(store, month, inputs.books, inputs.accounts)
     return (
-        (ids, _rate_shard(hourly.filter(in_shard(ids)).collect(), ids, inputs)) for ids in shards
+        (
+            ids,
+            _rate_shard(
+                hourly.filter(in_shard(ids)).collect(),
+                events.filter(in_shard(ids)).collect(),
+                ids,
+                inputs,
+            ),
+        )
+        for ids in shards
     )
 
 
-def _rate_shard(hourly: pl.DataFrame, ids: list[str], inputs: MonthInputs) -> RatedMonth:
+def _rate_shard(
+    hourly: pl.DataFrame, events: pl.DataFrame, ids: list[str], inputs: MonthInputs
+) -> RatedMonth:
     result = rate_usage(
-        hourly, inputs.month, inputs.books, inputs.accounts, inputs.opening, scope=ids
-    )
+        hourly, inputs.month, inputs.books, inputs.accounts, inputs.opening, scope=ids,
+        events=events,
+    )  # fmt: skip
     return RatedMonth(inputs.with_waivers(result.rated, hourly, ids), result.unrated)
 
 

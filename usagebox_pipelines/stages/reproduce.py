@@ -54,6 +54,7 @@ from usagebox_pipelines.stages.books import (
     issued_invoices,
     issued_lines,
 )
+from usagebox_pipelines.stages.per_event import month_events
 from usagebox_pipelines.stages.results import InvoiceVerification
 from usagebox_pipelines.storage import DeltaStore, DocumentStore
 
@@ -112,7 +113,10 @@ def rate_as_issued(store: DeltaStore, doc: IssuedDocument) -> tuple[pl.DataFrame
     account_id = doc.invoice["account_id"]
     hourly = hourly_at(store, doc.period, doc.version, account_id, doc.accounts)
     opening = credit_map(doc.closed[doc.period]["opening_credit"])
-    rated = rate_usage(hourly, doc.period, doc.books, doc.accounts, opening).rated
+    events = month_events(
+        store, doc.period, doc.books, doc.accounts, version=doc.version, account_id=account_id
+    )
+    rated = rate_usage(hourly, doc.period, doc.books, doc.accounts, opening, events=events).rated
     decisions = decisions_of_close(store, doc.period)
     rated = apply_waivers(rated, hourly, decisions, doc.period, doc.books, doc.accounts, opening)
     return hourly, rated.filter(pl.col("account_id") == account_id)
@@ -151,14 +155,16 @@ def rebuild_period(
     mine = pl.lit(True) if account_id is None else pl.col("account_id") == account_id
     hourly = hourly_at(store, period, version, account_id, accounts)
     opening = credit_map(closed[period]["opening_credit"])
-    rated = rate_usage(hourly, period, books, accounts, opening).rated
+    events = month_events(store, period, books, accounts, version=version, account_id=account_id)
+    rated = rate_usage(hourly, period, books, accounts, opening, events=events).rated
     rated = apply_waivers(rated, hourly, decisions, period, books, accounts, opening)
     before = {p: r for p, r in closed.items() if r["closed_at"] < closed[period]["closed_at"]}
     issued_before = issued_lines(store, issued_invoices(store, before)).filter(mine)
     rerated = {}
     for q in sorted(p for p in before if p < period):
         q_hourly = hourly_at(store, q, version, account_id, accounts)
-        q_rated = rate_usage(q_hourly, q, books, accounts).rated
+        q_events = month_events(store, q, books, accounts, version=version, account_id=account_id)
+        q_rated = rate_usage(q_hourly, q, books, accounts, events=q_events).rated
         q_rated = apply_waivers(q_rated, q_hourly, decisions, q, books, accounts)
         rerated[q] = q_rated.filter(mine)
     adjustments = adjustments_for(issued_before, rerated).filter(mine)

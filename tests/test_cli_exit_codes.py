@@ -453,6 +453,23 @@ def test_ingest_of_a_missing_file_writes_nothing(capsys, world, tmp_path) -> Non
     assert out == "" and not home.exists()
 
 
+def test_ingest_with_an_unreadable_file_lands_the_rest_and_exits_2(capsys, world, tmp_path):
+    """A scheduler reading the exit code sees the bad file; the good one is in, and the same
+    command run again after the fix loads only what was missing."""
+    home, bad = tmp_path / "home", tmp_path / "bad.txt"
+    bad.write_text("not events")
+    code, out, err = run_in_process(capsys, ["ingest", world["events"], bad, "--home", home])
+    assert code == 2 and "Traceback" not in err
+    summary = json.loads(out)
+    assert summary["files"] == 1 and summary["accepted"] > 0 and len(summary["errors"]) == 1
+    lines = err.splitlines()
+    assert any("bad.txt" in line and "unknown file format" in line for line in lines)
+    assert lines[-1].startswith("usagebox: 1 input(s) not ingested") and "again" in lines[-1]
+    bad.unlink()
+    code, out, _ = run_in_process(capsys, ["ingest", world["events"], "--home", home])
+    assert code == 0 and json.loads(out)["accepted"] == 0
+
+
 def test_ingest_into_a_home_below_a_file_is_one_line(capsys, world) -> None:
     home = world["file"] / "sub"
     code, _, err = run_in_process(capsys, ["ingest", world["events"], "--home", home])

@@ -115,6 +115,12 @@ def ingest(
     if warning:
         _err(warning)
     print_json({k: v for k, v in summary.__dict__.items()})
+    if summary.errors:  # the readable files are in; a scheduler must still see the bad ones
+        _err(
+            f"usagebox: {len(summary.errors)} input(s) not ingested (above), {summary.files} "
+            "file(s) were: fix them and run the same command again (ingested files are skipped)"
+        )
+        raise typer.Exit(2)
 
 
 @app.command()

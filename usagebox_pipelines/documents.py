@@ -143,17 +143,26 @@ def render_pdf(
     *,
     created: datetime | None = None,
     fetcher: SafeURLFetcher | None = None,
+    stylesheets: tuple[str, ...] = (),
+    user_agent: str | None = None,
     stable_subsets: bool = False,
 ) -> bytes:
     """Render `templates/<template>` with `context` to PDF bytes, byte-identical for equal input.
 
     `created` sets both PDF metadata dates (pass the document's issue time; default a fixed
     date, never the clock). Pass your own `fetcher` to inspect what was fetched or refused.
-    `stable_subsets`: see `pdf_writer.html_to_pdf` (a template version's choice, never changed
-    for a version once issued: it changes the bytes).
+    `stylesheets`, `user_agent`, `stable_subsets`: see `pdf_writer.html_to_pdf` (a template
+    version's choice, never changed for a version once issued: they change the bytes).
     """
     html = render_html(template, context)
-    return html_to_pdf(html, created=created, fetcher=fetcher, stable_subsets=stable_subsets)
+    return html_to_pdf(
+        html,
+        created=created,
+        fetcher=fetcher,
+        stylesheets=stylesheets,
+        user_agent=user_agent,
+        stable_subsets=stable_subsets,
+    )
 
 
 def html_to_pdf(
@@ -161,6 +170,8 @@ def html_to_pdf(
     *,
     created: datetime | None = None,
     fetcher: SafeURLFetcher | None = None,
+    stylesheets: tuple[str, ...] = (),
+    user_agent: str | None = None,
     stable_subsets: bool = False,
 ) -> bytes:
     """HTML string to deterministic PDF bytes (`pdf_writer.html_to_pdf`). WeasyPrint is
@@ -169,7 +180,12 @@ def html_to_pdf(
     from usagebox_pipelines import pdf_writer
 
     return pdf_writer.html_to_pdf(
-        html, created=created, fetcher=fetcher, stable_subsets=stable_subsets
+        html,
+        created=created,
+        fetcher=fetcher,
+        stylesheets=stylesheets,
+        user_agent=user_agent,
+        stable_subsets=stable_subsets,
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import weasyprint
-from weasyprint import HTML
+from weasyprint import CSS, HTML
 from weasyprint.pdf import fonts as pdf_fonts
 from weasyprint.urls import URLFetcher
 
@@ -73,9 +73,19 @@ def html_to_pdf(
     *,
     created: datetime | None = None,
     fetcher: SafeURLFetcher | None = None,
+    stylesheets: tuple[str, ...] = (),
+    user_agent: str | None = None,
     stable_subsets: bool = False,
 ) -> bytes:
     """HTML string to deterministic PDF bytes; relative URLs resolve against `templates/`.
+
+    `stylesheets` (names in `templates/`) are applied as well as any the HTML links, parsed
+    once per process (`_stylesheet`): a template that names its stylesheet here instead of
+    in a `<link>` saves parsing it for every document (invoice_v5). They apply as user
+    stylesheets: above the user agent's, below any the document links. `user_agent` (a name
+    in `templates/`, also parsed once) replaces WeasyPrint's user-agent stylesheet: its ~190
+    rules, many with attribute selectors, are tried on every element; a template that uses a
+    dozen elements can name a stylesheet with the rules for those only (invoice_v5_ua.css).
 
     `stable_subsets` (invoice_v5 on, every earlier document off: their bytes are pinned) embeds
     each font subset with the glyphs of `STABLE_TEXT` added to those the document uses, so
@@ -85,7 +95,11 @@ def html_to_pdf(
     """
     fetcher = fetcher or SafeURLFetcher()
     stamp = (created or FIXED_PDF_DATE).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    document = HTML(string=html, base_url=str(TEMPLATES_DIR) + os.sep, url_fetcher=fetcher).render()
+    sheets = [_stylesheet(name) for name in stylesheets]
+    source = HTML(string=html, base_url=str(TEMPLATES_DIR) + os.sep, url_fetcher=fetcher)
+    if user_agent is not None:
+        source = _OwnUserAgent.of(source, _stylesheet(user_agent))
+    document = source.render(stylesheets=sheets)
     document.metadata.created = stamp
     document.metadata.modified = stamp
     token = _STABLE.set(stable_subsets)
@@ -94,6 +108,42 @@ def html_to_pdf(
             return document.write_pdf(pdf_identifier=_pdf_identifier(html))
     finally:
         _STABLE.reset(token)
+
+
+class _OwnUserAgent(HTML):
+    """A parsed HTML document whose user-agent stylesheet is `ua` (WeasyPrint asks the
+    document for it: `HTML._ua_stylesheets`, stable in WeasyPrint 70, checked at import)."""
+
+    ua: CSS
+
+    @classmethod
+    def of(cls, html: HTML, ua: CSS) -> HTML:
+        if not _OWN_UA:
+            return html
+        own = cls.__new__(cls)
+        own.__dict__.update(html.__dict__)
+        own.ua = ua
+        return own
+
+    def _ua_stylesheets(self, forms: bool = False) -> list[CSS]:
+        return [self.ua]
+
+
+_OWN_UA = weasyprint.__version__.split(".")[0] == "70" and hasattr(HTML, "_ua_stylesheets")
+
+
+#: The fetcher that reads `_stylesheet`s: SafeURLFetcher as it was at import, so a caller
+#: that swaps SafeURLFetcher to watch a document's fetches sees the document's only.
+_SheetFetcher = SafeURLFetcher
+
+
+@lru_cache(maxsize=16)
+def _stylesheet(name: str) -> CSS:
+    """`templates/<name>` parsed, once per process (read through a SafeURLFetcher)."""
+    path = TEMPLATES_DIR / name
+    if path.resolve().parent != TEMPLATES_DIR.resolve():
+        raise RefusedURL(f"stylesheet outside templates/: {name!r}")
+    return CSS(url=path.as_uri(), url_fetcher=_SheetFetcher())
 
 
 def _pdf_identifier(html: str) -> bytes:

@@ -105,8 +105,12 @@ def render_credit_note_pdf(
 
 #: Template versions whose usage chart is `charts.plain_bar_chart` (no matplotlib).
 PLAIN_CHARTS = frozenset({"invoice_v5"})
-#: Template versions whose PDFs embed font subsets padded to a fixed glyph set (memoised
-#: across documents: pdf_writer.html_to_pdf). Never add an issued version: its bytes change.
+#: Template versions rendered the cheap way (pdf_writer.html_to_pdf): their stylesheet
+#: (named here, not linked by the template) and their own user-agent stylesheet parsed once
+#: per process, and font subsets padded to a fixed glyph set, memoised across documents.
+#: Never change an issued version's entries: its bytes would change.
+PDF_STYLESHEETS = {"invoice_v5": ("invoice_v5.css",)}
+PDF_USER_AGENT = {"invoice_v5": "invoice_v5_ua.css"}
 STABLE_SUBSETS = frozenset({"invoice_v5"})
 
 
@@ -116,6 +120,8 @@ def _render(invoice: dict, context: dict) -> bytes:
         f"{version}.html.j2",
         context,
         created=_as_datetime(invoice.get("issued_at")),
+        stylesheets=PDF_STYLESHEETS.get(version, ()),
+        user_agent=PDF_USER_AGENT.get(version),
         stable_subsets=version in STABLE_SUBSETS,
     )
 

@@ -133,21 +133,20 @@ def books(tmp_path_factory):
     )
     note = notes.row(0, named=True)
     assert note["document_type"] == "credit_note"
-    note_pdf = render_credit_note_pdf(
-        note,
-        note_lines,
-        account,
-        load_issuer(),
-        corrects=sep_docs["invoice_number"].to_list(),
-        originals=originals(sep_docs, note, note_lines),
-    )
+    note_refs = {
+        "corrects": sep_docs["invoice_number"].to_list(),
+        "originals": originals(sep_docs, note, note_lines),
+    }
+    note_pdf = render_credit_note_pdf(note, note_lines, account, load_issuer(), **note_refs)
     return {
         "invoice": invoice,
         "lines": lines,
+        "refs": refs,
         "invoice_pdf": pdf,
         "note": note,
         "note_pdf": note_pdf,
         "note_lines": note_lines,
+        "note_refs": note_refs,
         "account": account,
         "sep_number": sep_docs["invoice_number"].item(),
     }
@@ -191,14 +190,96 @@ def money(label: str, body: str) -> Decimal:
     return D(found.group(1) + found.group(2).replace(",", ""))
 
 
-@pytest.mark.parametrize("document", ["invoice", "credit_note", "reconciliation_pdf", "margin_pdf"])
-def test_no_word_of_any_page_runs_past_the_margins(document, books, reports):
-    pdf = {"invoice": books["invoice_pdf"], "credit_note": books["note_pdf"], **reports}[document]
+def assert_inside_margins(pdf: bytes, document: str) -> None:
     for number, page in enumerate(pages(pdf), start=1):
         words = page.extract_words()
         assert words, f"page {number} is empty"
         outside = [w["text"] for w in words if w["x1"] > page.width - EDGE or w["x0"] < EDGE]
         assert not outside, f"{document} page {number}: {outside[:5]} past the margin"
+
+
+@pytest.mark.parametrize("document", ["invoice", "credit_note", "reconciliation_pdf", "margin_pdf"])
+def test_no_word_of_any_page_runs_past_the_margins(document, books, reports):
+    pdf = {"invoice": books["invoice_pdf"], "credit_note": books["note_pdf"], **reports}[document]
+    assert_inside_margins(pdf, document)
+
+
+def in_version(books: dict, version: str) -> tuple[bytes, bytes]:
+    """The books' invoice and credit note rendered with template `version`."""
+    invoice = {**books["invoice"], "template_version": version}
+    note = {**books["note"], "template_version": version}
+    issuer, account = load_issuer(), books["account"]
+    pdf = render_invoice_pdf(
+        invoice, books["lines"], account, issuer, originals=books["refs"], credit_opening=D(100)
+    )
+    note_pdf = render_credit_note_pdf(
+        note, books["note_lines"], account, issuer, **books["note_refs"]
+    )
+    return pdf, note_pdf
+
+
+def test_invoice_v5_prints_what_v4_prints_on_as_many_pages(books):
+    # v5 is v4's content in a cheaper layout: the same words in the same order, page for page
+    old, new = in_version(books, "invoice_v4"), in_version(books, "invoice_v5")
+    for document, before, after in zip(("invoice", "credit_note"), old, new, strict=True):
+        assert_inside_margins(after, document)
+        assert len(pages(after)) == len(pages(before)), document
+        assert words_of(after) == words_of(before), document
+
+
+def words_of(pdf: bytes) -> list[str]:
+    """Every word printed, sorted, but money (the chart's axis ticks differ: v5 draws its own)."""
+    return sorted(w for w in text(pdf).split() if "$" not in w)
+
+
+def long_rows(period: str, models: int, scale: D) -> pl.DataFrame:
+    """Output tokens of `models` models (one line each) and GPU time: a multi-page invoice."""
+    out = []
+    for n in range(models):
+        quantity = D(1_500_000) * (n + 1) * scale
+        out.append(
+            {
+                "account_id": "uk",
+                "period": period,
+                "meter_id": "output_tokens",
+                "model_id": f"model-{n:02d}",
+                "rate_id": "out",
+                "price_model": "per_unit",
+                "quantity": quantity,
+                "per": D(1_000_000),
+                "unit_price": D("8.00"),
+                "amount": quantity * D("8.00") / D(1_000_000),
+            }
+        )
+    return rated(out)
+
+
+def issued_long(tmp_path: Path, models: int, scale: D, version: str = "invoice_v5") -> bytes:
+    (tmp_path / "accounts.yaml").write_text(ACCOUNTS, encoding="utf-8")
+    accounts = load_accounts(tmp_path)
+    rows = with_contract(long_rows("2026-10", models, scale), "2026-10", accounts, {"uk": D(0)})
+    docs, lines = build_draft_invoices(rows, accounts, "2026-10")
+    docs, lines = issue_documents(docs, lines, last_seq=1, prefix="UBX", issued_at=ISSUED_AT)
+    invoice = {**docs.row(0, named=True), "template_version": version}
+    return render_invoice_pdf(invoice, lines, accounts.get("uk"), load_issuer())
+
+
+def test_a_long_v5_invoice_breaks_its_table_across_pages_with_every_line(tmp_path):
+    pdf = issued_long(tmp_path, models=30, scale=D(1))
+    assert_inside_margins(pdf, "long invoice")
+    assert len(pages(pdf)) == len(pages(issued_long(tmp_path, 30, D(1), "invoice_v4"))) >= 4
+    body = text(pdf)
+    assert all(f"model-{n:02d}" in body for n in range(30))
+    continued = [p for p in pages(pdf)[1:] if "Output tokens" in (p.extract_text() or "")]
+    assert continued and all("DESCRIPTION" in (p.extract_text() or "") for p in continued[:1])
+
+
+def test_v5_widens_its_number_columns_for_large_amounts_and_quantities(tmp_path):
+    # fixed column widths: $96,000,000 and 12,000,000,000,000 tokens must still fit the page
+    pdf = issued_long(tmp_path, models=4, scale=D(2_000_000))
+    assert_inside_margins(pdf, "large invoice")
+    assert "12,000,000,000,000" in text(pdf) and "$96,000,000.00" in text(pdf)
+    assert "12,000,000,000,000" in text(pdf) and "$96,000,000.00" in text(pdf)
 
 
 def test_invoice_prints_tax_credit_balance_and_an_amount_due_that_add_up(books):

@@ -143,25 +143,50 @@ def render_pdf(
     *,
     created: datetime | None = None,
     fetcher: SafeURLFetcher | None = None,
+    stylesheets: tuple[str, ...] = (),
+    user_agent: str | None = None,
+    stable_subsets: bool = False,
 ) -> bytes:
     """Render `templates/<template>` with `context` to PDF bytes, byte-identical for equal input.
 
     `created` sets both PDF metadata dates (pass the document's issue time; default a fixed
     date, never the clock). Pass your own `fetcher` to inspect what was fetched or refused.
+    `stylesheets`, `user_agent`, `stable_subsets`: see `pdf_writer.html_to_pdf` (a template
+    version's choice, never changed for a version once issued: they change the bytes).
     """
     html = render_html(template, context)
-    return html_to_pdf(html, created=created, fetcher=fetcher)
+    return html_to_pdf(
+        html,
+        created=created,
+        fetcher=fetcher,
+        stylesheets=stylesheets,
+        user_agent=user_agent,
+        stable_subsets=stable_subsets,
+    )
 
 
 def html_to_pdf(
-    html: str, *, created: datetime | None = None, fetcher: SafeURLFetcher | None = None
+    html: str,
+    *,
+    created: datetime | None = None,
+    fetcher: SafeURLFetcher | None = None,
+    stylesheets: tuple[str, ...] = (),
+    user_agent: str | None = None,
+    stable_subsets: bool = False,
 ) -> bytes:
     """HTML string to deterministic PDF bytes (`pdf_writer.html_to_pdf`). WeasyPrint is
     imported here, not with this module: it costs most of a second, and most commands that
     format money (run, reconcile, sql) never make a PDF."""
     from usagebox_pipelines import pdf_writer
 
-    return pdf_writer.html_to_pdf(html, created=created, fetcher=fetcher)
+    return pdf_writer.html_to_pdf(
+        html,
+        created=created,
+        fetcher=fetcher,
+        stylesheets=stylesheets,
+        user_agent=user_agent,
+        stable_subsets=stable_subsets,
+    )
 
 
 # --------------------------------------------------------------------------- CSV

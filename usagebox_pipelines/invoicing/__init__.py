@@ -6,4 +6,4 @@ deterministic PDFs, `register` writes the finance CSV. See docs/adr/0003-invoice
 """
 
 #: Template stored on every invoice (`invoices.template_version`) so it re-renders identically.
-TEMPLATE_VERSION = "invoice_v4"
+TEMPLATE_VERSION = "invoice_v5"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import yaml
 
-from usagebox_pipelines.charts import bar_chart
+from usagebox_pipelines.charts import bar_chart, plain_bar_chart
 from usagebox_pipelines.config import ASSETS_DIR
 from usagebox_pipelines.decimals import grouped_text
 from usagebox_pipelines.documents import format_money, render_pdf, svg_bar_chart
@@ -103,9 +103,27 @@ def render_credit_note_pdf(
     return _render(doc, context)
 
 
+#: Template versions whose usage chart is `charts.plain_bar_chart` (no matplotlib).
+PLAIN_CHARTS = frozenset({"invoice_v5"})
+#: Template versions rendered the cheap way (pdf_writer.html_to_pdf): their stylesheet
+#: (named here, not linked by the template) and their own user-agent stylesheet parsed once
+#: per process, and font subsets padded to a fixed glyph set, memoised across documents.
+#: Never change an issued version's entries: its bytes would change.
+PDF_STYLESHEETS = {"invoice_v5": ("invoice_v5.css",)}
+PDF_USER_AGENT = {"invoice_v5": "invoice_v5_ua.css"}
+STABLE_SUBSETS = frozenset({"invoice_v5"})
+
+
 def _render(invoice: dict, context: dict) -> bytes:
-    template = f"{invoice.get('template_version') or TEMPLATE_VERSION}.html.j2"
-    return render_pdf(template, context, created=_as_datetime(invoice.get("issued_at")))
+    version = invoice.get("template_version") or TEMPLATE_VERSION
+    return render_pdf(
+        f"{version}.html.j2",
+        context,
+        created=_as_datetime(invoice.get("issued_at")),
+        stylesheets=PDF_STYLESHEETS.get(version, ()),
+        user_agent=PDF_USER_AGENT.get(version),
+        stable_subsets=version in STABLE_SUBSETS,
+    )
 
 
 # --------------------------------------------------------------------------- view model
@@ -135,13 +153,15 @@ def invoice_context(
     totals = _totals(invoice, rows)
     doc = _document(invoice, account, issuer, totals, notes, corrects)
     usage = kinds.get("usage", [])
-    plot = doc["template_version"] != "invoice_v1"  # v1 keeps its hand-drawn chart, byte for byte
-    breakdown = (
+    version = doc["template_version"]
+    plot = "plain" if version in PLAIN_CHARTS else "matplotlib" if version != "invoice_v1" else ""
+    breakdown = (  # v1 keeps its hand-drawn chart, v2–v4 matplotlib's, byte for byte
         None if doc["is_credit_note"] else _breakdown(usage, usage_breakdown, currency, plot)
     )
     adjustments = _adjustment_groups(kinds.get("adjustment", []), originals or {})
     tax = _tax(kinds.get("tax", []), account, issuer)
     credit = _credit(kinds.get("credit", []), account, credit_opening)
+    summary = summary_rows(kinds, adjustments, tax, doc, totals)
     return {
         "doc": doc,
         "currency": currency,
@@ -156,12 +176,29 @@ def invoice_context(
         "items": merged_sections(usage),
         "tax": tax,
         "credit": credit,
-        "summary": summary_rows(kinds, adjustments, tax, doc, totals),
+        "summary": summary,
+        "wide_columns": _widest(rows, summary, credit) >= WIDE_AMOUNT
+        or max((abs(Decimal(r.get("quantity") or 0)) for r in rows), default=ZERO) >= WIDE_QUANTITY,
         "adjustment_sections": [
             _shown_adjustments(g, account, merge=doc["template_version"] in MERGED_ADJUSTMENTS)
             for g in adjustments
         ],
     }
+
+
+#: From this amount (in major units) or quantity on, invoice_v5 prints its number columns
+#: wider: its tables have fixed column widths (invoice_v5.css), sized for smaller numbers.
+WIDE_AMOUNT = Decimal(100_000)
+WIDE_QUANTITY = Decimal(1_000_000_000)
+
+
+def _widest(rows: list[dict], summary: list[dict], credit: dict | None) -> Decimal:
+    """The largest amount (absolute) the document prints: a line, a total, a credit balance."""
+    amounts = [r["amount"] for r in rows] + [r["amount"] for r in summary]
+    if credit is not None:
+        amounts += [credit["opening"] or ZERO, credit["closing"] or ZERO]
+        amounts += [g["opening"] or ZERO for g in credit["grants"]]
+    return max((abs(a) for a in amounts), default=ZERO)
 
 
 def _line_dicts(lines: list[dict] | pl.DataFrame) -> list[dict]:
@@ -290,10 +327,11 @@ def _adjustment_groups(
 
 
 def _breakdown(
-    usage: list[dict], usage_breakdown: pl.DataFrame | None, currency: str, plot: bool = False
+    usage: list[dict], usage_breakdown: pl.DataFrame | None, currency: str, plot: str = ""
 ) -> dict | None:
-    """Page 2: usage per model and meter with a bar chart of amount per model (`plot`: drawn
-    by matplotlib, with an axis, for invoice_v2)."""
+    """Page 2: usage per model and meter with a bar chart of amount per model (`plot`:
+    "matplotlib", with an axis, for invoice_v2–v4; "plain", the same chart written without
+    matplotlib, for invoice_v5; "" the hand-drawn one of invoice_v1)."""
     table = _breakdown_rows(usage, usage_breakdown)
     if not table:
         return None
@@ -313,11 +351,11 @@ def _breakdown(
         for m, a in chart_items
     ]
     money = functools.partial(format_money, currency=currency)
-    chart = (
-        bar_chart(chart_items, title="Usage by model", value_format=money, axis_label=currency)
-        if plot
-        else svg_bar_chart(chart_items, width=500, value_format=money)
-    )
+    if plot:
+        draw = plain_bar_chart if plot == "plain" else bar_chart
+        chart = draw(chart_items, title="Usage by model", value_format=money, axis_label=currency)
+    else:
+        chart = svg_bar_chart(chart_items, width=500, value_format=money)
     return {"rows": table, "models": models, "chart": chart, "total": total}
 
 
@@ -641,7 +679,7 @@ def _shown_adjustments(group: dict, account: Any, *, merge: bool = False) -> dic
 #: Template versions whose adjustment sections merge stored lines of the same price. Earlier
 #: versions print every stored line (a price version that did not change the price included):
 #: issued invoices re-render byte for byte (tests/test_template_versions.py).
-MERGED_ADJUSTMENTS = frozenset({"invoice_v4"})
+MERGED_ADJUSTMENTS = frozenset({"invoice_v4", "invoice_v5"})
 
 
 def _merged_adjustment_rows(rows: list[dict]) -> list[dict]:

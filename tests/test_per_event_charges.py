@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from usagebox_pipelines import schemas
 from usagebox_pipelines.invoicing.lines import rated_lines
+from usagebox_pipelines.invoicing.render import merged_sections
 from usagebox_pipelines.pricing import load_accounts, load_pricebooks, rate_usage
 from usagebox_pipelines.pricing.pricebook import PricebookError
 from usagebox_pipelines.pricing.rating import RatingResult, rate_events
@@ -614,3 +615,61 @@ def test_reprice_shows_a_per_event_price_change(tmp_path: Path) -> None:
     row = out.filter(pl.col("account_id") == "x").row(0, named=True)
     assert (row["current"], row["proposed"], row["delta"]) == (D("1.18"), D("1.38"), D("0.20"))
     assert (row["unrated_current"], row["unrated_proposed"]) == (0, 0)
+
+
+def _line(no: int, detail: str, quantity: str, price: str | None, amount: str, version: str):
+    return {
+        "line_no": no, "kind": "usage", "meter_id": "payments", "model_id": "card",
+        "description": f"card · Payments — {detail}", "quantity": D(quantity), "unit": "units",
+        "unit_price": None if price is None else D(price), "per": D(1), "amount": D(amount),
+        "price_version": version, "tier": None,
+    }  # fmt: skip
+
+
+def test_the_invoice_shows_each_per_event_part_as_transactions_with_its_rule() -> None:
+    """A fee and a minimum at one price are two rules, never one line; one part in two price
+    versions at one price is one line whose transactions add up; each reads per transaction,
+    so quantity × price = amount on the page (a fee's stored quantity is 0: the amounts'
+    quantity is on the percentage part)."""
+    rows = [
+        _line(1, "prices from 2026-10-01, 2 transaction(s) at the minimum of 0.50 per transaction",
+              "1.5", "0.50", "1.00", "2026-10-01"),
+        _line(2, "prices from 2026-10-01, 2 transaction(s) × fixed fee 0.50", "0", "0.50",
+              "1.00", "2026-10-01"),
+        _line(3, "prices from 2026-10-16, 1,000 transaction(s) × fixed fee 0.50", "0", "0.50",
+              "500.00", "2026-10-16"),
+        _line(4, "prices from 2026-10-16, 2.9% of the amount", "20", "0.029", "0.58",
+              "2026-10-16"),
+    ]  # fmt: skip
+    (section,) = merged_sections(rows)
+    (item,) = section["items"]
+    shown = {tuple(r["line_nos"]): r for r in item["rows"]}
+    assert set(shown) == {(1,), (2, 3), (4,)}
+    fee, minimum, share = shown[(2, 3)], shown[(1,)], shown[(4,)]
+    assert (fee["shown_quantity"], fee["shown_unit"], fee["price_label"]) == (
+        D(1002), "transactions", "per transaction",
+    )  # fmt: skip
+    assert fee["amount"] == D("501.00") == fee["shown_quantity"] * fee["unit_price"]
+    assert "1,002 transaction(s) × fixed fee 0.50" in fee["detail"]
+    assert minimum["shown_quantity"] == 2 and "at the minimum of 0.50" in minimum["detail"]
+    assert share["shown_quantity"] == D(20) and share["shown_unit"] == "units"
+
+
+def test_a_dynamic_line_says_each_event_carries_its_price() -> None:
+    (section,) = merged_sections([_line(1, "each event's own price", "2", None, "0.26", "v")])
+    (row,) = section["items"][0]["rows"]
+    assert row["detail"] == "each event's own price" and row["shown_quantity"] == 2
+
+
+def test_invoice_v5_names_free_allowances_and_percentages_and_v4_prints_them_as_issued() -> None:
+    rows = [
+        _line(1, "prices from 2026-10-01, included usage", "10", "0", "0.00", "2026-10-01"),
+        _line(2, "prices from 2026-10-16, 2.9% of the amount", "20", "0.029", "0.58", "2026-10-16"),
+    ]
+    named = merged_sections(rows, named=True)[0]["items"][0]["rows"]
+    assert [r["detail"] for r in named] == [
+        "prices from 2026-10-01, included usage",
+        "prices from 2026-10-16, 2.9% of the amount",
+    ]
+    issued = merged_sections(rows)[0]["items"][0]["rows"]
+    assert [r["detail"] for r in issued] == ["prices from 2026-10-01", "prices from 2026-10-16"]

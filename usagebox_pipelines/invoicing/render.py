@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import functools
 import hashlib
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -112,6 +113,10 @@ PLAIN_CHARTS = frozenset({"invoice_v5"})
 PDF_STYLESHEETS = {"invoice_v5": ("invoice_v5.css",)}
 PDF_USER_AGENT = {"invoice_v5": "invoice_v5_ua.css"}
 STABLE_SUBSETS = frozenset({"invoice_v5"})
+#: Templates whose merged lines also name a free allowance (`included usage`) and a percentage
+#: (`2.9% of the amount`); earlier ones print such lines by their unit price only, byte for
+#: byte as issued.
+NAMED_RULES = frozenset({"invoice_v5"})
 
 
 def _render(invoice: dict, context: dict) -> bytes:
@@ -173,14 +178,19 @@ def invoice_context(
         "credit_rows": kinds.get("credit", []),
         "totals": totals,
         "breakdown": breakdown,
-        "items": merged_sections(usage),
+        "items": merged_sections(usage, named=version in NAMED_RULES),
         "tax": tax,
         "credit": credit,
         "summary": summary,
         "wide_columns": _widest(rows, summary, credit) >= WIDE_AMOUNT
         or max((abs(Decimal(r.get("quantity") or 0)) for r in rows), default=ZERO) >= WIDE_QUANTITY,
         "adjustment_sections": [
-            _shown_adjustments(g, account, merge=doc["template_version"] in MERGED_ADJUSTMENTS)
+            _shown_adjustments(
+                g,
+                account,
+                merge=doc["template_version"] in MERGED_ADJUSTMENTS,
+                named=doc["template_version"] in NAMED_RULES,
+            )
             for g in adjustments
         ],
     }
@@ -550,25 +560,34 @@ HUMAN_UNITS = {("gpu_seconds", Decimal(3600)): ("GPU-hour", "GPU-hours")}
 _PACKAGE = " × package of "
 
 
-def merged_sections(usage: list[dict]) -> list[dict]:
+def merged_sections(usage: list[dict], named: bool = False) -> list[dict]:
     """Usage lines per model, then per item (meter, GPU type, tool), with lines of the same
     price merged: a price version that did not change the price, and usage already covered
     by a package bought earlier in the month (an amount of 0.00), add to the line they share
-    a price with. Amounts are sums of stored rounded lines, so the invoice still adds up."""
+    a price with. Amounts are sums of stored rounded lines, so the invoice still adds up.
+    A part of a per-event charge keeps its rule (`3 transaction(s) × fixed fee 0.30`), and
+    with `named` (NAMED_RULES) free allowances and percentages keep theirs."""
     sections = _usage_sections(usage)
     for section in sections:
         for item in section["items"]:
-            item["rows"] = _describe_merged(_merge_same_price(item["rows"]))
+            item["rows"] = _describe_merged(_merge_same_price(item["rows"], named))
     return sections
 
 
-def _merge_same_price(rows: list[dict]) -> list[dict]:
+def _merge_same_price(rows: list[dict], named: bool = False) -> list[dict]:
     merged: list[dict] = []
     for row in rows:
-        twin = next((m for m in merged if _same_price(m, row)), None)
+        part = _rule_part(row, named)
+        twin = next(
+            (m for m in merged if _same_price(m, row) and _same_part(m["part"], part)), None
+        )
         if twin is None:
-            merged.append({**row, "line_nos": [row.get("line_no")], "versions": [_version(row)]})
+            merged.append(
+                {**row, "line_nos": [row.get("line_no")], "versions": [_version(row)], "part": part}
+            )
             continue
+        if part is not None and part[1] is not None:
+            twin["part"] = (part[0], twin["part"][1] + part[1])
         twin["quantity"] = Decimal(twin.get("quantity") or 0) + Decimal(row.get("quantity") or 0)
         twin["amount"] += row["amount"]
         twin["line_nos"].append(row.get("line_no"))
@@ -586,6 +605,35 @@ def _merge_same_price(rows: list[dict]) -> list[dict]:
 def _same_price(a: dict, b: dict) -> bool:
     keys = ("tier", "unit_price", "per", "unit")
     return all(a.get(k) == b.get(k) for k in keys) and _is_package(a) == _is_package(b)
+
+
+#: A part of a per-event charge (pricing.per_event, ADR 0018) names its rule in the detail of
+#: its description (invoicing.lines): `3 transaction(s) × fixed fee 0.30`, `… at the minimum
+#: of 0.50 per transaction`, `each event's own price`.
+_TRANSACTION_PART = re.compile(r"^(?P<count>[0-9][0-9,]*) (?P<part>transaction\(s\) .+)$")
+_DYNAMIC_PART = "each event's own price"
+#: What `named` templates also keep of a line's detail (invoicing.lines).
+_NAMED_PARTS = re.compile(r"^(included usage|[0-9.]+% of the amount)$")
+
+
+def _rule_part(row: dict, named: bool = False) -> tuple[str, int | None] | None:
+    """(the rule a line's detail names, without a count; its transactions) of a per-event
+    part line (no count for a dynamic one) and, when `named`, of a free allowance or a
+    percentage; None for every other line, which are shown as they were."""
+    detail = (row.get("description") or "").partition(DETAIL_SEP)[2]
+    for piece in detail.split(", "):
+        if piece == _DYNAMIC_PART or (named and _NAMED_PARTS.match(piece)):
+            return piece, None
+        match = _TRANSACTION_PART.match(piece)
+        if match:
+            return match["part"], int(match["count"].replace(",", ""))
+    return None
+
+
+def _same_part(a: tuple[str, int | None] | None, b: tuple[str, int | None] | None) -> bool:
+    """Lines of different per-event parts never merge, even at one price (a fixed fee of 0.50
+    and a minimum of 0.50 are two rules)."""
+    return (a is None) == (b is None) and (a is None or b is None or a[0] == b[0])
 
 
 def _same_package(payer: dict, row: dict) -> bool:
@@ -621,9 +669,21 @@ def _describe_merged(rows: list[dict]) -> list[dict]:
         if _is_package(row) and row.get("unit_price"):
             count = (row["amount"] / Decimal(row["unit_price"])).to_integral_value()
             detail.append(f"{count:,}{_PACKAGE}{grouped_text(Decimal(row['per']))} {row['unit']}")
+        part = row.get("part")
+        if part is not None:
+            detail.append(part[0] if part[1] is None else f"{part[1]:,} {part[0]}")
         row["detail"] = ", ".join(detail)
         row["line_label"] = _line_numbers(row["line_nos"])
         row.update(_display_units(row))
+        if (
+            part is not None and part[1] is not None
+        ):  # a fee, a minimum or a maximum: per transaction
+            row.update(
+                shown_quantity=Decimal(part[1]),
+                shown_unit="transactions",
+                price_label="per transaction",
+                metered=None,
+            )
     return rows
 
 
@@ -653,7 +713,9 @@ def _display_units(row: dict) -> dict:
     }
 
 
-def _shown_adjustments(group: dict, account: Any, *, merge: bool = False) -> dict:
+def _shown_adjustments(
+    group: dict, account: Any, *, merge: bool = False, named: bool = False
+) -> dict:
     """An adjustment section for invoice_v2: usage rows in the units of the usage table, and
     restated discount, minimum or tax rows by amount only, tax named with its rate. With
     `merge` (invoice_v4), usage rows of the same price are merged as on the usage table."""
@@ -667,9 +729,12 @@ def _shown_adjustments(group: dict, account: Any, *, merge: bool = False) -> dic
     treatment = field(account, "tax")
     name = treatment.name if treatment is not None else CONTRACT_LABELS["tax"]
     rows = []
-    for row in _merged_adjustment_rows(group["rows"]) if merge else group["rows"]:
+    for row in _merged_adjustment_rows(group["rows"], named) if merge else group["rows"]:
         shown = {**row, "line_label": row.get("line_label") or str(row.get("line_no") or "")}
-        shown |= _display_units(row) if row.get("meter_id") else amount_only
+        if not row.get("meter_id"):
+            shown |= amount_only
+        elif "shown_quantity" not in row:  # merged rows are described already (per transaction)
+            shown |= _display_units(row)
         if row.get("unit") == "tax" and row.get("unit_price") is not None:
             shown["description"] = f"{name} {grouped_text(Decimal(row['unit_price']))}%"
         rows.append(shown)
@@ -682,7 +747,7 @@ def _shown_adjustments(group: dict, account: Any, *, merge: bool = False) -> dic
 MERGED_ADJUSTMENTS = frozenset({"invoice_v4", "invoice_v5"})
 
 
-def _merged_adjustment_rows(rows: list[dict]) -> list[dict]:
+def _merged_adjustment_rows(rows: list[dict], named: bool = False) -> list[dict]:
     """Adjustment lines as the usage table shows its lines: per item (the description before
     its detail), lines of the same tier and price merged, detail (`prices from …`) only where
     the merged lines still differ in price. Restated discount, minimum and tax lines follow."""
@@ -693,7 +758,7 @@ def _merged_adjustment_rows(rows: list[dict]) -> list[dict]:
             items.setdefault(head, []).append(row)
     merged = []
     for head, item_rows in items.items():
-        for row in _describe_merged(_merge_same_price(item_rows)):
+        for row in _describe_merged(_merge_same_price(item_rows, named)):
             detail = row["detail"]
             merged.append({**row, "description": head + (DETAIL_SEP + detail if detail else "")})
     return merged + [row for row in rows if not row.get("meter_id")]

@@ -88,7 +88,7 @@ def refresh_guardrails(
                   month, at, config, builds, first_hour)
         for n, ids in enumerate(shards)
     ]  # fmt: skip
-    parts = _evaluate_shards(jobs)
+    parts = _evaluate_shards(store, jobs)
     state = pl.concat([p.state for p in parts])
     anomalies = pl.concat([p.anomalies for p in parts])
     levels = {a: lvl for p in parts for a, lvl in p.levels.items()}
@@ -135,8 +135,10 @@ def guardrail_workers(shards: int) -> int:
     this project's 2-core bench machine the step already keeps 1.6 cores busy (Polars
     threads), so a pool of 2 took 10 M events' `guardrails` from 40.2 s to 33.7 s for about
     1 GiB more memory; with more cores than Polars keeps busy it gains more."""
-    cap = os.environ.get("USAGEBOX_GUARDRAIL_WORKERS", "").strip()
-    limit = int(cap) if cap else 0
+    cap = os.environ.get("USAGEBOX_GUARDRAIL_WORKERS", "").strip() or "0"
+    if not cap.isdigit():
+        raise UsageboxError(f"USAGEBOX_GUARDRAIL_WORKERS={cap!r}: expected a whole number")
+    limit = int(cap)
     if shards < POOL_FROM_SHARDS or limit < 2:
         return 0
     return min(limit, shards)
@@ -146,20 +148,22 @@ def guardrail_workers(shards: int) -> int:
 POOL_FROM_SHARDS = 4
 
 
-def _evaluate_shards(jobs: list[_ShardJob]) -> list[_ShardResult]:
-    """Every shard's result, in shard order (what is written never depends on scheduling)."""
+def _evaluate_shards(store: DeltaStore, jobs: list[_ShardJob]) -> list[_ShardResult]:
+    """Every shard's result, in shard order (what is written never depends on scheduling);
+    in this process the tables are opened once, through `store`."""
     workers = guardrail_workers(len(jobs))
     if workers == 0:
-        return [_evaluate_job(job) for job in jobs]
+        return [_evaluate_job(job, store) for job in jobs]
     spawn = multiprocessing.get_context("spawn")  # polars' threads do not survive a fork
     with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
         return list(pool.map(_evaluate_job, jobs))
 
 
-def _evaluate_job(job: _ShardJob) -> _ShardResult:
-    """`_evaluate_shard` of one job, in this process or a worker (pricebooks and accounts are
-    parsed once per process: their loaders cache by file content)."""
-    store = DeltaStore(job.home)
+def _evaluate_job(job: _ShardJob, store: DeltaStore | None = None) -> _ShardResult:
+    """`_evaluate_shard` of one job, in this process (`store`) or a worker, which opens the
+    home itself (pricebooks and accounts are parsed once per process: their loaders cache by
+    file content)."""
+    store = store or DeltaStore(job.home)
     folder = Path(job.pricebooks)
     reading = _Reading(store.scan(USAGE_HOURLY), store.scan(EVENTS), job.builds, job.first_hour)
     strays = None if job.known is None else ~pl.col("account_id").is_in(job.known)

@@ -25,8 +25,7 @@ from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.lines import build_draft_invoices
 from usagebox_pipelines.invoicing.numbering import issue_documents
 from usagebox_pipelines.invoicing.render import (
-    PDF_STYLESHEETS,
-    PDF_USER_AGENT,
+    PDF_STYLES,
     invoice_context,
     load_issuer,
 )
@@ -92,5 +91,6 @@ def test_an_issued_stylesheet_is_unchanged(name: str) -> None:
 
 def test_the_current_version_is_pinned_and_renders_with_its_own_stylesheets() -> None:
     assert TEMPLATE_VERSION in PINNED
-    for name in (*PDF_STYLESHEETS.get(TEMPLATE_VERSION, ()), PDF_USER_AGENT.get(TEMPLATE_VERSION)):
+    style = PDF_STYLES[TEMPLATE_VERSION]
+    for name in (*style.stylesheets, style.user_agent):
         assert name is None or name in PINNED_CSS

@@ -199,6 +199,7 @@ def plain_bar_chart(
         return left + (v - low) / (high - low) * (right - left)
 
     pitch = (bottom - top) / len(items)
+    pad = limit * Decimal("0.02") * (right - left) / (high - low)  # label clearance from a bar
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_n(width)}pt" height="{_n(height)}pt" '
         f'viewBox="0 0 {_n(width)} {_n(height)}" class="plain-chart" '
@@ -225,7 +226,6 @@ def plain_bar_chart(
             f"{escape(label)}</text>"
         )
         text = escape(value_format(value) + (" off scale" if cut else ""))
-        pad = limit * Decimal("0.02") * (right - left) / (high - low)
         inside = cut  # a value past the axis is printed inside its bar, white and bold
         tx = x(shown) + (pad if value >= 0 else -pad) * (-1 if inside else 1)
         anchor = "start" if (value >= 0) != inside else "end"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
@@ -51,6 +52,19 @@ if TYPE_CHECKING:
 
 #: Metadata date used when the caller gives none: constant, so output never depends on the clock.
 FIXED_PDF_DATE = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class PdfStyle:
+    """How a template version becomes PDF bytes (pdf_writer.html_to_pdf): `stylesheets` and
+    `user_agent` (names in `templates/`) parsed once per process, and `stable_subsets`. The
+    default is WeasyPrint's own way; a version's style never changes once it is issued (its
+    bytes would)."""
+
+    stylesheets: tuple[str, ...] = ()
+    user_agent: str | None = None
+    stable_subsets: bool = False
+
 
 CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CHF": "CHF ", "CAD": "CA$"}
 
@@ -143,25 +157,16 @@ def render_pdf(
     *,
     created: datetime | None = None,
     fetcher: SafeURLFetcher | None = None,
-    stylesheets: tuple[str, ...] = (),
-    user_agent: str | None = None,
-    stable_subsets: bool = False,
+    style: PdfStyle = PdfStyle(),
 ) -> bytes:
     """Render `templates/<template>` with `context` to PDF bytes, byte-identical for equal input.
 
     `created` sets both PDF metadata dates (pass the document's issue time; default a fixed
     date, never the clock). Pass your own `fetcher` to inspect what was fetched or refused.
-    `stylesheets`, `user_agent`, `stable_subsets`: see `pdf_writer.html_to_pdf` (a template
-    version's choice, never changed for a version once issued: they change the bytes).
+    `style`: the template version's `PdfStyle`.
     """
-    html = render_html(template, context)
     return html_to_pdf(
-        html,
-        created=created,
-        fetcher=fetcher,
-        stylesheets=stylesheets,
-        user_agent=user_agent,
-        stable_subsets=stable_subsets,
+        render_html(template, context), created=created, fetcher=fetcher, style=style
     )
 
 
@@ -170,23 +175,14 @@ def html_to_pdf(
     *,
     created: datetime | None = None,
     fetcher: SafeURLFetcher | None = None,
-    stylesheets: tuple[str, ...] = (),
-    user_agent: str | None = None,
-    stable_subsets: bool = False,
+    style: PdfStyle = PdfStyle(),
 ) -> bytes:
     """HTML string to deterministic PDF bytes (`pdf_writer.html_to_pdf`). WeasyPrint is
     imported here, not with this module: it costs most of a second, and most commands that
     format money (run, reconcile, sql) never make a PDF."""
     from usagebox_pipelines import pdf_writer
 
-    return pdf_writer.html_to_pdf(
-        html,
-        created=created,
-        fetcher=fetcher,
-        stylesheets=stylesheets,
-        user_agent=user_agent,
-        stable_subsets=stable_subsets,
-    )
+    return pdf_writer.html_to_pdf(html, created=created, fetcher=fetcher, style=style)
 
 
 # --------------------------------------------------------------------------- CSV

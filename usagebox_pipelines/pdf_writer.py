@@ -28,7 +28,7 @@ from weasyprint.pdf import fonts as pdf_fonts
 from weasyprint.urls import URLFetcher
 
 from usagebox_pipelines.config import ASSETS_DIR, TEMPLATES_DIR
-from usagebox_pipelines.documents import FIXED_PDF_DATE, RefusedURL
+from usagebox_pipelines.documents import FIXED_PDF_DATE, PdfStyle, RefusedURL
 
 _ENV_LOCK = threading.Lock()
 
@@ -73,36 +73,36 @@ def html_to_pdf(
     *,
     created: datetime | None = None,
     fetcher: SafeURLFetcher | None = None,
-    stylesheets: tuple[str, ...] = (),
-    user_agent: str | None = None,
-    stable_subsets: bool = False,
+    style: PdfStyle = PdfStyle(),
 ) -> bytes:
     """HTML string to deterministic PDF bytes; relative URLs resolve against `templates/`.
 
-    `stylesheets` (names in `templates/`) are applied as well as any the HTML links, parsed
-    once per process (`_stylesheet`): a template that names its stylesheet here instead of
-    in a `<link>` saves parsing it for every document (invoice_v5). They apply as user
-    stylesheets: above the user agent's, below any the document links. `user_agent` (a name
-    in `templates/`, also parsed once) replaces WeasyPrint's user-agent stylesheet: its ~190
-    rules, many with attribute selectors, are tried on every element; a template that uses a
-    dozen elements can name a stylesheet with the rules for those only (invoice_v5_ua.css).
+    `style.stylesheets` (names in `templates/`) are applied as well as any the HTML links,
+    parsed once per process (`_stylesheet`): a template that names its stylesheet here instead
+    of in a `<link>` saves parsing it for every document (invoice_v5). They apply as user
+    stylesheets: above the user agent's, below any the document links. `style.user_agent` (a
+    name in `templates/`, also parsed once) replaces WeasyPrint's user-agent stylesheet: its
+    ~190 rules, many with attribute selectors, are tried on every element; a template that
+    uses a dozen elements can name a stylesheet with the rules for those only
+    (invoice_v5_ua.css).
 
-    `stable_subsets` (invoice_v5 on, every earlier document off: their bytes are pinned) embeds
-    each font subset with the glyphs of `STABLE_TEXT` added to those the document uses, so
-    almost every document of a close needs the same subset and the memo below serves it:
-    subsetting a font is about a seventh of a v5 invoice otherwise, as each customer's name
-    and address ask for a slightly different glyph set. It makes a PDF ~15 KB larger.
+    `style.stable_subsets` (invoice_v5 on, every earlier document off: their bytes are
+    pinned) embeds each font subset with the glyphs of `STABLE_TEXT` added to those the
+    document uses, so almost every document of a close needs the same subset and the memo
+    below serves it: subsetting a font is about a seventh of a v5 invoice otherwise, as each
+    customer's name and address ask for a slightly different glyph set. It makes a PDF
+    ~15 KB larger.
     """
     fetcher = fetcher or SafeURLFetcher()
     stamp = (created or FIXED_PDF_DATE).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    sheets = [_stylesheet(name) for name in stylesheets]
+    sheets = [_stylesheet(name) for name in style.stylesheets]
     source = HTML(string=html, base_url=str(TEMPLATES_DIR) + os.sep, url_fetcher=fetcher)
-    if user_agent is not None:
-        source = _OwnUserAgent.of(source, _stylesheet(user_agent))
+    if style.user_agent is not None:
+        source = _OwnUserAgent.of(source, _stylesheet(style.user_agent))
     document = source.render(stylesheets=sheets)
     document.metadata.created = stamp
     document.metadata.modified = stamp
-    token = _STABLE.set(stable_subsets)
+    token = _STABLE.set(style.stable_subsets)
     try:
         with _reproducible_fonts():
             return document.write_pdf(pdf_identifier=_pdf_identifier(html))

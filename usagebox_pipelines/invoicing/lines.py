@@ -28,7 +28,7 @@ from typing import Any
 import polars as pl
 
 from usagebox_pipelines import shards
-from usagebox_pipelines.decimals import grouped_text
+from usagebox_pipelines.decimals import grouped_text, price_text
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.hard_stop import waiver_description
@@ -397,16 +397,8 @@ def _per_event_column(grouped: pl.DataFrame) -> pl.Series:
             out[row] = "each event's own price"
             continue
         count = f"{(amount / price).to_integral_value():,} " if price else ""
-        out[row] = count + _PER_EVENT_TEXT[model].format(_money_text(price))
+        out[row] = count + _PER_EVENT_TEXT[model].format(price_text(price))
     return pl.Series(out, dtype=pl.String)
-
-
-def _money_text(value: Decimal) -> str:
-    """An exact price with at least two places: 5 → `5.00`, 0.305 → `0.305`."""
-    value = value.normalize()
-    if value.as_tuple().exponent > -2:  # type: ignore[operator]
-        value = value.quantize(Decimal("0.01"))
-    return f"{value:,f}"
 
 
 def _dimension_labels(

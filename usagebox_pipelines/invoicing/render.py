@@ -23,7 +23,7 @@ import yaml
 from usagebox_pipelines.charts import bar_chart, plain_bar_chart
 from usagebox_pipelines.config import ASSETS_DIR
 from usagebox_pipelines.decimals import grouped_text
-from usagebox_pipelines.documents import format_money, render_pdf, svg_bar_chart
+from usagebox_pipelines.documents import PdfStyle, format_money, render_pdf, svg_bar_chart
 from usagebox_pipelines.errors import InvariantError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
 from usagebox_pipelines.invoicing.lines import CONTRACT_LABELS, DETAIL_SEP, field, meter_label
@@ -109,10 +109,11 @@ PLAIN_CHARTS = frozenset({"invoice_v5"})
 #: Template versions rendered the cheap way (pdf_writer.html_to_pdf): their stylesheet
 #: (named here, not linked by the template) and their own user-agent stylesheet parsed once
 #: per process, and font subsets padded to a fixed glyph set, memoised across documents.
-#: Never change an issued version's entries: its bytes would change.
-PDF_STYLESHEETS = {"invoice_v5": ("invoice_v5.css",)}
-PDF_USER_AGENT = {"invoice_v5": "invoice_v5_ua.css"}
-STABLE_SUBSETS = frozenset({"invoice_v5"})
+#: Every other version renders with `PdfStyle()`. Never change an issued version's entry:
+#: its bytes would change.
+PDF_STYLES = {
+    "invoice_v5": PdfStyle(("invoice_v5.css",), "invoice_v5_ua.css", stable_subsets=True),
+}
 #: Templates whose merged lines also name a free allowance (`included usage`) and a percentage
 #: (`2.9% of the amount`); earlier ones print such lines by their unit price only, byte for
 #: byte as issued.
@@ -125,9 +126,7 @@ def _render(invoice: dict, context: dict) -> bytes:
         f"{version}.html.j2",
         context,
         created=_as_datetime(invoice.get("issued_at")),
-        stylesheets=PDF_STYLESHEETS.get(version, ()),
-        user_agent=PDF_USER_AGENT.get(version),
-        stable_subsets=version in STABLE_SUBSETS,
+        style=PDF_STYLES.get(version, PdfStyle()),
     )
 
 

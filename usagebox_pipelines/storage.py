@@ -125,41 +125,44 @@ def _with_comments(schema: pa.Schema, table: Table) -> pa.Schema:
 
 
 @contextlib.contextmanager
-def _arrow_data(
-    data: pl.DataFrame | Iterable[pl.DataFrame], table: Table, new: bool
-) -> Iterator[pa.Table | pa.RecordBatchReader]:
-    """Frames conformed to the table's schema as Arrow. A new table also gets its column
-    comments.
+def _spooled(
+    data: pl.DataFrame | Iterable[pl.DataFrame], table: Table
+) -> Iterator[Callable[[bool], pa.Table | pa.RecordBatchReader]]:
+    """`data` conformed to the table's schema once per write: yields `arrow(new)`, the Arrow
+    data of one commit attempt (with the column comments when the attempt creates the table).
 
-    An iterable of frames is spooled to local Arrow files first, then streamed from them (one
-    frame in memory at a time). Producing every frame before delta-rs starts means a producer
-    may read tables itself (inside delta-rs's write it could not: a runtime in a runtime), and
-    its errors are raised as themselves before anything is written.
+    An iterable of frames is spooled to local Arrow files before the first attempt, and every
+    attempt streams from them (one frame in memory at a time), so a conflict is retried without
+    running the producer again. Producing every frame before delta-rs starts also means a
+    producer may read tables itself (inside delta-rs's write it could not: a runtime in a
+    runtime), and its errors are raised as themselves before anything is written. The spool is
+    removed when the block ends.
     """
     if isinstance(data, pl.DataFrame):
-        arrow = conform(data, table.schema).to_arrow()
-        if new:
-            arrow = pa.Table.from_arrays(arrow.columns, schema=_with_comments(arrow.schema, table))
-        yield arrow
+        rows = conform(data, table.schema).to_arrow()
+        described = pa.Table.from_arrays(rows.columns, schema=_with_comments(rows.schema, table))
+        yield lambda new: described if new else rows
         return
     schema = conform(pl.DataFrame(schema=table.schema), table.schema).to_arrow().schema
-    if new:
-        schema = _with_comments(schema, table)
     with tempfile.TemporaryDirectory(prefix="usagebox-spool-") as folder:
         spooled = []
-        for number, frame in enumerate(data):
+        for number, chunk in enumerate(data):
             spooled.append(Path(folder) / f"{number}.arrow")
-            conform(frame, table.schema).write_ipc(spooled[-1])
+            conform(chunk, table.schema).write_ipc(spooled[-1])
 
-        def batches() -> Iterator[pa.RecordBatch]:
+        def batches(target: pa.Schema) -> Iterator[pa.RecordBatch]:
             for path in spooled:
                 with pa.memory_map(str(path)) as source:
                     spool = pa.ipc.open_file(source)
                     for number in range(spool.num_record_batches):
                         batch = spool.get_batch(number)
-                        yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+                        yield pa.RecordBatch.from_arrays(batch.columns, schema=target)
 
-        yield pa.RecordBatchReader.from_batches(schema, batches())
+        def stream(new: bool) -> pa.RecordBatchReader:
+            described = _with_comments(schema, table) if new else schema
+            return pa.RecordBatchReader.from_batches(described, batches(described))
+
+        yield stream
 
 
 def writes_tables(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -323,29 +326,28 @@ class DeltaStore:
         metadata: Mapping[str, str] | None = None,
         txn: tuple[str, int] | None = None,
     ) -> int:
-        """One commit of `df`, retried on a commit conflict when `df` can be written again.
+        """One commit of `df`, retried on a commit conflict.
 
         A conflict means nothing was committed, so the write is simply made again against the
         re-opened table: a predicate overwrite replaces its slice whatever landed meanwhile
         (idempotent by construction), and an append carrying `txn` is skipped once the table
-        records that app transaction. A stream of frames cannot be replayed: its conflict is
-        raised (streamed whole-table overwrites run under the writer lease, alone).
+        records that app transaction. A stream of frames is spooled once, before the first
+        attempt (`_spooled`), so it is replayed like a frame: the producer runs exactly once.
         """
         check_conditional_puts(self.home, self.storage_options)
-        return self._retried(
-            table,
-            lambda: self._commit(table, df, mode, predicate, metadata, txn),
-            replayable=isinstance(df, pl.DataFrame),
-        )
+        with _spooled(df, table) as arrow:
+            return self._retried(
+                table, lambda: self._commit(table, arrow, mode, predicate, metadata, txn)
+            )
 
-    def _retried(self, table: Table, commit: Callable[[], R], replayable: bool = True) -> R:
+    def _retried(self, table: Table, commit: Callable[[], R]) -> R:
         """`commit()`, made again with backoff after each commit conflict (bounded)."""
         attempt = 1
         while True:
             try:
                 return commit()
             except CommitFailedError as exc:
-                if not replayable or attempt >= COMMIT_ATTEMPTS:
+                if attempt >= COMMIT_ATTEMPTS:
                     raise _lost_to_concurrent_writers(table, attempt, exc) from exc
             _log.info("%s: commit conflict, retrying (attempt %d)", table.name, attempt + 1)
             self._forget(table)
@@ -355,7 +357,7 @@ class DeltaStore:
     def _commit(
         self,
         table: Table,
-        df: pl.DataFrame | Iterable[pl.DataFrame],
+        arrow: Callable[[bool], pa.Table | pa.RecordBatchReader],
         mode: Literal["append", "overwrite"],
         predicate: str | None,
         metadata: Mapping[str, str] | None,
@@ -376,20 +378,19 @@ class DeltaStore:
             predicate = None
             mode = "append"
         # name, description, partitioning and column comments are set at creation
-        with _arrow_data(df, table, new) as arrow:
-            # delta-rs types its overloads by the literal `mode`; ours is a variable of both
-            cast(Any, write_deltalake)(
-                existing if existing is not None else self.uri(table),
-                arrow,
-                mode=mode,
-                predicate=predicate,
-                storage_options=self.storage_options,
-                commit_properties=props,
-                writer_properties=_WRITER,
-                partition_by=(list(table.partition_by) or None) if new else None,
-                name=table.name if new else None,
-                description=table.description if new else None,
-            )
+        # delta-rs types its overloads by the literal `mode`; ours is a variable of both
+        cast(Any, write_deltalake)(
+            existing if existing is not None else self.uri(table),
+            arrow(new),
+            mode=mode,
+            predicate=predicate,
+            storage_options=self.storage_options,
+            commit_properties=props,
+            writer_properties=_WRITER,
+            partition_by=(list(table.partition_by) or None) if new else None,
+            name=table.name if new else None,
+            description=table.description if new else None,
+        )
         if existing is not None:  # delta-rs moved it to the new version in place
             return existing.version()
         return self.version(table) or 0
@@ -458,7 +459,8 @@ class DeltaStore:
         `replace_partition(USAGE_MONTHLY, rows, month="2026-10")` or, for the half-open hours
         [start, end), `replace_partition(USAGE_HOURLY, rows, hour=slice(start, end))`. Every row
         of `df` must fall inside the slice (delta-rs refuses the commit otherwise). An iterable
-        of frames is spooled, then streamed into the one commit (memory: one frame).
+        of frames is spooled once, then streamed into the one commit, and again into each retry
+        after a conflict (memory: one frame).
         """
         where = predicate(table, table.replace_by, key)
         return self._write(table, df, "overwrite", predicate=where, metadata=metadata)

@@ -166,7 +166,7 @@ def test_replace_partition_refuses_other_columns_and_rows_outside_the_slice(
     store: DeltaStore,
 ) -> None:
     with pytest.raises(ValueError, match="not a key column"):
-        store.replace_partition(USAGE_MONTHLY, _month_rows("2026-10", 1), account_id="a")
+        store.replace_partition(USAGE_MONTHLY, _month_rows("2026-10", 1), unit="tokens")
     with pytest.raises(ValueError, match="partition key is required"):
         store.replace_partition(USAGE_MONTHLY, _month_rows("2026-10", 1))
     store.replace_partition(USAGE_MONTHLY, _month_rows("2026-10", 1), month="2026-10")

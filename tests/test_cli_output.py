@@ -37,7 +37,7 @@ def test_run_json_is_one_document_and_dagster_logs_stay_off_stdout(tmp_path: Pat
     scripted = usagebox("run", "--month", "2026-10", "--home", home, "--json")
     assert scripted.returncode == 0, scripted.stderr
     document = json.loads(scripted.stdout)  # the whole of stdout is one JSON document
-    assert [r["job"] for r in document["runs"]] == ["daily_job", "monthly_job"]
+    assert [r["job"] for r in document["runs"]] == ["daily_job", "monthly_job", "reconcile_job"]
     assert DAGSTER_LINE not in scripted.stdout and DAGSTER_LINE not in scripted.stderr
 
     human = usagebox("run", "--month", "2026-10", "--home", home, "--verbose")

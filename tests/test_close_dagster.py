@@ -88,7 +88,7 @@ def test_draft_invoices_asset_refreshes_drafts_and_passes_invariant_4(tmp_path):
     store, settings = scenario().home_at("nov_built", tmp_path / "h")
     resource = UsageboxResource(home=settings.home, pricebooks=str(settings.pricebooks))
     result = dg.materialize(
-        [draft_invoices], partition_key=f"{NOV}-01", resources={"usagebox": resource}
+        [draft_invoices], partition_key=f"{NOV}-01|0", resources={"usagebox": resource}
     )
     assert result.success
     (check,) = result.get_asset_check_evaluations()

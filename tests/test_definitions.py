@@ -43,11 +43,16 @@ def test_definitions_load_and_every_job_resolves() -> None:
         "cost_attribution",
         "spend_state",
     } <= keys
-    for job in ("ingest_job", "daily_job", "monthly_job", "close_job"):
+    for job in ("ingest_job", "daily_job", "monthly_job", "reconcile_job", "close_job"):
         assert defs.resolve_job_def(job) is not None
     daily = graph.get(dg.AssetKey("usage_hourly")).partitions_def
     assert isinstance(daily, dg.DailyPartitionsDefinition) and daily.timezone == "UTC"
-    monthly = graph.get(dg.AssetKey("usage_monthly")).partitions_def
+    by_shard = graph.get(dg.AssetKey("usage_monthly")).partitions_def
+    assert isinstance(by_shard, dg.MultiPartitionsDefinition)  # month × month shard (ADR 0019)
+    assert isinstance(
+        by_shard.get_partitions_def_for_dimension("month"), dg.MonthlyPartitionsDefinition
+    )
+    monthly = graph.get(dg.AssetKey("reconciliation")).partitions_def
     assert isinstance(monthly, dg.MonthlyPartitionsDefinition)
     checks = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
     assert {"2_events_unique", "3_hourly_equals_events", "3_monthly_equals_hourly"} <= checks
@@ -56,13 +61,14 @@ def test_definitions_load_and_every_job_resolves() -> None:
         "inbox_sensor",
         "rebuild_touched_days",
         "month_after_touched_days",
+        "reconcile_after_month",
     }
 
 
 def test_nightly_schedules_target_yesterday() -> None:
     ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 3, 2, tzinfo=UTC))
     assert nightly_usage(ctx).partition_key == "2026-11-02"
-    assert nightly_monthly(ctx).partition_key == "2026-11-01"
+    assert [r.partition_key for r in nightly_monthly(ctx)] == ["2026-11-01|0"]
 
 
 def test_month_materialises_through_dagster(tmp_path: Path) -> None:
@@ -136,7 +142,7 @@ def test_affected_hours_become_spans_of_daily_partition_keys() -> None:
 
 
 def test_after_ingest_only_the_touched_days_are_rebuilt(tmp_path: Path) -> None:
-    from usagebox_pipelines.defs.sensors import rebuild_touched_days
+    from usagebox_pipelines.defs.sensors import rebuild_touched_days, reconcile_after_month
     from usagebox_pipelines.runner import dagster_instance
 
     settings = Settings.resolve(str(tmp_path / "home"))
@@ -178,13 +184,25 @@ def test_after_ingest_only_the_touched_days_are_rebuilt(tmp_path: Path) -> None:
         if len(runs) == 1:
             assert isinstance(month, dg.SkipReason) and "1 of 2" in (month.skip_message or "")
     assert [(r.partition_key, r.run_key) for r in month] == [
-        ("2026-10-01", f"{outcome.run_id}-2026-10")
+        ("2026-10-01|0", f"{outcome.run_id}-2026-10")  # month × the one month shard
     ]
     store = DeltaStore(settings.home)
     assert store.read(USAGE_HOURLY)["hour"].dt.date().unique().sort().to_list() == [
         date(2026, 10, 1),
         date(2026, 10, 3),
     ]
+
+    # the month's run, then its reconciliation once no monthly_job run of the month is left
+    monthly = execute_job(
+        settings, "monthly_job", partition_key=month[0].partition_key, instance=instance
+    )
+    assert monthly.success, monthly.failures
+    context = _success_context(
+        instance, instance.get_run_by_id(monthly.run_id), "reconcile_after_month"
+    )
+    reconcile = reconcile_after_month(context)
+    assert isinstance(reconcile, dg.RunRequest)
+    assert (reconcile.job_name, reconcile.partition_key) == ("reconcile_job", "2026-10-01")
 
 
 def _success_context(instance: dg.DagsterInstance, run: dg.DagsterRun, sensor: str):

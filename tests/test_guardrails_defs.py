@@ -14,6 +14,7 @@ from usagebox_pipelines.catalog import SPEND_STATE, USAGE_HOURLY
 from usagebox_pipelines.defs.guardrails import guardrail_alerts, guardrail_assets, guardrail_sensors
 from usagebox_pipelines.defs.jobs import daily_job, ingest_job, monthly_job
 from usagebox_pipelines.defs.metering import metering_assets
+from usagebox_pipelines.defs.partitions import month_shards
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.storage import DeltaStore
 
@@ -36,7 +37,7 @@ def test_asset_graph() -> None:
     graph = definitions().resolve_asset_graph()
     for key in GUARDRAIL_KEYS:
         node = graph.get(dg.AssetKey(key))
-        assert isinstance(node.partitions_def, dg.MonthlyPartitionsDefinition)
+        assert node.partitions_def == month_shards  # month × month shard (ADR 0019)
         assert node.group_name == "guardrails"
     parents = {k: graph.get(dg.AssetKey(k)).parent_keys for k in GUARDRAIL_KEYS}
     assert parents["spend_state"] == {dg.AssetKey("usage_monthly")}
@@ -64,7 +65,7 @@ def test_monthly_job_materializes_guardrails_and_the_sensor_alerts_once(
     defs = definitions(prepared)
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def("monthly_job").execute_in_process(
-        partition_key="2026-10-01", instance=instance
+        partition_key="2026-10-01|0", instance=instance
     )
     assert result.success
     materialized = {

@@ -14,7 +14,9 @@ from usagebox_pipelines.stages.reconciliation import SKIPPED, reconcile_month
 def test_monthly_job_runs_without_vendors_yaml(tmp_path):
     store, settings = scenario().home_at("oct_built", tmp_path / "h")
     (settings.pricebooks / "vendors.yaml").unlink()
-    outcome = execute_job(settings, "monthly_job", partition_key=f"{OCT}-01")
+    outcome = execute_job(settings, "monthly_job", partition_key=f"{OCT}-01|0")
+    assert outcome.success, outcome.failures
+    outcome = execute_job(settings, "reconcile_job", partition_key=f"{OCT}-01")
     assert outcome.success, outcome.failures
     assert store.exists(RATED_USAGE)
     assert not store.exists(RECONCILIATION)

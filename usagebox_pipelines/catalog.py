@@ -203,7 +203,7 @@ USAGE_MONTHLY = Table(
     "usage_monthly",
     s.USAGE_MONTHLY,
     partition_by=(),
-    replace_by=("month",),
+    replace_by=("month", "account_id"),
     description="Usage per account × meter × model × product × unit × billing month.",
     comments={
         "account_id": _ACCOUNT,
@@ -217,7 +217,7 @@ RATED_USAGE = Table(
     "rated_usage",
     s.RATED_USAGE,
     partition_by=(),
-    replace_by=("period",),
+    replace_by=("period", "account_id"),
     description="Monthly usage priced by the pricebook version in effect, plus contract rows.",
     comments={
         "period": _MONTH,
@@ -239,7 +239,7 @@ UNRATED_USAGE = Table(
     "unrated_usage",
     s.UNRATED_USAGE,
     partition_by=(),
-    replace_by=("period",),
+    replace_by=("period", "account_id"),
     description="Usage no rate matched: reported and blocks the close, never billed as free.",
     comments={
         "period": _MONTH,
@@ -288,7 +288,7 @@ INVOICES = Table(
     "invoices",
     s.INVOICES,
     partition_by=(),
-    replace_by=("period", "status"),
+    replace_by=("period", "status", "account_id"),
     description="One row per invoice or credit note; an issued one never changes.",
     comments={
         "invoice_number": "Gapless number assigned at issue (null on drafts).",
@@ -309,7 +309,7 @@ INVOICE_LINES = Table(
     "invoice_lines",
     s.INVOICE_LINES,
     partition_by=(),
-    replace_by=("period", "invoice_number"),
+    replace_by=("period", "invoice_number", "account_id"),
     description="One row per invoice line, rounded per line to the currency's minor unit.",
     comments={
         "invoice_number": "Invoice the line belongs to (null on drafts).",
@@ -445,7 +445,7 @@ SPEND_STATE = Table(
     "spend_state",
     g.SPEND_STATE,
     partition_by=(),
-    replace_by=("period",),
+    replace_by=("period", "account_id"),
     description="Month-to-date spend against budgets and caps per account × scope × month.",
     comments={
         "period": _MONTH,
@@ -466,7 +466,7 @@ USAGE_ANOMALIES = Table(
     "usage_anomalies",
     g.USAGE_ANOMALIES,
     partition_by=(),
-    replace_by=("period",),
+    replace_by=("period", "account_id"),
     description="Flagged account × model × meter × hour against the same hour of earlier days.",
     comments={
         "period": _MONTH,

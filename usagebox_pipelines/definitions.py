@@ -5,7 +5,14 @@ import dagster as dg
 from usagebox_pipelines.defs.executors import step_executor
 from usagebox_pipelines.defs.guardrails import guardrail_assets, guardrail_sensors
 from usagebox_pipelines.defs.invoicing import invoicing_assets, invoicing_schedules
-from usagebox_pipelines.defs.jobs import close_job, daily_job, hourly_job, ingest_job, monthly_job
+from usagebox_pipelines.defs.jobs import (
+    close_job,
+    daily_job,
+    hourly_job,
+    ingest_job,
+    monthly_job,
+    reconcile_job,
+)
 from usagebox_pipelines.defs.maintenance import maintenance_job, weekly_maintenance
 from usagebox_pipelines.defs.metering import metering_assets
 from usagebox_pipelines.defs.pricing import pricing_assets
@@ -22,7 +29,15 @@ defs = dg.Definitions(
         reconciliation_assets,
         *invoicing_assets,
     ],
-    jobs=[ingest_job, daily_job, hourly_job, monthly_job, close_job, maintenance_job],
+    jobs=[
+        ingest_job,
+        daily_job,
+        hourly_job,
+        monthly_job,
+        reconcile_job,
+        close_job,
+        maintenance_job,
+    ],
     schedules=[*schedules, *invoicing_schedules, weekly_maintenance],
     sensors=[*sensors, *guardrail_sensors],
     # The home comes from $USAGEBOX_HOME when a run launches (the UI, schedules, sensors): a

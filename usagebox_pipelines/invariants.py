@@ -43,6 +43,19 @@ class InvariantResult:
         }
 
 
+def all_of(results: list[InvariantResult]) -> InvariantResult:
+    """One result for an invariant checked over several slices (the month shards one run
+    materialises): passed when every slice passed; the failing slices' details and examples."""
+    failed = [r for r in results if not r.passed]
+    shown = failed or results[:1]
+    return InvariantResult(
+        results[0].name,
+        not failed,
+        "; ".join(r.detail for r in shown if r.detail),
+        [e for r in shown for e in r.examples][:SAMPLE],
+    )
+
+
 def _examples(frame: pl.DataFrame) -> list[dict]:
     return [{k: _plain(v) for k, v in row.items()} for row in frame.head(SAMPLE).to_dicts()]
 

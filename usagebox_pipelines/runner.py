@@ -23,7 +23,12 @@ from functools import cache
 import dagster as dg
 
 from usagebox_pipelines.config import Settings
-from usagebox_pipelines.defs.jobs import day_range_tags
+from usagebox_pipelines.defs.jobs import (
+    PARTITION_RANGE_END,
+    PARTITION_RANGE_START,
+    day_range_tags,
+    month_range_tags,
+)
 from usagebox_pipelines.defs.metadata import events_metadata, issued_metadata, raw_events_metadata
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import load_accounts
@@ -103,8 +108,16 @@ def execute_job(
         if ev.event_type_value == "ASSET_CHECK_EVALUATION"
         and not ev.asset_check_evaluation_data.passed
     ]
-    span = partition_key or (f"{tags[next(iter(tags))]}..{list(tags.values())[-1]}" if tags else "")
-    return RunOutcome(job_name, span, result.success and not failures, result.run_id, failures)
+    return RunOutcome(job_name, _span(partition_key, tags), result.success and not failures,
+                      result.run_id, failures)  # fmt: skip
+
+
+def _span(partition_key: str | None, tags: dict[str, str] | None) -> str:
+    """The partitions a run took, as a person reads them: one key, or `first..last`."""
+    if partition_key or not tags:
+        return partition_key or ""
+    first, last = tags.get(PARTITION_RANGE_START, ""), tags.get(PARTITION_RANGE_END, "")
+    return first if first == last else f"{first}..{last}"
 
 
 #: Called with `job_name: step_key` as each step of a run ends (success or failure).
@@ -169,8 +182,7 @@ def run_day(
     hours = execute_job(settings, "daily_job", partition_key=day.strftime("%Y-%m-%d"), **opts)
     if not hours.success:
         return [hours]
-    month = execute_job(settings, "monthly_job", partition_key=day.strftime("%Y-%m-01"), **opts)
-    return [hours, month]
+    return [hours, *run_monthly(settings, day.strftime("%Y-%m"), opts)]
 
 
 def run_month(
@@ -192,11 +204,20 @@ def run_month(
     hours = execute_job(settings, "daily_job", tags=days, **opts)
     if not hours.success:
         return [hours]
-    return [hours, execute_job(settings, "monthly_job", partition_key=f"{month}-01", **opts)]
+    return [hours, *run_monthly(settings, month, opts)]
+
+
+def run_monthly(settings: Settings, month: str, opts: dict) -> list[RunOutcome]:
+    """The month's `monthly_job`, every month shard in one run (ADR 0019), then, if it
+    succeeded, its `reconcile_job` (what the `reconcile_after_month` sensor does)."""
+    shards = execute_job(settings, "monthly_job", tags=month_range_tags(month), **opts)
+    if not shards.success:
+        return [shards]
+    return [shards, execute_job(settings, "reconcile_job", partition_key=f"{month}-01", **opts)]
 
 
 #: Jobs `run_day` / `run_month` launch, in order (for a progress total).
-RUN_JOBS = ("daily_job", "monthly_job")
+RUN_JOBS = ("daily_job", "monthly_job", "reconcile_job")
 
 
 def run_ingest(settings: Settings, files: list[str], source: str | None = None) -> RunOutcome:

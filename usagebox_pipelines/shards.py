@@ -11,9 +11,13 @@ only unit that cannot be split.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import polars as pl
+
+from usagebox_pipelines.errors import UsageboxError
 
 #: Rows of weight (hourly usage rows) per shard: ~100 MiB of working memory in rating at the
 #: default; `USAGEBOX_SHARD_ROWS` sets it (smaller: less memory, more scans of the month).
@@ -53,3 +57,62 @@ def in_shard(ids: list[str]) -> pl.Expr:
         return pl.lit(False)
     col = pl.col("account_id")
     return (col >= min(ids)) & (col <= max(ids)) & col.is_in(ids)
+
+
+MONTH_SHARDS_ENV = "USAGEBOX_MONTH_SHARDS"
+#: Upper bound on month shards: each is a Dagster partition per month, and a predicate lists
+#: its accounts, so thousands of tiny shards cost more than they spread.
+MAX_MONTH_SHARDS = 256
+
+
+def month_shard_count() -> int:
+    """`USAGEBOX_MONTH_SHARDS`: how many month shards the monthly stages fan out to (1 = the
+    month in one unit, the default). Read once, where the Dagster partitions are defined."""
+    text = os.environ.get(MONTH_SHARDS_ENV, "").strip() or "1"
+    if not text.isdigit() or not 1 <= int(text) <= MAX_MONTH_SHARDS:
+        raise UsageboxError(
+            f"{MONTH_SHARDS_ENV}={text!r}: expected a whole number from 1 to {MAX_MONTH_SHARDS}"
+        )
+    return int(text)
+
+
+@dataclass(frozen=True)
+class MonthShard:
+    """Month shard `index` of `count`: the accounts whose hierarchy root hashes to `index`.
+
+    The fan-out unit of the monthly stages (ADR 0019): a Dagster partition (month × shard)
+    that a pod of its own can run. The hash is CRC-32 of the root account id, a pure function
+    of the id (stable across runs, processes and machines, unlike Python's or Polars' hash),
+    and whole hierarchies share a shard because a parent's budget covers its subtree. Inside a
+    month shard, `account_shards` still cuts the work by weight to bound memory.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"month shard {self.index} of {self.count}")
+
+    @classmethod
+    def of_root(cls, root: str, count: int) -> MonthShard:
+        """The month shard of `count` that the hierarchy rooted at `root` belongs to."""
+        return cls(zlib.crc32(root.encode()) % count, count)
+
+    @property
+    def whole(self) -> bool:
+        """The one shard of an unsharded month: it owns every account."""
+        return self.count == 1
+
+    def owned(self, ids: Iterable[str], root: Callable[[str], str]) -> list[str]:
+        """The ids (sorted, unique) whose root (`root(id)`) belongs to this shard."""
+        unique = set(ids)
+        if self.whole:
+            return sorted(unique)
+        return sorted(i for i in unique if MonthShard.of_root(root(i), self.count) == self)
+
+    def __str__(self) -> str:
+        return f"shard {self.index} of {self.count}"
+
+
+WHOLE_MONTH = MonthShard()

@@ -13,11 +13,14 @@ import dagster as dg
 import polars as pl
 
 from usagebox_pipelines.catalog import GUARDRAIL_DECISIONS, SPEND_STATE, USAGE_ANOMALIES
-from usagebox_pipelines.defs.metadata import materialized, spec
+from usagebox_pipelines.defs.metadata import materialized, per_partition, spec
 from usagebox_pipelines.defs.metering import usage_monthly
-from usagebox_pipelines.defs.partitions import month_of, monthly
+from usagebox_pipelines.defs.partitions import MONTH_SHARDS, month_shard_keys, month_shards
 from usagebox_pipelines.defs.resources import UsageboxResource
+from usagebox_pipelines.pricing.accounts import load_accounts
+from usagebox_pipelines.shards import MonthShard
 from usagebox_pipelines.stages.guardrails import raise_alerts, refresh_guardrails
+from usagebox_pipelines.storage import DeltaStore
 
 GROUP = "guardrails"
 _PREVIEW_ROWS = 25
@@ -25,7 +28,8 @@ _PREVIEW_ROWS = 25
 
 @dg.multi_asset(
     name="guardrails",
-    partitions_def=monthly,
+    partitions_def=month_shards,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     specs=[
         spec(
             "usage_anomalies",
@@ -53,30 +57,40 @@ _PREVIEW_ROWS = 25
     ],
 )
 def guardrails(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
-    """Refresh the month's spend_state and usage_anomalies; append new decisions."""
-    month = month_of(context.partition_key)
+    """Refresh the month's (shard's) spend_state and usage_anomalies; append new decisions."""
     store = usagebox.store
-    summary = refresh_guardrails(
-        store, usagebox.settings.pricebooks, month, datetime.now(UTC), context.run_id
-    )
-    for status in ("soft_alert", "hard_alert", "hard_stop"):
-        for scope in summary[status]:
-            context.log.warning(f"{month}: {scope} is {status}")
+    metadata: dict[str, dict[str, dict]] = {
+        "usage_anomalies": {}, "spend_state": {}, "guardrail_decisions": {},
+    }  # fmt: skip
+    for key, month, shard in month_shard_keys(context):
+        summary = refresh_guardrails(
+            store, usagebox.settings.pricebooks, month, datetime.now(UTC), context.run_id,
+            shard=shard,
+        )  # fmt: skip
+        for status in ("soft_alert", "hard_alert", "hard_stop"):
+            for scope in summary[status]:
+                context.log.warning(f"{month}: {scope} is {status}")
+        for asset, meta in _metadata(store, month, summary).items():
+            metadata[asset][key] = meta
+    for asset, by_key in metadata.items():
+        per_partition(context, by_key, asset)
+        yield dg.MaterializeResult(asset_key=asset)
+
+
+def _metadata(store: DeltaStore, month: str, summary: dict) -> dict[str, dict]:
+    """Each guardrail table's metadata for one month partition (previews of the month)."""
     where = pl.col("period") == month
     state = store.scan(SPEND_STATE).filter(where).collect()
     anomalies = store.scan(USAGE_ANOMALIES).filter(where).collect()
     decisions = store.scan(GUARDRAIL_DECISIONS).filter(where).collect()
-    yield dg.MaterializeResult(
-        asset_key="usage_anomalies",
-        metadata={
+    latest = decisions.sort("effective_at", "seq").tail(_PREVIEW_ROWS)
+    return {
+        "usage_anomalies": {
             "flagged_hours": anomalies.height,
             "anomalies": dg.MetadataValue.md(_md(anomalies, _ANOMALY_COLUMNS)),
         }
         | materialized(store, USAGE_ANOMALIES, where),
-    )
-    yield dg.MaterializeResult(
-        asset_key="spend_state",
-        metadata={
+        "spend_state": {
             "as_of": summary["as_of"],
             "accounts": summary["accounts"],
             "by_status": dg.MetadataValue.json(summary["status"]),
@@ -85,18 +99,13 @@ def guardrails(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
             ),
         }
         | materialized(store, SPEND_STATE, where),
-    )
-    yield dg.MaterializeResult(
-        asset_key="guardrail_decisions",
-        metadata={
+        "guardrail_decisions": {
             "new_decisions": summary["new_decisions"],
             "decisions_in_month": decisions.height,
-            "latest": dg.MetadataValue.md(
-                _md(decisions.sort("effective_at", "seq").tail(_PREVIEW_ROWS), _DECISION_COLUMNS)
-            ),
+            "latest": dg.MetadataValue.md(_md(latest, _DECISION_COLUMNS)),
         }
         | materialized(store, GUARDRAIL_DECISIONS, where),
-    )
+    }
 
 
 _STATE_COLUMNS = [
@@ -142,12 +151,14 @@ def guardrail_alerts(context: dg.SensorEvaluationContext, usagebox: UsageboxReso
     if alerts.is_empty():
         return dg.SkipReason("no new guardrail decisions to alert on")
     events = []
+    accounts = load_accounts(usagebox.settings.pricebooks)
     for row in alerts.iter_rows(named=True):
+        shard = MonthShard.of_root(accounts.root(row["account_id"]), MONTH_SHARDS)
         context.log.warning(f"[{row['severity']}] {row['message']}")
         events.append(
             dg.AssetObservation(
                 asset_key="guardrail_decisions",
-                partition=f"{row['period']}-01",
+                partition=f"{row['period']}-01|{shard.index}",
                 metadata={
                     "alert_id": row["alert_id"],
                     "decision_id": row["decision_id"],

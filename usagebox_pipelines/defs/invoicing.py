@@ -21,12 +21,20 @@ from usagebox_pipelines.defs.metadata import (
     check_spec,
     issued_metadata,
     materialized,
+    per_partition,
     table_metadata,
 )
-from usagebox_pipelines.defs.partitions import month_of, monthly
+from usagebox_pipelines.defs.partitions import (
+    BY_MONTH,
+    month_of,
+    month_shard_keys,
+    month_shards,
+    monthly,
+)
 from usagebox_pipelines.defs.pricing import rated_usage
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.invariants import all_of
 from usagebox_pipelines.stages.close import close_month
 from usagebox_pipelines.stages.drafts import refresh_drafts
 from usagebox_pipelines.stages.results import NeedsApproval
@@ -42,14 +50,15 @@ DEFAULT_GRACE_DAYS = 3
     kinds=KINDS,
     owners=OWNERS,
     metadata=table_metadata(INVOICES),
-    partitions_def=monthly,
+    partitions_def=month_shards,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[rated_usage, dg.AssetDep("guardrail_decisions")],
     check_specs=[
         check_spec(
             "4_invoice_lines_equal_rated_usage",
             "draft_invoices",
             "Invariant 4: the month's draft usage lines equal its rated usage, plus "
-            "adjustment lines for months closed earlier.",
+            "adjustment lines for months closed earlier (per month shard).",
         )
     ],
 )
@@ -57,19 +66,23 @@ def draft_invoices(
     context: dg.AssetExecutionContext, usagebox: UsageboxResource
 ) -> dg.MaterializeResult:
     """Draft invoices of an open month: rated usage + adjustments owed by closed months."""
-    month = month_of(context.partition_key)
     store, settings = usagebox.store, usagebox.settings
-    invoices, lines = refresh_drafts(store, settings.pricebooks, month, context.run_id)
-    check = draft_lines_match_rated(store, settings.pricebooks, month)
-    adjustments = lines.filter(pl.col("kind") == "adjustment")
-    return dg.MaterializeResult(
-        metadata={
+    checks, counts = [], {}
+    for key, month, shard in month_shard_keys(context):
+        invoices, lines = refresh_drafts(
+            store, settings.pricebooks, month, context.run_id, shard=shard
+        )
+        checks.append(draft_lines_match_rated(store, settings.pricebooks, month, shard))
+        adjustments = lines.filter(pl.col("kind") == "adjustment")
+        counts[key] = {
             "documents": invoices.height,
             "lines": lines.height,
             "adjustment_lines": adjustments.height,
             "totals": dg.MetadataValue.json(_totals(invoices)),
-        }
-        | materialized(store, INVOICES, _of(month, "draft")),
+        } | materialized(store, INVOICES, _of(month, "draft"))
+    per_partition(context, counts, "draft_invoices")
+    check = all_of(checks)
+    return dg.MaterializeResult(
         check_results=[
             dg.AssetCheckResult(
                 check_name=check.name,
@@ -112,7 +125,7 @@ def auto_approve() -> bool:
     owners=OWNERS,
     metadata=table_metadata(INVOICES),
     partitions_def=monthly,
-    deps=[draft_invoices],
+    deps=[dg.AssetDep(draft_invoices, partition_mapping=BY_MONTH)],
 )
 def issued_invoices(
     context: dg.AssetExecutionContext, config: CloseConfig, usagebox: UsageboxResource

@@ -4,12 +4,15 @@ Each job is tagged with the lease its steps take (ADR 0012), so a deployment's r
 hold exclusive runs back instead of starting them only to wait on the lease
 (`deploy/dagster.yaml`: one `usagebox/lease=exclusive` run at a time, one run per
 `dagster/partition`). `hourly_job` is the one that fans out: one run per UTC day, any number at
-once, each replacing only its day of `usage_hourly`.
+once, each replacing only its day of `usage_hourly`. `monthly_job` runs the per-account monthly
+assets, one partition per month × month shard (ADR 0019): one run for every shard of a month
+(`month_range_tags`), or a run per shard in a deployment; `reconcile_job` then reconciles the
+month against the vendor bills.
 """
 
 import dagster as dg
 
-from usagebox_pipelines.defs.partitions import daily, monthly
+from usagebox_pipelines.defs.partitions import MONTH_SHARDS, daily, month_shards, monthly
 
 LEASE_TAG = "usagebox/lease"
 EXCLUSIVE_RUN = {LEASE_TAG: "exclusive"}
@@ -41,9 +44,19 @@ monthly_job = dg.define_asset_job(
     "monthly_job",
     selection=dg.AssetSelection.all()
     - dg.AssetSelection.assets("raw_events", "events", "usage_hourly")
-    - dg.AssetSelection.groups("close"),
+    - dg.AssetSelection.groups("reconciliation", "close"),
+    partitions_def=month_shards,
+    description="Monthly stages per month × month shard: usage_monthly, rating, guardrails and "
+    "draft invoices of the shard's accounts.",
+    # one shard alone holds the home's lease shared: the other shards' runs go beside it
+    tags=EXCLUSIVE_RUN if MONTH_SHARDS == 1 else SHARED_RUN,
+)
+reconcile_job = dg.define_asset_job(
+    "reconcile_job",
+    selection=dg.AssetSelection.groups("reconciliation"),
     partitions_def=monthly,
-    description="Monthly stages: usage_monthly and everything priced or reconciled per month.",
+    description="Reconciliation and cost attribution of a month, after every shard of its "
+    "monthly_job.",
     tags=EXCLUSIVE_RUN,
 )
 close_job = dg.define_asset_job(
@@ -61,3 +74,31 @@ PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 def day_range_tags(first_key: str, last_key: str) -> dict[str, str]:
     """Tags that make one run materialise a range of daily partitions (single-run backfill)."""
     return {PARTITION_RANGE_START: first_key, PARTITION_RANGE_END: last_key}
+
+
+def month_range_tags(month: str) -> dict[str, str]:
+    """Tags that make one `monthly_job` run materialise every shard of `month` ('2026-10')."""
+    return {
+        PARTITION_RANGE_START: f"{month}-01|0",
+        PARTITION_RANGE_END: f"{month}-01|{MONTH_SHARDS - 1}",
+    }
+
+
+def month_run_requests(run_key: str, month: str) -> list[dg.RunRequest]:
+    """`monthly_job` runs for `month`: one per month shard, each its own partition (a
+    deployment runs them side by side, a pod each; `reconcile_after_month` follows the last)."""
+    return [
+        dg.RunRequest(
+            run_key=run_key if MONTH_SHARDS == 1 else f"{run_key}|{shard}",
+            job_name="monthly_job",
+            partition_key=f"{month}-01|{shard}",
+        )
+        for shard in range(MONTH_SHARDS)
+    ]
+
+
+def month_of_run(tags: dict[str, str]) -> str | None:
+    """The month ('2026-10') a `monthly_job` run materialised: from its partition, or the
+    start of its range of shards."""
+    key = tags.get("dagster/partition") or tags.get(PARTITION_RANGE_START)
+    return key[:7] if key else None

@@ -21,14 +21,17 @@ from usagebox_pipelines.defs.metadata import (
     raw_events_metadata,
     table_metadata,
 )
-from usagebox_pipelines.defs.partitions import daily, month_of, monthly
+from usagebox_pipelines.defs.partitions import BY_MONTH, daily, month_shard_keys, month_shards
 from usagebox_pipelines.defs.resources import UsageboxResource
+from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.stages.events import (
     FIRST_HOUR,
     events_frame,
     update_events,
 )
 from usagebox_pipelines.stages.ingest import ingest_files, late_accounts
+from usagebox_pipelines.stages.month_shards import shard_rows
 from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
 from usagebox_pipelines.stages.verify import verify_ingest
 
@@ -189,13 +192,15 @@ def usage_hourly(
     kinds=KINDS,
     owners=OWNERS,
     metadata=table_metadata(USAGE_MONTHLY),
-    partitions_def=monthly,
-    deps=[dg.AssetDep(usage_hourly, partition_mapping=dg.TimeWindowPartitionMapping())],
+    partitions_def=month_shards,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[dg.AssetDep(usage_hourly, partition_mapping=BY_MONTH)],
     check_specs=[
         check_spec(
             "3_monthly_equals_hourly",
             "usage_monthly",
-            "Invariant 3 for months: the month's `usage_monthly` equals the sum of its hours.",
+            "Invariant 3 for months: the month's `usage_monthly` equals the sum of its hours "
+            "(checked over the accounts of the run's month shards).",
         )
     ],
 )
@@ -203,18 +208,27 @@ def usage_monthly(
     context: dg.AssetExecutionContext, usagebox: UsageboxResource
 ) -> dg.MaterializeResult:
     """Account × meter × model × product × unit × month, summed from the month's hours."""
-    month = month_of(context.partition_key)
     store = usagebox.store
-    build_usage_monthly(store, month, context.run_id)
-    result = inv.monthly_matches_hourly(
-        store.scan(USAGE_HOURLY),
-        store.scan(USAGE_MONTHLY),
-        [month],
-    )
-    return dg.MaterializeResult(
-        metadata={"month": month} | materialized(store, USAGE_MONTHLY, pl.col("month") == month),
-        check_results=[_check(result)],
-    )
+    accounts = load_accounts(usagebox.settings.pricebooks)
+    results, counts = [], {}
+    for key, month, shard in month_shard_keys(context):
+        build_usage_monthly(store, month, context.run_id, shard=shard, accounts=accounts)
+        start, end = month_bounds(month)
+        hourly = store.scan(USAGE_HOURLY)
+        monthly = store.scan(USAGE_MONTHLY)
+        month_hours = hourly.filter((pl.col("hour") >= start) & (pl.col("hour") < end))
+        mine = shard_rows(
+            [month_hours, monthly.filter(pl.col("month") == month)], shard, accounts.root
+        )
+        results.append(
+            inv.monthly_matches_hourly(hourly.filter(mine), monthly.filter(mine), [month])
+        )
+        where = pl.col("month") == month
+        counts[key] = {"month": month, "month_shard": shard.index} | materialized(
+            store, USAGE_MONTHLY, where
+        )
+    per_partition(context, counts, "usage_monthly")
+    return dg.MaterializeResult(check_results=[_check(inv.all_of(results))])
 
 
 metering_assets = [raw_events, events, usage_hourly, usage_monthly]

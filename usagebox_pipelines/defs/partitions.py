@@ -10,6 +10,12 @@ code location is reloaded (every `dagster dev` start, or "Reload" in the UI).
 
 `usage_hourly` keeps its hourly grain in the table but is partitioned by UTC day in Dagster: a
 month is 31 partitions, not 744 (issue 13).
+
+The per-account monthly assets (`usage_monthly`, `rated_usage`, `guardrails`,
+`draft_invoices`) are partitioned by month × month shard (`month_shards`, ADR 0019):
+`USAGEBOX_MONTH_SHARDS` shards (1 by default), read when the code location loads. A run may
+take one partition (a deployment's pod per shard) or every shard of a month at once
+(`jobs.month_range_tags`: what `usagebox run` and the schedules launch, one run a month).
 """
 
 import os
@@ -19,6 +25,7 @@ import dagster as dg
 
 from usagebox_pipelines.catalog import EVENTS
 from usagebox_pipelines.errors import UsageboxError
+from usagebox_pipelines.shards import MonthShard, month_shard_count
 from usagebox_pipelines.stages.events import FIRST_HOUR
 from usagebox_pipelines.storage import DeltaStore
 
@@ -62,6 +69,30 @@ monthly = dg.MonthlyPartitionsDefinition(
 )
 
 
+MONTH_SHARDS = month_shard_count()
+month_shards = dg.MultiPartitionsDefinition(
+    {
+        "month": monthly,
+        "shard": dg.StaticPartitionsDefinition([str(i) for i in range(MONTH_SHARDS)]),
+    }
+)
+
+#: A month × shard partition depends on every partition of its month upstream (days of
+#: `usage_hourly`, all shards of the month, the month itself), and a monthly one on every
+#: shard of its month.
+BY_MONTH = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="month")
+
+
 def month_of(partition_key: str) -> str:
     """'2026-10-01' (a monthly partition key) -> '2026-10'."""
     return partition_key[:7]
+
+
+def month_shard_keys(context: dg.AssetExecutionContext) -> list[tuple[str, str, MonthShard]]:
+    """(partition key, month, month shard) of every `month_shards` partition the run
+    materialises: one in a partition's own run, every shard of a month in a month's run."""
+    keys = []
+    for key in context.partition_keys:
+        dims = month_shards.get_partition_key_from_str(key).keys_by_dimension
+        keys.append((key, month_of(dims["month"]), MonthShard(int(dims["shard"]), MONTH_SHARDS)))
+    return keys

@@ -1,4 +1,4 @@
-"""Pricing asset: `rated_usage` (with `unrated_usage` and the credit ledger) per month."""
+"""Pricing asset: `rated_usage` (with `unrated_usage`) per month × month shard."""
 
 import dagster as dg
 import polars as pl
@@ -9,10 +9,11 @@ from usagebox_pipelines.defs.metadata import (
     OWNERS,
     check_spec,
     materialized,
+    per_partition,
     table_metadata,
 )
 from usagebox_pipelines.defs.metering import usage_hourly, usage_monthly
-from usagebox_pipelines.defs.partitions import month_of, monthly
+from usagebox_pipelines.defs.partitions import BY_MONTH, month_shard_keys, month_shards
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.stages.rating import build_rated_usage
 
@@ -22,10 +23,14 @@ from usagebox_pipelines.stages.rating import build_rated_usage
     kinds=KINDS,
     owners=OWNERS,
     metadata=table_metadata(RATED_USAGE),
-    partitions_def=monthly,
+    partitions_def=month_shards,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    # after the shard's guardrails: waivers of usage past a hard stop read its decisions
+    # (without the edge, a multiprocess run rated beside guardrails and missed them)
     deps=[
         usage_monthly,
-        dg.AssetDep(usage_hourly, partition_mapping=dg.TimeWindowPartitionMapping()),
+        dg.AssetDep(usage_hourly, partition_mapping=BY_MONTH),
+        dg.AssetDep("guardrail_decisions"),
     ],
     check_specs=[
         # Not blocking: drafts still refresh; `usagebox close` refuses while any exists.
@@ -42,24 +47,27 @@ def rated_usage(
     context: dg.AssetExecutionContext, usagebox: UsageboxResource
 ) -> dg.MaterializeResult:
     """Usage × the price version in effect at each hour, plus discount/minimum/credit lines."""
-    month = month_of(context.partition_key)
-    settings = usagebox.settings
-    rated = build_rated_usage(usagebox.store, settings.pricebooks, month, context.run_id)
-    unrated = rated.unrated
-    return dg.MaterializeResult(
-        metadata={
+    store, settings = usagebox.store, usagebox.settings
+    unrated, counts = [], {}
+    for key, month, shard in month_shard_keys(context):
+        rated = build_rated_usage(store, settings.pricebooks, month, context.run_id, shard=shard)
+        unrated.append(rated.unrated)
+        counts[key] = {
             "price_versions": sorted(rated.price_versions),
-            "unrated_rows": unrated.height,
-        }
-        | materialized(usagebox.store, RATED_USAGE, pl.col("period") == month),
+            "rated_rows": rated.rows,
+            "unrated_rows": rated.unrated.height,
+        } | materialized(store, RATED_USAGE, pl.col("period") == month)
+    per_partition(context, counts, "rated_usage")
+    missing = pl.concat(unrated)
+    return dg.MaterializeResult(
         check_results=[
             dg.AssetCheckResult(
                 check_name="no_unrated_usage",
-                passed=unrated.height == 0,
+                passed=missing.height == 0,
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={
                     "unrated": dg.MetadataValue.json(
-                        unrated.head(20).cast({c: str for c in unrated.columns}).to_dicts()
+                        missing.head(20).cast({c: str for c in missing.columns}).to_dicts()
                     )
                 },
             )

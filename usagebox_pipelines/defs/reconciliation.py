@@ -5,7 +5,7 @@ import polars as pl
 
 from usagebox_pipelines.catalog import COST_ATTRIBUTION, RECONCILIATION
 from usagebox_pipelines.defs.metadata import materialized, spec
-from usagebox_pipelines.defs.partitions import month_of, monthly
+from usagebox_pipelines.defs.partitions import BY_MONTH, month_of, monthly
 from usagebox_pipelines.defs.pricing import rated_usage
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.stages.reconciliation import reconcile_month
@@ -28,14 +28,14 @@ class ReconciliationConfig(dg.Config):
             "reconciliation",
             RECONCILIATION,
             "Vendor × UTC day × model × meter: metered vs billed, status.",
-            [rated_usage],
+            [dg.AssetDep(rated_usage, partition_mapping=BY_MONTH)],
             "reconciliation",
         ),
         spec(
             "cost_attribution",
             COST_ATTRIBUTION,
             "Account × model × month: revenue, allocated cost, margin.",
-            [rated_usage],
+            [dg.AssetDep(rated_usage, partition_mapping=BY_MONTH)],
             "reconciliation",
         ),
     ],

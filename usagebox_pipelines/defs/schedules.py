@@ -1,4 +1,5 @@
-"""Nightly runs (02:00 UTC): yesterday's day of usage, then the month-to-date monthly partition.
+"""Nightly runs (02:00 UTC): yesterday's day of usage, then the month to date: one run per
+month shard (ADR 0019), then its reconciliation (`reconcile_after_month`).
 
 Both are on by default: they only rebuild derived tables (rollups, prices, drafts, guardrails),
 which is safe to repeat, and a home whose schedules someone forgot to start bills stale usage.
@@ -8,7 +9,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from usagebox_pipelines.defs.jobs import daily_job, monthly_job
+from usagebox_pipelines.defs.jobs import daily_job, month_run_requests, monthly_job
 
 
 @dg.schedule(
@@ -29,11 +30,11 @@ def nightly_usage(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
-def nightly_monthly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """The month-to-date partition of the month that yesterday belongs to (reconciliation
-    tables and CSVs; the PDF reports come with the close)."""
+def nightly_monthly(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    """The month-to-date partitions (every month shard) of the month that yesterday belongs
+    to; reconciliation tables and CSVs follow them (the PDF reports come with the close)."""
     day = context.scheduled_execution_time - timedelta(days=1)
-    return dg.RunRequest(run_key=f"nightly-month-{day:%Y-%m-%d}", partition_key=f"{day:%Y-%m-01}")
+    return month_run_requests(f"nightly-month-{day:%Y-%m-%d}", f"{day:%Y-%m}")
 
 
 schedules = [nightly_usage, nightly_monthly]

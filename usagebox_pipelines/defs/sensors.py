@@ -4,7 +4,9 @@ After an ingest run (exclusive: key index, batches, the `events` fold), `rebuild
 requests one `hourly_job` run per touched UTC day. Those take the *shared* lease (ADR 0012), so
 they run side by side, bounded by `max_concurrent_runs`, the `usage_hourly` pool and one run per
 `dagster/partition`. Once every one of them has succeeded, `month_after_touched_days` requests
-the exclusive `monthly_job` for the months they belong to: it never reads a half-rebuilt month.
+`monthly_job` (a run per month shard) for the months they belong to: it never reads a
+half-rebuilt month. When the last shard run of a month succeeds, `reconcile_after_month`
+requests the month's `reconcile_job`.
 With accounts in time zones a day at a month edge also belongs to the neighbouring month
 (ADR 0017: 1 November UTC holds New York's last October hours).
 """
@@ -15,7 +17,14 @@ from datetime import date, timedelta
 import dagster as dg
 
 from usagebox_pipelines.config import resolve_pricebooks
-from usagebox_pipelines.defs.jobs import hourly_job, ingest_job, monthly_job
+from usagebox_pipelines.defs.jobs import (
+    hourly_job,
+    ingest_job,
+    month_of_run,
+    month_run_requests,
+    monthly_job,
+    reconcile_job,
+)
 from usagebox_pipelines.defs.metering import inbox_files
 from usagebox_pipelines.defs.partitions import START
 from usagebox_pipelines.defs.resources import UsageboxResource
@@ -121,12 +130,37 @@ def month_after_touched_days(context: dg.RunStatusSensorContext):
     if len(done) < int(expected):
         return dg.SkipReason(f"{len(done)} of {expected} day runs of ingest {ingest} done")
     months = touched_months([r.tags["dagster/partition"] for r in done])
-    return [
-        dg.RunRequest(
-            run_key=f"{ingest}-{month}", job_name="monthly_job", partition_key=f"{month}-01"
-        )
-        for month in months
-    ]
+    return [r for month in months for r in month_run_requests(f"{ingest}-{month}", month)]
+
+
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[monthly_job],
+    request_jobs=[reconcile_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def reconcile_after_month(context: dg.RunStatusSensorContext):
+    """When a month's last `monthly_job` run in flight succeeds (every shard's rated usage is
+    then as fresh as the runs made it), reconcile the month against the vendor bills."""
+    month = month_of_run(context.dagster_run.tags)
+    if month is None:
+        return dg.SkipReason("the run has no month partition")
+    runs = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name="monthly_job", statuses=_IN_FLIGHT)
+    )
+    waiting = [r.run_id for r in runs if month_of_run(r.tags) == month]
+    if waiting:
+        return dg.SkipReason(f"{month}: {len(waiting)} monthly_job run(s) still in flight")
+    run_key = f"reconcile-{month}-{context.dagster_run.run_id}"
+    return dg.RunRequest(run_key=run_key, job_name="reconcile_job", partition_key=f"{month}-01")
 
 
 def touched_months(days: list[str]) -> list[str]:
@@ -143,4 +177,4 @@ def touched_months(days: list[str]) -> list[str]:
     return [m for m in months_of_days(days, accounts) if m >= first]
 
 
-sensors = [inbox_sensor, rebuild_touched_days, month_after_touched_days]
+sensors = [inbox_sensor, rebuild_touched_days, month_after_touched_days, reconcile_after_month]

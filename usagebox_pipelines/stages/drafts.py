@@ -3,6 +3,7 @@
 Drafts are rebuilt from `rated_usage` plus the adjustments every earlier closed month now owes
 (re-rated with all events known, but only the months whose inputs changed since a close last
 restated them: books.restated_months); only draft rows are replaced, issued rows never change.
+Given a month shard (ADR 0019), only that shard's accounts are drafted and replaced.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from usagebox_pipelines.invoicing.lines import build_draft_invoices, rated_lines
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
-from usagebox_pipelines.shards import account_shards, in_shard
+from usagebox_pipelines.shards import WHOLE_MONTH, MonthShard, account_shards, in_shard
 from usagebox_pipelines.stages.books import (
     closed_periods,
     decisions_at,
@@ -34,18 +35,24 @@ from usagebox_pipelines.stages.books import (
     rating_inputs_key,
     restated_months,
 )
+from usagebox_pipelines.stages.month_shards import replace_shard_rows, writes_month_shard
 from usagebox_pipelines.stages.rating import (
     MonthInputs,
     month_hourly,
     rate_month,
     rated_shards,
 )
-from usagebox_pipelines.storage import DeltaStore, writes_tables
+from usagebox_pipelines.storage import DeltaStore
 
 
-@writes_tables("drafts")
+@writes_month_shard("drafts")
 def refresh_drafts(
-    store: DeltaStore, pricebooks_dir: Path, month: str, run_id: str = "cli"
+    store: DeltaStore,
+    pricebooks_dir: Path,
+    month: str,
+    run_id: str = "cli",
+    *,
+    shard: MonthShard = WHOLE_MONTH,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Rebuild the draft invoices (and lines) of an OPEN month; a closed month is left alone.
 
@@ -62,16 +69,19 @@ def refresh_drafts(
     # credit and decisions as they stand now: since `rated_usage` was built, a close may
     # have drawn credit and guardrails may have recorded stops
     rating = MonthInputs.load(store, pricebooks_dir, month, closed)
-    inputs = _DraftInputs(
-        rating,
-        pending_adjustments(store, pricebooks_dir, month, closed),
-        month_hourly(store, month, rating.accounts),
-    )
-    shards = _rated_shards(store, pricebooks_dir, inputs)
-    drafted = [_draft_shard(rated, ids, inputs) for ids, rated in shards]
+    adjustments = pending_adjustments(store, pricebooks_dir, month, closed)
+    if not shard.whole:
+        owed = shard.owned(adjustments.get_column("account_id"), rating.accounts.root)
+        adjustments = adjustments.filter(pl.col("account_id").is_in(owed))
+    inputs = _DraftInputs(rating, adjustments, month_hourly(store, month, rating.accounts), shard)
+    drafted: list[tuple[pl.DataFrame, pl.DataFrame]] = []
+    written: list[str] = []
+    for ids, rated in _rated_shards(store, pricebooks_dir, inputs):  # one shard's rows at a time
+        drafted.append(_draft_shard(rated, ids, inputs))
+        written += ids
     invoices = pl.concat([d[0] for d in drafted])
     lines = pl.concat([d[1] for d in drafted])
-    _write_drafts(store, month, invoices, lines, run_id)
+    _write_drafts(store, inputs, invoices, lines, written, run_id)
     return invoices, lines
 
 
@@ -82,6 +92,7 @@ class _DraftInputs:
     rating: MonthInputs
     adjustments: pl.DataFrame
     hourly: pl.LazyFrame
+    shard: MonthShard
 
 
 def _rated_shards(
@@ -93,15 +104,16 @@ def _rated_shards(
     month (a rated month always has rows once built: contract lines for committed accounts;
     so no rows means "not built yet", not "no usage").
     """
-    month = inputs.rating.month
+    month, shard = inputs.rating.month, inputs.shard
     owed = set(inputs.adjustments.get_column("account_id").to_list())
     rows = store.scan(RATED_USAGE).filter(pl.col("period") == month)
     weight = rows.group_by("account_id").agg(w=pl.len()).collect(engine="streaming")
     if not weight.is_empty():
-        for ids in account_shards(weight, owed):
+        mine = shard.owned(weight.get_column("account_id"), inputs.rating.accounts.root)
+        for ids in account_shards(weight.filter(pl.col("account_id").is_in(mine)), owed):
             yield ids, rows.filter(in_shard(ids)).collect()
         return
-    for ids, part in rated_shards(store, pricebooks_dir, month):
+    for ids, part in rated_shards(store, pricebooks_dir, month, shard)[2]:
         owed -= set(ids)
         yield ids, part.rated
     if owed:
@@ -157,9 +169,22 @@ def month_rated_lines(store: DeltaStore, pricebooks_dir: Path, month: str) -> pl
 
 
 def _write_drafts(
-    store: DeltaStore, month: str, invoices: pl.DataFrame, lines: pl.DataFrame, run_id: str
+    store: DeltaStore,
+    inputs: _DraftInputs,
+    invoices: pl.DataFrame,
+    lines: pl.DataFrame,
+    written: list[str],
+    run_id: str,
 ) -> None:
-    """Replace exactly the draft rows of `month` (lines of drafts have no number yet)."""
+    """Replace exactly the draft rows of the month, or of its shard's accounts (lines of
+    drafts have no number yet)."""
+    month, shard, root = inputs.rating.month, inputs.shard, inputs.rating.accounts.root
     meta = {"run_id": run_id, "stage": "draft_invoices", "period": month}
-    store.replace_partition(INVOICES, invoices, period=month, status="draft", metadata=meta)
-    store.replace_partition(INVOICE_LINES, lines, period=month, invoice_number=None, metadata=meta)
+    replace_shard_rows(
+        store, INVOICES, invoices, shard=shard, root=root, written=written, metadata=meta,
+        period=month, status="draft",
+    )  # fmt: skip
+    replace_shard_rows(
+        store, INVOICE_LINES, lines, shard=shard, root=root, written=written, metadata=meta,
+        period=month, invoice_number=None,
+    )  # fmt: skip

@@ -46,7 +46,8 @@ from usagebox_pipelines.guardrails.spend import (
 from usagebox_pipelines.guardrails.state import evaluate_spend, with_anomalies
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing import Accounts, PricebookSet, load_accounts, load_pricebooks
-from usagebox_pipelines.shards import account_shards, in_shard
+from usagebox_pipelines.shards import WHOLE_MONTH, MonthShard, account_shards, in_shard
+from usagebox_pipelines.stages.month_shards import replace_shard_rows, writes_month_shard
 from usagebox_pipelines.stages.rating import month_weights
 from usagebox_pipelines.storage import DeltaStore, writes_tables
 
@@ -57,7 +58,7 @@ def as_of(month: str, now: datetime) -> datetime:
     return min(max(now, start), end)
 
 
-@writes_tables("guardrails")
+@writes_month_shard("guardrails")
 def refresh_guardrails(
     store: DeltaStore,
     pricebooks_dir: Path | str,
@@ -65,8 +66,11 @@ def refresh_guardrails(
     now: datetime | None = None,
     run_id: str = "cli",
     config: AnomalyConfig = AnomalyConfig(),
+    *,
+    shard: MonthShard = WHOLE_MONTH,
 ) -> dict:
-    """Recompute spend_state and usage_anomalies for `month` at `now`; record new decisions.
+    """Recompute spend_state and usage_anomalies for `month` (or its month shard `shard`, ADR
+    0019) at `now`; record new decisions.
 
     Spend and anomalies are evaluated in shards of whole account hierarchies (a parent's
     budget covers its subtree), each reading only its accounts' rows: memory is bounded by a
@@ -79,13 +83,14 @@ def refresh_guardrails(
     at = as_of(month, now)
     check_hierarchy(accounts)
     check_allocations(accounts)
-    shards = _hierarchy_shards(store, month, accounts)
+    shards = _hierarchy_shards(store, month, accounts, shard)
     known = [a for ids in shards for a in ids]
+    strays = None if shard.whole else _strays(store, month, known, shard)
     builds, first_hour = _builds(store), _first_hour(store)
     jobs = [
         # the last shard also takes usage not rolled up yet of accounts no shard lists
         _ShardJob(store.home, str(folder), ids, known if n == len(shards) - 1 else None,
-                  month, at, config, builds, first_hour)
+                  strays, month, at, config, builds, first_hour)
         for n, ids in enumerate(shards)
     ]  # fmt: skip
     parts = _evaluate_shards(store, jobs)
@@ -106,8 +111,12 @@ def refresh_guardrails(
         store.append(GUARDRAIL_DECISIONS, fresh, metadata=meta)
     state = with_anomalies(state, anomalies)
     state = with_decisions(state, pl.concat([existing, fresh]))
-    store.replace_partition(SPEND_STATE, state, period=month, metadata=meta)
-    store.replace_partition(USAGE_ANOMALIES, anomalies, period=month, metadata=meta)
+    written = sorted(levels)
+    for table, rows in ((SPEND_STATE, state), (USAGE_ANOMALIES, anomalies)):
+        replace_shard_rows(
+            store, table, rows, shard=shard, root=accounts.root, written=written,
+            metadata=meta, period=month,
+        )  # fmt: skip
     return _summary(month, at, state, anomalies, fresh)
 
 
@@ -120,6 +129,7 @@ class _ShardJob:
     pricebooks: str
     ids: list[str]
     known: list[str] | None  # every shard's accounts: this shard takes the others' strays
+    strays: list[str] | None  # in a month shard (ADR 0019): the strays that belong to it
     month: str
     at: datetime
     config: AnomalyConfig
@@ -167,6 +177,8 @@ def _evaluate_job(job: _ShardJob, store: DeltaStore | None = None) -> _ShardResu
     folder = Path(job.pricebooks)
     reading = _Reading(store.scan(USAGE_HOURLY), store.scan(EVENTS), job.builds, job.first_hour)
     strays = None if job.known is None else ~pl.col("account_id").is_in(job.known)
+    if strays is not None and job.strays is not None:
+        strays = strays & pl.col("account_id").is_in(job.strays)
     return _evaluate_shard(
         reading, job.ids, strays, job.month, job.at,
         load_pricebooks(folder), load_accounts(folder), job.config,
@@ -191,6 +203,22 @@ class _ShardResult:
     levels: dict[str, int]
 
 
+def _strays(store: DeltaStore, month: str, known: list[str], shard: MonthShard) -> list[str]:
+    """Accounts of `shard` with events in the month but no hourly rows yet (no shard lists
+    them): unlisted, so each is its own root. One column of the month's events is read."""
+    start, end = month_bounds(month)
+    days = (pl.col("event_date") >= start.date()) & (pl.col("event_date") <= end.date())
+    hours = (pl.col("hour") >= start) & (pl.col("hour") < end)
+    found = (
+        store.scan(EVENTS)
+        .filter(days & hours & ~pl.col("account_id").is_in(known))
+        .select("account_id")
+        .unique()
+        .collect(engine="streaming")
+    )
+    return shard.owned(found.get_column("account_id"), lambda account: account)
+
+
 def _first_hour(store: DeltaStore) -> datetime | None:
     """The earliest hour in `usage_hourly`, from the Delta log's file statistics (no data read:
     a scan of the column would read all history)."""
@@ -206,12 +234,15 @@ def _builds(store: DeltaStore) -> pl.DataFrame | None:
     return store.read(HOUR_BUILDS).select(HOUR_BUILDS.schema.names())
 
 
-def _hierarchy_shards(store: DeltaStore, month: str, accounts: Accounts) -> list[list[str]]:
-    """Listed accounts and those with hourly rows this month, in shards of whole hierarchies
-    weighed by their hourly rows (at least one shard; accounts whose only usage is not rolled
-    up yet are found by the last shard, see `refresh_guardrails`)."""
+def _hierarchy_shards(
+    store: DeltaStore, month: str, accounts: Accounts, shard: MonthShard
+) -> list[list[str]]:
+    """Listed accounts and those with hourly rows this month (of the month shard `shard`), in
+    shards of whole hierarchies weighed by their hourly rows (at least one shard; accounts
+    whose only usage is not rolled up yet are found by the last shard, see
+    `refresh_guardrails`)."""
     weight = month_weights(store, month)
-    ids = sorted(set(weight.get_column("account_id").to_list()) | set(accounts.ids()))
+    ids = shard.owned([*weight.get_column("account_id"), *accounts.ids()], accounts.root)
     roots = pl.DataFrame({"account_id": ids, "root": [accounts.root(a) for a in ids]})
     by_root = (
         roots.join(weight, on="account_id", how="left")

@@ -3,6 +3,7 @@
 The month is rated in shards of whole accounts (`shards`): each shard reads only its accounts'
 hourly rows, so memory is bounded by a shard, not by the month, and the rows equal one call
 over every account (rating is per account). The shards stream into one commit per table.
+Given a month shard (ADR 0019), only that shard's accounts are rated and replaced.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from usagebox_pipelines.pricing import Accounts, PricebookSet
 from usagebox_pipelines.pricing.accounts import check_grant_scopes, load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.pricing.rating import rate_usage
-from usagebox_pipelines.shards import account_shards, in_shard
+from usagebox_pipelines.shards import WHOLE_MONTH, MonthShard, account_shards, in_shard
 from usagebox_pipelines.stages.books import (
     opening_credit,
 )
+from usagebox_pipelines.stages.month_shards import replace_shard_rows, writes_month_shard
 from usagebox_pipelines.stages.per_event import month_events
-from usagebox_pipelines.storage import DeltaStore, writes_tables
+from usagebox_pipelines.storage import DeltaStore
 
 
 @dataclass
@@ -104,17 +106,28 @@ def month_weights(store: DeltaStore, month: str, accounts: Accounts | None = Non
 
 
 def month_shards(
-    store: DeltaStore, month: str, also: set[str], accounts: Accounts | None = None
+    store: DeltaStore,
+    month: str,
+    also: set[str],
+    accounts: Accounts,
+    shard: MonthShard = WHOLE_MONTH,
 ) -> list[list[str]]:
-    """The month's accounts (plus `also`) in shards weighed by their hourly rows."""
-    return account_shards(month_weights(store, month, accounts), also)
+    """The month's accounts (plus `also`) of the month shard `shard`, in shards weighed by
+    their hourly rows."""
+    weight = month_weights(store, month, accounts)
+    if not shard.whole:
+        mine = shard.owned([*weight.get_column("account_id"), *also], accounts.root)
+        weight = weight.filter(pl.col("account_id").is_in(mine))
+        also = also & set(mine)
+    return account_shards(weight, also)
 
 
 def rated_shards(
-    store: DeltaStore, pricebooks_dir: Path, month: str
-) -> Iterator[tuple[list[str], RatedMonth]]:
-    """The month rated shard by shard (nothing written): each shard's account ids, and their
-    usage and contract lines (every account with usage, terms or credit is in one shard).
+    store: DeltaStore, pricebooks_dir: Path, month: str, shard: MonthShard = WHOLE_MONTH
+) -> tuple[MonthInputs, list[list[str]], Iterator[tuple[list[str], RatedMonth]]]:
+    """The month (or the month shard `shard`) rated shard by shard, nothing written: the
+    inputs, the shards' account ids, and lazily each shard's ids with their usage and contract
+    lines (every account with usage, terms or credit of `shard` is in one shard).
 
     Prepaid credit is what the month WOULD apply if issued now: the grant minus what issued
     invoices have drawn (invoicing.credit); a draft or an open month never draws. Usage after
@@ -123,22 +136,26 @@ def rated_shards(
     """
     inputs = MonthInputs.load(store, pricebooks_dir, month)
     billed = set(inputs.accounts.ids()) | set(inputs.opening)  # terms or credit: rows anyway
-    shards = month_shards(store, month, billed, inputs.accounts)
+    shards = month_shards(store, month, billed, inputs.accounts, shard)
     # Tables are read before the first shard is taken, not in a generator: a streamed write
     # takes shards inside delta-rs, where opening a table would start a runtime in its runtime.
     hourly = month_hourly(store, month, inputs.accounts)
     events = month_events(store, month, inputs.books, inputs.accounts)
     return (
+        inputs,
+        shards,
         (
-            ids,
-            _rate_shard(
-                hourly.filter(in_shard(ids)).collect(),
-                events.filter(in_shard(ids)).collect(),
+            (
                 ids,
-                inputs,
-            ),
-        )
-        for ids in shards
+                _rate_shard(
+                    hourly.filter(in_shard(ids)).collect(),
+                    events.filter(in_shard(ids)).collect(),
+                    ids,
+                    inputs,
+                ),
+            )
+            for ids in shards
+        ),
     )
 
 
@@ -155,28 +172,44 @@ def _rate_shard(
 def rate_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> RatedMonth:
     """Rate one month of `usage_hourly` (nothing written), all shards together: for callers
     that compare a whole month (restatements of closed months, verify)."""
-    parts = [part for _, part in rated_shards(store, pricebooks_dir, month)]
+    parts = [part for _, part in rated_shards(store, pricebooks_dir, month)[2]]
     return RatedMonth(pl.concat([p.rated for p in parts]), pl.concat([p.unrated for p in parts]))
 
 
-@writes_tables("rated_usage")
+@writes_month_shard("rated_usage")
 def build_rated_usage(
-    store: DeltaStore, pricebooks_dir: Path, month: str, run_id: str = "cli"
+    store: DeltaStore,
+    pricebooks_dir: Path,
+    month: str,
+    run_id: str = "cli",
+    *,
+    shard: MonthShard = WHOLE_MONTH,
 ) -> RatedSummary:
-    """Replace the month's `rated_usage` and `unrated_usage` rows (never `credit_ledger`:
-    only a close draws credit, see invoicing.credit); rated rows stream in shard by shard."""
+    """Replace the month's (or its shard's) `rated_usage` and `unrated_usage` rows (never
+    `credit_ledger`: only a close draws credit, see invoicing.credit); rated rows stream in
+    shard by shard."""
     summary = RatedSummary()
     unrated: list[pl.DataFrame] = []
+    inputs, shards, parts = rated_shards(store, pricebooks_dir, month, shard)
 
     def rated_rows() -> Iterator[pl.DataFrame]:
-        for _, shard in rated_shards(store, pricebooks_dir, month):
-            summary.rows += shard.rated.height
-            summary.price_versions |= set(shard.rated["price_version"].drop_nulls().to_list())
-            unrated.append(shard.unrated)
-            yield shard.rated
+        for _, part in parts:
+            summary.rows += part.rated.height
+            summary.price_versions |= set(part.rated["price_version"].drop_nulls().to_list())
+            unrated.append(part.unrated)
+            yield part.rated
 
     meta = {"run_id": run_id, "stage": "rated_usage", "period": month}
-    store.replace_partition(RATED_USAGE, rated_rows(), period=month, metadata=meta)
+    if not shard.whole:
+        meta["month_shard"] = f"{shard.index}/{shard.count}"
+    root, written = inputs.accounts.root, [a for ids in shards for a in ids]
+    replace_shard_rows(
+        store, RATED_USAGE, rated_rows(), shard=shard, root=root, written=written,
+        metadata=meta, period=month,
+    )  # fmt: skip
     summary.unrated = pl.concat([summary.unrated, *unrated])
-    store.replace_partition(UNRATED_USAGE, summary.unrated, period=month, metadata=meta)
+    replace_shard_rows(
+        store, UNRATED_USAGE, summary.unrated, shard=shard, root=root, written=written,
+        metadata=meta, period=month,
+    )  # fmt: skip
     return summary

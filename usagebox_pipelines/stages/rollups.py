@@ -11,13 +11,15 @@ from usagebox_pipelines.catalog import (
     USAGE_HOURLY,
     USAGE_MONTHLY,
 )
-from usagebox_pipelines.months import utc_days
+from usagebox_pipelines.months import month_bounds, utc_days
+from usagebox_pipelines.pricing import Accounts
 from usagebox_pipelines.rollups.aggregate import rollup_hourly, rollup_monthly
-from usagebox_pipelines.shards import SHARD_ROWS
+from usagebox_pipelines.shards import SHARD_ROWS, WHOLE_MONTH, MonthShard, in_shard
 from usagebox_pipelines.stages.events import (
     events_frame,
 )
-from usagebox_pipelines.storage import DeltaStore, writes_partition, writes_tables
+from usagebox_pipelines.stages.month_shards import replace_shard_rows, writes_month_shard
+from usagebox_pipelines.storage import DeltaStore, writes_partition
 
 
 @writes_partition("usage_hourly")
@@ -67,10 +69,30 @@ def _commit_hours(
     store.replace_partition(HOUR_BUILDS, builds, hour=slice(start, end))
 
 
-@writes_tables("usage_monthly")
-def build_usage_monthly(store: DeltaStore, month: str, run_id: str = "cli") -> int:
-    """Replace one month of `usage_monthly` from the hourly rollup of its hours."""
-    rows = rollup_monthly(store.scan(USAGE_HOURLY), month)
+@writes_month_shard("usage_monthly")
+def build_usage_monthly(
+    store: DeltaStore,
+    month: str,
+    run_id: str = "cli",
+    *,
+    shard: MonthShard = WHOLE_MONTH,
+    accounts: Accounts | None = None,
+) -> int:
+    """Replace one month of `usage_monthly` (or its month shard's accounts, whose roots come
+    from `accounts`) from the hourly rollup of its hours."""
+    hourly = store.scan(USAGE_HOURLY)
+    root = accounts.root if accounts is not None else (lambda account: account)
+    written: list[str] = []
+    if not shard.whole:
+        start, end = month_bounds(month)
+        month_rows = hourly.filter((pl.col("hour") >= start) & (pl.col("hour") < end))
+        present = month_rows.select("account_id").unique().collect(engine="streaming")
+        written = shard.owned(present.get_column("account_id"), root)
+        hourly = hourly.filter(in_shard(written))
+    rows = rollup_monthly(hourly, month)
     meta = {"run_id": run_id, "stage": "usage_monthly", "month": month}
-    store.replace_partition(USAGE_MONTHLY, rows, month=month, metadata=meta)
+    replace_shard_rows(
+        store, USAGE_MONTHLY, rows, shard=shard, root=root, written=written, metadata=meta,
+        month=month,
+    )  # fmt: skip
     return rows.height

@@ -58,6 +58,7 @@ from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import Accounts, load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.pricing.zones import own_period_rows
+from usagebox_pipelines.shards import WHOLE_MONTH, MonthShard
 from usagebox_pipelines.stages.books import (
     all_lines,
     books_problems,
@@ -72,6 +73,7 @@ from usagebox_pipelines.stages.events import (
     committed_raw_events,
     events_frame,
 )
+from usagebox_pipelines.stages.month_shards import shard_rows
 from usagebox_pipelines.stages.pdfs import render_each
 from usagebox_pipelines.stages.rating import month_hourly, rate_month
 from usagebox_pipelines.stages.reproduce import decisions_of_close, rebuild_period, rebuilt_document
@@ -179,9 +181,10 @@ def _stored_counts_per_batch(store: DeltaStore, batches: list[str] | None = None
 
 
 def draft_lines_match_rated(
-    store: DeltaStore, pricebooks_dir: Path, month: str
+    store: DeltaStore, pricebooks_dir: Path, month: str, shard: MonthShard = WHOLE_MONTH
 ) -> inv.InvariantResult:
-    """Invariant 4 over the stored drafts of an open month.
+    """Invariant 4 over the stored drafts of an open month (of the accounts of `shard`: the
+    other shards' drafts may be older or newer than this shard's run).
 
     (a) per account × meter × model, the quantity of draft usage lines = billable
     `usage_monthly` − unrated usage; (b) per account, usage amounts = `rated_usage` rounded
@@ -191,19 +194,23 @@ def draft_lines_match_rated(
     closed = closed_periods(store)
     if month in closed:
         return inv.month_closed(month)
+    accounts = load_accounts(pricebooks_dir)
     drafts = all_lines(store).filter(
         (pl.col("period") == month) & pl.col("invoice_number").is_null()
     )
-    monthly = _billable_month(store, month, load_accounts(pricebooks_dir))
-    unrated = store.scan(UNRATED_USAGE).filter(pl.col("period") == month)
+    monthly = _billable_month(store, month, accounts)
+    unrated = store.scan(UNRATED_USAGE).filter(pl.col("period") == month).collect()
     rated = month_rated_lines(store, pricebooks_dir, month)
+    issued = issued_lines(store, issued_invoices(store, closed))
+    frames = (drafts, monthly, unrated, rated, issued)
+    mine = shard_rows([f.lazy() for f in frames], shard, accounts.root)
+    drafts, monthly, unrated, rated, issued = (f.filter(mine) for f in frames)
     mismatches = [
-        inv.usage_quantity_mismatch(monthly, unrated.collect(), drafts),
+        inv.usage_quantity_mismatch(monthly, unrated, drafts),
         inv.usage_amount_mismatch(rated, drafts),
     ]
-    issued = issued_lines(store, issued_invoices(store, closed))
     for q in sorted(p for p in closed if p < month):
-        now = rated_lines(rate_month(store, pricebooks_dir, q).rated)
+        now = rated_lines(rate_month(store, pricebooks_dir, q).rated).filter(mine)
         mismatches.append(inv.restatement_mismatch(q, now, issued, drafts))
     return inv.draft_lines_equal_rated(month, drafts, mismatches)
 

@@ -1,0 +1,216 @@
+"""Invariant: a month processed as month shards (ADR 0019) holds exactly the rows of the month
+processed whole, whether the shards run one after another or at once, and whatever shard
+count the month was processed with before.
+
+A month shard is the accounts whose hierarchy root hashes (CRC-32) to it; each sharded stage
+replaces only its accounts' rows of the month (`stages.month_shards`). The month is the
+scenario of `test_account_shards` (hierarchies, HARD budgets with waivers, hard stops, an idle
+committed account), so what sharding could break is exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from tests.test_account_shards import MONTH, NOW, _canonical, month_home  # noqa: F401 (fixture)
+from usagebox_pipelines.catalog import (
+    GUARDRAIL_DECISIONS,
+    INVOICE_LINES,
+    INVOICES,
+    RATED_USAGE,
+    SPEND_STATE,
+    UNRATED_USAGE,
+    USAGE_ANOMALIES,
+    USAGE_MONTHLY,
+    Table,
+)
+from usagebox_pipelines.config import Settings
+from usagebox_pipelines.months import month_bounds
+from usagebox_pipelines.pricing.accounts import load_accounts
+from usagebox_pipelines.runner import execute_job
+from usagebox_pipelines.shards import WHOLE_MONTH, MonthShard, month_shard_count
+from usagebox_pipelines.stages.drafts import refresh_drafts
+from usagebox_pipelines.stages.events import update_events
+from usagebox_pipelines.stages.guardrails import refresh_guardrails
+from usagebox_pipelines.stages.ingest import ingest_files
+from usagebox_pipelines.stages.rating import build_rated_usage
+from usagebox_pipelines.stages.rollups import build_usage_hourly, build_usage_monthly
+from usagebox_pipelines.storage import DeltaStore
+
+pytestmark = pytest.mark.slow
+
+TABLES: list[Table] = [
+    USAGE_MONTHLY, RATED_USAGE, UNRATED_USAGE, SPEND_STATE, USAGE_ANOMALIES,
+    GUARDRAIL_DECISIONS, INVOICES, INVOICE_LINES,
+]  # fmt: skip
+
+
+def _tables(store: DeltaStore) -> dict[str, pl.DataFrame]:
+    """Every table the monthly stages write; a decision's `seq` orders the decisions of one
+    run (they share `decided_at`), so, like the run id, it depends on which run made it."""
+    return {t.name: _canonical(store.read(t).drop("seq", strict=False)) for t in TABLES}
+
+
+def _run_month(home: Path, books: Path, count: int) -> dict[str, pl.DataFrame]:
+    """The monthly stages as `monthly_job` runs them, each over every shard of `count`."""
+    store = DeltaStore(str(home))
+    accounts = load_accounts(books)
+    shards = [MonthShard(k, count) for k in range(count)]
+    for shard in shards:
+        build_usage_monthly(store, MONTH, shard=shard, accounts=accounts)
+    for shard in shards:
+        build_rated_usage(store, books, MONTH, shard=shard)
+    for shard in shards:
+        refresh_guardrails(store, books, MONTH, NOW, run_id="shards", shard=shard)
+    for shard in shards:
+        build_rated_usage(store, books, MONTH, shard=shard)  # waivers use the decisions
+    for shard in shards:
+        refresh_drafts(store, books, MONTH, run_id="shards", shard=shard)
+    return _tables(store)
+
+
+def _same(left: dict[str, pl.DataFrame], right: dict[str, pl.DataFrame]) -> None:
+    for name, rows in left.items():
+        assert right[name].equals(rows), name
+
+
+def test_month_shards_equal_the_whole_month(
+    month_home: tuple[Path, Path],  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    home, books = month_home
+    for name in ("whole", "sharded"):
+        shutil.copytree(home, tmp_path / name)
+    whole = _run_month(tmp_path / "whole", books, 1)
+    assert whole["invoices"].height == 61 and whole["guardrail_decisions"].height > 0
+    _same(whole, _run_month(tmp_path / "sharded", books, 4))
+    # the shard count changes: each shard also replaces the rows its accounts left under the
+    # old layout (and the whole month replaces every shard's rows)
+    _same(whole, _run_month(tmp_path / "sharded", books, 3))
+    _same(whole, _run_month(tmp_path / "whole", books, 5))
+    _same(whole, _run_month(tmp_path / "sharded", books, 1))
+
+
+def test_a_shard_removes_its_accounts_stale_rows(
+    month_home: tuple[Path, Path],  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    """An account whose usage went away loses its rows in its own shard's run, and no other
+    shard's rows change."""
+    home, books = month_home
+    shutil.copytree(home, tmp_path / "h")
+    store = DeltaStore(str(tmp_path / "h"))
+    accounts = load_accounts(books)
+    build_usage_monthly(store, MONTH, accounts=accounts)
+    before = store.read(USAGE_MONTHLY)
+    gone = before.get_column("account_id").unique().sort()[0]
+    shard = MonthShard.of_root(accounts.root(gone), 4)
+    stale = before.filter(pl.col("account_id") == gone).with_columns(pl.col("sum") * 2)
+    store.append(USAGE_MONTHLY, stale)  # rows no hourly usage backs any more
+    other = MonthShard((shard.index + 1) % 4, 4)
+    build_usage_monthly(store, MONTH, shard=other, accounts=accounts)
+    assert store.read(USAGE_MONTHLY).filter(pl.col("account_id") == gone).height == 2 * len(stale)
+    build_usage_monthly(store, MONTH, shard=shard, accounts=accounts)
+    assert _canonical(store.read(USAGE_MONTHLY)).equals(_canonical(before))
+
+
+def test_shards_cut_whole_hierarchies_stably() -> None:
+    """Invariant: every account is in exactly one month shard, with its whole hierarchy, and
+    the shard is a pure function of the root id (CRC-32, the same in every process)."""
+    roots = {"team-a": "org", "team-b": "org", "user-1": "team-a", "org": "org", "solo": "solo"}
+
+    def root(account: str) -> str:
+        while roots[account] != account:
+            account = roots[account]
+        return account
+
+    for count in (1, 2, 3, 7):
+        cut = [MonthShard(k, count).owned(roots, root) for k in range(count)]
+        assert sorted(a for ids in cut for a in ids) == sorted(roots)
+        (family,) = [ids for ids in cut if "org" in ids]
+        assert {"team-a", "team-b", "user-1"} <= set(family)
+    assert MonthShard.of_root("acct-001", 4) == MonthShard(3114579573 % 4, 4)  # crc32, fixed
+    assert WHOLE_MONTH.owned(["b", "a", "a"], root=str) == ["a", "b"]
+    with pytest.raises(ValueError):
+        MonthShard(4, 4)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "x", "257", "1.5"])
+def test_a_bad_shard_count_is_refused_naming_the_variable(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("USAGEBOX_MONTH_SHARDS", text)
+    with pytest.raises(Exception, match="USAGEBOX_MONTH_SHARDS"):
+        month_shard_count()
+
+
+def _launch(home: str, books: Path, shard: int, dagster_home: Path) -> subprocess.Popen:
+    """`dagster job execute` of one month shard (multiprocess executor), as a deployment's
+    run launcher starts it."""
+    tags = {"dagster/partition": f"{MONTH}-01|{shard}"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "dagster", "job", "execute", "-m", "usagebox_pipelines.definitions"]
+        + ["-j", "monthly_job", "--tags", json.dumps(tags)],
+        env=os.environ
+        | {
+            "USAGEBOX_HOME": home,
+            "USAGEBOX_PRICEBOOKS": str(books),
+            "DAGSTER_HOME": str(dagster_home),
+            "USAGEBOX_MONTH_SHARDS": "4",
+            "USAGEBOX_PARTITION_START": MONTH,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_four_month_shards_run_at_once_on_s3_equal_the_whole_month(
+    month_home: tuple[Path, Path],  # noqa: F811 (the fixture)
+    tmp_path: Path,
+    s3_home: str,
+) -> None:
+    """Four `monthly_job` runs, one month shard each, launched together against a moto S3
+    home (shared lease, commits of disjoint account slices retried on conflict), give the
+    tables of one in-process run of the whole month on a local copy."""
+    home, books = month_home
+    shutil.copytree(home, tmp_path / "whole")
+    parallel = DeltaStore(s3_home)
+    ingest_files(parallel, [home.parent / "input/events.parquet"])
+    update_events(parallel)
+    build_usage_hourly(parallel, *month_bounds(MONTH))
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    dg.DagsterInstance.from_config(str(dagster_home)).dispose()  # its SQLite schema, made once
+
+    runs = [_launch(s3_home, books, k, dagster_home) for k in range(4)]
+    for run in runs:
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+
+    settings = Settings.resolve(str(tmp_path / "whole"), str(books))
+    outcome = execute_job(
+        settings,
+        "monthly_job",
+        partition_key=f"{MONTH}-01|0",
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert outcome.success, outcome.failures
+    whole, sharded = _tables(DeltaStore(settings.home)), _tables(parallel)
+    # decisions and drafts depend on "now" only through the month's end (the month is over)
+    _same(whole, sharded)
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        records = instance.get_run_records()
+        assert len(records) == 4 and all(r.dagster_run.is_success for r in records)
+        spans = sorted((r.start_time, r.end_time) for r in records)
+        assert spans[1][0] < spans[0][1], spans  # runs overlapped: they did not queue

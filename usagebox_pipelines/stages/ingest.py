@@ -147,12 +147,11 @@ def ingest_file(
                 progress(f"{path.name}: {chunks.rows:,} rows read")
             if chunks.rows == 0:
                 raise UsageboxError(f"{path}: file is empty (no rows)")
-            history = FileHistory.lookup(store, chunks.probes)
+            history = FileHistory.lookup(store, chunks.take_probes())
             batch = _Batch(path, batch_id, attempt, source, now, context)
             store.memo[history_hits_key(batch_id)] = history.hits
             for n, (valid, rejects) in enumerate(chunks):
-                probes = chunks.probes[n]["key"]
-                part = _ingest_chunk(store, batch, n, valid, rejects, probes, history)
+                part = _ingest_chunk(store, batch, n, valid, rejects, history)
                 summary.add(part)
                 progress(f"{path.name}: {summary.rows:,} rows in, {summary.accepted:,} accepted")
         except UsageboxError:
@@ -195,12 +194,19 @@ class _Normalized:
         self.probes: list[pl.DataFrame] = []
         self.rows = 0
 
+    def take_probes(self) -> list[pl.DataFrame]:
+        """Every chunk's probe keys, handed over once for the file's lookup: 12 bytes a row
+        (360 MiB at 30 M rows) that the second pass does not hold; a chunk that meets history
+        or an earlier chunk hashes its keys again (`FileHistory.rows_for`)."""
+        probes, self.probes = self.probes, []
+        return probes
+
     def add(self, valid: pl.DataFrame, rejects: pl.DataFrame) -> None:
         # The raw text is needed later only to quarantine a correction (classify's rejects).
         valid = valid.with_columns(
             _payload=pl.when(pl.col("correction_of").is_not_null()).then(pl.col("_payload"))
         )
-        number = len(self.probes)
+        number = len(self.spilled) + (self.latest is not None)
         self.probes.append(
             pl.DataFrame({"key": probe_keys(valid)}).with_columns(chunk=pl.lit(number, pl.Int32))
         )
@@ -237,12 +243,11 @@ def _ingest_chunk(
     number: int,
     valid: pl.DataFrame,
     rejects: pl.DataFrame,
-    probes: pl.Series,
     history: FileHistory,
 ) -> IngestSummary:
-    """Classify chunk `number` (normalised; `probes`: its key hashes) and commit its rows."""
+    """Classify chunk `number` (normalised) and commit its rows."""
     rows = valid.height + rejects.height
-    result = classify(valid, history.rows_for(store, valid, probes))
+    result = classify(valid, history.rows_for(store, valid))
     rejects = pl.concat([rejects, result.rejects])
     new = result.new.with_columns(is_late=batch.context.is_late(pl.col("hour")))
     batch_id, source = batch.batch_id, batch.source

@@ -21,6 +21,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from tests.conftest import USAGEBOX_SCRIPT
 from tests.test_account_shards import MONTH, NOW, _canonical, month_home  # noqa: F401 (fixture)
 from usagebox_pipelines.catalog import (
     GUARDRAIL_DECISIONS,
@@ -214,3 +215,31 @@ def test_four_month_shards_run_at_once_on_s3_equal_the_whole_month(
         assert len(records) == 4 and all(r.dagster_run.is_success for r in records)
         spans = sorted((r.start_time, r.end_time) for r in records)
         assert spans[1][0] < spans[0][1], spans  # runs overlapped: they did not queue
+
+
+def test_usagebox_run_takes_every_shard_of_the_month_in_one_run(
+    month_home: tuple[Path, Path],  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    """`usagebox run --month` with `USAGEBOX_MONTH_SHARDS=3` launches one `monthly_job` run
+    for the month's three shards, and the tables equal those of the default single shard."""
+    home, books = month_home
+    tables = {}
+    for count in ("1", "3"):
+        target = tmp_path / f"shards-{count}"
+        shutil.copytree(home, target)
+        out = subprocess.run(
+            [USAGEBOX_SCRIPT, "run", "--month", MONTH, "--home", str(target)]
+            + ["--pricebooks", str(books), "--json"],
+            capture_output=True, text=True, timeout=600,
+            env=os.environ | {"USAGEBOX_MONTH_SHARDS": count},
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs = json.loads(out.stdout)["runs"]
+        assert [r["job"] for r in runs] == ["daily_job", "monthly_job", "reconcile_job"]
+        last = int(count) - 1
+        assert runs[1]["partitions"] == (
+            f"{MONTH}-01|0" if last == 0 else f"{MONTH}-01|0..{MONTH}-01|{last}"
+        )
+        tables[count] = _tables(DeltaStore(str(target)))
+    _same(tables["1"], tables["3"])

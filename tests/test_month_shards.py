@@ -21,7 +21,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from tests.conftest import USAGEBOX_SCRIPT
+from tests.conftest import USAGEBOX_SCRIPT, event, write_jsonl
 from tests.test_account_shards import MONTH, NOW, _canonical, month_home  # noqa: F401 (fixture)
 from usagebox_pipelines.catalog import (
     GUARDRAIL_DECISIONS,
@@ -243,3 +243,34 @@ def test_usagebox_run_takes_every_shard_of_the_month_in_one_run(
         )
         tables[count] = _tables(DeltaStore(str(target)))
     _same(tables["1"], tables["3"])
+
+
+def test_usage_not_rolled_up_yet_is_found_by_its_own_shard(
+    month_home: tuple[Path, Path],  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    """Guardrails see accounts whose only usage is in `events` (no hourly rows yet) in
+    exactly one month shard: the same spend state as the whole month."""
+    home, books = month_home
+    strays = write_jsonl(
+        tmp_path / "strays.jsonl",
+        [
+            event(
+                f"s{n}", account=f"stray-{n % 5}", qty=10**7, ts=f"2026-10-20T{n % 24:02d}:10:00Z"
+            )
+            for n in range(40)
+        ],
+    )
+    states = {}
+    for count in (1, 4):
+        target = tmp_path / f"h{count}"
+        shutil.copytree(home, target)
+        store = DeltaStore(str(target))
+        ingest_files(store, [strays])
+        update_events(store)  # not rolled up: the strays have events but no hourly rows
+        for k in range(count):
+            refresh_guardrails(store, books, MONTH, NOW, "strays", shard=MonthShard(k, count))
+        states[count] = _tables(store)
+    assert states[1]["spend_state"].filter(pl.col("account_id").str.starts_with("stray")).height
+    for table in ("spend_state", "usage_anomalies", "guardrail_decisions"):
+        assert states[4][table].equals(states[1][table]), table

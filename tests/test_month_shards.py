@@ -274,3 +274,24 @@ def test_usage_not_rolled_up_yet_is_found_by_its_own_shard(
     assert states[1]["spend_state"].filter(pl.col("account_id").str.starts_with("stray")).height
     for table in ("spend_state", "usage_anomalies", "guardrail_decisions"):
         assert states[4][table].equals(states[1][table]), table
+
+
+def test_month_shards_carry_the_adjustments_of_a_closed_month(tmp_path: Path) -> None:
+    """November's drafts carry adjustments for late October events (October is closed): per
+    month shard, each re-rating only its own accounts of October, they equal the whole
+    month's drafts, and each shard's invariant 4 check passes on its own."""
+    from tests.test_close_scenario import NOV, scenario
+    from usagebox_pipelines.stages.verify import draft_lines_match_rated
+
+    drafts = {}
+    for count in (1, 3):
+        store, settings = scenario().home_at("nov_built", tmp_path / f"h{count}")
+        for k in range(count):
+            shard = MonthShard(k, count)
+            refresh_drafts(store, settings.pricebooks, NOV, shard=shard)
+            check = draft_lines_match_rated(store, settings.pricebooks, NOV, shard)
+            assert check.passed, (shard, check.detail, check.examples)
+        drafts[count] = {t.name: _canonical(store.read(t)) for t in (INVOICES, INVOICE_LINES)}
+    lines = drafts[1]["invoice_lines"]
+    assert lines.filter(pl.col("kind") == "adjustment").height > 0
+    _same(drafts[1], drafts[3])

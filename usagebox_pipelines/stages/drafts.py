@@ -8,7 +8,7 @@ Given a month shard (ADR 0019), only that shard's accounts are drafted and repla
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,10 +69,7 @@ def refresh_drafts(
     # credit and decisions as they stand now: since `rated_usage` was built, a close may
     # have drawn credit and guardrails may have recorded stops
     rating = MonthInputs.load(store, pricebooks_dir, month, closed)
-    adjustments = pending_adjustments(store, pricebooks_dir, month, closed)
-    if not shard.whole:
-        owed = shard.owned(adjustments.get_column("account_id"), rating.accounts.root)
-        adjustments = adjustments.filter(pl.col("account_id").is_in(owed))
+    adjustments = pending_adjustments(store, pricebooks_dir, month, closed, shard)
     inputs = _DraftInputs(rating, adjustments, month_hourly(store, month, rating.accounts), shard)
     drafted: list[tuple[pl.DataFrame, pl.DataFrame]] = []
     written: list[str] = []
@@ -132,9 +129,14 @@ def _draft_shard(
 
 
 def pending_adjustments(
-    store: DeltaStore, pricebooks_dir: Path, month: str, closed: dict[str, dict] | None = None
+    store: DeltaStore,
+    pricebooks_dir: Path,
+    month: str,
+    closed: dict[str, dict] | None = None,
+    shard: MonthShard = WHOLE_MONTH,
 ) -> pl.DataFrame:
-    """Adjustment lines the next invoice after the closed months before `month` must carry.
+    """Adjustment lines the next invoice after the closed months before `month` must carry
+    (for the accounts of the month shard `shard`: only they are re-rated).
 
     A closed month whose inputs changed since the last close that restated it is re-rated from
     the current `usage_hourly` (rate_month) and compared with everything issued for it so far
@@ -147,14 +149,24 @@ def pending_adjustments(
     key = rating_inputs_key(load_pricebooks(pricebooks_dir), accounts)
     decisions = decisions_at(store, store.version(GUARDRAIL_DECISIONS))
     earlier = restated_months(store, closed, month, key, decisions, accounts)
-    rerated = {q: rate_month(store, pricebooks_dir, q).rated for q in earlier}
+    rerated = {q: rate_month(store, pricebooks_dir, q, shard).rated for q in earlier}
+    if not shard.whole:  # what was issued to the other shards' accounts is not re-rated here
+        mine = shard.owned(issued.get_column("account_id"), accounts.root)
+        issued = issued.filter(pl.col("account_id").is_in(mine))
     return adjustments_for(issued, rerated)
 
 
-def month_rated_lines(store: DeltaStore, pricebooks_dir: Path, month: str) -> pl.DataFrame:
-    """`rated_lines` of the month's stored `rated_usage`, made shard by shard (lines are per
-    account, so memory is bounded by a shard, not the month's rated rows); rated on the fly
-    when the table has nothing for the month.
+def month_rated_lines(
+    store: DeltaStore,
+    pricebooks_dir: Path,
+    month: str,
+    shard: MonthShard = WHOLE_MONTH,
+    root: Callable[[str], str] = str,
+) -> pl.DataFrame:
+    """`rated_lines` of the month's stored `rated_usage` (of the accounts of the month shard
+    `shard`, `root` giving an account's root), made shard by shard (lines are per account, so
+    memory is bounded by a shard, not the month's rated rows); rated on the fly when the
+    table has nothing for the month.
 
     A rated month always has rows once built (contract lines for committed accounts), so no
     rows means "not built yet", not "no usage".
@@ -162,7 +174,9 @@ def month_rated_lines(store: DeltaStore, pricebooks_dir: Path, month: str) -> pl
     rows = store.scan(RATED_USAGE).filter(pl.col("period") == month)
     weight = rows.group_by("account_id").agg(w=pl.len()).collect(engine="streaming")
     if weight.is_empty():
-        return rated_lines(rate_month(store, pricebooks_dir, month).rated)
+        return rated_lines(rate_month(store, pricebooks_dir, month, shard).rated)
+    mine = shard.owned(weight.get_column("account_id"), root)
+    weight = weight.filter(pl.col("account_id").is_in(mine))
     return pl.concat(
         [rated_lines(rows.filter(in_shard(ids)).collect()) for ids in account_shards(weight)]
     )

@@ -169,10 +169,13 @@ def _rate_shard(
     return RatedMonth(inputs.with_waivers(result.rated, hourly, ids), result.unrated)
 
 
-def rate_month(store: DeltaStore, pricebooks_dir: Path, month: str) -> RatedMonth:
-    """Rate one month of `usage_hourly` (nothing written), all shards together: for callers
-    that compare a whole month (restatements of closed months, verify)."""
-    parts = [part for _, part in rated_shards(store, pricebooks_dir, month)[2]]
+def rate_month(
+    store: DeltaStore, pricebooks_dir: Path, month: str, shard: MonthShard = WHOLE_MONTH
+) -> RatedMonth:
+    """Rate one month of `usage_hourly` (nothing written), all shards of the month (or of its
+    month shard `shard`) together: for callers that compare a whole month (restatements of
+    closed months, verify)."""
+    parts = [part for _, part in rated_shards(store, pricebooks_dir, month, shard)[2]]
     return RatedMonth(pl.concat([p.rated for p in parts]), pl.concat([p.unrated for p in parts]))
 
 

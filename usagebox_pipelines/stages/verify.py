@@ -200,7 +200,7 @@ def draft_lines_match_rated(
     )
     monthly = _billable_month(store, month, accounts)
     unrated = store.scan(UNRATED_USAGE).filter(pl.col("period") == month).collect()
-    rated = month_rated_lines(store, pricebooks_dir, month)
+    rated = month_rated_lines(store, pricebooks_dir, month, shard, accounts.root)
     issued = issued_lines(store, issued_invoices(store, closed))
     frames = (drafts, monthly, unrated, rated, issued)
     mine = shard_rows([f.lazy() for f in frames], shard, accounts.root)
@@ -210,7 +210,7 @@ def draft_lines_match_rated(
         inv.usage_amount_mismatch(rated, drafts),
     ]
     for q in sorted(p for p in closed if p < month):
-        now = rated_lines(rate_month(store, pricebooks_dir, q).rated).filter(mine)
+        now = rated_lines(rate_month(store, pricebooks_dir, q, shard).rated).filter(mine)
         mismatches.append(inv.restatement_mismatch(q, now, issued, drafts))
     return inv.draft_lines_equal_rated(month, drafts, mismatches)
 

@@ -110,7 +110,7 @@ def _rated_shards(
         for ids in account_shards(weight.filter(pl.col("account_id").is_in(mine)), owed):
             yield ids, rows.filter(in_shard(ids)).collect()
         return
-    for ids, part in rated_shards(store, pricebooks_dir, month, shard)[2]:
+    for ids, part in rated_shards(store, pricebooks_dir, month, shard).parts:
         owed -= set(ids)
         yield ids, part.rated
     if owed:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
@@ -122,9 +123,18 @@ def month_shards(
     return account_shards(weight, also)
 
 
+class RatedShards(NamedTuple):
+    """A month (or month shard) to rate: its inputs, its shards' account ids, and the shards
+    rated lazily, one at a time (ids, rows)."""
+
+    inputs: MonthInputs
+    shards: list[list[str]]
+    parts: Iterator[tuple[list[str], RatedMonth]]
+
+
 def rated_shards(
     store: DeltaStore, pricebooks_dir: Path, month: str, shard: MonthShard = WHOLE_MONTH
-) -> tuple[MonthInputs, list[list[str]], Iterator[tuple[list[str], RatedMonth]]]:
+) -> RatedShards:
     """The month (or the month shard `shard`) rated shard by shard, nothing written: the
     inputs, the shards' account ids, and lazily each shard's ids with their usage and contract
     lines (every account with usage, terms or credit of `shard` is in one shard).
@@ -141,7 +151,7 @@ def rated_shards(
     # takes shards inside delta-rs, where opening a table would start a runtime in its runtime.
     hourly = month_hourly(store, month, inputs.accounts)
     events = month_events(store, month, inputs.books, inputs.accounts)
-    return (
+    return RatedShards(
         inputs,
         shards,
         (
@@ -175,7 +185,7 @@ def rate_month(
     """Rate one month of `usage_hourly` (nothing written), all shards of the month (or of its
     month shard `shard`) together: for callers that compare a whole month (restatements of
     closed months, verify)."""
-    parts = [part for _, part in rated_shards(store, pricebooks_dir, month, shard)[2]]
+    parts = [part for _, part in rated_shards(store, pricebooks_dir, month, shard).parts]
     return RatedMonth(pl.concat([p.rated for p in parts]), pl.concat([p.unrated for p in parts]))
 
 

@@ -242,7 +242,26 @@ def test_usagebox_run_takes_every_shard_of_the_month_in_one_run(
             f"{MONTH}-01|0" if last == 0 else f"{MONTH}-01|0..{MONTH}-01|{last}"
         )
         tables[count] = _tables(DeltaStore(str(target)))
+        # each partition's row count is its own accounts' rows: they add up to the month
+        counted = _row_counts(target / "dagster", "rated_usage", int(count))
+        assert len(counted) == int(count) and all(n > 0 for n in counted.values())
+        assert sum(counted.values()) == tables[count]["rated_usage"].height
     _same(tables["1"], tables["3"])
+
+
+def _row_counts(dagster_home: Path, asset: str, count: int) -> dict[str, int]:
+    """`dagster/row_count` of the latest materialisation of each shard of the month."""
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        out = {}
+        for shard in range(count):
+            key = f"{MONTH}-01|{shard}"
+            (record,) = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]),
+                limit=1,
+            ).records
+            meta = record.asset_materialization.metadata  # type: ignore[union-attr]
+            out[key] = int(meta["dagster/row_count"].value)
+        return out
 
 
 def test_usage_not_rolled_up_yet_is_found_by_its_own_shard(

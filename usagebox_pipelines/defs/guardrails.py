@@ -7,13 +7,14 @@ new escalating decisions into alert rows (once per decision) and shows each aler
 an observation of `guardrail_decisions`.
 """
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
 
-from usagebox_pipelines.catalog import GUARDRAIL_DECISIONS, SPEND_STATE, USAGE_ANOMALIES
-from usagebox_pipelines.defs.metadata import materialized, per_partition, spec
+from usagebox_pipelines.catalog import GUARDRAIL_DECISIONS, SPEND_STATE, USAGE_ANOMALIES, Table
+from usagebox_pipelines.defs.metadata import counted, per_partition, spec
 from usagebox_pipelines.defs.metering import usage_monthly
 from usagebox_pipelines.defs.partitions import MONTH_SHARDS, month_shard_keys, month_shards
 from usagebox_pipelines.defs.resources import UsageboxResource
@@ -59,37 +60,58 @@ _PREVIEW_ROWS = 25
 def guardrails(context: dg.AssetExecutionContext, usagebox: UsageboxResource):
     """Refresh the month's (shard's) spend_state and usage_anomalies; append new decisions."""
     store = usagebox.store
-    metadata: dict[str, dict[str, dict]] = {
-        "usage_anomalies": {}, "spend_state": {}, "guardrail_decisions": {},
-    }  # fmt: skip
-    for key, month, shard in month_shard_keys(context):
-        summary = refresh_guardrails(
+    keys = month_shard_keys(context)
+    summaries = {}
+    for key, month, shard in keys:
+        summaries[key] = refresh_guardrails(
             store, usagebox.settings.pricebooks, month, datetime.now(UTC), context.run_id,
             shard=shard,
         )  # fmt: skip
         for status in ("soft_alert", "hard_alert", "hard_stop"):
-            for scope in summary[status]:
+            for scope in summaries[key][status]:
                 context.log.warning(f"{month}: {scope} is {status}")
-        for asset, meta in _metadata(store, month, summary).items():
+    root = load_accounts(usagebox.settings.pricebooks).root
+    metadata: dict[str, dict[str, dict]] = {
+        "usage_anomalies": {}, "spend_state": {}, "guardrail_decisions": {},
+    }  # fmt: skip
+    months: dict[str, dict[str, pl.DataFrame]] = {}
+    for key, month, shard in keys:
+        if month not in months:  # each table read once per month, after every shard wrote
+            months[month] = {t.name: _month_rows(store, t, month) for t in _TABLES}
+        tables = {n: _of_shard(f, shard, root) for n, f in months[month].items()}
+        for asset, meta in _metadata(store, tables, summaries[key]).items():
             metadata[asset][key] = meta
     for asset, by_key in metadata.items():
         per_partition(context, by_key, asset)
         yield dg.MaterializeResult(asset_key=asset)
 
 
-def _metadata(store: DeltaStore, month: str, summary: dict) -> dict[str, dict]:
-    """Each guardrail table's metadata for one month partition (previews of the month)."""
-    where = pl.col("period") == month
-    state = store.scan(SPEND_STATE).filter(where).collect()
-    anomalies = store.scan(USAGE_ANOMALIES).filter(where).collect()
-    decisions = store.scan(GUARDRAIL_DECISIONS).filter(where).collect()
+_TABLES = (SPEND_STATE, USAGE_ANOMALIES, GUARDRAIL_DECISIONS)
+
+
+def _month_rows(store: DeltaStore, table: Table, month: str) -> pl.DataFrame:
+    return store.scan(table).filter(pl.col("period") == month).collect()
+
+
+def _of_shard(rows: pl.DataFrame, shard: MonthShard, root: Callable[[str], str]) -> pl.DataFrame:
+    """The month's rows of the shard's accounts (all of them for an unsharded month)."""
+    if shard.whole:
+        return rows
+    return rows.filter(pl.col("account_id").is_in(shard.owned(rows["account_id"], root)))
+
+
+def _metadata(store: DeltaStore, tables: dict[str, pl.DataFrame], summary: dict) -> dict:
+    """Each guardrail table's metadata for one month × shard partition, from its own rows:
+    previews and `dagster/row_count` of the partition's accounts."""
+    state, anomalies = tables["spend_state"], tables["usage_anomalies"]
+    decisions = tables["guardrail_decisions"]
     latest = decisions.sort("effective_at", "seq").tail(_PREVIEW_ROWS)
     return {
         "usage_anomalies": {
             "flagged_hours": anomalies.height,
             "anomalies": dg.MetadataValue.md(_md(anomalies, _ANOMALY_COLUMNS)),
         }
-        | materialized(store, USAGE_ANOMALIES, where),
+        | counted(store, USAGE_ANOMALIES, anomalies.height),
         "spend_state": {
             "as_of": summary["as_of"],
             "accounts": summary["accounts"],
@@ -98,13 +120,13 @@ def _metadata(store: DeltaStore, month: str, summary: dict) -> dict[str, dict]:
                 _md(state.filter(pl.col("status") != "ok"), _STATE_COLUMNS)
             ),
         }
-        | materialized(store, SPEND_STATE, where),
+        | counted(store, SPEND_STATE, state.height),
         "guardrail_decisions": {
             "new_decisions": summary["new_decisions"],
             "decisions_in_month": decisions.height,
             "latest": dg.MetadataValue.md(_md(latest, _DECISION_COLUMNS)),
         }
-        | materialized(store, GUARDRAIL_DECISIONS, where),
+        | counted(store, GUARDRAIL_DECISIONS, decisions.height),
     }
 
 

@@ -20,7 +20,7 @@ from usagebox_pipelines.defs.metadata import (
     OWNERS,
     check_spec,
     issued_metadata,
-    materialized,
+    materialized_by_shard,
     per_partition,
     table_metadata,
 )
@@ -35,6 +35,7 @@ from usagebox_pipelines.defs.pricing import rated_usage
 from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.invariants import all_of
+from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.stages.close import close_month
 from usagebox_pipelines.stages.drafts import refresh_drafts
 from usagebox_pipelines.stages.results import NeedsApproval
@@ -68,7 +69,8 @@ def draft_invoices(
     """Draft invoices of an open month: rated usage + adjustments owed by closed months."""
     store, settings = usagebox.store, usagebox.settings
     checks, counts = [], {}
-    for key, month, shard in month_shard_keys(context):
+    keys = month_shard_keys(context)
+    for key, month, shard in keys:
         invoices, lines = refresh_drafts(
             store, settings.pricebooks, month, context.run_id, shard=shard
         )
@@ -79,8 +81,10 @@ def draft_invoices(
             "lines": lines.height,
             "adjustment_lines": adjustments.height,
             "totals": dg.MetadataValue.json(_totals(invoices)),
-        } | materialized(store, INVOICES, _of(month, "draft"))
-    per_partition(context, counts, "draft_invoices")
+        }
+    root = load_accounts(settings.pricebooks).root
+    by_shard = materialized_by_shard(store, INVOICES, keys, lambda m: _of(m, "draft"), root)
+    per_partition(context, {k: meta | by_shard[k] for k, meta in counts.items()}, "draft_invoices")
     check = all_of(checks)
     return dg.MaterializeResult(
         check_results=[

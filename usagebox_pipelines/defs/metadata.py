@@ -9,7 +9,7 @@ on an asset page are the ones an analyst's query returns.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,7 @@ import dagster as dg
 import polars as pl
 
 from usagebox_pipelines.catalog import EVENTS, INVOICES, RAW_EVENTS, Table
+from usagebox_pipelines.shards import MonthShard
 from usagebox_pipelines.storage import DeltaStore
 
 if TYPE_CHECKING:  # types only: `usagebox ingest` and `close` report without loading the stages
@@ -49,6 +50,44 @@ def materialized(
     """`dagster/row_count` of the slice `where` selects (the whole table when None), the
     table's `dagster/uri` and the Delta version the materialisation left it at."""
     return {"dagster/row_count": row_count(store, table, where)} | _location(store, table)
+
+
+def counted(store: DeltaStore, table: Table, rows: int) -> dict[str, object]:
+    """`materialized` of a slice whose `rows` the caller has already counted (no scan)."""
+    return {"dagster/row_count": rows} | _location(store, table)
+
+
+def materialized_by_shard(
+    store: DeltaStore,
+    table: Table,
+    keys: Sequence[tuple[str, str, MonthShard]],
+    month_slice: Callable[[str], pl.Expr],
+    root: Callable[[str], str],
+) -> dict[str, dict[str, object]]:
+    """`materialized` of each month × shard partition a run took (`keys`: partition key,
+    month, month shard), the row count being that of its own accounts in the month's slice
+    (`month_slice(month)`): one scan per month, however many of its shards the run took."""
+    shared = _location(store, table)
+    out: dict[str, dict[str, object]] = {}
+    for month in sorted({m for _, m, _ in keys}):
+        mine = [(key, shard) for key, m, shard in keys if m == month]
+        rows = _rows_by_shard(store, table, month_slice(month), mine[0][1].count, root)
+        out |= {key: {"dagster/row_count": rows.get(s.index, 0)} | shared for key, s in mine}
+    return out
+
+
+def _rows_by_shard(
+    store: DeltaStore, table: Table, where: pl.Expr, count: int, root: Callable[[str], str]
+) -> dict[int, int]:
+    """Rows of the slice `where` per month shard index of `count` (counted per account)."""
+    if count == 1:
+        return {0: row_count(store, table, where)}
+    per_account = store.scan(table).filter(where).group_by("account_id").len().collect()
+    rows: dict[int, int] = {}
+    for account, n in per_account.iter_rows():
+        index = MonthShard.of_root(root(account), count).index
+        rows[index] = rows.get(index, 0) + n
+    return rows
 
 
 def _location(store: DeltaStore, table: Table) -> dict[str, object]:

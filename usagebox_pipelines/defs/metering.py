@@ -15,8 +15,8 @@ from usagebox_pipelines.defs.metadata import (
     OWNERS,
     check_spec,
     events_metadata,
-    materialized,
     materialized_by_day,
+    materialized_by_shard,
     per_partition,
     raw_events_metadata,
     table_metadata,
@@ -210,8 +210,9 @@ def usage_monthly(
     """Account × meter × model × product × unit × month, summed from the month's hours."""
     store = usagebox.store
     accounts = load_accounts(usagebox.settings.pricebooks)
-    results, counts = [], {}
-    for key, month, shard in month_shard_keys(context):
+    results = []
+    keys = month_shard_keys(context)
+    for _, month, shard in keys:
         build_usage_monthly(store, month, context.run_id, shard=shard, accounts=accounts)
         start, end = month_bounds(month)
         hourly = store.scan(USAGE_HOURLY)
@@ -223,10 +224,10 @@ def usage_monthly(
         results.append(
             inv.monthly_matches_hourly(hourly.filter(mine), monthly.filter(mine), [month])
         )
-        where = pl.col("month") == month
-        counts[key] = {"month": month, "month_shard": shard.index} | materialized(
-            store, USAGE_MONTHLY, where
-        )
+    by_shard = materialized_by_shard(
+        store, USAGE_MONTHLY, keys, lambda m: pl.col("month") == m, accounts.root
+    )
+    counts = {k: {"month": m, "month_shard": s.index} | by_shard[k] for k, m, s in keys}
     per_partition(context, counts, "usage_monthly")
     return dg.MaterializeResult(check_results=[_check(inv.all_of(results))])
 

@@ -8,13 +8,14 @@ from usagebox_pipelines.defs.metadata import (
     KINDS,
     OWNERS,
     check_spec,
-    materialized,
+    materialized_by_shard,
     per_partition,
     table_metadata,
 )
 from usagebox_pipelines.defs.metering import usage_hourly, usage_monthly
 from usagebox_pipelines.defs.partitions import BY_MONTH, month_shard_keys, month_shards
 from usagebox_pipelines.defs.resources import UsageboxResource
+from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.stages.rating import build_rated_usage
 
 
@@ -49,15 +50,20 @@ def rated_usage(
     """Usage × the price version in effect at each hour, plus discount/minimum/credit lines."""
     store, settings = usagebox.store, usagebox.settings
     unrated, counts = [], {}
-    for key, month, shard in month_shard_keys(context):
+    keys = month_shard_keys(context)
+    for key, month, shard in keys:
         rated = build_rated_usage(store, settings.pricebooks, month, context.run_id, shard=shard)
         unrated.append(rated.unrated)
         counts[key] = {
             "price_versions": sorted(rated.price_versions),
             "rated_rows": rated.rows,
             "unrated_rows": rated.unrated.height,
-        } | materialized(store, RATED_USAGE, pl.col("period") == month)
-    per_partition(context, counts, "rated_usage")
+        }
+    root = load_accounts(settings.pricebooks).root
+    by_shard = materialized_by_shard(store, RATED_USAGE, keys, _period, root)
+    per_partition(
+        context, {key: meta | by_shard[key] for key, meta in counts.items()}, "rated_usage"
+    )
     missing = pl.concat(unrated)
     return dg.MaterializeResult(
         check_results=[
@@ -73,6 +79,10 @@ def rated_usage(
             )
         ],
     )
+
+
+def _period(month: str) -> pl.Expr:
+    return pl.col("period") == month
 
 
 pricing_assets = [rated_usage]

@@ -56,6 +56,12 @@ IDLE = '  acct-idle: {name: "Idle Co", email: ap@idle.example.com, minimum_commi
 
 pytestmark = pytest.mark.slow
 
+#: Every table the monthly steps after `usage_monthly` write.
+MONTHLY_TABLES: list[Table] = [
+    RATED_USAGE, UNRATED_USAGE, SPEND_STATE, USAGE_ANOMALIES, GUARDRAIL_DECISIONS,
+    INVOICES, INVOICE_LINES,
+]  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def month_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
@@ -92,11 +98,7 @@ def _run_month(home: Path, books: Path) -> dict[str, pl.DataFrame]:
     refresh_guardrails(store, books, MONTH, NOW, run_id="shards")
     build_rated_usage(store, books, MONTH)
     refresh_drafts(store, books, MONTH, run_id="shards")
-    tables: list[Table] = [
-        RATED_USAGE, UNRATED_USAGE, SPEND_STATE, USAGE_ANOMALIES, GUARDRAIL_DECISIONS,
-        INVOICES, INVOICE_LINES,
-    ]  # fmt: skip
-    return {t.name: _canonical(store.read(t)) for t in tables}
+    return {t.name: _canonical(store.read(t)) for t in MONTHLY_TABLES}
 
 
 def _canonical(frame: pl.DataFrame) -> pl.DataFrame:

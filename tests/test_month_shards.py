@@ -22,15 +22,16 @@ import polars as pl
 import pytest
 
 from tests.conftest import USAGEBOX_SCRIPT, event, write_jsonl
-from tests.test_account_shards import MONTH, NOW, _canonical, month_home  # noqa: F401 (fixture)
+from tests.test_account_shards import (  # noqa: F401 (month_home: the fixture)
+    MONTH,
+    MONTHLY_TABLES,
+    NOW,
+    _canonical,
+    month_home,
+)
 from usagebox_pipelines.catalog import (
-    GUARDRAIL_DECISIONS,
     INVOICE_LINES,
     INVOICES,
-    RATED_USAGE,
-    SPEND_STATE,
-    UNRATED_USAGE,
-    USAGE_ANOMALIES,
     USAGE_MONTHLY,
     Table,
 )
@@ -49,10 +50,7 @@ from usagebox_pipelines.storage import DeltaStore
 
 pytestmark = pytest.mark.slow
 
-TABLES: list[Table] = [
-    USAGE_MONTHLY, RATED_USAGE, UNRATED_USAGE, SPEND_STATE, USAGE_ANOMALIES,
-    GUARDRAIL_DECISIONS, INVOICES, INVOICE_LINES,
-]  # fmt: skip
+TABLES: list[Table] = [USAGE_MONTHLY, *MONTHLY_TABLES]
 
 
 def _tables(store: DeltaStore) -> dict[str, pl.DataFrame]:

@@ -333,15 +333,33 @@ def restatement_mismatch(
     return group_sums_differ(expected, billed, ["account_id"], "amount", f"restatement of {period}")
 
 
+def unowed_adjustments(period: str, drafts: pl.DataFrame) -> pl.DataFrame:
+    """4c, for closed month `period` whose inputs did not change since the close that last
+    restated it (books.restated_months): re-rated now it equals what was billed for it, so it
+    owes nothing and the drafts carry no adjustment line for it. Per account, the adjustment
+    lines for `period` they carry anyway (any line, even ones netting to zero)."""
+    carried = drafts.filter((pl.col("kind") == "adjustment") & (pl.col("adjusts_period") == period))
+    return (
+        carried.group_by("account_id")
+        .agg(actual=pl.col("amount").sum().cast(pl.Decimal(38, 12)), lines=pl.len())
+        .with_columns(
+            expected=pl.lit(0).cast(pl.Decimal(38, 12)),
+            check=pl.lit(f"adjustment for {period}, which owes nothing (inputs unchanged)"),
+        )
+    )
+
+
 def draft_lines_equal_rated(
     month: str, drafts: pl.DataFrame, mismatches: Sequence[pl.DataFrame]
 ) -> InvariantResult:
-    """4. The verdict over the mismatch frames of 4a–4c for the draft lines of `month`."""
+    """4. The verdict over the mismatch frames of 4a–4c for the draft lines of `month`; the
+    detail names what differs (`check` of the frames)."""
     bad = pl.concat(list(mismatches), how="diagonal_relaxed")
+    what = f": {', '.join(sorted(set(bad.get_column('check'))))}" if bad.height else ""
     return InvariantResult(
         INVARIANT_4,
         bad.height == 0,
-        f"{drafts.height} draft lines of {month} checked; {bad.height} groups differ",
+        f"{drafts.height} draft lines of {month} checked; {bad.height} groups differ{what}",
         [{k: None if v is None else str(v) for k, v in r.items()} for r in bad.head(5).to_dicts()],
     )
 

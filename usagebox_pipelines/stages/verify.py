@@ -31,6 +31,7 @@ from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.catalog import (
     EVENT_CONFLICTS,
     EVENTS_BUILDS,
+    GUARDRAIL_DECISIONS,
     INGEST_LOG,
     INVOICE_LINES,
     INVOICES,
@@ -64,8 +65,11 @@ from usagebox_pipelines.stages.books import (
     books_problems,
     close_commits,
     closed_periods,
+    decisions_at,
     issued_invoices,
     issued_lines,
+    rating_inputs_key,
+    restated_months,
 )
 from usagebox_pipelines.stages.drafts import month_rated_lines
 from usagebox_pipelines.stages.events import (
@@ -181,7 +185,12 @@ def _stored_counts_per_batch(store: DeltaStore, batches: list[str] | None = None
 
 
 def draft_lines_match_rated(
-    store: DeltaStore, pricebooks_dir: Path, month: str, shard: MonthShard = WHOLE_MONTH
+    store: DeltaStore,
+    pricebooks_dir: Path,
+    month: str,
+    shard: MonthShard = WHOLE_MONTH,
+    *,
+    rerate_every_closed_month: bool = False,
 ) -> inv.InvariantResult:
     """Invariant 4 over the stored drafts of an open month (of the accounts of `shard`: the
     other shards' drafts may be older or newer than this shard's run).
@@ -190,6 +199,12 @@ def draft_lines_match_rated(
     `usage_monthly` − unrated usage; (b) per account, usage amounts = `rated_usage` rounded
     per line; (c) per account and closed month Q, what was billed for Q + draft adjustments
     for Q = the rounded lines of Q re-rated now (prepaid credit is not restated, ADR 0003).
+
+    (c) re-rates only the closed months whose inputs changed since a close last restated them
+    (books.restated_months, as drafts.pending_adjustments finds them); every other closed
+    month owes nothing, so the drafts must carry no adjustment line for it. A monthly run's
+    check so costs O(months with late data), not O(closed months). `rerate_every_closed_month`
+    re-rates every closed month as an independent audit would, not relying on restated_months.
     """
     closed = closed_periods(store)
     if month in closed:
@@ -209,7 +224,17 @@ def draft_lines_match_rated(
         inv.usage_quantity_mismatch(monthly, unrated, drafts),
         inv.usage_amount_mismatch(rated, drafts),
     ]
-    for q in sorted(p for p in closed if p < month):
+    earlier = sorted(p for p in closed if p < month)
+    if rerate_every_closed_month:
+        restated = set(earlier)
+    else:
+        key = rating_inputs_key(load_pricebooks(pricebooks_dir), accounts)
+        decisions = decisions_at(store, store.version(GUARDRAIL_DECISIONS))
+        restated = set(restated_months(store, closed, month, key, decisions, accounts))
+    for q in earlier:
+        if q not in restated:
+            mismatches.append(inv.unowed_adjustments(q, drafts))
+            continue
         now = rated_lines(rate_month(store, pricebooks_dir, q, shard).rated).filter(mine)
         mismatches.append(inv.restatement_mismatch(q, now, issued, drafts))
     return inv.draft_lines_equal_rated(month, drafts, mismatches)

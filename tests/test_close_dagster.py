@@ -49,6 +49,8 @@ def selected(defs: dg.Definitions, job: str) -> set[str]:
 def test_asset_graph_jobs_and_schedule(defs):
     assert "draft_invoices" in selected(defs, "monthly_job")
     assert selected(defs, "close_job") == {"issued_invoices"}
+    assert selected(defs, "invoice_documents_job") == {"invoice_documents"}
+    assert selected(defs, "finish_close_job") == {"period_closes"}
     graph = defs.resolve_asset_graph()
     drafts = graph.get(dg.AssetKey("draft_invoices"))
     assert drafts.partitions_def is not None and drafts.group_name == "invoicing"
@@ -56,6 +58,10 @@ def test_asset_graph_jobs_and_schedule(defs):
     checks = {c.name for c in draft_invoices.check_specs}
     assert checks == {"4_invoice_lines_equal_rated_usage"}
     assert graph.get(dg.AssetKey("issued_invoices")).group_name == "close"
+    documents = graph.get(dg.AssetKey("invoice_documents"))
+    assert {p.to_user_string() for p in documents.parent_keys} == {"issued_invoices"}
+    marker = graph.get(dg.AssetKey("period_closes"))
+    assert {p.to_user_string() for p in marker.parent_keys} == {"invoice_documents"}
     schedule = defs.resolve_schedule_def("month_close")
     assert schedule.job_name == "close_job"
 
@@ -95,22 +101,35 @@ def test_draft_invoices_asset_refreshes_drafts_and_passes_invariant_4(tmp_path):
     assert check.passed, check.metadata
 
 
-def test_close_job_issues_the_month_only_when_approved(defs, tmp_path, monkeypatch):
+def test_close_jobs_issue_the_month_only_when_approved(defs, tmp_path, monkeypatch):
+    """The close's three jobs, as the sensors chain them: nothing is issued until
+    `finish_close_job` has checked every numbered document and appended the marker."""
     monkeypatch.delenv(AUTO_APPROVE_ENV, raising=False)
     store, settings = scenario().home_at("nov_built", tmp_path / "h")
     refused = execute_job(settings, "close_job", partition_key=f"{NOV}-01")
     assert not refused.success and "needs approval" in " ".join(refused.failures)
     assert issued(store, NOV).is_empty()
-    outcome = execute_job(
+    early = execute_job(settings, "finish_close_job", partition_key=f"{NOV}-01")
+    assert not early.success and "not numbered" in " ".join(early.failures)
+    numbered = execute_job(
         settings,
         "close_job",
         partition_key=f"{NOV}-01",
         ops_config={"issued_invoices": {"config": {"approve": True}}},
     )
+    assert numbered.success, numbered.failures
+    assert NOV not in closed_periods(store) and issued(store, NOV).is_empty()  # no marker yet
+    unrendered = execute_job(settings, "finish_close_job", partition_key=f"{NOV}-01")
+    assert not unrendered.success and "not rendered" in " ".join(unrendered.failures)
+    documents = execute_job(settings, "invoice_documents_job", partition_key=f"{NOV}-01|0")
+    assert documents.success, documents.failures
+    outcome = execute_job(settings, "finish_close_job", partition_key=f"{NOV}-01")
     assert outcome.success, outcome.failures
     docs = issued(store, NOV)
     expected = issued(scenario().open("nov_closed")[0], NOV)
     assert sorted(docs["invoice_number"]) == sorted(expected["invoice_number"])
-    assert closed_periods(store)[NOV]["approved_by"].startswith("dagster:")
+    assert docs["pdf_sha256"].null_count() == 0
+    assert closed_periods(store)[NOV]["approved_by"] == f"dagster:{numbered.run_id}"
     again = execute_job(settings, "close_job", partition_key=f"{NOV}-01")
     assert again.success  # already closed: a no-op, even without approval
+    assert execute_job(settings, "finish_close_job", partition_key=f"{NOV}-01").success

@@ -8,8 +8,10 @@ from usagebox_pipelines.defs.invoicing import invoicing_assets, invoicing_schedu
 from usagebox_pipelines.defs.jobs import (
     close_job,
     daily_job,
+    finish_close_job,
     hourly_job,
     ingest_job,
+    invoice_documents_job,
     monthly_job,
     reconcile_job,
 )
@@ -36,6 +38,8 @@ defs = dg.Definitions(
         monthly_job,
         reconcile_job,
         close_job,
+        invoice_documents_job,
+        finish_close_job,
         maintenance_job,
     ],
     schedules=[*schedules, *invoicing_schedules, weekly_maintenance],

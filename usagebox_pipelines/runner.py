@@ -32,6 +32,7 @@ from usagebox_pipelines.defs.jobs import (
 from usagebox_pipelines.defs.metadata import events_metadata, issued_metadata, raw_events_metadata
 from usagebox_pipelines.months import month_bounds
 from usagebox_pipelines.pricing.accounts import load_accounts
+from usagebox_pipelines.shards import month_shard_count
 from usagebox_pipelines.stages.events import EventsUpdate
 from usagebox_pipelines.stages.ingest import IngestSummary
 from usagebox_pipelines.stages.results import AlreadyClosed, Closed
@@ -245,13 +246,17 @@ def report_ingest(
 
 
 def report_close(settings: Settings, result: Closed | AlreadyClosed) -> str | None:
-    """Record a close made outside Dagster (`usagebox close --approve`) as the month's
-    `issued_invoices` materialisation; a warning as `report_ingest`."""
+    """Record a close made outside Dagster (`usagebox close --approve`) as the month's three
+    close materialisations (`issued_invoices`, every shard of `invoice_documents`,
+    `period_closes`), so the UI shows the month closed; a warning as `report_ingest`."""
     store = DeltaStore(settings.home)
-    event = dg.AssetMaterialization(
-        "issued_invoices", partition=f"{result.period}-01", metadata=issued_metadata(store, result)
-    )
-    return _report(settings, [event])
+    month = f"{result.period}-01"
+    meta = issued_metadata(store, result)
+    shards = [f"{month}|{k}" for k in range(month_shard_count())]
+    events = [dg.AssetMaterialization("issued_invoices", partition=month, metadata=meta)]
+    events += [dg.AssetMaterialization("invoice_documents", partition=key) for key in shards]
+    events += [dg.AssetMaterialization("period_closes", partition=month, metadata=meta)]
+    return _report(settings, events)
 
 
 def _report(

@@ -1,10 +1,14 @@
-"""Invoicing assets: `draft_invoices` (monthly job) and `issued_invoices` (the close job),
-plus the `month_close` schedule.
+"""Invoicing assets: `draft_invoices` (monthly job) and the close's three steps, plus the
+`month_close` schedule.
 
 Drafts refresh with every monthly run and carry invariant 4 as a blocking check. The close is
 its own job (group `close`) so a nightly run can never issue invoices by accident: it needs
 `approve: true` in the run config, or `USAGEBOX_AUTO_APPROVE_CLOSE=1` for unattended closes.
 A refused or unapproved close fails the run with the reason; a closed month is a no-op.
+An approved close is three assets in three jobs (ADR 0019 §5), chained by sensors:
+`issued_invoices` numbers and stamps (`close_job`), `invoice_documents` renders the PDFs per
+month × shard (`invoice_documents_job`, shards side by side), `period_closes` checks every
+number has its document and appends the marker (`finish_close_job`).
 """
 
 import os
@@ -13,7 +17,7 @@ from datetime import datetime, timedelta
 import dagster as dg
 import polars as pl
 
-from usagebox_pipelines.catalog import INVOICES
+from usagebox_pipelines.catalog import INVOICES, PERIOD_CLOSES
 from usagebox_pipelines.defs.jobs import close_job
 from usagebox_pipelines.defs.metadata import (
     KINDS,
@@ -21,6 +25,7 @@ from usagebox_pipelines.defs.metadata import (
     check_spec,
     issued_metadata,
     materialized_by_shard,
+    numbered_metadata,
     per_partition,
     table_metadata,
 )
@@ -36,9 +41,10 @@ from usagebox_pipelines.defs.resources import UsageboxResource
 from usagebox_pipelines.errors import UsageboxError
 from usagebox_pipelines.invariants import all_of
 from usagebox_pipelines.pricing.accounts import load_accounts
-from usagebox_pipelines.stages.close import close_month
+from usagebox_pipelines.stages.close import close_month, finish_month
+from usagebox_pipelines.stages.close_documents import render_documents
 from usagebox_pipelines.stages.drafts import refresh_drafts
-from usagebox_pipelines.stages.results import NeedsApproval
+from usagebox_pipelines.stages.results import NeedsApproval, Numbered
 from usagebox_pipelines.stages.verify import draft_lines_match_rated
 
 GRACE_ENV = "USAGEBOX_CLOSE_GRACE_DAYS"
@@ -134,7 +140,8 @@ def auto_approve() -> bool:
 def issued_invoices(
     context: dg.AssetExecutionContext, config: CloseConfig, usagebox: UsageboxResource
 ) -> dg.MaterializeResult:
-    """Numbered, frozen invoices and PDFs of a closed month (`usagebox close --approve`)."""
+    """Close step 1: the approved month's invoices, numbered and stamped (not yet visible:
+    their PDFs render per month shard, then `period_closes` marks the month closed)."""
     month = month_of(context.partition_key)
     approve = auto_approve() if config.approve is None else config.approve
     try:
@@ -145,6 +152,7 @@ def issued_invoices(
             approve=approve,
             approved_by=f"dagster:{context.run_id}",
             run_id=context.run_id,
+            number_only=True,
         )
     except UsageboxError as exc:
         raise dg.Failure(description=f"close {month} refused: {exc}") from None
@@ -154,6 +162,59 @@ def issued_invoices(
             f"(or set {AUTO_APPROVE_ENV}=1)",
             metadata={"control_totals": dg.MetadataValue.json(result.control_totals)},
         )
+    if isinstance(result, Numbered):
+        context.log.info(
+            f"{month}: numbered {result.documents} document(s) "
+            f"({result.first_number} to {result.last_number}); their PDFs follow"
+        )
+        return dg.MaterializeResult(metadata=numbered_metadata(usagebox.store, result))
+    context.log.info(f"{month}: {result.status} with {len(result.invoices)} document(s)")
+    return dg.MaterializeResult(metadata=issued_metadata(usagebox.store, result))
+
+
+@dg.asset(
+    group_name="close",
+    kinds=KINDS,
+    owners=OWNERS,
+    metadata=table_metadata(INVOICES),  # it writes the documents' paths and hashes there
+    partitions_def=month_shards,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[dg.AssetDep(issued_invoices, partition_mapping=BY_MONTH)],
+)
+def invoice_documents(
+    context: dg.AssetExecutionContext, usagebox: UsageboxResource
+) -> dg.MaterializeResult:
+    """Close step 2: the PDFs of the numbered invoices of a month shard's accounts, their
+    paths and hashes written into the issued rows (shards render side by side)."""
+    counts = {}
+    for key, month, shard in month_shard_keys(context):
+        done = render_documents(
+            usagebox.store, usagebox.settings, month, context.run_id, shard=shard
+        )
+        counts[key] = {"rendered": done.rendered, "kept": done.kept}
+        context.log.info(f"{key}: {done.rendered} document(s) rendered, {done.kept} kept")
+    per_partition(context, counts, "invoice_documents")
+    return dg.MaterializeResult()
+
+
+@dg.asset(
+    group_name="close",
+    kinds=KINDS,
+    owners=OWNERS,
+    metadata=table_metadata(PERIOD_CLOSES),
+    partitions_def=monthly,
+    deps=[dg.AssetDep(invoice_documents, partition_mapping=BY_MONTH)],
+)
+def period_closes(
+    context: dg.AssetExecutionContext, usagebox: UsageboxResource
+) -> dg.MaterializeResult:
+    """Close step 3: the month's `period_closes` marker, once every numbered invoice has its
+    PDF (gapless numbers); from then on the invoices are issued and never change."""
+    month = month_of(context.partition_key)
+    try:
+        result = finish_month(usagebox.store, usagebox.settings, month, run_id=context.run_id)
+    except UsageboxError as exc:
+        raise dg.Failure(description=str(exc)) from None
     context.log.info(f"{month}: {result.status} with {len(result.invoices)} document(s)")
     return dg.MaterializeResult(metadata=issued_metadata(usagebox.store, result))
 
@@ -191,5 +252,5 @@ def month_close(context: dg.ScheduleEvaluationContext):
     return dg.RunRequest(run_key=f"close-{month}", partition_key=f"{month}-01")
 
 
-invoicing_assets = [draft_invoices, issued_invoices]
+invoicing_assets = [draft_invoices, issued_invoices, invoice_documents, period_closes]
 invoicing_schedules = [month_close]

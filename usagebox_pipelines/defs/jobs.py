@@ -7,7 +7,9 @@ hold exclusive runs back instead of starting them only to wait on the lease
 once, each replacing only its day of `usage_hourly`. `monthly_job` runs the per-account monthly
 assets, one partition per month × month shard (ADR 0019): one run for every shard of a month
 (`month_range_tags`), or a run per shard in a deployment; `reconcile_job` then reconciles the
-month against the vendor bills.
+month against the vendor bills. A close is three jobs (ADR 0019 §5): `close_job` numbers the
+month, `invoice_documents_job` renders its PDFs per month shard, `finish_close_job` appends the
+marker once every document is there.
 """
 
 import dagster as dg
@@ -61,9 +63,26 @@ reconcile_job = dg.define_asset_job(
 )
 close_job = dg.define_asset_job(
     "close_job",
-    selection=dg.AssetSelection.groups("close"),
+    selection=["issued_invoices"],
     partitions_def=monthly,
-    description="Month close: issue numbered, frozen invoices (needs approval).",
+    description="Month close, step 1 of 3: number and stamp the month's invoices (needs "
+    "approval); `invoice_documents_job` and `finish_close_job` follow (sensors).",
+    tags=EXCLUSIVE_RUN,
+)
+invoice_documents_job = dg.define_asset_job(
+    "invoice_documents_job",
+    selection=["invoice_documents"],
+    partitions_def=month_shards,
+    description="Month close, step 2 of 3: render the numbered invoices' PDFs of a month shard's "
+    "accounts (a run per shard, side by side).",
+    tags=EXCLUSIVE_RUN if MONTH_SHARDS == 1 else SHARED_RUN,
+)
+finish_close_job = dg.define_asset_job(
+    "finish_close_job",
+    selection=["period_closes"],
+    partitions_def=monthly,
+    description="Month close, step 3 of 3: check every numbered invoice has its PDF, then append "
+    "the `period_closes` marker (the month is closed) and render its reconciliation reports.",
     tags=EXCLUSIVE_RUN,
 )
 
@@ -84,13 +103,16 @@ def month_range_tags(month: str) -> dict[str, str]:
     }
 
 
-def month_run_requests(run_key: str, month: str) -> list[dg.RunRequest]:
-    """`monthly_job` runs for `month`: one per month shard, each its own partition (a
-    deployment runs them side by side, a pod each; `reconcile_after_month` follows the last)."""
+def month_run_requests(
+    run_key: str, month: str, job_name: str = "monthly_job"
+) -> list[dg.RunRequest]:
+    """Runs of a month × shard job (`monthly_job`, `invoice_documents_job`) for `month`: one
+    per month shard, each its own partition (a deployment runs them side by side, a pod each;
+    a sensor follows the last: `reconcile_after_month`, `finish_close_after_documents`)."""
     return [
         dg.RunRequest(
             run_key=run_key if MONTH_SHARDS == 1 else f"{run_key}|{shard}",
-            job_name="monthly_job",
+            job_name=job_name,
             partition_key=f"{month}-01|{shard}",
         )
         for shard in range(MONTH_SHARDS)
@@ -98,7 +120,7 @@ def month_run_requests(run_key: str, month: str) -> list[dg.RunRequest]:
 
 
 def month_of_run(tags: dict[str, str]) -> str | None:
-    """The month ('2026-10') a `monthly_job` run materialised: from its partition, or the
+    """The month ('2026-10') a monthly or month × shard run materialised: from its partition, or the
     start of its range of shards."""
     key = tags.get("dagster/partition") or tags.get(PARTITION_RANGE_START)
     return key[:7] if key else None

@@ -23,7 +23,7 @@ from usagebox_pipelines.storage import DeltaStore
 if TYPE_CHECKING:  # types only: `usagebox ingest` and `close` report without loading the stages
     from usagebox_pipelines.stages.events import EventsUpdate
     from usagebox_pipelines.stages.ingest import IngestSummary
-    from usagebox_pipelines.stages.results import AlreadyClosed, Closed
+    from usagebox_pipelines.stages.results import AlreadyClosed, Closed, Numbered
 
 #: Owner of every asset and check (the billing data team runs the pipeline end to end).
 OWNERS = ["team:billing-data"]
@@ -172,6 +172,19 @@ def events_metadata(store: DeltaStore, update: EventsUpdate) -> dict[str, object
         "days_rewritten": [d.isoformat() for d in update.days],
         "affected_hours": dg.MetadataValue.json([h.isoformat() for h in update.hours]),
     } | materialized(store, EVENTS)
+
+
+def numbered_metadata(store: DeltaStore, result: Numbered) -> dict[str, object]:
+    """What close step 1 (`issued_invoices` in `close_job`) records: the numbers it gave."""
+    return {
+        "status": result.status,
+        "documents": result.documents,
+        "first_number": result.first_number or "",
+        "last_number": result.last_number or "",
+        "events_table_version": result.events_table_version,
+    } | materialized(
+        store, INVOICES, (pl.col("period") == result.period) & (pl.col("status") == "issued")
+    )
 
 
 def issued_metadata(store: DeltaStore, result: Closed | AlreadyClosed) -> dict[str, object]:

@@ -6,7 +6,9 @@ they run side by side, bounded by `max_concurrent_runs`, the `usage_hourly` pool
 `dagster/partition`. Once every one of them has succeeded, `month_after_touched_days` requests
 `monthly_job` (a run per month shard) for the months they belong to: it never reads a
 half-rebuilt month. When the last shard run of a month succeeds, `reconcile_after_month`
-requests the month's `reconcile_job`.
+requests the month's `reconcile_job`. A close goes the same way: after `close_job` numbered a
+month, `documents_after_numbering` requests an `invoice_documents_job` run per month shard, and
+when the last succeeds `finish_close_after_documents` requests `finish_close_job`.
 With accounts in time zones a day at a month edge also belongs to the neighbouring month
 (ADR 0017: 1 November UTC holds New York's last October hours).
 """
@@ -18,8 +20,11 @@ import dagster as dg
 
 from usagebox_pipelines.config import resolve_pricebooks
 from usagebox_pipelines.defs.jobs import (
+    close_job,
+    finish_close_job,
     hourly_job,
     ingest_job,
+    invoice_documents_job,
     month_of_run,
     month_run_requests,
     monthly_job,
@@ -163,6 +168,46 @@ def reconcile_after_month(context: dg.RunStatusSensorContext):
     return dg.RunRequest(run_key=run_key, job_name="reconcile_job", partition_key=f"{month}-01")
 
 
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[close_job],
+    request_jobs=[invoice_documents_job],
+    # on: a close that numbered its invoices must go on to render them and mark the month
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def documents_after_numbering(context: dg.RunStatusSensorContext):
+    """After `close_job` numbered a month, render its documents: an `invoice_documents_job`
+    run per month shard (side by side). A no-op close (a closed month) renders nothing."""
+    month = month_of_run(context.dagster_run.tags)
+    if month is None:
+        return dg.SkipReason("the run has no month partition")
+    run_key = f"documents-{month}-{context.dagster_run.run_id}"
+    return month_run_requests(run_key, month, job_name="invoice_documents_job")
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[invoice_documents_job],
+    request_jobs=[finish_close_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def finish_close_after_documents(context: dg.RunStatusSensorContext):
+    """When a month's last `invoice_documents_job` run in flight succeeds, finish its close
+    (the marker step checks that every shard rendered; a shard that failed fails it, naming
+    the shards to rerun)."""
+    month = month_of_run(context.dagster_run.tags)
+    if month is None:
+        return dg.SkipReason("the run has no month partition")
+    runs = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name="invoice_documents_job", statuses=_IN_FLIGHT)
+    )
+    waiting = [r.run_id for r in runs if month_of_run(r.tags) == month]
+    if waiting:
+        return dg.SkipReason(f"{month}: {len(waiting)} invoice_documents_job run(s) in flight")
+    run_key = f"finish-{month}-{context.dagster_run.run_id}"
+    return dg.RunRequest(run_key=run_key, job_name="finish_close_job", partition_key=f"{month}-01")
+
+
 def touched_months(days: list[str]) -> list[str]:
     """The months to rebuild after day runs of `days`: their UTC months, plus a neighbouring
     month that an account's time zone reaches into (ADR 0017), from the accounts.yaml the
@@ -177,4 +222,11 @@ def touched_months(days: list[str]) -> list[str]:
     return [m for m in months_of_days(days, accounts) if m >= first]
 
 
-sensors = [inbox_sensor, rebuild_touched_days, month_after_touched_days, reconcile_after_month]
+sensors = [
+    inbox_sensor,
+    rebuild_touched_days,
+    month_after_touched_days,
+    reconcile_after_month,
+    documents_after_numbering,
+    finish_close_after_documents,
+]

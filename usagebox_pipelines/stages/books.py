@@ -56,6 +56,26 @@ DECISIONS_VERSION_KEY = "guardrail_decisions_version"
 #: rated with: what a later close compares to skip closed months nothing has touched since.
 HOURLY_VERSION_KEY = "usage_hourly_version"
 INPUTS_KEY = "rating_inputs_sha256"
+#: ... and the `events` version it rated at: the marker's, written by the close's last step.
+EVENTS_VERSION_KEY = "events_table_version"
+#: ... and, from its numbering on, how many documents it numbered, the first number, the
+#: issue time and who approved it: what its last step checks and records with the marker
+#: (stages.issue.finish_close).
+DOCUMENTS_KEY = "documents_numbered"
+FIRST_NUMBER_KEY = "first_number"
+ISSUED_AT_KEY = "issued_at"
+APPROVED_BY_KEY = "approved_by"
+#: Every key a close's commits carry, from the numbering commit to the marker's.
+CLOSE_META_KEYS = (
+    DECISIONS_VERSION_KEY,
+    HOURLY_VERSION_KEY,
+    INPUTS_KEY,
+    EVENTS_VERSION_KEY,
+    DOCUMENTS_KEY,
+    FIRST_NUMBER_KEY,
+    ISSUED_AT_KEY,
+    APPROVED_BY_KEY,
+)
 
 
 def closes(store: DeltaStore) -> pl.DataFrame:

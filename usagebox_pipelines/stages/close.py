@@ -61,13 +61,14 @@ from usagebox_pipelines.stages.books import (
     restated_months,
     tampered_periods,
 )
+from usagebox_pipelines.stages.close_documents import DocumentProgress
 from usagebox_pipelines.stages.events import (
     events_frame,
 )
-from usagebox_pipelines.stages.issue import DocumentProgress, issue_close
+from usagebox_pipelines.stages.issue import finish_close, issue_close, number_close
 from usagebox_pipelines.stages.per_event import month_events
 from usagebox_pipelines.stages.reconciliation import render_month_reports
-from usagebox_pipelines.stages.results import AlreadyClosed, CloseResult, NeedsApproval
+from usagebox_pipelines.stages.results import AlreadyClosed, Closed, CloseResult, NeedsApproval
 from usagebox_pipelines.stages.verify import verify_month
 from usagebox_pipelines.storage import DeltaStore, DocumentStore, writes_tables
 
@@ -103,6 +104,7 @@ def close_month(
     run_id: str = "cli",
     force: bool = False,
     on_document: DocumentProgress | None = None,
+    number_only: bool = False,
 ) -> CloseResult:
     """Close `month`: without `approve`, control totals and drafts (nothing written); with it,
     numbered, stamped, rendered invoices and the `period_closes` marker, then the month's
@@ -142,8 +144,24 @@ def close_month(
     plan = plan_close(store, settings.pricebooks, month, closed)
     if not approve:
         return _needs_approval(store, plan)
+    if number_only:
+        return number_close(store, settings, plan, now, approved_by, run_id)
     result = issue_close(store, settings, plan, now, approved_by, run_id, on_document)
     # finance's reconciliation PDFs of the month go with its invoices (`run` skips them)
+    return dataclasses.replace(result, reports=render_month_reports(store, settings, month))
+
+
+@writes_tables("close")
+def finish_month(
+    store: DeltaStore, settings: Settings, month: str, run_id: str
+) -> Closed | AlreadyClosed:
+    """The last step of a close run per month shard: the marker once every numbered document
+    is rendered (issue.finish_close), then the month's reconciliation reports; a month
+    already closed is a no-op (AlreadyClosed)."""
+    closed = closed_periods(store)
+    if month in closed:
+        return _already_closed(store, settings, month, closed[month])
+    result = finish_close(store, settings, month, run_id)
     return dataclasses.replace(result, reports=render_month_reports(store, settings, month))
 
 

@@ -1,8 +1,12 @@
-"""Issue an approved close: number gaplessly, stamp, render PDFs, commit; the marker goes last.
+"""Issue an approved close in three steps: number and stamp, render PDFs, append the marker.
 
-Invoices and lines are written first, the `period_closes` row LAST: that row is the commit
-marker. A crash before it means the close did not happen; the next close deletes the leftovers
-and derives numbers only from closed periods, so no number is skipped.
+`number_close` writes the numbered, stamped invoices and lines (no PDFs yet), the documents
+step renders them (stages.close_documents, per month shard in a deployment), and
+`finish_close` appends the `period_closes` row LAST: that row is the commit marker. Until it is
+written no reader sees the month's issued rows; a crash before it means the close did not
+happen, the next close deletes the leftovers and derives numbers only from closed periods, so
+no number is skipped. The marker goes in only once every number the close gave is stored with
+its document, gapless after the closed periods' numbers (ADR 0019 §5).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -18,43 +22,42 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from usagebox_pipelines import __version__
-from usagebox_pipelines.catalog import (
-    INVOICE_LINES,
-    INVOICES,
-    PERIOD_CLOSES,
-)
+from usagebox_pipelines import invariants as inv
+from usagebox_pipelines.catalog import INVOICE_LINES, INVOICES, PERIOD_CLOSES
 from usagebox_pipelines.config import SOURCE_ROOT, Settings
+from usagebox_pipelines.errors import InvariantError, UsageboxError
 from usagebox_pipelines.invoicing import TEMPLATE_VERSION
-from usagebox_pipelines.invoicing.files import document_relpath, period_folder
+from usagebox_pipelines.invoicing.files import period_folder
 from usagebox_pipelines.invoicing.hard_stop import hard_stop_notes
 from usagebox_pipelines.invoicing.numbering import issue_documents, last_sequence
-from usagebox_pipelines.invoicing.render import (
-    NOTE_SEP,
-    load_issuer,
-    render_args,
-    render_document,
-)
+from usagebox_pipelines.invoicing.render import NOTE_SEP, load_issuer
 from usagebox_pipelines.invoicing.stamps import credit_stamp, dump_json
-from usagebox_pipelines.invoicing.summaries import (
-    issued_summary,
-)
+from usagebox_pipelines.invoicing.summaries import issued_summary
+from usagebox_pipelines.pricing.accounts import load_accounts
+from usagebox_pipelines.shards import MonthShard, month_shard_count
 from usagebox_pipelines.stages.books import (
+    APPROVED_BY_KEY,
+    CLOSE_META_KEYS,
     DECISIONS_VERSION_KEY,
+    DOCUMENTS_KEY,
+    EVENTS_VERSION_KEY,
+    FIRST_NUMBER_KEY,
     HOURLY_VERSION_KEY,
     INPUTS_KEY,
+    ISSUED_AT_KEY,
     all_invoices,
+    close_commits,
+    closed_periods,
+    issued_invoices,
+    opening_credit,
     unfinished_periods,
     write_ledger,
 )
-from usagebox_pipelines.stages.pdfs import render_each
-from usagebox_pipelines.stages.results import Closed
-from usagebox_pipelines.storage import NOT_NULL, DeltaStore, DocumentStore
-
-#: Called with (documents written, documents to write) as a close renders.
-DocumentProgress = Callable[[int, int], None]
+from usagebox_pipelines.stages.close_documents import DocumentProgress, render_documents
+from usagebox_pipelines.stages.results import Closed, Numbered
+from usagebox_pipelines.storage import NOT_NULL, DeltaStore, DocumentStore, writes_tables
 
 if TYPE_CHECKING:
-    from usagebox_pipelines.pricing.accounts import Accounts
     from usagebox_pipelines.pricing.contract import CreditBalances
     from usagebox_pipelines.stages.close import ClosePlan
 
@@ -68,33 +71,145 @@ def issue_close(
     run_id: str,
     on_document: DocumentProgress | None = None,
 ) -> Closed:
-    """Number, stamp, render and write; the `period_closes` row goes last (commit marker).
-    `on_document(done, total)` is called as each PDF is written (a progress bar)."""
+    """The whole close in this process: number, render every document, mark. A deployment
+    runs the same three steps as Dagster runs, the documents one per month shard (ADR 0019
+    §5). `on_document(done, total)` is called as each PDF is written (a progress bar)."""
+    number_close(store, settings, plan, now, approved_by, run_id)
+    render_documents(store, settings, plan.period, run_id, on_document=on_document)
+    return finish_close(store, settings, plan.period, run_id)
+
+
+def number_close(
+    store: DeltaStore,
+    settings: Settings,
+    plan: ClosePlan,
+    now: datetime | None,
+    approved_by: str | None,
+    run_id: str,
+) -> Numbered:
+    """Remove unfinished closes, then number and stamp the plan's documents and write them,
+    without PDFs, in two commits (lines, then invoices replacing the period's drafts). Until
+    `finish_close` appends the marker no reader sees them; the numbering commit records what
+    the close read, how many documents it numbered and who approved (default: the user
+    running it), which the last step checks and records."""
     issued_at = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     documents = DocumentStore(settings.home)
     remove_unfinished_closes(store, documents)
     _clear_documents(documents, plan.period)
-    issuer = load_issuer()
+    prefix = load_issuer()["invoice_prefix"]
     invoices, lines = issue_documents(
         plan.invoices,
         plan.lines,
-        last_seq=last_sequence(plan.issued["invoice_number"].to_list(), issuer["invoice_prefix"]),
-        prefix=issuer["invoice_prefix"],
+        last_seq=last_sequence(plan.issued["invoice_number"].to_list(), prefix),
+        prefix=prefix,
         issued_at=issued_at,
         payment_terms_days=_terms(plan),
     )
     invoices = _stamp(store, plan, invoices, lines)
-    invoices = _render_all(documents, plan, invoices, lines, issuer, on_document)
-    close_row = _close_row(plan, invoices, approved_by, run_id)
-    _commit(store, plan.period, invoices, lines, close_row, run_id, plan.decisions_version, plan)
-    write_ledger(store, plan.accounts, plan.period, run_id)  # from issued draws; after the marker
-    return Closed(
+    numbers = sorted(invoices["invoice_number"].to_list())
+    meta = _close_meta(plan, run_id) | {
+        DOCUMENTS_KEY: str(len(numbers)),
+        FIRST_NUMBER_KEY: numbers[0] if numbers else "",
+        ISSUED_AT_KEY: issued_at.isoformat(),
+        APPROVED_BY_KEY: approved_by or _whoami(),
+    }
+    store.replace_partition(INVOICE_LINES, lines, period=plan.period, metadata=meta)
+    store.replace_partition(INVOICES, invoices, period=plan.period, metadata=meta)
+    return Numbered(
         period=plan.period,
-        closed_at=close_row["closed_at"].isoformat(),
         issued_at=issued_at.isoformat(),
         events_table_version=plan.events_version,
-        invoices=issued_summary(invoices, documents.root),
+        documents=len(numbers),
+        first_number=numbers[0] if numbers else None,
+        last_number=numbers[-1] if numbers else None,
     )
+
+
+@writes_tables("close")
+def finish_close(store: DeltaStore, settings: Settings, period: str, run_id: str) -> Closed:
+    """Append the `period_closes` marker once every number the close gave is stored, gapless
+    after the closed periods' numbers, with its document; then the credit ledger.
+
+    Raises InvariantError naming what is missing (e.g. the shards whose documents did not
+    render: rerun those, or the whole close) and UsageboxError when no close numbered the
+    period. Leftover drafts of the period (a monthly run between the steps) go first."""
+    numbering = close_commits(store, INVOICES).get(period)
+    if numbering is None or numbering.get(ISSUED_AT_KEY) is None:
+        raise UsageboxError(
+            f"close {period} cannot finish: it was not numbered; "
+            f"run `usagebox close {period} --approve` (or its close_job) first"
+        )
+    closed = closed_periods(store)
+    accounts = load_accounts(settings.pricebooks)
+    invoices = store.read(INVOICES).filter(pl.col("period") == period)
+    issued = invoices.filter(pl.col("status") == "issued")
+    problems = _unfinished(store, settings, period, issued, numbering, closed, accounts.root)
+    if problems:
+        raise InvariantError(f"close {period} cannot finish: " + "; ".join(problems))
+    if issued.height < invoices.height:
+        store.delete_where(INVOICES, period=period, status="draft")
+        store.delete_where(INVOICE_LINES, period=period, invoice_number=None)
+    opening = opening_credit(store, accounts, closed)
+    events_version = _int_or_none(numbering.get(EVENTS_VERSION_KEY))
+    approved_by = str(numbering.get(APPROVED_BY_KEY) or _whoami())
+    close_row = _close_row(period, events_version, issued, opening, approved_by, run_id)
+    marker = pl.DataFrame([close_row], schema=PERIOD_CLOSES.schema)
+    meta = {k: str(numbering[k]) for k in CLOSE_META_KEYS if numbering.get(k) is not None}
+    meta |= {"run_id": run_id, "stage": "close", "period": period}
+    store.append(PERIOD_CLOSES, marker, metadata=meta)
+    write_ledger(store, accounts, period, run_id)  # from issued draws; after the marker
+    return Closed(
+        period=period,
+        closed_at=close_row["closed_at"].isoformat(),
+        issued_at=str(numbering[ISSUED_AT_KEY]),
+        events_table_version=events_version,
+        invoices=issued_summary(issued, DocumentStore(settings.home).root),
+    )
+
+
+def _unfinished(
+    store: DeltaStore,
+    settings: Settings,
+    period: str,
+    issued: pl.DataFrame,
+    numbering: dict,
+    closed: dict[str, dict],
+    root: Callable[[str], str],
+) -> list[str]:
+    """Why the numbered rows of `period` are not yet a close: numbers missing or not following
+    the closed periods' gaplessly, documents not rendered or not stored, lines of no row."""
+    problems = []
+    planned, first = int(numbering[DOCUMENTS_KEY]), numbering.get(FIRST_NUMBER_KEY) or None
+    numbers = sorted(issued["invoice_number"].to_list())
+    if len(numbers) != planned or (numbers[:1] or [None])[0] != first:
+        problems.append(
+            f"{len(numbers)} numbered document(s) stored, the close numbered {planned} from "
+            f"{first}; number the month again (`usagebox close {period} --approve`)"
+        )
+    before = issued_invoices(store, closed)["invoice_number"].to_list()
+    problems += [p["problem"] for p in inv.numbering_problems(before + numbers)]
+    unrendered = issued.filter(pl.col("pdf_sha256").is_null() | pl.col("pdf_path").is_null())
+    if unrendered.height:
+        count = month_shard_count()
+        ids = set(unrendered["account_id"].to_list())
+        shards = sorted({MonthShard.of_root(root(a), count).index for a in ids})
+        problems.append(
+            f"{unrendered.height} document(s) not rendered (e.g. "
+            f"{unrendered['invoice_number'][0]}), month shard(s) {shards} of {count}: "
+            "rerun their invoice_documents partitions"
+        )
+    stored = set(DocumentStore(settings.home).listdir(period_folder(period), ".pdf"))
+    absent = sorted(set(issued["pdf_path"].drop_nulls().to_list()) - stored)
+    if absent:
+        problems.append(f"{len(absent)} document file(s) missing, e.g. {absent[0]}")
+    lines = store.scan(INVOICE_LINES).filter(
+        (pl.col("period") == period) & pl.col("invoice_number").is_not_null()
+    )
+    orphans = lines.select("invoice_number").unique().collect()["invoice_number"]
+    stray = sorted(set(orphans.to_list()) - set(numbers))
+    if stray:
+        problems.append(f"lines numbered {stray[0]} have no document row")
+    return problems
 
 
 def remove_unfinished_closes(store: DeltaStore, documents: DocumentStore) -> list[str]:
@@ -177,114 +292,56 @@ def _notes(row: dict, plan: ClosePlan, stopped: bool) -> str | None:
     return NOTE_SEP.join(notes) if notes else None
 
 
-def _render_all(
-    documents: DocumentStore,
-    plan: ClosePlan,
-    invoices: pl.DataFrame,
-    lines: pl.DataFrame,
-    issuer: dict,
-    on_document: DocumentProgress | None = None,
-) -> pl.DataFrame:
-    """Render every document to `<documents>/invoices/<period>/<number>.pdf`, record its hash.
-
-    In a process pool (stages.pdfs): each job is one document's row and lines; the PDFs come
-    back in the invoices' order and are written here, so paths and hashes are those of a
-    render one after another. A crash leaves only PDFs that no issued row names yet; the
-    rerun deletes them (`_clear_documents`) before rendering again.
-    """
-    paths, hashes = [], []
-    jobs = render_jobs(invoices, lines, plan.accounts, issuer, plan.issued, plan.opening)
-    for row, pdf in zip(
-        invoices.iter_rows(named=True), render_each(render_job, jobs, invoices.height), strict=True
-    ):
-        rel = document_relpath(row["period"], row["invoice_number"])
-        paths.append(rel)
-        hashes.append(documents.put(rel, pdf))
-        if on_document is not None:
-            on_document(len(paths), invoices.height)
-    return invoices.with_columns(
-        pdf_path=pl.Series(paths, dtype=pl.String), pdf_sha256=pl.Series(hashes, dtype=pl.String)
-    )
-
-
-def render_jobs(
-    invoices: pl.DataFrame,
-    lines: pl.DataFrame,
-    accounts: Accounts,
-    issuer: dict,
-    issued: pl.DataFrame,
-    opening: CreditBalances | None = None,
-) -> Iterator[tuple]:
-    """`render_document`'s arguments per document, in the invoices' order: its own lines only
-    (the lines are split once, not filtered per document); `opening` the prepaid balances
-    the close drew from (stamped as `period_closes.opening_credit`)."""
-    own = lines.partition_by("invoice_number", as_dict=True, maintain_order=True)
-    empty = lines.clear()
-    for row in invoices.iter_rows(named=True):
-        mine = own.get((row["invoice_number"],), empty)
-        yield render_args(issued, row, mine, accounts.get(row["account_id"]), issuer, opening)
-
-
-def render_job(job: tuple) -> bytes:
-    """One document's PDF (module level: the process pool pickles it)."""
-    return render_document(*job)
+def _close_meta(plan: ClosePlan, run_id: str) -> dict[str, str]:
+    """What a close's commits record: the `guardrail_decisions` version it read (hard-stop
+    waivers and notes; "none": no table yet), so verify rebuilds from the same decisions; the
+    `events` version it rated at; and the `usage_hourly` version and rating-inputs
+    fingerprint, so a later close re-rates this month only if something changed since
+    (books.restated_months)."""
+    meta = {
+        "run_id": run_id,
+        "stage": "close",
+        "period": plan.period,
+        DECISIONS_VERSION_KEY: _version_text(plan.decisions_version),
+        EVENTS_VERSION_KEY: _version_text(plan.events_version),
+    }
+    if plan.inputs_key is not None:
+        meta[HOURLY_VERSION_KEY] = _version_text(plan.hourly_version)
+        meta[INPUTS_KEY] = plan.inputs_key
+    return meta
 
 
 def _close_row(
-    plan: ClosePlan, invoices: pl.DataFrame, approved_by: str | None, run_id: str
+    period: str,
+    events_version: int | None,
+    invoices: pl.DataFrame,
+    opening: CreditBalances,
+    approved_by: str,
+    run_id: str,
 ) -> dict:
     numbers = sorted(invoices["invoice_number"].to_list())
     totals = {str(c): str(part["total"].sum()) for (c,), part in invoices.group_by("currency")}
-    opening = None if plan.opening is None else credit_stamp(plan.opening)
     return {
-        "period": plan.period,
+        "period": period,
         "closed_at": datetime.now(UTC),
-        "events_table_version": plan.events_version,
+        "events_table_version": events_version,
         "invoices": invoices.height,
         "first_number": numbers[0] if numbers else None,
         "last_number": numbers[-1] if numbers else None,
         "totals": dump_json(totals),
-        "opening_credit": opening,
-        "approved_by": approved_by or _whoami(),
+        "opening_credit": credit_stamp(opening),
+        "approved_by": approved_by,
         "code_version": code_version(),
         "run_id": run_id,
     }
 
 
-def _commit(
-    store: DeltaStore,
-    period: str,
-    invoices: pl.DataFrame,
-    lines: pl.DataFrame,
-    close_row: dict,
-    run_id: str,
-    decisions_version: int | None = None,
-    plan: ClosePlan | None = None,
-) -> None:
-    """Three commits: lines, invoices (each replacing the period's drafts), then the marker.
-    Each records the `guardrail_decisions` version the close read (hard-stop waivers and
-    notes; "none": no table yet), so verify rebuilds from the same decisions, and the
-    `usage_hourly` version and rating-inputs fingerprint, so a later close re-rates this
-    month only if something changed since (books.restated_months)."""
-    meta = {
-        "run_id": run_id,
-        "stage": "close",
-        "period": period,
-        DECISIONS_VERSION_KEY: _version_text(decisions_version),
-    }
-    if plan is not None and plan.inputs_key is not None:
-        meta |= {
-            HOURLY_VERSION_KEY: _version_text(plan.hourly_version),
-            INPUTS_KEY: plan.inputs_key,
-        }
-    store.replace_partition(INVOICE_LINES, lines, period=period, metadata=meta)
-    store.replace_partition(INVOICES, invoices, period=period, metadata=meta)
-    marker = pl.DataFrame([close_row], schema=PERIOD_CLOSES.schema)
-    store.append(PERIOD_CLOSES, marker, metadata=meta)
-
-
 def _version_text(version: int | None) -> str:
     return "none" if version is None else str(version)
+
+
+def _int_or_none(raw: object) -> int | None:
+    return None if raw in (None, "", "none") else int(str(raw))
 
 
 def _whoami() -> str:

@@ -50,6 +50,20 @@ class Closed(_Result):
 
 
 @dataclass(frozen=True)
+class Numbered(_Result):
+    """The first step of an approved close run per month shard (Dagster: `close_job`): the
+    documents are numbered and stamped; their PDFs and the marker follow (ADR 0019 §5)."""
+
+    status: Literal["numbered"] = field(default="numbered", init=False)
+    period: str
+    issued_at: str
+    events_table_version: int | None
+    documents: int
+    first_number: str | None
+    last_number: str | None
+
+
+@dataclass(frozen=True)
 class AlreadyClosed(_Result):
     """A close of a closed month: nothing changed."""
 
@@ -61,7 +75,7 @@ class AlreadyClosed(_Result):
     invoices: list[dict]
 
 
-CloseResult = NeedsApproval | Closed | AlreadyClosed
+CloseResult = NeedsApproval | Numbered | Closed | AlreadyClosed
 
 
 # --------------------------------------------------------------------------- issued documents

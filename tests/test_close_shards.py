@@ -142,7 +142,9 @@ def test_finish_refuses_a_month_never_numbered_or_whose_rows_went_away(tmp_path)
     _number(store, settings)
     render_documents(store, settings, NOV, "r")
     store.delete_where(INVOICES, period=NOV, status="issued")
-    with pytest.raises(InvariantError, match=r"0 numbered document\(s\) stored, the close numbered"):
+    with pytest.raises(
+        InvariantError, match=r"0 numbered document\(s\) stored, the close numbered"
+    ):
         finish_month(store, settings, NOV, run_id="x")
     assert NOV not in closed_periods(store)
     close_month(store, settings, NOV, approve=True, now=NOV_ISSUED, approved_by="test")

@@ -1,4 +1,4 @@
-"""Render many documents at once: a process pool of `os.cpu_count()` workers, results in order.
+"""Render many documents at once: a process pool of one worker per usable CPU, results in order.
 
 A PDF costs about half a second of CPU in WeasyPrint, so a close of 2,000 accounts renders in
 parallel, and so does `verify --render`. `render_each` runs a top-level function over jobs and
@@ -16,12 +16,14 @@ yielded, and the close's commit marker goes last (stages/issue.py), so a rerun r
 from __future__ import annotations
 
 import gc
+import math
 import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
+from pathlib import Path
 from typing import TypeVar
 
 J = TypeVar("J")
@@ -35,9 +37,40 @@ CHUNK = 4
 IN_FLIGHT = 3
 
 
+#: Where the kernel shows this process's cgroup (v2: `cpu.max`; v1: `cpu/cpu.cfs_*`).
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def usable_cpus(cgroup: Path = CGROUP) -> int:
+    """CPUs this process may use: its CPU affinity, capped by its cgroup's CPU quota rounded
+    up. In a Kubernetes pod with `limits.cpu: 2` on a 64-core node `os.cpu_count()` says 64;
+    a pool that size would be throttled to 2 CPUs and hold 64 renderers' memory."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup)
+    return max(1, min(cpus, quota)) if quota else cpus
+
+
+def _cgroup_quota(cgroup: Path) -> int | None:
+    """The CPU quota in whole CPUs (rounded up), or None when there is none or it is unreadable."""
+    try:
+        if (cgroup / "cpu.max").is_file():
+            quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1") or int(period) <= 0:
+            return None
+        return math.ceil(int(quota) / int(period))
+    except (OSError, ValueError):
+        return None
+
+
 def workers(count: int) -> int:
     """How many processes render `count` documents: 0 = in this process."""
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if count < POOL_FROM or cpus < 2:
         return 0
     return min(cpus, count)

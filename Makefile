@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 HOME_DIR ?= data/demo
 MONTH ?= 2026-10
 
-.PHONY: demo test install lint format bench bench-stages bench-workers dev clean
+.PHONY: demo test install lint format bench bench-stages bench-workers bench-history dev clean
 
 $(BIN)/usagebox: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench-stages: install
 # disk and on a local moto S3 server (wall time, speed-up, commit latency per table). Run it quiet.
 bench-workers: install
 	$(BIN)/python bench/workers.py --events $(BENCH_EVENTS) --accounts $(BENCH_ACCOUNTS) $(BENCH_ARGS)
+
+# A year of monthly closes: month 12's close against month 1's (issue 13: within 1.2x).
+bench-history: install
+	$(BIN)/python bench/history.py $(BENCH_ARGS)
 
 # The UI on the demo home (built first when missing): the resource reads USAGEBOX_HOME, the
 # instance is the one `usagebox run/ingest/close` record into.

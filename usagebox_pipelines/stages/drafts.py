@@ -24,7 +24,7 @@ from usagebox_pipelines.invoicing.adjustments import adjustments_for
 from usagebox_pipelines.invoicing.credit import with_current_credit
 from usagebox_pipelines.invoicing.lines import build_draft_invoices, rated_lines
 from usagebox_pipelines.months import month_bounds
-from usagebox_pipelines.pricing.accounts import load_accounts
+from usagebox_pipelines.pricing.accounts import Accounts, load_accounts
 from usagebox_pipelines.pricing.pricebook import load_pricebooks
 from usagebox_pipelines.shards import WHOLE_MONTH, MonthShard, account_shards, in_shard
 from usagebox_pipelines.stages.books import (
@@ -146,14 +146,27 @@ def pending_adjustments(
     closed = closed_periods(store) if closed is None else closed
     issued = issued_lines(store, issued_invoices(store, closed))
     accounts = load_accounts(pricebooks_dir)
-    key = rating_inputs_key(load_pricebooks(pricebooks_dir), accounts)
-    decisions = decisions_at(store, store.version(GUARDRAIL_DECISIONS))
-    earlier = restated_months(store, closed, month, key, decisions, accounts)
+    earlier = months_to_restate(store, pricebooks_dir, month, closed, accounts)
     rerated = {q: rate_month(store, pricebooks_dir, q, shard).rated for q in earlier}
     if not shard.whole:  # what was issued to the other shards' accounts is not re-rated here
         mine = shard.owned(issued.get_column("account_id"), accounts.root)
         issued = issued.filter(pl.col("account_id").is_in(mine))
     return adjustments_for(issued, rerated)
+
+
+def months_to_restate(
+    store: DeltaStore,
+    pricebooks_dir: Path,
+    month: str,
+    closed: dict[str, dict],
+    accounts: Accounts,
+) -> list[str]:
+    """The closed months before `month` whose rating inputs changed since the close that last
+    restated them (books.restated_months, at the current decisions): the only ones a draft
+    of `month` may owe adjustments for, and the only ones invariant 4 re-rates."""
+    key = rating_inputs_key(load_pricebooks(pricebooks_dir), accounts)
+    decisions = decisions_at(store, store.version(GUARDRAIL_DECISIONS))
+    return restated_months(store, closed, month, key, decisions, accounts)
 
 
 def month_rated_lines(

@@ -31,7 +31,6 @@ from usagebox_pipelines import invariants as inv
 from usagebox_pipelines.catalog import (
     EVENT_CONFLICTS,
     EVENTS_BUILDS,
-    GUARDRAIL_DECISIONS,
     INGEST_LOG,
     INVOICE_LINES,
     INVOICES,
@@ -65,13 +64,10 @@ from usagebox_pipelines.stages.books import (
     books_problems,
     close_commits,
     closed_periods,
-    decisions_at,
     issued_invoices,
     issued_lines,
-    rating_inputs_key,
-    restated_months,
 )
-from usagebox_pipelines.stages.drafts import month_rated_lines
+from usagebox_pipelines.stages.drafts import month_rated_lines, months_to_restate
 from usagebox_pipelines.stages.events import (
     FIRST_HOUR,
     committed_raw_events,
@@ -201,7 +197,7 @@ def draft_lines_match_rated(
     for Q = the rounded lines of Q re-rated now (prepaid credit is not restated, ADR 0003).
 
     (c) re-rates only the closed months whose inputs changed since a close last restated them
-    (books.restated_months, as drafts.pending_adjustments finds them); every other closed
+    (drafts.months_to_restate, as the drafts find them); every other closed
     month owes nothing, so the drafts must carry no adjustment line for it. A monthly run's
     check so costs O(months with late data), not O(closed months). `rerate_every_closed_month`
     re-rates every closed month as an independent audit would, not relying on restated_months.
@@ -228,9 +224,7 @@ def draft_lines_match_rated(
     if rerate_every_closed_month:
         restated = set(earlier)
     else:
-        key = rating_inputs_key(load_pricebooks(pricebooks_dir), accounts)
-        decisions = decisions_at(store, store.version(GUARDRAIL_DECISIONS))
-        restated = set(restated_months(store, closed, month, key, decisions, accounts))
+        restated = set(months_to_restate(store, pricebooks_dir, month, closed, accounts))
     for q in earlier:
         if q not in restated:
             mismatches.append(inv.unowed_adjustments(q, drafts))

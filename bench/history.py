@@ -62,7 +62,7 @@ def _month_commands(work: Path, month: str, first: bool) -> dict[str, Measured]:
     opts = ["--home", str(work / "home"), "--pricebooks", str(work / "pricebooks")]
     data = work / "input" / month / "events.parquet"
     before = shift_month(month, -1)
-    cmds = {"ingest": Measured(f"ingest {month}", [*ub, "ingest", str(data), "--json", *opts])}
+    cmds = {"ingest": Measured(f"ingest {month}", [*ub, "ingest", str(data), *opts])}
     if not first:
         cmds["run before"] = Measured(
             f"run {before}", [*ub, "run", "--month", before, "--json", *opts]

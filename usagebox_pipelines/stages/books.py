@@ -326,6 +326,18 @@ def restated_months(
         """Data files a close read; None as its version: the table did not exist yet."""
         return _NO_FILES if version is None else hour_files(table, version)
 
+    read: dict[int | None, pl.DataFrame] = {}
+
+    def decisions_then(raw: object) -> pl.DataFrame | None:
+        """The decisions at a close's recorded version, read once per version (closes made
+        while no decision changed share one); None when the close recorded none."""
+        if raw is None:
+            return None
+        version = _int_or_none(raw)
+        if version not in read:
+            read[version] = decisions_at(store, version)
+        return read[version]
+
     out = []
     for q in sorted(p for p in closed if p < month):
         own = closed[q]["closed_at"]
@@ -341,7 +353,7 @@ def restated_months(
         )
         if any(
             _files_changed(then(t, v), hour_files(t, None), start, end) for t, v in versions
-        ) or not _same_decisions(store, meta.get(DECISIONS_VERSION_KEY), decisions, q):
+        ) or not _same_decisions(decisions_then(meta.get(DECISIONS_VERSION_KEY)), decisions, q):
             out.append(q)
     return out
 
@@ -391,11 +403,11 @@ def _hour_files(store: DeltaStore, table: Table, version: int | None) -> pl.Data
     )
 
 
-def _same_decisions(store: DeltaStore, raw: object, decisions: pl.DataFrame, q: str) -> bool:
-    """Whether `q`'s guardrail decisions at the recorded version `raw` are today's."""
-    if raw is None:
+def _same_decisions(then: pl.DataFrame | None, decisions: pl.DataFrame, q: str) -> bool:
+    """Whether `q`'s guardrail decisions as a close read them (`then`; None: not recorded)
+    are today's."""
+    if then is None:
         return False
-    then = decisions_at(store, _int_or_none(raw))
     return _same_rows(then.filter(pl.col("period") == q), decisions.filter(pl.col("period") == q))
 
 

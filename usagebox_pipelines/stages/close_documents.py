@@ -67,7 +67,8 @@ def render_documents(
     """Render the numbered documents of `period` that belong to `shard`'s accounts and have no
     PDF yet; one commit replaces those accounts' issued rows with path and hash. A month
     already closed, or one no close has numbered, has nothing to render."""
-    if period in closed_periods(store):
+    closed = closed_periods(store)
+    if period in closed:
         return RenderedShard(period, shard, 0, 0)
     accounts = load_accounts(settings.pricebooks)
     numbered = _numbered_rows(store, period, shard, accounts)
@@ -75,12 +76,12 @@ def render_documents(
     kept = numbered.filter(pl.col("pdf_sha256").is_not_null())
     if todo.is_empty():
         return RenderedShard(period, shard, 0, kept.height)
-    closed = closed_periods(store)
     numbers = todo["invoice_number"]
-    lines = store.scan(INVOICE_LINES).filter(
-        (pl.col("period") == period) & pl.col("invoice_number").is_in(numbers)
+    lines = (
+        store.scan(INVOICE_LINES)
+        .filter((pl.col("period") == period) & pl.col("invoice_number").is_in(numbers))
+        .collect()
     )
-    lines = lines.collect()
     issued, opening = issued_invoices(store, closed), opening_credit(store, accounts, closed)
     documents = DocumentStore(settings.home)
     jobs = render_jobs(todo, lines, accounts, load_issuer(), issued, opening)

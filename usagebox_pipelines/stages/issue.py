@@ -16,6 +16,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,6 @@ from usagebox_pipelines.stages.results import Closed, Numbered
 from usagebox_pipelines.storage import NOT_NULL, DeltaStore, DocumentStore, writes_tables
 
 if TYPE_CHECKING:
-    from usagebox_pipelines.pricing.contract import CreditBalances
     from usagebox_pipelines.stages.close import ClosePlan
 
 
@@ -315,7 +315,7 @@ def _close_row(
     period: str,
     events_version: int | None,
     invoices: pl.DataFrame,
-    opening: CreditBalances,
+    opening: dict[str, dict[str, Decimal]],
     approved_by: str,
     run_id: str,
 ) -> dict:

@@ -133,3 +133,38 @@ def test_close_jobs_issue_the_month_only_when_approved(defs, tmp_path, monkeypat
     again = execute_job(settings, "close_job", partition_key=f"{NOV}-01")
     assert again.success  # already closed: a no-op, even without approval
     assert execute_job(settings, "finish_close_job", partition_key=f"{NOV}-01").success
+
+
+def test_the_sensors_chain_the_close_jobs(defs, tmp_path, monkeypatch):
+    """`documents_after_numbering` turns a succeeded `close_job` run into one
+    `invoice_documents_job` run per month shard; `finish_close_after_documents` turns the last
+    succeeded documents run into the month's `finish_close_job`, which closes it."""
+    from tests.test_definitions import _success_context
+    from usagebox_pipelines.defs.sensors import (
+        documents_after_numbering,
+        finish_close_after_documents,
+    )
+
+    monkeypatch.setenv(AUTO_APPROVE_ENV, "1")
+    store, settings = scenario().home_at("nov_built", tmp_path / "h")
+    instance = dg.DagsterInstance.ephemeral()
+    numbered = execute_job(settings, "close_job", partition_key=f"{NOV}-01", instance=instance)
+    assert numbered.success, numbered.failures
+    run = instance.get_run_by_id(numbered.run_id)
+    requests = documents_after_numbering(_success_context(instance, run, "documents"))
+    assert [(r.job_name, r.partition_key) for r in requests] == [
+        ("invoice_documents_job", f"{NOV}-01|0")  # the one month shard by default
+    ]
+    documents = execute_job(
+        settings, "invoice_documents_job", partition_key=requests[0].partition_key,
+        instance=instance,
+    )  # fmt: skip
+    assert documents.success, documents.failures
+    run = instance.get_run_by_id(documents.run_id)
+    finish = finish_close_after_documents(_success_context(instance, run, "finish"))
+    assert isinstance(finish, dg.RunRequest)
+    assert (finish.job_name, finish.partition_key) == ("finish_close_job", f"{NOV}-01")
+    closed = execute_job(settings, "finish_close_job", partition_key=f"{NOV}-01", instance=instance)
+    assert closed.success, closed.failures
+    assert NOV in closed_periods(store)
+    assert issued(store, NOV)["pdf_sha256"].null_count() == 0

@@ -15,6 +15,7 @@ A result column is named as written, except `count(*)`, which is called `count`.
 
 from __future__ import annotations
 
+import gc
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,10 +69,12 @@ def run_sql(store: DeltaStore, query: str, as_of: str | None = None) -> pl.DataF
     known = ", ".join(names) or "none yet"
     point = parse_as_of(as_of) if as_of is not None else None
     con = confined_connection()
+    datasets = []
     try:
         used = _check_statement(con, query, set(names), known)
         for name in sorted(used):
-            con.register(name, _dataset(store, name, point, as_of))
+            datasets.append(_dataset(store, name, point, as_of))
+            con.register(name, datasets[-1])
         result = con.sql(query)
         table = result.to_arrow_table() if result is not None else None
     except duckdb.Error as exc:
@@ -79,6 +82,12 @@ def run_sql(store: DeltaStore, query: str, as_of: str | None = None) -> pl.DataF
         raise UsageboxError(f"sql: {first} (tables: {known})") from None
     finally:
         con.close()
+        # Release the Arrow datasets (and their scanners' threads) now, while Arrow is alive:
+        # left to the interpreter's final teardown, a scanner thread can outlive Arrow's
+        # memory pools and abort the process after the result was printed ("terminate
+        # called without an active exception", seen once in CI on `sql --as-of 0`).
+        datasets.clear()
+        gc.collect()
     if table is None:
         raise UsageboxError(f"sql: the statement returned no rows or columns (tables: {known})")
     return _tidy_names(pl.from_arrow(table))

@@ -19,6 +19,9 @@ from usagebox_pipelines.defs.partitions import MONTH_SHARDS, daily, month_shards
 LEASE_TAG = "usagebox/lease"
 EXCLUSIVE_RUN = {LEASE_TAG: "exclusive"}
 SHARED_RUN = {LEASE_TAG: "shared"}
+#: A month × shard job: with one shard its run holds the lease for the whole month; with more,
+#: each shard's run holds it shared, beside the other shards' runs.
+MONTH_SHARD_RUN = EXCLUSIVE_RUN if MONTH_SHARDS == 1 else SHARED_RUN
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
@@ -50,8 +53,7 @@ monthly_job = dg.define_asset_job(
     partitions_def=month_shards,
     description="Monthly stages per month × month shard: usage_monthly, rating, guardrails and "
     "draft invoices of the shard's accounts.",
-    # one shard alone holds the home's lease shared: the other shards' runs go beside it
-    tags=EXCLUSIVE_RUN if MONTH_SHARDS == 1 else SHARED_RUN,
+    tags=MONTH_SHARD_RUN,
 )
 reconcile_job = dg.define_asset_job(
     "reconcile_job",
@@ -75,7 +77,7 @@ invoice_documents_job = dg.define_asset_job(
     partitions_def=month_shards,
     description="Month close, step 2 of 3: render the numbered invoices' PDFs of a month shard's "
     "accounts (a run per shard, side by side).",
-    tags=EXCLUSIVE_RUN if MONTH_SHARDS == 1 else SHARED_RUN,
+    tags=MONTH_SHARD_RUN,
 )
 finish_close_job = dg.define_asset_job(
     "finish_close_job",

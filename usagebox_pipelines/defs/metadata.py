@@ -182,9 +182,7 @@ def numbered_metadata(store: DeltaStore, result: Numbered) -> dict[str, object]:
         "first_number": result.first_number or "",
         "last_number": result.last_number or "",
         "events_table_version": result.events_table_version,
-    } | materialized(
-        store, INVOICES, (pl.col("period") == result.period) & (pl.col("status") == "issued")
-    )
+    } | _issued_rows(store, result.period)
 
 
 def issued_metadata(store: DeltaStore, result: Closed | AlreadyClosed) -> dict[str, object]:
@@ -195,6 +193,10 @@ def issued_metadata(store: DeltaStore, result: Closed | AlreadyClosed) -> dict[s
         "documents": len(result.invoices),
         "numbers": dg.MetadataValue.json([i["invoice_number"] for i in result.invoices]),
         "events_table_version": result.events_table_version,
-    } | materialized(
-        store, INVOICES, (pl.col("period") == result.period) & (pl.col("status") == "issued")
-    )
+    } | _issued_rows(store, result.period)
+
+
+def _issued_rows(store: DeltaStore, period: str) -> dict[str, object]:
+    """`materialized` of the period's issued (or, before the marker, numbered) invoices."""
+    where = (pl.col("period") == period) & (pl.col("status") == "issued")
+    return materialized(store, INVOICES, where)

@@ -155,17 +155,7 @@ _IN_FLIGHT = [
 def reconcile_after_month(context: dg.RunStatusSensorContext):
     """When a month's last `monthly_job` run in flight succeeds (every shard's rated usage is
     then as fresh as the runs made it), reconcile the month against the vendor bills."""
-    month = month_of_run(context.dagster_run.tags)
-    if month is None:
-        return dg.SkipReason("the run has no month partition")
-    runs = context.instance.get_runs(
-        filters=dg.RunsFilter(job_name="monthly_job", statuses=_IN_FLIGHT)
-    )
-    waiting = [r.run_id for r in runs if month_of_run(r.tags) == month]
-    if waiting:
-        return dg.SkipReason(f"{month}: {len(waiting)} monthly_job run(s) still in flight")
-    run_key = f"reconcile-{month}-{context.dagster_run.run_id}"
-    return dg.RunRequest(run_key=run_key, job_name="reconcile_job", partition_key=f"{month}-01")
+    return after_last_shard_run(context, "monthly_job", "reconcile_job", "reconcile")
 
 
 @dg.run_status_sensor(
@@ -195,17 +185,24 @@ def finish_close_after_documents(context: dg.RunStatusSensorContext):
     """When a month's last `invoice_documents_job` run in flight succeeds, finish its close
     (the marker step checks that every shard rendered; a shard that failed fails it, naming
     the shards to rerun)."""
+    return after_last_shard_run(context, "invoice_documents_job", "finish_close_job", "finish")
+
+
+def after_last_shard_run(
+    context: dg.RunStatusSensorContext, shard_job: str, monthly: str, key: str
+) -> dg.RunRequest | dg.SkipReason:
+    """The month's run of the monthly job `monthly` once the succeeded run of the month ×
+    shard job `shard_job` is the last of its month in flight (the run key names `key`, the
+    month and the run, so each success is answered once)."""
     month = month_of_run(context.dagster_run.tags)
     if month is None:
         return dg.SkipReason("the run has no month partition")
-    runs = context.instance.get_runs(
-        filters=dg.RunsFilter(job_name="invoice_documents_job", statuses=_IN_FLIGHT)
-    )
+    runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=shard_job, statuses=_IN_FLIGHT))
     waiting = [r.run_id for r in runs if month_of_run(r.tags) == month]
     if waiting:
-        return dg.SkipReason(f"{month}: {len(waiting)} invoice_documents_job run(s) in flight")
-    run_key = f"finish-{month}-{context.dagster_run.run_id}"
-    return dg.RunRequest(run_key=run_key, job_name="finish_close_job", partition_key=f"{month}-01")
+        return dg.SkipReason(f"{month}: {len(waiting)} {shard_job} run(s) still in flight")
+    run_key = f"{key}-{month}-{context.dagster_run.run_id}"
+    return dg.RunRequest(run_key=run_key, job_name=monthly, partition_key=f"{month}-01")
 
 
 def touched_months(days: list[str]) -> list[str]:

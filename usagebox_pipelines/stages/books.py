@@ -333,7 +333,7 @@ def restated_months(
         while no decision changed share one); None when the close recorded none."""
         if raw is None:
             return None
-        version = _int_or_none(raw)
+        version = recorded_version(raw)
         if version not in read:
             read[version] = decisions_at(store, version)
         return read[version]
@@ -349,7 +349,7 @@ def restated_months(
         start, end = month_bounds(q) if accounts is None else _span(accounts, q)
         versions = (
             (EVENTS, ref[-1]["events_table_version"]),
-            (USAGE_HOURLY, _int_or_none(meta[HOURLY_VERSION_KEY])),
+            (USAGE_HOURLY, recorded_version(meta[HOURLY_VERSION_KEY])),
         )
         if any(
             _files_changed(then(t, v), hour_files(t, None), start, end) for t, v in versions
@@ -417,8 +417,17 @@ def _same_rows(a: pl.DataFrame, b: pl.DataFrame) -> bool:
     return a.sort(a.columns, nulls_last=True).equals(b.sort(b.columns, nulls_last=True))
 
 
-def _int_or_none(raw: object) -> int | None:
+def recorded_version(raw: object) -> int | None:
+    """A table version as a close's commit metadata records it ("none": no table yet)."""
     return None if raw in (None, "none") else int(str(raw))
+
+
+def carried_meta(numbering: dict, period: str, run_id: str) -> dict[str, str]:
+    """Commit metadata of a close's later steps (documents, marker): the numbering commit's
+    (what the close read and numbered), with this run's id, so the newest `stage: close`
+    commit of each table still says what the close read (`close_commits`)."""
+    meta = {k: str(numbering[k]) for k in CLOSE_META_KEYS if numbering.get(k) is not None}
+    return meta | {"run_id": run_id, "stage": "close", "period": period}
 
 
 # --------------------------------------------------------------------------- credit

@@ -25,7 +25,7 @@ from usagebox_pipelines.invoicing.render import load_issuer, render_args, render
 from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.shards import WHOLE_MONTH, MonthShard
 from usagebox_pipelines.stages.books import (
-    CLOSE_META_KEYS,
+    carried_meta,
     close_commits,
     closed_periods,
     issued_invoices,
@@ -89,7 +89,8 @@ def render_documents(
     replace_shard_rows(
         store, INVOICES, pl.concat([kept, rendered]).sort("invoice_number"), shard=shard,
         root=accounts.root, written=numbered["account_id"].to_list(),
-        metadata=_carried_meta(store, period, run_id), period=period, status="issued",
+        metadata=carried_meta(close_commits(store, INVOICES).get(period, {}), period, run_id),
+        period=period, status="issued",
     )  # fmt: skip
     return RenderedShard(period, shard, rendered.height, kept.height)
 
@@ -107,14 +108,6 @@ def _numbered_rows(
     if shard.whole:
         return rows
     return rows.filter(pl.col("account_id").is_in(shard.owned(rows["account_id"], accounts.root)))
-
-
-def _carried_meta(store: DeltaStore, period: str, run_id: str) -> dict[str, str]:
-    """The numbering commit's metadata (what the close read and numbered), with this run's
-    id: the newest `stage: close` commit of `invoices` then still says it (books)."""
-    numbering = close_commits(store, INVOICES).get(period, {})
-    meta = {k: str(numbering[k]) for k in CLOSE_META_KEYS if numbering.get(k) is not None}
-    return meta | {"run_id": run_id, "stage": "close", "period": period}
 
 
 def write_documents(

@@ -38,7 +38,6 @@ from usagebox_pipelines.pricing.accounts import load_accounts
 from usagebox_pipelines.shards import MonthShard, month_shard_count
 from usagebox_pipelines.stages.books import (
     APPROVED_BY_KEY,
-    CLOSE_META_KEYS,
     DECISIONS_VERSION_KEY,
     DOCUMENTS_KEY,
     EVENTS_VERSION_KEY,
@@ -47,10 +46,12 @@ from usagebox_pipelines.stages.books import (
     INPUTS_KEY,
     ISSUED_AT_KEY,
     all_invoices,
+    carried_meta,
     close_commits,
     closed_periods,
     issued_invoices,
     opening_credit,
+    recorded_version,
     unfinished_periods,
     write_ledger,
 )
@@ -141,22 +142,21 @@ def finish_close(store: DeltaStore, settings: Settings, period: str, run_id: str
         )
     closed = closed_periods(store)
     accounts = load_accounts(settings.pricebooks)
-    invoices = store.read(INVOICES).filter(pl.col("period") == period)
+    invoices = all_invoices(store).filter(pl.col("period") == period)
     issued = invoices.filter(pl.col("status") == "issued")
-    problems = _unfinished(store, settings, period, issued, numbering, closed, accounts.root)
+    before = issued_invoices(store, closed)["invoice_number"].to_list()
+    problems = _unfinished(store, settings, period, issued, numbering, before, accounts.root)
     if problems:
         raise InvariantError(f"close {period} cannot finish: " + "; ".join(problems))
     if issued.height < invoices.height:
         store.delete_where(INVOICES, period=period, status="draft")
         store.delete_where(INVOICE_LINES, period=period, invoice_number=None)
     opening = opening_credit(store, accounts, closed)
-    events_version = _int_or_none(numbering.get(EVENTS_VERSION_KEY))
+    events_version = recorded_version(numbering.get(EVENTS_VERSION_KEY))
     approved_by = str(numbering.get(APPROVED_BY_KEY) or _whoami())
     close_row = _close_row(period, events_version, issued, opening, approved_by, run_id)
     marker = pl.DataFrame([close_row], schema=PERIOD_CLOSES.schema)
-    meta = {k: str(numbering[k]) for k in CLOSE_META_KEYS if numbering.get(k) is not None}
-    meta |= {"run_id": run_id, "stage": "close", "period": period}
-    store.append(PERIOD_CLOSES, marker, metadata=meta)
+    store.append(PERIOD_CLOSES, marker, metadata=carried_meta(numbering, period, run_id))
     write_ledger(store, accounts, period, run_id)  # from issued draws; after the marker
     return Closed(
         period=period,
@@ -173,11 +173,12 @@ def _unfinished(
     period: str,
     issued: pl.DataFrame,
     numbering: dict,
-    closed: dict[str, dict],
+    before: list[str],
     root: Callable[[str], str],
 ) -> list[str]:
     """Why the numbered rows of `period` are not yet a close: numbers missing or not following
-    the closed periods' gaplessly, documents not rendered or not stored, lines of no row."""
+    the closed periods' (`before`) gaplessly, documents not rendered or not stored, lines of
+    no row."""
     problems = []
     planned, first = int(numbering[DOCUMENTS_KEY]), numbering.get(FIRST_NUMBER_KEY) or None
     numbers = sorted(issued["invoice_number"].to_list())
@@ -186,7 +187,6 @@ def _unfinished(
             f"{len(numbers)} numbered document(s) stored, the close numbered {planned} from "
             f"{first}; number the month again (`usagebox close {period} --approve`)"
         )
-    before = issued_invoices(store, closed)["invoice_number"].to_list()
     problems += [p["problem"] for p in inv.numbering_problems(before + numbers)]
     unrendered = issued.filter(pl.col("pdf_sha256").is_null() | pl.col("pdf_path").is_null())
     if unrendered.height:
@@ -338,10 +338,6 @@ def _close_row(
 
 def _version_text(version: int | None) -> str:
     return "none" if version is None else str(version)
-
-
-def _int_or_none(raw: object) -> int | None:
-    return None if raw in (None, "", "none") else int(str(raw))
 
 
 def _whoami() -> str:

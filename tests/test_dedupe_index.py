@@ -33,11 +33,12 @@ from usagebox_pipelines.events.classify import HISTORY_COLUMNS
 from usagebox_pipelines.events.normalize import payload_expr
 from usagebox_pipelines.events.raw import accepted_only
 from usagebox_pipelines.stages import dedupe
+from usagebox_pipelines.stages import ingest as ingest_stage
 from usagebox_pipelines.stages.dedupe import FileHistory, empty_history, key_ranges
 from usagebox_pipelines.stages.events import committed_raw_events, update_events
 from usagebox_pipelines.stages.ingest import ingest_files
 from usagebox_pipelines.stages.verify import verify
-from usagebox_pipelines.storage import DeltaStore
+from usagebox_pipelines.storage import DeltaStore, WriteBehind
 
 KEY = ["account_id", "event_id"]
 
@@ -47,7 +48,7 @@ def _table(store: DeltaStore, table, drop=("ingested_at",)) -> pl.DataFrame:
     return frame.select(sorted(frame.columns)).sort(sorted(frame.columns), nulls_last=True)
 
 
-def _full_scan(self, store: DeltaStore, valid: pl.DataFrame, _probes=None) -> pl.DataFrame:
+def _full_scan(store: DeltaStore, valid: pl.DataFrame) -> pl.DataFrame:
     """The former lookup: every accepted `raw_events` row (history and the file's earlier
     chunks, as written) sharing an id with the chunk or correcting its corrections' targets."""
     if valid.height == 0 or not store.exists(RAW_EVENTS):
@@ -94,8 +95,13 @@ def _ingest_all(home: Path, files: list[Path], chunk_rows: int, fold: list[bool]
 
 
 def _reference(home: Path, files: list[Path], chunk_rows: int, fold: list[bool]) -> DeltaStore:
+    """The former lookup reads the file's earlier chunks back from `raw_events`: each chunk is
+    committed whole (no held-back days) before the next is classified (no write-behind)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(FileHistory, "rows_for", _full_scan)
+        reader = DeltaStore(str(home))
+        patch.setattr(FileHistory, "rows_for", lambda _self, valid: _full_scan(reader, valid))
+        patch.setattr(ingest_stage, "SPARSE_DAY_SHARE", 10**12)
+        patch.setattr(WriteBehind, "submit", lambda _self, commit: commit())
         return _ingest_all(home, files, chunk_rows, fold)
 
 

@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, datetime
@@ -163,6 +164,50 @@ def _spooled(
             return pa.RecordBatchReader.from_batches(described, batches(described))
 
         yield stream
+
+
+class WriteBehind:
+    """Commits made one at a time in a background thread while the caller produces the next
+    frame: delta-rs encodes Parquet and commits without the GIL, so reading and building day
+    group n + 1 overlaps writing group n (on 2 cores, the events fold of 2 M events went from
+    5.5 s to 4.6 s).
+
+    Commits keep their order and at most one is in flight: `submit` first waits for the previous
+    one and raises its error, so nothing is committed after a failed commit. Leaving the block
+    waits for the last commit (an error in the block still lets the one in flight finish, as if
+    it had been made before the error). The caller must not touch the table being written until
+    the block ends: the cached `DeltaTable` is the writer thread's meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._pending: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        self.wait()
+
+    def submit(self, commit: Callable[[], object]) -> None:
+        self.wait()
+        self._pending = threading.Thread(target=self._run, args=(commit,), daemon=False)
+        self._pending.start()
+
+    def _run(self, commit: Callable[[], object]) -> None:
+        try:
+            commit()
+        except BaseException as exc:  # re-raised in the caller's thread by `wait`
+            self._error = exc
+
+    def wait(self) -> None:
+        """Wait for the commit in flight; raise its error, if any."""
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def writes_tables(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:

@@ -90,6 +90,9 @@ class FileHistory:
     hits: pl.DataFrame  # key, event_date, batch_id: index entries matching the file's keys
     last: pl.DataFrame  # key, last: keys probed by two or more chunks, and the last such chunk
     kept: pl.DataFrame = field(default_factory=empty_history)  # + _own, _target
+    # `raw_events` as it was before the file (the rows `hits` name): its own scan, pinned to
+    # that version, so reading it never touches the table the file's chunks are written to
+    before: pl.LazyFrame = field(default_factory=lambda: pl.LazyFrame(schema=RAW_EVENTS.schema))
 
     @classmethod
     def lookup(cls, store: DeltaStore, probes: Iterable[pl.DataFrame]) -> FileHistory:
@@ -130,11 +133,15 @@ class FileHistory:
         kept = empty_history().with_columns(
             _own=pl.lit(None, dtype=pl.Int64), _target=pl.lit(None, dtype=pl.Int64)
         )
-        return cls(pl.concat([no_hits, *hits]), pl.concat(lasts), kept)
+        version = store.version(RAW_EVENTS)
+        before = (
+            pl.LazyFrame(schema=RAW_EVENTS.schema)
+            if version is None
+            else store.scan(RAW_EVENTS, version=version)
+        )
+        return cls(pl.concat([no_hits, *hits]), pl.concat(lasts), kept, before)
 
-    def rows_for(
-        self, store: DeltaStore, valid: pl.DataFrame, probes: pl.Series | None = None
-    ) -> pl.DataFrame:
+    def rows_for(self, valid: pl.DataFrame, probes: pl.Series | None = None) -> pl.DataFrame:
         """The accepted rows chunk `valid` must be compared with (history + earlier chunks);
         `probes`: its `probe_keys`, if already computed.
 
@@ -154,7 +161,7 @@ class FileHistory:
         if hits.height:
             ids, targets = _ids_and_targets(valid)
             before = _related(
-                accepted_only(store.scan(RAW_EVENTS)).filter(
+                accepted_only(self.before).filter(
                     pl.col("event_date").is_in(hits["event_date"].unique().implode())
                     & pl.col("batch_id").is_in(hits["batch_id"].unique().implode())
                 ),

@@ -17,6 +17,7 @@ duplicated key.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -30,7 +31,7 @@ from usagebox_pipelines.events.readers import CHUNK_ROWS
 from usagebox_pipelines.events.window import min_event_time
 from usagebox_pipelines.stages.dedupe import ensure_key_index, history_hits_key, indexed_rows
 from usagebox_pipelines.stages.ingest import committed_batches
-from usagebox_pipelines.storage import DeltaStore, writes_tables
+from usagebox_pipelines.storage import DeltaStore, WriteBehind, writes_tables
 
 # The first hourly partition = the earliest accepted event time (events/window.py): ingest
 # quarantines anything earlier, so `events_inside_partitions` holds by construction.
@@ -102,18 +103,27 @@ def _fold_batch(store: DeltaStore, batch_id: str, run_id: str, total: _Fold) -> 
     targets = pl.concat([fresh.select(TARGET), waiting.select(TARGET)]).unique()
     resolved = _resolve(store, raw, targets, fresh, batch_id, waiting)
     own = resolved.filter(pl.col("batch_id") == batch_id)
-    for n, days in enumerate(_day_groups(batch)):
-        originals = batch.filter(
-            pl.col("event_date").is_in(days.implode()) & pl.col("correction_of").is_null()
-        ).collect()
-        rows = build_events(originals, own if n == 0 else own.clear())
-        if n == 0:
-            store.replace_partition(EVENTS, rows, metadata=meta, batch_id=batch_id)
-        else:
-            store.append(EVENTS, rows, metadata=meta)
-        total.wrote(rows)
+    with WriteBehind() as writes:  # group n + 1 is read and built while group n is written
+        for n, days in enumerate(_day_groups(batch)):
+            originals = batch.filter(
+                pl.col("event_date").is_in(days.implode()) & pl.col("correction_of").is_null()
+            ).collect()
+            rows = build_events(originals, own if n == 0 else own.clear())
+            writes.submit(functools.partial(_write_group, store, rows, n, meta, batch_id))
+            total.wrote(rows)
     if waiting.height:
         _rewrite_waiting(store, waiting, resolved, meta, total)
+
+
+def _write_group(
+    store: DeltaStore, rows: pl.DataFrame, n: int, meta: dict[str, str], batch_id: str
+) -> None:
+    """Commit 1 for day group `n`: the first replaces any rows of the batch (a crashed fold's),
+    later ones append."""
+    if n == 0:
+        store.replace_partition(EVENTS, rows, metadata=meta, batch_id=batch_id)
+    else:
+        store.append(EVENTS, rows, metadata=meta)
 
 
 def _day_groups(batch: pl.LazyFrame) -> list[pl.Series]:

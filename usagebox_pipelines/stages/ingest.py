@@ -48,9 +48,11 @@ from usagebox_pipelines.stages.dedupe import (
     ensure_key_index,
     history_hits_key,
 )
-from usagebox_pipelines.storage import DeltaStore, writes_tables
+from usagebox_pipelines.storage import DeltaStore, WriteBehind, writes_tables
 
 BATCH_TABLES = (RAW_EVENTS, QUARANTINE, EVENT_CONFLICTS, EVENT_KEYS)
+# A day with fewer than CHUNK_ROWS / SPARSE_DAY_SHARE rows in a chunk is held back (`_RawArrivals`).
+SPARSE_DAY_SHARE = 50
 # Commit metadata of an `ingest_log` commit: the versions of BATCH_TABLES it committed.
 BATCH_VERSIONS = "batch_table_versions"
 Progress = Callable[[str], None]
@@ -151,11 +153,14 @@ def ingest_file(
             batch = _Batch(path, batch_id, attempt, source, now, context)
             store.memo[history_hits_key(batch_id)] = history.hits
             raw = _RawArrivals(store, attempt, chunk_rows)
-            for n, (valid, rejects) in enumerate(chunks):
-                part = _ingest_chunk(store, batch, n, valid, rejects, history, raw)
-                summary.add(part)
-                progress(f"{path.name}: {summary.rows:,} rows in, {summary.accepted:,} accepted")
-            raw.flush()
+            with WriteBehind() as writes:  # chunk n is committed while n + 1 is classified
+                for n, (valid, rejects) in enumerate(chunks):
+                    part = _ingest_chunk(store, batch, n, valid, rejects, history, raw, writes)
+                    summary.add(part)
+                    progress(
+                        f"{path.name}: {summary.rows:,} rows in, {summary.accepted:,} accepted"
+                    )
+                writes.submit(raw.flush)
         except UsageboxError:
             # A file that fails part-way leaves no rows behind (later files must not dedupe
             # against a batch that will never be committed).
@@ -247,10 +252,12 @@ def _ingest_chunk(
     rejects: pl.DataFrame,
     history: FileHistory,
     raw: _RawArrivals,
+    writes: WriteBehind,
 ) -> IngestSummary:
-    """Classify chunk `number` (normalised) and commit its rows."""
+    """Classify chunk `number` (normalised) and hand its rows to `writes` (committed while the
+    next chunk is classified)."""
     rows = valid.height + rejects.height
-    result = classify(valid, history.rows_for(store, valid))
+    result = classify(valid, history.rows_for(valid))
     rejects = pl.concat([rejects, result.rejects])
     new = result.new.with_columns(is_late=batch.context.is_late(pl.col("hour")))
     batch_id, source = batch.batch_id, batch.source
@@ -260,32 +267,24 @@ def _ingest_chunk(
         "batch_id": pl.lit(batch_id),
     }
     arrivals = _arrivals(new, result)
-    once = (batch.attempt, number)
     if arrivals.height:
-        raw.append(
-            arrivals.with_columns(
-                **stamp,
-                source=pl.lit(source),
-                row_number=pl.col("_row"),
-                event_date=pl.col("hour").dt.date(),
-            ),
-            number,
+        arrivals = arrivals.with_columns(
+            **stamp,
+            source=pl.lit(source),
+            row_number=pl.col("_row"),
+            event_date=pl.col("hour").dt.date(),
         )
     if rejects.height:
-        store.append(
-            QUARANTINE,
-            rejects.with_columns(**stamp, row_number=pl.col("_row"), payload=pl.col("_payload")),
-            txn=once,
+        rejects = rejects.with_columns(
+            **stamp, row_number=pl.col("_row"), payload=pl.col("_payload")
         )
-    if result.conflicts.height:
-        store.append(
-            EVENT_CONFLICTS,
-            result.conflicts.with_columns(**stamp, row_number=pl.col("_row")),
-            txn=once,
-        )
+    conflicts = result.conflicts
+    if conflicts.height:
+        conflicts = conflicts.with_columns(**stamp, row_number=pl.col("_row"))
+    keyed = new.with_columns(event_date=pl.col("hour").dt.date())
+    once = (batch.attempt, number)
+    writes.submit(_ChunkCommit(store, raw, once, arrivals, rejects, conflicts, keyed, batch_id))
     if new.height:
-        keyed = new.with_columns(event_date=pl.col("hour").dt.date())
-        append_keys(store, keyed, batch_id, txn=once)
         history.remember(
             new.with_columns(**stamp, row_number=pl.col("_row")).select(HISTORY_COLUMNS), number
         )
@@ -314,7 +313,7 @@ class _RawArrivals:
 
     def __init__(self, store: DeltaStore, attempt: str, limit: int) -> None:
         self.store, self.attempt, self.limit = store, attempt, max(limit, 1)
-        self.few = max(self.limit // 50, 1)  # a day with fewer rows than this in a chunk
+        self.few = max(self.limit // SPARSE_DAY_SHARE, 1)  # fewer rows of a day in a chunk
         self.held: list[pl.DataFrame] = []
         self.held_rows = 0
         self.number = 0
@@ -341,6 +340,31 @@ class _RawArrivals:
         rows = pl.concat(self.held, how="vertical_relaxed")
         self.store.append(RAW_EVENTS, rows, txn=(self.attempt, 2 * self.number + 1))
         self.held, self.held_rows = [], 0
+
+
+@dataclass(frozen=True)
+class _ChunkCommit:
+    """A chunk's commits, made in `WriteBehind`'s thread: its arrivals, rejects, conflicts and
+    key-index entries, each carrying the chunk's app-transaction version `once`."""
+
+    store: DeltaStore
+    raw: _RawArrivals
+    once: tuple[str, int]
+    arrivals: pl.DataFrame
+    rejects: pl.DataFrame
+    conflicts: pl.DataFrame
+    keyed: pl.DataFrame  # the accepted rows, with their `event_date`
+    batch_id: str
+
+    def __call__(self) -> None:
+        if self.arrivals.height:
+            self.raw.append(self.arrivals, self.once[1])
+        if self.rejects.height:
+            self.store.append(QUARANTINE, self.rejects, txn=self.once)
+        if self.conflicts.height:
+            self.store.append(EVENT_CONFLICTS, self.conflicts, txn=self.once)
+        if self.keyed.height:
+            append_keys(self.store, self.keyed, self.batch_id, txn=self.once)
 
 
 def _arrivals(new: pl.DataFrame, result) -> pl.DataFrame:

@@ -81,6 +81,19 @@ class Measured:
     stderr_tail: str = ""
     events: int | None = None  # for events/s
     runs: list[dict] = field(default_factory=list)  # Dagster runs: job, seconds, steps
+    stages: dict[str, float] = field(default_factory=dict)  # `usagebox ingest`: load, fold
+
+    def parts(self) -> dict[str, float]:
+        """Where the wall time went: Dagster steps (summed per asset over runs) or ingest's
+        stages, and the rest (start-up, imports, Definitions, planning, reporting)."""
+        named: dict[str, float] = dict(self.stages)
+        for run in self.runs:
+            for step, secs in run["steps"].items():
+                named[step] = named.get(step, 0.0) + secs
+        if not named:
+            return {}
+        named["outside any step (start, imports, Dagster)"] = self.seconds - sum(named.values())
+        return named
 
     @property
     def peak_rss(self) -> int:
@@ -112,6 +125,8 @@ class Measured:
             out["killed_at_gib"] = round(self.killed_at / GiB, 2)
         if self.events and self.seconds > 0:
             out["events_per_s"] = round(self.events / self.seconds)
+        if self.stages:
+            out["stages"] = {k: round(v, 3) for k, v in self.stages.items()}
         if self.runs:
             out["runs"] = self.runs
             out["step_seconds"] = round(self.step_seconds, 3)
@@ -375,6 +390,28 @@ def _commands(args: argparse.Namespace, work: Path, manifest: dict) -> list[Meas
     return cmds
 
 
+def ingest_stages(m: Measured) -> dict[str, float]:
+    """The seconds `usagebox ingest` recorded in its runless materialisations of `raw_events`
+    (loading the file) and `events` (the fold), in the home the command wrote to."""
+    import dagster as dg
+
+    if not m.ok or "ingest" not in m.argv:
+        return {}
+    home = Path(m.argv[m.argv.index("--home") + 1])
+    stages = {}
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        for asset, label in (("raw_events", "load (raw_events)"), ("events", "events fold")):
+            entry = instance.get_latest_materialization_event(dg.AssetKey(asset))
+            meta = (
+                entry.asset_materialization.metadata
+                if entry and entry.asset_materialization
+                else {}
+            )
+            if "seconds" in meta:
+                stages[label] = float(meta["seconds"].value)
+    return stages
+
+
 def _run_ids(m: Measured) -> list[str]:
     if isinstance(m.stdout, dict):
         return [r["run_id"] for r in m.stdout.get("runs", []) if r.get("run_id")]
@@ -392,6 +429,11 @@ def _print_tables(cmds: list[Measured], ratio: float | None, reference: Measured
         print(f"  {m.label:<28} {m.seconds:>9.2f} {m.cpu:>8.2f} {m.peak_rss / GiB:>13.2f} {rate}  {status}")  # fmt: skip
     if ratio is not None:
         print(f"  ratio (ingest + run month) / reference = {ratio:.2f}x")
+    for m in cmds:
+        if m.stages:
+            print(f"\n  stages of `{m.label}` (seconds, from its materialisations' metadata)")
+            for key, secs in m.parts().items():
+                print(f"      {key:<42} {secs:>9.3f}")
     for m in cmds:
         if not m.runs:
             continue
@@ -458,6 +500,49 @@ def target_figures(by: dict[str, Measured], month: str, ratio: float | None) -> 
     }
 
 
+#: Per target, the commands whose parts bound it: labels (`{month}`: the measured month), or
+#: prefixes ending in a space (every nightly command).
+BOUNDED_BY = {
+    TARGETS[0][0]: ("ingest", "run {month}"),
+    TARGETS[2][0]: ("ingest",),
+    TARGETS[3][0]: ("ingest jsonl",),
+    TARGETS[4][0]: ("nightly ",),
+}
+
+
+def bounds(by: dict[str, Measured], month: str, targets: dict, top: int = 5) -> dict:
+    """For each MISSED target, the largest parts of the commands that make its figure (this
+    run's step and stage seconds): what to make faster, with the reference's own steps for
+    the ratio. `--profile` adds each command's cProfile."""
+    out = {}
+    for name, labels in BOUNDED_BY.items():
+        if targets.get(name, {}).get("met") is not False:
+            continue
+        wanted = [label.format(month=month) for label in labels]
+        parts: dict[str, float] = {}
+        for label, m in by.items():
+            if any(label == w or (w.endswith(" ") and label.startswith(w)) for w in wanted):
+                for part, secs in m.parts().items():
+                    key = f"{label}: {part}"
+                    parts[key] = parts.get(key, 0.0) + secs
+        largest = sorted(parts.items(), key=lambda kv: -kv[1])[:top]
+        out[name] = {k: round(v, 3) for k, v in largest}
+    reference = by.get("reference")
+    if out and reference is not None and isinstance(reference.stdout, dict):
+        steps = reference.stdout.get("steps", {})
+        out["reference (for the ratio)"] = dict(sorted(steps.items(), key=lambda kv: -kv[1])[:3])
+    return out
+
+
+def _print_bounds(found: dict) -> None:
+    if not found:
+        return
+    print("\n  what bounds each missed target (largest parts, seconds, this run)")
+    for name, parts in found.items():
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+        print(f"    {name}: {shown}")
+
+
 def _print_targets(figures: dict) -> dict:
     """The targets table; returns {target: {"figure", "limit", "met"}} for the JSON line."""
     print("\n  targets (issues 13 and 17)")
@@ -511,6 +596,7 @@ def main() -> None:
             measure(m, work / "logs", env, max_rss)
             if _run_ids(m):
                 m.runs = dagster_steps(work / "home", _run_ids(m))
+            m.stages = ingest_stages(m)
             print(f"  {m.label:<28} {m.seconds:7.2f} s  {m.peak_rss / GiB:5.2f} GiB  "
                   f"{'ok' if m.ok else 'FAILED'}", flush=True)  # fmt: skip
         by = {m.label: m for m in cmds}
@@ -521,6 +607,8 @@ def main() -> None:
             ratio = sum(m.seconds for m in main_path) / reference.seconds
         _print_tables(cmds, ratio, reference)
         targets = _print_targets(target_figures(by, args.month, ratio))
+        bounded = bounds(by, args.month, targets)
+        _print_bounds(bounded)
         if args.profile:
             for m in cmds:
                 print_profile(m, work / "logs")
@@ -547,6 +635,7 @@ def main() -> None:
             "hourly_vs_reference": check,
             "ratio": round(ratio, 3) if ratio is not None else None,
             "targets": targets,
+            "bounds": bounded,
             "all_ok": all(m.ok for m in cmds),
             "max_rss_gib": args.max_rss_gib,
             "price_models": args.price_models,

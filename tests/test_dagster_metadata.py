@@ -75,6 +75,10 @@ def test_each_day_partition_records_its_own_row_count_and_cli_writes_show_in_dag
     ingested = instance.get_latest_materialization_event(dg.AssetKey("raw_events"))
     assert ingested is not None and ingested.run_id == ""  # reported by the CLI, runless
     assert ingested.asset_materialization.metadata["dagster/row_count"].value == 40
+    folded = instance.get_latest_materialization_event(dg.AssetKey("events"))
+    assert folded is not None
+    for entry in (ingested, folded):  # how long the load and the fold took (no step times)
+        assert 0 < entry.asset_materialization.metadata["seconds"].value < 60
 
     assert all(o.success for o in run_month(settings, "2026-10"))
     hourly = DeltaStore(settings.home).read(USAGE_HOURLY)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -99,6 +100,7 @@ def ingest(
     rows = estimated_rows(paths) if sys.stderr.isatty() else None
     # One unit of work: the lease and the open tables are shared by both stages.
     with store.writer("ingest"), store.cached():
+        started = time.monotonic()
         with progress("ingest", 2 * rows if rows else None, "rows × 2 passes", verbose) as bar:
             accounts = late_accounts(settings.pricebooks)
             summary = ingest_files(
@@ -108,10 +110,12 @@ def ingest(
             raise UsageboxError("nothing could be read: " + "; ".join(summary.errors))
         for error in summary.errors:
             _err(error)
+        loaded = time.monotonic()
         update = update_events(store, run_id="cli-ingest")
+        seconds = (loaded - started, time.monotonic() - loaded)
     from usagebox_pipelines.runner import report_ingest
 
-    warning = report_ingest(settings, summary, update, instance)
+    warning = report_ingest(settings, summary, update, instance, seconds)
     if warning:
         _err(warning)
     print_json({k: v for k, v in summary.__dict__.items()})

@@ -232,17 +232,26 @@ def report_ingest(
     summary: IngestSummary,
     update: EventsUpdate,
     instance: Future[dg.DagsterInstance] | None = None,
+    seconds: tuple[float, float] | None = None,
 ) -> str | None:
     """Record an ingest made outside Dagster (`usagebox ingest`) as materialisations of
     `raw_events` and `events`, with the metadata the assets record. A warning (None if
     recorded): the tables are committed either way. `instance`: one being opened meanwhile
-    (`open_instance_meanwhile`)."""
+    (`open_instance_meanwhile`). `seconds`: how long the load and the fold took; a Dagster
+    run has step times for that, a runless report only this (`bench/month.py` reads it)."""
     store = DeltaStore(settings.home)
+    load, fold = seconds or (None, None)
     events = [
-        dg.AssetMaterialization("raw_events", metadata=raw_events_metadata(store, summary)),
-        dg.AssetMaterialization("events", metadata=events_metadata(store, update)),
+        dg.AssetMaterialization(
+            "raw_events", metadata=raw_events_metadata(store, summary) | _took(load)
+        ),
+        dg.AssetMaterialization("events", metadata=events_metadata(store, update) | _took(fold)),
     ]
     return _report(settings, events, instance)
+
+
+def _took(seconds: float | None) -> dict[str, object]:
+    return {} if seconds is None else {"seconds": dg.MetadataValue.float(round(seconds, 3))}
 
 
 def report_close(settings: Settings, result: Closed | AlreadyClosed) -> str | None:

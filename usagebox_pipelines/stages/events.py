@@ -8,7 +8,8 @@ original's hour); only the days holding those few are rewritten.
 
 Commits, each idempotent so a crash anywhere is finished by the next run:
 1. the batch's rows, replacing any rows of that batch (`batch_id` predicate), in groups of
-   whole days of at most `CHUNK_ROWS` rows (memory by chunk; later groups append);
+   whole hours of at most `CHUNK_ROWS` rows (memory by chunk, even for a day of a million
+   events; later groups append);
 2. if the batch resolved waiting corrections, the days holding them, rewritten in one commit;
 3. `events_builds` records the batch (last, so a crash redoes the batch).
 Between 1 and 2 a reader sees the batch with its waiting corrections not applied yet, never a
@@ -104,9 +105,11 @@ def _fold_batch(store: DeltaStore, batch_id: str, run_id: str, total: _Fold) -> 
     resolved = _resolve(store, raw, targets, fresh, batch_id, waiting)
     own = resolved.filter(pl.col("batch_id") == batch_id)
     with WriteBehind() as writes:  # group n + 1 is read and built while group n is written
-        for n, days in enumerate(_day_groups(batch)):
+        for n, (days, hours) in enumerate(_hour_groups(batch)):
             originals = batch.filter(
-                pl.col("event_date").is_in(days.implode()) & pl.col("correction_of").is_null()
+                pl.col("event_date").is_in(days.implode())  # prunes partitions
+                & pl.col("hour").is_in(hours.implode())
+                & pl.col("correction_of").is_null()
             ).collect()
             rows = build_events(originals, own if n == 0 else own.clear())
             writes.submit(functools.partial(_write_group, store, rows, n, meta, batch_id))
@@ -126,16 +129,20 @@ def _write_group(
         store.append(EVENTS, rows, metadata=meta)
 
 
-def _day_groups(batch: pl.LazyFrame) -> list[pl.Series]:
-    """The batch's `event_date` days, in groups of at most `CHUNK_ROWS` rows (a day whole)."""
-    days = (
-        batch.group_by("event_date")
+def _hour_groups(batch: pl.LazyFrame) -> list[tuple[pl.Series, pl.Series]]:
+    """The batch's hours, in groups of at most `CHUNK_ROWS` rows (an hour whole), each with its
+    `event_date` days: what one commit of the fold holds in memory, whatever a day holds."""
+    hours = (
+        batch.group_by("event_date", "hour")
         .agg(n=pl.len())
-        .sort("event_date")
+        .sort("hour")
         .with_columns(group=(pl.col("n").cum_sum() - pl.col("n")) // max(CHUNK_ROWS, 1))
         .collect()
     )
-    return [part["event_date"] for _, part in days.group_by("group", maintain_order=True)]
+    return [
+        (part["event_date"].unique(), part["hour"])
+        for _, part in hours.group_by("group", maintain_order=True)
+    ]
 
 
 def _resolved_by(store: DeltaStore, batch: pl.LazyFrame) -> pl.DataFrame:

@@ -33,11 +33,12 @@ lint: install
 	$(BIN)/ruff format usagebox_pipelines usagebox_demo tests bench
 
 # The user's path: a generated month through every CLI command, with Dagster step times and the
-# hand-written reference (see bench/README.md). BENCH_ARGS adds options, e.g. --skip-close.
+# hand-written reference (see bench/README.md), with a JSONL ingest too so every target of issue 13
+# that one month measures is in the table. BENCH_ARGS adds options, e.g. --skip-close.
 BENCH_EVENTS ?= 1000000
 BENCH_ACCOUNTS ?= 2000
 bench: install
-	$(BIN)/python bench/month.py --events $(BENCH_EVENTS) --accounts $(BENCH_ACCOUNTS) $(BENCH_ARGS)
+	$(BIN)/python bench/month.py --events $(BENCH_EVENTS) --accounts $(BENCH_ACCOUNTS) --jsonl $(BENCH_ARGS)
 
 # Function-level stage benchmarks (ingest_files, rollups) with --profile breakdowns.
 bench-stages: install

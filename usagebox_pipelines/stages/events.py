@@ -104,7 +104,7 @@ def _fold_batch(store: DeltaStore, batch_id: str, run_id: str, total: _Fold) -> 
     targets = pl.concat([fresh.select(TARGET), waiting.select(TARGET)]).unique()
     resolved = _resolve(store, raw, targets, fresh, batch_id, waiting)
     own = resolved.filter(pl.col("batch_id") == batch_id)
-    with WriteBehind() as writes:  # group n + 1 is read and built while group n is written
+    with WriteBehind() as writes:  # group n + 1 is read and built while n is written
         for n, (days, hours) in enumerate(_hour_groups(batch)):
             originals = batch.filter(
                 pl.col("event_date").is_in(days.implode())  # prunes partitions
@@ -121,7 +121,7 @@ def _fold_batch(store: DeltaStore, batch_id: str, run_id: str, total: _Fold) -> 
 def _write_group(
     store: DeltaStore, rows: pl.DataFrame, n: int, meta: dict[str, str], batch_id: str
 ) -> None:
-    """Commit 1 for day group `n`: the first replaces any rows of the batch (a crashed fold's),
+    """Commit 1 for hour group `n`: the first replaces any rows of the batch (a crashed fold's),
     later ones append."""
     if n == 0:
         store.replace_partition(EVENTS, rows, metadata=meta, batch_id=batch_id)

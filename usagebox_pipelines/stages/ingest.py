@@ -304,11 +304,11 @@ class _RawArrivals:
 
     `raw_events` is partitioned by `event_date`, so each day in a commit is a file of its own:
     1 % of late events spread over the month before made about 30 files of some 80 rows per
-    chunk (1,262 of the 1,334 files of a 10 M-event month), and delta-rs pays for a file, not
-    for a row. Held rows are at most `limit` (one chunk): memory stays bounded by a chunk. Each
-    commit carries its own app-transaction version (chunk n: 2n, a flush after it: 2n + 1), so
-    a retried commit is skipped, never doubled. Nobody reads the batch before its `ingest_log`
-    row, which is written after the last flush.
+    chunk (1,262 of the 1,334 files of a 10 M-event month), which every reader of the table
+    lists and opens. Held rows are at most `limit` (one chunk): memory stays bounded by a
+    chunk. Each commit carries its own app-transaction version (chunk n: 2n, a flush after it:
+    2n + 1), so a retried commit is skipped, never doubled. Nobody reads the batch before its
+    `ingest_log` row, which is written after the last flush.
     """
 
     def __init__(self, store: DeltaStore, attempt: str, limit: int) -> None:

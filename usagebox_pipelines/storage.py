@@ -25,9 +25,9 @@ import logging
 import os
 import random
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
@@ -180,34 +180,27 @@ class WriteBehind:
     """
 
     def __init__(self) -> None:
-        self._pending: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
+        self._pending: Future[object] | None = None
 
     def __enter__(self) -> WriteBehind:
         return self
 
     def __exit__(self, kind: object, error: object, trace: object) -> None:
-        self.wait()
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
 
     def submit(self, commit: Callable[[], object]) -> None:
         self.wait()
-        self._pending = threading.Thread(target=self._run, args=(commit,), daemon=False)
-        self._pending.start()
-
-    def _run(self, commit: Callable[[], object]) -> None:
-        try:
-            commit()
-        except BaseException as exc:  # re-raised in the caller's thread by `wait`
-            self._error = exc
+        self._pending = self._pool.submit(commit)
 
     def wait(self) -> None:
         """Wait for the commit in flight; raise its error, if any."""
-        if self._pending is not None:
-            self._pending.join()
-            self._pending = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
 
 def writes_tables(purpose: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
